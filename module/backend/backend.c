@@ -1,0 +1,103 @@
+/*
+ * Helpers shared by the backends and the front: hash tables, key shape,
+ * key reference parsing.
+ */
+#include "backend/backend.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/core_names.h>
+#include <openssl/obj_mac.h>
+
+#include "core/cert.h"
+#include "core/util.h"
+
+size_t kvp_hash_len(kvp_hash h)
+{
+  switch (h) {
+  case KVP_HASH_SHA1: return 20;
+  case KVP_HASH_SHA224: return 28;
+  case KVP_HASH_SHA256: return 32;
+  case KVP_HASH_SHA384: return 48;
+  case KVP_HASH_SHA512: return 64;
+  case KVP_HASH_NONE: break;
+  }
+  return 0;
+}
+
+const EVP_MD *kvp_hash_md(kvp_hash h)
+{
+  switch (h) {
+  case KVP_HASH_SHA1: return EVP_sha1();
+  case KVP_HASH_SHA224: return EVP_sha224();
+  case KVP_HASH_SHA256: return EVP_sha256();
+  case KVP_HASH_SHA384: return EVP_sha384();
+  case KVP_HASH_SHA512: return EVP_sha512();
+  case KVP_HASH_NONE: break;
+  }
+  return NULL;
+}
+
+const char *kvp_hash_name(kvp_hash h)
+{
+  switch (h) {
+  case KVP_HASH_SHA1: return "SHA-1";
+  case KVP_HASH_SHA224: return "SHA-224";
+  case KVP_HASH_SHA256: return "SHA-256";
+  case KVP_HASH_SHA384: return "SHA-384";
+  case KVP_HASH_SHA512: return "SHA-512";
+  case KVP_HASH_NONE: break;
+  }
+  return "none";
+}
+
+CK_RV kvp_key_fill_from_pub(kvp_key *key)
+{
+  kvp_spki k;
+
+  if (key == NULL || key->pub == NULL)
+    return CKR_ARGUMENTS_BAD;
+  if (kvp_spki_from_pkey(key->pub, &k) != KVP_OK)
+    return CKR_KEY_TYPE_INCONSISTENT;
+  key->type = k.type == 1 ? KVP_KEY_RSA : KVP_KEY_EC;
+  key->bits = k.bits;
+  key->curve_nid = k.type == 2 ? k.curve_nid : NID_undef;
+  kvp_spki_clear(&k);
+  return CKR_OK;
+}
+
+int kvp_keyref_parse(const char *ref, char **scheme, char **store, char **name, char *err,
+                     size_t errlen)
+{
+  const char *colon, *slash;
+
+  *scheme = *store = *name = NULL;
+  if (ref == NULL || (colon = strchr(ref, ':')) == NULL || colon == ref)
+    return kvp_seterr(err, errlen, KVP_EINVAL,
+                      "key reference '%s': expected 'hsm:<hsm>/<key>' or 'keyvault:<vault>/<key>'",
+                      ref ? ref : "");
+  slash = strchr(colon + 1, '/');
+  if (slash == NULL || slash == colon + 1 || slash[1] == '\0')
+    return kvp_seterr(err, errlen, KVP_EINVAL, "key reference '%s': missing store or key name", ref);
+  *scheme = strndup(ref, (size_t)(colon - ref));
+  *store = strndup(colon + 1, (size_t)(slash - colon - 1));
+  *name = strdup(slash + 1);
+  if (*scheme == NULL || *store == NULL || *name == NULL) {
+    free(*scheme);
+    free(*store);
+    free(*name);
+    *scheme = *store = *name = NULL;
+    return kvp_seterr(err, errlen, KVP_ENOMEM, "out of memory");
+  }
+  if (strcmp(*scheme, "hsm") != 0 && strcmp(*scheme, "keyvault") != 0) {
+    int rc = kvp_seterr(err, errlen, KVP_EINVAL, "key reference '%s': unknown key store kind '%s'",
+                        ref, *scheme);
+    free(*scheme);
+    free(*store);
+    free(*name);
+    *scheme = *store = *name = NULL;
+    return rc;
+  }
+  return KVP_OK;
+}

@@ -1,0 +1,145 @@
+/*
+ * The seam between the PKCS#11 front and the key stores.
+ *
+ * A backend is one configured key store ([hsm NAME] or [vault NAME]). The
+ * front resolves a certificate's key reference ("hsm:appliance/app",
+ * "keyvault:prod/key1[/version]") to a backend and a key name, opens the key
+ * once (kvp_key), and then asks the backend to sign a digest or decrypt a
+ * ciphertext. The front never talks HTTP or dlopen()s a module; a backend
+ * never sees a CK_SESSION_HANDLE.
+ *
+ * Rules for implementations:
+ *  - Connect lazily: creating a backend does no I/O; open_key does.
+ *  - No lock of the front is held while a backend function runs; backends may
+ *    block. A backend keeps its own locks short and never holds one across
+ *    a network or HSM call, so N threads have N operations in flight.
+ *  - Every failure is logged once, in the backend's own terms (HSM CK_RV,
+ *    HTTP status, Key Vault error code), and mapped to a CK_RV here.
+ *  - Secrets (PINs, client secrets, tokens) are wiped after use.
+ */
+#ifndef KVP_BACKEND_BACKEND_H
+#define KVP_BACKEND_BACKEND_H
+
+#include <stddef.h>
+#include <openssl/evp.h>
+#include <p11-kit/pkcs11.h>
+
+#include "core/config.h"
+
+typedef enum {
+  KVP_HASH_NONE = 0,
+  KVP_HASH_SHA1,
+  KVP_HASH_SHA224,
+  KVP_HASH_SHA256,
+  KVP_HASH_SHA384,
+  KVP_HASH_SHA512,
+} kvp_hash;
+
+typedef enum {
+  KVP_KEY_RSA = 1,
+  KVP_KEY_EC = 2,
+} kvp_key_type;
+
+typedef enum {
+  /* PKCS#1 v1.5. hash != NONE: digest is the bare hash, the backend applies
+   * the DigestInfo (Key Vault RS256/384/512). hash == NONE: digest is the raw
+   * input to CKM_RSA_PKCS (HSM only; Key Vault refuses with CKR_DATA_INVALID). */
+  KVP_SIG_RSA_PKCS1 = 1,
+  /* RSASSA-PSS over a bare hash; mgf1 and salt_len as given (the front only
+   * passes mgf1 == hash and salt_len == hash length for Key Vault). */
+  KVP_SIG_RSA_PSS,
+  /* ECDSA over a digest already sized for the curve; the output is r||s, each
+   * half the curve's field length, as PKCS#11 expects. */
+  KVP_SIG_ECDSA,
+} kvp_sig_scheme;
+
+typedef struct kvp_sig_alg {
+  kvp_sig_scheme scheme;
+  kvp_hash hash;
+  kvp_hash mgf1;     /* PSS only */
+  size_t salt_len;   /* PSS only */
+} kvp_sig_alg;
+
+typedef enum {
+  KVP_DEC_RSA_PKCS1 = 1, /* RSAES-PKCS1-v1_5; Key Vault RSA1_5 */
+  KVP_DEC_RSA_OAEP,      /* RSAES-OAEP, no label; Key Vault RSA-OAEP (SHA-1) / RSA-OAEP-256 */
+} kvp_dec_scheme;
+
+typedef struct kvp_dec_alg {
+  kvp_dec_scheme scheme;
+  kvp_hash hash; /* OAEP only */
+  kvp_hash mgf1; /* OAEP only */
+} kvp_dec_alg;
+
+typedef struct kvp_backend kvp_backend;
+typedef struct kvp_key kvp_key;
+
+/* An opened key. Owned by the backend; the front treats it as read-only. */
+struct kvp_key {
+  kvp_backend *backend;
+  char *name;          /* the part of the key reference after "<store>/" */
+  EVP_PKEY *pub;       /* public key as the key store reports it */
+  kvp_key_type type;
+  unsigned bits;       /* RSA modulus bits, or EC field bits (256, 384, 521) */
+  int curve_nid;       /* EC only: NID_X9_62_prime256v1, NID_secp384r1, NID_secp521r1, NID_secp256k1 */
+  int can_sign;        /* what the key store allows */
+  int can_decrypt;
+  int private_obj;     /* 1 when using the key needs C_Login (PIN passed through) */
+  char *version;       /* Key Vault key version in use, NULL for HSM */
+  void *impl;          /* backend-specific */
+};
+
+typedef struct kvp_backend_ops {
+  const char *scheme; /* "hsm" or "keyvault": the key reference prefix */
+
+  /* Resolve a key by name and read its public part. CKR_KEY_HANDLE_INVALID
+   * (with a log line naming the store and the key) when it does not exist. */
+  CK_RV (*open_key)(kvp_backend *be, const char *name, kvp_key **out);
+  void (*close_key)(kvp_backend *be, kvp_key *key);
+
+  /* sig has room for the full signature (RSA: bits/8; ECDSA: 2 * field bytes);
+   * *sig_len is set to the length written. */
+  CK_RV (*sign)(kvp_backend *be, kvp_key *key, const kvp_sig_alg *alg, const CK_BYTE *digest,
+                CK_ULONG digest_len, CK_BYTE *sig, CK_ULONG *sig_len);
+
+  /* out has room for bits/8 bytes; *out_len is set to the plaintext length.
+   * Padding errors are CKR_ENCRYPTED_DATA_INVALID. */
+  CK_RV (*decrypt)(kvp_backend *be, kvp_key *key, const kvp_dec_alg *alg, const CK_BYTE *in,
+                   CK_ULONG in_len, CK_BYTE *out, CK_ULONG *out_len);
+
+  /* 1 when the backend takes the application's PIN at C_Login. */
+  int (*needs_login)(kvp_backend *be);
+  /* Pass the application's PIN through (only called when needs_login). */
+  CK_RV (*login)(kvp_backend *be, const CK_UTF8CHAR *pin, CK_ULONG pin_len);
+  CK_RV (*logout)(kvp_backend *be);
+
+  /* Free everything. forked != 0: called in a child after fork(); must not
+   * call into the lower module or reuse its connections, only free memory. */
+  void (*destroy)(kvp_backend *be, int forked);
+} kvp_backend_ops;
+
+struct kvp_backend {
+  const kvp_backend_ops *ops;
+  char *name; /* the [hsm NAME] / [vault NAME] */
+};
+
+/* Constructors: no I/O, the configuration is copied. */
+CK_RV kvp_hsm_backend_new(const kvp_hsm_conf *conf, kvp_backend **out);
+CK_RV kvp_keyvault_backend_new(const kvp_vault_conf *conf, kvp_backend **out);
+
+/* Helpers shared by backends and front (backend.c). */
+size_t kvp_hash_len(kvp_hash h);
+const EVP_MD *kvp_hash_md(kvp_hash h);
+const char *kvp_hash_name(kvp_hash h);
+/* Fill type, bits, curve_nid of key from key->pub. CKR_KEY_TYPE_INCONSISTENT for
+ * unsupported key types or curves. */
+CK_RV kvp_key_fill_from_pub(kvp_key *key);
+
+/*
+ * Split a key reference "scheme:store/name" into its parts (malloc'd).
+ * Returns KVP_EINVAL with a message when malformed.
+ */
+int kvp_keyref_parse(const char *ref, char **scheme, char **store, char **name, char *err,
+                     size_t errlen);
+
+#endif

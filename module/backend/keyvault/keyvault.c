@@ -1,0 +1,413 @@
+/*
+ * The Key Vault backend object, its data-plane call and the ops table.
+ *
+ * kv_call() is the one place where a Key Vault answer becomes a CK_RV:
+ * challenge on the first call (the resource in WWW-Authenticate must match
+ * the vault's host), a token for that resource, the request with retries on
+ * throttling and transient failures, one token refresh on 401, and one log
+ * line per failure with the HTTP status, Key Vault's error code and the
+ * x-ms-request-id.
+ */
+#include "backend/keyvault/kv.h"
+#include "backend/keyvault/keyvault.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "core/log.h"
+#include "core/util.h"
+
+static const char *kv_kind_perm(kv_call_kind k)
+{
+  switch (k) {
+  case KV_CALL_GET: return "get";
+  case KV_CALL_LIST: return "list";
+  case KV_CALL_SIGN: return "sign";
+  case KV_CALL_DECRYPT: return "decrypt";
+  }
+  return "?";
+}
+
+void kv_retry_init(kv_backend *b, kv_retry *rt, const char *what)
+{
+  long t = b->conf.timeout_ms > 0 ? b->conf.timeout_ms : 30000;
+  rt->deadline_ms = kv_now_ms() + t;
+  rt->max_retries = b->conf.max_retries >= 0 ? b->conf.max_retries : 5;
+  rt->unit_ms = b->unit_ms;
+  rt->what = what;
+}
+
+static CK_RV kv_map_error(kv_backend *b, kv_call_kind kind, const char *key, const kv_resp *r)
+{
+  kv_error_info ei;
+  char who[200];
+  const char *perm = kv_kind_perm(kind);
+
+  if (key != NULL)
+    snprintf(who, sizeof(who), "vault %s: key %s", b->conf.name, key);
+  else
+    snprintf(who, sizeof(who), "vault %s", b->conf.name);
+  if (r->capped) {
+    KVP_ERROR("%s: %s: response body larger than %d bytes (x-ms-request-id %s)", who, perm,
+              KV_BODY_CAP, r->request_id);
+    return CKR_DEVICE_ERROR;
+  }
+  if (r->status == 0) {
+    KVP_ERROR("%s: %s: %s", who, perm, r->curl_err[0] ? r->curl_err : "no response");
+    return CKR_DEVICE_ERROR;
+  }
+  kv_error_parse(r, &ei);
+  if (r->status >= 200 && r->status < 300) {
+    KVP_ERROR("%s: %s: HTTP %ld with a body that is not a JSON object (x-ms-request-id %s)", who,
+              perm, r->status, r->request_id);
+    return CKR_DEVICE_ERROR;
+  }
+  switch (r->status) {
+  case 400:
+    KVP_ERROR("%s: %s refused: HTTP 400 %s%s%s: %s (x-ms-request-id %s)", who, perm, ei.code,
+              ei.inner[0] ? "/" : "", ei.inner, ei.message, r->request_id);
+    if (kind == KV_CALL_SIGN)
+      return CKR_DATA_INVALID;
+    if (kind == KV_CALL_DECRYPT)
+      return CKR_ENCRYPTED_DATA_INVALID;
+    return CKR_DEVICE_ERROR;
+  case 401:
+    KVP_ERROR("%s: %s: the access token was refused: HTTP 401 %s: %s (x-ms-request-id %s)", who,
+              perm, ei.code, ei.message, r->request_id);
+    return CKR_DEVICE_ERROR;
+  case 403: {
+    const char *why;
+    char buf[160];
+    if (strcasecmp(ei.inner, "KeyOperationForbidden") == 0) {
+      snprintf(buf, sizeof(buf), "the key's key_ops do not allow '%s'", perm);
+      why = buf;
+    } else if (strcasecmp(ei.inner, "KeyDisabled") == 0 || strstr(ei.message, "disabled")) {
+      why = "the key is disabled";
+    } else if (strcasecmp(ei.inner, "KeyExpired") == 0 || strstr(ei.message, "expired")) {
+      why = "the key is expired or not yet valid";
+    } else if (strcasecmp(ei.inner, "ForbiddenByFirewall") == 0) {
+      why = "the vault's firewall refuses this client";
+    } else {
+      snprintf(buf, sizeof(buf), "the application lacks the '%s' permission", perm);
+      why = buf;
+    }
+    KVP_ERROR("%s: %s (HTTP 403 %s%s%s: %s; x-ms-request-id %s)", who, why, ei.code,
+              ei.inner[0] ? "/" : "", ei.inner, ei.message, r->request_id);
+    return CKR_KEY_FUNCTION_NOT_PERMITTED;
+  }
+  case 404:
+    KVP_ERROR("%s: not found: HTTP 404 %s: %s (x-ms-request-id %s)", who, ei.code, ei.message,
+              r->request_id);
+    return CKR_KEY_HANDLE_INVALID;
+  default:
+    KVP_ERROR("%s: %s failed: HTTP %ld %s%s%s: %s (x-ms-request-id %s)", who, perm, r->status,
+              ei.code, ei.inner[0] ? "/" : "", ei.inner, ei.message, r->request_id);
+    return CKR_DEVICE_ERROR;
+  }
+}
+
+/* Learn the token resource from the service's 401 challenge. */
+static CK_RV kv_do_challenge(kv_backend *b, kv_call_kind kind, const char *key, const kv_req *req,
+                          const kv_retry *rt, kv_resp *resp, char **resource)
+{
+  kv_req ch = *req;
+  kv_challenge c;
+
+  *resource = NULL;
+  /* like the Azure SDKs: the first request goes without token and body */
+  ch.body = NULL;
+  ch.body_len = 0;
+  ch.auth_header = NULL;
+  kv_http_do_retry(b->http, &ch, rt, 0, resp);
+  if (resp->status != 401)
+    return kv_map_error(b, kind, key, resp);
+  if (resp->www_auth == NULL || kv_challenge_parse(resp->www_auth, &c) != 0) {
+    KVP_ERROR("vault %s: HTTP 401 without a usable WWW-Authenticate Bearer challenge "
+              "(x-ms-request-id %s)",
+              b->conf.name, resp->request_id);
+    return CKR_DEVICE_ERROR;
+  }
+  if (kv_resource_check(&c, b->host, resource) != 0) {
+    KVP_ERROR("vault %s: the challenge resource '%s' does not match the vault host '%s'; "
+              "no token is sent",
+              b->conf.name, c.resource != NULL ? c.resource : c.scope, b->host);
+    kv_challenge_clear(&c);
+    return CKR_DEVICE_ERROR;
+  }
+  kv_challenge_clear(&c);
+  pthread_mutex_lock(&b->lock);
+  if (b->resource == NULL)
+    b->resource = strdup(*resource);
+  pthread_mutex_unlock(&b->lock);
+  return CKR_OK;
+}
+
+CK_RV kv_call(kv_backend *b, kv_call_kind kind, const char *key, const char *method,
+              const char *url, const char *body, kv_resp *resp)
+{
+  CK_RV rv;
+  kv_retry rt;
+  kv_req req;
+  char what[256], *resource = NULL, *hdr = NULL, *stale = NULL;
+  int refreshed = 0;
+
+  memset(&req, 0, sizeof(req));
+  req.method = method;
+  req.url = url;
+  req.body = body;
+  req.body_len = body != NULL ? strlen(body) : 0;
+  if (key != NULL)
+    snprintf(what, sizeof(what), "vault %s: key %s: %s", b->conf.name, key, kv_kind_perm(kind));
+  else
+    snprintf(what, sizeof(what), "vault %s: %s", b->conf.name, kv_kind_perm(kind));
+  kv_retry_init(b, &rt, what);
+
+  pthread_mutex_lock(&b->lock);
+  if (b->resource != NULL)
+    resource = strdup(b->resource);
+  pthread_mutex_unlock(&b->lock);
+  if (resource == NULL) {
+    rv = kv_do_challenge(b, kind, key, &req, &rt, resp, &resource);
+    if (rv != CKR_OK)
+      goto out;
+  }
+  for (;;) {
+    rv = kv_auth_header(b->auth, resource, stale, &rt, &hdr);
+    if (rv != CKR_OK)
+      goto out;
+    req.auth_header = hdr;
+    kv_http_do_retry(b->http, &req, &rt, 1, resp);
+    if (resp->status == 401 && !refreshed) {
+      KVP_INFO("%s: HTTP 401 with a cached token (x-ms-request-id %s); getting a new token", what,
+               resp->request_id);
+      refreshed = 1;
+      kv_free_wipe(stale);
+      stale = hdr;
+      hdr = NULL;
+      continue;
+    }
+    break;
+  }
+  if (resp->status >= 200 && resp->status < 300 && resp->json != NULL && !resp->capped) {
+    rv = CKR_OK;
+    goto out;
+  }
+  rv = kv_map_error(b, kind, key, resp);
+out:
+  kv_free_wipe(hdr);
+  kv_free_wipe(stale);
+  free(resource);
+  return rv;
+}
+
+/* ---- listing ---- */
+
+CK_RV kvp_keyvault_list_keys(kvp_backend *be, char ***names, size_t *n)
+{
+  kv_backend *b = (kv_backend *)be;
+  kv_resp resp;
+  char *url = NULL, *next = NULL;
+  size_t len, pages = 0, prefix_len;
+  char prefix[300];
+  CK_RV rv = CKR_HOST_MEMORY;
+
+  *names = NULL;
+  *n = 0;
+  memset(&resp, 0, sizeof(resp));
+  kv_resp_clear(&resp, 0);
+  len = strlen(b->base_url) + strlen(b->conf.api_version) + 64;
+  url = malloc(len);
+  if (url == NULL)
+    return CKR_HOST_MEMORY;
+  snprintf(url, len, "%s/keys?api-version=%s&maxresults=25", b->base_url, b->conf.api_version);
+  snprintf(prefix, sizeof(prefix), "https://%s", b->host);
+  prefix_len = strlen(prefix);
+  for (;;) {
+    rv = kv_call(b, KV_CALL_LIST, NULL, "GET", url, NULL, &resp);
+    if (rv != CKR_OK)
+      goto out;
+    if (kv_list_page_parse(resp.json, names, n, &next) != 0) {
+      KVP_ERROR("vault %s: list: a page without a value array (x-ms-request-id %s)",
+                b->conf.name, resp.request_id);
+      rv = CKR_DEVICE_ERROR;
+      goto out;
+    }
+    kv_resp_clear(&resp, 0);
+    free(url);
+    url = next;
+    next = NULL;
+    if (url == NULL)
+      break;
+    /* the token must never go to another host */
+    if (strncasecmp(url, prefix, prefix_len) != 0 ||
+        (url[prefix_len] != '/' && url[prefix_len] != ':')) {
+      KVP_ERROR("vault %s: list: nextLink points to another host; stopped", b->conf.name);
+      rv = CKR_DEVICE_ERROR;
+      goto out;
+    }
+    if (++pages > 10000) {
+      rv = CKR_DEVICE_ERROR;
+      goto out;
+    }
+  }
+  rv = CKR_OK;
+out:
+  kv_resp_clear(&resp, 0);
+  free(url);
+  free(next);
+  if (rv != CKR_OK) {
+    kvp_keyvault_free_names(*names, *n);
+    *names = NULL;
+    *n = 0;
+  }
+  return rv;
+}
+
+void kvp_keyvault_free_names(char **names, size_t n)
+{
+  size_t i;
+  for (i = 0; i < n; i++)
+    free(names[i]);
+  free(names);
+}
+
+unsigned long kvp_keyvault_token_requests(kvp_backend *be)
+{
+  return kv_auth_token_requests(((kv_backend *)be)->auth);
+}
+
+/* ---- lifetime ---- */
+
+static void kv_conf_free(kvp_vault_conf *c)
+{
+  free(c->name);
+  free(c->url);
+  free(c->api_version);
+  free(c->tenant_id);
+  free(c->client_id);
+  free(c->client_secret_file);
+  free(c->client_secret_env);
+  free(c->client_cert_file);
+  free(c->client_key_file);
+  free(c->authority_host);
+  free(c->imds_endpoint);
+  free(c->ca_file);
+}
+
+static int kv_conf_copy(kvp_vault_conf *d, const kvp_vault_conf *s)
+{
+  *d = *s;
+  d->name = kvp_strdup0(s->name);
+  d->url = kvp_strdup0(s->url);
+  d->api_version = kvp_strdup0(s->api_version != NULL ? s->api_version : "7.5");
+  d->tenant_id = kvp_strdup0(s->tenant_id);
+  d->client_id = kvp_strdup0(s->client_id);
+  d->client_secret_file = kvp_strdup0(s->client_secret_file);
+  d->client_secret_env = kvp_strdup0(s->client_secret_env);
+  d->client_cert_file = kvp_strdup0(s->client_cert_file);
+  d->client_key_file = kvp_strdup0(s->client_key_file);
+  d->authority_host = kvp_strdup0(s->authority_host);
+  d->imds_endpoint = kvp_strdup0(s->imds_endpoint);
+  d->ca_file = kvp_strdup0(s->ca_file);
+  if (d->name == NULL || d->url == NULL || d->api_version == NULL)
+    return -1;
+  return 0;
+}
+
+static int kv_needs_login(kvp_backend *be)
+{
+  (void)be;
+  return 0;
+}
+
+static CK_RV kv_login(kvp_backend *be, const CK_UTF8CHAR *pin, CK_ULONG pin_len)
+{
+  (void)be;
+  (void)pin;
+  (void)pin_len;
+  return CKR_OK;
+}
+
+static CK_RV kv_logout(kvp_backend *be)
+{
+  (void)be;
+  return CKR_OK;
+}
+
+static void kv_destroy(kvp_backend *be, int forked)
+{
+  kv_backend *b = (kv_backend *)be;
+  if (b == NULL)
+    return;
+  kv_key_cache_free(b, forked);
+  kv_auth_free(b->auth, forked);
+  kv_http_free(b->http, forked);
+  if (!forked)
+    pthread_mutex_destroy(&b->lock);
+  free(b->resource);
+  free(b->base_url);
+  free(b->host);
+  free(b->base.name);
+  kv_conf_free(&b->conf);
+  free(b);
+}
+
+static const kvp_backend_ops kv_ops = {
+    .scheme = "keyvault",
+    .open_key = kv_open_key,
+    .close_key = kv_close_key,
+    .sign = kv_sign,
+    .decrypt = kv_decrypt,
+    .needs_login = kv_needs_login,
+    .login = kv_login,
+    .logout = kv_logout,
+    .destroy = kv_destroy,
+};
+
+CK_RV kvp_keyvault_backend_new(const kvp_vault_conf *conf, kvp_backend **out)
+{
+  kv_backend *b;
+  size_t n;
+  long t;
+
+  *out = NULL;
+  if (conf == NULL || conf->name == NULL || conf->url == NULL)
+    return CKR_ARGUMENTS_BAD;
+  b = calloc(1, sizeof(*b));
+  if (b == NULL)
+    return CKR_HOST_MEMORY;
+  pthread_mutex_init(&b->lock, NULL);
+  if (kv_conf_copy(&b->conf, conf) != 0)
+    goto nomem;
+  b->host = kv_url_host(conf->url);
+  if (b->host == NULL) {
+    KVP_ERROR("vault %s: url '%s' is not an https URL", conf->name, conf->url);
+    kv_destroy(&b->base, 0);
+    return CKR_GENERAL_ERROR;
+  }
+  b->base_url = strdup(conf->url);
+  if (b->base_url == NULL)
+    goto nomem;
+  n = strlen(b->base_url);
+  while (n > 8 && b->base_url[n - 1] == '/')
+    b->base_url[--n] = '\0';
+  /* backoff 1, 2, 4, 8, 16 s; scaled down when the whole call has less time */
+  t = conf->timeout_ms > 0 ? conf->timeout_ms : 30000;
+  b->unit_ms = t >= 31000 ? 1000 : (t / 31 > 1 ? t / 31 : 1);
+  b->http = kv_http_new(conf->ca_file);
+  if (b->http == NULL)
+    goto nomem;
+  b->auth = kv_auth_new(&b->conf, b->http);
+  if (b->auth == NULL)
+    goto nomem;
+  b->base.ops = &kv_ops;
+  b->base.name = strdup(conf->name);
+  if (b->base.name == NULL)
+    goto nomem;
+  *out = &b->base;
+  return CKR_OK;
+nomem:
+  kv_destroy(&b->base, 0);
+  return CKR_HOST_MEMORY;
+}

@@ -1,0 +1,812 @@
+/*
+ * The PKCS#11 entry points. Each one checks its arguments and the library
+ * state, takes the lock it needs, calls one function of state.c, object.c or
+ * mech.c, and returns the CK_RV. Only C_GetFunctionList, C_GetInterfaceList
+ * and C_GetInterface are exported (kvp11.map); the others are reached
+ * through the function list.
+ */
+#include <string.h>
+
+#include <openssl/rand.h>
+
+#include "core/log.h"
+#include "core/p11names.h"
+#include "kvp11/kvp11.h"
+#include "pkcs11/internal.h"
+
+static CK_FUNCTION_LIST kvp_function_list;
+
+static void pad_copy(CK_UTF8CHAR *dst, size_t dst_len, const char *src)
+{
+  size_t n = strlen(src);
+  memset(dst, ' ', dst_len);
+  memcpy(dst, src, n < dst_len ? n : dst_len);
+}
+
+/* ---- general --------------------------------------------------------- */
+
+CK_RV C_Initialize(CK_VOID_PTR pInitArgs)
+{
+  return kvp_initialize(pInitArgs);
+}
+
+CK_RV C_Finalize(CK_VOID_PTR pReserved)
+{
+  if (pReserved != NULL)
+    return CKR_ARGUMENTS_BAD;
+  return kvp_finalize();
+}
+
+CK_RV C_GetInfo(CK_INFO_PTR pInfo)
+{
+  CK_RV rv = kvp_check_initialized();
+  if (rv != CKR_OK)
+    return rv;
+  if (pInfo == NULL)
+    return CKR_ARGUMENTS_BAD;
+  memset(pInfo, 0, sizeof(*pInfo));
+  pInfo->cryptokiVersion.major = 2;
+  pInfo->cryptokiVersion.minor = 40;
+  pad_copy(pInfo->manufacturerID, sizeof(pInfo->manufacturerID), KVP11_MANUFACTURER);
+  pad_copy(pInfo->libraryDescription, sizeof(pInfo->libraryDescription),
+           KVP11_LIBRARY_DESCRIPTION);
+  pInfo->libraryVersion.major = KVP11_VERSION_MAJOR;
+  pInfo->libraryVersion.minor = KVP11_VERSION_MINOR;
+  return CKR_OK;
+}
+
+KVP_EXPORT CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR ppFunctionList)
+{
+  if (ppFunctionList == NULL)
+    return CKR_ARGUMENTS_BAD;
+  *ppFunctionList = &kvp_function_list;
+  return CKR_OK;
+}
+
+/*
+ * PKCS#11 3.0 interface discovery, declared here because the 2.40 header
+ * does not have it. kvp11 offers one interface: "PKCS 11" at version 2.40.
+ */
+typedef struct kvp_ck_interface {
+  CK_UTF8CHAR *pInterfaceName;
+  CK_VOID_PTR pFunctionList;
+  CK_FLAGS flags;
+} kvp_ck_interface;
+
+static kvp_ck_interface kvp_interface = {(CK_UTF8CHAR *)"PKCS 11", &kvp_function_list, 0};
+
+KVP_EXPORT CK_RV C_GetInterfaceList(kvp_ck_interface *pInterfacesList, CK_ULONG_PTR pulCount);
+KVP_EXPORT CK_RV C_GetInterface(CK_UTF8CHAR_PTR pInterfaceName, CK_VERSION_PTR pVersion,
+                                kvp_ck_interface **ppInterface, CK_FLAGS flags);
+
+KVP_EXPORT CK_RV C_GetInterfaceList(kvp_ck_interface *pInterfacesList, CK_ULONG_PTR pulCount)
+{
+  if (pulCount == NULL)
+    return CKR_ARGUMENTS_BAD;
+  if (pInterfacesList == NULL) {
+    *pulCount = 1;
+    return CKR_OK;
+  }
+  if (*pulCount < 1) {
+    *pulCount = 1;
+    return CKR_BUFFER_TOO_SMALL;
+  }
+  pInterfacesList[0] = kvp_interface;
+  *pulCount = 1;
+  return CKR_OK;
+}
+
+KVP_EXPORT CK_RV C_GetInterface(CK_UTF8CHAR_PTR pInterfaceName, CK_VERSION_PTR pVersion,
+                                kvp_ck_interface **ppInterface, CK_FLAGS flags)
+{
+  if (ppInterface == NULL)
+    return CKR_ARGUMENTS_BAD;
+  if ((pInterfaceName != NULL && strcmp((const char *)pInterfaceName, "PKCS 11") != 0) ||
+      (pVersion != NULL && (pVersion->major != 2 || pVersion->minor != 40)) || flags != 0)
+    return CKR_ARGUMENTS_BAD;
+  *ppInterface = &kvp_interface;
+  return CKR_OK;
+}
+
+/* ---- slots and tokens ------------------------------------------------ */
+
+CK_RV C_GetSlotList(CK_BBOOL tokenPresent, CK_SLOT_ID_PTR pSlotList, CK_ULONG_PTR pulCount)
+{
+  CK_RV rv = kvp_check_initialized();
+  if (rv != CKR_OK)
+    return rv;
+  if (pulCount == NULL)
+    return CKR_ARGUMENTS_BAD;
+  (void)tokenPresent; /* every slot has its token */
+  (void)kvp_refresh();
+  pthread_rwlock_rdlock(&kvp_g.lock);
+  if (pSlotList != NULL && *pulCount < kvp_g.n_slots)
+    rv = CKR_BUFFER_TOO_SMALL;
+  else if (pSlotList != NULL)
+    for (size_t i = 0; i < kvp_g.n_slots; i++)
+      pSlotList[i] = kvp_g.slots[i].id;
+  *pulCount = kvp_g.n_slots;
+  pthread_rwlock_unlock(&kvp_g.lock);
+  return rv;
+}
+
+CK_RV C_GetSlotInfo(CK_SLOT_ID slotID, CK_SLOT_INFO_PTR pInfo)
+{
+  CK_RV rv = kvp_check_initialized();
+  kvp_slot *slot;
+  if (rv != CKR_OK)
+    return rv;
+  if (pInfo == NULL)
+    return CKR_ARGUMENTS_BAD;
+  pthread_rwlock_rdlock(&kvp_g.lock);
+  slot = kvp_slot_locked(slotID);
+  if (slot == NULL) {
+    rv = CKR_SLOT_ID_INVALID;
+  } else {
+    char desc[64];
+    snprintf(desc, sizeof(desc), "kvp11 account %s", slot->account->name);
+    memset(pInfo, 0, sizeof(*pInfo));
+    pad_copy(pInfo->slotDescription, sizeof(pInfo->slotDescription), desc);
+    pad_copy(pInfo->manufacturerID, sizeof(pInfo->manufacturerID), KVP11_MANUFACTURER);
+    pInfo->flags = CKF_TOKEN_PRESENT;
+    pInfo->hardwareVersion.major = KVP11_VERSION_MAJOR;
+    pInfo->hardwareVersion.minor = KVP11_VERSION_MINOR;
+    pInfo->firmwareVersion = pInfo->hardwareVersion;
+  }
+  pthread_rwlock_unlock(&kvp_g.lock);
+  return rv;
+}
+
+CK_RV C_GetTokenInfo(CK_SLOT_ID slotID, CK_TOKEN_INFO_PTR pInfo)
+{
+  CK_RV rv = kvp_check_initialized();
+  kvp_slot *slot;
+  if (rv != CKR_OK)
+    return rv;
+  if (pInfo == NULL)
+    return CKR_ARGUMENTS_BAD;
+  pthread_rwlock_rdlock(&kvp_g.lock);
+  slot = kvp_slot_locked(slotID);
+  if (slot == NULL) {
+    rv = CKR_SLOT_ID_INVALID;
+  } else {
+    char serial[17];
+    size_t sessions = 0, rw = 0;
+    for (size_t j = 0; j < kvp_g.sess_cap; j++) {
+      kvp_session *s = kvp_g.sessions[j];
+      if (s != NULL && s != (kvp_session *)&kvp_g && s->slot == slotID) {
+        sessions++;
+        rw += (s->flags & CKF_RW_SESSION) != 0;
+      }
+    }
+    memset(pInfo, 0, sizeof(*pInfo));
+    memcpy(pInfo->label, slot->label, 32);
+    pad_copy(pInfo->manufacturerID, sizeof(pInfo->manufacturerID), KVP11_MANUFACTURER);
+    pad_copy(pInfo->model, sizeof(pInfo->model), KVP11_MODEL);
+    snprintf(serial, sizeof(serial), "%016lx", (unsigned long)slotID);
+    pad_copy(pInfo->serialNumber, sizeof(pInfo->serialNumber), serial);
+    pInfo->flags = CKF_TOKEN_INITIALIZED | CKF_USER_PIN_INITIALIZED | CKF_RNG |
+                   CKF_WRITE_PROTECTED | (kvp_slot_needs_login() ? CKF_LOGIN_REQUIRED : 0);
+    pInfo->ulMaxSessionCount = CK_EFFECTIVELY_INFINITE;
+    pInfo->ulSessionCount = sessions;
+    pInfo->ulMaxRwSessionCount = CK_EFFECTIVELY_INFINITE;
+    pInfo->ulRwSessionCount = rw;
+    pInfo->ulMaxPinLen = 256;
+    pInfo->ulMinPinLen = 0;
+    pInfo->ulTotalPublicMemory = CK_UNAVAILABLE_INFORMATION;
+    pInfo->ulFreePublicMemory = CK_UNAVAILABLE_INFORMATION;
+    pInfo->ulTotalPrivateMemory = CK_UNAVAILABLE_INFORMATION;
+    pInfo->ulFreePrivateMemory = CK_UNAVAILABLE_INFORMATION;
+    pInfo->hardwareVersion.major = KVP11_VERSION_MAJOR;
+    pInfo->hardwareVersion.minor = KVP11_VERSION_MINOR;
+    pInfo->firmwareVersion = pInfo->hardwareVersion;
+  }
+  pthread_rwlock_unlock(&kvp_g.lock);
+  return rv;
+}
+
+CK_RV C_GetMechanismList(CK_SLOT_ID slotID, CK_MECHANISM_TYPE_PTR pMechanismList,
+                                CK_ULONG_PTR pulCount)
+{
+  CK_RV rv = kvp_check_initialized();
+  kvp_slot *slot;
+  if (rv != CKR_OK)
+    return rv;
+  if (pulCount == NULL)
+    return CKR_ARGUMENTS_BAD;
+  (void)kvp_refresh();
+  pthread_rwlock_rdlock(&kvp_g.lock);
+  slot = kvp_slot_locked(slotID);
+  rv = slot == NULL ? CKR_SLOT_ID_INVALID : kvp_mechanism_list(slot, pMechanismList, pulCount);
+  pthread_rwlock_unlock(&kvp_g.lock);
+  return rv;
+}
+
+CK_RV C_GetMechanismInfo(CK_SLOT_ID slotID, CK_MECHANISM_TYPE type,
+                                CK_MECHANISM_INFO_PTR pInfo)
+{
+  CK_RV rv = kvp_check_initialized();
+  kvp_slot *slot;
+  if (rv != CKR_OK)
+    return rv;
+  if (pInfo == NULL)
+    return CKR_ARGUMENTS_BAD;
+  pthread_rwlock_rdlock(&kvp_g.lock);
+  slot = kvp_slot_locked(slotID);
+  rv = slot == NULL ? CKR_SLOT_ID_INVALID : kvp_mechanism_info(slot, type, pInfo);
+  pthread_rwlock_unlock(&kvp_g.lock);
+  return rv;
+}
+
+CK_RV C_InitToken(CK_SLOT_ID slotID, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen,
+                         CK_UTF8CHAR_PTR pLabel)
+{
+  CK_RV rv = kvp_check_initialized();
+  return rv != CKR_OK ? rv : CKR_FUNCTION_NOT_SUPPORTED;
+}
+
+CK_RV C_WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID_PTR pSlot, CK_VOID_PTR pReserved)
+{
+  CK_RV rv = kvp_check_initialized();
+  if (rv != CKR_OK)
+    return rv;
+  /* Tokens never come and go: there is no event to wait for. */
+  return (flags & CKF_DONT_BLOCK) ? CKR_NO_EVENT : CKR_FUNCTION_NOT_SUPPORTED;
+}
+
+/* ---- sessions -------------------------------------------------------- */
+
+/*
+ * Entry points that act on a session: look it up (taking a reference), lock
+ * its operation state, run body, unlock, drop the reference.
+ */
+#define WITH_SESSION(h, body)                                                                      \
+  do {                                                                                             \
+    kvp_session *s_ = NULL;                                                                        \
+    CK_RV rv_ = kvp_session_get((h), &s_);                                                         \
+    if (rv_ != CKR_OK)                                                                             \
+      return rv_;                                                                                  \
+    pthread_mutex_lock(&s_->lock);                                                                 \
+    {                                                                                              \
+      kvp_session *s __attribute__((unused)) = s_;                                                 \
+      rv_ = (body);                                                                                \
+    }                                                                                              \
+    pthread_mutex_unlock(&s_->lock);                                                               \
+    kvp_session_put(s_);                                                                           \
+    return rv_;                                                                                    \
+  } while (0)
+
+CK_RV C_OpenSession(CK_SLOT_ID slotID, CK_FLAGS flags, CK_VOID_PTR pApplication,
+                           CK_NOTIFY Notify, CK_SESSION_HANDLE_PTR phSession)
+{
+  CK_RV rv = kvp_check_initialized();
+  if (rv != CKR_OK)
+    return rv;
+  if (phSession == NULL)
+    return CKR_ARGUMENTS_BAD;
+  if (!(flags & CKF_SERIAL_SESSION))
+    return CKR_SESSION_PARALLEL_NOT_SUPPORTED;
+  return kvp_session_open(slotID, flags & (CKF_SERIAL_SESSION | CKF_RW_SESSION), phSession);
+}
+
+CK_RV C_CloseSession(CK_SESSION_HANDLE hSession)
+{
+  return kvp_session_close(hSession);
+}
+
+CK_RV C_CloseAllSessions(CK_SLOT_ID slotID)
+{
+  return kvp_session_close_all(slotID);
+}
+
+static CK_RV session_info(kvp_session *s, CK_SESSION_INFO_PTR pInfo)
+{
+  if (pInfo == NULL)
+    return CKR_ARGUMENTS_BAD;
+  pthread_rwlock_rdlock(&kvp_g.lock);
+  pInfo->slotID = s->slot;
+  pInfo->state = kvp_session_state(s, kvp_slot_locked(s->slot));
+  pthread_rwlock_unlock(&kvp_g.lock);
+  pInfo->flags = s->flags;
+  pInfo->ulDeviceError = 0;
+  return CKR_OK;
+}
+
+CK_RV C_GetSessionInfo(CK_SESSION_HANDLE hSession, CK_SESSION_INFO_PTR pInfo)
+{
+  WITH_SESSION(hSession, session_info(s, pInfo));
+}
+
+CK_RV C_GetOperationState(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pOperationState,
+                                 CK_ULONG_PTR pulOperationStateLen)
+{
+  /* Operation state could carry key-store context: never saved. */
+  WITH_SESSION(hSession, CKR_FUNCTION_NOT_SUPPORTED);
+}
+
+CK_RV C_SetOperationState(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pOperationState,
+                                 CK_ULONG ulOperationStateLen, CK_OBJECT_HANDLE hEncryptionKey,
+                                 CK_OBJECT_HANDLE hAuthenticationKey)
+{
+  WITH_SESSION(hSession, CKR_FUNCTION_NOT_SUPPORTED);
+}
+
+CK_RV C_Login(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHAR_PTR pPin,
+                     CK_ULONG ulPinLen)
+{
+  WITH_SESSION(hSession, kvp_login(s, userType, pPin, ulPinLen));
+}
+
+CK_RV C_Logout(CK_SESSION_HANDLE hSession)
+{
+  WITH_SESSION(hSession, kvp_logout(s));
+}
+
+CK_RV C_InitPIN(CK_SESSION_HANDLE hSession, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen)
+{
+  WITH_SESSION(hSession, CKR_FUNCTION_NOT_SUPPORTED);
+}
+
+CK_RV C_SetPIN(CK_SESSION_HANDLE hSession, CK_UTF8CHAR_PTR pOldPin, CK_ULONG ulOldLen,
+                      CK_UTF8CHAR_PTR pNewPin, CK_ULONG ulNewLen)
+{
+  WITH_SESSION(hSession, CKR_FUNCTION_NOT_SUPPORTED);
+}
+
+/* ---- objects --------------------------------------------------------- */
+
+static CK_RV create_object(kvp_session *s, CK_ATTRIBUTE_PTR tmpl, CK_ULONG n,
+                           CK_OBJECT_HANDLE_PTR ph)
+{
+  if ((tmpl == NULL && n != 0) || ph == NULL)
+    return CKR_ARGUMENTS_BAD;
+  if (!(s->flags & CKF_RW_SESSION))
+    return CKR_SESSION_READ_ONLY;
+  return CKR_TOKEN_WRITE_PROTECTED;
+}
+
+/* Changing, copying or destroying a registered object is refused. */
+static CK_RV existing_object_prohibited(kvp_session *s, CK_OBJECT_HANDLE h)
+{
+  kvp_object *o = NULL;
+  CK_RV rv = kvp_object_get(s, h, &o);
+  if (rv != CKR_OK)
+    return rv;
+  kvp_object_put(o);
+  return CKR_ACTION_PROHIBITED;
+}
+
+CK_RV C_CreateObject(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate,
+                            CK_ULONG ulCount, CK_OBJECT_HANDLE_PTR phObject)
+{
+  WITH_SESSION(hSession, create_object(s, pTemplate, ulCount, phObject));
+}
+
+CK_RV C_CopyObject(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
+                          CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount,
+                          CK_OBJECT_HANDLE_PTR phNewObject)
+{
+  WITH_SESSION(hSession, existing_object_prohibited(s, hObject));
+}
+
+CK_RV C_DestroyObject(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject)
+{
+  WITH_SESSION(hSession, existing_object_prohibited(s, hObject));
+}
+
+static CK_RV object_size(kvp_session *s, CK_OBJECT_HANDLE h, CK_ULONG_PTR pulSize)
+{
+  kvp_object *o = NULL;
+  CK_RV rv;
+  if (pulSize == NULL)
+    return CKR_ARGUMENTS_BAD;
+  if ((rv = kvp_object_get(s, h, &o)) != CKR_OK)
+    return rv;
+  *pulSize = CK_UNAVAILABLE_INFORMATION;
+  kvp_object_put(o);
+  return CKR_OK;
+}
+
+CK_RV C_GetObjectSize(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
+                             CK_ULONG_PTR pulSize)
+{
+  WITH_SESSION(hSession, object_size(s, hObject, pulSize));
+}
+
+static CK_RV get_attributes(kvp_session *s, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_PTR tmpl, CK_ULONG n)
+{
+  kvp_object *o = NULL;
+  CK_RV rv;
+  if (tmpl == NULL && n != 0)
+    return CKR_ARGUMENTS_BAD;
+  if ((rv = kvp_object_get(s, h, &o)) != CKR_OK)
+    return rv;
+  rv = kvp_object_get_attributes(o, tmpl, n);
+  kvp_object_put(o);
+  return rv;
+}
+
+CK_RV C_GetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
+                                 CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount)
+{
+  WITH_SESSION(hSession, get_attributes(s, hObject, pTemplate, ulCount));
+}
+
+CK_RV C_SetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
+                                 CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount)
+{
+  WITH_SESSION(hSession, existing_object_prohibited(s, hObject));
+}
+
+static CK_RV find_init(kvp_session *s, CK_ATTRIBUTE_PTR tmpl, CK_ULONG n)
+{
+  if (s->find.kind != KVP_OP_NONE)
+    return CKR_OPERATION_ACTIVE;
+  return kvp_find_init(s, tmpl, n);
+}
+
+static CK_RV find_next(kvp_session *s, CK_OBJECT_HANDLE_PTR ph, CK_ULONG max, CK_ULONG_PTR count)
+{
+  CK_ULONG n = 0;
+  if (s->find.kind != KVP_OP_FIND)
+    return CKR_OPERATION_NOT_INITIALIZED;
+  if (ph == NULL || count == NULL)
+    return CKR_ARGUMENTS_BAD;
+  while (n < max && s->find.next_found < s->find.n_found)
+    ph[n++] = s->find.found[s->find.next_found++];
+  *count = n;
+  return CKR_OK;
+}
+
+static CK_RV find_final(kvp_session *s)
+{
+  if (s->find.kind != KVP_OP_FIND)
+    return CKR_OPERATION_NOT_INITIALIZED;
+  kvp_op_reset(&s->find);
+  return CKR_OK;
+}
+
+CK_RV C_FindObjectsInit(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate,
+                               CK_ULONG ulCount)
+{
+  WITH_SESSION(hSession, find_init(s, pTemplate, ulCount));
+}
+
+CK_RV C_FindObjects(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE_PTR phObject,
+                           CK_ULONG ulMaxObjectCount, CK_ULONG_PTR pulObjectCount)
+{
+  WITH_SESSION(hSession, find_next(s, phObject, ulMaxObjectCount, pulObjectCount));
+}
+
+CK_RV C_FindObjectsFinal(CK_SESSION_HANDLE hSession)
+{
+  WITH_SESSION(hSession, find_final(s));
+}
+
+/* ---- cryptography ---------------------------------------------------- */
+
+CK_RV C_EncryptInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
+                           CK_OBJECT_HANDLE hKey)
+{
+  WITH_SESSION(hSession, kvp_op_init(s, KVP_OP_ENCRYPT, pMechanism, hKey));
+}
+
+CK_RV C_Encrypt(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen,
+                       CK_BYTE_PTR pEncryptedData, CK_ULONG_PTR pulEncryptedDataLen)
+{
+  WITH_SESSION(hSession, kvp_op_output(s, KVP_OP_ENCRYPT, 0, pData, ulDataLen, pEncryptedData,
+                                       pulEncryptedDataLen));
+}
+
+CK_RV C_EncryptUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, CK_ULONG ulPartLen,
+                             CK_BYTE_PTR pEncryptedPart, CK_ULONG_PTR pulEncryptedPartLen)
+{
+  /* RSA encrypts one block: input is kept and the output comes at C_EncryptFinal. */
+  WITH_SESSION(hSession, (pulEncryptedPartLen == NULL
+                              ? CKR_ARGUMENTS_BAD
+                              : (*pulEncryptedPartLen = 0,
+                                 kvp_op_update(s, KVP_OP_ENCRYPT, pPart, ulPartLen))));
+}
+
+CK_RV C_EncryptFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pLastEncryptedPart,
+                            CK_ULONG_PTR pulLastEncryptedPartLen)
+{
+  WITH_SESSION(hSession, kvp_op_output(s, KVP_OP_ENCRYPT, 1, NULL, 0, pLastEncryptedPart,
+                                       pulLastEncryptedPartLen));
+}
+
+CK_RV C_DecryptInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
+                           CK_OBJECT_HANDLE hKey)
+{
+  WITH_SESSION(hSession, kvp_op_init(s, KVP_OP_DECRYPT, pMechanism, hKey));
+}
+
+CK_RV C_Decrypt(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pEncryptedData,
+                       CK_ULONG ulEncryptedDataLen, CK_BYTE_PTR pData, CK_ULONG_PTR pulDataLen)
+{
+  WITH_SESSION(hSession, kvp_op_output(s, KVP_OP_DECRYPT, 0, pEncryptedData, ulEncryptedDataLen,
+                                       pData, pulDataLen));
+}
+
+CK_RV C_DecryptUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pEncryptedPart,
+                             CK_ULONG ulEncryptedPartLen, CK_BYTE_PTR pPart,
+                             CK_ULONG_PTR pulPartLen)
+{
+  WITH_SESSION(hSession, (pulPartLen == NULL
+                              ? CKR_ARGUMENTS_BAD
+                              : (*pulPartLen = 0, kvp_op_update(s, KVP_OP_DECRYPT, pEncryptedPart,
+                                                                ulEncryptedPartLen))));
+}
+
+CK_RV C_DecryptFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pLastPart,
+                            CK_ULONG_PTR pulLastPartLen)
+{
+  WITH_SESSION(hSession,
+               kvp_op_output(s, KVP_OP_DECRYPT, 1, NULL, 0, pLastPart, pulLastPartLen));
+}
+
+CK_RV C_DigestInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism)
+{
+  WITH_SESSION(hSession, kvp_op_init(s, KVP_OP_DIGEST, pMechanism, CK_INVALID_HANDLE));
+}
+
+CK_RV C_Digest(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen,
+                      CK_BYTE_PTR pDigest, CK_ULONG_PTR pulDigestLen)
+{
+  WITH_SESSION(hSession,
+               kvp_op_output(s, KVP_OP_DIGEST, 0, pData, ulDataLen, pDigest, pulDigestLen));
+}
+
+CK_RV C_DigestUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, CK_ULONG ulPartLen)
+{
+  WITH_SESSION(hSession, kvp_op_update(s, KVP_OP_DIGEST, pPart, ulPartLen));
+}
+
+CK_RV C_DigestKey(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hKey)
+{
+  /* Only private and public keys exist here; neither is digestible secret material. */
+  WITH_SESSION(hSession, s->op.kind != KVP_OP_DIGEST ? CKR_OPERATION_NOT_INITIALIZED
+                                                     : CKR_KEY_INDIGESTIBLE);
+}
+
+CK_RV C_DigestFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pDigest,
+                           CK_ULONG_PTR pulDigestLen)
+{
+  WITH_SESSION(hSession, kvp_op_output(s, KVP_OP_DIGEST, 1, NULL, 0, pDigest, pulDigestLen));
+}
+
+CK_RV C_SignInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
+                        CK_OBJECT_HANDLE hKey)
+{
+  WITH_SESSION(hSession, kvp_op_init(s, KVP_OP_SIGN, pMechanism, hKey));
+}
+
+CK_RV C_Sign(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen,
+                    CK_BYTE_PTR pSignature, CK_ULONG_PTR pulSignatureLen)
+{
+  WITH_SESSION(hSession, kvp_op_output(s, KVP_OP_SIGN, 0, pData, ulDataLen, pSignature,
+                                       pulSignatureLen));
+}
+
+CK_RV C_SignUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, CK_ULONG ulPartLen)
+{
+  WITH_SESSION(hSession, kvp_op_update(s, KVP_OP_SIGN, pPart, ulPartLen));
+}
+
+CK_RV C_SignFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSignature,
+                         CK_ULONG_PTR pulSignatureLen)
+{
+  WITH_SESSION(hSession,
+               kvp_op_output(s, KVP_OP_SIGN, 1, NULL, 0, pSignature, pulSignatureLen));
+}
+
+CK_RV C_SignRecoverInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
+                               CK_OBJECT_HANDLE hKey)
+{
+  WITH_SESSION(hSession, CKR_FUNCTION_NOT_SUPPORTED);
+}
+
+CK_RV C_SignRecover(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen,
+                           CK_BYTE_PTR pSignature, CK_ULONG_PTR pulSignatureLen)
+{
+  WITH_SESSION(hSession, CKR_FUNCTION_NOT_SUPPORTED);
+}
+
+CK_RV C_VerifyInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
+                          CK_OBJECT_HANDLE hKey)
+{
+  WITH_SESSION(hSession, kvp_op_init(s, KVP_OP_VERIFY, pMechanism, hKey));
+}
+
+CK_RV C_Verify(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen,
+                      CK_BYTE_PTR pSignature, CK_ULONG ulSignatureLen)
+{
+  WITH_SESSION(hSession, kvp_op_verify(s, 0, pData, ulDataLen, pSignature, ulSignatureLen));
+}
+
+CK_RV C_VerifyUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, CK_ULONG ulPartLen)
+{
+  WITH_SESSION(hSession, kvp_op_update(s, KVP_OP_VERIFY, pPart, ulPartLen));
+}
+
+CK_RV C_VerifyFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSignature,
+                           CK_ULONG ulSignatureLen)
+{
+  WITH_SESSION(hSession, kvp_op_verify(s, 1, NULL, 0, pSignature, ulSignatureLen));
+}
+
+CK_RV C_VerifyRecoverInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
+                                 CK_OBJECT_HANDLE hKey)
+{
+  WITH_SESSION(hSession, CKR_FUNCTION_NOT_SUPPORTED);
+}
+
+CK_RV C_VerifyRecover(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSignature,
+                             CK_ULONG ulSignatureLen, CK_BYTE_PTR pData, CK_ULONG_PTR pulDataLen)
+{
+  WITH_SESSION(hSession, CKR_FUNCTION_NOT_SUPPORTED);
+}
+
+CK_RV C_DigestEncryptUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart,
+                                   CK_ULONG ulPartLen, CK_BYTE_PTR pEncryptedPart,
+                                   CK_ULONG_PTR pulEncryptedPartLen)
+{
+  WITH_SESSION(hSession, CKR_FUNCTION_NOT_SUPPORTED);
+}
+
+CK_RV C_DecryptDigestUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pEncryptedPart,
+                                   CK_ULONG ulEncryptedPartLen, CK_BYTE_PTR pPart,
+                                   CK_ULONG_PTR pulPartLen)
+{
+  WITH_SESSION(hSession, CKR_FUNCTION_NOT_SUPPORTED);
+}
+
+CK_RV C_SignEncryptUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, CK_ULONG ulPartLen,
+                                 CK_BYTE_PTR pEncryptedPart, CK_ULONG_PTR pulEncryptedPartLen)
+{
+  WITH_SESSION(hSession, CKR_FUNCTION_NOT_SUPPORTED);
+}
+
+CK_RV C_DecryptVerifyUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pEncryptedPart,
+                                   CK_ULONG ulEncryptedPartLen, CK_BYTE_PTR pPart,
+                                   CK_ULONG_PTR pulPartLen)
+{
+  WITH_SESSION(hSession, CKR_FUNCTION_NOT_SUPPORTED);
+}
+
+/* Key generation comes with provisioning; wrapping and derivation never. */
+CK_RV C_GenerateKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
+                           CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount, CK_OBJECT_HANDLE_PTR phKey)
+{
+  WITH_SESSION(hSession, CKR_FUNCTION_NOT_SUPPORTED);
+}
+
+CK_RV C_GenerateKeyPair(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
+                               CK_ATTRIBUTE_PTR pPublicKeyTemplate, CK_ULONG ulPublicKeyAttributeCount,
+                               CK_ATTRIBUTE_PTR pPrivateKeyTemplate,
+                               CK_ULONG ulPrivateKeyAttributeCount, CK_OBJECT_HANDLE_PTR phPublicKey,
+                               CK_OBJECT_HANDLE_PTR phPrivateKey)
+{
+  WITH_SESSION(hSession, CKR_FUNCTION_NOT_SUPPORTED);
+}
+
+CK_RV C_WrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
+                       CK_OBJECT_HANDLE hWrappingKey, CK_OBJECT_HANDLE hKey,
+                       CK_BYTE_PTR pWrappedKey, CK_ULONG_PTR pulWrappedKeyLen)
+{
+  WITH_SESSION(hSession, CKR_FUNCTION_NOT_SUPPORTED);
+}
+
+CK_RV C_UnwrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
+                         CK_OBJECT_HANDLE hUnwrappingKey, CK_BYTE_PTR pWrappedKey,
+                         CK_ULONG ulWrappedKeyLen, CK_ATTRIBUTE_PTR pTemplate,
+                         CK_ULONG ulAttributeCount, CK_OBJECT_HANDLE_PTR phKey)
+{
+  WITH_SESSION(hSession, CKR_FUNCTION_NOT_SUPPORTED);
+}
+
+CK_RV C_DeriveKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
+                         CK_OBJECT_HANDLE hBaseKey, CK_ATTRIBUTE_PTR pTemplate,
+                         CK_ULONG ulAttributeCount, CK_OBJECT_HANDLE_PTR phKey)
+{
+  WITH_SESSION(hSession, CKR_FUNCTION_NOT_SUPPORTED);
+}
+
+CK_RV C_SeedRandom(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSeed, CK_ULONG ulSeedLen)
+{
+  WITH_SESSION(hSession, (pSeed == NULL && ulSeedLen != 0)
+                             ? CKR_ARGUMENTS_BAD
+                             : (RAND_seed(pSeed, (int)ulSeedLen), CKR_OK));
+}
+
+CK_RV C_GenerateRandom(CK_SESSION_HANDLE hSession, CK_BYTE_PTR RandomData,
+                              CK_ULONG ulRandomLen)
+{
+  WITH_SESSION(hSession, (RandomData == NULL && ulRandomLen != 0)
+                             ? CKR_ARGUMENTS_BAD
+                             : (RAND_bytes(RandomData, (int)ulRandomLen) == 1
+                                    ? CKR_OK
+                                    : CKR_FUNCTION_FAILED));
+}
+
+CK_RV C_GetFunctionStatus(CK_SESSION_HANDLE hSession)
+{
+  WITH_SESSION(hSession, CKR_FUNCTION_NOT_PARALLEL);
+}
+
+CK_RV C_CancelFunction(CK_SESSION_HANDLE hSession)
+{
+  WITH_SESSION(hSession, CKR_FUNCTION_NOT_PARALLEL);
+}
+
+static CK_FUNCTION_LIST kvp_function_list = {
+    {2, 40},
+    C_Initialize,
+    C_Finalize,
+    C_GetInfo,
+    C_GetFunctionList,
+    C_GetSlotList,
+    C_GetSlotInfo,
+    C_GetTokenInfo,
+    C_GetMechanismList,
+    C_GetMechanismInfo,
+    C_InitToken,
+    C_InitPIN,
+    C_SetPIN,
+    C_OpenSession,
+    C_CloseSession,
+    C_CloseAllSessions,
+    C_GetSessionInfo,
+    C_GetOperationState,
+    C_SetOperationState,
+    C_Login,
+    C_Logout,
+    C_CreateObject,
+    C_CopyObject,
+    C_DestroyObject,
+    C_GetObjectSize,
+    C_GetAttributeValue,
+    C_SetAttributeValue,
+    C_FindObjectsInit,
+    C_FindObjects,
+    C_FindObjectsFinal,
+    C_EncryptInit,
+    C_Encrypt,
+    C_EncryptUpdate,
+    C_EncryptFinal,
+    C_DecryptInit,
+    C_Decrypt,
+    C_DecryptUpdate,
+    C_DecryptFinal,
+    C_DigestInit,
+    C_Digest,
+    C_DigestUpdate,
+    C_DigestKey,
+    C_DigestFinal,
+    C_SignInit,
+    C_Sign,
+    C_SignUpdate,
+    C_SignFinal,
+    C_SignRecoverInit,
+    C_SignRecover,
+    C_VerifyInit,
+    C_Verify,
+    C_VerifyUpdate,
+    C_VerifyFinal,
+    C_VerifyRecoverInit,
+    C_VerifyRecover,
+    C_DigestEncryptUpdate,
+    C_DecryptDigestUpdate,
+    C_SignEncryptUpdate,
+    C_DecryptVerifyUpdate,
+    C_GenerateKey,
+    C_GenerateKeyPair,
+    C_WrapKey,
+    C_UnwrapKey,
+    C_DeriveKey,
+    C_SeedRandom,
+    C_GenerateRandom,
+    C_GetFunctionStatus,
+    C_CancelFunction,
+    C_WaitForSlotEvent,
+};

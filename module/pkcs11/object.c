@@ -1,0 +1,505 @@
+/*
+ * PKCS#11 objects made from registry rows: per certificate a CKO_CERTIFICATE,
+ * a CKO_PUBLIC_KEY and, for private certificates, a CKO_PRIVATE_KEY whose
+ * operations run in the key store. Attribute values are computed once when
+ * the object is made; C_GetAttributeValue and C_FindObjects read them.
+ */
+#include "pkcs11/internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/core_names.h>
+#include <openssl/sha.h>
+#include <openssl/x509.h>
+
+#include "core/cert.h"
+#include "core/log.h"
+#include "core/p11names.h"
+#include "core/util.h"
+#include "pkcs11/mech.h"
+
+/* ---- attribute list builder ------------------------------------------ */
+
+typedef struct attr_list {
+  kvp_attr *a;
+  size_t n, cap;
+  int failed;
+} attr_list;
+
+static void add_attr(attr_list *l, CK_ATTRIBUTE_TYPE t, const void *v, CK_ULONG len, int sensitive)
+{
+  if (l->failed)
+    return;
+  if (l->n == l->cap) {
+    size_t cap = l->cap ? l->cap * 2 : 32;
+    kvp_attr *na = realloc(l->a, cap * sizeof(*na));
+    if (na == NULL) {
+      l->failed = 1;
+      return;
+    }
+    l->a = na;
+    l->cap = cap;
+  }
+  kvp_attr *at = &l->a[l->n];
+  at->type = t;
+  at->len = len;
+  at->sensitive = sensitive;
+  at->value = NULL;
+  if (len > 0) {
+    at->value = malloc(len);
+    if (at->value == NULL) {
+      l->failed = 1;
+      return;
+    }
+    memcpy(at->value, v, len);
+  }
+  l->n++;
+}
+
+static void add_bool(attr_list *l, CK_ATTRIBUTE_TYPE t, CK_BBOOL b)
+{
+  add_attr(l, t, &b, sizeof(b), 0);
+}
+
+static void add_ulong(attr_list *l, CK_ATTRIBUTE_TYPE t, CK_ULONG v)
+{
+  add_attr(l, t, &v, sizeof(v), 0);
+}
+
+/* Add the DER of an i2d_* result, taking ownership of it. */
+static void add_der(attr_list *l, CK_ATTRIBUTE_TYPE t, unsigned char *der, int len)
+{
+  if (len <= 0) {
+    l->failed = 1;
+    return;
+  }
+  add_attr(l, t, der, (CK_ULONG)len, 0);
+  OPENSSL_free(der);
+}
+
+static void add_date(attr_list *l, CK_ATTRIBUTE_TYPE t, int64_t when)
+{
+  CK_DATE d;
+  struct tm tm;
+  time_t tt = (time_t)when;
+  char buf[40];
+
+  if (gmtime_r(&tt, &tm) == NULL) {
+    add_attr(l, t, NULL, 0, 0);
+    return;
+  }
+  snprintf(buf, sizeof(buf), "%04d%02d%02d", (tm.tm_year + 1900) % 10000, tm.tm_mon + 1,
+           tm.tm_mday);
+  memcpy(d.year, buf, 4);
+  memcpy(d.month, buf + 4, 2);
+  memcpy(d.day, buf + 6, 2);
+  add_attr(l, t, &d, sizeof(d), 0);
+}
+
+/* ---- key attributes -------------------------------------------------- */
+
+static const CK_MECHANISM_TYPE rsa_mechs[] = {
+    CKM_RSA_PKCS,        CKM_SHA256_RSA_PKCS,     CKM_SHA384_RSA_PKCS,
+    CKM_SHA512_RSA_PKCS, CKM_RSA_PKCS_PSS,        CKM_SHA256_RSA_PKCS_PSS,
+    CKM_SHA384_RSA_PKCS_PSS, CKM_SHA512_RSA_PKCS_PSS, CKM_RSA_PKCS_OAEP,
+};
+static const CK_MECHANISM_TYPE ec_mechs[] = {
+    CKM_ECDSA, CKM_ECDSA_SHA256, CKM_ECDSA_SHA384, CKM_ECDSA_SHA512,
+};
+
+/* EC parameters and point as PKCS#11 wants them: DER OID, DER OCTET STRING. */
+static void add_ec_public(attr_list *l, const kvp_spki *k)
+{
+  unsigned char *der = NULL;
+  ASN1_OCTET_STRING *os;
+
+  add_der(l, CKA_EC_PARAMS, der, i2d_ASN1_OBJECT(k->curve, &der));
+  os = ASN1_OCTET_STRING_new();
+  if (os == NULL || !ASN1_OCTET_STRING_set(os, k->point, k->point_len)) {
+    ASN1_OCTET_STRING_free(os);
+    l->failed = 1;
+    return;
+  }
+  der = NULL;
+  add_der(l, CKA_EC_POINT, der, i2d_ASN1_OCTET_STRING(os, &der));
+  ASN1_OCTET_STRING_free(os);
+}
+
+static void add_common_key(attr_list *l, const kvp_spki *k, const unsigned char *subject,
+                           int subject_len)
+{
+  add_ulong(l, CKA_KEY_TYPE, k->type == KVP_KEY_RSA ? CKK_RSA : CKK_EC);
+  add_attr(l, CKA_ID, k->id, KVP_KEY_ID_LEN, 0);
+  add_attr(l, CKA_START_DATE, NULL, 0, 0);
+  add_attr(l, CKA_END_DATE, NULL, 0, 0);
+  add_bool(l, CKA_DERIVE, CK_FALSE);
+  add_bool(l, CKA_LOCAL, CK_FALSE);
+  add_ulong(l, CKA_KEY_GEN_MECHANISM, CK_UNAVAILABLE_INFORMATION);
+  if (k->type == KVP_KEY_RSA)
+    add_attr(l, CKA_ALLOWED_MECHANISMS, rsa_mechs, sizeof(rsa_mechs), 0);
+  else
+    add_attr(l, CKA_ALLOWED_MECHANISMS, ec_mechs, sizeof(ec_mechs), 0);
+  add_attr(l, CKA_SUBJECT, subject, (CK_ULONG)subject_len, 0);
+  add_attr(l, CKA_PUBLIC_KEY_INFO, k->der, (CK_ULONG)k->der_len, 0);
+  if (k->type == KVP_KEY_RSA) {
+    add_attr(l, CKA_MODULUS, k->n, (CK_ULONG)k->n_len, 0);
+    add_attr(l, CKA_PUBLIC_EXPONENT, k->e, (CK_ULONG)k->e_len, 0);
+  } else {
+    /* CKA_EC_POINT is public; on private keys clients (OpenSSL providers) read it too. */
+    add_ec_public(l, k);
+  }
+}
+
+static void add_storage(attr_list *l, CK_OBJECT_CLASS cls, int is_private, const char *label)
+{
+  add_ulong(l, CKA_CLASS, cls);
+  add_bool(l, CKA_TOKEN, CK_TRUE);
+  add_bool(l, CKA_PRIVATE, is_private ? CK_TRUE : CK_FALSE);
+  add_bool(l, CKA_MODIFIABLE, CK_FALSE);
+  add_bool(l, CKA_COPYABLE, CK_FALSE);
+  add_bool(l, CKA_DESTROYABLE, CK_FALSE);
+  add_attr(l, CKA_LABEL, label, (CK_ULONG)strlen(label), 0);
+}
+
+/* ---- objects from a registry row ------------------------------------- */
+
+static kvp_object *object_new(CK_OBJECT_CLASS cls, int kind, const kvp_cert_rec *rec,
+                              CK_SLOT_ID slot)
+{
+  kvp_object *o = calloc(1, sizeof(*o));
+  if (o == NULL)
+    return NULL;
+  atomic_init(&o->refs, 1);
+  pthread_mutex_init(&o->lock, NULL);
+  o->cls = cls;
+  o->slot = slot;
+  o->row_id = rec->id;
+  o->handle = ((CK_OBJECT_HANDLE)rec->id << 2) | (CK_OBJECT_HANDLE)kind;
+  memcpy(o->sha256, rec->sha256, sizeof(o->sha256));
+  o->label = strdup(rec->name);
+  if (o->label == NULL) {
+    kvp_object_free(o);
+    return NULL;
+  }
+  return o;
+}
+
+static int finish_attrs(kvp_object *o, attr_list *l)
+{
+  o->attrs = l->a;
+  o->n_attrs = l->n;
+  return l->failed ? -1 : 0;
+}
+
+static kvp_backend *find_backend(kvp_backend **backends, size_t n, const char *scheme,
+                                 const char *store)
+{
+  for (size_t i = 0; i < n; i++)
+    if (strcmp(backends[i]->ops->scheme, scheme) == 0 && strcmp(backends[i]->name, store) == 0)
+      return backends[i];
+  return NULL;
+}
+
+CK_RV kvp_objects_from_rec(const kvp_cert_rec *rec, CK_SLOT_ID slot, kvp_backend **backends,
+                           size_t n_backends, kvp_object **out, size_t *n_out)
+{
+  const unsigned char *p = rec->der;
+  X509 *x = d2i_X509(NULL, &p, (long)rec->der_len);
+  kvp_object *cert = NULL, *pub = NULL, *priv = NULL;
+  unsigned char *subject = NULL, *issuer = NULL, *serial = NULL;
+  int subject_len, issuer_len, serial_len;
+  kvp_spki k;
+  attr_list l = {0};
+  CK_RV rv = CKR_HOST_MEMORY;
+
+  *n_out = 0;
+  if (x == NULL) {
+    KVP_ERROR("registry: certificate '%s': stored DER does not parse", rec->name);
+    return CKR_GENERAL_ERROR;
+  }
+  if (kvp_spki_from_x509(x, &k) != KVP_OK) {
+    KVP_WARN("registry: certificate '%s': unsupported public key (RSA of 1024 to 8192 bits, "
+             "or EC on P-256, P-384, P-521, secp256k1)",
+             rec->name);
+    rv = CKR_KEY_TYPE_INCONSISTENT;
+    goto out;
+  }
+  subject_len = i2d_X509_NAME(X509_get_subject_name(x), &subject);
+  issuer_len = i2d_X509_NAME(X509_get_issuer_name(x), &issuer);
+  serial_len = i2d_ASN1_INTEGER(X509_get_serialNumber(x), &serial);
+  if (subject_len <= 0 || issuer_len <= 0 || serial_len <= 0)
+    goto out;
+
+  /* The certificate. */
+  cert = object_new(CKO_CERTIFICATE, KVP_OBJ_CERT, rec, slot);
+  if (cert == NULL)
+    goto out;
+  {
+    unsigned char sha1[SHA_DIGEST_LENGTH];
+    SHA1(rec->der, rec->der_len, sha1);
+    add_storage(&l, CKO_CERTIFICATE, 0, rec->name);
+    add_ulong(&l, CKA_CERTIFICATE_TYPE, CKC_X_509);
+    add_bool(&l, CKA_TRUSTED, CK_FALSE);
+    add_ulong(&l, CKA_CERTIFICATE_CATEGORY, rec->type == KVP_CERT_PRIVATE ? 1 : 3);
+    add_attr(&l, CKA_CHECK_VALUE, sha1, 3, 0);
+    add_date(&l, CKA_START_DATE, rec->not_before);
+    add_date(&l, CKA_END_DATE, rec->not_after);
+    add_attr(&l, CKA_SUBJECT, subject, (CK_ULONG)subject_len, 0);
+    add_attr(&l, CKA_ID, k.id, sizeof(k.id), 0);
+    add_attr(&l, CKA_ISSUER, issuer, (CK_ULONG)issuer_len, 0);
+    add_attr(&l, CKA_SERIAL_NUMBER, serial, (CK_ULONG)serial_len, 0);
+    add_attr(&l, CKA_VALUE, rec->der, (CK_ULONG)rec->der_len, 0);
+    add_attr(&l, CKA_URL, NULL, 0, 0);
+    add_attr(&l, CKA_HASH_OF_SUBJECT_PUBLIC_KEY, k.id, sizeof(k.id), 0);
+    add_attr(&l, CKA_HASH_OF_ISSUER_PUBLIC_KEY, NULL, 0, 0);
+    add_ulong(&l, CKA_JAVA_MIDP_SECURITY_DOMAIN, 0);
+    add_ulong(&l, CKA_NAME_HASH_ALGORITHM, CKM_SHA_1);
+  }
+  if (finish_attrs(cert, &l) != 0)
+    goto out;
+
+  /* The public key. */
+  pub = object_new(CKO_PUBLIC_KEY, KVP_OBJ_PUBKEY, rec, slot);
+  if (pub == NULL)
+    goto out;
+  pub->key_type = k.type;
+  pub->bits = k.bits;
+  pub->curve_nid = k.curve_nid;
+  pub->pub = X509_get_pubkey(x);
+  if (pub->pub == NULL)
+    goto out;
+  memset(&l, 0, sizeof(l));
+  add_storage(&l, CKO_PUBLIC_KEY, 0, rec->name);
+  add_common_key(&l, &k, subject, subject_len);
+  add_bool(&l, CKA_ENCRYPT, k.type == KVP_KEY_RSA);
+  add_bool(&l, CKA_VERIFY, CK_TRUE);
+  add_bool(&l, CKA_VERIFY_RECOVER, CK_FALSE);
+  add_bool(&l, CKA_WRAP, CK_FALSE);
+  add_bool(&l, CKA_TRUSTED, CK_FALSE);
+  if (k.type == KVP_KEY_RSA)
+    add_ulong(&l, CKA_MODULUS_BITS, k.bits);
+  if (finish_attrs(pub, &l) != 0)
+    goto out;
+
+  /* The private key, for private certificates. */
+  if (rec->type == KVP_CERT_PRIVATE) {
+    char *scheme = NULL, *store = NULL, *name = NULL;
+    char err[KVP_ERRLEN];
+    static const CK_ATTRIBUTE_TYPE rsa_secret[] = {CKA_PRIVATE_EXPONENT, CKA_PRIME_1, CKA_PRIME_2,
+                                                   CKA_EXPONENT_1, CKA_EXPONENT_2,
+                                                   CKA_COEFFICIENT};
+
+    priv = object_new(CKO_PRIVATE_KEY, KVP_OBJ_PRIVKEY, rec, slot);
+    if (priv == NULL)
+      goto out;
+    priv->key_type = k.type;
+    priv->bits = k.bits;
+    priv->curve_nid = k.curve_nid;
+    priv->pub = X509_get_pubkey(x);
+    priv->key_ref = kvp_strdup0(rec->key_ref);
+    if (priv->pub == NULL || priv->key_ref == NULL)
+      goto out;
+    if (kvp_keyref_parse(rec->key_ref, &scheme, &store, &name, err, sizeof(err)) == KVP_OK) {
+      priv->backend = find_backend(backends, n_backends, scheme, store);
+      priv->key_name = name;
+      name = NULL;
+      if (priv->backend == NULL)
+        KVP_WARN("certificate '%s': key store '%s:%s' is not configured; its key cannot be used",
+                 rec->name, scheme, store);
+    } else {
+      KVP_WARN("certificate '%s': %s", rec->name, err);
+    }
+    free(scheme);
+    free(store);
+    free(name);
+    priv->is_private = priv->backend != NULL && priv->backend->ops->needs_login != NULL &&
+                       priv->backend->ops->needs_login(priv->backend);
+
+    memset(&l, 0, sizeof(l));
+    add_storage(&l, CKO_PRIVATE_KEY, priv->is_private, rec->name);
+    add_common_key(&l, &k, subject, subject_len);
+    add_bool(&l, CKA_SENSITIVE, CK_TRUE);
+    add_bool(&l, CKA_DECRYPT, k.type == KVP_KEY_RSA);
+    add_bool(&l, CKA_SIGN, CK_TRUE);
+    add_bool(&l, CKA_SIGN_RECOVER, CK_FALSE);
+    add_bool(&l, CKA_UNWRAP, CK_FALSE);
+    add_bool(&l, CKA_EXTRACTABLE, CK_FALSE);
+    add_bool(&l, CKA_ALWAYS_SENSITIVE, CK_TRUE);
+    add_bool(&l, CKA_NEVER_EXTRACTABLE, CK_TRUE);
+    add_bool(&l, CKA_WRAP_WITH_TRUSTED, CK_FALSE);
+    add_bool(&l, CKA_ALWAYS_AUTHENTICATE, CK_FALSE);
+    if (k.type == KVP_KEY_RSA) {
+      for (size_t i = 0; i < KVP_ARRAY_SIZE(rsa_secret); i++)
+        add_attr(&l, rsa_secret[i], NULL, 0, 1);
+    } else {
+      add_attr(&l, CKA_VALUE, NULL, 0, 1);
+    }
+    if (finish_attrs(priv, &l) != 0)
+      goto out;
+  }
+  out[(*n_out)++] = cert;
+  out[(*n_out)++] = pub;
+  if (priv != NULL)
+    out[(*n_out)++] = priv;
+  cert = pub = priv = NULL;
+  rv = CKR_OK;
+out:
+  kvp_object_free(cert);
+  kvp_object_free(pub);
+  kvp_object_free(priv);
+  OPENSSL_free(subject);
+  OPENSSL_free(issuer);
+  OPENSSL_free(serial);
+  kvp_spki_clear(&k);
+  X509_free(x);
+  return rv;
+}
+
+void kvp_object_free(kvp_object *o)
+{
+  if (o == NULL)
+    return;
+  if (o->key != NULL && o->backend != NULL)
+    o->backend->ops->close_key(o->backend, o->key);
+  for (size_t i = 0; i < o->n_attrs; i++)
+    free(o->attrs[i].value);
+  free(o->attrs);
+  EVP_PKEY_free(o->pub);
+  free(o->key_ref);
+  free(o->key_name);
+  free(o->label);
+  pthread_mutex_destroy(&o->lock);
+  free(o);
+}
+
+CK_RV kvp_object_key(kvp_object *o, kvp_key **out)
+{
+  CK_RV rv = CKR_OK;
+
+  if (o->backend == NULL) {
+    KVP_ERROR("certificate '%s': key reference '%s' names no configured key store", o->label,
+              o->key_ref ? o->key_ref : "");
+    return CKR_KEY_HANDLE_INVALID;
+  }
+  /* Fast path: the key is opened once and never replaced while the object lives. */
+  *out = __atomic_load_n(&o->key, __ATOMIC_ACQUIRE);
+  if (*out != NULL)
+    return CKR_OK;
+  pthread_mutex_lock(&o->lock);
+  if (o->key == NULL) {
+    kvp_key *key = NULL;
+    rv = o->backend->ops->open_key(o->backend, o->key_name, &key);
+    if (rv == CKR_OK && !kvp_pubkey_equal(key->pub, o->pub)) {
+      char want[72], got[72];
+      kvp_pubkey_fingerprint(o->pub, want);
+      kvp_pubkey_fingerprint(key->pub, got);
+      KVP_ERROR("certificate '%s': key '%s' in the key store no longer matches the certificate "
+                "(certificate %s, key %s)",
+                o->label, o->key_ref, want, got);
+      o->backend->ops->close_key(o->backend, key);
+      key = NULL;
+      rv = CKR_KEY_HANDLE_INVALID;
+    }
+    if (rv == CKR_OK)
+      __atomic_store_n(&o->key, key, __ATOMIC_RELEASE);
+  }
+  *out = o->key;
+  pthread_mutex_unlock(&o->lock);
+  return rv;
+}
+
+/* ---- attributes ------------------------------------------------------ */
+
+const kvp_attr *kvp_object_attr(const kvp_object *o, CK_ATTRIBUTE_TYPE t)
+{
+  for (size_t i = 0; i < o->n_attrs; i++)
+    if (o->attrs[i].type == t)
+      return &o->attrs[i];
+  return NULL;
+}
+
+/*
+ * C_GetAttributeValue (PKCS#11 2.40 5.7): every attribute of the template is
+ * processed; the return value is the "worst" condition met, in the order
+ * sensitive, type invalid, buffer too small.
+ */
+CK_RV kvp_object_get_attributes(const kvp_object *o, CK_ATTRIBUTE_PTR tmpl, CK_ULONG n)
+{
+  int sensitive = 0, invalid = 0, small = 0;
+
+  for (CK_ULONG i = 0; i < n; i++) {
+    const kvp_attr *a = kvp_object_attr(o, tmpl[i].type);
+    if (a == NULL) {
+      tmpl[i].ulValueLen = CK_UNAVAILABLE_INFORMATION;
+      invalid = 1;
+    } else if (a->sensitive) {
+      tmpl[i].ulValueLen = CK_UNAVAILABLE_INFORMATION;
+      sensitive = 1;
+    } else if (tmpl[i].pValue == NULL) {
+      tmpl[i].ulValueLen = a->len;
+    } else if (tmpl[i].ulValueLen < a->len) {
+      tmpl[i].ulValueLen = CK_UNAVAILABLE_INFORMATION;
+      small = 1;
+    } else {
+      if (a->len)
+        memcpy(tmpl[i].pValue, a->value, a->len);
+      tmpl[i].ulValueLen = a->len;
+    }
+  }
+  if (sensitive)
+    return CKR_ATTRIBUTE_SENSITIVE;
+  if (invalid)
+    return CKR_ATTRIBUTE_TYPE_INVALID;
+  if (small)
+    return CKR_BUFFER_TOO_SMALL;
+  return CKR_OK;
+}
+
+int kvp_object_match(const kvp_object *o, const CK_ATTRIBUTE *tmpl, CK_ULONG n)
+{
+  for (CK_ULONG i = 0; i < n; i++) {
+    const kvp_attr *a = kvp_object_attr(o, tmpl[i].type);
+    if (a == NULL || a->sensitive || a->len != tmpl[i].ulValueLen)
+      return 0;
+    if (a->len && (tmpl[i].pValue == NULL || memcmp(a->value, tmpl[i].pValue, a->len) != 0))
+      return 0;
+  }
+  return 1;
+}
+
+/* ---- find ------------------------------------------------------------ */
+
+CK_RV kvp_find_init(kvp_session *s, CK_ATTRIBUTE_PTR tmpl, CK_ULONG n)
+{
+  kvp_slot *slot;
+  CK_OBJECT_HANDLE *found = NULL;
+  CK_ULONG count = 0;
+
+  if (n > 0 && tmpl == NULL)
+    return CKR_ARGUMENTS_BAD;
+  (void)kvp_refresh();
+  pthread_rwlock_rdlock(&kvp_g.lock);
+  slot = kvp_slot_locked(s->slot);
+  if (slot->n_objects > 0) {
+    found = malloc(slot->n_objects * sizeof(*found));
+    if (found == NULL) {
+      pthread_rwlock_unlock(&kvp_g.lock);
+      return CKR_HOST_MEMORY;
+    }
+  }
+  for (size_t i = 0; i < slot->n_objects; i++) {
+    const kvp_object *o = slot->objects[i];
+    if (o->is_private && !slot->logged_in)
+      continue;
+    if (kvp_object_match(o, tmpl, n))
+      found[count++] = o->handle;
+  }
+  pthread_rwlock_unlock(&kvp_g.lock);
+  s->find.kind = KVP_OP_FIND;
+  s->find.found = found;
+  s->find.n_found = count;
+  s->find.next_found = 0;
+  return CKR_OK;
+}

@@ -1,0 +1,746 @@
+/*
+ * Global state of the front: C_Initialize / C_Finalize, fork, the slot
+ * table built from the configuration and the registry, the session table,
+ * login state.
+ */
+#include "pkcs11/internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+
+#include "core/log.h"
+#include "core/p11names.h"
+#include "core/util.h"
+
+kvp_global kvp_g = {
+    .init_lock = PTHREAD_MUTEX_INITIALIZER,
+    .lock = PTHREAD_RWLOCK_INITIALIZER,
+    .reg_lock = PTHREAD_MUTEX_INITIALIZER,
+};
+
+#define SESS_DELETED ((kvp_session *)&kvp_g)
+
+/* ---- fork ------------------------------------------------------------ */
+
+/*
+ * The prepare handler takes the table locks so that the child never inherits
+ * them half-taken; nothing blocking runs under them, so this waits only for
+ * short critical sections. The child only marks the state stale: everything
+ * else happens in its C_Initialize.
+ */
+static void atfork_prepare(void)
+{
+  pthread_mutex_lock(&kvp_g.init_lock);
+  pthread_mutex_lock(&kvp_g.reg_lock);
+  pthread_rwlock_wrlock(&kvp_g.lock);
+}
+
+static void atfork_parent(void)
+{
+  pthread_rwlock_unlock(&kvp_g.lock);
+  pthread_mutex_unlock(&kvp_g.reg_lock);
+  pthread_mutex_unlock(&kvp_g.init_lock);
+}
+
+static void atfork_child(void)
+{
+  pthread_rwlock_unlock(&kvp_g.lock);
+  pthread_mutex_unlock(&kvp_g.reg_lock);
+  pthread_mutex_unlock(&kvp_g.init_lock);
+  if (kvp_g.initialized)
+    atomic_store(&kvp_g.forked, 1);
+}
+
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+static void atfork_register(void)
+{
+  pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+}
+
+CK_RV kvp_check_initialized(void)
+{
+  if (!kvp_g.initialized || atomic_load_explicit(&kvp_g.forked, memory_order_relaxed))
+    return CKR_CRYPTOKI_NOT_INITIALIZED;
+  return CKR_OK;
+}
+
+/* ---- backends and slots ---------------------------------------------- */
+
+static CK_RV make_backends(void)
+{
+  const kvp_config *cfg = kvp_g.cfg;
+  size_t n = cfg->n_hsms + cfg->n_vaults;
+
+  kvp_g.backends = calloc(n ? n : 1, sizeof(*kvp_g.backends));
+  if (kvp_g.backends == NULL)
+    return CKR_HOST_MEMORY;
+  for (size_t i = 0; i < cfg->n_hsms; i++) {
+    kvp_backend *be = NULL;
+    if (kvp_hsm_backend_new(&cfg->hsms[i], &be) == CKR_OK)
+      kvp_g.backends[kvp_g.n_backends++] = be;
+  }
+  for (size_t i = 0; i < cfg->n_vaults; i++) {
+    kvp_backend *be = NULL;
+    if (kvp_keyvault_backend_new(&cfg->vaults[i], &be) == CKR_OK)
+      kvp_g.backends[kvp_g.n_backends++] = be;
+  }
+  return CKR_OK;
+}
+
+static void free_backends(int forked)
+{
+  for (size_t i = 0; i < kvp_g.n_backends; i++)
+    kvp_g.backends[i]->ops->destroy(kvp_g.backends[i], forked);
+  free(kvp_g.backends);
+  kvp_g.backends = NULL;
+  kvp_g.n_backends = 0;
+}
+
+int kvp_slot_needs_login(void)
+{
+  for (size_t i = 0; i < kvp_g.n_backends; i++) {
+    kvp_backend *be = kvp_g.backends[i];
+    if (be->ops->needs_login != NULL && be->ops->needs_login(be))
+      return 1;
+  }
+  return 0;
+}
+
+static void free_slot_objects(kvp_object **objs, size_t n)
+{
+  for (size_t i = 0; i < n; i++)
+    kvp_object_put(objs[i]);
+  free(objs);
+}
+
+static CK_RV make_slots(void)
+{
+  const kvp_config *cfg = kvp_g.cfg;
+
+  kvp_g.slots = calloc(cfg->n_accounts, sizeof(*kvp_g.slots));
+  if (kvp_g.slots == NULL)
+    return CKR_HOST_MEMORY;
+  kvp_g.n_slots = cfg->n_accounts;
+  for (size_t i = 0; i < cfg->n_accounts; i++) {
+    kvp_slot *slot = &kvp_g.slots[i];
+    const char *label = cfg->accounts[i].label ? cfg->accounts[i].label : cfg->accounts[i].name;
+    slot->id = (CK_SLOT_ID)i + 1;
+    slot->account = &cfg->accounts[i];
+    memset(slot->label, ' ', 32);
+    memcpy(slot->label, label, strnlen(label, 32));
+    slot->label[32] = '\0';
+  }
+  return CKR_OK;
+}
+
+kvp_slot *kvp_slot_locked(CK_SLOT_ID id)
+{
+  if (id < 1 || id > kvp_g.n_slots)
+    return NULL;
+  return &kvp_g.slots[id - 1];
+}
+
+static int cmp_object(const void *a, const void *b)
+{
+  const kvp_object *x = *(kvp_object *const *)a, *y = *(kvp_object *const *)b;
+  return x->handle < y->handle ? -1 : x->handle > y->handle;
+}
+
+/* An object of the current table that stands for the same row, unchanged. */
+static kvp_object *find_reusable(const kvp_slot *slot, const kvp_object *fresh)
+{
+  for (size_t i = 0; i < slot->n_objects; i++) {
+    kvp_object *o = slot->objects[i];
+    if (o->handle == fresh->handle && strcmp(o->sha256, fresh->sha256) == 0 &&
+        ((o->key_ref == NULL && fresh->key_ref == NULL) ||
+         (o->key_ref && fresh->key_ref && strcmp(o->key_ref, fresh->key_ref) == 0)))
+      return o;
+  }
+  return NULL;
+}
+
+typedef struct slot_build {
+  kvp_object **objs;
+  size_t n, cap;
+  int has_rsa, has_ec;
+} slot_build;
+
+static CK_RV build_push(slot_build *b, kvp_object *o)
+{
+  if (b->n == b->cap) {
+    size_t cap = b->cap ? b->cap * 2 : 16;
+    kvp_object **nb = realloc(b->objs, cap * sizeof(*nb));
+    if (nb == NULL)
+      return CKR_HOST_MEMORY;
+    b->objs = nb;
+    b->cap = cap;
+  }
+  b->objs[b->n++] = o;
+  if (o->cls != CKO_CERTIFICATE) {
+    b->has_rsa |= o->key_type == KVP_KEY_RSA;
+    b->has_ec |= o->key_type == KVP_KEY_EC;
+  }
+  return CKR_OK;
+}
+
+/*
+ * Build the object tables of every slot from the registry rows, outside
+ * g.lock, then swap them in under the write lock. Objects of unchanged rows
+ * are carried over so opened keys and handles survive.
+ */
+static CK_RV rebuild(kvp_cert_rec *recs, size_t n)
+{
+  slot_build *builds = calloc(kvp_g.n_slots ? kvp_g.n_slots : 1, sizeof(*builds));
+  CK_RV rv = CKR_OK;
+
+  if (builds == NULL)
+    return CKR_HOST_MEMORY;
+  for (size_t i = 0; i < n; i++) {
+    kvp_object *objs[3];
+    size_t nobj = 0;
+    CK_SLOT_ID sid = 0;
+    for (size_t s = 0; s < kvp_g.n_slots; s++)
+      if (strcmp(kvp_g.slots[s].account->name, recs[i].account) == 0)
+        sid = kvp_g.slots[s].id;
+    if (sid == 0)
+      continue; /* an account this configuration does not have */
+    if (kvp_objects_from_rec(&recs[i], sid, kvp_g.backends, kvp_g.n_backends, objs, &nobj) !=
+        CKR_OK) {
+      KVP_WARN("registry: certificate '%s' of account '%s' is skipped", recs[i].name,
+               recs[i].account);
+      continue;
+    }
+    for (size_t k = 0; k < nobj; k++) {
+      if (rv == CKR_OK)
+        rv = build_push(&builds[sid - 1], objs[k]);
+      if (rv != CKR_OK)
+        kvp_object_free(objs[k]);
+    }
+  }
+  if (rv != CKR_OK)
+    goto out;
+
+  pthread_rwlock_wrlock(&kvp_g.lock);
+  for (size_t s = 0; s < kvp_g.n_slots; s++) {
+    kvp_slot *slot = &kvp_g.slots[s];
+    slot_build *b = &builds[s];
+    for (size_t k = 0; k < b->n; k++) {
+      kvp_object *old = find_reusable(slot, b->objs[k]);
+      if (old != NULL) {
+        atomic_fetch_add(&old->refs, 1);
+        kvp_object_free(b->objs[k]);
+        b->objs[k] = old;
+      }
+    }
+    if (b->n > 1)
+      qsort(b->objs, b->n, sizeof(*b->objs), cmp_object);
+    free_slot_objects(slot->objects, slot->n_objects);
+    slot->objects = b->objs;
+    slot->n_objects = b->n;
+    slot->has_rsa = b->has_rsa;
+    slot->has_ec = b->has_ec;
+    b->objs = NULL;
+    b->n = 0;
+  }
+  atomic_fetch_add(&kvp_g.generation, 1);
+  pthread_rwlock_unlock(&kvp_g.lock);
+out:
+  for (size_t s = 0; s < kvp_g.n_slots; s++)
+    free_slot_objects(builds[s].objs, builds[s].n);
+  free(builds);
+  return rv;
+}
+
+/* With reg_lock held. Opens the registry if it was missing so far. */
+static CK_RV refresh_locked(void)
+{
+  char err[KVP_ERRLEN];
+  kvp_cert_rec *recs = NULL;
+  size_t n = 0;
+  int changed = 0;
+  int rc;
+  CK_RV rv;
+
+  if (kvp_g.reg == NULL) {
+    struct stat st;
+    if (stat(kvp_g.cfg->registry, &st) != 0)
+      return CKR_OK; /* no registry yet: no certificates */
+    rc = kvp_registry_open(kvp_g.cfg->registry, 1, &kvp_g.reg, err, sizeof(err));
+    if (rc != KVP_OK) {
+      KVP_ERROR("registry: %s", err);
+      kvp_g.reg = NULL;
+      return rc == KVP_ENOTFOUND ? CKR_OK : CKR_DEVICE_ERROR;
+    }
+  }
+  rc = kvp_registry_changed(kvp_g.reg, &changed, err, sizeof(err));
+  if (rc != KVP_OK) {
+    KVP_ERROR("registry: %s", err);
+    return CKR_DEVICE_ERROR;
+  }
+  if (!changed)
+    return CKR_OK;
+  rc = kvp_registry_list(kvp_g.reg, NULL, &recs, &n, err, sizeof(err));
+  if (rc != KVP_OK) {
+    KVP_ERROR("registry: %s", err);
+    return CKR_DEVICE_ERROR;
+  }
+  KVP_DEBUG("registry: %zu certificates", n);
+  rv = rebuild(recs, n);
+  kvp_cert_rec_free_array(recs, n);
+  return rv;
+}
+
+CK_RV kvp_refresh(void)
+{
+  CK_RV rv;
+  pthread_mutex_lock(&kvp_g.reg_lock);
+  rv = refresh_locked();
+  pthread_mutex_unlock(&kvp_g.reg_lock);
+  return rv;
+}
+
+/* ---- initialize / finalize ------------------------------------------- */
+
+static CK_RV check_init_args(CK_C_INITIALIZE_ARGS_PTR args)
+{
+  int n_cb;
+
+  if (args == NULL)
+    return CKR_OK;
+  if (args->pReserved != NULL)
+    return CKR_ARGUMENTS_BAD;
+  n_cb = (args->CreateMutex != NULL) + (args->DestroyMutex != NULL) + (args->LockMutex != NULL) +
+         (args->UnlockMutex != NULL);
+  if (n_cb != 0 && n_cb != 4)
+    return CKR_ARGUMENTS_BAD;
+  /*
+   * All four cases are accepted: without callbacks, or with CKF_OS_LOCKING_OK,
+   * the native locks are used; with application callbacks only, kvp11 still
+   * uses the native (pthread) locks, which are the platform's own primitives
+   * the callbacks wrap on every system kvp11 runs on.
+   */
+  return CKR_OK;
+}
+
+/* Free everything; forked: we are a child and the parent's state is stale. */
+static void teardown(int forked)
+{
+  for (size_t i = 0; i < kvp_g.sess_cap; i++) {
+    kvp_session *s = kvp_g.sessions ? kvp_g.sessions[i] : NULL;
+    if (s == NULL || s == SESS_DELETED)
+      continue;
+    kvp_op_reset(&s->op);
+    kvp_op_reset(&s->find);
+    if (!forked)
+      pthread_mutex_destroy(&s->lock);
+    free(s);
+  }
+  free(kvp_g.sessions);
+  kvp_g.sessions = NULL;
+  kvp_g.sess_cap = kvp_g.sess_count = kvp_g.sess_used = 0;
+  for (size_t i = 0; i < kvp_g.n_slots; i++)
+    free_slot_objects(kvp_g.slots[i].objects, kvp_g.slots[i].n_objects);
+  free(kvp_g.slots);
+  kvp_g.slots = NULL;
+  kvp_g.n_slots = 0;
+  free_backends(forked);
+  if (kvp_g.reg != NULL)
+    kvp_registry_close(kvp_g.reg);
+  kvp_g.reg = NULL;
+  kvp_config_free(kvp_g.cfg);
+  kvp_g.cfg = NULL;
+  kvp_g.initialized = 0;
+  atomic_store(&kvp_g.forked, 0);
+}
+
+static CK_RV load_config(void)
+{
+  char err[KVP_ERRLEN];
+  const char *path = kvp_config_default_path();
+  int rc = kvp_config_load(path, &kvp_g.cfg, err, sizeof(err));
+
+  if (rc == KVP_OK)
+    return CKR_OK;
+  if (rc == KVP_ENOTFOUND && getenv("KVP11_CONF") == NULL) {
+    /* No configuration installed: start with defaults and no key stores. */
+    rc = kvp_config_load("/dev/null", &kvp_g.cfg, err, sizeof(err));
+    if (rc == KVP_OK)
+      return CKR_OK;
+  }
+  kvp_log_setup(KVP_LOG_ERROR, NULL);
+  KVP_ERROR("configuration: %s", err);
+  return CKR_FUNCTION_FAILED;
+}
+
+CK_RV kvp_initialize(CK_C_INITIALIZE_ARGS_PTR args)
+{
+  CK_RV rv = check_init_args(args);
+
+  if (rv != CKR_OK)
+    return rv;
+  pthread_once(&atfork_once, atfork_register);
+  pthread_mutex_lock(&kvp_g.init_lock);
+  if (kvp_g.initialized && atomic_load(&kvp_g.forked)) {
+    /* A child of an initialized process: drop the parent's state. */
+    teardown(1);
+  }
+  if (kvp_g.initialized) {
+    rv = CKR_CRYPTOKI_ALREADY_INITIALIZED;
+    goto out;
+  }
+  rv = load_config();
+  if (rv != CKR_OK)
+    goto out;
+  kvp_log_setup(kvp_g.cfg->log_level, kvp_g.cfg->log_file);
+  rv = make_backends();
+  if (rv == CKR_OK)
+    rv = make_slots();
+  if (rv != CKR_OK) {
+    teardown(0);
+    goto out;
+  }
+  kvp_g.pid = getpid();
+  kvp_g.next_session = 1;
+  kvp_g.initialized = 1;
+  (void)kvp_refresh();
+  KVP_INFO("initialized: %zu account(s), %zu key store(s), registry %s", kvp_g.n_slots,
+           kvp_g.n_backends, kvp_g.cfg->registry);
+out:
+  pthread_mutex_unlock(&kvp_g.init_lock);
+  return rv;
+}
+
+CK_RV kvp_finalize(void)
+{
+  CK_RV rv = CKR_OK;
+
+  pthread_mutex_lock(&kvp_g.init_lock);
+  if (!kvp_g.initialized || atomic_load(&kvp_g.forked)) {
+    rv = CKR_CRYPTOKI_NOT_INITIALIZED;
+  } else {
+    KVP_INFO("finalized");
+    teardown(0);
+    kvp_log_close();
+  }
+  pthread_mutex_unlock(&kvp_g.init_lock);
+  return rv;
+}
+
+/* ---- sessions -------------------------------------------------------- */
+
+static size_t sess_slot_of(CK_SESSION_HANDLE h, size_t cap)
+{
+  uint64_t x = (uint64_t)h * 0x9E3779B97F4A7C15ULL;
+  return (size_t)(x >> 32) & (cap - 1);
+}
+
+/* With g.lock held for writing. */
+static CK_RV sess_table_grow(void)
+{
+  size_t cap = kvp_g.sess_cap ? kvp_g.sess_cap * 2 : 64;
+  kvp_session **tab;
+
+  if (kvp_g.sess_cap != 0 && kvp_g.sess_count * 2 < kvp_g.sess_cap)
+    cap = kvp_g.sess_cap; /* only tombstones: rehash in place size */
+  tab = calloc(cap, sizeof(*tab));
+  if (tab == NULL)
+    return CKR_HOST_MEMORY;
+  for (size_t i = 0; i < kvp_g.sess_cap; i++) {
+    kvp_session *s = kvp_g.sessions[i];
+    if (s == NULL || s == SESS_DELETED)
+      continue;
+    size_t j = sess_slot_of(s->handle, cap);
+    while (tab[j] != NULL)
+      j = (j + 1) & (cap - 1);
+    tab[j] = s;
+  }
+  free(kvp_g.sessions);
+  kvp_g.sessions = tab;
+  kvp_g.sess_cap = cap;
+  kvp_g.sess_used = kvp_g.sess_count;
+  return CKR_OK;
+}
+
+/* With g.lock held. Index of the session's table entry, or SIZE_MAX. */
+static size_t sess_find(CK_SESSION_HANDLE h)
+{
+  if (kvp_g.sess_cap == 0)
+    return SIZE_MAX;
+  for (size_t j = sess_slot_of(h, kvp_g.sess_cap), n = 0; n < kvp_g.sess_cap;
+       j = (j + 1) & (kvp_g.sess_cap - 1), n++) {
+    kvp_session *s = kvp_g.sessions[j];
+    if (s == NULL)
+      return SIZE_MAX;
+    if (s != SESS_DELETED && s->handle == h)
+      return j;
+  }
+  return SIZE_MAX;
+}
+
+CK_RV kvp_session_open(CK_SLOT_ID slot_id, CK_FLAGS flags, CK_SESSION_HANDLE *out)
+{
+  kvp_session *s = calloc(1, sizeof(*s));
+  CK_RV rv = CKR_OK;
+
+  if (s == NULL)
+    return CKR_HOST_MEMORY;
+  atomic_init(&s->refs, 1);
+  pthread_mutex_init(&s->lock, NULL);
+  s->slot = slot_id;
+  s->flags = flags;
+
+  pthread_rwlock_wrlock(&kvp_g.lock);
+  if (kvp_slot_locked(slot_id) == NULL) {
+    rv = CKR_SLOT_ID_INVALID;
+    goto out;
+  }
+  if ((kvp_g.sess_used + 1) * 4 > kvp_g.sess_cap * 3 && (rv = sess_table_grow()) != CKR_OK)
+    goto out;
+  do {
+    s->handle = kvp_g.next_session++;
+    if (kvp_g.next_session == 0 || kvp_g.next_session > 0xFFFFFFFFUL)
+      kvp_g.next_session = 1;
+  } while (sess_find(s->handle) != SIZE_MAX);
+  size_t j = sess_slot_of(s->handle, kvp_g.sess_cap);
+  while (kvp_g.sessions[j] != NULL && kvp_g.sessions[j] != SESS_DELETED)
+    j = (j + 1) & (kvp_g.sess_cap - 1);
+  if (kvp_g.sessions[j] == NULL)
+    kvp_g.sess_used++;
+  kvp_g.sessions[j] = s;
+  kvp_g.sess_count++;
+  *out = s->handle;
+  s = NULL;
+out:
+  pthread_rwlock_unlock(&kvp_g.lock);
+  if (s != NULL) {
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+  }
+  return rv;
+}
+
+CK_RV kvp_session_get(CK_SESSION_HANDLE h, kvp_session **out)
+{
+  CK_RV rv = kvp_check_initialized();
+  size_t j;
+
+  if (rv != CKR_OK)
+    return rv;
+  pthread_rwlock_rdlock(&kvp_g.lock);
+  j = sess_find(h);
+  if (j == SIZE_MAX) {
+    rv = CKR_SESSION_HANDLE_INVALID;
+  } else {
+    *out = kvp_g.sessions[j];
+    atomic_fetch_add(&(*out)->refs, 1);
+  }
+  pthread_rwlock_unlock(&kvp_g.lock);
+  return rv;
+}
+
+void kvp_session_put(kvp_session *s)
+{
+  if (atomic_fetch_sub(&s->refs, 1) != 1)
+    return;
+  kvp_op_reset(&s->op);
+  kvp_op_reset(&s->find);
+  pthread_mutex_destroy(&s->lock);
+  free(s);
+}
+
+/* With g.lock held for writing: unlink entry j; returns the session. */
+static kvp_session *sess_unlink(size_t j)
+{
+  kvp_session *s = kvp_g.sessions[j];
+  kvp_g.sessions[j] = SESS_DELETED;
+  kvp_g.sess_count--;
+  s->closed = 1;
+  return s;
+}
+
+static void slot_logout_if_idle_locked(CK_SLOT_ID slot_id);
+
+CK_RV kvp_session_close(CK_SESSION_HANDLE h)
+{
+  kvp_session *s = NULL;
+  CK_RV rv = kvp_check_initialized();
+  size_t j;
+
+  if (rv != CKR_OK)
+    return rv;
+  pthread_rwlock_wrlock(&kvp_g.lock);
+  j = sess_find(h);
+  if (j == SIZE_MAX) {
+    rv = CKR_SESSION_HANDLE_INVALID;
+  } else {
+    s = sess_unlink(j);
+    slot_logout_if_idle_locked(s->slot);
+  }
+  pthread_rwlock_unlock(&kvp_g.lock);
+  if (s != NULL)
+    kvp_session_put(s);
+  return rv;
+}
+
+CK_RV kvp_session_close_all(CK_SLOT_ID slot_id)
+{
+  kvp_session **closing = NULL;
+  size_t n = 0;
+  CK_RV rv = kvp_check_initialized();
+
+  if (rv != CKR_OK)
+    return rv;
+  pthread_rwlock_wrlock(&kvp_g.lock);
+  if (kvp_slot_locked(slot_id) == NULL) {
+    rv = CKR_SLOT_ID_INVALID;
+    goto out;
+  }
+  closing = calloc(kvp_g.sess_count ? kvp_g.sess_count : 1, sizeof(*closing));
+  if (closing == NULL) {
+    rv = CKR_HOST_MEMORY;
+    goto out;
+  }
+  for (size_t j = 0; j < kvp_g.sess_cap; j++) {
+    kvp_session *s = kvp_g.sessions[j];
+    if (s != NULL && s != SESS_DELETED && s->slot == slot_id)
+      closing[n++] = sess_unlink(j);
+  }
+  slot_logout_if_idle_locked(slot_id);
+out:
+  pthread_rwlock_unlock(&kvp_g.lock);
+  for (size_t i = 0; i < n; i++)
+    kvp_session_put(closing[i]);
+  free(closing);
+  return rv;
+}
+
+CK_STATE kvp_session_state(const kvp_session *s, const kvp_slot *slot)
+{
+  int rw = (s->flags & CKF_RW_SESSION) != 0;
+  if (slot->logged_in)
+    return rw ? CKS_RW_USER_FUNCTIONS : CKS_RO_USER_FUNCTIONS;
+  return rw ? CKS_RW_PUBLIC_SESSION : CKS_RO_PUBLIC_SESSION;
+}
+
+/* ---- login ----------------------------------------------------------- */
+
+/* Closing the last session of a token logs it out (PKCS#11 5.6). */
+static void slot_logout_if_idle_locked(CK_SLOT_ID slot_id)
+{
+  kvp_slot *slot = kvp_slot_locked(slot_id);
+  if (slot == NULL || !slot->logged_in)
+    return;
+  for (size_t j = 0; j < kvp_g.sess_cap; j++) {
+    kvp_session *s = kvp_g.sessions[j];
+    if (s != NULL && s != SESS_DELETED && s->slot == slot_id)
+      return;
+  }
+  slot->logged_in = 0;
+}
+
+static CK_RV backends_login(CK_UTF8CHAR_PTR pin, CK_ULONG len)
+{
+  for (size_t i = 0; i < kvp_g.n_backends; i++) {
+    kvp_backend *be = kvp_g.backends[i];
+    if (be->ops->needs_login == NULL || !be->ops->needs_login(be))
+      continue;
+    CK_RV rv = be->ops->login(be, pin, len);
+    if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
+      KVP_WARN("login: %s %s: %s", be->ops->scheme, be->name, kvp_ckr_name(rv));
+      return rv;
+    }
+  }
+  return CKR_OK;
+}
+
+CK_RV kvp_login(kvp_session *s, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULONG len)
+{
+  kvp_slot *slot;
+  CK_RV rv = CKR_OK;
+
+  if (user != CKU_USER && user != CKU_SO && user != CKU_CONTEXT_SPECIFIC)
+    return CKR_USER_TYPE_INVALID;
+  if (user != CKU_USER)
+    return CKR_USER_TYPE_INVALID; /* no SO functions; no CKA_ALWAYS_AUTHENTICATE keys */
+  pthread_rwlock_rdlock(&kvp_g.lock);
+  slot = kvp_slot_locked(s->slot);
+  if (slot->logged_in)
+    rv = CKR_USER_ALREADY_LOGGED_IN;
+  pthread_rwlock_unlock(&kvp_g.lock);
+  if (rv != CKR_OK)
+    return rv;
+  /* The PIN goes to the HSMs that take it from the application; no lock held. */
+  if (pin == NULL && len != 0)
+    return CKR_ARGUMENTS_BAD;
+  rv = backends_login(pin, len);
+  if (rv != CKR_OK)
+    return rv;
+  pthread_rwlock_wrlock(&kvp_g.lock);
+  slot->logged_in = 1;
+  pthread_rwlock_unlock(&kvp_g.lock);
+  return CKR_OK;
+}
+
+CK_RV kvp_logout(kvp_session *s)
+{
+  kvp_slot *slot;
+  CK_RV rv = CKR_OK;
+
+  pthread_rwlock_wrlock(&kvp_g.lock);
+  slot = kvp_slot_locked(s->slot);
+  if (!slot->logged_in)
+    rv = CKR_USER_NOT_LOGGED_IN;
+  else
+    slot->logged_in = 0;
+  pthread_rwlock_unlock(&kvp_g.lock);
+  if (rv != CKR_OK)
+    return rv;
+  for (size_t i = 0; i < kvp_g.n_backends; i++) {
+    kvp_backend *be = kvp_g.backends[i];
+    if (be->ops->needs_login != NULL && be->ops->needs_login(be) && be->ops->logout != NULL)
+      (void)be->ops->logout(be);
+  }
+  return CKR_OK;
+}
+
+/* ---- objects --------------------------------------------------------- */
+
+CK_RV kvp_object_get(kvp_session *s, CK_OBJECT_HANDLE h, kvp_object **out)
+{
+  CK_RV rv = CKR_OBJECT_HANDLE_INVALID;
+  kvp_slot *slot;
+  size_t lo = 0, hi;
+
+  pthread_rwlock_rdlock(&kvp_g.lock);
+  slot = kvp_slot_locked(s->slot);
+  hi = slot->n_objects;
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    kvp_object *o = slot->objects[mid];
+    if (o->handle == h) {
+      if (!o->is_private || slot->logged_in) {
+        atomic_fetch_add(&o->refs, 1);
+        *out = o;
+        rv = CKR_OK;
+      }
+      break;
+    }
+    if (o->handle < h)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  pthread_rwlock_unlock(&kvp_g.lock);
+  return rv;
+}
+
+void kvp_object_put(kvp_object *o)
+{
+  if (o != NULL && atomic_fetch_sub(&o->refs, 1) == 1)
+    kvp_object_free(o);
+}

@@ -1,0 +1,1083 @@
+/*
+ * The Key Vault backend against the emulator started by fixture-setup.sh
+ * (KVP11_KV_DIR). Every signature is verified and every ciphertext made with
+ * OpenSSL here, independently of the backend; request counts come from the
+ * emulator's counters (GET /_emu/counters).
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <CUnit/Basic.h>
+#include <curl/curl.h>
+#include <jansson.h>
+#include <openssl/core_names.h>
+#include <openssl/ec.h>
+#include <openssl/evp.h>
+#include <openssl/obj_mac.h>
+#include <openssl/rand.h>
+#include <openssl/rsa.h>
+
+#include "backend/backend.h"
+#include "backend/keyvault/keyvault.h"
+#include "core/log.h"
+#include "core/util.h"
+
+static char g_dir[900];
+static char g_url[128];
+static char g_ca[1000];
+static char g_secret[1000];
+static const char *g_tenant = "7c3a4b1e-0d52-4a8e-9f61-5b2e8c1d4f00";
+
+static const char *RSA_KEYS[] = {"rsa2048", "rsa3072", "rsa4096"};
+static const char *EC_KEYS[] = {"p256", "p384", "p521"};
+
+/* ---- emulator control ---- */
+
+static size_t sink(char *p, size_t s, size_t n, void *u)
+{
+  json_t **out = u;
+  size_t len = s * n;
+  json_t *j = json_loadb(p, len, 0, NULL);
+  if (j != NULL) {
+    json_decref(*out);
+    *out = j;
+  }
+  return len;
+}
+
+static json_t *emu(const char *method, const char *path, const char *body)
+{
+  CURL *c = curl_easy_init();
+  char url[512];
+  json_t *out = NULL;
+  struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
+  snprintf(url, sizeof(url), "%s%s", g_url, path);
+  curl_easy_setopt(c, CURLOPT_URL, url);
+  curl_easy_setopt(c, CURLOPT_CAINFO, g_ca);
+  curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+  curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+  if (body != NULL)
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, sink);
+  curl_easy_setopt(c, CURLOPT_WRITEDATA, &out);
+  curl_easy_setopt(c, CURLOPT_TIMEOUT, 10L);
+  if (curl_easy_perform(c) != CURLE_OK)
+    fprintf(stderr, "emulator control %s %s failed\n", method, path);
+  curl_slist_free_all(h);
+  curl_easy_cleanup(c);
+  return out;
+}
+
+static void emu_reset(void)
+{
+  json_decref(emu("POST", "/_emu/reset", "{}"));
+}
+
+static void emu_fault(const char *json)
+{
+  json_decref(emu("POST", "/_emu/faults", json));
+}
+
+static long emu_count(const char *ep)
+{
+  json_t *j = emu("GET", "/_emu/counters", NULL);
+  long n = (long)json_integer_value(json_object_get(json_object_get(j, "counters"), ep));
+  json_decref(j);
+  return n;
+}
+
+static long emu_total(void)
+{
+  json_t *j = emu("GET", "/_emu/counters", NULL);
+  long n = (long)json_integer_value(json_object_get(j, "total"));
+  json_decref(j);
+  return n;
+}
+
+static double now_s(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* ---- backends ---- */
+
+static void conf_init(kvp_vault_conf *c, const char *name)
+{
+  memset(c, 0, sizeof(*c));
+  c->name = (char *)name;
+  c->url = g_url;
+  c->api_version = "7.5";
+  c->auth = KVP_AUTH_CLIENT_SECRET;
+  c->tenant_id = (char *)g_tenant;
+  c->client_id = "app-full";
+  c->client_secret_file = g_secret;
+  c->authority_host = g_url;
+  c->ca_file = g_ca;
+  c->timeout_ms = 20000;
+  c->max_retries = 5;
+}
+
+static kvp_backend *backend(const kvp_vault_conf *c)
+{
+  kvp_backend *be = NULL;
+  CU_ASSERT_EQUAL(kvp_keyvault_backend_new(c, &be), CKR_OK);
+  return be;
+}
+
+static kvp_backend *g_be; /* the main client-secret backend, kept warm */
+
+/* ---- local crypto ---- */
+
+static void digest(const char *md, const void *msg, size_t len, unsigned char *out, size_t *olen)
+{
+  unsigned int n = 0;
+  EVP_Digest(msg, len, out, &n, EVP_get_digestbyname(md), NULL);
+  *olen = n;
+}
+
+static int ossl_verify(EVP_PKEY *pub, const kvp_sig_alg *alg, const unsigned char *d, size_t dl,
+                       const unsigned char *sig, size_t sl)
+{
+  EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new(pub, NULL);
+  int ok = 0;
+  unsigned char *der = NULL;
+  int derlen;
+  EVP_PKEY_verify_init(ctx);
+  if (alg->scheme == KVP_SIG_ECDSA) {
+    ECDSA_SIG *es = ECDSA_SIG_new();
+    ECDSA_SIG_set0(es, BN_bin2bn(sig, (int)sl / 2, NULL), BN_bin2bn(sig + sl / 2, (int)sl / 2, NULL));
+    derlen = i2d_ECDSA_SIG(es, &der);
+    ok = EVP_PKEY_verify(ctx, der, (size_t)derlen, d, dl) == 1;
+    ECDSA_SIG_free(es);
+    OPENSSL_free(der);
+  } else {
+    const EVP_MD *md = kvp_hash_md(alg->hash);
+    EVP_PKEY_CTX_set_signature_md(ctx, md);
+    if (alg->scheme == KVP_SIG_RSA_PSS) {
+      EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PSS_PADDING);
+      EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, md);
+      EVP_PKEY_CTX_set_rsa_pss_saltlen(ctx, (int)alg->salt_len);
+    } else {
+      EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING);
+    }
+    ok = EVP_PKEY_verify(ctx, sig, sl, d, dl) == 1;
+  }
+  EVP_PKEY_CTX_free(ctx);
+  return ok;
+}
+
+static size_t ossl_encrypt(EVP_PKEY *pub, const kvp_dec_alg *alg, const unsigned char *in,
+                           size_t inl, unsigned char *out)
+{
+  EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new(pub, NULL);
+  size_t outl = 1024;
+  EVP_PKEY_encrypt_init(ctx);
+  if (alg->scheme == KVP_DEC_RSA_OAEP) {
+    EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_OAEP_PADDING);
+    EVP_PKEY_CTX_set_rsa_oaep_md(ctx, kvp_hash_md(alg->hash));
+    EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, kvp_hash_md(alg->mgf1));
+  } else {
+    EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING);
+  }
+  if (EVP_PKEY_encrypt(ctx, out, &outl, in, inl) != 1)
+    outl = 0;
+  EVP_PKEY_CTX_free(ctx);
+  return outl;
+}
+
+static CK_RV sign_once(kvp_backend *be, kvp_key *k, int check)
+{
+  kvp_sig_alg alg = {0};
+  unsigned char d[64], sig[600];
+  size_t dl;
+  CK_ULONG sl = sizeof(sig);
+  CK_RV rv;
+  if (k->type == KVP_KEY_RSA) {
+    alg.scheme = KVP_SIG_RSA_PKCS1;
+    alg.hash = KVP_HASH_SHA256;
+  } else {
+    alg.scheme = KVP_SIG_ECDSA;
+  }
+  digest(k->bits == 384 ? "SHA384" : k->bits == 521 ? "SHA512" : "SHA256", "msg", 3, d, &dl);
+  rv = be->ops->sign(be, k, &alg, d, dl, sig, &sl);
+  if (rv == CKR_OK && check)
+    CU_ASSERT(ossl_verify(k->pub, &alg, d, dl, sig, sl));
+  return rv;
+}
+
+/* ---- tests ---- */
+
+static void test_rsa_keys(void)
+{
+  static const kvp_hash hashes[] = {KVP_HASH_SHA256, KVP_HASH_SHA384, KVP_HASH_SHA512};
+  static const char *mds[] = {"SHA256", "SHA384", "SHA512"};
+  size_t i, h;
+  for (i = 0; i < 3; i++) {
+    kvp_key *k = NULL;
+    CU_ASSERT_EQUAL_FATAL(g_be->ops->open_key(g_be, RSA_KEYS[i], &k), CKR_OK);
+    CU_ASSERT_EQUAL(k->type, KVP_KEY_RSA);
+    CU_ASSERT_EQUAL(k->bits, i == 0 ? 2048u : i == 1 ? 3072u : 4096u);
+    CU_ASSERT(k->can_sign && k->can_decrypt);
+    CU_ASSERT(k->version != NULL && strlen(k->version) == 32);
+    for (h = 0; h < 3; h++) {
+      int pss;
+      for (pss = 0; pss < 2; pss++) {
+        kvp_sig_alg alg = {pss ? KVP_SIG_RSA_PSS : KVP_SIG_RSA_PKCS1, hashes[h], hashes[h], 0};
+        unsigned char d[64], sig[512];
+        size_t dl;
+        CK_ULONG sl = sizeof(sig);
+        digest(mds[h], "hello", 5, d, &dl);
+        alg.salt_len = dl;
+        CU_ASSERT_EQUAL(g_be->ops->sign(g_be, k, &alg, d, dl, sig, &sl), CKR_OK);
+        CU_ASSERT_EQUAL(sl, k->bits / 8);
+        CU_ASSERT(ossl_verify(k->pub, &alg, d, dl, sig, sl));
+      }
+    }
+    {
+      static const kvp_dec_alg decs[] = {{KVP_DEC_RSA_PKCS1, KVP_HASH_NONE, KVP_HASH_NONE},
+                                         {KVP_DEC_RSA_OAEP, KVP_HASH_SHA1, KVP_HASH_SHA1},
+                                         {KVP_DEC_RSA_OAEP, KVP_HASH_SHA256, KVP_HASH_SHA256}};
+      size_t j;
+      for (j = 0; j < 3; j++) {
+        unsigned char pt[32], ct[1024], out[512];
+        size_t cl;
+        CK_ULONG ol = sizeof(out);
+        RAND_bytes(pt, sizeof(pt));
+        cl = ossl_encrypt(k->pub, &decs[j], pt, sizeof(pt), ct);
+        CU_ASSERT_EQUAL_FATAL(cl, k->bits / 8);
+        CU_ASSERT_EQUAL(g_be->ops->decrypt(g_be, k, &decs[j], ct, cl, out, &ol), CKR_OK);
+        CU_ASSERT_EQUAL(ol, sizeof(pt));
+        CU_ASSERT(memcmp(out, pt, sizeof(pt)) == 0);
+        /* corrupted ciphertext: a padding error, not garbage */
+        if (j > 0) {
+          ct[cl / 2] ^= 0x55;
+          ol = sizeof(out);
+          CU_ASSERT_EQUAL(g_be->ops->decrypt(g_be, k, &decs[j], ct, cl, out, &ol),
+                          CKR_ENCRYPTED_DATA_INVALID);
+        }
+      }
+    }
+    g_be->ops->close_key(g_be, k);
+  }
+}
+
+static void test_ec_keys(void)
+{
+  static const int nids[] = {NID_X9_62_prime256v1, NID_secp384r1, NID_secp521r1};
+  static const size_t siglen[] = {64, 96, 132};
+  size_t i;
+  for (i = 0; i < 3; i++) {
+    kvp_key *k = NULL;
+    static const char *mds[] = {"SHA256", "SHA384", "SHA512"};
+    size_t m;
+    CU_ASSERT_EQUAL_FATAL(g_be->ops->open_key(g_be, EC_KEYS[i], &k), CKR_OK);
+    CU_ASSERT_EQUAL(k->type, KVP_KEY_EC);
+    CU_ASSERT_EQUAL(k->curve_nid, nids[i]);
+    CU_ASSERT(k->can_sign);
+    CU_ASSERT(!k->can_decrypt);
+    /* every hash on every curve: the backend adapts the digest length */
+    for (m = 0; m < 3; m++) {
+      kvp_sig_alg alg = {KVP_SIG_ECDSA, KVP_HASH_NONE, KVP_HASH_NONE, 0};
+      unsigned char d[64], sig[200];
+      size_t dl;
+      CK_ULONG sl = sizeof(sig);
+      digest(mds[m], "hello", 5, d, &dl);
+      CU_ASSERT_EQUAL(g_be->ops->sign(g_be, k, &alg, d, dl, sig, &sl), CKR_OK);
+      CU_ASSERT_EQUAL(sl, siglen[i]);
+      CU_ASSERT(ossl_verify(k->pub, &alg, d, dl, sig, sl));
+    }
+    {
+      kvp_sig_alg alg = {KVP_SIG_RSA_PKCS1, KVP_HASH_SHA256, KVP_HASH_NONE, 0};
+      kvp_dec_alg dec = {KVP_DEC_RSA_PKCS1, KVP_HASH_NONE, KVP_HASH_NONE};
+      unsigned char d[32] = {0}, out[600];
+      CK_ULONG ol = sizeof(out);
+      CU_ASSERT_EQUAL(g_be->ops->sign(g_be, k, &alg, d, 32, out, &ol), CKR_KEY_TYPE_INCONSISTENT);
+      CU_ASSERT_EQUAL(g_be->ops->decrypt(g_be, k, &dec, d, 32, out, &ol),
+                      CKR_KEY_TYPE_INCONSISTENT);
+    }
+    g_be->ops->close_key(g_be, k);
+  }
+}
+
+static void test_mechanism_params(void)
+{
+  kvp_key *k = NULL;
+  unsigned char d[64] = {1}, out[600];
+  CK_ULONG ol = sizeof(out);
+  long before;
+  CU_ASSERT_EQUAL_FATAL(g_be->ops->open_key(g_be, "rsa2048", &k), CKR_OK);
+  before = emu_total();
+  {
+    kvp_sig_alg a = {KVP_SIG_RSA_PKCS1, KVP_HASH_NONE, KVP_HASH_NONE, 0};
+    CU_ASSERT_EQUAL(g_be->ops->sign(g_be, k, &a, d, 51, out, &ol), CKR_DATA_INVALID);
+  }
+  {
+    kvp_sig_alg a = {KVP_SIG_RSA_PKCS1, KVP_HASH_SHA1, KVP_HASH_NONE, 0};
+    CU_ASSERT_EQUAL(g_be->ops->sign(g_be, k, &a, d, 20, out, &ol), CKR_MECHANISM_INVALID);
+  }
+  {
+    kvp_sig_alg a = {KVP_SIG_RSA_PKCS1, KVP_HASH_SHA256, KVP_HASH_NONE, 0};
+    CU_ASSERT_EQUAL(g_be->ops->sign(g_be, k, &a, d, 31, out, &ol), CKR_DATA_LEN_RANGE);
+  }
+  {
+    kvp_sig_alg a = {KVP_SIG_RSA_PSS, KVP_HASH_SHA256, KVP_HASH_SHA256, 20};
+    CU_ASSERT_EQUAL(g_be->ops->sign(g_be, k, &a, d, 32, out, &ol), CKR_MECHANISM_PARAM_INVALID);
+    a.salt_len = 32;
+    a.mgf1 = KVP_HASH_SHA1;
+    CU_ASSERT_EQUAL(g_be->ops->sign(g_be, k, &a, d, 32, out, &ol), CKR_MECHANISM_PARAM_INVALID);
+  }
+  {
+    kvp_dec_alg a = {KVP_DEC_RSA_OAEP, KVP_HASH_SHA384, KVP_HASH_SHA384};
+    CU_ASSERT_EQUAL(g_be->ops->decrypt(g_be, k, &a, out, 256, out, &ol),
+                    CKR_MECHANISM_PARAM_INVALID);
+    a.hash = KVP_HASH_SHA256;
+    a.mgf1 = KVP_HASH_SHA1;
+    CU_ASSERT_EQUAL(g_be->ops->decrypt(g_be, k, &a, out, 256, out, &ol),
+                    CKR_MECHANISM_PARAM_INVALID);
+    a.mgf1 = KVP_HASH_SHA256;
+    CU_ASSERT_EQUAL(g_be->ops->decrypt(g_be, k, &a, out, 255, out, &ol),
+                    CKR_ENCRYPTED_DATA_LEN_RANGE);
+  }
+  /* none of these reached the vault */
+  CU_ASSERT_EQUAL(emu_total(), before);
+  g_be->ops->close_key(g_be, k);
+}
+
+static void test_warm_counts(void)
+{
+  kvp_key *k = NULL, *k2 = NULL;
+  int i;
+  unsigned char pt[16] = "0123456789abcdef", ct[600], out[600];
+  kvp_dec_alg dec = {KVP_DEC_RSA_OAEP, KVP_HASH_SHA256, KVP_HASH_SHA256};
+  size_t cl;
+  CK_ULONG ol;
+
+  CU_ASSERT_EQUAL_FATAL(g_be->ops->open_key(g_be, "rsa2048", &k), CKR_OK);
+  emu_reset();
+  /* opening again within the TTL is free */
+  CU_ASSERT_EQUAL_FATAL(g_be->ops->open_key(g_be, "rsa2048", &k2), CKR_OK);
+  CU_ASSERT_STRING_EQUAL(k2->version, k->version);
+  g_be->ops->close_key(g_be, k2);
+  for (i = 0; i < 10; i++)
+    CU_ASSERT_EQUAL(sign_once(g_be, k, 1), CKR_OK);
+  cl = ossl_encrypt(k->pub, &dec, pt, sizeof(pt), ct);
+  for (i = 0; i < 5; i++) {
+    ol = sizeof(out);
+    CU_ASSERT_EQUAL(g_be->ops->decrypt(g_be, k, &dec, ct, cl, out, &ol), CKR_OK);
+  }
+  CU_ASSERT_EQUAL(emu_count("sign"), 10);
+  CU_ASSERT_EQUAL(emu_count("decrypt"), 5);
+  CU_ASSERT_EQUAL(emu_count("token"), 0);
+  CU_ASSERT_EQUAL(emu_count("get"), 0);
+  CU_ASSERT_EQUAL(emu_total(), 15);
+  g_be->ops->close_key(g_be, k);
+}
+
+static void test_versioned_and_missing(void)
+{
+  kvp_key *k = NULL, *kv = NULL;
+  char ref[128];
+  CU_ASSERT_EQUAL_FATAL(g_be->ops->open_key(g_be, "p256", &k), CKR_OK);
+  snprintf(ref, sizeof(ref), "p256/%s", k->version);
+  CU_ASSERT_EQUAL_FATAL(g_be->ops->open_key(g_be, ref, &kv), CKR_OK);
+  CU_ASSERT_STRING_EQUAL(kv->version, k->version);
+  CU_ASSERT_EQUAL(EVP_PKEY_eq(kv->pub, k->pub), 1);
+  CU_ASSERT_EQUAL(sign_once(g_be, kv, 1), CKR_OK);
+  g_be->ops->close_key(g_be, kv);
+  g_be->ops->close_key(g_be, k);
+  kv = NULL;
+  CU_ASSERT_EQUAL(g_be->ops->open_key(g_be, "p256/00000000000000000000000000000000", &kv),
+                  CKR_KEY_HANDLE_INVALID);
+  CU_ASSERT_EQUAL(g_be->ops->open_key(g_be, "nosuchkey", &kv), CKR_KEY_HANDLE_INVALID);
+  CU_ASSERT_EQUAL(g_be->ops->open_key(g_be, "bad name", &kv), CKR_KEY_HANDLE_INVALID);
+  CU_ASSERT_EQUAL(g_be->ops->open_key(g_be, "a/b/c", &kv), CKR_KEY_HANDLE_INVALID);
+  CU_ASSERT_EQUAL(g_be->ops->open_key(g_be, "../x", &kv), CKR_KEY_HANDLE_INVALID);
+  CU_ASSERT_PTR_NULL(kv);
+}
+
+static void test_deleted_key(void)
+{
+  /* a key deleted after it was opened: sign answers CKR_KEY_HANDLE_INVALID */
+  kvp_key *k = NULL;
+  json_t *j = emu("POST", "/_emu/reset", "{}");
+  json_decref(j);
+  CU_ASSERT_EQUAL_FATAL(g_be->ops->open_key(g_be, "page-24", &k), CKR_OK);
+  json_decref(emu("POST", "/_emu/policy",
+                  "{\"clientId\":\"app-full\",\"permissions\":[\"get\",\"list\",\"sign\","
+                  "\"decrypt\",\"delete\"]}"));
+  {
+    /* delete it through the data plane with a token of our own */
+    CURL *c = curl_easy_init();
+    char url[300], body[4096], *sec = NULL;
+    FILE *f = fopen(g_secret, "r");
+    char line[200] = "";
+    json_t *tok = NULL;
+    struct curl_slist *h = NULL;
+    if (f != NULL) {
+      if (fgets(line, sizeof(line), f) == NULL)
+        line[0] = '\0';
+      fclose(f);
+    }
+    line[strcspn(line, "\r\n")] = '\0';
+    sec = curl_easy_escape(c, line, 0);
+    snprintf(url, sizeof(url), "%s/%s/oauth2/v2.0/token", g_url, g_tenant);
+    snprintf(body, sizeof(body),
+             "grant_type=client_credentials&client_id=app-full&scope=https%%3A%%2F%%2F127.0.0.1%%2F."
+             "default&client_secret=%s",
+             sec);
+    curl_free(sec);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_CAINFO, g_ca);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, sink);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &tok);
+    CU_ASSERT_EQUAL(curl_easy_perform(c), CURLE_OK);
+    snprintf(body, sizeof(body), "Authorization: Bearer %s",
+             json_string_value(json_object_get(tok, "access_token")));
+    h = curl_slist_append(NULL, body);
+    snprintf(url, sizeof(url), "%s/keys/page-24?api-version=7.5", g_url);
+    curl_easy_reset(c);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_CAINFO, g_ca);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, "DELETE");
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, sink);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &tok);
+    CU_ASSERT_EQUAL(curl_easy_perform(c), CURLE_OK);
+    curl_slist_free_all(h);
+    json_decref(tok);
+    curl_easy_cleanup(c);
+  }
+  json_decref(emu("POST", "/_emu/policy",
+                  "{\"clientId\":\"app-full\",\"permissions\":[\"get\",\"list\",\"sign\","
+                  "\"decrypt\"]}"));
+  CU_ASSERT_EQUAL(sign_once(g_be, k, 0), CKR_KEY_HANDLE_INVALID);
+  g_be->ops->close_key(g_be, k);
+  /* the cache entry was dropped: opening again asks the vault (and fails) */
+  k = NULL;
+  CU_ASSERT_EQUAL(g_be->ops->open_key(g_be, "page-24", &k), CKR_KEY_HANDLE_INVALID);
+  json_decref(emu("POST", "/_emu/reset", "{}"));
+}
+
+static void test_paging(void)
+{
+  char **names = NULL;
+  size_t n = 0, i;
+  int seen_rsa = 0, seen_page = 0;
+  emu_reset();
+  CU_ASSERT_EQUAL_FATAL(kvp_keyvault_list_keys(g_be, &names, &n), CKR_OK);
+  CU_ASSERT(n > 25);
+  for (i = 0; i < n; i++) {
+    if (strcmp(names[i], "rsa2048") == 0)
+      seen_rsa++;
+    if (strcmp(names[i], "page-01") == 0)
+      seen_page++;
+  }
+  CU_ASSERT_EQUAL(seen_rsa, 1);
+  CU_ASSERT_EQUAL(seen_page, 1);
+  CU_ASSERT_EQUAL(emu_count("list"), (long)((n + 24) / 25));
+  kvp_keyvault_free_names(names, n);
+}
+
+static void test_key_states(void)
+{
+  kvp_key *k = NULL;
+  long before;
+  unsigned char pt[8] = "secret!", ct[600], out[600];
+  kvp_dec_alg dec = {KVP_DEC_RSA_PKCS1, KVP_HASH_NONE, KVP_HASH_NONE};
+  size_t cl;
+  CK_ULONG ol = sizeof(out);
+
+  CU_ASSERT_EQUAL_FATAL(g_be->ops->open_key(g_be, "verifyonly", &k), CKR_OK);
+  CU_ASSERT(!k->can_sign);
+  CU_ASSERT(!k->can_decrypt);
+  before = emu_total();
+  CU_ASSERT_EQUAL(sign_once(g_be, k, 0), CKR_KEY_FUNCTION_NOT_PERMITTED);
+  CU_ASSERT_EQUAL(emu_total(), before);
+  g_be->ops->close_key(g_be, k);
+
+  CU_ASSERT_EQUAL_FATAL(g_be->ops->open_key(g_be, "disabled", &k), CKR_OK);
+  CU_ASSERT(!k->can_sign);
+  CU_ASSERT_EQUAL(sign_once(g_be, k, 0), CKR_KEY_FUNCTION_NOT_PERMITTED);
+  g_be->ops->close_key(g_be, k);
+
+  /* expired: no signing, but decryption still works (as on the service) */
+  CU_ASSERT_EQUAL_FATAL(g_be->ops->open_key(g_be, "expired", &k), CKR_OK);
+  CU_ASSERT(!k->can_sign);
+  CU_ASSERT(k->can_decrypt);
+  CU_ASSERT_EQUAL(sign_once(g_be, k, 0), CKR_KEY_FUNCTION_NOT_PERMITTED);
+  cl = ossl_encrypt(k->pub, &dec, pt, sizeof(pt), ct);
+  CU_ASSERT_EQUAL(g_be->ops->decrypt(g_be, k, &dec, ct, cl, out, &ol), CKR_OK);
+  CU_ASSERT(ol == sizeof(pt) && memcmp(out, pt, sizeof(pt)) == 0);
+  g_be->ops->close_key(g_be, k);
+}
+
+static int log_contains(const char *needle)
+{
+  char path[1000], line[2048];
+  FILE *f;
+  int found = 0;
+  snprintf(path, sizeof(path), "%s/backend-test.log", g_dir);
+  f = fopen(path, "r");
+  if (f == NULL)
+    return 0;
+  while (fgets(line, sizeof(line), f) != NULL)
+    if (strstr(line, needle) != NULL)
+      found = 1;
+  fclose(f);
+  return found;
+}
+
+static void test_no_permission(void)
+{
+  kvp_vault_conf c;
+  char sec[1000];
+  kvp_backend *be;
+  kvp_key *k = NULL, *r = NULL;
+  unsigned char ct[256] = {1}, out[256];
+  CK_ULONG ol = sizeof(out);
+  kvp_dec_alg dec = {KVP_DEC_RSA_PKCS1, KVP_HASH_NONE, KVP_HASH_NONE};
+
+  snprintf(sec, sizeof(sec), "%s/app-nosign.secret", g_dir);
+  conf_init(&c, "nosign");
+  c.client_id = "app-nosign";
+  c.client_secret_file = sec;
+  be = backend(&c);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(be);
+  CU_ASSERT_EQUAL_FATAL(be->ops->open_key(be, "p256", &k), CKR_OK);
+  CU_ASSERT_EQUAL(sign_once(be, k, 0), CKR_KEY_FUNCTION_NOT_PERMITTED);
+  CU_ASSERT(log_contains("vault nosign: key p256: the application lacks the 'sign' permission"));
+  CU_ASSERT(log_contains("ForbiddenByPolicy"));
+  CU_ASSERT_EQUAL_FATAL(be->ops->open_key(be, "rsa2048", &r), CKR_OK);
+  CU_ASSERT_EQUAL(be->ops->decrypt(be, r, &dec, ct, 256, out, &ol),
+                  CKR_KEY_FUNCTION_NOT_PERMITTED);
+  CU_ASSERT(
+      log_contains("vault nosign: key rsa2048: the application lacks the 'decrypt' permission"));
+  be->ops->close_key(be, k);
+  be->ops->close_key(be, r);
+  be->ops->destroy(be, 0);
+}
+
+static void test_bad_secret(void)
+{
+  kvp_vault_conf c;
+  char sec[1000];
+  kvp_backend *be;
+  kvp_key *k = NULL;
+  FILE *f;
+  snprintf(sec, sizeof(sec), "%s/wrong.secret", g_dir);
+  f = fopen(sec, "w");
+  CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+  fputs("not-the-secret\n", f);
+  fclose(f);
+  chmod(sec, 0600);
+  conf_init(&c, "badsecret");
+  c.client_secret_file = sec;
+  be = backend(&c);
+  CU_ASSERT_EQUAL(be->ops->open_key(be, "p256", &k), CKR_DEVICE_ERROR);
+  CU_ASSERT(log_contains("invalid_client"));
+  CU_ASSERT(!log_contains("not-the-secret"));
+  be->ops->destroy(be, 0);
+  /* a secret file readable by others is refused */
+  chmod(sec, 0644);
+  be = backend(&c);
+  CU_ASSERT_NOT_EQUAL(be->ops->open_key(be, "p256", &k), CKR_OK);
+  be->ops->destroy(be, 0);
+}
+
+static void auth_roundtrip(kvp_vault_conf *c, const char *counter)
+{
+  kvp_backend *be;
+  kvp_key *k = NULL;
+  int i;
+  emu_reset();
+  be = backend(c);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(be);
+  CU_ASSERT_EQUAL_FATAL(be->ops->open_key(be, "p384", &k), CKR_OK);
+  for (i = 0; i < 3; i++)
+    CU_ASSERT_EQUAL(sign_once(be, k, 1), CKR_OK);
+  CU_ASSERT_EQUAL(emu_count(counter), 1);
+  CU_ASSERT_EQUAL(emu_count("sign"), 3);
+  CU_ASSERT_EQUAL(kvp_keyvault_token_requests(be), 1);
+  be->ops->close_key(be, k);
+  be->ops->destroy(be, 0);
+}
+
+static void test_auth_client_secret_env(void)
+{
+  kvp_vault_conf c;
+  char line[200] = "";
+  FILE *f = fopen(g_secret, "r");
+  CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+  if (fgets(line, sizeof(line), f) == NULL)
+    line[0] = '\0';
+  fclose(f);
+  line[strcspn(line, "\r\n")] = '\0';
+  setenv("KVP11_TEST_KV_SECRET", line, 1);
+  conf_init(&c, "envsecret");
+  c.client_secret_file = NULL;
+  c.client_secret_env = "KVP11_TEST_KV_SECRET";
+  auth_roundtrip(&c, "token");
+  unsetenv("KVP11_TEST_KV_SECRET");
+}
+
+static void test_auth_client_certificate(void)
+{
+  kvp_vault_conf c;
+  char cert[1000], key[1000];
+  snprintf(cert, sizeof(cert), "%s/client.pem", g_dir);
+  snprintf(key, sizeof(key), "%s/client.key", g_dir);
+  conf_init(&c, "cert");
+  c.auth = KVP_AUTH_CLIENT_CERTIFICATE;
+  c.client_id = "app-cert";
+  c.client_secret_file = NULL;
+  c.client_cert_file = cert;
+  c.client_key_file = key;
+  auth_roundtrip(&c, "token");
+  /* the wrong client id for that certificate is refused */
+  {
+    kvp_backend *be;
+    kvp_key *k = NULL;
+    c.client_id = "app-full";
+    be = backend(&c);
+    CU_ASSERT_EQUAL(be->ops->open_key(be, "p384", &k), CKR_DEVICE_ERROR);
+    be->ops->destroy(be, 0);
+  }
+}
+
+static void test_auth_managed_identity_imds(void)
+{
+  kvp_vault_conf c;
+  conf_init(&c, "imds");
+  c.auth = KVP_AUTH_MANAGED_IDENTITY;
+  c.client_id = NULL;
+  c.tenant_id = NULL;
+  c.client_secret_file = NULL;
+  c.imds_endpoint = g_url;
+  unsetenv("IDENTITY_ENDPOINT");
+  unsetenv("IDENTITY_HEADER");
+  auth_roundtrip(&c, "imds");
+}
+
+static void test_auth_managed_identity_app_service(void)
+{
+  kvp_vault_conf c;
+  char ep[300], hdr[100] = "", path[1000];
+  FILE *f;
+  snprintf(path, sizeof(path), "%s/identity-header", g_dir);
+  f = fopen(path, "r");
+  CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+  if (fgets(hdr, sizeof(hdr), f) == NULL)
+    hdr[0] = '\0';
+  fclose(f);
+  hdr[strcspn(hdr, "\r\n")] = '\0';
+  snprintf(ep, sizeof(ep), "%s/msi/token", g_url);
+  setenv("IDENTITY_ENDPOINT", ep, 1);
+  setenv("IDENTITY_HEADER", hdr, 1);
+  conf_init(&c, "appservice");
+  c.auth = KVP_AUTH_MANAGED_IDENTITY;
+  c.client_id = "mi-1";
+  c.tenant_id = NULL;
+  c.client_secret_file = NULL;
+  auth_roundtrip(&c, "msi");
+  unsetenv("IDENTITY_ENDPOINT");
+  unsetenv("IDENTITY_HEADER");
+}
+
+static void test_auth_workload_identity(void)
+{
+  kvp_vault_conf c;
+  char path[1000];
+  json_t *j = emu("POST", "/_emu/federated-token", "{\"subject\":\"system:serviceaccount:b2b:app\"}");
+  FILE *f;
+  snprintf(path, sizeof(path), "%s/federated-token", g_dir);
+  f = fopen(path, "w");
+  CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+  fprintf(f, "%s\n", json_string_value(json_object_get(j, "token")));
+  fclose(f);
+  json_decref(j);
+  setenv("AZURE_FEDERATED_TOKEN_FILE", path, 1);
+  conf_init(&c, "workload");
+  c.auth = KVP_AUTH_WORKLOAD_IDENTITY;
+  c.client_id = "app-wl";
+  c.client_secret_file = NULL;
+  auth_roundtrip(&c, "token");
+  unsetenv("AZURE_FEDERATED_TOKEN_FILE");
+}
+
+static void test_token_expiry(void)
+{
+  kvp_vault_conf c;
+  kvp_backend *be;
+  kvp_key *k = NULL;
+  int n = 0;
+  double t0, el;
+  long tokens;
+  json_decref(emu("POST", "/_emu/config", "{\"tokenLifetime\":3}"));
+  conf_init(&c, "shortlived");
+  be = backend(&c);
+  CU_ASSERT_EQUAL_FATAL(be->ops->open_key(be, "p256", &k), CKR_OK);
+  emu_reset();
+  t0 = now_s();
+  while (now_s() - t0 < 5.0) {
+    CU_ASSERT_EQUAL(sign_once(be, k, 0), CKR_OK);
+    n++;
+    usleep(50000);
+  }
+  el = now_s() - t0;
+  tokens = emu_count("token");
+  /* refreshed ahead of expiry (after half of the 3 s lifetime): never a 401 */
+  if (emu_count("sign") != n)
+    fprintf(stderr, "token expiry: %d signs, %ld sign requests, %ld tokens\n", n,
+            emu_count("sign"), tokens);
+  CU_ASSERT_EQUAL(emu_count("sign"), n);
+  CU_ASSERT(tokens >= 2);
+  CU_ASSERT(tokens <= (long)(el / 1.4) + 1);
+  json_decref(emu("POST", "/_emu/config", "{\"tokenLifetime\":3600}"));
+  be->ops->close_key(be, k);
+  be->ops->destroy(be, 0);
+}
+
+static void test_revoked_token(void)
+{
+  kvp_key *k = NULL;
+  CU_ASSERT_EQUAL_FATAL(g_be->ops->open_key(g_be, "p256", &k), CKR_OK);
+  CU_ASSERT_EQUAL(sign_once(g_be, k, 0), CKR_OK);
+  emu_reset();
+  json_decref(emu("POST", "/_emu/revoke", "{}"));
+  /* 401 -> one new token -> the same request again */
+  CU_ASSERT_EQUAL(sign_once(g_be, k, 1), CKR_OK);
+  CU_ASSERT_EQUAL(emu_count("sign"), 2);
+  CU_ASSERT_EQUAL(emu_count("token"), 1);
+  /* and then one request per operation again */
+  CU_ASSERT_EQUAL(sign_once(g_be, k, 1), CKR_OK);
+  CU_ASSERT_EQUAL(emu_count("sign"), 3);
+  g_be->ops->close_key(g_be, k);
+}
+
+/* A fault rule, then one sign on a warm backend with timeout_ms / max_retries. */
+static CK_RV fault_sign(const char *rule, long timeout_ms, int max_retries, double *elapsed,
+                        long *signs)
+{
+  kvp_vault_conf c;
+  kvp_backend *be;
+  kvp_key *k = NULL;
+  CK_RV rv;
+  double t0;
+  conf_init(&c, "faults");
+  c.timeout_ms = timeout_ms;
+  c.max_retries = max_retries;
+  be = backend(&c);
+  if (be->ops->open_key(be, "p256", &k) != CKR_OK) {
+    be->ops->destroy(be, 0);
+    return CKR_GENERAL_ERROR;
+  }
+  CU_ASSERT_EQUAL(sign_once(be, k, 0), CKR_OK); /* warm: token and key cached */
+  emu_reset();
+  if (rule != NULL)
+    emu_fault(rule);
+  t0 = now_s();
+  rv = sign_once(be, k, 1);
+  *elapsed = now_s() - t0;
+  *signs = emu_count("sign");
+  json_decref(emu("DELETE", "/_emu/faults", NULL));
+  be->ops->close_key(be, k);
+  be->ops->destroy(be, 0);
+  return rv;
+}
+
+static void test_faults_recovered(void)
+{
+  static const struct {
+    const char *rule;
+    long signs;
+    double min_s;
+  } cases[] = {
+      {"{\"endpoint\":\"sign\",\"status\":429,\"retryAfter\":1}", 2, 0.95},
+      {"{\"endpoint\":\"sign\",\"status\":429,\"times\":2}", 3, 0.0},
+      {"{\"faults\":[{\"endpoint\":\"sign\",\"status\":500},{\"endpoint\":\"sign\",\"status\":503}]}",
+       3, 0.0},
+      {"{\"endpoint\":\"sign\",\"status\":503,\"retryAfter\":0}", 2, 0.0},
+      {"{\"endpoint\":\"sign\",\"action\":\"drop\"}", 2, 0.0},
+      {"{\"endpoint\":\"sign\",\"action\":\"truncate\"}", 2, 0.0},
+      {"{\"endpoint\":\"sign\",\"action\":\"nonjson\"}", 2, 0.0},
+      {"{\"endpoint\":\"sign\",\"action\":\"delay\",\"delayMs\":300}", 1, 0.29},
+  };
+  size_t i;
+  for (i = 0; i < KVP_ARRAY_SIZE(cases); i++) {
+    double el = 0;
+    long signs = 0;
+    CK_RV rv = fault_sign(cases[i].rule, 4000, 5, &el, &signs);
+    if (rv != CKR_OK || signs != cases[i].signs || el < cases[i].min_s || el > 3.9)
+      fprintf(stderr, "fault %s: rv 0x%lx signs %ld elapsed %.2f\n", cases[i].rule, rv, signs, el);
+    CU_ASSERT_EQUAL(rv, CKR_OK);
+    CU_ASSERT_EQUAL(signs, cases[i].signs);
+    CU_ASSERT(el >= cases[i].min_s);
+    CU_ASSERT(el < 3.9);
+  }
+}
+
+static void test_faults_given_up(void)
+{
+  double el = 0;
+  long signs = 0;
+  /* persistent 503: backoff until the time limit, then CKR_DEVICE_ERROR */
+  CU_ASSERT_EQUAL(fault_sign("{\"endpoint\":\"sign\",\"status\":503,\"times\":-1}", 1500, 10, &el,
+                             &signs),
+                  CKR_DEVICE_ERROR);
+  CU_ASSERT(el < 2.0);
+  CU_ASSERT(signs >= 3);
+  /* max_retries bounds the attempts */
+  CU_ASSERT_EQUAL(fault_sign("{\"endpoint\":\"sign\",\"status\":500,\"times\":-1}", 4000, 1, &el,
+                             &signs),
+                  CKR_DEVICE_ERROR);
+  CU_ASSERT_EQUAL(signs, 2);
+  /* Retry-After beyond the time limit: give up at once */
+  CU_ASSERT_EQUAL(fault_sign("{\"endpoint\":\"sign\",\"status\":429,\"retryAfter\":60}", 3000, 5,
+                             &el, &signs),
+                  CKR_DEVICE_ERROR);
+  CU_ASSERT(el < 1.0);
+  CU_ASSERT_EQUAL(signs, 1);
+  /* a hanging service: the request times out within timeout_ms */
+  CU_ASSERT_EQUAL(fault_sign("{\"endpoint\":\"sign\",\"action\":\"delay\",\"delayMs\":4000,"
+                             "\"times\":-1}",
+                             1000, 5, &el, &signs),
+                  CKR_DEVICE_ERROR);
+  CU_ASSERT(el < 1.6);
+  /* connections dropped every time */
+  CU_ASSERT_EQUAL(fault_sign("{\"endpoint\":\"sign\",\"action\":\"drop\",\"times\":-1}", 1000, 3,
+                             &el, &signs),
+                  CKR_DEVICE_ERROR);
+  CU_ASSERT(el < 1.6);
+  /* 1 + 3 retries; libcurl itself may retry once on a dropped kept-alive connection */
+  CU_ASSERT(signs >= 4 && signs <= 8);
+  /* a 2 MiB body: over the cap, refused and not retried */
+  CU_ASSERT_EQUAL(fault_sign("{\"endpoint\":\"sign\",\"action\":\"huge\"}", 3000, 5, &el, &signs),
+                  CKR_DEVICE_ERROR);
+  CU_ASSERT_EQUAL(signs, 1);
+  /* give the emulator time to finish the delayed requests */
+  sleep(3);
+  json_decref(emu("DELETE", "/_emu/faults", NULL));
+}
+
+static void test_token_endpoint_faults(void)
+{
+  kvp_vault_conf c;
+  kvp_backend *be;
+  kvp_key *k = NULL;
+  conf_init(&c, "tokenfault");
+  c.timeout_ms = 4000;
+  emu_reset();
+  emu_fault("{\"faults\":[{\"endpoint\":\"token\",\"status\":503},"
+            "{\"endpoint\":\"token\",\"action\":\"nonjson\"},"
+            "{\"endpoint\":\"get\",\"status\":429}]}");
+  be = backend(&c);
+  CU_ASSERT_EQUAL(be->ops->open_key(be, "p256", &k), CKR_OK);
+  CU_ASSERT_EQUAL(emu_count("token"), 3);
+  /* challenge (401) + 429 + the good one */
+  CU_ASSERT_EQUAL(emu_count("get"), 3);
+  if (k != NULL)
+    be->ops->close_key(be, k);
+  be->ops->destroy(be, 0);
+  /* the token endpoint is down: CKR_DEVICE_ERROR within the limit */
+  emu_fault("{\"endpoint\":\"token\",\"status\":500,\"times\":-1}");
+  c.timeout_ms = 1000;
+  be = backend(&c);
+  k = NULL;
+  CU_ASSERT_EQUAL(be->ops->open_key(be, "p256", &k), CKR_DEVICE_ERROR);
+  be->ops->destroy(be, 0);
+  json_decref(emu("DELETE", "/_emu/faults", NULL));
+}
+
+struct thr {
+  kvp_backend *be;
+  kvp_key *k;
+  int ok;
+};
+
+static void *thr_main(void *p)
+{
+  struct thr *t = p;
+  int i;
+  kvp_key *mine = NULL;
+  /* a cold backend: every thread opens the key itself */
+  if (t->k == NULL && t->be->ops->open_key(t->be, "rsa2048", &mine) != CKR_OK)
+    return NULL;
+  for (i = 0; i < 10; i++)
+    if (sign_once(t->be, t->k != NULL ? t->k : mine, 0) == CKR_OK)
+      t->ok++;
+  if (mine != NULL)
+    t->be->ops->close_key(t->be, mine);
+  return NULL;
+}
+
+static void test_threads(void)
+{
+  kvp_vault_conf c;
+  kvp_backend *be;
+  kvp_key *k = NULL;
+  pthread_t th[4];
+  struct thr t[4];
+  int i, ok = 0;
+  conf_init(&c, "threads");
+  be = backend(&c);
+  emu_reset();
+  /* cold start from 4 threads at once: one token request (the others wait for it) */
+  for (i = 0; i < 4; i++) {
+    t[i].be = be;
+    t[i].k = NULL;
+    t[i].ok = 0;
+    pthread_create(&th[i], NULL, thr_main, &t[i]);
+  }
+  for (i = 0; i < 4; i++) {
+    pthread_join(th[i], NULL);
+    ok += t[i].ok;
+  }
+  CU_ASSERT_EQUAL(ok, 40);
+  CU_ASSERT_EQUAL(emu_count("token"), 1);
+  CU_ASSERT_EQUAL(kvp_keyvault_token_requests(be), 1);
+  /* warm: 4 threads share one key object, one request per signature */
+  ok = 0;
+  emu_reset();
+  CU_ASSERT_EQUAL_FATAL(be->ops->open_key(be, "rsa2048", &k), CKR_OK);
+  for (i = 0; i < 4; i++) {
+    t[i].be = be;
+    t[i].k = k;
+    t[i].ok = 0;
+    pthread_create(&th[i], NULL, thr_main, &t[i]);
+  }
+  for (i = 0; i < 4; i++) {
+    pthread_join(th[i], NULL);
+    ok += t[i].ok;
+  }
+  CU_ASSERT_EQUAL(ok, 40);
+  CU_ASSERT_EQUAL(emu_count("sign"), 40);
+  CU_ASSERT_EQUAL(emu_count("token"), 0);
+  CU_ASSERT_EQUAL(emu_total(), 40);
+  be->ops->close_key(be, k);
+  be->ops->destroy(be, 0);
+}
+
+static void test_fork(void)
+{
+  kvp_key *k = NULL;
+  pid_t pid;
+  int st = 0;
+  CU_ASSERT_EQUAL_FATAL(g_be->ops->open_key(g_be, "p256", &k), CKR_OK);
+  CU_ASSERT_EQUAL(sign_once(g_be, k, 0), CKR_OK);
+  pid = fork();
+  if (pid == 0) {
+    /* the child only frees memory: no I/O on the parent's connections */
+    g_be->ops->close_key(g_be, k);
+    g_be->ops->destroy(g_be, 1);
+    _exit(0);
+  }
+  CU_ASSERT_FATAL(pid > 0);
+  waitpid(pid, &st, 0);
+  CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  /* the parent's kept-alive connection still works */
+  emu_reset();
+  CU_ASSERT_EQUAL(sign_once(g_be, k, 1), CKR_OK);
+  CU_ASSERT_EQUAL(emu_count("sign"), 1);
+  g_be->ops->close_key(g_be, k);
+}
+
+static void test_wrong_ca(void)
+{
+  kvp_vault_conf c;
+  kvp_backend *be;
+  kvp_key *k = NULL;
+  char other[1000];
+  /* the client certificate is not a CA for the server: TLS must fail */
+  snprintf(other, sizeof(other), "%s/client.pem", g_dir);
+  conf_init(&c, "wrongca");
+  c.ca_file = other;
+  c.timeout_ms = 1500;
+  c.max_retries = 1;
+  emu_reset();
+  be = backend(&c);
+  CU_ASSERT_EQUAL(be->ops->open_key(be, "p256", &k), CKR_DEVICE_ERROR);
+  be->ops->destroy(be, 0);
+  /* no request reached the emulator, and a TLS failure is not retried */
+  CU_ASSERT_EQUAL(emu_total(), 0);
+  CU_ASSERT(log_contains("vault wrongca: key p256: get: SSL certificate problem"));
+}
+
+int main(void)
+{
+  const char *d = getenv("KVP11_KV_DIR");
+  char path[1000], port[32] = "";
+  FILE *f;
+  CU_pSuite s;
+  unsigned fails;
+  kvp_vault_conf c;
+
+  if (d == NULL || d[0] == '\0') {
+    fprintf(stderr, "KVP11_KV_DIR not set: skipped\n");
+    return 77;
+  }
+  snprintf(g_dir, sizeof(g_dir), "%s", d);
+  snprintf(path, sizeof(path), "%s/port", g_dir);
+  f = fopen(path, "r");
+  if (f == NULL || fgets(port, sizeof(port), f) == NULL) {
+    fprintf(stderr, "%s: no emulator port (fixture not set up)\n", path);
+    return 1;
+  }
+  fclose(f);
+  port[strcspn(port, "\r\n")] = '\0';
+  snprintf(g_url, sizeof(g_url), "https://127.0.0.1:%s", port);
+  snprintf(g_ca, sizeof(g_ca), "%s/ca.pem", g_dir);
+  snprintf(g_secret, sizeof(g_secret), "%s/app-full.secret", g_dir);
+  snprintf(path, sizeof(path), "%s/backend-test.log", g_dir);
+  unlink(path);
+  kvp_log_setup(KVP_LOG_DEBUG, path);
+  curl_global_init(CURL_GLOBAL_DEFAULT);
+  emu_reset();
+  json_decref(emu("DELETE", "/_emu/faults", NULL));
+
+  conf_init(&c, "emu");
+  if (kvp_keyvault_backend_new(&c, &g_be) != CKR_OK)
+    return 1;
+  if (CU_initialize_registry() != CUE_SUCCESS)
+    return 1;
+  s = CU_add_suite("kv_backend", NULL, NULL);
+  CU_add_test(s, "RSA keys: every sign and decrypt mechanism", test_rsa_keys);
+  CU_add_test(s, "EC keys: ECDSA on P-256/384/521", test_ec_keys);
+  CU_add_test(s, "mechanism parameters refused locally", test_mechanism_params);
+  CU_add_test(s, "one request per operation once warm", test_warm_counts);
+  CU_add_test(s, "versioned and missing keys", test_versioned_and_missing);
+  CU_add_test(s, "paging over more than 25 keys", test_paging);
+  CU_add_test(s, "key_ops, disabled and expired keys", test_key_states);
+  CU_add_test(s, "no sign/decrypt permission", test_no_permission);
+  CU_add_test(s, "wrong client secret", test_bad_secret);
+  CU_add_test(s, "auth: client secret from the environment", test_auth_client_secret_env);
+  CU_add_test(s, "auth: client certificate", test_auth_client_certificate);
+  CU_add_test(s, "auth: managed identity (IMDS)", test_auth_managed_identity_imds);
+  CU_add_test(s, "auth: managed identity (IDENTITY_ENDPOINT)",
+              test_auth_managed_identity_app_service);
+  CU_add_test(s, "auth: workload identity", test_auth_workload_identity);
+  CU_add_test(s, "token expiry in the middle of a run", test_token_expiry);
+  CU_add_test(s, "401 with a cached token", test_revoked_token);
+  CU_add_test(s, "faults that end in success", test_faults_recovered);
+  CU_add_test(s, "faults that end in CKR_DEVICE_ERROR in time", test_faults_given_up);
+  CU_add_test(s, "token endpoint faults", test_token_endpoint_faults);
+  CU_add_test(s, "threads", test_threads);
+  CU_add_test(s, "fork: destroy(forked) frees memory only", test_fork);
+  CU_add_test(s, "TLS is verified", test_wrong_ca);
+  CU_add_test(s, "deleted key", test_deleted_key);
+  CU_basic_set_mode(CU_BRM_VERBOSE);
+  CU_basic_run_tests();
+  fails = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
+  CU_cleanup_registry();
+  g_be->ops->destroy(g_be, 0);
+  curl_global_cleanup();
+  return fails == 0 ? 0 : 1;
+}

@@ -1,0 +1,126 @@
+# tests/tool/lib.sh: helpers for the kvp11 tool tests (sourced, not run).
+#
+# Environment: KVP11_TOOL (the built kvp11), KVP11_TEST_TMP (a directory under
+# the build dir). Each test gets its own directory $T under it.
+set -u
+unset KVP11_DEBUG KVP11_CONF
+
+fail() { echo "FAIL: $*" >&2; exit 1; }
+skip() { echo "SKIP: $*" >&2; exit 77; }
+ok() { echo "ok: $*"; }
+
+[ -n "${KVP11_TOOL:-}" ] && [ -x "$KVP11_TOOL" ] || fail "KVP11_TOOL is not set to the built kvp11"
+command -v openssl >/dev/null 2>&1 || skip "openssl not found"
+command -v python3 >/dev/null 2>&1 || skip "python3 not found"
+
+T=${KVP11_TEST_TMP:-$(pwd)/tmp}/$(basename "$0" .sh)
+rm -rf "$T"
+mkdir -p "$T"
+chmod 700 "$T"
+OUT=$T/stdout
+ERR=$T/stderr
+CONF=$T/kvp11.conf
+ACCOUNTS=default
+
+# write_conf [extra lines...]: a configuration with the registry in $T.
+write_conf() {
+  {
+    printf '[global]\nregistry = %s\nlog_level = debug\nlog_file = %s\n' "$T/registry.db" "$T/kvp11.log"
+    printf '%s\n' "$@"
+  } >"$CONF"
+}
+
+# kvp ARGS...: run the tool with $CONF; sets RC, output in $OUT / $ERR.
+kvp() {
+  RC=0
+  "$KVP11_TOOL" -c "$CONF" "$@" >"$OUT" 2>"$ERR" || RC=$?
+}
+
+# The registry as the tool lists it, all test accounts (or a note when unreadable).
+snapshot() {
+  local a
+  for a in $ACCOUNTS; do
+    echo "== $a"
+    "$KVP11_TOOL" -c "$CONF" cert list --json --account "$a" 2>&1 || echo "rc=$?"
+  done
+  [ -f "$T/registry.db" ] && sha256sum <"$T/registry.db"
+  return 0
+}
+
+# one_line: stderr holds exactly one line starting with "kvp11: ".
+one_line() {
+  [ "$(wc -l <"$ERR")" -eq 1 ] || { cat "$ERR" >&2; fail "$1: expected one line on stderr"; }
+  grep -q '^kvp11: ' "$ERR" || { cat "$ERR" >&2; fail "$1: stderr does not start with 'kvp11: '"; }
+}
+
+# expect_ok WHAT ARGS...: exit 0, stderr empty.
+expect_ok() {
+  local what=$1; shift
+  kvp "$@"
+  [ "$RC" -eq 0 ] || { cat "$ERR" >&2; fail "$what: exit $RC (want 0): $*"; }
+  [ ! -s "$ERR" ] || { cat "$ERR" >&2; fail "$what: unexpected stderr"; }
+  ok "$what"
+}
+
+# expect_fail WHAT CODE REGEX ARGS...: exit CODE, one stderr line matching
+# REGEX (grep -E), nothing on stdout, registry unchanged.
+expect_fail() {
+  local what=$1 code=$2 re=$3 before after; shift 3
+  before=$(snapshot)
+  kvp "$@"
+  [ "$RC" -eq "$code" ] || { cat "$ERR" >&2; fail "$what: exit $RC (want $code): $*"; }
+  one_line "$what"
+  grep -Eq -- "$re" "$ERR" || { cat "$ERR" >&2; fail "$what: stderr does not match '$re'"; }
+  [ ! -s "$OUT" ] || { cat "$OUT" >&2; fail "$what: unexpected stdout"; }
+  after=$(snapshot)
+  [ "$before" = "$after" ] || { diff <(echo "$before") <(echo "$after") >&2; fail "$what: the registry changed"; }
+  ok "$what ($(cat "$ERR"))"
+}
+
+# json EXPR: evaluate a Python expression on j = the JSON in $OUT; fails when false.
+json() {
+  python3 - "$OUT" "$1" <<'PY' || fail "json check: $1"
+import json, sys
+j = json.load(open(sys.argv[1]))
+if not eval(sys.argv[2]):
+    print("json check false: %s\n%s" % (sys.argv[2], json.dumps(j, indent=1)), file=sys.stderr)
+    sys.exit(1)
+PY
+}
+
+# mkcert NAME [START END]: software RSA key $T/NAME.key and self-signed
+# certificate $T/NAME.pem (validity 30 days, or START..END as YYYYMMDDHHMMSSZ).
+mkcert() {
+  local n=$1 d=$T/ca
+  openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$T/$n.key" 2>/dev/null ||
+    fail "mkcert $n: key"
+  if [ $# -eq 1 ]; then
+    openssl req -new -x509 -key "$T/$n.key" -subj "/CN=$n/O=kvp11 tool test" -days 30 \
+      -out "$T/$n.pem" 2>/dev/null || fail "mkcert $n: certificate"
+    return
+  fi
+  mkdir -p "$d"
+  : >"$d/index.txt"
+  [ -f "$d/serial" ] || echo 1000 >"$d/serial"
+  cat >"$d/ca.cnf" <<CNF
+[ca]
+default_ca = d
+[d]
+database = $d/index.txt
+new_certs_dir = $d
+serial = $d/serial
+default_md = sha256
+policy = p
+unique_subject = no
+[p]
+commonName = supplied
+organizationName = optional
+CNF
+  openssl req -new -key "$T/$n.key" -subj "/CN=$n/O=kvp11 tool test" -out "$d/$n.csr" \
+    2>/dev/null || fail "mkcert $n: request"
+  openssl ca -batch -notext -config "$d/ca.cnf" -selfsign -keyfile "$T/$n.key" -in "$d/$n.csr" \
+    -startdate "$2" -enddate "$3" -out "$T/$n.pem" >/dev/null 2>&1 || fail "mkcert $n: ca"
+}
+
+# der_of FILE: the certificate in FILE as DER on stdout.
+der_of() { openssl x509 -in "$1" -outform DER; }

@@ -1,0 +1,180 @@
+/*
+ * kvp11 [-c FILE] [-v] COMMAND ...: the admin command of kvp11.
+ */
+#include <ctype.h>
+#include <getopt.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/log.h"
+#include "core/util.h"
+#include "kvp11/kvp11.h"
+#include "tool.h"
+
+__attribute__((format(printf, 3, 0))) static void vmsg(const kvp_tool *t, const char *kind,
+                                                       const char *fmt, va_list ap)
+{
+  char buf[2 * KVP_ERRLEN];
+  vsnprintf(buf, sizeof(buf), fmt, ap);
+  /* Exactly one line: fold any newline a lower layer put in its message. */
+  for (char *p = buf; *p; p++)
+    if (*p == '\n' || *p == '\r')
+      *p = ' ';
+  fprintf(stderr, "kvp11: %s%s%s%s\n", t && t->cmd ? t->cmd : "", t && t->cmd ? ": " : "", kind,
+          buf);
+}
+
+int kvp_tool_fail(const kvp_tool *t, int code, const char *fmt, ...)
+{
+  va_list ap;
+  va_start(ap, fmt);
+  vmsg(t, "", fmt, ap);
+  va_end(ap);
+  return code;
+}
+
+void kvp_tool_warn(const kvp_tool *t, const char *fmt, ...)
+{
+  va_list ap;
+  va_start(ap, fmt);
+  vmsg(t, "warning: ", fmt, ap);
+  va_end(ap);
+}
+
+int kvp_tool_badopt(const kvp_tool *t, int c, char **argv, const char *help)
+{
+  char opt[3] = {'-', (char)optopt, 0};
+  /* optopt is the short option letter; long options are named by argv. */
+  const char *name = (optopt > 0 && optopt < 128 && isalnum(optopt)) ? opt : argv[optind - 1];
+  if (c == ':')
+    return kvp_tool_fail(t, KVP_EXIT_USAGE, "option '%s' needs an argument (see %s)", name, help);
+  return kvp_tool_fail(t, KVP_EXIT_USAGE, "unknown option '%s' (see %s)", name, help);
+}
+
+int kvp_tool_load_config(kvp_tool *t)
+{
+  char err[KVP_ERRLEN] = "";
+  const char *path = t->conf_path ? t->conf_path : kvp_config_default_path();
+  int rc = kvp_config_load(path, &t->cfg, err, sizeof(err));
+  if (rc != KVP_OK)
+    return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", err[0] ? err : path);
+  kvp_log_setup(t->cfg->log_level, t->cfg->log_file);
+  /* The tool reports failures itself, in one line; log lines on stderr would
+   * add noise. They still go to a configured log_file, or with -v or
+   * KVP11_DEBUG to stderr. */
+  const char *dbg = getenv("KVP11_DEBUG");
+  if (!t->cfg->log_file && !t->verbose && !(dbg && *dbg))
+    kvp_log_threshold = -1;
+  return KVP_EXIT_OK;
+}
+
+const char *kvp_tool_loghint(const kvp_tool *t)
+{
+  static char hint[KVP_ERRLEN];
+  const char *dbg = getenv("KVP11_DEBUG");
+  if (dbg && *dbg)
+    return ""; /* the log lines went where KVP11_DEBUG says */
+  if (t->cfg && t->cfg->log_file) {
+    snprintf(hint, sizeof(hint), " (details in %s)", t->cfg->log_file);
+    return hint;
+  }
+  return t->verbose ? "" : " (kvp11 -v shows why)";
+}
+
+int kvp_tool_account(kvp_tool *t, const char *name, const char **account)
+{
+  if (!name) {
+    *account = t->cfg->n_accounts ? t->cfg->accounts[0].name : "default";
+    return KVP_EXIT_OK;
+  }
+  if (!kvp_config_find_account(t->cfg, name))
+    return kvp_tool_fail(t, KVP_EXIT_ERROR, "account '%s' is not configured in %s", name,
+                         t->cfg->path);
+  *account = name;
+  return KVP_EXIT_OK;
+}
+
+int kvp_tool_open_registry(kvp_tool *t)
+{
+  char err[KVP_ERRLEN] = "";
+  const char *path = t->cfg->registry ? t->cfg->registry : KVP11_DEFAULT_REGISTRY;
+  if (kvp_registry_open(path, 0, &t->reg, err, sizeof(err)) != KVP_OK)
+    return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", err[0] ? err : path);
+  return KVP_EXIT_OK;
+}
+
+void kvp_tool_done(kvp_tool *t)
+{
+  if (t->reg)
+    kvp_registry_close(t->reg);
+  if (t->cfg)
+    kvp_config_free(t->cfg);
+  t->reg = NULL;
+  t->cfg = NULL;
+}
+
+static void usage(FILE *f)
+{
+  fprintf(f,
+          "usage: kvp11 [-c FILE] [-v] COMMAND ...\n"
+          "\n"
+          "  -c, --config FILE   configuration file (default: $KVP11_CONF, else %s)\n"
+          "  -v, --verbose       show log lines on stderr\n"
+          "  -V, --version       print the version\n"
+          "  -h, --help          this help\n"
+          "\n"
+          "commands:\n",
+          KVP11_DEFAULT_CONF);
+  kvp_tool_cert_usage(f);
+  fprintf(f, "\nExit status: 0 success, 1 error (nothing changed), 2 usage error.\n");
+}
+
+int main(int argc, char **argv)
+{
+  static const struct option opts[] = {
+      {"config", required_argument, NULL, 'c'},
+      {"verbose", no_argument, NULL, 'v'},
+      {"version", no_argument, NULL, 'V'},
+      {"help", no_argument, NULL, 'h'},
+      {NULL, 0, NULL, 0},
+  };
+  kvp_tool t = {0};
+  int c;
+
+  opterr = 0;
+  /* '+': stop at the command name; its options are parsed by the command. */
+  while ((c = getopt_long(argc, argv, "+:c:vVh", opts, NULL)) != -1) {
+    switch (c) {
+    case 'c':
+      t.conf_path = optarg;
+      break;
+    case 'v':
+      t.verbose = 1;
+      break;
+    case 'V':
+      printf("kvp11 %d.%d\n", KVP11_VERSION_MAJOR, KVP11_VERSION_MINOR);
+      return KVP_EXIT_OK;
+    case 'h':
+      usage(stdout);
+      return KVP_EXIT_OK;
+    default:
+      return kvp_tool_badopt(NULL, c, argv, "kvp11 --help");
+    }
+  }
+  if (optind >= argc)
+    return kvp_tool_fail(NULL, KVP_EXIT_USAGE, "no command given (see kvp11 --help)");
+
+  const char *cmd = argv[optind];
+  if (strcmp(cmd, "help") == 0) {
+    usage(stdout);
+    return KVP_EXIT_OK;
+  }
+  if (strcmp(cmd, "cert") == 0) {
+    int rc = kvp_tool_cert(&t, argc - optind, argv + optind);
+    kvp_tool_done(&t);
+    return rc;
+  }
+  return kvp_tool_fail(NULL, KVP_EXIT_USAGE, "unknown command '%s' (see kvp11 --help)", cmd);
+}

@@ -1,0 +1,176 @@
+/*
+ * Output of the kvp11 command: one record -> JSON function; the text forms
+ * (show's "key: value" lines) are printed from that same JSON object, so the
+ * field list lives in one place.
+ */
+#include <jansson.h>
+#include <openssl/bio.h>
+#include <openssl/pem.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "tool.h"
+
+void kvp_tool_isotime(int64_t t, char out[32])
+{
+  time_t tt = (time_t)t;
+  struct tm tm;
+  if (!gmtime_r(&tt, &tm) || !strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm))
+    snprintf(out, 32, "@%lld", (long long)t);
+}
+
+char *kvp_tool_pem(const unsigned char *der, size_t der_len)
+{
+  char *pem = NULL, *data;
+  BIO *b = BIO_new(BIO_s_mem());
+  if (b && PEM_write_bio(b, PEM_STRING_X509, "", der, (long)der_len) > 0) {
+    long n = BIO_get_mem_data(b, &data);
+    if (n >= 0 && (pem = malloc((size_t)n + 1)) != NULL) {
+      memcpy(pem, data, (size_t)n);
+      pem[n] = '\0';
+    }
+  }
+  BIO_free(b);
+  return pem;
+}
+
+/* A JSON string, or null for NULL. Bytes that are not UTF-8 become '?'. */
+static json_t *jstr(const char *s)
+{
+  json_t *j;
+  if (!s)
+    return json_null();
+  if ((j = json_string(s)) != NULL)
+    return j;
+  char *copy = strdup(s);
+  if (!copy)
+    return NULL;
+  for (char *p = copy; *p; p++)
+    if ((unsigned char)*p >= 0x80)
+      *p = '?';
+  j = json_string(copy);
+  free(copy);
+  return j;
+}
+
+static json_t *jtime(int64_t t)
+{
+  char buf[32];
+  kvp_tool_isotime(t, buf);
+  return json_string(buf);
+}
+
+/* Every field of rec but der, in display order; with_pem adds "pem". */
+static json_t *rec_json(const kvp_cert_rec *r, int with_pem)
+{
+  json_t *o = json_object();
+  if (!o)
+    return NULL;
+  int bad = json_object_set_new(o, "id", json_integer(r->id)) ||
+            json_object_set_new(o, "name", jstr(r->name)) ||
+            json_object_set_new(o, "account", jstr(r->account)) ||
+            json_object_set_new(o, "type",
+                                json_string(r->type == KVP_CERT_PRIVATE ? "private" : "public")) ||
+            json_object_set_new(o, "subject", jstr(r->subject)) ||
+            json_object_set_new(o, "issuer", jstr(r->issuer)) ||
+            json_object_set_new(o, "serial", jstr(r->serial)) ||
+            json_object_set_new(o, "not_before", jtime(r->not_before)) ||
+            json_object_set_new(o, "not_after", jtime(r->not_after)) ||
+            json_object_set_new(o, "sha1", jstr(r->sha1)) ||
+            json_object_set_new(o, "sha256", jstr(r->sha256)) ||
+            json_object_set_new(o, "key_ref", jstr(r->key_ref)) ||
+            json_object_set_new(o, "key_version", jstr(r->key_version)) ||
+            json_object_set_new(o, "resource_group", jstr(r->resource_group)) ||
+            json_object_set_new(o, "created", jtime(r->created)) ||
+            json_object_set_new(o, "updated", jtime(r->updated));
+  if (!bad && with_pem) {
+    char *pem = kvp_tool_pem(r->der, r->der_len);
+    bad = !pem || json_object_set_new(o, "pem", json_string(pem));
+    free(pem);
+  }
+  if (bad) {
+    json_decref(o);
+    return NULL;
+  }
+  return o;
+}
+
+static int dump(FILE *f, json_t *j)
+{
+  int rc = j && json_dumpf(j, f, JSON_INDENT(2) | JSON_PRESERVE_ORDER) == 0 ? 0 : -1;
+  if (rc == 0)
+    fputc('\n', f);
+  json_decref(j);
+  return rc;
+}
+
+static int print_table(FILE *f, const kvp_cert_rec *recs, size_t n)
+{
+  static const char *head[] = {"NAME", "TYPE", "SUBJECT", "NOT-AFTER", "KEY"};
+  int w[5];
+  char when[32];
+  for (size_t c = 0; c < 5; c++)
+    w[c] = (int)strlen(head[c]);
+  for (size_t i = 0; i < n; i++) {
+    const char *cell[3] = {recs[i].name, recs[i].subject, recs[i].key_ref ? recs[i].key_ref : "-"};
+    int idx[3] = {0, 2, 4};
+    for (size_t c = 0; c < 3; c++)
+      if ((int)strlen(cell[c]) > w[idx[c]])
+        w[idx[c]] = (int)strlen(cell[c]);
+  }
+  if (w[1] < 7)
+    w[1] = 7; /* "private" */
+  if (w[3] < 20)
+    w[3] = 20; /* ISO 8601 time */
+  fprintf(f, "%-*s  %-*s  %-*s  %-*s  %s\n", w[0], head[0], w[1], head[1], w[2], head[2], w[3],
+          head[3], head[4]);
+  for (size_t i = 0; i < n; i++) {
+    const kvp_cert_rec *r = &recs[i];
+    kvp_tool_isotime(r->not_after, when);
+    fprintf(f, "%-*s  %-*s  %-*s  %-*s  %s\n", w[0], r->name, w[1],
+            r->type == KVP_CERT_PRIVATE ? "private" : "public", w[2], r->subject, w[3], when,
+            r->key_ref ? r->key_ref : "-");
+  }
+  return 0;
+}
+
+int kvp_tool_print_list(FILE *f, const kvp_cert_rec *recs, size_t n, int json)
+{
+  if (!json)
+    return print_table(f, recs, n);
+  json_t *a = json_array();
+  for (size_t i = 0; a && i < n; i++) {
+    if (json_array_append_new(a, rec_json(&recs[i], 0)) != 0) {
+      json_decref(a);
+      return -1;
+    }
+  }
+  return dump(f, a);
+}
+
+int kvp_tool_print_rec(FILE *f, const kvp_cert_rec *rec, int how)
+{
+  if (how == KVP_SHOW_PEM) {
+    char *pem = kvp_tool_pem(rec->der, rec->der_len);
+    int rc = pem && fputs(pem, f) >= 0 ? 0 : -1;
+    free(pem);
+    return rc;
+  }
+  json_t *o = rec_json(rec, how == KVP_SHOW_JSON);
+  if (how == KVP_SHOW_JSON)
+    return dump(f, o);
+  if (!o)
+    return -1;
+  const char *key;
+  json_t *v;
+  json_object_foreach(o, key, v)
+  {
+    if (json_is_integer(v))
+      fprintf(f, "%s: %lld\n", key, (long long)json_integer_value(v));
+    else
+      fprintf(f, "%s: %s\n", key, json_is_string(v) ? json_string_value(v) : "-");
+  }
+  json_decref(o);
+  return 0;
+}

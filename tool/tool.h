@@ -1,0 +1,65 @@
+/*
+ * The kvp11 admin command: shared context, error reporting and output helpers.
+ *
+ * Every command prints its result on stdout and, on failure, exactly one
+ * line "kvp11: <command>: <what is wrong>" on stderr. Exit codes below.
+ */
+#ifndef KVP_TOOL_TOOL_H
+#define KVP_TOOL_TOOL_H
+
+#include <stdio.h>
+
+#include "core/config.h"
+#include "core/registry.h"
+
+enum {
+  KVP_EXIT_OK = 0,
+  KVP_EXIT_ERROR = 1, /* the command failed; nothing was changed */
+  KVP_EXIT_USAGE = 2, /* bad command line */
+};
+
+/* State shared by all commands. */
+typedef struct kvp_tool {
+  const char *conf_path; /* -c FILE, or NULL for kvp_config_default_path() */
+  int verbose;           /* -v: keep log lines on stderr */
+  const char *cmd;       /* "cert add": prefix of messages */
+  kvp_config *cfg;       /* set by kvp_tool_load_config() */
+  kvp_registry *reg;     /* set by kvp_tool_open_registry() */
+} kvp_tool;
+
+/* Print "kvp11: <cmd>: <message>" on stderr; returns code. */
+int kvp_tool_fail(const kvp_tool *t, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Print "kvp11: <cmd>: warning: <message>" on stderr. */
+void kvp_tool_warn(const kvp_tool *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Report a getopt failure (c is ':' or '?'; opterr must be 0) as a usage error. */
+int kvp_tool_badopt(const kvp_tool *t, int c, char **argv, const char *help);
+
+/* Load the configuration and set up logging. Returns an exit code. */
+int kvp_tool_load_config(kvp_tool *t);
+/* " (details in LOGFILE)" or " (kvp11 -v shows why)": where a lower layer logged its reason. */
+const char *kvp_tool_loghint(const kvp_tool *t);
+/* Resolve --account (NULL: the first configured account). Returns an exit code. */
+int kvp_tool_account(kvp_tool *t, const char *name, const char **account);
+/* Open the registry named by the configuration, writer mode. Returns an exit code. */
+int kvp_tool_open_registry(kvp_tool *t);
+/* Release cfg and reg. */
+void kvp_tool_done(kvp_tool *t);
+
+/* The "cert" command group: argv[0] is "cert". Returns an exit code. */
+int kvp_tool_cert(kvp_tool *t, int argc, char **argv);
+void kvp_tool_cert_usage(FILE *f);
+
+/* Output helpers (output.c). */
+/* "2026-11-25T11:42:58Z" into out (at least 21 bytes). */
+void kvp_tool_isotime(int64_t t, char out[32]);
+/* PEM text of a DER certificate; malloc'd, NULL on allocation failure. */
+char *kvp_tool_pem(const unsigned char *der, size_t der_len);
+/* Print records: a table, or a JSON array. */
+int kvp_tool_print_list(FILE *f, const kvp_cert_rec *recs, size_t n, int json);
+/* Print one record as "key: value" lines, as a JSON object (with "pem"), or as PEM only. */
+enum { KVP_SHOW_TEXT = 0, KVP_SHOW_JSON, KVP_SHOW_PEM };
+int kvp_tool_print_rec(FILE *f, const kvp_cert_rec *rec, int how);
+
+#endif

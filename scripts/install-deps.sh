@@ -16,6 +16,44 @@ PACKAGES=(
 # Node.js runs the local Key Vault emulator; any node already on PATH will do.
 command -v node >/dev/null 2>&1 || PACKAGES+=(nodejs)
 
+# Optional: the OpenSSL 3 pkcs11-provider (tests/clients/openssl_proxy_provider.sh)
+# is only in <codename>-backports on Debian 12. When no backports source is
+# configured, one is derived from the machine's own Debian source (same URI and
+# keyring, never a hard-coded host) and added if its InRelease is reachable.
+# Any failure here only prints a warning.
+backports_provider() {
+  dpkg-query -W -f='${db:Status-Status}' pkcs11-provider 2>/dev/null | grep -qx installed && return 0
+  local code uri key f src=/etc/apt/sources.list.d/kvp11-backports.sources
+  code=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+  [ -n "$code" ] || return 0
+  local SUDO=(); [ "$(id -u)" -eq 0 ] || SUDO=(sudo)
+  if ! grep -rqs -- "$code-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    for f in /etc/apt/sources.list.d/*.sources; do   # deb822: the stanza with Suites: $code
+      [ -f "$f" ] || continue
+      uri=$(awk -v c="$code" 'BEGIN{RS=""} $0 ~ "Suites:[^\n]*[ \t]" c "([ \t]|$|\n)" {
+              if (match($0, /URIs:[ \t]*[^ \t\n]+/)) { s = substr($0, RSTART, RLENGTH); sub(/URIs:[ \t]*/, "", s); print s; exit } }' "$f")
+      key=$(awk -v c="$code" 'BEGIN{RS=""} $0 ~ "Suites:[^\n]*[ \t]" c "([ \t]|$|\n)" {
+              if (match($0, /Signed-By:[ \t]*[^ \t\n]+/)) { s = substr($0, RSTART, RLENGTH); sub(/Signed-By:[ \t]*/, "", s); print s; exit } }' "$f")
+      [ -n "$uri" ] && break
+    done
+    [ -n "${uri:-}" ] || uri=$(awk -v c="$code" '$1 == "deb" && $3 == c { print $2; exit }' /etc/apt/sources.list 2>/dev/null || true)
+    [ -n "${uri:-}" ] || { echo "install-deps: no Debian source for $code found; pkcs11-provider skipped"; return 0; }
+    if ! /usr/lib/apt/apt-helper download-file "$uri/dists/$code-backports/InRelease" /tmp/kvp11-bpo.$$ >/dev/null 2>&1; then
+      rm -f /tmp/kvp11-bpo.$$
+      echo "install-deps: $uri/dists/$code-backports not reachable; pkcs11-provider skipped"
+      return 0
+    fi
+    rm -f /tmp/kvp11-bpo.$$
+    echo "install-deps: adding $code-backports from $uri ($src)"
+    printf 'Types: deb\nURIs: %s\nSuites: %s-backports\nComponents: main\n%s' "$uri" "$code" \
+      "${key:+Signed-By: $key
+}" | "${SUDO[@]}" tee "$src" >/dev/null || return 0
+  fi
+  "${SUDO[@]}" apt-get update -q >/dev/null || { echo "install-deps: warning: apt-get update failed"; return 0; }
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+    -t "$code-backports" pkcs11-provider || echo "install-deps: warning: pkcs11-provider not installed"
+}
+
 missing=()
 for p in "${PACKAGES[@]}"; do
   case "$p" in \#*) continue ;; esac
@@ -25,6 +63,7 @@ done
 
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install-deps: all ${#PACKAGES[@]} packages present"
+  backports_provider
   exit 0
 fi
 
@@ -40,4 +79,5 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 "${SUDO[@]}" apt-get update -q
 "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+backports_provider
 echo "install-deps: done"

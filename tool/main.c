@@ -128,6 +128,7 @@ static void usage(FILE *f)
           "commands:\n",
           KVP11_DEFAULT_CONF);
   kvp_tool_cert_usage(f);
+  kvp_tool_smime_usage(f);
   fprintf(f, "\nExit status: 0 success, 1 error (nothing changed), 2 usage error.\n");
 }
 
@@ -173,6 +174,11 @@ int main(int argc, char **argv)
   }
   if (strcmp(cmd, "cert") == 0) {
     int rc = kvp_tool_cert(&t, argc - optind, argv + optind);
+    kvp_tool_done(&t);
+    return rc;
+  }
+  if (strcmp(cmd, "smime") == 0) {
+    int rc = kvp_tool_smime(&t, argc - optind, argv + optind);
     kvp_tool_done(&t);
     return rc;
   }

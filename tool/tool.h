@@ -51,6 +51,10 @@ void kvp_tool_done(kvp_tool *t);
 int kvp_tool_cert(kvp_tool *t, int argc, char **argv);
 void kvp_tool_cert_usage(FILE *f);
 
+/* The "smime" command group (smime.c): argv[0] is "smime". Returns an exit code. */
+int kvp_tool_smime(kvp_tool *t, int argc, char **argv);
+void kvp_tool_smime_usage(FILE *f);
+
 /* Output helpers (output.c). */
 /* "2026-11-25T11:42:58Z" into out (at least 21 bytes). */
 void kvp_tool_isotime(int64_t t, char out[32]);

@@ -306,9 +306,13 @@ static CK_RV pss_params(const kvp_object *o, const mech_desc *m, CK_MECHANISM_PT
     return CKR_MECHANISM_PARAM_INVALID;
   if (p->sLen + hlen + 2 > rsa_bytes(o))
     return CKR_MECHANISM_PARAM_INVALID;
-  /* Key Vault signs PS256/384/512 only: MGF1 with the same hash, salt = hash length. */
-  if (is_keyvault(o) && (alg->mgf1 != alg->hash || p->sLen != hlen ||
-                         alg->hash == KVP_HASH_SHA1 || alg->hash == KVP_HASH_SHA224))
+  /*
+   * PS256/384/512 only: MGF1 with the same hash and salt = hash length. That
+   * is all Key Vault signs, and kvp11 holds every key store to it so that a
+   * certificate behaves the same wherever its key lives.
+   */
+  if (alg->mgf1 != alg->hash || p->sLen != hlen || alg->hash == KVP_HASH_SHA1 ||
+      alg->hash == KVP_HASH_SHA224)
     return CKR_MECHANISM_PARAM_INVALID;
   return CKR_OK;
 }

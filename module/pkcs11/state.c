@@ -47,11 +47,16 @@ static void atfork_parent(void)
   pthread_mutex_unlock(&kvp_g.init_lock);
 }
 
+/*
+ * The child has one thread, with another thread id than the one that took
+ * the locks (glibc's rwlock records its writer's tid), so the locks are made
+ * anew rather than unlocked.
+ */
 static void atfork_child(void)
 {
-  pthread_rwlock_unlock(&kvp_g.lock);
-  pthread_mutex_unlock(&kvp_g.reg_lock);
-  pthread_mutex_unlock(&kvp_g.init_lock);
+  pthread_rwlock_init(&kvp_g.lock, NULL);
+  pthread_mutex_init(&kvp_g.reg_lock, NULL);
+  pthread_mutex_init(&kvp_g.init_lock, NULL);
   if (kvp_g.initialized)
     atomic_store(&kvp_g.forked, 1);
 }

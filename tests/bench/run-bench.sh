@@ -94,7 +94,7 @@ cg_total() { sed -n 's/^totals: *//p' "$1" | head -1; }
 # callgrind_annotate line ("file:function [object]") matches REGEX
 cg_incl() {
   callgrind_annotate --inclusive=yes --threshold=100 "$1" 2>/dev/null |
-    awk -v pat="$2" '$0 ~ pat { gsub(",", "", $1); s += $1 } END { printf "%d\n", s }'
+    awk -v pat="$2" '$0 ~ pat { gsub(",", "", $1); s += $1 } END { printf "%.0f\n", s }'
 }
 # per_sign A1 A2: (A2 - A1) / (CG_N2 - CG_N1)
 per_sign() { echo $((($2 - $1) / (CG_N2 - CG_N1))); }

@@ -356,14 +356,6 @@ bool kvpt_mech_listed(CK_MECHANISM_TYPE t)
   return false;
 }
 
-const kvpt_cert *kvpt_cert_by_name(const char *name)
-{
-  for (size_t i = 0; i < KVPT_NCERTS; i++)
-    if (strcmp(KVPT_CERTS[i].name, name) == 0)
-      return &KVPT_CERTS[i];
-  return NULL;
-}
-
 const kvpt_cert *kvpt_first_rsa(int bits)
 {
   for (size_t i = 0; i < KVPT_NCERTS; i++)

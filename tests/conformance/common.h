@@ -103,7 +103,6 @@ bool kvpt_attr_ulong(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE 
 bool kvpt_mech_listed(CK_MECHANISM_TYPE t);
 
 /* Certificates of KVPT_CERTS matching a predicate. */
-const kvpt_cert *kvpt_cert_by_name(const char *name);
 const kvpt_cert *kvpt_first_rsa(int bits); /* bits 0: any */
 const kvpt_cert *kvpt_first_ec(int bits);  /* bits 0: any */
 

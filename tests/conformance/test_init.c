@@ -353,6 +353,50 @@ static void test_reinitialize(void)
   }
 }
 
+/* CKA_ID of every configured certificate, read in a fresh C_Initialize .. C_Finalize cycle.
+ * Returns the number of names read; ids[i] is malloc'd (NULL if not found). */
+static size_t read_ids(unsigned char **ids, CK_ULONG *lens, size_t max)
+{
+  size_t n = 0;
+  CK_SLOT_ID slot;
+  CK_SESSION_HANDLE h;
+  if (!CHECK_RV(kvpt_initialize(), CKR_OK))
+    return 0;
+  if (CHECK(kvpt_find_slot(&slot), "no token labelled \"%s\"", KVPT.token) &&
+      CHECK_RV(P11->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &h), CKR_OK)) {
+    kvpt_login(h);
+    for (size_t i = 0; i < KVPT.nkeys + KVPT.npublics && n < max; i++, n++) {
+      const char *name = i < KVPT.nkeys ? KVPT.keys[i] : KVPT.publics[i - KVPT.nkeys];
+      size_t count;
+      CK_RV rv;
+      CK_OBJECT_HANDLE o = kvpt_find_one(h, CKO_CERTIFICATE, name, &count);
+      ids[n] = o != CK_INVALID_HANDLE ? kvpt_attr(h, o, CKA_ID, &lens[n], &rv) : NULL;
+    }
+  }
+  CHECK_RV(P11->C_Finalize(NULL), CKR_OK);
+  return n;
+}
+
+/* CKA_ID is stable: the same after the module is finalized and initialized again. */
+static void test_ids_stable(void)
+{
+  unsigned char *a[KVPT_MAX_CERTS] = {0}, *b[KVPT_MAX_CERTS] = {0};
+  CK_ULONG alen[KVPT_MAX_CERTS] = {0}, blen[KVPT_MAX_CERTS] = {0};
+  size_t n = read_ids(a, alen, KVPT_MAX_CERTS);
+  size_t m = read_ids(b, blen, KVPT_MAX_CERTS);
+  CHECK(n == m && n == KVPT.nkeys + KVPT.npublics, "read %zu and %zu names", n, m);
+  for (size_t i = 0; i < n && i < m; i++) {
+    CHECK(a[i] && b[i], "certificate %zu not found", i);
+    if (a[i] && b[i])
+      CHECK(alen[i] == blen[i] && memcmp(a[i], b[i], alen[i]) == 0,
+            "CKA_ID of certificate %zu changed across C_Finalize/C_Initialize", i);
+  }
+  for (size_t i = 0; i < KVPT_MAX_CERTS; i++) {
+    free(a[i]);
+    free(b[i]);
+  }
+}
+
 void kvpt_add_init_tests(void)
 {
   static const kvpt_test tests[] = {
@@ -368,6 +412,7 @@ void kvpt_add_init_tests(void)
       {"C_Finalize(non-NULL) -> ARGUMENTS_BAD", test_finalize_reserved},
       {"C_GetInfo", test_get_info},
       {"re-initialize drops sessions", test_reinitialize},
+      {"CKA_ID stable across re-initialization", test_ids_stable},
   };
   kvpt_add_suite("init", NULL, NULL, tests, KVPT_ARRAY_LEN(tests));
 }

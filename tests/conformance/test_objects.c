@@ -4,10 +4,15 @@
  * keys inside the key store (C_SetAttributeValue, C_CopyObject, C_DestroyObject, C_WrapKey,
  * C_GetOperationState).
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <openssl/bn.h>
+#include <openssl/ec.h>
 #include <openssl/core_names.h>
 #include <openssl/objects.h>
 #include <openssl/pem.h>
@@ -592,6 +597,39 @@ static void test_find_templates(void)
   CHECK(kvpt_find(h, &vendor, 1, NULL, 0) == 0, "an unknown attribute matched objects");
   CHECK_RV(P11->C_FindObjectsInit(h, NULL, 1), CKR_ARGUMENTS_BAD);
   (void)P11->C_FindObjectsFinal(h);
+  /* No session objects exist: CKA_TOKEN false matches nothing, CKA_TOKEN true everything. */
+  CK_BBOOL no = CK_FALSE, yes = CK_TRUE;
+  CK_ATTRIBUTE tok = KVPT_ATTR(CKA_TOKEN, &no, sizeof no);
+  CHECK(kvpt_find(h, &tok, 1, NULL, 0) == 0, "session objects found (CKA_TOKEN false)");
+  tok.pValue = &yes;
+  n = kvpt_find(h, &tok, 1, NULL, 0);
+  CHECK(n == nall, "CKA_TOKEN true found %zu objects, the empty template %zu", n, nall);
+  /* Malformed values: no match or a refusal, never an over-read (ASan) or a crash. */
+  unsigned char one_byte = (unsigned char)CKO_CERTIFICATE;
+  CK_ATTRIBUTE shortcls = KVPT_ATTR(CKA_CLASS, &one_byte, 1);
+  CK_RV rv = P11->C_FindObjectsInit(h, &shortcls, 1);
+  CHECK(rv == CKR_OK || rv == CKR_ATTRIBUTE_VALUE_INVALID || rv == CKR_TEMPLATE_INCONSISTENT,
+        "1-byte CKA_CLASS in a search template: %s", kvpt_rv_name(rv));
+  if (rv == CKR_OK) {
+    CK_ULONG cnt = 99;
+    CHECK_RV(P11->C_FindObjects(h, got, MAXOBJ, &cnt), CKR_OK);
+    CHECK(cnt == 0, "1-byte CKA_CLASS matched %lu objects", (unsigned long)cnt);
+    CHECK_RV(P11->C_FindObjectsFinal(h), CKR_OK);
+  }
+  CK_ATTRIBUTE nullval = KVPT_ATTR(CKA_LABEL, NULL, 5);
+  rv = P11->C_FindObjectsInit(h, &nullval, 1);
+  CHECK(rv == CKR_OK || rv == CKR_ARGUMENTS_BAD || rv == CKR_ATTRIBUTE_VALUE_INVALID,
+        "CKA_LABEL with pValue NULL and length 5 in a search template: %s", kvpt_rv_name(rv));
+  if (rv == CKR_OK) {
+    CK_ULONG cnt = 99;
+    CHECK_RV(P11->C_FindObjects(h, got, MAXOBJ, &cnt), CKR_OK);
+    CHECK(cnt == 0, "CKA_LABEL with a NULL value matched %lu objects", (unsigned long)cnt);
+    CHECK_RV(P11->C_FindObjectsFinal(h), CKR_OK);
+  }
+  static char longlabel[4096];
+  memset(longlabel, 'x', sizeof longlabel);
+  CK_ATTRIBUTE lng = KVPT_ATTR(CKA_LABEL, longlabel, sizeof longlabel);
+  CHECK(kvpt_find(h, &lng, 1, NULL, 0) == 0, "a 4096-byte label matched objects");
 out:
   free(all);
   free(got);
@@ -824,6 +862,117 @@ static void test_operation_state_refused(void)
   kvpt_close(h);
 }
 
+/* ---------------------------------------------------- live registry changes (optional) */
+
+/* A fresh self-signed P-256 certificate named cn, written as PEM to path. */
+static bool make_cert(const char *cn, const char *path, X509 **out)
+{
+  bool ok = false;
+  EVP_PKEY *key = EVP_EC_gen("P-256");
+  X509 *x = X509_new();
+  FILE *f = NULL;
+  if (!key || !x)
+    goto out;
+  X509_NAME *name = X509_get_subject_name(x);
+  if (!X509_set_version(x, 2) || !ASN1_INTEGER_set(X509_get_serialNumber(x), (long)time(NULL)) ||
+      !X509_gmtime_adj(X509_getm_notBefore(x), -60) ||
+      !X509_gmtime_adj(X509_getm_notAfter(x), 86400) ||
+      !X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0) ||
+      !X509_set_issuer_name(x, name) || !X509_set_pubkey(x, key) ||
+      !X509_sign(x, key, EVP_sha256()))
+    goto out;
+  f = fopen(path, "w");
+  ok = f && PEM_write_X509(f, x);
+out:
+  if (f && fclose(f) != 0)
+    ok = false;
+  EVP_PKEY_free(key);
+  if (ok)
+    *out = x;
+  else
+    X509_free(x);
+  return ok;
+}
+
+/* Run a configured shell command with KVP11_LIVE_NAME / KVP11_LIVE_CERT set. */
+static int run_live(const char *cmd, const char *name, const char *path)
+{
+  setenv("KVP11_LIVE_NAME", name, 1);
+  setenv("KVP11_LIVE_CERT", path, 1);
+  fflush(NULL);
+  int st = system(cmd);
+  return st == -1 ? -1 : WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+/*
+ * KVP11_TEST_LIVE_ADD / KVP11_TEST_LIVE_REMOVE: shell commands that register / unregister a
+ * public certificate "$KVP11_LIVE_CERT" under the name "$KVP11_LIVE_NAME" while the module is
+ * initialized (e.g. kvp11 cert add ...). The objects must show up in the next search and go away
+ * after the removal, without C_Finalize; handles of the other objects stay valid.
+ */
+static void test_live_registry(void)
+{
+  const char *add = getenv("KVP11_TEST_LIVE_ADD"), *del = getenv("KVP11_TEST_LIVE_REMOVE");
+  const char *name = getenv("KVP11_TEST_LIVE_NAME");
+  if (!add || !*add || !del || !*del) {
+    fprintf(stderr, "\n  note: KVP11_TEST_LIVE_ADD/REMOVE not set: live registry test skipped\n");
+    CHECK(true, "skipped");
+    return;
+  }
+  if (!name || !*name)
+    name = "kvp11-conformance-live";
+  CK_SESSION_HANDLE h = kvpt_open(false);
+  char path[] = "/tmp/kvp11-conformance-XXXXXX";
+  int fd = mkstemp(path);
+  X509 *x = NULL;
+  size_t n;
+  if (!CHECK(fd >= 0, "mkstemp failed"))
+    goto out;
+  close(fd);
+  if (!CHECK(make_cert(name, path, &x), "could not make a certificate"))
+    goto out;
+  kvpt_find_one(h, CKO_CERTIFICATE, name, &n);
+  if (n != 0) /* left over from an interrupted run */
+    (void)run_live(del, name, path);
+
+  if (!CHECK(run_live(add, name, path) == 0, "KVP11_TEST_LIVE_ADD failed: %s", add))
+    goto out;
+  CK_OBJECT_HANDLE cert = kvpt_find_one(h, CKO_CERTIFICATE, name, &n);
+  CHECK(n == 1, "%zu certificate objects named %s after registering it, expected 1", n, name);
+  kvpt_find_one(h, CKO_PUBLIC_KEY, name, &n);
+  CHECK(n == 1, "%zu public key objects named %s after registering it, expected 1", n, name);
+  if (cert != CK_INVALID_HANDLE) {
+    unsigned char *der = NULL;
+    int dlen = i2d_X509(x, &der);
+    check_attr_bytes(h, cert, CKA_VALUE, "CKA_VALUE", name, der, dlen > 0 ? (size_t)dlen : 0);
+    OPENSSL_free(der);
+  }
+  /* Objects seen before the change are still reachable through their handles. */
+  for (size_t i = 0; i < KVPT_NCERTS; i++)
+    check_attr_bytes(h, KVPT_CERTS[i].cert, CKA_LABEL, "CKA_LABEL after a registry change",
+                     KVPT_CERTS[i].name, (const unsigned char *)KVPT_CERTS[i].name,
+                     strlen(KVPT_CERTS[i].name));
+
+  CHECK(run_live(del, name, path) == 0, "KVP11_TEST_LIVE_REMOVE failed: %s", del);
+  kvpt_find_one(h, CKO_CERTIFICATE, name, &n);
+  CHECK(n == 0, "%zu certificate objects named %s after removing it", n, name);
+  kvpt_find_one(h, CKO_PUBLIC_KEY, name, &n);
+  CHECK(n == 0, "%zu public key objects named %s after removing it", n, name);
+  if (cert != CK_INVALID_HANDLE) {
+    CK_ATTRIBUTE a = KVPT_ATTR(CKA_LABEL, NULL, 0);
+    CHECK_RV(P11->C_GetAttributeValue(h, cert, &a, 1), CKR_OBJECT_HANDLE_INVALID);
+  }
+  for (size_t i = 0; i < KVPT_NCERTS; i++)
+    check_attr_bytes(h, KVPT_CERTS[i].cert, CKA_LABEL, "CKA_LABEL after a registry change",
+                     KVPT_CERTS[i].name, (const unsigned char *)KVPT_CERTS[i].name,
+                     strlen(KVPT_CERTS[i].name));
+out:
+  X509_free(x);
+  if (fd >= 0)
+    unlink(path);
+  kvpt_close(h);
+}
+
 void kvpt_add_object_tests(void)
 {
   static const kvpt_test tests[] = {
@@ -840,6 +989,7 @@ void kvpt_add_object_tests(void)
       {"private key not modifiable", test_private_key_not_modifiable},
       {"C_WrapKey refused", test_wrap_key_refused},
       {"C_GetOperationState refused", test_operation_state_refused},
+      {"registry changes while initialized", test_live_registry},
   };
   kvpt_add_suite("objects", kvpt_suite_init, kvpt_suite_cleanup, tests, KVPT_ARRAY_LEN(tests));
 }

@@ -159,6 +159,11 @@ static void test_login_errors(void)
   CHECK_RV(P11->C_Login(h, (CK_USER_TYPE)7, pin, 4), CKR_USER_TYPE_INVALID);
   CHECK_RV(P11->C_Login(h, (CK_USER_TYPE)0x7fff, pin, 4), CKR_USER_TYPE_INVALID);
   CHECK_RV(P11->C_Login(BAD_SESSION, CKU_USER, pin, 4), CKR_SESSION_HANDLE_INVALID);
+  /* The SO cannot log in while a R/O session exists (or the token has no SO at all). */
+  CHECK_RV_IN(P11->C_Login(h, CKU_SO, pin, 4), CKR_SESSION_READ_ONLY_EXISTS, CKR_USER_TYPE_INVALID);
+  /* A context-specific login needs an operation that asks for it. */
+  CHECK_RV_IN(P11->C_Login(h, CKU_CONTEXT_SPECIFIC, pin, 4), CKR_OPERATION_NOT_INITIALIZED,
+              CKR_USER_TYPE_INVALID);
   CHECK_STATE(h, CKS_RO_PUBLIC_SESSION);
   close_all();
 }

@@ -784,6 +784,45 @@ out:
   kvpt_close(h);
 }
 
+/* An empty message and a 1 MiB multi-part message, with every private key. */
+static void test_message_sizes(void)
+{
+  CK_SESSION_HANDLE h = kvpt_open(false);
+  const kvpt_cert *c;
+  unsigned char sig[SIGMAX];
+  size_t biglen = KVPT.quick ? 64 * 1024 : 1024 * 1024;
+  unsigned char *big = malloc(biglen);
+  if (!CHECK(big != NULL, "out of memory"))
+    goto out;
+  for (size_t i = 0; i < biglen; i++)
+    big[i] = (unsigned char)(i * 2654435761u >> 13);
+  FOR_PRIVATE(c, true)
+  {
+    CK_MECHANISM m = hash_sign_mech(c);
+    CK_ULONG slen = SIGMAX;
+    /* Empty: pData points somewhere, length 0. */
+    if (CHECK_RV(P11->C_SignInit(h, &m, c->priv), CKR_OK) &&
+        CHECK_RV(P11->C_Sign(h, big, 0, sig, &slen), CKR_OK))
+      CHECK(kvpt_verify_msg(c, c->is_rsa ? 'p' : 'e', EVP_sha256(), big, 0, sig, slen),
+            "%s: OpenSSL rejects the signature of an empty message", c->name);
+    /* Large, in 64 KiB updates. */
+    if (!CHECK_RV(P11->C_SignInit(h, &m, c->priv), CKR_OK))
+      continue;
+    bool ok = true;
+    for (size_t off = 0; ok && off < biglen; off += 65536)
+      ok = CHECK_RV(P11->C_SignUpdate(h, big + off, 65536), CKR_OK);
+    slen = SIGMAX;
+    if (ok && CHECK_RV(P11->C_SignFinal(h, sig, &slen), CKR_OK))
+      CHECK(kvpt_verify_msg(c, c->is_rsa ? 'p' : 'e', EVP_sha256(), big, biglen, sig, slen),
+            "%s: OpenSSL rejects the signature of a %zu-byte message", c->name, biglen);
+    if (!ok)
+      kvpt_end_ops(h);
+  }
+out:
+  free(big);
+  kvpt_close(h);
+}
+
 void kvpt_add_sign_tests(void)
 {
   static const kvpt_test tests[] = {
@@ -804,6 +843,7 @@ void kvpt_add_sign_tests(void)
       {"unsupported mechanism", test_unsupported_mechanism},
       {"verify errors", test_verify_errors},
       {"NULL arguments", test_null_arguments},
+      {"empty and large messages", test_message_sizes},
   };
   kvpt_add_suite("sign", sign_init, kvpt_suite_cleanup, tests, KVPT_ARRAY_LEN(tests));
 }

@@ -107,7 +107,7 @@ setsid node "$EMU" --cert server.pem --key server.key --seed seed.json --port 0 
   > emu.out 2> emu.log < /dev/null &
 echo $! > emu.pid
 PORT=
-for _ in $(seq 1 100); do
+for _ in $(seq 1 300); do
   if grep -qE '^[0-9]+$' emu.out 2>/dev/null; then PORT=$(head -1 emu.out); break; fi
   kill -0 "$(cat emu.pid)" 2>/dev/null || break
   sleep 0.1

@@ -1011,6 +1011,24 @@ static void test_wrong_ca(void)
   CU_ASSERT(log_contains("vault wrongca: key p256: get: SSL certificate problem"));
 }
 
+static void test_no_secrets_logged(void)
+{
+  char line[200] = "";
+  FILE *f = fopen(g_secret, "r");
+  CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+  if (fgets(line, sizeof(line), f) == NULL)
+    line[0] = '\0';
+  fclose(f);
+  line[strcspn(line, "\r\n")] = '\0';
+  CU_ASSERT(strlen(line) > 10);
+  CU_ASSERT(!log_contains(line));
+  /* access tokens and client assertions are JWTs: base64url of '{"' */
+  CU_ASSERT(!log_contains("eyJ"));
+  CU_ASSERT(!log_contains("Bearer"));
+  /* but the log did record the run */
+  CU_ASSERT(log_contains("x-ms-request-id"));
+}
+
 int main(void)
 {
   const char *d = getenv("KVP11_KV_DIR");
@@ -1073,6 +1091,7 @@ int main(void)
   CU_add_test(s, "fork: destroy(forked) frees memory only", test_fork);
   CU_add_test(s, "TLS is verified", test_wrong_ca);
   CU_add_test(s, "deleted key", test_deleted_key);
+  CU_add_test(s, "no secret or token in the log", test_no_secrets_logged);
   CU_basic_set_mode(CU_BRM_VERBOSE);
   CU_basic_run_tests();
   fails = CU_get_number_of_failures() + CU_get_number_of_tests_failed();

@@ -1034,7 +1034,9 @@ static CK_RV run_op(kvp_hsm_backend *be, kvp_hsm_key *k, int op, CK_MECHANISM *m
       goto fail;
     }
   retry:
-    if (session_gone(rv) && !session_retry) {
+    /* a session that is gone, or (against the spec) still has an operation
+     * active, is dropped; one retry on a fresh session */
+    if ((session_gone(rv) || rv == CKR_OPERATION_ACTIVE) && !session_retry) {
       session_retry = 1;
       pool_drop(be, s);
       s = CK_INVALID_HANDLE;
@@ -1067,7 +1069,7 @@ static CK_RV run_op(kvp_hsm_backend *be, kvp_hsm_key *k, int op, CK_MECHANISM *m
   }
 fail:
   if (s != CK_INVALID_HANDLE) {
-    if (session_gone(rv))
+    if (session_gone(rv) || rv == CKR_OPERATION_ACTIVE)
       pool_drop(be, s);
     else
       pool_put(be, s);

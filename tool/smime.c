@@ -1,0 +1,1199 @@
+/*
+ * kvp11 smime sign|verify|encrypt|decrypt|seal|open: S/MIME (RFC 8551, CMS)
+ * messages with registered certificates.
+ *
+ * encrypt and verify are local OpenSSL CMS operations on registered
+ * certificates. sign and decrypt run through libkvp11.so, loaded by the
+ * OpenSSL pkcs11 engine (libp11): the private key stays in its key store and
+ * never enters this process; the engine hands OpenSSL an EVP_PKEY whose
+ * private operations are C_Sign / C_Decrypt calls into the module.
+ *
+ * Trust on verify is "registered", not a CA chain: the signer's certificate
+ * must be, byte for byte (SHA-256 thumbprint), a certificate registered in
+ * the account, within its validity at the signing time.
+ *
+ * Nothing reaches stdout unless the whole command succeeded: results are
+ * built in memory BIOs (which OpenSSL wipes when freed) and written at the end.
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/bio.h>
+#include <openssl/pem.h> /* before cms.h: declares PEM_read_bio_CMS */
+#include <openssl/cms.h>
+#include <openssl/crypto.h>
+#include <openssl/engine.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/rsa.h>
+#include <openssl/ui.h>
+#include <openssl/x509.h>
+
+#include "core/util.h"
+#include "tool.h"
+
+#ifndef KVP11_MODULE_INSTALLED
+#define KVP11_MODULE_INSTALLED "/usr/lib/x86_64-linux-gnu/pkcs11/libkvp11.so"
+#endif
+
+enum {
+  S_CERT = 0,
+  S_TO,
+  S_FROM,
+  S_DETACHED,
+  S_DIGEST,
+  S_CIPHER,
+  S_OAEP,
+  S_BINARY,
+  S_ACCOUNT,
+  S_INFORM,
+  S_OUTFORM,
+  S_CONTENT,
+  S_MODULE,
+  S_COUNT,
+  S_BASE = 256,
+};
+#define SOPT(o) (1u << (o))
+#define MAX_TO 16
+
+static const struct option smime_longopts[] = {
+    {"cert", required_argument, NULL, S_BASE + S_CERT},
+    {"to", required_argument, NULL, S_BASE + S_TO},
+    {"from", required_argument, NULL, S_BASE + S_FROM},
+    {"detached", no_argument, NULL, S_BASE + S_DETACHED},
+    {"digest", required_argument, NULL, S_BASE + S_DIGEST},
+    {"cipher", required_argument, NULL, S_BASE + S_CIPHER},
+    {"oaep", no_argument, NULL, S_BASE + S_OAEP},
+    {"binary", no_argument, NULL, S_BASE + S_BINARY},
+    {"account", required_argument, NULL, S_BASE + S_ACCOUNT},
+    {"inform", required_argument, NULL, S_BASE + S_INFORM},
+    {"outform", required_argument, NULL, S_BASE + S_OUTFORM},
+    {"content", required_argument, NULL, S_BASE + S_CONTENT},
+    {"module", required_argument, NULL, S_BASE + S_MODULE},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
+
+typedef struct smime_args {
+  const char *v[S_COUNT]; /* option values; flags are "" when given */
+  const char *to[MAX_TO]; /* every --to */
+  size_t n_to;
+  const char *account; /* resolved account */
+  const EVP_MD *md;
+  const EVP_CIPHER *cipher;
+  int inform, outform; /* F_* */
+} smime_args;
+
+enum { F_AUTO = 0, F_SMIME, F_PEM, F_DER };
+
+typedef struct smime_cmd {
+  const char *cmd;
+  unsigned allowed;
+  int (*run)(kvp_tool *t, smime_args *a);
+  const char *synopsis;
+} smime_cmd;
+
+static int smime_sign(kvp_tool *t, smime_args *a);
+static int smime_verify(kvp_tool *t, smime_args *a);
+static int smime_encrypt(kvp_tool *t, smime_args *a);
+static int smime_decrypt(kvp_tool *t, smime_args *a);
+static int smime_seal(kvp_tool *t, smime_args *a);
+static int smime_open(kvp_tool *t, smime_args *a);
+
+#define SIGN_OPTS (SOPT(S_DETACHED) | SOPT(S_DIGEST) | SOPT(S_BINARY))
+#define ENC_OPTS (SOPT(S_CIPHER) | SOPT(S_OAEP) | SOPT(S_BINARY))
+
+static const smime_cmd smime_cmds[] = {
+    {"smime sign", SOPT(S_CERT) | SIGN_OPTS | SOPT(S_ACCOUNT) | SOPT(S_OUTFORM) | SOPT(S_MODULE),
+     smime_sign,
+     "smime sign --cert NAME [--detached] [--digest sha256|sha384|sha512]\n"
+     "[--binary] [--outform smime|pem|der] [--account A] [--module SO]\n"
+     "< message > signed"},
+    {"smime verify",
+     SOPT(S_CERT) | SOPT(S_ACCOUNT) | SOPT(S_INFORM) | SOPT(S_CONTENT), smime_verify,
+     "smime verify [--cert PARTNER] [--inform smime|pem|der] [--content FILE]\n"
+     "[--account A] < signed > message"},
+    {"smime encrypt", SOPT(S_TO) | ENC_OPTS | SOPT(S_ACCOUNT) | SOPT(S_OUTFORM), smime_encrypt,
+     "smime encrypt --to PARTNER [--to PARTNER2 ...] [--cipher aes-256-cbc|aes-256-gcm]\n"
+     "[--oaep] [--binary] [--outform smime|pem|der] [--account A]\n"
+     "< message > enveloped"},
+    {"smime decrypt", SOPT(S_CERT) | SOPT(S_ACCOUNT) | SOPT(S_INFORM) | SOPT(S_MODULE),
+     smime_decrypt,
+     "smime decrypt --cert NAME [--inform smime|pem|der] [--account A] [--module SO]\n"
+     "< enveloped > message"},
+    {"smime seal",
+     SOPT(S_CERT) | SOPT(S_TO) | SIGN_OPTS | ENC_OPTS | SOPT(S_ACCOUNT) | SOPT(S_OUTFORM) |
+         SOPT(S_MODULE),
+     smime_seal,
+     "smime seal --cert NAME --to PARTNER [--to PARTNER2 ...] [--detached]\n"
+     "[--digest D] [--cipher C] [--oaep] [--binary] [--outform smime|pem|der]\n"
+     "[--account A] [--module SO] < message > enveloped"},
+    {"smime open",
+     SOPT(S_CERT) | SOPT(S_FROM) | SOPT(S_ACCOUNT) | SOPT(S_INFORM) | SOPT(S_MODULE), smime_open,
+     "smime open --cert NAME [--from PARTNER] [--inform smime|pem|der] [--account A]\n"
+     "[--module SO] < enveloped > message"},
+};
+
+/* ------------------------------------------------------------------ usage */
+
+static void synopsis(FILE *f, const char *prefix, const smime_cmd *c)
+{
+  int indent = (int)(strlen(prefix) + strlen(c->cmd) + 1);
+  const char *line = c->synopsis, *nl;
+  fputs(prefix, f);
+  while ((nl = strchr(line, '\n')) != NULL) {
+    fprintf(f, "%.*s\n%*s", (int)(nl - line), line, indent, "");
+    line = nl + 1;
+  }
+  fprintf(f, "%s\n", line);
+}
+
+void kvp_tool_smime_usage(FILE *f)
+{
+  for (size_t i = 0; i < KVP_ARRAY_SIZE(smime_cmds); i++)
+    synopsis(f, "  kvp11 [-c FILE] ", &smime_cmds[i]);
+}
+
+static void smime_cmd_usage(FILE *f, const smime_cmd *c)
+{
+  synopsis(f, "usage: kvp11 [-c FILE] ", c);
+  fprintf(f, "\n"
+             "  --cert NAME      a registered certificate of the account; for sign, decrypt,\n"
+             "                   seal and open a private one (its key is used through\n"
+             "                   libkvp11.so); for verify the only accepted signer\n"
+             "  --to PARTNER     a registered recipient certificate (repeatable)\n"
+             "  --from PARTNER   open: the only accepted signer\n"
+             "  --detached       multipart/signed (content in clear beside the signature)\n"
+             "  --digest D       sha256 (default), sha384, sha512\n"
+             "  --cipher C       aes-256-cbc (default), aes-256-gcm (AuthEnvelopedData)\n"
+             "  --oaep           RSA-OAEP key transport (default: RSA PKCS#1 v1.5)\n"
+             "  --binary         sign/encrypt the input bytes as they are (default: text,\n"
+             "                   line ends made CRLF as S/MIME requires)\n"
+             "  --inform F       input form: smime, pem or der (default: detected)\n"
+             "  --outform F      output form: smime (default), pem or der\n"
+             "  --content FILE   verify: the content of a detached pem/der signature\n"
+             "  --module SO      libkvp11.so (default: $KVP11_MODULE, else %s)\n"
+             "  --account A      default: the first configured account\n"
+             "\n"
+             "Signers are trusted when their certificate is registered in the account\n"
+             "(verify, open) and valid at the signing time.\n",
+          KVP11_MODULE_INSTALLED);
+}
+
+/* ------------------------------------------------------------- helpers */
+
+/* The reason of the most recent OpenSSL error, or "unknown error"; clears the queue. */
+static const char *ossl_reason(void)
+{
+  static char buf[256];
+  unsigned long e, last = 0;
+  while ((e = ERR_get_error()) != 0)
+    last = e;
+  const char *r = last ? ERR_reason_error_string(last) : NULL;
+  if (r)
+    snprintf(buf, sizeof(buf), "%s", r);
+  else if (last)
+    snprintf(buf, sizeof(buf), "OpenSSL error %lx", last);
+  else
+    snprintf(buf, sizeof(buf), "unknown error");
+  return buf;
+}
+
+/*
+ * Silence fd 2 while the engine and the module run (libp11 and a module
+ * without log_file would print there): the tool prints one line. -v and
+ * KVP11_DEBUG keep their lines.
+ */
+static int quiet_begin(const kvp_tool *t)
+{
+  const char *dbg = getenv("KVP11_DEBUG");
+  if (t->verbose || (dbg && *dbg))
+    return -1;
+  fflush(stderr);
+  int saved = dup(2);
+  int fd = open("/dev/null", O_WRONLY);
+  if (saved < 0 || fd < 0) {
+    if (saved >= 0)
+      close(saved);
+    if (fd >= 0)
+      close(fd);
+    return -1;
+  }
+  dup2(fd, 2);
+  close(fd);
+  return saved;
+}
+
+static void quiet_end(int saved)
+{
+  if (saved < 0)
+    return;
+  fflush(stderr);
+  dup2(saved, 2);
+  close(saved);
+}
+
+static int nomem(const kvp_tool *t)
+{
+  return kvp_tool_fail(t, KVP_EXIT_ERROR, "out of memory");
+}
+
+/* Read all of stdin. */
+static int read_stdin(const kvp_tool *t, unsigned char **out, size_t *len)
+{
+  size_t cap = 0, n = 0;
+  unsigned char *buf = NULL;
+  for (;;) {
+    if (cap - n < 65536) {
+      size_t ncap = cap ? cap * 2 : 65536;
+      if (ncap < cap) {
+        kvp_wipe(buf, n);
+        free(buf);
+        return kvp_tool_fail(t, KVP_EXIT_ERROR, "stdin: input too large");
+      }
+      unsigned char *nb = malloc(ncap);
+      if (!nb) {
+        kvp_wipe(buf, n);
+        free(buf);
+        return nomem(t);
+      }
+      if (n)
+        memcpy(nb, buf, n);
+      kvp_wipe(buf, n);
+      free(buf);
+      buf = nb;
+      cap = ncap;
+    }
+    size_t r = fread(buf + n, 1, cap - n, stdin);
+    n += r;
+    if (r == 0) {
+      if (ferror(stdin)) {
+        int e = errno;
+        kvp_wipe(buf, n);
+        free(buf);
+        return kvp_tool_fail(t, KVP_EXIT_ERROR, "cannot read stdin: %s", strerror(e));
+      }
+      break;
+    }
+  }
+  *out = buf;
+  *len = n;
+  return KVP_EXIT_OK;
+}
+
+static void free_input(unsigned char *buf, size_t len)
+{
+  if (buf) {
+    kvp_wipe(buf, len);
+    free(buf);
+  }
+}
+
+/* Write the contents of a memory BIO to stdout. */
+static int emit(const kvp_tool *t, BIO *mem)
+{
+  char *data = NULL;
+  long n = BIO_get_mem_data(mem, &data);
+  if (n > 0 && fwrite(data, 1, (size_t)n, stdout) != (size_t)n)
+    return kvp_tool_fail(t, KVP_EXIT_ERROR, "cannot write stdout: %s", strerror(errno));
+  if (fflush(stdout) != 0)
+    return kvp_tool_fail(t, KVP_EXIT_ERROR, "cannot write stdout: %s", strerror(errno));
+  return KVP_EXIT_OK;
+}
+
+static void subject_of(X509 *x, char *out, size_t len)
+{
+  BIO *b = BIO_new(BIO_s_mem());
+  char *d = NULL;
+  long n;
+  snprintf(out, len, "?");
+  if (!b)
+    return;
+  if (X509_NAME_print_ex(b, X509_get_subject_name(x), 0, XN_FLAG_RFC2253) >= 0 &&
+      (n = BIO_get_mem_data(b, &d)) > 0)
+    snprintf(out, len, "%.*s", (int)n, d);
+  BIO_free(b);
+}
+
+static int sha256_hex(X509 *x, char out[65])
+{
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  if (!X509_digest(x, EVP_sha256(), md, &n) || n != 32)
+    return -1;
+  kvp_hex(md, 32, out);
+  return 0;
+}
+
+static X509 *rec_x509(const kvp_cert_rec *rec)
+{
+  const unsigned char *p = rec->der;
+  return d2i_X509(NULL, &p, (long)rec->der_len);
+}
+
+/* Configuration, account, registry. */
+static int setup(kvp_tool *t, smime_args *a)
+{
+  if (kvp_tool_load_config(t) != KVP_EXIT_OK ||
+      kvp_tool_account(t, a->v[S_ACCOUNT], &a->account) != KVP_EXIT_OK ||
+      kvp_tool_open_registry(t) != KVP_EXIT_OK)
+    return KVP_EXIT_ERROR;
+  return KVP_EXIT_OK;
+}
+
+/* One registered certificate; need_private: it must have a key. */
+static int get_rec(kvp_tool *t, const smime_args *a, const char *name, int need_private,
+                   kvp_cert_rec *rec, X509 **x)
+{
+  char err[KVP_ERRLEN] = "";
+  int r = kvp_registry_get(t->reg, a->account, name, rec, err, sizeof(err));
+  if (r == KVP_ENOTFOUND)
+    return kvp_tool_fail(t, KVP_EXIT_ERROR, "account '%s' has no certificate named '%s'",
+                         a->account, name);
+  if (r != KVP_OK)
+    return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", err);
+  if (need_private && rec->type != KVP_CERT_PRIVATE)
+    return kvp_tool_fail(t, KVP_EXIT_ERROR,
+                         "certificate '%s' is a public certificate: it has no key to %s with",
+                         name, strstr(t->cmd, "sign") || strstr(t->cmd, "seal") ? "sign" : "decrypt");
+  if (!(*x = rec_x509(rec)))
+    return kvp_tool_fail(t, KVP_EXIT_ERROR, "certificate '%s': the registered DER does not parse",
+                         name);
+  return KVP_EXIT_OK;
+}
+
+/* The certificate must be valid at 'at'; what names it in the message. */
+static int check_valid(kvp_tool *t, const kvp_cert_rec *rec, int64_t at, const char *when)
+{
+  char nb[32], na[32], w[32];
+  if (at >= rec->not_before && at <= rec->not_after)
+    return KVP_EXIT_OK;
+  kvp_tool_isotime(rec->not_before, nb);
+  kvp_tool_isotime(rec->not_after, na);
+  kvp_tool_isotime(at, w);
+  if (at > rec->not_after)
+    return kvp_tool_fail(t, KVP_EXIT_ERROR, "certificate '%s' expired on %s (%s %s)", rec->name,
+                         na, when, w);
+  return kvp_tool_fail(t, KVP_EXIT_ERROR, "certificate '%s' is not valid before %s (%s %s)",
+                       rec->name, nb, when, w);
+}
+
+/* ------------------------------------------------- the key through the module */
+
+typedef struct p11key {
+  ENGINE *e;
+  EVP_PKEY *pkey;
+} p11key;
+
+static void p11key_free(p11key *k)
+{
+  EVP_PKEY_free(k->pkey);
+  if (k->e) {
+    ENGINE_finish(k->e);
+    ENGINE_free(k->e);
+  }
+  k->pkey = NULL;
+  k->e = NULL;
+}
+
+/* RFC 7512 / RFC 3986 percent-encoding of a path attribute value. */
+static void pct_encode(const char *s, char *out, size_t outlen)
+{
+  static const char hex[] = "0123456789ABCDEF";
+  size_t o = 0;
+  for (const unsigned char *p = (const unsigned char *)s; *p && o + 4 < outlen; p++) {
+    if ((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
+        *p == '-' || *p == '.' || *p == '_' || *p == '~') {
+      out[o++] = (char)*p;
+    } else {
+      out[o++] = '%';
+      out[o++] = hex[*p >> 4];
+      out[o++] = hex[*p & 15];
+    }
+  }
+  out[o] = 0;
+}
+
+/* The engine library: $OPENSSL_ENGINES or OpenSSL's ENGINESDIR, /pkcs11.so. */
+static void engine_so(char *out, size_t len)
+{
+  const char *env = getenv("OPENSSL_ENGINES");
+  char dir[512] = "";
+  if (env && *env) {
+    snprintf(dir, sizeof(dir), "%s", env);
+  } else {
+    const char *v = OpenSSL_version(OPENSSL_ENGINES_DIR); /* ENGINESDIR: "/path" */
+    const char *q1 = v ? strchr(v, '"') : NULL;
+    const char *q2 = q1 ? strchr(q1 + 1, '"') : NULL;
+    if (q1 && q2)
+      snprintf(dir, sizeof(dir), "%.*s", (int)(q2 - q1 - 1), q1 + 1);
+  }
+  if (dir[0])
+    snprintf(out, len, "%s/pkcs11.so", dir);
+  else
+    out[0] = 0;
+}
+
+/* The private key of rec (a private certificate), as an engine key. */
+static int load_key(kvp_tool *t, const smime_args *a, const kvp_cert_rec *rec, X509 *x,
+                    p11key *k)
+{
+  const char *env = getenv("KVP11_MODULE");
+  const char *module = a->v[S_MODULE] ? a->v[S_MODULE]
+                       : (env && *env) ? env
+                                       : KVP11_MODULE_INSTALLED;
+  const kvp_account_conf *ac = kvp_config_find_account(t->cfg, a->account);
+  const char *label = ac && ac->label ? ac->label : a->account;
+  char so[600], elabel[800], ename[800], uri[1700];
+  int rc = KVP_EXIT_ERROR, q;
+
+  if (access(module, R_OK) != 0)
+    return kvp_tool_fail(t, rc, "kvp11 module %s: %s (--module or KVP11_MODULE names it)", module,
+                         strerror(errno));
+  /* The module reads the configuration the tool uses. */
+  if (setenv("KVP11_CONF", t->cfg->path, 1) != 0)
+    return nomem(t);
+  pct_encode(label, elabel, sizeof(elabel));
+  pct_encode(rec->name, ename, sizeof(ename));
+  snprintf(uri, sizeof(uri), "pkcs11:token=%s;object=%s;type=private", elabel, ename);
+  engine_so(so, sizeof(so));
+
+  ERR_clear_error();
+  q = quiet_begin(t);
+  if (so[0] && access(so, R_OK) == 0) {
+    k->e = ENGINE_by_id("dynamic");
+    if (k->e && (!ENGINE_ctrl_cmd_string(k->e, "SO_PATH", so, 0) ||
+                 !ENGINE_ctrl_cmd_string(k->e, "ID", "pkcs11", 0) ||
+                 !ENGINE_ctrl_cmd_string(k->e, "LIST_ADD", "1", 0) ||
+                 !ENGINE_ctrl_cmd_string(k->e, "LOAD", NULL, 0))) {
+      ENGINE_free(k->e);
+      k->e = NULL;
+    }
+  } else {
+    k->e = ENGINE_by_id("pkcs11");
+  }
+  if (!k->e) {
+    quiet_end(q);
+    return kvp_tool_fail(t, rc,
+                         "cannot load the OpenSSL pkcs11 engine %s: %s (install "
+                         "libengine-pkcs11-openssl)",
+                         so[0] ? so : "pkcs11", ossl_reason());
+  }
+  if (!ENGINE_ctrl_cmd_string(k->e, "MODULE_PATH", module, 0)) {
+    quiet_end(q);
+    ENGINE_free(k->e);
+    k->e = NULL;
+    return kvp_tool_fail(t, rc, "pkcs11 engine: cannot set MODULE_PATH: %s", ossl_reason());
+  }
+  if (!t->verbose)
+    ENGINE_ctrl_cmd_string(k->e, "QUIET", NULL, 1);
+  if (!ENGINE_init(k->e)) {
+    quiet_end(q);
+    ENGINE_free(k->e);
+    k->e = NULL;
+    return kvp_tool_fail(t, rc, "pkcs11 engine: cannot initialise %s: %s%s", module,
+                         ossl_reason(), kvp_tool_loghint(t));
+  }
+  /* UI_null: never prompt for a PIN; the module logs in with the configured one. */
+  k->pkey = ENGINE_load_private_key(k->e, uri, (UI_METHOD *)UI_null(), NULL);
+  quiet_end(q);
+  if (!k->pkey)
+    return kvp_tool_fail(t, rc, "the key of certificate '%s' is not available through %s (%s): %s%s",
+                         rec->name, module, uri, ossl_reason(), kvp_tool_loghint(t));
+  if (X509_check_private_key(x, k->pkey) != 1)
+    return kvp_tool_fail(t, rc, "the key %s is not the key of certificate '%s'", uri, rec->name);
+  ERR_clear_error();
+  return KVP_EXIT_OK;
+}
+
+/* ------------------------------------------------------ reading and writing */
+
+typedef struct cms_in {
+  BIO *in;    /* over the input buffer */
+  BIO *bcont; /* detached content of a multipart/signed message */
+  CMS_ContentInfo *cms;
+} cms_in;
+
+static void cms_in_free(cms_in *c)
+{
+  CMS_ContentInfo_free(c->cms);
+  BIO_free(c->bcont);
+  BIO_free(c->in);
+  memset(c, 0, sizeof(*c));
+}
+
+static const char *form_name(int f)
+{
+  return f == F_PEM ? "a PEM CMS message" : f == F_DER ? "a DER CMS message" : "an S/MIME message";
+}
+
+/* Parse a CMS message from buf; what names the input in messages. */
+static int read_cms(kvp_tool *t, int form, const unsigned char *buf, size_t len, const char *what,
+                    cms_in *c)
+{
+  if (len == 0)
+    return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s is empty", what);
+  if (len > INT32_MAX)
+    return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s is too large", what);
+  if (form == F_AUTO) {
+    size_t i = 0;
+    while (i < len && (buf[i] == ' ' || buf[i] == '\t' || buf[i] == '\r' || buf[i] == '\n'))
+      i++;
+    if (len - i >= 10 && memcmp(buf + i, "-----BEGIN", 10) == 0)
+      form = F_PEM;
+    else if (buf[0] == 0x30)
+      form = F_DER;
+    else
+      form = F_SMIME;
+  }
+  ERR_clear_error();
+  if (!(c->in = BIO_new_mem_buf(buf, (int)len)))
+    return nomem(t);
+  if (form == F_SMIME)
+    c->cms = SMIME_read_CMS(c->in, &c->bcont);
+  else if (form == F_PEM)
+    c->cms = PEM_read_bio_CMS(c->in, NULL, NULL, NULL);
+  else
+    c->cms = d2i_CMS_bio(c->in, NULL);
+  if (!c->cms)
+    return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s is not %s: %s", what, form_name(form),
+                         ossl_reason());
+  return KVP_EXIT_OK;
+}
+
+/* Write cms in the output form; data: the content, for multipart/signed. */
+static int write_cms(kvp_tool *t, int form, CMS_ContentInfo *cms, BIO *data, int flags, BIO *out)
+{
+  int ok;
+  ERR_clear_error();
+  if (form == F_PEM)
+    ok = PEM_write_bio_CMS(out, cms);
+  else if (form == F_DER)
+    ok = i2d_CMS_bio(out, cms);
+  else
+    ok = SMIME_write_CMS(out, cms, data, flags);
+  if (!ok && getenv("SMIME_DBG"))
+    ERR_print_errors_fp(stderr);
+  if (!ok)
+    return kvp_tool_fail(t, KVP_EXIT_ERROR, "cannot write the message: %s", ossl_reason());
+  return KVP_EXIT_OK;
+}
+
+/* ---------------------------------------------------------------- sign */
+
+/* Sign in (bytes) with rec's key; the message in form goes to out. */
+static int do_sign(kvp_tool *t, const smime_args *a, const kvp_cert_rec *rec, X509 *x,
+                   const unsigned char *buf, size_t len, int form, int extra_flags, BIO *out)
+{
+  p11key k = {0};
+  CMS_ContentInfo *cms = NULL;
+  BIO *in = NULL;
+  int flags = CMS_PARTIAL | extra_flags | (a->v[S_BINARY] ? CMS_BINARY : 0) |
+              (a->v[S_DETACHED] ? CMS_DETACHED : 0);
+  int rc = check_valid(t, rec, (int64_t)time(NULL), "now");
+  if (rc != KVP_EXIT_OK)
+    return rc;
+  if ((rc = load_key(t, a, rec, x, &k)) != KVP_EXIT_OK)
+    goto out;
+  rc = KVP_EXIT_ERROR;
+  if (len > INT32_MAX) {
+    kvp_tool_fail(t, rc, "stdin is too large");
+    goto out;
+  }
+  if (!(in = BIO_new_mem_buf(buf, (int)len))) {
+    nomem(t);
+    goto out;
+  }
+  ERR_clear_error();
+  int q = quiet_begin(t);
+  int ok = (cms = CMS_sign(NULL, NULL, NULL, NULL, flags)) != NULL &&
+           CMS_add1_signer(cms, x, k.pkey, a->md, flags) != NULL &&
+           CMS_final(cms, in, NULL, flags & ~CMS_PARTIAL);
+  quiet_end(q);
+  if (!ok) {
+    kvp_tool_fail(t, rc, "cannot sign with the key of certificate '%s': %s%s", rec->name,
+                  ossl_reason(), kvp_tool_loghint(t));
+    goto out;
+  }
+  BIO_free(in); /* a fresh reader over the content for multipart/signed */
+  if (!(in = BIO_new_mem_buf(buf, (int)len))) {
+    nomem(t);
+    goto out;
+  }
+  rc = write_cms(t, form, cms, in, flags & ~CMS_PARTIAL, out);
+out:
+  BIO_free(in);
+  CMS_ContentInfo_free(cms);
+  p11key_free(&k);
+  return rc;
+}
+
+static int smime_sign(kvp_tool *t, smime_args *a)
+{
+  kvp_cert_rec rec = {0};
+  X509 *x = NULL;
+  unsigned char *buf = NULL;
+  size_t len = 0;
+  BIO *out = NULL;
+  int rc;
+
+  if ((rc = setup(t, a)) || (rc = get_rec(t, a, a->v[S_CERT], 1, &rec, &x)) ||
+      (rc = read_stdin(t, &buf, &len)))
+    goto out;
+  if (!(out = BIO_new(BIO_s_mem()))) {
+    rc = nomem(t);
+    goto out;
+  }
+  if ((rc = do_sign(t, a, &rec, x, buf, len, a->outform, 0, out)) == KVP_EXIT_OK)
+    rc = emit(t, out);
+out:
+  BIO_free(out);
+  free_input(buf, len);
+  X509_free(x);
+  kvp_cert_rec_clear(&rec);
+  return rc;
+}
+
+/* -------------------------------------------------------------- verify */
+
+/* The signing time of si, or -1 when it has none. */
+static int64_t signing_time(CMS_SignerInfo *si)
+{
+  int idx = CMS_signed_get_attr_by_NID(si, NID_pkcs9_signingTime, -1);
+  if (idx < 0)
+    return -1;
+  X509_ATTRIBUTE *attr = CMS_signed_get_attr(si, idx);
+  ASN1_TYPE *at = attr ? X509_ATTRIBUTE_get0_type(attr, 0) : NULL;
+  const ASN1_TIME *tm = NULL;
+  if (at && at->type == V_ASN1_UTCTIME)
+    tm = at->value.utctime;
+  else if (at && at->type == V_ASN1_GENERALIZEDTIME)
+    tm = at->value.generalizedtime;
+  if (!tm)
+    return -1;
+  ASN1_TIME *epoch = ASN1_TIME_set(NULL, 0);
+  int days = 0, secs = 0;
+  int ok = epoch && ASN1_TIME_diff(&days, &secs, epoch, tm);
+  ASN1_TIME_free(epoch);
+  return ok ? (int64_t)days * 86400 + secs : -1;
+}
+
+/*
+ * Verify the signed message c: every signer must be a registered certificate
+ * of the account (only != NULL: that one), valid at the signing time (else
+ * now), and every signature must verify. The content goes to out.
+ */
+static int verify_cms(kvp_tool *t, const smime_args *a, const char *only, cms_in *c, BIO *content,
+                      BIO *out)
+{
+  char err[KVP_ERRLEN] = "";
+  kvp_cert_rec *recs = NULL, one = {0};
+  size_t n = 0;
+  STACK_OF(X509) *certs = NULL;
+  int rc = KVP_EXIT_ERROR;
+  BIO *dcont = content ? content : c->bcont;
+
+  int nid = OBJ_obj2nid(CMS_get0_type(c->cms));
+  if (nid != NID_pkcs7_signed) {
+    kvp_tool_fail(t, rc, "the message is not signed (CMS content type %s)",
+                  nid != NID_undef ? OBJ_nid2sn(nid) : "unknown");
+    goto out;
+  }
+  if (only) {
+    X509 *x = NULL;
+    if ((rc = get_rec(t, a, only, 0, &one, &x)) != KVP_EXIT_OK)
+      goto out;
+    X509_free(x);
+    rc = KVP_EXIT_ERROR;
+    recs = &one;
+    n = 1;
+  } else if (kvp_registry_list(t->reg, a->account, &recs, &n, err, sizeof(err)) != KVP_OK) {
+    kvp_tool_fail(t, rc, "%s", err);
+    goto out;
+  }
+  if (!(certs = sk_X509_new_null())) {
+    nomem(t);
+    goto out;
+  }
+  for (size_t i = 0; i < n; i++) {
+    X509 *x = rec_x509(&recs[i]);
+    if (x && !sk_X509_push(certs, x)) {
+      X509_free(x);
+      nomem(t);
+      goto out;
+    }
+  }
+  if (CMS_is_detached(c->cms) && !dcont) {
+    kvp_tool_fail(t, rc, "the signature is detached and its content is missing (give the whole "
+                         "multipart/signed message, or --content FILE)");
+    goto out;
+  }
+  STACK_OF(CMS_SignerInfo) *sis = CMS_get0_SignerInfos(c->cms);
+  if (!sis || sk_CMS_SignerInfo_num(sis) <= 0) {
+    kvp_tool_fail(t, rc, "the message has no signature");
+    goto out;
+  }
+  /* Registered certificates first, then those the message carries. */
+  ERR_clear_error();
+  if (CMS_set1_signers_certs(c->cms, certs, 0) < 0) {
+    kvp_tool_fail(t, rc, "cannot read the signers: %s", ossl_reason());
+    goto out;
+  }
+  for (int i = 0; i < sk_CMS_SignerInfo_num(sis); i++) {
+    CMS_SignerInfo *si = sk_CMS_SignerInfo_value(sis, i);
+    X509 *signer = NULL;
+    char sub[256], fp[65];
+    const kvp_cert_rec *match = NULL;
+    CMS_SignerInfo_get0_algs(si, NULL, &signer, NULL, NULL);
+    if (!signer) {
+      ASN1_INTEGER *sno = NULL;
+      X509_NAME *iss = NULL;
+      ASN1_OCTET_STRING *kid = NULL;
+      char who[300] = "";
+      if (CMS_SignerInfo_get0_signer_id(si, &kid, &iss, &sno) && iss) {
+        char *in = X509_NAME_oneline(iss, NULL, 0);
+        snprintf(who, sizeof(who), " (issuer %s)", in ? in : "?");
+        OPENSSL_free(in);
+      }
+      if (only)
+        kvp_tool_fail(t, rc, "unknown signer%s: the message does not carry its certificate and it "
+                             "is not certificate '%s'", who, only);
+      else
+        kvp_tool_fail(t, rc, "unknown signer%s: the message does not carry its certificate and no "
+                             "registered certificate of account '%s' matches",
+                      who, a->account);
+      goto out;
+    }
+    if (sha256_hex(signer, fp) != 0) {
+      kvp_tool_fail(t, rc, "cannot hash the signer's certificate: %s", ossl_reason());
+      goto out;
+    }
+    for (size_t j = 0; j < n && !match; j++)
+      if (strcmp(recs[j].sha256, fp) == 0)
+        match = &recs[j];
+    if (!match) {
+      subject_of(signer, sub, sizeof(sub));
+      if (only)
+        kvp_tool_fail(t, rc, "unknown signer %s (sha256 %s): not certificate '%s'", sub, fp, only);
+      else
+        kvp_tool_fail(t, rc,
+                      "unknown signer %s (sha256 %s): not a registered certificate of account '%s'",
+                      sub, fp, a->account);
+      goto out;
+    }
+    int64_t st = signing_time(si);
+    if ((rc = check_valid(t, match, st >= 0 ? st : (int64_t)time(NULL),
+                          st >= 0 ? "the message was signed at" : "now")) != KVP_EXIT_OK)
+      goto out;
+    rc = KVP_EXIT_ERROR;
+  }
+  ERR_clear_error();
+  if (!CMS_verify(c->cms, NULL, NULL, dcont, out, CMS_NO_SIGNER_CERT_VERIFY)) {
+    kvp_tool_fail(t, rc, "the signature does not verify (the message was changed, or not signed "
+                         "with this certificate's key): %s",
+                  ossl_reason());
+    goto out;
+  }
+  rc = KVP_EXIT_OK;
+out:
+  sk_X509_pop_free(certs, X509_free);
+  if (recs == &one)
+    kvp_cert_rec_clear(&one);
+  else
+    kvp_cert_rec_free_array(recs, n);
+  return rc;
+}
+
+static int smime_verify(kvp_tool *t, smime_args *a)
+{
+  unsigned char *buf = NULL;
+  size_t len = 0;
+  cms_in c = {0};
+  BIO *out = NULL, *content = NULL;
+  int rc;
+
+  if ((rc = setup(t, a)))
+    goto out;
+  if (a->v[S_CONTENT] && !(content = BIO_new_file(a->v[S_CONTENT], "rb"))) {
+    rc = kvp_tool_fail(t, KVP_EXIT_ERROR, "cannot open %s: %s", a->v[S_CONTENT], strerror(errno));
+    goto out;
+  }
+  if ((rc = read_stdin(t, &buf, &len)) || (rc = read_cms(t, a->inform, buf, len, "stdin", &c)))
+    goto out;
+  if (content && c.bcont) {
+    rc = kvp_tool_fail(t, KVP_EXIT_USAGE, "--content: the multipart/signed message has its content");
+    goto out;
+  }
+  if (!(out = BIO_new(BIO_s_mem()))) {
+    rc = nomem(t);
+    goto out;
+  }
+  if ((rc = verify_cms(t, a, a->v[S_CERT], &c, content, out)) == KVP_EXIT_OK)
+    rc = emit(t, out);
+out:
+  BIO_free(out);
+  BIO_free(content);
+  cms_in_free(&c);
+  free_input(buf, len);
+  return rc;
+}
+
+/* ------------------------------------------------------------- encrypt */
+
+static int do_encrypt(kvp_tool *t, const smime_args *a, const unsigned char *buf, size_t len,
+                      int flags, BIO *out)
+{
+  kvp_cert_rec rec = {0};
+  X509 *x = NULL;
+  CMS_ContentInfo *cms = NULL;
+  BIO *in = NULL;
+  int rc = KVP_EXIT_ERROR;
+
+  flags |= a->v[S_BINARY] ? CMS_BINARY : 0;
+  if (len > INT32_MAX) {
+    kvp_tool_fail(t, rc, "stdin is too large");
+    goto out;
+  }
+  ERR_clear_error();
+  if (!(cms = CMS_encrypt(NULL, NULL, a->cipher, flags | CMS_PARTIAL))) {
+    kvp_tool_fail(t, rc, "cannot create the enveloped message: %s", ossl_reason());
+    goto out;
+  }
+  for (size_t i = 0; i < a->n_to; i++) {
+    kvp_cert_rec_clear(&rec);
+    memset(&rec, 0, sizeof(rec));
+    X509_free(x);
+    x = NULL;
+    if ((rc = get_rec(t, a, a->to[i], 0, &rec, &x)) != KVP_EXIT_OK ||
+        (rc = check_valid(t, &rec, (int64_t)time(NULL), "now")) != KVP_EXIT_OK)
+      goto out;
+    rc = KVP_EXIT_ERROR;
+    int kt = EVP_PKEY_get_base_id(X509_get0_pubkey(x));
+    if (kt != EVP_PKEY_RSA && kt != EVP_PKEY_EC) {
+      kvp_tool_fail(t, rc, "certificate '%s': RSA or EC recipients only", a->to[i]);
+      goto out;
+    }
+    if (a->v[S_OAEP] && kt != EVP_PKEY_RSA) {
+      kvp_tool_fail(t, rc, "--oaep: certificate '%s' has no RSA key", a->to[i]);
+      goto out;
+    }
+    CMS_RecipientInfo *ri =
+        CMS_add1_recipient_cert(cms, x, flags | (a->v[S_OAEP] ? CMS_KEY_PARAM : 0));
+    if (!ri) {
+      kvp_tool_fail(t, rc, "cannot add recipient '%s': %s", a->to[i], ossl_reason());
+      goto out;
+    }
+    if (a->v[S_OAEP]) {
+      EVP_PKEY_CTX *pctx = CMS_RecipientInfo_get0_pkey_ctx(ri);
+      if (!pctx || EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_OAEP_PADDING) <= 0) {
+        kvp_tool_fail(t, rc, "cannot set RSA-OAEP for '%s': %s", a->to[i], ossl_reason());
+        goto out;
+      }
+    }
+  }
+  if (!(in = BIO_new_mem_buf(buf, (int)len))) {
+    nomem(t);
+    goto out;
+  }
+  if (!CMS_final(cms, in, NULL, flags)) {
+    kvp_tool_fail(t, rc, "cannot encrypt: %s", ossl_reason());
+    goto out;
+  }
+  rc = write_cms(t, a->outform, cms, NULL, flags, out);
+out:
+  BIO_free(in);
+  CMS_ContentInfo_free(cms);
+  X509_free(x);
+  kvp_cert_rec_clear(&rec);
+  return rc;
+}
+
+static int smime_encrypt(kvp_tool *t, smime_args *a)
+{
+  unsigned char *buf = NULL;
+  size_t len = 0;
+  BIO *out = NULL;
+  int rc;
+
+  if ((rc = setup(t, a)) || (rc = read_stdin(t, &buf, &len)))
+    goto out;
+  if (!(out = BIO_new(BIO_s_mem()))) {
+    rc = nomem(t);
+    goto out;
+  }
+  if ((rc = do_encrypt(t, a, buf, len, 0, out)) == KVP_EXIT_OK)
+    rc = emit(t, out);
+out:
+  BIO_free(out);
+  free_input(buf, len);
+  return rc;
+}
+
+/* ------------------------------------------------------------- decrypt */
+
+/* Decrypt c with the key of certificate name; the content goes to out. */
+static int decrypt_cms(kvp_tool *t, const smime_args *a, const char *name, cms_in *c, BIO *out)
+{
+  kvp_cert_rec rec = {0};
+  X509 *x = NULL;
+  p11key k = {0};
+  int rc;
+
+  int nid = OBJ_obj2nid(CMS_get0_type(c->cms));
+  if (nid != NID_pkcs7_enveloped && nid != NID_id_smime_ct_authEnvelopedData) {
+    rc = kvp_tool_fail(t, KVP_EXIT_ERROR, "the message is not encrypted (CMS content type %s)",
+                       nid != NID_undef ? OBJ_nid2sn(nid) : "unknown");
+    goto out;
+  }
+  if ((rc = get_rec(t, a, name, 1, &rec, &x)) != KVP_EXIT_OK)
+    goto out;
+  rc = KVP_EXIT_ERROR;
+  STACK_OF(CMS_RecipientInfo) *ris = CMS_get0_RecipientInfos(c->cms);
+  int match = 0, nri = ris ? sk_CMS_RecipientInfo_num(ris) : 0;
+  for (int i = 0; i < nri && !match; i++) {
+    CMS_RecipientInfo *ri = sk_CMS_RecipientInfo_value(ris, i);
+    int type = CMS_RecipientInfo_type(ri);
+    if (type == CMS_RECIPINFO_TRANS) {
+      match = CMS_RecipientInfo_ktri_cert_cmp(ri, x) == 0;
+    } else if (type == CMS_RECIPINFO_AGREE) {
+      STACK_OF(CMS_RecipientEncryptedKey) *reks = CMS_RecipientInfo_kari_get0_reks(ri);
+      for (int j = 0; reks && j < sk_CMS_RecipientEncryptedKey_num(reks) && !match; j++)
+        match = CMS_RecipientEncryptedKey_cert_cmp(sk_CMS_RecipientEncryptedKey_value(reks, j),
+                                                   x) == 0;
+    }
+  }
+  if (!match) {
+    kvp_tool_fail(t, rc, "this message is not for certificate '%s' (none of its %d recipients)",
+                  name, nri);
+    goto out;
+  }
+  if ((rc = load_key(t, a, &rec, x, &k)) != KVP_EXIT_OK)
+    goto out;
+  rc = KVP_EXIT_ERROR;
+  ERR_clear_error();
+  int q = quiet_begin(t);
+  int ok = CMS_decrypt(c->cms, k.pkey, x, NULL, out, 0);
+  quiet_end(q);
+  if (!ok) {
+    kvp_tool_fail(t, rc,
+                  "cannot decrypt with the key of certificate '%s' (damaged or changed "
+                  "message, or a key the module cannot use): %s%s",
+                  name, ossl_reason(), kvp_tool_loghint(t));
+    goto out;
+  }
+  rc = KVP_EXIT_OK;
+out:
+  p11key_free(&k);
+  X509_free(x);
+  kvp_cert_rec_clear(&rec);
+  return rc;
+}
+
+static int smime_decrypt(kvp_tool *t, smime_args *a)
+{
+  unsigned char *buf = NULL;
+  size_t len = 0;
+  cms_in c = {0};
+  BIO *out = NULL;
+  int rc;
+
+  if ((rc = setup(t, a)) || (rc = read_stdin(t, &buf, &len)) ||
+      (rc = read_cms(t, a->inform, buf, len, "stdin", &c)))
+    goto out;
+  if (!(out = BIO_new(BIO_s_mem()))) {
+    rc = nomem(t);
+    goto out;
+  }
+  if ((rc = decrypt_cms(t, a, a->v[S_CERT], &c, out)) == KVP_EXIT_OK)
+    rc = emit(t, out);
+out:
+  BIO_free(out);
+  cms_in_free(&c);
+  free_input(buf, len);
+  return rc;
+}
+
+/* ---------------------------------------------------------- seal, open */
+
+static int smime_seal(kvp_tool *t, smime_args *a)
+{
+  kvp_cert_rec rec = {0};
+  X509 *x = NULL;
+  unsigned char *buf = NULL;
+  size_t len = 0;
+  BIO *signed_bio = NULL, *out = NULL;
+  int rc;
+
+  if ((rc = setup(t, a)) || (rc = get_rec(t, a, a->v[S_CERT], 1, &rec, &x)) ||
+      (rc = read_stdin(t, &buf, &len)))
+    goto out;
+  if (!(signed_bio = BIO_new(BIO_s_mem())) || !(out = BIO_new(BIO_s_mem()))) {
+    rc = nomem(t);
+    goto out;
+  }
+  /* The signed S/MIME entity, CRLF line ends, is the content of the envelope. */
+  if ((rc = do_sign(t, a, &rec, x, buf, len, F_SMIME, CMS_CRLFEOL, signed_bio)) != KVP_EXIT_OK)
+    goto out;
+  char *sdata = NULL;
+  long slen = BIO_get_mem_data(signed_bio, &sdata);
+  if (slen <= 0) {
+    rc = kvp_tool_fail(t, KVP_EXIT_ERROR, "signing produced no output");
+    goto out;
+  }
+  smime_args ea = *a;
+  ea.v[S_BINARY] = ""; /* the entity is canonical already */
+  if ((rc = do_encrypt(t, &ea, (const unsigned char *)sdata, (size_t)slen, 0, out)) ==
+      KVP_EXIT_OK)
+    rc = emit(t, out);
+out:
+  BIO_free(signed_bio);
+  BIO_free(out);
+  free_input(buf, len);
+  X509_free(x);
+  kvp_cert_rec_clear(&rec);
+  return rc;
+}
+
+static int smime_open(kvp_tool *t, smime_args *a)
+{
+  unsigned char *buf = NULL;
+  size_t len = 0;
+  cms_in c = {0}, inner = {0};
+  BIO *plain = NULL, *out = NULL;
+  int rc;
+
+  if ((rc = setup(t, a)) || (rc = read_stdin(t, &buf, &len)) ||
+      (rc = read_cms(t, a->inform, buf, len, "stdin", &c)))
+    goto out;
+  if (!(plain = BIO_new(BIO_s_mem())) || !(out = BIO_new(BIO_s_mem()))) {
+    rc = nomem(t);
+    goto out;
+  }
+  if ((rc = decrypt_cms(t, a, a->v[S_CERT], &c, plain)) != KVP_EXIT_OK)
+    goto out;
+  char *pdata = NULL;
+  long plen = BIO_get_mem_data(plain, &pdata);
+  if ((rc = read_cms(t, F_AUTO, (const unsigned char *)pdata, plen > 0 ? (size_t)plen : 0,
+                     "the decrypted content", &inner)) != KVP_EXIT_OK)
+    goto out;
+  if ((rc = verify_cms(t, a, a->v[S_FROM], &inner, NULL, out)) == KVP_EXIT_OK)
+    rc = emit(t, out);
+out:
+  cms_in_free(&inner);
+  BIO_free(plain);
+  BIO_free(out);
+  cms_in_free(&c);
+  free_input(buf, len);
+  return rc;
+}
+
+/* ------------------------------------------------------------ dispatch */
+
+static int parse_form(kvp_tool *t, const char *opt, const char *v, int *out)
+{
+  if (!v)
+    return -1;
+  if (!strcmp(v, "smime"))
+    *out = F_SMIME;
+  else if (!strcmp(v, "pem"))
+    *out = F_PEM;
+  else if (!strcmp(v, "der"))
+    *out = F_DER;
+  else
+    return kvp_tool_fail(t, KVP_EXIT_USAGE, "bad %s '%s': smime, pem or der", opt, v);
+  return -1;
+}
+
+static int parse_args(kvp_tool *t, const smime_cmd *c, int argc, char **argv, smime_args *a)
+{
+  int o, rc;
+  opterr = 0;
+  optind = 0;
+  while ((o = getopt_long(argc, argv, ":h", smime_longopts, NULL)) != -1) {
+    if (o == 'h') {
+      smime_cmd_usage(stdout, c);
+      return KVP_EXIT_OK;
+    }
+    if (o < S_BASE || o >= S_BASE + S_COUNT)
+      return kvp_tool_badopt(t, o, argv, "kvp11 smime --help");
+    o -= S_BASE;
+    if (!(c->allowed & SOPT(o)))
+      return kvp_tool_fail(t, KVP_EXIT_USAGE,
+                           "option '--%s' does not apply here (see kvp11 %s --help)",
+                           smime_longopts[o].name, c->cmd);
+    if (o == S_TO) {
+      if (a->n_to == MAX_TO)
+        return kvp_tool_fail(t, KVP_EXIT_USAGE, "at most %d --to", MAX_TO);
+      a->to[a->n_to++] = optarg;
+      a->v[o] = optarg;
+      continue;
+    }
+    if (a->v[o])
+      return kvp_tool_fail(t, KVP_EXIT_USAGE, "option '--%s' given twice", smime_longopts[o].name);
+    a->v[o] = optarg ? optarg : "";
+  }
+  if (optind < argc)
+    return kvp_tool_fail(t, KVP_EXIT_USAGE, "unexpected argument '%s' (see kvp11 %s --help)",
+                         argv[optind], c->cmd);
+  if ((c->allowed & SOPT(S_CERT)) && c->run != smime_verify && !a->v[S_CERT])
+    return kvp_tool_fail(t, KVP_EXIT_USAGE, "--cert is required (see kvp11 %s --help)", c->cmd);
+  if ((c->allowed & SOPT(S_TO)) && a->n_to == 0)
+    return kvp_tool_fail(t, KVP_EXIT_USAGE, "--to is required (see kvp11 %s --help)", c->cmd);
+  const char *d = a->v[S_DIGEST] ? a->v[S_DIGEST] : "sha256";
+  if (!strcmp(d, "sha256"))
+    a->md = EVP_sha256();
+  else if (!strcmp(d, "sha384"))
+    a->md = EVP_sha384();
+  else if (!strcmp(d, "sha512"))
+    a->md = EVP_sha512();
+  else
+    return kvp_tool_fail(t, KVP_EXIT_USAGE, "bad --digest '%s': sha256, sha384 or sha512", d);
+  const char *ci = a->v[S_CIPHER] ? a->v[S_CIPHER] : "aes-256-cbc";
+  if (!strcmp(ci, "aes-256-cbc"))
+    a->cipher = EVP_aes_256_cbc();
+  else if (!strcmp(ci, "aes-256-gcm"))
+    a->cipher = EVP_aes_256_gcm();
+  else
+    return kvp_tool_fail(t, KVP_EXIT_USAGE, "bad --cipher '%s': aes-256-cbc or aes-256-gcm", ci);
+  a->inform = F_AUTO;
+  a->outform = F_SMIME;
+  if ((rc = parse_form(t, "--inform", a->v[S_INFORM], &a->inform)) >= 0 ||
+      (rc = parse_form(t, "--outform", a->v[S_OUTFORM], &a->outform)) >= 0)
+    return rc;
+  if (a->v[S_CONTENT] && a->inform == F_SMIME)
+    return kvp_tool_fail(t, KVP_EXIT_USAGE,
+                         "--content goes with --inform pem or der (an S/MIME message has its content)");
+  return -1;
+}
+
+int kvp_tool_smime(kvp_tool *t, int argc, char **argv)
+{
+  t->cmd = "smime";
+  if (argc < 2)
+    return kvp_tool_fail(t, KVP_EXIT_USAGE, "no smime command given (see kvp11 smime --help)");
+  const char *sub = argv[1];
+  if (!strcmp(sub, "--help") || !strcmp(sub, "-h") || !strcmp(sub, "help")) {
+    printf("usage:\n");
+    kvp_tool_smime_usage(stdout);
+    return KVP_EXIT_OK;
+  }
+  for (size_t i = 0; i < KVP_ARRAY_SIZE(smime_cmds); i++) {
+    const smime_cmd *c = &smime_cmds[i];
+    if (strcmp(c->cmd + strlen("smime "), sub) != 0)
+      continue;
+    smime_args a = {0};
+    t->cmd = c->cmd;
+    int rc = parse_args(t, c, argc - 1, argv + 1, &a);
+    return rc >= 0 ? rc : c->run(t, &a);
+  }
+  return kvp_tool_fail(t, KVP_EXIT_USAGE, "unknown command '%s' (see kvp11 smime --help)", sub);
+}

@@ -568,12 +568,14 @@ static kvp_session *sess_unlink(size_t j)
   return s;
 }
 
-static void slot_logout_if_idle_locked(CK_SLOT_ID slot_id);
+static int slot_logout_if_idle_locked(CK_SLOT_ID slot_id);
+static void backends_logout(void);
 
 CK_RV kvp_session_close(CK_SESSION_HANDLE h)
 {
   kvp_session *s = NULL;
   CK_RV rv = kvp_check_initialized();
+  int logout = 0;
   size_t j;
 
   if (rv != CKR_OK)
@@ -584,9 +586,11 @@ CK_RV kvp_session_close(CK_SESSION_HANDLE h)
     rv = CKR_SESSION_HANDLE_INVALID;
   } else {
     s = sess_unlink(j);
-    slot_logout_if_idle_locked(s->slot);
+    logout = slot_logout_if_idle_locked(s->slot);
   }
   pthread_rwlock_unlock(&kvp_g.lock);
+  if (logout)
+    backends_logout();
   if (s != NULL)
     kvp_session_put(s);
   return rv;
@@ -596,6 +600,7 @@ CK_RV kvp_session_close_all(CK_SLOT_ID slot_id)
 {
   kvp_session **closing = NULL;
   size_t n = 0;
+  int logout = 0;
   CK_RV rv = kvp_check_initialized();
 
   if (rv != CKR_OK)
@@ -615,9 +620,11 @@ CK_RV kvp_session_close_all(CK_SLOT_ID slot_id)
     if (s != NULL && s != SESS_DELETED && s->slot == slot_id)
       closing[n++] = sess_unlink(j);
   }
-  slot_logout_if_idle_locked(slot_id);
+  logout = slot_logout_if_idle_locked(slot_id);
 out:
   pthread_rwlock_unlock(&kvp_g.lock);
+  if (logout)
+    backends_logout();
   for (size_t i = 0; i < n; i++)
     kvp_session_put(closing[i]);
   free(closing);
@@ -634,18 +641,41 @@ CK_STATE kvp_session_state(const kvp_session *s, const kvp_slot *slot)
 
 /* ---- login ----------------------------------------------------------- */
 
-/* Closing the last session of a token logs it out (PKCS#11 5.6). */
-static void slot_logout_if_idle_locked(CK_SLOT_ID slot_id)
+static int any_slot_logged_in_locked(void)
+{
+  for (size_t i = 0; i < kvp_g.n_slots; i++)
+    if (kvp_g.slots[i].logged_in)
+      return 1;
+  return 0;
+}
+
+/*
+ * Closing the last session of a token logs it out (PKCS#11 5.6). Returns 1
+ * when no token is logged in any more: the caller then logs out the HSMs
+ * that took the application's PIN (after dropping g.lock), so that the next
+ * C_Login checks its PIN again.
+ */
+static int slot_logout_if_idle_locked(CK_SLOT_ID slot_id)
 {
   kvp_slot *slot = kvp_slot_locked(slot_id);
   if (slot == NULL || !slot->logged_in)
-    return;
+    return 0;
   for (size_t j = 0; j < kvp_g.sess_cap; j++) {
     kvp_session *s = kvp_g.sessions[j];
     if (s != NULL && s != SESS_DELETED && s->slot == slot_id)
-      return;
+      return 0;
   }
   slot->logged_in = 0;
+  return !any_slot_logged_in_locked();
+}
+
+static void backends_logout(void)
+{
+  for (size_t i = 0; i < kvp_g.n_backends; i++) {
+    kvp_backend *be = kvp_g.backends[i];
+    if (be->ops->needs_login != NULL && be->ops->needs_login(be) && be->ops->logout != NULL)
+      (void)be->ops->logout(be);
+  }
 }
 
 static CK_RV backends_login(CK_UTF8CHAR_PTR pin, CK_ULONG len)
@@ -695,22 +725,20 @@ CK_RV kvp_logout(kvp_session *s)
 {
   kvp_slot *slot;
   CK_RV rv = CKR_OK;
+  int last = 0;
 
   pthread_rwlock_wrlock(&kvp_g.lock);
   slot = kvp_slot_locked(s->slot);
-  if (!slot->logged_in)
+  if (!slot->logged_in) {
     rv = CKR_USER_NOT_LOGGED_IN;
-  else
+  } else {
     slot->logged_in = 0;
-  pthread_rwlock_unlock(&kvp_g.lock);
-  if (rv != CKR_OK)
-    return rv;
-  for (size_t i = 0; i < kvp_g.n_backends; i++) {
-    kvp_backend *be = kvp_g.backends[i];
-    if (be->ops->needs_login != NULL && be->ops->needs_login(be) && be->ops->logout != NULL)
-      (void)be->ops->logout(be);
+    last = !any_slot_logged_in_locked();
   }
-  return CKR_OK;
+  pthread_rwlock_unlock(&kvp_g.lock);
+  if (last)
+    backends_logout();
+  return rv;
 }
 
 /* ---- objects --------------------------------------------------------- */

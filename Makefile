@@ -4,11 +4,16 @@
 #   make check    install missing Debian packages, build, run every test
 #   make build    configure and build (incremental)
 #   make sanitize build with ASan+UBSan in build-asan/ and run the tests there
+#   make check-sanitize  ASan+UBSan build in build-asan/: unit, conformance,
+#                 client and fuzz-replay tests (valgrind runs in `make check`)
+#   make fuzz     libFuzzer build (clang-14) in build-fuzz/: each fuzzer runs
+#                 FUZZ_SECONDS (30); not part of `make check`
 #   make install  install what was built (cmake --install build)
 #   make clean    remove the build directories
 #
 # Variables: BUILD_DIR (build), JOBS (2), BUILD_TYPE (RelWithDebInfo),
-# CMAKE_ARGS (extra configure arguments), SKIP_DEPS=1 (do not run install-deps).
+# CMAKE_ARGS (extra configure arguments), SKIP_DEPS=1 (do not run install-deps),
+# FUZZ_SECONDS (30), FUZZ_CC (clang-14).
 
 BUILD_DIR  ?= build
 JOBS       ?= 2
@@ -16,13 +21,18 @@ BUILD_TYPE ?= RelWithDebInfo
 CMAKE_ARGS ?=
 CMAKE      ?= cmake
 CTEST      ?= ctest
+FUZZ_SECONDS ?= 30
+FUZZ_CC    ?= clang-14
+# Tests of `make check-sanitize` (ctest -R); valgrind does not mix with ASan.
+SANITIZE_TESTS   ?= ^(unit/|conformance/|clients_|kv/parse$$|fuzz-seeds/|fuzz-replay/)
+SANITIZE_EXCLUDE ?= valgrind
 
-.PHONY: all deps configure build check test demo sanitize install clean help
+.PHONY: all deps configure build check test demo sanitize check-sanitize fuzz install clean help
 
 all: build
 
 help:
-	@sed -n '2,12p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,17p' Makefile | sed 's/^# \{0,1\}//'
 
 deps:
 ifeq ($(SKIP_DEPS),1)
@@ -57,8 +67,23 @@ sanitize: deps
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  $(CTEST) --test-dir $(BUILD_DIR)-asan --output-on-failure -j$(JOBS)
 
+check-sanitize: deps
+	$(CMAKE) -S . -B $(BUILD_DIR)-asan -DKVP11_WERROR=ON -DKVP11_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug $(CMAKE_ARGS)
+	$(CMAKE) --build $(BUILD_DIR)-asan -j$(JOBS)
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  $(CTEST) --test-dir $(BUILD_DIR)-asan --output-on-failure -j$(JOBS) \
+	  -R '$(SANITIZE_TESTS)' -E '$(SANITIZE_EXCLUDE)'
+
+# libFuzzer targets (tests/fuzz/) with ASan+UBSan in build-fuzz/; only the
+# fuzzers are built there. Findings: build-fuzz/tests/fuzz/<name>/artifacts/.
+fuzz: deps
+	$(CMAKE) -S . -B $(BUILD_DIR)-fuzz -DCMAKE_C_COMPILER=$(FUZZ_CC) -DKVP11_FUZZ=ON -DKVP11_SANITIZE=ON \
+	  -DKVP11_WERROR=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVP11_FUZZ_SECONDS=$(FUZZ_SECONDS) $(CMAKE_ARGS)
+	$(CMAKE) --build $(BUILD_DIR)-fuzz -j$(JOBS) --target kvp11-fuzzers
+	$(CTEST) --test-dir $(BUILD_DIR)-fuzz --output-on-failure -j$(JOBS) -L '^fuzz$$'
+
 install: build
 	$(CMAKE) --install $(BUILD_DIR)
 
 clean:
-	rm -rf $(BUILD_DIR) $(BUILD_DIR)-asan
+	rm -rf $(BUILD_DIR) $(BUILD_DIR)-asan $(BUILD_DIR)-fuzz

@@ -344,9 +344,9 @@ static int cert_list(kvp_tool *t, cert_args *a)
   int rc = KVP_EXIT_ERROR;
 
   if (kvp_tool_load_config(t) || kvp_tool_account(t, a->v[O_ACCOUNT], &a->account) ||
-      kvp_tool_open_registry(t))
+      kvp_tool_open_registry_ro(t))
     return rc;
-  if (kvp_registry_list(t->reg, a->account, &recs, &n, err, sizeof(err)) != KVP_OK)
+  if (t->reg != NULL && kvp_registry_list(t->reg, a->account, &recs, &n, err, sizeof(err)) != KVP_OK)
     return kvp_tool_fail(t, rc, "%s", err);
   if (kvp_tool_print_list(stdout, recs, n, a->v[O_JSON] != NULL) != 0)
     kvp_tool_fail(t, rc, "cannot format the output");
@@ -357,13 +357,14 @@ static int cert_list(kvp_tool *t, cert_args *a)
 }
 
 /* Look up the NAME operand; prints the error. */
-static int get_operand(kvp_tool *t, cert_args *a, kvp_cert_rec *rec)
+static int get_operand(kvp_tool *t, cert_args *a, kvp_cert_rec *rec, int writable)
 {
   char err[KVP_ERRLEN] = "";
   if (kvp_tool_load_config(t) || kvp_tool_account(t, a->v[O_ACCOUNT], &a->account) ||
-      kvp_tool_open_registry(t))
+      (writable ? kvp_tool_open_registry(t) : kvp_tool_open_registry_ro(t)))
     return KVP_EXIT_ERROR;
-  int r = kvp_registry_get(t->reg, a->account, a->operand, rec, err, sizeof(err));
+  int r = t->reg == NULL ? KVP_ENOTFOUND
+                         : kvp_registry_get(t->reg, a->account, a->operand, rec, err, sizeof(err));
   if (r == KVP_ENOTFOUND)
     return kvp_tool_fail(t, KVP_EXIT_ERROR, "account '%s' has no certificate named '%s'",
                          a->account, a->operand);
@@ -378,7 +379,7 @@ static int cert_show(kvp_tool *t, cert_args *a)
   int how = a->v[O_JSON] ? KVP_SHOW_JSON : a->v[O_PEM] ? KVP_SHOW_PEM : KVP_SHOW_TEXT;
   if (a->v[O_JSON] && a->v[O_PEM])
     return kvp_tool_fail(t, KVP_EXIT_USAGE, "--json and --pem exclude each other");
-  int rc = get_operand(t, a, &rec);
+  int rc = get_operand(t, a, &rec, 0);
   if (rc == KVP_EXIT_OK && kvp_tool_print_rec(stdout, &rec, how) != 0)
     rc = kvp_tool_fail(t, KVP_EXIT_ERROR, "cannot format the output");
   kvp_cert_rec_clear(&rec);
@@ -389,7 +390,7 @@ static int cert_remove(kvp_tool *t, cert_args *a)
 {
   char err[KVP_ERRLEN] = "";
   kvp_cert_rec rec = {0};
-  int rc = get_operand(t, a, &rec);
+  int rc = get_operand(t, a, &rec, 1);
   kvp_cert_rec_clear(&rec);
   if (rc != KVP_EXIT_OK)
     return rc;

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "core/log.h"
 #include "core/util.h"
@@ -101,6 +102,29 @@ int kvp_tool_open_registry(kvp_tool *t)
   char err[KVP_ERRLEN] = "";
   const char *path = t->cfg->registry ? t->cfg->registry : KVP11_DEFAULT_REGISTRY;
   if (kvp_registry_open(path, 0, &t->reg, err, sizeof(err)) != KVP_OK)
+    return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", err[0] ? err : path);
+  return KVP_EXIT_OK;
+}
+
+int kvp_tool_open_registry_ro(kvp_tool *t)
+{
+  char err[KVP_ERRLEN] = "";
+  const char *path = t->cfg->registry ? t->cfg->registry : KVP11_DEFAULT_REGISTRY;
+  int r = kvp_registry_open(path, 1, &t->reg, err, sizeof(err));
+  if (r == KVP_ENOTFOUND) {
+    /* A missing file in an existing directory: nothing registered yet. A
+     * missing directory is a configuration mistake, reported as such. */
+    char *dir = strdup(path), *slash = dir ? strrchr(dir, '/') : NULL;
+    struct stat st;
+    int dir_ok = slash == NULL || slash == dir ||
+                 (*slash = '\0', stat(dir, &st) == 0 && S_ISDIR(st.st_mode));
+    free(dir);
+    t->reg = NULL;
+    if (dir_ok)
+      return KVP_EXIT_OK;
+    return kvp_tool_fail(t, KVP_EXIT_ERROR, "registry %s: its directory does not exist", path);
+  }
+  if (r != KVP_OK)
     return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", err[0] ? err : path);
   return KVP_EXIT_OK;
 }

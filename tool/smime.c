@@ -116,31 +116,34 @@ static const smime_cmd smime_cmds[] = {
     {"smime sign", SOPT(S_CERT) | SIGN_OPTS | SOPT(S_ACCOUNT) | SOPT(S_OUTFORM) | SOPT(S_MODULE),
      smime_sign,
      "smime sign --cert NAME [--detached] [--digest sha256|sha384|sha512]\n"
-     "[--binary] [--outform smime|pem|der] [--account A] [--module SO]\n"
-     "< message > signed"},
+     "[--binary] [--outform smime|pem|der] [--account A]\n"
+     "[--module SO] < message > signed"},
     {"smime verify",
-     SOPT(S_CERT) | SOPT(S_ACCOUNT) | SOPT(S_INFORM) | SOPT(S_CONTENT), smime_verify,
-     "smime verify [--cert PARTNER] [--inform smime|pem|der] [--content FILE]\n"
-     "[--account A] < signed > message"},
+     SOPT(S_CERT) | SOPT(S_ACCOUNT) | SOPT(S_INFORM) | SOPT(S_CONTENT) | SOPT(S_BINARY),
+     smime_verify,
+     "smime verify [--cert PARTNER] [--inform smime|pem|der]\n"
+     "[--content FILE] [--binary] [--account A] < signed > message"},
     {"smime encrypt", SOPT(S_TO) | ENC_OPTS | SOPT(S_ACCOUNT) | SOPT(S_OUTFORM), smime_encrypt,
-     "smime encrypt --to PARTNER [--to PARTNER2 ...] [--cipher aes-256-cbc|aes-256-gcm]\n"
-     "[--oaep] [--binary] [--outform smime|pem|der] [--account A]\n"
-     "< message > enveloped"},
+     "smime encrypt --to PARTNER [--to PARTNER2 ...]\n"
+     "[--cipher aes-256-cbc|aes-256-gcm] [--oaep] [--binary]\n"
+     "[--outform smime|pem|der] [--account A] < message > enveloped"},
     {"smime decrypt", SOPT(S_CERT) | SOPT(S_ACCOUNT) | SOPT(S_INFORM) | SOPT(S_MODULE),
      smime_decrypt,
-     "smime decrypt --cert NAME [--inform smime|pem|der] [--account A] [--module SO]\n"
-     "< enveloped > message"},
+     "smime decrypt --cert NAME [--inform smime|pem|der] [--account A]\n"
+     "[--module SO] < enveloped > message"},
     {"smime seal",
      SOPT(S_CERT) | SOPT(S_TO) | SIGN_OPTS | ENC_OPTS | SOPT(S_ACCOUNT) | SOPT(S_OUTFORM) |
          SOPT(S_MODULE),
      smime_seal,
      "smime seal --cert NAME --to PARTNER [--to PARTNER2 ...] [--detached]\n"
-     "[--digest D] [--cipher C] [--oaep] [--binary] [--outform smime|pem|der]\n"
+     "[--digest D] [--cipher C] [--oaep] [--binary] [--outform F]\n"
      "[--account A] [--module SO] < message > enveloped"},
     {"smime open",
-     SOPT(S_CERT) | SOPT(S_FROM) | SOPT(S_ACCOUNT) | SOPT(S_INFORM) | SOPT(S_MODULE), smime_open,
-     "smime open --cert NAME [--from PARTNER] [--inform smime|pem|der] [--account A]\n"
-     "[--module SO] < enveloped > message"},
+     SOPT(S_CERT) | SOPT(S_FROM) | SOPT(S_ACCOUNT) | SOPT(S_INFORM) | SOPT(S_MODULE) |
+         SOPT(S_BINARY),
+     smime_open,
+     "smime open --cert NAME [--from PARTNER] [--inform smime|pem|der]\n"
+     "[--binary] [--account A] [--module SO] < enveloped > message"},
 };
 
 /* ------------------------------------------------------------------ usage */
@@ -166,26 +169,28 @@ void kvp_tool_smime_usage(FILE *f)
 static void smime_cmd_usage(FILE *f, const smime_cmd *c)
 {
   synopsis(f, "usage: kvp11 [-c FILE] ", c);
-  fprintf(f, "\n"
-             "  --cert NAME      a registered certificate of the account; for sign, decrypt,\n"
-             "                   seal and open a private one (its key is used through\n"
-             "                   libkvp11.so); for verify the only accepted signer\n"
-             "  --to PARTNER     a registered recipient certificate (repeatable)\n"
-             "  --from PARTNER   open: the only accepted signer\n"
-             "  --detached       multipart/signed (content in clear beside the signature)\n"
-             "  --digest D       sha256 (default), sha384, sha512\n"
-             "  --cipher C       aes-256-cbc (default), aes-256-gcm (AuthEnvelopedData)\n"
-             "  --oaep           RSA-OAEP key transport (default: RSA PKCS#1 v1.5)\n"
-             "  --binary         sign/encrypt the input bytes as they are (default: text,\n"
-             "                   line ends made CRLF as S/MIME requires)\n"
-             "  --inform F       input form: smime, pem or der (default: detected)\n"
-             "  --outform F      output form: smime (default), pem or der\n"
-             "  --content FILE   verify: the content of a detached pem/der signature\n"
-             "  --module SO      libkvp11.so (default: $KVP11_MODULE, else %s)\n"
-             "  --account A      default: the first configured account\n"
-             "\n"
-             "Signers are trusted when their certificate is registered in the account\n"
-             "(verify, open) and valid at the signing time.\n",
+  fprintf(f,
+          "\n"
+          "  --cert NAME      a registered certificate of the account; for sign, decrypt,\n"
+          "                   seal and open a private one (its key is used through\n"
+          "                   libkvp11.so); for verify the only accepted signer\n"
+          "  --to PARTNER     a registered recipient certificate (repeatable)\n"
+          "  --from PARTNER   open: the only accepted signer\n"
+          "  --detached       multipart/signed (content in clear beside the signature)\n"
+          "  --digest D       sha256 (default), sha384, sha512\n"
+          "  --cipher C       aes-256-cbc (default), aes-256-gcm (AuthEnvelopedData)\n"
+          "  --oaep           RSA-OAEP key transport (default: RSA PKCS#1 v1.5)\n"
+          "  --binary         sign/encrypt the input bytes as they are (default: text,\n"
+          "                   line ends made CRLF as S/MIME requires); verify/open: the\n"
+          "                   detached content was signed as binary\n"
+          "  --inform F       input form: smime, pem or der (default: detected)\n"
+          "  --outform F      output form: smime (default), pem or der\n"
+          "  --content FILE   verify: the content of a detached pem/der signature\n"
+          "  --module SO      libkvp11.so (default: $KVP11_MODULE, else %s)\n"
+          "  --account A      default: the first configured account\n"
+          "\n"
+          "Signers are trusted when their certificate is registered in the account\n"
+          "(verify, open) and valid at the signing time.\n",
           KVP11_MODULE_INSTALLED);
 }
 
@@ -363,8 +368,8 @@ static int get_rec(kvp_tool *t, const smime_args *a, const char *name, int need_
     return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", err);
   if (need_private && rec->type != KVP_CERT_PRIVATE)
     return kvp_tool_fail(t, KVP_EXIT_ERROR,
-                         "certificate '%s' is a public certificate: it has no key to %s with",
-                         name, strstr(t->cmd, "sign") || strstr(t->cmd, "seal") ? "sign" : "decrypt");
+                         "certificate '%s' is a public certificate: it has no key to %s with", name,
+                         strstr(t->cmd, "sign") || strstr(t->cmd, "seal") ? "sign" : "decrypt");
   if (!(*x = rec_x509(rec)))
     return kvp_tool_fail(t, KVP_EXIT_ERROR, "certificate '%s': the registered DER does not parse",
                          name);
@@ -381,8 +386,8 @@ static int check_valid(kvp_tool *t, const kvp_cert_rec *rec, int64_t at, const c
   kvp_tool_isotime(rec->not_after, na);
   kvp_tool_isotime(at, w);
   if (at > rec->not_after)
-    return kvp_tool_fail(t, KVP_EXIT_ERROR, "certificate '%s' expired on %s (%s %s)", rec->name,
-                         na, when, w);
+    return kvp_tool_fail(t, KVP_EXIT_ERROR, "certificate '%s' expired on %s (%s %s)", rec->name, na,
+                         when, w);
   return kvp_tool_fail(t, KVP_EXIT_ERROR, "certificate '%s' is not valid before %s (%s %s)",
                        rec->name, nb, when, w);
 }
@@ -444,11 +449,10 @@ static void engine_so(char *out, size_t len)
 }
 
 /* The private key of rec (a private certificate), as an engine key. */
-static int load_key(kvp_tool *t, const smime_args *a, const kvp_cert_rec *rec, X509 *x,
-                    p11key *k)
+static int load_key(kvp_tool *t, const smime_args *a, const kvp_cert_rec *rec, X509 *x, p11key *k)
 {
   const char *env = getenv("KVP11_MODULE");
-  const char *module = a->v[S_MODULE] ? a->v[S_MODULE]
+  const char *module = a->v[S_MODULE]  ? a->v[S_MODULE]
                        : (env && *env) ? env
                                        : KVP11_MODULE_INSTALLED;
   const kvp_account_conf *ac = kvp_config_find_account(t->cfg, a->account);
@@ -500,14 +504,21 @@ static int load_key(kvp_tool *t, const smime_args *a, const kvp_cert_rec *rec, X
     quiet_end(q);
     ENGINE_free(k->e);
     k->e = NULL;
-    return kvp_tool_fail(t, rc, "pkcs11 engine: cannot initialise %s: %s%s", module,
-                         ossl_reason(), kvp_tool_loghint(t));
+    return kvp_tool_fail(t, rc, "pkcs11 engine: cannot initialise %s: %s%s", module, ossl_reason(),
+                         kvp_tool_loghint(t));
   }
+  /* Keep the engine out of OpenSSL's default tables: only the key loaded below
+   * uses it. The module runs in this process, and keys that it (or this tool)
+   * builds must stay ordinary provider keys. */
   /* UI_null: never prompt for a PIN; the module logs in with the configured one. */
   k->pkey = ENGINE_load_private_key(k->e, uri, (UI_METHOD *)UI_null(), NULL);
+  ENGINE_unregister_RSA(k->e);
+  ENGINE_unregister_EC(k->e);
+  ENGINE_unregister_pkey_meths(k->e);
   quiet_end(q);
   if (!k->pkey)
-    return kvp_tool_fail(t, rc, "the key of certificate '%s' is not available through %s (%s): %s%s",
+    return kvp_tool_fail(t, rc,
+                         "the key of certificate '%s' is not available through %s (%s): %s%s",
                          rec->name, module, uri, ossl_reason(), kvp_tool_loghint(t));
   if (X509_check_private_key(x, k->pkey) != 1)
     return kvp_tool_fail(t, rc, "the key %s is not the key of certificate '%s'", uri, rec->name);
@@ -581,8 +592,6 @@ static int write_cms(kvp_tool *t, int form, CMS_ContentInfo *cms, BIO *data, int
     ok = i2d_CMS_bio(out, cms);
   else
     ok = SMIME_write_CMS(out, cms, data, flags);
-  if (!ok && getenv("SMIME_DBG"))
-    ERR_print_errors_fp(stderr);
   if (!ok)
     return kvp_tool_fail(t, KVP_EXIT_ERROR, "cannot write the message: %s", ossl_reason());
   return KVP_EXIT_OK;
@@ -629,7 +638,9 @@ static int do_sign(kvp_tool *t, const smime_args *a, const kvp_cert_rec *rec, X5
     nomem(t);
     goto out;
   }
-  rc = write_cms(t, form, cms, in, flags & ~CMS_PARTIAL, out);
+  /* CMS_REUSE_DIGEST: the signature is final; a detached S/MIME writer would
+   * otherwise digest and sign the content a second time. */
+  rc = write_cms(t, form, cms, in, (flags & ~CMS_PARTIAL) | CMS_REUSE_DIGEST, out);
 out:
   BIO_free(in);
   CMS_ContentInfo_free(cms);
@@ -733,8 +744,9 @@ static int verify_cms(kvp_tool *t, const smime_args *a, const char *only, cms_in
     }
   }
   if (CMS_is_detached(c->cms) && !dcont) {
-    kvp_tool_fail(t, rc, "the signature is detached and its content is missing (give the whole "
-                         "multipart/signed message, or --content FILE)");
+    kvp_tool_fail(t, rc,
+                  "the signature is detached and its content is missing (give the whole "
+                  "multipart/signed message, or --content FILE)");
     goto out;
   }
   STACK_OF(CMS_SignerInfo) *sis = CMS_get0_SignerInfos(c->cms);
@@ -765,11 +777,14 @@ static int verify_cms(kvp_tool *t, const smime_args *a, const char *only, cms_in
         OPENSSL_free(in);
       }
       if (only)
-        kvp_tool_fail(t, rc, "unknown signer%s: the message does not carry its certificate and it "
-                             "is not certificate '%s'", who, only);
+        kvp_tool_fail(t, rc,
+                      "unknown signer%s: the message does not carry its certificate and it "
+                      "is not certificate '%s'",
+                      who, only);
       else
-        kvp_tool_fail(t, rc, "unknown signer%s: the message does not carry its certificate and no "
-                             "registered certificate of account '%s' matches",
+        kvp_tool_fail(t, rc,
+                      "unknown signer%s: the message does not carry its certificate and no "
+                      "registered certificate of account '%s' matches",
                       who, a->account);
       goto out;
     }
@@ -797,19 +812,20 @@ static int verify_cms(kvp_tool *t, const smime_args *a, const char *only, cms_in
     rc = KVP_EXIT_ERROR;
   }
   ERR_clear_error();
-  if (!CMS_verify(c->cms, NULL, NULL, dcont, out, CMS_NO_SIGNER_CERT_VERIFY)) {
-    kvp_tool_fail(t, rc, "the signature does not verify (the message was changed, or not signed "
-                         "with this certificate's key): %s",
+  if (!CMS_verify(c->cms, NULL, NULL, dcont, out,
+                  CMS_NO_SIGNER_CERT_VERIFY | (a->v[S_BINARY] ? CMS_BINARY : 0))) {
+    kvp_tool_fail(t, rc,
+                  "the signature does not verify (the message was changed, or not signed "
+                  "with this certificate's key): %s",
                   ossl_reason());
     goto out;
   }
   rc = KVP_EXIT_OK;
 out:
   sk_X509_pop_free(certs, X509_free);
-  if (recs == &one)
-    kvp_cert_rec_clear(&one);
-  else
+  if (recs != &one)
     kvp_cert_rec_free_array(recs, n);
+  kvp_cert_rec_clear(&one);
   return rc;
 }
 
@@ -830,7 +846,8 @@ static int smime_verify(kvp_tool *t, smime_args *a)
   if ((rc = read_stdin(t, &buf, &len)) || (rc = read_cms(t, a->inform, buf, len, "stdin", &c)))
     goto out;
   if (content && c.bcont) {
-    rc = kvp_tool_fail(t, KVP_EXIT_USAGE, "--content: the multipart/signed message has its content");
+    rc = kvp_tool_fail(t, KVP_EXIT_ERROR,
+                       "--content: the message is multipart/signed, its content is inside");
     goto out;
   }
   if (!(out = BIO_new(BIO_s_mem()))) {
@@ -958,7 +975,7 @@ static int decrypt_cms(kvp_tool *t, const smime_args *a, const char *name, cms_i
     goto out;
   rc = KVP_EXIT_ERROR;
   STACK_OF(CMS_RecipientInfo) *ris = CMS_get0_RecipientInfos(c->cms);
-  int match = 0, nri = ris ? sk_CMS_RecipientInfo_num(ris) : 0;
+  int match = 0, agree = 0, nri = ris ? sk_CMS_RecipientInfo_num(ris) : 0;
   for (int i = 0; i < nri && !match; i++) {
     CMS_RecipientInfo *ri = sk_CMS_RecipientInfo_value(ris, i);
     int type = CMS_RecipientInfo_type(ri);
@@ -967,13 +984,21 @@ static int decrypt_cms(kvp_tool *t, const smime_args *a, const char *name, cms_i
     } else if (type == CMS_RECIPINFO_AGREE) {
       STACK_OF(CMS_RecipientEncryptedKey) *reks = CMS_RecipientInfo_kari_get0_reks(ri);
       for (int j = 0; reks && j < sk_CMS_RecipientEncryptedKey_num(reks) && !match; j++)
-        match = CMS_RecipientEncryptedKey_cert_cmp(sk_CMS_RecipientEncryptedKey_value(reks, j),
-                                                   x) == 0;
+        match = agree =
+            CMS_RecipientEncryptedKey_cert_cmp(sk_CMS_RecipientEncryptedKey_value(reks, j), x) == 0;
     }
   }
   if (!match) {
     kvp_tool_fail(t, rc, "this message is not for certificate '%s' (none of its %d recipients)",
                   name, nri);
+    goto out;
+  }
+  if (agree) {
+    /* The module decrypts with RSA keys only (CKM_RSA_PKCS, CKM_RSA_PKCS_OAEP). */
+    kvp_tool_fail(t, rc,
+                  "the message is for certificate '%s' by EC key agreement (ECDH), which "
+                  "libkvp11.so does not do: decryption needs an RSA certificate",
+                  name);
     goto out;
   }
   if ((rc = load_key(t, a, &rec, x, &k)) != KVP_EXIT_OK)
@@ -984,10 +1009,13 @@ static int decrypt_cms(kvp_tool *t, const smime_args *a, const char *name, cms_i
   int ok = CMS_decrypt(c->cms, k.pkey, x, NULL, out, 0);
   quiet_end(q);
   if (!ok) {
+    const char *why = ossl_reason();
+    if (!strcmp(why, "unknown error")) /* AES-GCM: the tag did not match */
+      why = "the content does not decrypt or authenticate";
     kvp_tool_fail(t, rc,
                   "cannot decrypt with the key of certificate '%s' (damaged or changed "
                   "message, or a key the module cannot use): %s%s",
-                  name, ossl_reason(), kvp_tool_loghint(t));
+                  name, why, kvp_tool_loghint(t));
     goto out;
   }
   rc = KVP_EXIT_OK;
@@ -1051,8 +1079,7 @@ static int smime_seal(kvp_tool *t, smime_args *a)
   }
   smime_args ea = *a;
   ea.v[S_BINARY] = ""; /* the entity is canonical already */
-  if ((rc = do_encrypt(t, &ea, (const unsigned char *)sdata, (size_t)slen, 0, out)) ==
-      KVP_EXIT_OK)
+  if ((rc = do_encrypt(t, &ea, (const unsigned char *)sdata, (size_t)slen, 0, out)) == KVP_EXIT_OK)
     rc = emit(t, out);
 out:
   BIO_free(signed_bio);
@@ -1170,8 +1197,9 @@ static int parse_args(kvp_tool *t, const smime_cmd *c, int argc, char **argv, sm
       (rc = parse_form(t, "--outform", a->v[S_OUTFORM], &a->outform)) >= 0)
     return rc;
   if (a->v[S_CONTENT] && a->inform == F_SMIME)
-    return kvp_tool_fail(t, KVP_EXIT_USAGE,
-                         "--content goes with --inform pem or der (an S/MIME message has its content)");
+    return kvp_tool_fail(
+        t, KVP_EXIT_USAGE,
+        "--content goes with --inform pem or der (an S/MIME message has its content)");
   return -1;
 }
 

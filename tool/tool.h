@@ -44,6 +44,9 @@ const char *kvp_tool_loghint(const kvp_tool *t);
 int kvp_tool_account(kvp_tool *t, const char *name, const char **account);
 /* Open the registry named by the configuration, writer mode. Returns an exit code. */
 int kvp_tool_open_registry(kvp_tool *t);
+/* Read-only, for list and show: a registry that does not exist yet leaves
+ * t->reg NULL (nothing registered) instead of creating it. */
+int kvp_tool_open_registry_ro(kvp_tool *t);
 /* Release cfg and reg. */
 void kvp_tool_done(kvp_tool *t);
 

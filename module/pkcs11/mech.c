@@ -234,7 +234,9 @@ CK_RV kvp_mechanism_info(const kvp_slot *slot, CK_MECHANISM_TYPE type, CK_MECHAN
 
   if (m == NULL || !slot_offers(slot, m))
     return CKR_MECHANISM_INVALID;
-  info->flags = m->flags;
+  /* Sign and decrypt run in a key store (HSM or vault): CKF_HW, as clients
+   * such as pkcs11-tool --test expect of a token's private-key mechanisms. */
+  info->flags = m->flags | ((m->flags & (CKF_SIGN | CKF_DECRYPT)) ? CKF_HW : 0);
   switch (m->key) {
   case K_RSA:
     info->ulMinKeySize = 1024;
@@ -552,7 +554,8 @@ static CK_RV do_sign(kvp_op *op, CK_BYTE_PTR out, CK_ULONG_PTR out_len)
   if ((rv = kvp_object_key(op->obj, &key)) != CKR_OK)
     return rv;
   rv = key->backend->ops->sign(key->backend, key, &alg, input, input_len, out, out_len);
-  kvp_wipe(input, sizeof(input));
+  /* the input buffer held at most the raw input (buf_len) or a digest */
+  kvp_wipe(input, op->buf_len > input_len ? op->buf_len : input_len);
   return rv;
 }
 

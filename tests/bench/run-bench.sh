@@ -12,7 +12,7 @@
 #
 # Environment:
 #   SECONDS_PER_RUN=3   length of one timed run
-#   REPEAT=3            timed runs per cell; the best is reported
+#   REPEAT=3            timed runs per cell and module (alternating); the best is reported
 #   THREADS="1 2"       thread counts
 #   THROUGHPUT=0        skip the timed runs (e.g. with CALLGRIND=1 only)
 #   CALLGRIND=1         also count instructions per sign with valgrind --tool=callgrind
@@ -64,20 +64,20 @@ export KVP11_DEBUG=error:$OUT/kvp11-bench.log
 ACCOUNT=$(sed -n '/^\[account default\]/,/^\[/s/^label *= *//p' "$OUT/kvp11.conf" | head -1)
 [ -n "$ACCOUNT" ] || ACCOUNT=default
 
-# best of REPEAT runs: best MODULE TOKEN KEY THREADS -> "OPS_PER_SEC CPU_US_PER_OP"
-# (highest rate, lowest CPU time per sign, each over the REPEAT runs)
-best() {
-  local b=0 c=0 line r u
-  for _ in $(seq "$REPEAT"); do
-    line=$("$BENCH" -q -m "$1" -t "$2" -k "$3" -p "$PIN" -T "$4" -s "$SECONDS_PER_RUN") ||
-      die "kvp11-bench failed on $1 key $3"
-    r=$(sed -n 's/.*ops_per_sec=\([0-9.]*\).*/\1/p' <<<"$line")
-    u=$(sed -n 's/.*cpu_us_per_op=\([0-9.]*\).*/\1/p' <<<"$line")
-    [ -n "$r" ] && [ -n "$u" ] || die "kvp11-bench printed no result for $1 key $3"
-    b=$(awk -v a="$b" -v x="$r" 'BEGIN { print (x > a) ? x : a }')
-    c=$(awk -v a="$c" -v x="$u" 'BEGIN { print (a == 0 || x < a) ? x : a }')
-  done
-  echo "$b $c"
+# one timed run: run1 MODULE TOKEN KEY THREADS -> "OPS_PER_SEC CPU_US_PER_OP"
+run1() {
+  local line r u
+  line=$("$BENCH" -q -m "$1" -t "$2" -k "$3" -p "$PIN" -T "$4" -s "$SECONDS_PER_RUN") ||
+    die "kvp11-bench failed on $1 key $3"
+  r=$(sed -n 's/.*ops_per_sec=\([0-9.]*\).*/\1/p' <<<"$line")
+  u=$(sed -n 's/.*cpu_us_per_op=\([0-9.]*\).*/\1/p' <<<"$line")
+  if [ -z "$r" ] || [ -z "$u" ]; then die "kvp11-bench printed no result for $1 key $3"; fi
+  echo "$r $u"
+}
+# keep the best: better BEST_RATE BEST_CPU RATE CPU -> "RATE CPU" (highest rate, lowest CPU)
+better() {
+  awk -v b="$1" -v c="$2" -v r="$3" -v u="$4" \
+    'BEGIN { printf "%s %s\n", (r > b) ? r : b, (c == 0 || u < c) ? u : c }'
 }
 
 # --- callgrind helpers ---
@@ -133,9 +133,20 @@ printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' ---------- --------- ---------------- -----
   -------- ----------------- ---------------- -----------
 for key in $KEYS; do
   for t in $THREADS; do
-    read -r d dc <<<"$(best "$SOFTHSM" "$HSM_TOKEN" "$key" "$t")"
+    # direct and kvp11 runs alternate, so that other load on the machine
+    # hits both alike; the best of REPEAT runs of each is kept
+    d=0 dc=0 k=0 kc=0
+    for _ in $(seq "$REPEAT"); do
+      res=$(run1 "$SOFTHSM" "$HSM_TOKEN" "$key" "$t")
+      read -r r u <<<"$res"
+      read -r d dc <<<"$(better "$d" "$dc" "$r" "$u")"
+      if [ $with_kvp11 = 1 ]; then
+        res=$(run1 "$KVP11_SO" "$ACCOUNT" "$key" "$t")
+        read -r r u <<<"$res"
+        read -r k kc <<<"$(better "$k" "$kc" "$r" "$u")"
+      fi
+    done
     if [ $with_kvp11 = 1 ]; then
-      read -r k kc <<<"$(best "$KVP11_SO" "$ACCOUNT" "$key" "$t")"
       ratio=$(awk -v a="$k" -v b="$d" 'BEGIN { printf "%.3f", (b > 0) ? a / b : 0 }')
       cratio=$(awk -v a="$kc" -v b="$dc" 'BEGIN { printf "%.3f", (b > 0) ? a / b : 0 }')
       kc="$kc us"

@@ -13,15 +13,15 @@ unset PKCS11_MODULE_PATH
 export OPENSSL_CONF=/dev/null
 PROXY=$(pkg-config --variable proxy_module p11-kit-1 2>/dev/null || true)
 [ -f "${PROXY:-/nonexistent}" ] || skip "p11-kit-proxy.so not installed (p11-kit-modules)"
-SIGN_KEYS=${PROXY_SIGN_KEYS:-rsa2048 p256}
-DECRYPT_KEYS=${PROXY_DECRYPT_KEYS:-rsa2048}
+SIGN_KEYS=${PROXY_SIGN_KEYS:-$RSA1 $EC1}
+DECRYPT_KEYS=${PROXY_DECRYPT_KEYS:-$RSA1}
 
 # Before the install, p11-kit-proxy does not know the token: signing must fail
 # (this also proves the later successes come through the proxy).
 mkdata
 M=$WORK/data.txt
 must_fail "cms -sign before install" openssl cms -sign -binary -engine pkcs11 -keyform engine \
-  -inkey "$(key_uri rsa2048)" -signer "$CERTS/rsa2048.pem" -in "$M" -out "$WORK/signed.smime"
+  -inkey "$(key_uri $RSA1)" -signer "$CERTS/$RSA1.pem" -in "$M" -out "$WORK/signed.smime"
 ok "without kvp11 installed the proxy has no token '$TOKEN'"
 
 p11kit_sys_install
@@ -35,7 +35,7 @@ for k in $SIGN_KEYS; do
     run "cms -verify $k $mode" openssl cms -verify -binary -CAfile "$CERTS/$k.pem" "${vin[@]}" \
       -in "$WORK/signed.smime" -out "$WORK/verified"
     cmp -s "$M" "$WORK/verified" || fail "$k $mode: verified content differs"
-    must_fail "cms -verify $k with the wrong CA" openssl cms -verify -binary -CAfile "$CERTS/partner.pem" \
+    must_fail "cms -verify $k with the wrong CA" openssl cms -verify -binary -CAfile "$CERTS/$PARTNER.pem" \
       "${vin[@]}" -in "$WORK/signed.smime" -out "$WORK/verified"
     ok "cms -sign ($mode) with $k through p11-kit-proxy, verified in software (refused with the wrong CA)"
   done
@@ -53,8 +53,8 @@ for k in $DECRYPT_KEYS; do
   done
 done
 # A message for the partner is not decryptable with our key.
-run "cms -encrypt to partner" openssl cms -encrypt -binary -aes256 -in "$M" -out "$WORK/p.smime" "$CERTS/partner.pem"
+run "cms -encrypt to partner" openssl cms -encrypt -binary -aes256 -in "$M" -out "$WORK/p.smime" "$CERTS/$PARTNER.pem"
 must_fail "decrypt a message for the partner" openssl cms -decrypt -binary -engine pkcs11 -keyform engine \
-  -inkey "$(key_uri rsa2048)" -recip "$CERTS/rsa2048.pem" -in "$WORK/p.smime" -out "$WORK/x"
-ok "a message for the partner is not decryptable with rsa2048"
+  -inkey "$(key_uri $RSA1)" -recip "$CERTS/$RSA1.pem" -in "$WORK/p.smime" -out "$WORK/x"
+ok "a message for the partner is not decryptable with $RSA1"
 pass

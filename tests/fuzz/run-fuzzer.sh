@@ -22,6 +22,9 @@ for d in "$@"; do
   fi
 done
 mkdir -p "$work"
+# Stacks for UBSan findings; every finding stops the run.
+UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+export UBSAN_OPTIONS
 case $mode in
   replay)
     # shellcheck disable=SC2086

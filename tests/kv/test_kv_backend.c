@@ -215,6 +215,23 @@ static CK_RV sign_once(kvp_backend *be, kvp_key *k, int check)
 
 /* ---- tests ---- */
 
+static int log_contains(const char *needle)
+{
+  char path[1000], line[2048];
+  FILE *f;
+  int found = 0;
+  snprintf(path, sizeof(path), "%s/backend-test.log", g_dir);
+  f = fopen(path, "r");
+  if (f == NULL)
+    return 0;
+  while (fgets(line, sizeof(line), f) != NULL)
+    if (strstr(line, needle) != NULL)
+      found = 1;
+  fclose(f);
+  return found;
+}
+
+
 static void test_rsa_keys(void)
 {
   static const kvp_hash hashes[] = {KVP_HASH_SHA256, KVP_HASH_SHA384, KVP_HASH_SHA512};
@@ -381,6 +398,42 @@ static void test_warm_counts(void)
   g_be->ops->close_key(g_be, k);
 }
 
+static void test_key_cache_ttl(void)
+{
+  kvp_vault_conf c;
+  kvp_backend *be;
+  kvp_key *k = NULL;
+  conf_init(&c, "ttl");
+  c.timeout_ms = 1000;
+  be = backend(&c);
+  CU_ASSERT_EQUAL_FATAL(be->ops->open_key(be, "p384", &k), CKR_OK);
+  be->ops->close_key(be, k);
+  emu_reset();
+  /* within the TTL: no request */
+  CU_ASSERT_EQUAL_FATAL(be->ops->open_key(be, "p384", &k), CKR_OK);
+  be->ops->close_key(be, k);
+  CU_ASSERT_EQUAL(emu_total(), 0);
+  /* TTL over: one GET */
+  kvp_keyvault_set_key_ttl(be, 0);
+  CU_ASSERT_EQUAL_FATAL(be->ops->open_key(be, "p384", &k), CKR_OK);
+  be->ops->close_key(be, k);
+  CU_ASSERT_EQUAL(emu_count("get"), 1);
+  CU_ASSERT_EQUAL(emu_total(), 1);
+  /* TTL over and the vault unavailable: the cached public key is used */
+  emu_fault("{\"endpoint\":\"get\",\"status\":503,\"times\":-1}");
+  k = NULL;
+  CU_ASSERT_EQUAL(be->ops->open_key(be, "p384", &k), CKR_OK);
+  CU_ASSERT(k != NULL && k->type == KVP_KEY_EC && k->bits == 384);
+  if (k != NULL)
+    be->ops->close_key(be, k);
+  CU_ASSERT(log_contains("vault ttl: key p384: using the cached public key"));
+  /* but a key never opened before cannot be */
+  k = NULL;
+  CU_ASSERT_EQUAL(be->ops->open_key(be, "p256", &k), CKR_DEVICE_ERROR);
+  json_decref(emu("DELETE", "/_emu/faults", NULL));
+  be->ops->destroy(be, 0);
+}
+
 static void test_versioned_and_missing(void)
 {
   kvp_key *k = NULL, *kv = NULL;
@@ -520,22 +573,6 @@ static void test_key_states(void)
   g_be->ops->close_key(g_be, k);
 }
 
-static int log_contains(const char *needle)
-{
-  char path[1000], line[2048];
-  FILE *f;
-  int found = 0;
-  snprintf(path, sizeof(path), "%s/backend-test.log", g_dir);
-  f = fopen(path, "r");
-  if (f == NULL)
-    return 0;
-  while (fgets(line, sizeof(line), f) != NULL)
-    if (strstr(line, needle) != NULL)
-      found = 1;
-  fclose(f);
-  return found;
-}
-
 static void test_no_permission(void)
 {
   kvp_vault_conf c;
@@ -593,22 +630,32 @@ static void test_bad_secret(void)
   be->ops->destroy(be, 0);
 }
 
-static void auth_roundtrip(kvp_vault_conf *c, const char *counter)
+/* A backend with this auth: open, 3 signs; the token endpoint `counter` was
+ * called `calls` times (more than 1 when `fault` makes it fail first). */
+static void auth_roundtrip_fault(kvp_vault_conf *c, const char *counter, const char *fault,
+                                 long calls)
 {
   kvp_backend *be;
   kvp_key *k = NULL;
   int i;
   emu_reset();
+  if (fault != NULL)
+    emu_fault(fault);
   be = backend(c);
   CU_ASSERT_PTR_NOT_NULL_FATAL(be);
   CU_ASSERT_EQUAL_FATAL(be->ops->open_key(be, "p384", &k), CKR_OK);
   for (i = 0; i < 3; i++)
     CU_ASSERT_EQUAL(sign_once(be, k, 1), CKR_OK);
-  CU_ASSERT_EQUAL(emu_count(counter), 1);
+  CU_ASSERT_EQUAL(emu_count(counter), calls);
   CU_ASSERT_EQUAL(emu_count("sign"), 3);
   CU_ASSERT_EQUAL(kvp_keyvault_token_requests(be), 1);
   be->ops->close_key(be, k);
   be->ops->destroy(be, 0);
+}
+
+static void auth_roundtrip(kvp_vault_conf *c, const char *counter)
+{
+  auth_roundtrip_fault(c, counter, NULL, 1);
 }
 
 static void test_auth_client_secret_env(void)
@@ -665,6 +712,12 @@ static void test_auth_managed_identity_imds(void)
   unsetenv("IDENTITY_ENDPOINT");
   unsetenv("IDENTITY_HEADER");
   auth_roundtrip(&c, "imds");
+  /* IMDS answering 410 (upgrading) and 404 is retried */
+  c.timeout_ms = 5000;
+  auth_roundtrip_fault(&c, "imds",
+                       "{\"faults\":[{\"endpoint\":\"imds\",\"status\":410},"
+                       "{\"endpoint\":\"imds\",\"status\":404}]}",
+                       3);
 }
 
 static void test_auth_managed_identity_app_service(void)
@@ -1072,6 +1125,7 @@ int main(void)
   CU_add_test(s, "mechanism parameters refused locally", test_mechanism_params);
   CU_add_test(s, "one request per operation once warm", test_warm_counts);
   CU_add_test(s, "versioned and missing keys", test_versioned_and_missing);
+  CU_add_test(s, "key cache TTL", test_key_cache_ttl);
   CU_add_test(s, "paging over more than 25 keys", test_paging);
   CU_add_test(s, "key_ops, disabled and expired keys", test_key_states);
   CU_add_test(s, "no sign/decrypt permission", test_no_permission);

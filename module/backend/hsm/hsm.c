@@ -146,6 +146,16 @@ typedef struct {
 static pthread_mutex_t g_mods_lock = PTHREAD_MUTEX_INITIALIZER;
 static kvp_hsm_mod g_mods[16];
 
+/* g_mods_lock is held only for a few instructions, but a fork() at that
+ * moment must not leave it locked forever in the child. */
+static void mods_atfork_prepare(void) { pthread_mutex_lock(&g_mods_lock); }
+static void mods_atfork_parent(void) { pthread_mutex_unlock(&g_mods_lock); }
+static void mods_atfork_child(void) { pthread_mutex_init(&g_mods_lock, NULL); }
+static pthread_once_t g_mods_once = PTHREAD_ONCE_INIT;
+static void mods_atfork_register(void) {
+  pthread_atfork(mods_atfork_prepare, mods_atfork_parent, mods_atfork_child);
+}
+
 static kvp_hsm_mod *mods_find_locked(CK_FUNCTION_LIST_PTR f) {
   for (size_t i = 0; i < KVP_ARRAY_SIZE(g_mods); i++)
     if (g_mods[i].f == f)
@@ -1370,9 +1380,13 @@ static void hsm_destroy(kvp_backend *bep, int forked) {
   }
   /* forked: the module, its sessions and its init record belong to the
    * parent's HSM state; leave them alone (no dlclose either: the child's next
-   * backend finds the module still mapped and re-initializes it). */
-  pthread_mutex_destroy(&be->pool_lock);
-  pthread_mutex_destroy(&be->init_lock);
+   * backend finds the module still mapped and re-initializes it). Our mutexes
+   * may have been copied in a locked state (another parent thread was inside
+   * them at fork time): they are not touched, only freed with the struct. */
+  if (!forked) {
+    pthread_mutex_destroy(&be->pool_lock);
+    pthread_mutex_destroy(&be->init_lock);
+  }
   free(be->base.name);
   free(be->module);
   free(be->token_label);
@@ -1406,6 +1420,7 @@ CK_RV kvp_hsm_backend_new(const kvp_hsm_conf *conf, kvp_backend **out) {
       (conf->token_label == NULL && conf->serial == NULL))
     return CKR_ARGUMENTS_BAD;
   *out = NULL;
+  pthread_once(&g_mods_once, mods_atfork_register);
   kvp_hsm_backend *be = calloc(1, sizeof(*be));
   if (be == NULL)
     return CKR_HOST_MEMORY;
@@ -1423,7 +1438,7 @@ CK_RV kvp_hsm_backend_new(const kvp_hsm_conf *conf, kvp_backend **out) {
       !dup_field(&be->module, conf->module) || !dup_field(&be->token_label, conf->token_label) ||
       !dup_field(&be->serial, conf->serial) || !dup_field(&be->pin_file, conf->pin_file) ||
       !dup_field(&be->pin_env, conf->pin_env)) {
-    hsm_destroy(&be->base, 1);
+    hsm_destroy(&be->base, 0); /* not initialized: no HSM calls */
     return CKR_HOST_MEMORY;
   }
   *out = &be->base;

@@ -272,6 +272,14 @@ void kvp_keyvault_free_names(char **names, size_t n)
   free(names);
 }
 
+void kvp_keyvault_set_key_ttl(kvp_backend *be, long ttl_ms)
+{
+  kv_backend *b = (kv_backend *)be;
+  pthread_mutex_lock(&b->lock);
+  b->key_ttl_ms = ttl_ms >= 0 ? ttl_ms : KV_KEY_TTL_MS;
+  pthread_mutex_unlock(&b->lock);
+}
+
 unsigned long kvp_keyvault_token_requests(kvp_backend *be)
 {
   return kv_auth_token_requests(((kv_backend *)be)->auth);
@@ -395,6 +403,7 @@ CK_RV kvp_keyvault_backend_new(const kvp_vault_conf *conf, kvp_backend **out)
   /* backoff 1, 2, 4, 8, 16 s; scaled down when the whole call has less time */
   t = conf->timeout_ms > 0 ? conf->timeout_ms : 30000;
   b->unit_ms = t >= 31000 ? 1000 : (t / 31 > 1 ? t / 31 : 1);
+  b->key_ttl_ms = KV_KEY_TTL_MS;
   b->http = kv_http_new(conf->ca_file);
   if (b->http == NULL)
     goto nomem;

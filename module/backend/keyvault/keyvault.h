@@ -14,6 +14,10 @@
 CK_RV kvp_keyvault_list_keys(kvp_backend *be, char ***names, size_t *n);
 void kvp_keyvault_free_names(char **names, size_t n);
 
+/* How long an opened key's public part and attributes are reused before
+ * open_key asks the vault again (default 10 minutes; tests use 0). */
+void kvp_keyvault_set_key_ttl(kvp_backend *be, long ttl_ms);
+
 /* Token requests this backend made so far. */
 unsigned long kvp_keyvault_token_requests(kvp_backend *be);
 

@@ -47,6 +47,7 @@ typedef struct kv_req {
   const char *auth_header;  /* "Authorization: Bearer ..." (secret) or NULL */
   const char *extra_header; /* e.g. "Metadata: true" or NULL */
   int no_proxy;             /* IMDS: never through a proxy */
+  int retry_404_410;        /* IMDS: 404 and 410 (upgrading) are transient too */
 } kv_req;
 
 typedef struct kv_resp {
@@ -176,6 +177,10 @@ typedef struct kv_cached_key {
   char *ref;          /* the name passed to open_key: KEY or KEY/VERSION */
   kv_key_info info;
   int64_t fetched_ms;
+  int shape_known;    /* type, bits, curve_nid filled (kvp_key_fill_from_pub is costly) */
+  kvp_key_type type;
+  unsigned bits;
+  int curve_nid;
 } kv_cached_key;
 
 struct kv_backend {
@@ -189,6 +194,7 @@ struct kv_backend {
   pthread_mutex_t lock; /* resource, key cache; never held across I/O */
   char *resource;       /* from the challenge */
   kv_cached_key *keys;
+  long key_ttl_ms;      /* KV_KEY_TTL_MS */
 };
 
 typedef enum { KV_CALL_GET, KV_CALL_LIST, KV_CALL_SIGN, KV_CALL_DECRYPT } kv_call_kind;

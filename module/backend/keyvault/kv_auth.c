@@ -351,6 +351,7 @@ static CK_RV kv_fetch_token(kv_auth *a, const char *resource, const kv_retry *rt
       snprintf(url, n, "%.*s/metadata/identity/oauth2/token?api-version=2018-02-01&resource=%s%s%s",
                (int)il, imds, er, ec ? "&client_id=" : "", ec ? ec : "");
       req.no_proxy = 1;
+      req.retry_404_410 = 1;
       snprintf(what, sizeof(what), "managed identity token request (IMDS)");
     }
     req.method = "GET";

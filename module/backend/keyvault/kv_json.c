@@ -16,6 +16,7 @@
 #include <openssl/evp.h>
 #include <openssl/param_build.h>
 
+#include "core/cert.h"
 #include "core/util.h"
 
 char *kv_b64url_encode(const unsigned char *in, size_t len)
@@ -333,27 +334,17 @@ int kv_kid_split(const char *kid, char **name, char **version)
   return *name != NULL ? 0 : -1;
 }
 
-static BIGNUM *kv_b64_bn(json_t *j, const char *field)
-{
-  unsigned char *b;
-  size_t n;
-  BIGNUM *bn;
-  if (kv_b64url_decode(json_string_value(json_object_get(j, field)), &b, &n) != 0)
-    return NULL;
-  bn = n > 0 ? BN_bin2bn(b, (int)n, NULL) : NULL;
-  free(b);
-  return bn;
-}
-
+/*
+ * Keys are built with kvp_pubkey_from_rsa/ec (core/cert.h), through a DER
+ * SubjectPublicKeyInfo: EVP_PKEY_fromdata fails inside applications that made
+ * an ENGINE their default for RSA and EC (openssl -engine pkcs11). Decoding
+ * the point also checks that it is on the curve.
+ */
 int kv_jwk_to_pkey(json_t *jwk, EVP_PKEY **out, char *err, size_t errlen)
 {
   const char *kty = json_string_value(json_object_get(jwk, "kty"));
-  OSSL_PARAM_BLD *bld = NULL;
-  OSSL_PARAM *params = NULL;
-  EVP_PKEY_CTX *ctx = NULL;
-  BIGNUM *n = NULL, *e = NULL;
-  unsigned char *x = NULL, *y = NULL, *pt = NULL;
-  size_t xl = 0, yl = 0;
+  unsigned char *n = NULL, *e = NULL, *x = NULL, *y = NULL, *pt = NULL;
+  size_t nl = 0, el = 0, xl = 0, yl = 0;
   int rc = -1;
 
   *out = NULL;
@@ -361,36 +352,35 @@ int kv_jwk_to_pkey(json_t *jwk, EVP_PKEY **out, char *err, size_t errlen)
     kvp_seterr(err, errlen, KVP_EINVAL, "no JWK with a kty");
     return -1;
   }
-  bld = OSSL_PARAM_BLD_new();
-  if (bld == NULL)
-    goto out;
   if (strcmp(kty, "RSA") == 0 || strcmp(kty, "RSA-HSM") == 0) {
-    n = kv_b64_bn(jwk, "n");
-    e = kv_b64_bn(jwk, "e");
-    if (n == NULL || e == NULL || BN_num_bits(n) < 1024 || BN_num_bits(n) > 16384 ||
-        BN_is_zero(e) || !BN_is_odd(e)) {
+    size_t skip = 0;
+    if (kv_b64url_decode(json_string_value(json_object_get(jwk, "n")), &n, &nl) != 0 ||
+        kv_b64url_decode(json_string_value(json_object_get(jwk, "e")), &e, &el) != 0) {
       kvp_seterr(err, errlen, KVP_EINVAL, "RSA JWK with a missing or bad n/e");
       goto out;
     }
-    if (!OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, n) ||
-        !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, e))
+    while (skip < nl && n[skip] == 0)
+      skip++;
+    if (nl - skip < 128 || nl - skip > 1024 || el == 0 || !(e[el - 1] & 1)) {
+      kvp_seterr(err, errlen, KVP_EINVAL, "RSA JWK with a missing or bad n/e");
       goto out;
-    ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
+    }
+    *out = kvp_pubkey_from_rsa(n + skip, nl - skip, e, el);
   } else if (strcmp(kty, "EC") == 0 || strcmp(kty, "EC-HSM") == 0) {
     const char *crv = json_string_value(json_object_get(jwk, "crv"));
-    const char *group = NULL;
+    int nid = NID_undef;
     size_t cl = 0;
     if (crv != NULL && strcmp(crv, "P-256") == 0) {
-      group = "prime256v1";
+      nid = NID_X9_62_prime256v1;
       cl = 32;
     } else if (crv != NULL && strcmp(crv, "P-384") == 0) {
-      group = "secp384r1";
+      nid = NID_secp384r1;
       cl = 48;
     } else if (crv != NULL && strcmp(crv, "P-521") == 0) {
-      group = "secp521r1";
+      nid = NID_secp521r1;
       cl = 66;
     } else if (crv != NULL && (strcmp(crv, "P-256K") == 0 || strcmp(crv, "SECP256K1") == 0)) {
-      group = "secp256k1";
+      nid = NID_secp256k1;
       cl = 32;
     } else {
       kvp_seterr(err, errlen, KVP_EINVAL, "EC JWK with an unsupported curve '%s'",
@@ -409,41 +399,25 @@ int kv_jwk_to_pkey(json_t *jwk, EVP_PKEY **out, char *err, size_t errlen)
     pt[0] = 0x04; /* uncompressed; short coordinates are left-padded */
     memcpy(pt + 1 + cl - xl, x, xl);
     memcpy(pt + 1 + 2 * cl - yl, y, yl);
-    if (!OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, group, 0) ||
-        !OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, pt, 1 + 2 * cl))
+    *out = kvp_pubkey_from_ec(nid, pt, 1 + 2 * cl);
+    if (*out == NULL) {
+      kvp_seterr(err, errlen, KVP_EINVAL, "the JWK's EC point is not on the curve");
       goto out;
-    ctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
+    }
   } else {
     kvp_seterr(err, errlen, KVP_EINVAL, "unsupported key type '%s'", kty);
     goto out;
   }
-  params = OSSL_PARAM_BLD_to_param(bld);
-  if (ctx == NULL || params == NULL || EVP_PKEY_fromdata_init(ctx) <= 0 ||
-      EVP_PKEY_fromdata(ctx, out, EVP_PKEY_PUBLIC_KEY, params) <= 0) {
+  if (*out == NULL) {
     kvp_seterr(err, errlen, KVP_EINVAL, "the JWK is not a valid %s public key", kty);
     goto out;
-  }
-  if (strncmp(kty, "EC", 2) == 0) {
-    /* reject points that are not on the curve */
-    EVP_PKEY_CTX *chk = EVP_PKEY_CTX_new_from_pkey(NULL, *out, NULL);
-    int ok = chk != NULL && EVP_PKEY_public_check(chk) == 1;
-    EVP_PKEY_CTX_free(chk);
-    if (!ok) {
-      EVP_PKEY_free(*out);
-      *out = NULL;
-      kvp_seterr(err, errlen, KVP_EINVAL, "the JWK's EC point is not on the curve");
-      goto out;
-    }
   }
   rc = 0;
 out:
   if (rc != 0 && err != NULL && err[0] == '\0')
     kvp_seterr(err, errlen, KVP_ERR, "cannot build the public key");
-  OSSL_PARAM_free(params);
-  OSSL_PARAM_BLD_free(bld);
-  EVP_PKEY_CTX_free(ctx);
-  BN_free(n);
-  BN_free(e);
+  free(n);
+  free(e);
   free(x);
   free(y);
   free(pt);

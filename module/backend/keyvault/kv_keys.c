@@ -92,9 +92,10 @@ void kv_key_cache_free(kv_backend *b, int forked)
   b->keys = NULL;
 }
 
-/* Build the kvp_key handed to the front from cached info (lock held). */
-static CK_RV kv_make_key(kv_backend *b, const char *ref, const kv_key_info *info, kvp_key **out)
+/* Build the kvp_key handed to the front from a cache entry (lock held). */
+static CK_RV kv_make_key(kv_backend *b, const char *ref, kv_cached_key *c, kvp_key **out)
 {
+  const kv_key_info *info = &c->info;
   kvp_key *k = calloc(1, sizeof(*k));
   kv_key_impl *im = calloc(1, sizeof(*im));
   CK_RV rv;
@@ -111,13 +112,23 @@ static CK_RV kv_make_key(kv_backend *b, const char *ref, const kv_key_info *info
   if (EVP_PKEY_up_ref(info->pub) != 1)
     goto nomem;
   k->pub = info->pub;
-  rv = kvp_key_fill_from_pub(k);
-  if (rv != CKR_OK) {
-    KVP_ERROR("vault %s: key %s: unsupported key type or curve", b->conf.name, ref);
-    EVP_PKEY_free(k->pub);
-    k->pub = NULL;
-    goto fail;
+  if (!c->shape_known) {
+    /* once per fetched key: the front opens keys at every C_SignInit */
+    rv = kvp_key_fill_from_pub(k);
+    if (rv != CKR_OK) {
+      KVP_ERROR("vault %s: key %s: unsupported key type or curve", b->conf.name, ref);
+      EVP_PKEY_free(k->pub);
+      k->pub = NULL;
+      goto fail;
+    }
+    c->type = k->type;
+    c->bits = k->bits;
+    c->curve_nid = k->curve_nid;
+    c->shape_known = 1;
   }
+  k->type = c->type;
+  k->bits = c->bits;
+  k->curve_nid = c->curve_nid;
   im->ops = info->ops;
   im->enabled = info->enabled;
   im->nbf = info->nbf;
@@ -163,8 +174,8 @@ CK_RV kv_open_key(kvp_backend *be, const char *ref, kvp_key **out)
   }
   pthread_mutex_lock(&b->lock);
   for (c = b->keys; c != NULL; c = c->next) {
-    if (strcmp(c->ref, ref) == 0 && now - c->fetched_ms < KV_KEY_TTL_MS) {
-      rv = kv_make_key(b, ref, &c->info, out);
+    if (strcmp(c->ref, ref) == 0 && now - c->fetched_ms < b->key_ttl_ms) {
+      rv = kv_make_key(b, ref, c, out);
       pthread_mutex_unlock(&b->lock);
       goto out;
     }
@@ -181,6 +192,22 @@ CK_RV kv_open_key(kvp_backend *be, const char *ref, kvp_key **out)
   snprintf(url, len, "%s/keys/%s%s%s?api-version=%s", b->base_url, name, version ? "/" : "",
            version ? version : "", b->conf.api_version);
   rv = kv_call(b, KV_CALL_GET, ref, "GET", url, NULL, &resp);
+  if (rv == CKR_DEVICE_ERROR) {
+    /* the vault is unreachable or throttling: an expired cache entry is
+     * still the best answer (the key material cannot have changed for a
+     * versioned ref, and sign/decrypt report what the vault says) */
+    pthread_mutex_lock(&b->lock);
+    for (c = b->keys; c != NULL; c = c->next) {
+      if (strcmp(c->ref, ref) == 0) {
+        KVP_WARN("vault %s: key %s: using the cached public key (%lld s old)", b->conf.name, ref,
+                 (long long)((kv_now_ms() - c->fetched_ms) / 1000));
+        rv = kv_make_key(b, ref, c, out);
+        break;
+      }
+    }
+    pthread_mutex_unlock(&b->lock);
+    goto out;
+  }
   if (rv != CKR_OK) {
     if (rv == CKR_KEY_HANDLE_INVALID)
       kv_cache_drop(b, name);
@@ -228,7 +255,7 @@ CK_RV kv_open_key(kvp_backend *be, const char *ref, kvp_key **out)
     c->next = b->keys;
     b->keys = c;
   }
-  rv = kv_make_key(b, ref, &c->info, out);
+  rv = kv_make_key(b, ref, c, out);
   pthread_mutex_unlock(&b->lock);
   if (rv == CKR_OK)
     KVP_DEBUG("vault %s: key %s opened (version %s)", b->conf.name, ref, (*out)->version);

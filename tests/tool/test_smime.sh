@@ -1,0 +1,304 @@
+#!/usr/bin/env bash
+# kvp11 smime sign|verify|encrypt|decrypt|seal|open, round-tripped with
+# `openssl cms` in both directions on the SoftHSM2 fixture (tests/fixtures/
+# mkenv.sh): our keys (rsa2048, rsa3072, p256, p384) are used through the
+# built libkvp11.so ($KVP11_MODULE) by the OpenSSL pkcs11 engine; the partner
+# (certs/partner.pem + partner.key) is a software key that openssl uses.
+# Then every bad input: not S/MIME, wrong recipient, tampered content,
+# unknown signer, expired certificate, public certificate as signer.
+. "$(dirname "$0")/lib.sh"
+
+MKENV=$(cd "$(dirname "$0")/../fixtures" && pwd)/mkenv.sh
+[ -f "$MKENV" ] || skip "tests/fixtures/mkenv.sh not found"
+SOFTHSM=${KVP11_SOFTHSM_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
+[ -f "$SOFTHSM" ] || skip "SoftHSM2 module not found at $SOFTHSM"
+for t in softhsm2-util pkcs11-tool; do command -v $t >/dev/null 2>&1 || skip "$t not found"; done
+ENGDIR=$(openssl version -e | sed -n 's/^ENGINESDIR: "\(.*\)"$/\1/p')
+[ -f "$ENGDIR/pkcs11.so" ] || skip "OpenSSL pkcs11 engine not found (libengine-pkcs11-openssl)"
+[ -n "${KVP11_MODULE:-}" ] && [ -f "$KVP11_MODULE" ] || fail "KVP11_MODULE is not set to the built libkvp11.so"
+
+E=$T/env
+KVP11_TOOL="$KVP11_TOOL" SOFTHSM2_MODULE="$SOFTHSM" bash "$MKENV" "$E" >"$T/mkenv.log" 2>&1 ||
+  { cat "$T/mkenv.log" >&2; fail "mkenv.sh failed"; }
+export SOFTHSM2_CONF=$E/softhsm2.conf
+C=$E/certs
+CONF=$E/kvp11.conf
+PK=$C/partner.key
+PC=$C/partner.pem
+
+printf 'Subject: order 4711\n\nline one\nline two\n' >"$T/msg.txt"
+# openssl cms -verify/-decrypt of a text message gives CRLF line ends, as kvp11 does.
+sed 's/$/\r/' "$T/msg.txt" >"$T/msg.crlf"
+head -c 3000 /dev/urandom >"$T/msg.bin"
+
+# same FILE_A FILE_B WHAT
+same() { cmp -s "$1" "$2" || fail "$3: the content differs"; }
+
+# --- sign: kvp11 signs, openssl verifies (the signer certificate as trust anchor) ---
+for k in rsa2048 rsa3072 p256 p384; do
+  expect_ok "sign $k" smime sign --cert "$k" <"$T/msg.txt"
+  head -5 "$OUT" | grep -q 'application/pkcs7-mime; smime-type=signed-data' ||
+    fail "sign $k: not an S/MIME signed-data entity: $(head -5 "$OUT")"
+  cp "$OUT" "$T/signed.$k"
+  openssl cms -verify -CAfile "$C/$k.pem" -purpose any -in "$T/signed.$k" -out "$T/v.out" 2>"$T/ossl.err" ||
+    { cat "$T/ossl.err" >&2; fail "openssl cms -verify of kvp11's $k signature"; }
+  same "$T/v.out" "$T/msg.crlf" "openssl verify $k"
+  ok "openssl verifies kvp11's $k signature"
+done
+for d in sha384 sha512; do
+  expect_ok "sign --digest $d" smime sign --cert rsa2048 --digest $d <"$T/msg.txt"
+  openssl cms -cmsout -print -in "$OUT" | grep -A1 'digestAlgorithm:' | grep -q "algorithm: $d" ||
+    fail "--digest $d: not in the SignerInfo"
+  openssl cms -verify -CAfile "$C/rsa2048.pem" -purpose any -in "$OUT" -out "$T/v.out" 2>"$T/ossl.err" ||
+    { cat "$T/ossl.err" >&2; fail "openssl verify --digest $d"; }
+  same "$T/v.out" "$T/msg.crlf" "--digest $d"
+  ok "openssl verifies --digest $d"
+done
+expect_ok "sign --detached" smime sign --cert rsa2048 --detached <"$T/msg.txt"
+grep -q 'multipart/signed; protocol="application/pkcs7-signature"; micalg="sha-256"' "$OUT" ||
+  fail "--detached: not multipart/signed"
+grep -q '^line two' "$OUT" || fail "--detached: content not in clear"
+cp "$OUT" "$T/detached.smime"
+openssl cms -verify -CAfile "$C/rsa2048.pem" -purpose any -in "$T/detached.smime" -out "$T/v.out" 2>"$T/ossl.err" ||
+  { cat "$T/ossl.err" >&2; fail "openssl verify --detached"; }
+same "$T/v.out" "$T/msg.crlf" "--detached"
+ok "openssl verifies a detached signature"
+expect_ok "sign --detached p256 --digest sha384" smime sign --cert p256 --detached --digest sha384 <"$T/msg.txt"
+openssl cms -verify -CAfile "$C/p256.pem" -purpose any -in "$OUT" -out "$T/v.out" 2>"$T/ossl.err" ||
+  { cat "$T/ossl.err" >&2; fail "openssl verify detached ECDSA"; }
+ok "openssl verifies a detached ECDSA P-256 signature"
+expect_ok "sign --binary --outform der" smime sign --cert rsa2048 --binary --outform der <"$T/msg.bin"
+openssl cms -verify -binary -inform DER -CAfile "$C/rsa2048.pem" -purpose any -in "$OUT" -out "$T/v.out" 2>"$T/ossl.err" ||
+  { cat "$T/ossl.err" >&2; fail "openssl verify --binary DER"; }
+same "$T/v.out" "$T/msg.bin" "--binary --outform der"
+ok "binary content, DER output"
+
+# --- verify: openssl signs with the partner's key, kvp11 verifies ---
+openssl cms -sign -signer "$PC" -inkey "$PK" -nodetach -in "$T/msg.txt" -out "$T/p.opaque" || fail "openssl sign"
+openssl cms -sign -signer "$PC" -inkey "$PK" -in "$T/msg.txt" -out "$T/p.detached" || fail "openssl sign detached"
+openssl cms -sign -signer "$PC" -inkey "$PK" -md sha512 -nocerts -nodetach -outform PEM -in "$T/msg.txt" \
+  -out "$T/p.pem" || fail "openssl sign pem"
+openssl cms -sign -signer "$PC" -inkey "$PK" -binary -outform DER -in "$T/msg.bin" -out "$T/p.der" ||
+  fail "openssl sign der"
+expect_ok "verify opaque" smime verify <"$T/p.opaque"
+same "$OUT" "$T/msg.crlf" "verify opaque"
+expect_ok "verify detached multipart/signed --cert partner" smime verify --cert partner <"$T/p.detached"
+same "$OUT" "$T/msg.crlf" "verify detached"
+expect_ok "verify PEM without certificates (registered signer)" smime verify <"$T/p.pem"
+same "$OUT" "$T/msg.crlf" "verify pem"
+expect_ok "verify DER detached --content" smime verify --inform der --binary --content "$T/msg.bin" <"$T/p.der"
+same "$OUT" "$T/msg.bin" "verify der --content"
+expect_ok "verify our own signature" smime verify --cert p384 <"$T/signed.p384"
+same "$OUT" "$T/msg.crlf" "verify own"
+expect_ok "verify our detached signature" smime verify <"$T/detached.smime"
+same "$OUT" "$T/msg.crlf" "verify own detached"
+
+# --- encrypt: kvp11 encrypts to the partner, openssl decrypts with partner.key ---
+expect_ok "encrypt" smime encrypt --to partner <"$T/msg.txt"
+head -5 "$OUT" | grep -q 'smime-type=enveloped-data' || fail "encrypt: not enveloped-data"
+openssl cms -cmsout -print -in "$OUT" | grep -q 'algorithm: aes-256-cbc' || fail "encrypt: not aes-256-cbc"
+openssl cms -decrypt -inkey "$PK" -recip "$PC" -in "$OUT" -out "$T/d.out" 2>"$T/ossl.err" ||
+  { cat "$T/ossl.err" >&2; fail "openssl decrypt"; }
+same "$T/d.out" "$T/msg.crlf" "encrypt"
+ok "openssl decrypts kvp11's message"
+expect_ok "encrypt gcm oaep, two recipients" smime encrypt --to partner --to rsa2048 --cipher aes-256-gcm --oaep <"$T/msg.txt"
+cp "$OUT" "$T/gcm.smime"
+openssl cms -cmsout -print -in "$OUT" >"$T/print.txt"
+grep -q 'id-smime-ct-authEnvelopedData' "$T/print.txt" || fail "--cipher aes-256-gcm: not AuthEnvelopedData"
+[ "$(grep -c 'algorithm: rsaesOaep' "$T/print.txt")" -eq 2 ] || fail "--oaep: not RSA-OAEP for both"
+openssl cms -decrypt -inkey "$PK" -recip "$PC" -in "$OUT" -out "$T/d.out" 2>"$T/ossl.err" ||
+  { cat "$T/ossl.err" >&2; fail "openssl decrypt gcm/oaep"; }
+same "$T/d.out" "$T/msg.crlf" "gcm oaep"
+ok "openssl decrypts AES-256-GCM / RSA-OAEP"
+# An EC partner: key agreement (kari).
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$T/ecp.key" 2>/dev/null || fail "ec key"
+openssl req -new -x509 -key "$T/ecp.key" -subj "/CN=ec partner" -days 30 -out "$T/ecp.pem" 2>/dev/null || fail "ec cert"
+expect_ok "register an EC partner" cert add --name ecpartner --type public --cert "$T/ecp.pem"
+expect_ok "encrypt to an EC partner" smime encrypt --to ecpartner <"$T/msg.txt"
+openssl cms -decrypt -inkey "$T/ecp.key" -recip "$T/ecp.pem" -in "$OUT" -out "$T/d.out" 2>"$T/ossl.err" ||
+  { cat "$T/ossl.err" >&2; fail "openssl decrypt kari"; }
+same "$T/d.out" "$T/msg.crlf" "EC recipient"
+ok "openssl decrypts an ECDH (kari) message"
+
+# --- decrypt: openssl encrypts to our certificate, kvp11 decrypts through the module ---
+openssl cms -encrypt -aes-256-cbc -in "$T/msg.txt" -out "$T/o.cbc" "$C/rsa2048.pem" || fail "openssl encrypt"
+openssl cms -encrypt -aes-256-gcm -recip "$C/rsa3072.pem" -keyopt rsa_padding_mode:oaep \
+  -recip "$PC" -in "$T/msg.txt" -out "$T/o.gcm" || fail "openssl encrypt gcm oaep"
+openssl cms -encrypt -aes-256-cbc -binary -outform DER -in "$T/msg.bin" -out "$T/o.der" "$C/rsa2048.pem" ||
+  fail "openssl encrypt der"
+expect_ok "decrypt" smime decrypt --cert rsa2048 <"$T/o.cbc"
+same "$OUT" "$T/msg.crlf" "decrypt"
+expect_ok "decrypt gcm oaep (second recipient)" smime decrypt --cert rsa3072 <"$T/o.gcm"
+same "$OUT" "$T/msg.crlf" "decrypt gcm"
+expect_ok "decrypt der binary" smime decrypt --cert rsa2048 --inform der <"$T/o.der"
+same "$OUT" "$T/msg.bin" "decrypt der"
+expect_ok "decrypt our own gcm message" smime decrypt --cert rsa2048 <"$T/gcm.smime"
+same "$OUT" "$T/msg.crlf" "decrypt own"
+
+# --- seal / open (AS2): sign then encrypt, decrypt then verify ---
+expect_ok "seal" smime seal --cert rsa2048 --to partner --detached <"$T/msg.txt"
+openssl cms -decrypt -inkey "$PK" -recip "$PC" -in "$OUT" -out "$T/inner" 2>"$T/ossl.err" ||
+  { cat "$T/ossl.err" >&2; fail "openssl decrypt seal"; }
+grep -q 'multipart/signed' "$T/inner" || fail "seal: the inner entity is not multipart/signed"
+openssl cms -verify -CAfile "$C/rsa2048.pem" -purpose any -in "$T/inner" -out "$T/v.out" 2>"$T/ossl.err" ||
+  { cat "$T/ossl.err" >&2; fail "openssl verify seal"; }
+same "$T/v.out" "$T/msg.crlf" "seal"
+ok "openssl opens kvp11's sealed message"
+expect_ok "seal gcm oaep p256" smime seal --cert p256 --to partner --cipher aes-256-gcm --oaep <"$T/msg.txt"
+openssl cms -decrypt -inkey "$PK" -in "$OUT" | openssl cms -verify -CAfile "$C/p256.pem" -purpose any \
+  -out "$T/v.out" 2>"$T/ossl.err" || { cat "$T/ossl.err" >&2; fail "openssl open seal p256"; }
+same "$T/v.out" "$T/msg.crlf" "seal p256"
+ok "openssl opens a GCM/OAEP message sealed with P-256"
+openssl cms -sign -signer "$PC" -inkey "$PK" -in "$T/msg.txt" |
+  openssl cms -encrypt -aes-256-cbc -out "$T/o.sealed" "$C/rsa2048.pem" || fail "openssl sign+encrypt"
+expect_ok "open" smime open --cert rsa2048 --from partner <"$T/o.sealed"
+same "$OUT" "$T/msg.crlf" "open"
+expect_ok "seal to ourselves" smime seal --cert rsa3072 --to rsa2048 <"$T/msg.txt"
+cp "$OUT" "$T/self.sealed"
+expect_ok "open our own" smime open --cert rsa2048 <"$T/self.sealed"
+same "$OUT" "$T/msg.crlf" "open own"
+
+# --- bad input: one line, exit 1, nothing on stdout ---
+printf 'this is not a message\n' >"$T/garbage.txt"
+expect_fail "verify: not S/MIME" 1 "stdin is not an S/MIME message" smime verify <"$T/garbage.txt"
+expect_fail "decrypt: not S/MIME" 1 "stdin is not an S/MIME message" smime decrypt --cert rsa2048 <"$T/garbage.txt"
+expect_fail "open: not S/MIME" 1 "stdin is not an S/MIME message" smime open --cert rsa2048 <"$T/garbage.txt"
+expect_fail "verify: empty input" 1 "stdin is empty" smime verify </dev/null
+expect_fail "verify: garbage DER" 1 "not a DER CMS message" smime verify --inform der <"$T/garbage.txt"
+expect_fail "verify: an encrypted message" 1 "the message is not signed" smime verify <"$T/o.cbc"
+expect_fail "decrypt: a signed message" 1 "the message is not encrypted" smime decrypt --cert rsa2048 <"$T/p.opaque"
+expect_fail "decrypt: wrong recipient" 1 "this message is not for certificate 'rsa3072'" \
+  smime decrypt --cert rsa3072 <"$T/o.cbc"
+expect_fail "open: wrong recipient" 1 "this message is not for certificate 'rsa3072'" \
+  smime open --cert rsa3072 <"$T/o.sealed"
+expect_fail "decrypt: public certificate" 1 "'partner' is a public certificate" \
+  smime decrypt --cert partner <"$T/o.cbc"
+expect_fail "decrypt: EC key agreement" 1 "EC key agreement" smime decrypt --cert p256 \
+  < <("$KVP11_TOOL" -c "$CONF" smime encrypt --to p256 <"$T/msg.txt")
+sed 's/^line two/line 2wo/' "$T/p.detached" >"$T/tampered.smime"
+cmp -s "$T/tampered.smime" "$T/p.detached" && fail "tampering changed nothing"
+expect_fail "verify: tampered content" 1 "the signature does not verify" smime verify <"$T/tampered.smime"
+sed 's/^line two/line 2wo/' "$T/detached.smime" >"$T/tampered2.smime"
+expect_fail "verify: tampered content (our signature)" 1 "the signature does not verify" \
+  smime verify --cert rsa2048 <"$T/tampered2.smime"
+expect_fail "verify: --content differs" 1 "the signature does not verify" \
+  smime verify --inform der --binary --content "$T/msg.txt" <"$T/p.der"
+expect_fail "verify: detached, content missing" 1 "content is missing" smime verify --inform der <"$T/p.der"
+# GCM: a changed ciphertext fails the tag check. Flip one byte in the middle of the DER.
+openssl cms -encrypt -aes-256-gcm -outform DER -in "$T/msg.txt" -out "$T/o.gcm.der" "$C/rsa2048.pem" ||
+  fail "openssl gcm der"
+python3 - "$T/o.gcm.der" "$T/o.gcm.bad" <<'PY'
+import sys
+d = bytearray(open(sys.argv[1], 'rb').read())
+i = d.find(b'order 4711') if b'order 4711' in d else len(d) - 40
+d[i] ^= 1
+open(sys.argv[2], 'wb').write(d)
+PY
+expect_ok "decrypt: gcm der intact" smime decrypt --cert rsa2048 <"$T/o.gcm.der"
+expect_fail "decrypt: tampered gcm" 1 "cannot decrypt .*does not decrypt or authenticate" smime decrypt --cert rsa2048 --inform der <"$T/o.gcm.bad"
+
+# Unknown signers: a certificate that is not registered, with and without the certificate.
+mkcert stranger
+openssl cms -sign -signer "$T/stranger.pem" -inkey "$T/stranger.key" -in "$T/msg.txt" -out "$T/s.smime" || fail "stranger sign"
+openssl cms -sign -signer "$T/stranger.pem" -inkey "$T/stranger.key" -nocerts -in "$T/msg.txt" -out "$T/s2.smime" ||
+  fail "stranger sign nocerts"
+expect_fail "verify: unknown signer" 1 "unknown signer .*CN=stranger \(sha256 [0-9a-f]{64}\): not a registered certificate of account 'default'" \
+  smime verify <"$T/s.smime"
+expect_fail "verify: unknown signer, no certificate" 1 "unknown signer .*does not carry its certificate" \
+  smime verify <"$T/s2.smime"
+expect_fail "verify: a registered signer but not --cert" 1 "unknown signer CN=partner .*not certificate 'rsa2048'" \
+  smime verify --cert rsa2048 <"$T/p.opaque"
+openssl cms -sign -signer "$T/stranger.pem" -inkey "$T/stranger.key" -in "$T/msg.txt" |
+  openssl cms -encrypt -aes-256-cbc -out "$T/s.sealed" "$C/rsa2048.pem" || fail "stranger seal"
+expect_fail "open: unknown signer" 1 "unknown signer .*CN=stranger" smime open --cert rsa2048 <"$T/s.sealed"
+expect_fail "open: --from another partner" 1 "not certificate 'rsa3072'" \
+  smime open --cert rsa2048 --from rsa3072 <"$T/o.sealed"
+# The same certificate registered under a name: now trusted.
+expect_ok "register the stranger" cert add --name stranger --type public --cert "$T/stranger.pem"
+expect_ok "verify: registered now" smime verify --cert stranger <"$T/s2.smime"
+same "$OUT" "$T/msg.crlf" "stranger"
+
+# Expired certificates: the signer's at the signing time, the recipient's now.
+mkcert old 20200101000000Z 20210101000000Z
+kvp cert add --name old --type public --cert "$T/old.pem"
+[ "$RC" -eq 0 ] || { cat "$ERR" >&2; fail "register expired certificate"; }
+openssl cms -sign -signer "$T/old.pem" -inkey "$T/old.key" -in "$T/msg.txt" -out "$T/old.smime" || fail "old sign"
+expect_fail "verify: expired signer" 1 "certificate 'old' expired on 2021-01-01T00:00:00Z \(the message was signed at 20" \
+  smime verify <"$T/old.smime"
+expect_fail "encrypt: expired recipient" 1 "certificate 'old' expired on 2021-01-01" \
+  smime encrypt --to partner --to old <"$T/msg.txt"
+
+# Wrong names and a module that is not there.
+expect_fail "sign: unknown certificate" 1 "account 'default' has no certificate named 'nobody'" \
+  smime sign --cert nobody <"$T/msg.txt"
+expect_fail "sign: public certificate" 1 "'partner' is a public certificate: it has no key to sign with" \
+  smime sign --cert partner <"$T/msg.txt"
+expect_fail "encrypt: unknown recipient" 1 "no certificate named 'nobody'" smime encrypt --to nobody <"$T/msg.txt"
+expect_fail "sign: no such module" 1 "kvp11 module $T/none.so" smime sign --cert rsa2048 --module "$T/none.so" <"$T/msg.txt"
+expect_fail "sign: not the kvp11 module" 1 "the key of certificate 'rsa2048' is not available through $SOFTHSM" \
+  smime sign --cert rsa2048 --module "$SOFTHSM" <"$T/msg.txt"
+expect_fail "verify: unknown account" 1 "account 'nope' is not configured" smime verify --account nope <"$T/p.opaque"
+# The module follows -c: with another token label, signing works only if the
+# module read the same configuration as the tool.
+sed 's/^label = kvp11 default/label = elsewhere/' "$CONF" >"$T/other.conf"
+RC=0
+"$KVP11_TOOL" -c "$T/other.conf" smime sign --cert rsa2048 <"$T/msg.txt" >"$OUT" 2>"$ERR" || RC=$?
+[ "$RC" -eq 0 ] && [ ! -s "$ERR" ] || { cat "$ERR" >&2; fail "-c is not passed to the module (rc $RC)"; }
+openssl cms -verify -CAfile "$C/rsa2048.pem" -purpose any -in "$OUT" -out /dev/null 2>/dev/null ||
+  fail "-c: the signature does not verify"
+ok "the module reads the -c configuration"
+
+# --- usage errors (exit 2) ---
+expect_fail "no smime command" 2 "no smime command given" smime
+expect_fail "unknown smime command" 2 "unknown command 'frob'" smime frob
+expect_fail "sign without --cert" 2 "--cert is required" smime sign </dev/null
+expect_fail "encrypt without --to" 2 "--to is required" smime encrypt </dev/null
+expect_fail "bad --digest" 2 "bad --digest 'md5'" smime sign --cert rsa2048 --digest md5 </dev/null
+expect_fail "bad --cipher" 2 "bad --cipher 'des'" smime encrypt --to partner --cipher des </dev/null
+expect_fail "bad --inform" 2 "bad --inform 'xml'" smime verify --inform xml </dev/null
+expect_fail "option of another command" 2 "option '--to' does not apply here" smime sign --cert rsa2048 --to partner </dev/null
+expect_fail "--cert twice" 2 "option '--cert' given twice" smime sign --cert a --cert b </dev/null
+expect_fail "operand" 2 "unexpected argument 'x'" smime verify x </dev/null
+expect_ok "smime --help" smime --help
+grep -q 'kvp11 \[-c FILE\] smime seal --cert NAME --to PARTNER' "$OUT" || fail "smime --help: $(cat "$OUT")"
+expect_ok "smime open --help" smime open --help
+grep -q '^usage: kvp11 \[-c FILE\] smime open' "$OUT" || fail "smime open --help"
+
+# --- the same through a Key Vault key (the kv tests' emulator fixture, if it runs) ---
+KV=${KVP11_KV_DIR:-}
+if [ -n "$KV" ] && [ -f "$KV/port" ] && [ -f "$KV/kvp11.conf" ] && command -v curl >/dev/null 2>&1 &&
+  curl -sf --cacert "$KV/ca.pem" "https://127.0.0.1:$(cat "$KV/port")/_emu/health" >/dev/null; then
+  CONF=$T/kv.conf
+  sed -e "s|^registry = .*|registry = $T/kv-registry.db|" -e "s|^log_file = .*|log_file = $T/kv.log|" \
+    "$KV/kvp11.conf" >"$CONF"
+  ACCOUNTS=kv
+  KC=$KV/certs
+  for k in rsa2048 p256; do
+    expect_ok "kv: add $k" cert add --name "$k" --type private --cert "$KC/$k.pem" --account kv --vault emu --key "$k"
+  done
+  expect_ok "kv: add partner" cert add --name partner --type public --cert "$PC" --account kv
+  expect_ok "kv: sign rsa2048" smime sign --account kv --cert rsa2048 <"$T/msg.txt"
+  openssl cms -verify -CAfile "$KC/rsa2048.pem" -purpose any -in "$OUT" -out "$T/v.out" 2>"$T/ossl.err" ||
+    { cat "$T/ossl.err" >&2; fail "kv: openssl verify rsa2048"; }
+  same "$T/v.out" "$T/msg.crlf" "kv sign"
+  expect_ok "kv: sign p256 detached sha384" smime sign --account kv --cert p256 --detached --digest sha384 <"$T/msg.txt"
+  openssl cms -verify -CAfile "$KC/p256.pem" -purpose any -in "$OUT" -out "$T/v.out" 2>"$T/ossl.err" ||
+    { cat "$T/ossl.err" >&2; fail "kv: openssl verify p256"; }
+  same "$T/v.out" "$T/msg.crlf" "kv sign p256"
+  ok "kv: openssl verifies Key Vault RSA and ECDSA signatures"
+  openssl cms -encrypt -aes-256-gcm -recip "$KC/rsa2048.pem" -keyopt rsa_padding_mode:oaep -in "$T/msg.txt" \
+    -out "$T/kv.enc" || fail "kv: openssl encrypt"
+  expect_ok "kv: decrypt gcm oaep" smime decrypt --account kv --cert rsa2048 <"$T/kv.enc"
+  same "$OUT" "$T/msg.crlf" "kv decrypt"
+  expect_ok "kv: seal" smime seal --account kv --cert rsa2048 --to partner --detached <"$T/msg.txt"
+  openssl cms -decrypt -inkey "$PK" -in "$OUT" | openssl cms -verify -CAfile "$KC/rsa2048.pem" -purpose any \
+    -out "$T/v.out" 2>"$T/ossl.err" || { cat "$T/ossl.err" >&2; fail "kv: openssl open"; }
+  same "$T/v.out" "$T/msg.crlf" "kv seal"
+  openssl cms -sign -signer "$PC" -inkey "$PK" -in "$T/msg.txt" |
+    openssl cms -encrypt -aes-256-cbc -out "$T/kv.sealed" "$KC/rsa2048.pem" || fail "kv: openssl seal"
+  expect_ok "kv: open" smime open --account kv --cert rsa2048 --from partner <"$T/kv.sealed"
+  same "$OUT" "$T/msg.crlf" "kv open"
+else
+  echo "note: Key Vault part skipped (no emulator fixture in '${KV}')"
+fi
+echo "all smime tests passed"

@@ -6,6 +6,13 @@
 #   CLIENT_TOKEN   token label to use (default "kvp11 default", the fixture's account)
 #   CLIENT_PIN     if set, clients log in with it (pkcs11-tool --login, URI pin-value);
 #                  unset by default: the fixture's HSM takes its PIN from pin_file.
+#   CLIENT_KEYSTORE  "hsm" (default) or "keyvault": the token's keys live in Key Vault
+#                  (the tests/kv emulator fixture, KVP11_ENV=<build>/tests/kv/fixture).
+#                  Scripts skip exactly the checks Key Vault cannot do (see each script).
+#   CLIENT_RSA_KEYS / CLIENT_EC_KEYS  labels of the RSA / EC private keys
+#                  (default "rsa2048 rsa3072" / "p256 p384", the HSM fixture's)
+#   CLIENT_PARTNER label of a public-only certificate registered in the account
+#                  (default "partner"; empty: the account has none and checks on it are skipped)
 # Exit codes: 0 pass, 1 fail, 77 skipped (a client tool is missing).
 set -euo pipefail
 
@@ -14,9 +21,12 @@ set -euo pipefail
 TOKEN=${CLIENT_TOKEN:-kvp11 default}
 TOKEN_URI=$(printf '%s' "$TOKEN" | sed 's/ /%20/g')
 CERTS=$KVP11_ENV/certs
-RSA_KEYS="rsa2048 rsa3072"
-EC_KEYS="p256 p384"
+RSA_KEYS=${CLIENT_RSA_KEYS:-rsa2048 rsa3072}
+EC_KEYS=${CLIENT_EC_KEYS:-p256 p384}
+KEYSTORE=${CLIENT_KEYSTORE:-hsm}
+PARTNER=${CLIENT_PARTNER-partner}
 ALL_KEYS="$RSA_KEYS $EC_KEYS"
+is_keyvault() { [ "$KEYSTORE" = keyvault ]; }
 
 # shellcheck source=/dev/null
 . "$KVP11_ENV/env.sh"

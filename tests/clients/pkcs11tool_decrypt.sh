@@ -7,6 +7,8 @@ need pkcs11-tool openssl
 # hsm_oaep256 LABEL CT: does the fixture's HSM itself decrypt OAEP SHA-256?
 HSM_MODULE=${KVP11_HSM_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
 [ -f "$HSM_MODULE" ] || HSM_MODULE=
+# Key Vault does OAEP SHA-256 itself: no HSM excuse, a failure is a failure.
+if is_keyvault; then HSM_MODULE=; fi
 hsm_oaep256() {
   pkcs11-tool --module "$HSM_MODULE" --token-label kvp11-test --login --pin "$(cat "$KVP11_ENV/hsm.pin")" \
     --decrypt --label "$1" -m RSA-PKCS-OAEP --hash-algorithm SHA256 --mgf MGF1-SHA256 \
@@ -49,6 +51,18 @@ for k in $RSA_KEYS; do
     fail "$k RSA-PKCS-OAEP SHA-256 decrypt failed"
   fi
 done
+
+# Key Vault has OAEP with SHA-1 and SHA-256 only: SHA-384 is refused, not attempted.
+if is_keyvault; then
+  k=${RSA_KEYS%% *}
+  run "encrypt OAEP SHA-384" openssl pkeyutl -encrypt -pubin -inkey "$(pubkey "$k")" \
+    -pkeyopt rsa_padding_mode:oaep -pkeyopt rsa_oaep_md:sha384 -pkeyopt rsa_mgf1_md:sha384 \
+    -in "$WORK/secret" -out "$WORK/ct"
+  must_fail "decrypt OAEP SHA-384 on Key Vault" p11 --decrypt --id "$(key_id "$k")" -m RSA-PKCS-OAEP \
+    --hash-algorithm SHA384 --mgf MGF1-SHA384 -i "$WORK/ct" -o "$WORK/pt"
+  grep -q 'CKR_MECHANISM_PARAM_INVALID' "$WORK/out" || { cat "$WORK/out" >&2; fail "OAEP SHA-384: expected CKR_MECHANISM_PARAM_INVALID"; }
+  ok "$k RSA-PKCS-OAEP (SHA-384) refused (CKR_MECHANISM_PARAM_INVALID)"
+fi
 
 # Ciphertext for rsa2048 does not decrypt with rsa3072 (the checks above can fail).
 openssl pkeyutl -encrypt -pubin -inkey "$(pubkey rsa2048)" -in "$WORK/secret" -out "$WORK/ct"

@@ -51,7 +51,7 @@ done
 for k in $EC_KEYS; do
   id=$(key_id "$k")
   pub=$(pubkey "$k")
-  case $k in p256) h=sha256 ;; p384) h=sha384 ;; esac
+  case $k in p256) h=sha256 ;; p384) h=sha384 ;; p521) h=sha512 ;; esac
   # CKM_ECDSA on a digest; DER output for openssl.
   openssl dgst "-$h" -binary "$D" >"$WORK/dgst"
   sign "$id" ECDSA "$WORK/dgst" "$WORK/sig" --signature-format openssl
@@ -61,7 +61,7 @@ for k in $EC_KEYS; do
   ok "$k ECDSA ($h digest)"
   # Raw r||s output has twice the field size.
   sign "$id" ECDSA "$WORK/dgst" "$WORK/sig"
-  case $k in p256) n=64 ;; p384) n=96 ;; esac
+  case $k in p256) n=64 ;; p384) n=96 ;; p521) n=132 ;; esac
   [ "$(stat -c %s "$WORK/sig")" -eq $n ] || fail "$k ECDSA raw signature is not $n bytes"
   ok "$k ECDSA r||s is $n bytes"
   # CKM_ECDSA_SHAxxx: hashed by the module.
@@ -71,6 +71,24 @@ for k in $EC_KEYS; do
     ok "$k ECDSA-${hh^^}"
   done
 done
+
+# Key Vault (CLIENT_KEYSTORE=keyvault) signs only what its algorithms express: raw
+# CKM_RSA_PKCS on input that is not a SHA-256/384/512 DigestInfo, and PSS with a salt
+# other than the hash length, are refused with the documented CK_RV (the checks above
+# use neither, so they run unchanged on both key stores).
+if is_keyvault; then
+  k=${RSA_KEYS%% *}
+  id=$(key_id "$k")
+  head -c 20 /dev/urandom >"$WORK/raw"
+  must_fail "raw RSA-PKCS on Key Vault" p11 --sign --id "$id" -m RSA-PKCS -i "$WORK/raw" -o "$WORK/sig"
+  grep -q 'CKR_DATA_INVALID' "$WORK/out" || { cat "$WORK/out" >&2; fail "raw RSA-PKCS: expected CKR_DATA_INVALID"; }
+  ok "$k RSA-PKCS on a non-DigestInfo input refused (CKR_DATA_INVALID)"
+  openssl dgst -sha256 -binary "$D" >"$WORK/dgst"
+  must_fail "PSS salt 20 on Key Vault" p11 --sign --id "$id" -m RSA-PKCS-PSS --hash-algorithm SHA256 \
+    --mgf MGF1-SHA256 --salt-len 20 -i "$WORK/dgst" -o "$WORK/sig"
+  grep -q 'CKR_MECHANISM_PARAM_INVALID' "$WORK/out" || { cat "$WORK/out" >&2; fail "PSS salt 20: expected CKR_MECHANISM_PARAM_INVALID"; }
+  ok "$k RSA-PKCS-PSS with salt 20 != hash length refused (CKR_MECHANISM_PARAM_INVALID)"
+fi
 
 # A signature by one key does not verify with another (the checks above can fail).
 id=$(key_id rsa2048)

@@ -1,0 +1,976 @@
+/*
+ * kvp11.conf parser and validator (see config.h for the format).
+ *
+ * inih does the key = value splitting and comment handling; we feed it lines
+ * through ini_parse_stream() with our own reader, which
+ *  - counts lines, so every error can name its line (inih 55 as shipped by
+ *    Debian does not pass the line number to the handler);
+ *  - strips leading white space, so an indented "key = value" is an ordinary
+ *    key and never a multi-line continuation of the previous value;
+ *  - sees section headers before inih does, so the line of every header is
+ *    known, empty sections are validated too, and the previous section is
+ *    checked (required keys, exclusive keys) when the next one starts.
+ *
+ * Relative paths (registry, log_file, pin_file, client_secret_file,
+ * client_cert_file, client_key_file, ca_file) are taken relative to the
+ * directory of the configuration file, so the result does not depend on the
+ * working directory of the application that loads the module. The HSM
+ * module path is passed to dlopen() as written.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <ini.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "kvp11/kvp11.h"
+#include "log.h"
+#include "util.h"
+
+#define NAME_MAX_LEN 64   /* section names: hsm, vault and account names */
+#define LABEL_MAX_LEN 32  /* CK_TOKEN_INFO.label */
+#define SERIAL_MAX_LEN 16 /* CK_TOKEN_INFO.serialNumber */
+#define SECRET_MAX_LEN 65536
+#define MAX_KEYS 16
+
+typedef enum { SEC_NONE, SEC_GLOBAL, SEC_HSM, SEC_VAULT, SEC_ACCOUNT } sec_kind;
+
+typedef struct parse_ctx parse_ctx;
+typedef struct key_def key_def;
+typedef int (*key_setter)(parse_ctx *c, const key_def *k, void *field, const char *value);
+
+struct key_def {
+  const char *name;
+  size_t off; /* offset of the field in the section's struct */
+  key_setter set;
+};
+
+struct parse_ctx {
+  const char *path;
+  char *dir; /* directory of path, for relative paths */
+  FILE *f;
+  int line;  /* line currently handed to inih */
+  char *buf; /* getline() buffer */
+  size_t bufsize;
+  kvp_config *cfg;
+
+  sec_kind sec; /* current section */
+  size_t idx;   /* its index in cfg->hsms / vaults / accounts */
+  int sec_line;
+  char sec_disp[NAME_MAX_LEN + 16]; /* "[hsm appliance]" */
+  const key_def *keys;
+  size_t n_keys;
+  int key_line[MAX_KEYS]; /* 0: not seen in this section */
+  int global_line;        /* line of [global], 0 if none */
+  int *store_line;        /* line of default_store per account */
+
+  int rc; /* first error */
+  int err_line;
+  char *err;
+  size_t errlen;
+};
+
+/* ---- errors ------------------------------------------------------------ */
+
+static int errno_rc(int e)
+{
+  switch (e) {
+  case ENOENT:
+  case ENOTDIR:
+    return KVP_ENOTFOUND;
+  case EACCES:
+  case EPERM:
+    return KVP_EPERM;
+  case ENOMEM:
+    return KVP_ENOMEM;
+  default:
+    return KVP_EIO;
+  }
+}
+
+/* Record the first error: "FILE:LINE: [section] key 'K': text". */
+__attribute__((format(printf, 5, 6))) static int perr(parse_ctx *c, int rc, int line,
+                                                      const char *key, const char *fmt, ...)
+{
+  char msg[KVP_ERRLEN];
+  char where[256] = "";
+  va_list ap;
+
+  if (c->rc != KVP_OK)
+    return c->rc;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof(msg), fmt, ap);
+  va_end(ap);
+  c->rc = rc;
+  c->err_line = line;
+  if (key != NULL)
+    snprintf(where, sizeof(where), "%s%skey '%s': ", c->sec_disp, c->sec_disp[0] ? " " : "", key);
+  else if (c->sec_disp[0] != '\0')
+    snprintf(where, sizeof(where), "%s: ", c->sec_disp);
+  kvp_seterr(c->err, c->errlen, rc, "%s:%d: %s%s", c->path, line, where, msg);
+  return rc;
+}
+
+#define KEY_ERR(c, k, ...) perr((c), KVP_EINVAL, (c)->line, (k)->name, __VA_ARGS__)
+
+/* ---- secret files ------------------------------------------------------ */
+
+static int secret_stat_ok(const struct stat *st, char *why, size_t whylen)
+{
+  if (!S_ISREG(st->st_mode))
+    return kvp_seterr(why, whylen, KVP_EINVAL, "not a regular file");
+  if ((st->st_mode & 077) != 0)
+    return kvp_seterr(why, whylen, KVP_EPERM,
+                      "mode %04o lets group or others access this secret (chmod 600 it)",
+                      (unsigned)(st->st_mode & 07777));
+  return KVP_OK;
+}
+
+static int read_fd_all(int fd, size_t size, char **out, size_t *len)
+{
+  char *buf = malloc(size + 1);
+  size_t got = 0;
+
+  if (buf == NULL)
+    return KVP_ENOMEM;
+  while (got < size) {
+    ssize_t n = read(fd, buf + got, size - got);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0) {
+      kvp_wipe(buf, got);
+      free(buf);
+      return KVP_EIO;
+    }
+    if (n == 0)
+      break;
+    got += (size_t)n;
+  }
+  buf[got] = '\0';
+  *out = buf;
+  *len = got;
+  return KVP_OK;
+}
+
+int kvp_secret_read_file(const char *path, char **out, size_t *len, char *err, size_t errlen)
+{
+  char why[128];
+  struct stat st;
+  char *buf = NULL;
+  size_t n = 0;
+  int fd = -1;
+  int rc;
+
+  *out = NULL;
+  fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+  if (fd < 0 || fstat(fd, &st) != 0) {
+    rc = kvp_seterr(err, errlen, errno_rc(errno), "%s: cannot open: %s", path, strerror(errno));
+    goto out;
+  }
+  rc = secret_stat_ok(&st, why, sizeof(why));
+  if (rc != KVP_OK) {
+    kvp_seterr(err, errlen, rc, "%s: %s", path, why);
+    goto out;
+  }
+  if (st.st_size > SECRET_MAX_LEN) {
+    rc = kvp_seterr(err, errlen, KVP_EINVAL, "%s: too large for a secret", path);
+    goto out;
+  }
+  rc = read_fd_all(fd, (size_t)st.st_size, &buf, &n);
+  if (rc != KVP_OK) {
+    kvp_seterr(err, errlen, rc, "%s: cannot read: %s", path, strerror(errno));
+    goto out;
+  }
+  if (n > 0 && buf[n - 1] == '\n')
+    buf[--n] = '\0';
+  if (n > 0 && buf[n - 1] == '\r')
+    buf[--n] = '\0';
+  if (n == 0) {
+    rc = kvp_seterr(err, errlen, KVP_EINVAL, "%s: the secret is empty", path);
+    goto out;
+  }
+  *out = buf;
+  *len = n;
+  buf = NULL;
+out:
+  if (buf != NULL)
+    kvp_free_secret(buf);
+  if (fd >= 0)
+    close(fd);
+  return rc;
+}
+
+int kvp_hsm_conf_pin(const kvp_hsm_conf *h, char **out, size_t *len, char *err, size_t errlen)
+{
+  const char *v;
+
+  *out = NULL;
+  if (h->pin_file != NULL)
+    return kvp_secret_read_file(h->pin_file, out, len, err, errlen);
+  if (h->pin_env == NULL)
+    return KVP_ENOTFOUND;
+  v = getenv(h->pin_env);
+  if (v == NULL || *v == '\0')
+    return kvp_seterr(err, errlen, KVP_EINVAL, "hsm %s: environment variable %s (pin_env) is %s",
+                      h->name, h->pin_env, v == NULL ? "not set" : "empty");
+  *out = strdup(v);
+  if (*out == NULL)
+    return KVP_ENOMEM;
+  *len = strlen(v);
+  return KVP_OK;
+}
+
+/* ---- value setters ----------------------------------------------------- */
+
+static int store_str(parse_ctx *c, void *field, char *s)
+{
+  char **dst = field;
+
+  if (s == NULL)
+    return perr(c, KVP_ENOMEM, c->line, NULL, "out of memory");
+  free(*dst);
+  *dst = s;
+  return KVP_OK;
+}
+
+static int set_str(parse_ctx *c, const key_def *k, void *field, const char *v)
+{
+  if (*v == '\0')
+    return KEY_ERR(c, k, "empty value");
+  return store_str(c, field, strdup(v));
+}
+
+static char *resolve_path(const parse_ctx *c, const char *v)
+{
+  char *s;
+  size_t n;
+
+  if (v[0] == '/' || c->dir == NULL)
+    return strdup(v);
+  n = strlen(c->dir) + strlen(v) + 2;
+  s = malloc(n);
+  if (s != NULL)
+    snprintf(s, n, "%s/%s", c->dir, v);
+  return s;
+}
+
+static int set_path(parse_ctx *c, const key_def *k, void *field, const char *v)
+{
+  if (*v == '\0')
+    return KEY_ERR(c, k, "empty value");
+  return store_str(c, field, resolve_path(c, v));
+}
+
+static int set_secret_path(parse_ctx *c, const key_def *k, void *field, const char *v)
+{
+  char why[128];
+  struct stat st;
+  int rc = set_path(c, k, field, v);
+  const char *path = *(char **)field;
+
+  if (rc != KVP_OK)
+    return rc;
+  if (stat(path, &st) != 0)
+    return KEY_ERR(c, k, "%s: %s", path, strerror(errno));
+  rc = secret_stat_ok(&st, why, sizeof(why));
+  if (rc != KVP_OK)
+    return perr(c, rc, c->line, k->name, "%s: %s", path, why);
+  return KVP_OK;
+}
+
+static int set_env_name(parse_ctx *c, const key_def *k, void *field, const char *v)
+{
+  if (v[0] == '\0' ||
+      strspn(v, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_") != strlen(v) ||
+      (v[0] >= '0' && v[0] <= '9'))
+    return KEY_ERR(c, k, "'%s' is not an environment variable name", v);
+  return store_str(c, field, strdup(v));
+}
+
+static int set_bounded(parse_ctx *c, const key_def *k, void *field, const char *v, size_t max)
+{
+  if (strlen(v) > max)
+    return KEY_ERR(c, k, "longer than %zu bytes", max);
+  return set_str(c, k, field, v);
+}
+
+static int set_label(parse_ctx *c, const key_def *k, void *field, const char *v)
+{
+  return set_bounded(c, k, field, v, LABEL_MAX_LEN);
+}
+
+static int set_serial(parse_ctx *c, const key_def *k, void *field, const char *v)
+{
+  return set_bounded(c, k, field, v, SERIAL_MAX_LEN);
+}
+
+static int set_url(parse_ctx *c, const key_def *k, void *field, const char *v, int https_only)
+{
+  char *s;
+  size_t n;
+  size_t scheme = strncmp(v, "https://", 8) == 0 ? 8 : strncmp(v, "http://", 7) == 0 ? 7 : 0;
+
+  if (scheme == 0 || (https_only && scheme != 8))
+    return KEY_ERR(c, k, "'%s' is not an %s URL", v, https_only ? "https://" : "http(s)://");
+  if (v[scheme] == '\0' || v[scheme] == '/' || strpbrk(v, " \t\"'<>\\") != NULL)
+    return KEY_ERR(c, k, "'%s' is not a valid URL", v);
+  s = strdup(v);
+  if (s != NULL)
+    for (n = strlen(s); n > scheme && s[n - 1] == '/'; n--)
+      s[n - 1] = '\0';
+  return store_str(c, field, s);
+}
+
+static int set_https_url(parse_ctx *c, const key_def *k, void *field, const char *v)
+{
+  return set_url(c, k, field, v, 1);
+}
+
+static int set_http_url(parse_ctx *c, const key_def *k, void *field, const char *v)
+{
+  return set_url(c, k, field, v, 0);
+}
+
+static int parse_long(const char *v, long min, long max, long *out)
+{
+  char *end;
+  long n;
+
+  errno = 0;
+  n = strtol(v, &end, 10);
+  if (errno != 0 || end == v || *end != '\0' || n < min || n > max)
+    return -1;
+  *out = n;
+  return 0;
+}
+
+static int set_timeout(parse_ctx *c, const key_def *k, void *field, const char *v)
+{
+  if (parse_long(v, 1, 3600000, field) != 0)
+    return KEY_ERR(c, k, "'%s' is not a positive number of milliseconds (1..3600000)", v);
+  return KVP_OK;
+}
+
+static int set_retries(parse_ctx *c, const key_def *k, void *field, const char *v)
+{
+  long n;
+
+  if (parse_long(v, 0, 100, &n) != 0)
+    return KEY_ERR(c, k, "'%s' is not a number from 0 to 100", v);
+  *(int *)field = (int)n;
+  return KVP_OK;
+}
+
+static int set_level(parse_ctx *c, const key_def *k, void *field, const char *v)
+{
+  int level = kvp_log_level_parse(v);
+
+  if (level < 0)
+    return KEY_ERR(c, k, "'%s' is not one of error, warn, info, debug", v);
+  *(int *)field = level;
+  return KVP_OK;
+}
+
+static int set_api_version(parse_ctx *c, const key_def *k, void *field, const char *v)
+{
+  static const char *const known[] = {"7.4", "7.5", "7.6", "2025-07-01"};
+
+  for (size_t i = 0; i < KVP_ARRAY_SIZE(known); i++)
+    if (strcmp(v, known[i]) == 0)
+      return store_str(c, field, strdup(v));
+  return KEY_ERR(c, k, "'%s' is not one of 7.4, 7.5, 7.6, 2025-07-01", v);
+}
+
+static const char *const auth_names[] = {
+    [KVP_AUTH_CLIENT_SECRET] = "client-secret",
+    [KVP_AUTH_CLIENT_CERTIFICATE] = "client-certificate",
+    [KVP_AUTH_MANAGED_IDENTITY] = "managed-identity",
+    [KVP_AUTH_WORKLOAD_IDENTITY] = "workload-identity",
+};
+
+static int set_auth(parse_ctx *c, const key_def *k, void *field, const char *v)
+{
+  for (size_t i = 0; i < KVP_ARRAY_SIZE(auth_names); i++) {
+    if (strcmp(v, auth_names[i]) == 0) {
+      *(kvp_auth_kind *)field = (kvp_auth_kind)i;
+      return KVP_OK;
+    }
+  }
+  return KEY_ERR(c, k,
+                 "'%s' is not one of client-secret, client-certificate, managed-identity, "
+                 "workload-identity",
+                 v);
+}
+
+static int set_store(parse_ctx *c, const key_def *k, void *field, const char *v)
+{
+  const char *name = strncmp(v, "hsm:", 4) == 0     ? v + 4
+                     : strncmp(v, "vault:", 6) == 0 ? v + 6
+                                                    : NULL;
+
+  if (name == NULL || *name == '\0')
+    return KEY_ERR(c, k, "'%s' is not hsm:NAME or vault:NAME", v);
+  c->store_line[c->idx] = c->line;
+  return store_str(c, field, strdup(v));
+}
+
+/* ---- sections ---------------------------------------------------------- */
+
+#define KEY(type, name, set)                                                                       \
+  {                                                                                                \
+#name, offsetof(type, name), set                                                               \
+  }
+
+/* clang-format off */
+static const key_def global_keys[] = {
+    KEY(kvp_config, registry, set_path),
+    KEY(kvp_config, log_level, set_level),
+    KEY(kvp_config, log_file, set_path),
+};
+
+static const key_def hsm_keys[] = {
+    KEY(kvp_hsm_conf, module, set_str),
+    KEY(kvp_hsm_conf, token_label, set_label),
+    KEY(kvp_hsm_conf, serial, set_serial),
+    KEY(kvp_hsm_conf, pin_file, set_secret_path),
+    KEY(kvp_hsm_conf, pin_env, set_env_name),
+};
+
+static const key_def vault_keys[] = {
+    KEY(kvp_vault_conf, url, set_https_url),
+    KEY(kvp_vault_conf, api_version, set_api_version),
+    KEY(kvp_vault_conf, auth, set_auth),
+    KEY(kvp_vault_conf, tenant_id, set_str),
+    KEY(kvp_vault_conf, client_id, set_str),
+    KEY(kvp_vault_conf, client_secret_file, set_secret_path),
+    KEY(kvp_vault_conf, client_secret_env, set_env_name),
+    KEY(kvp_vault_conf, client_cert_file, set_path),
+    KEY(kvp_vault_conf, client_key_file, set_secret_path),
+    KEY(kvp_vault_conf, authority_host, set_https_url),
+    KEY(kvp_vault_conf, imds_endpoint, set_http_url),
+    KEY(kvp_vault_conf, ca_file, set_path),
+    KEY(kvp_vault_conf, timeout_ms, set_timeout),
+    KEY(kvp_vault_conf, max_retries, set_retries),
+};
+
+static const key_def account_keys[] = {
+    KEY(kvp_account_conf, label, set_label),
+    KEY(kvp_account_conf, default_store, set_store),
+};
+/* clang-format on */
+
+static void *section_obj(parse_ctx *c)
+{
+  switch (c->sec) {
+  case SEC_GLOBAL:
+    return c->cfg;
+  case SEC_HSM:
+    return &c->cfg->hsms[c->idx];
+  case SEC_VAULT:
+    return &c->cfg->vaults[c->idx];
+  case SEC_ACCOUNT:
+    return &c->cfg->accounts[c->idx];
+  default:
+    return NULL;
+  }
+}
+
+static int key_index(const parse_ctx *c, const char *name)
+{
+  for (size_t i = 0; i < c->n_keys; i++)
+    if (strcmp(c->keys[i].name, name) == 0)
+      return (int)i;
+  return -1;
+}
+
+/* Line of key name in the current section, 0 if it was not set. */
+static int key_seen(const parse_ctx *c, const char *name)
+{
+  int i = key_index(c, name);
+
+  return i >= 0 ? c->key_line[i] : 0;
+}
+
+static int require(parse_ctx *c, const char *key)
+{
+  if (key_seen(c, key) == 0)
+    return perr(c, KVP_EINVAL, c->sec_line, key, "missing (required)");
+  return KVP_OK;
+}
+
+/* At most one of a and b; with need != 0, exactly one. */
+static int one_of(parse_ctx *c, const char *a, const char *b, int need)
+{
+  int la = key_seen(c, a);
+  int lb = key_seen(c, b);
+
+  if (la != 0 && lb != 0)
+    return perr(c, KVP_EINVAL, la > lb ? la : lb, la > lb ? a : b,
+                "%s is set too (line %d); use %s one of %s, %s", la > lb ? b : a, la > lb ? lb : la,
+                need ? "exactly" : "at most", a, b);
+  if (need && la == 0 && lb == 0)
+    return perr(c, KVP_EINVAL, c->sec_line, a, "missing; set %s or %s", a, b);
+  return KVP_OK;
+}
+
+static int check_hsm(parse_ctx *c)
+{
+  if (require(c, "module") != KVP_OK || one_of(c, "token_label", "serial", 1) != KVP_OK ||
+      one_of(c, "pin_file", "pin_env", 0) != KVP_OK)
+    return c->rc;
+  return KVP_OK;
+}
+
+static int check_vault(parse_ctx *c)
+{
+  const kvp_vault_conf *v = section_obj(c);
+  const char *need[4] = {NULL};
+
+  if (require(c, "url") != KVP_OK || one_of(c, "client_secret_file", "client_secret_env",
+                                            v->auth == KVP_AUTH_CLIENT_SECRET) != KVP_OK)
+    return c->rc;
+  if (v->auth == KVP_AUTH_CLIENT_SECRET) {
+    need[0] = "tenant_id";
+    need[1] = "client_id";
+  } else if (v->auth == KVP_AUTH_CLIENT_CERTIFICATE) {
+    need[0] = "tenant_id";
+    need[1] = "client_id";
+    need[2] = "client_cert_file";
+    need[3] = "client_key_file";
+  }
+  for (size_t i = 0; i < KVP_ARRAY_SIZE(need) && need[i] != NULL; i++)
+    if (key_seen(c, need[i]) == 0)
+      return perr(c, KVP_EINVAL, c->sec_line, need[i], "missing (required with auth = %s)",
+                  auth_names[v->auth]);
+  return KVP_OK;
+}
+
+static int check_account(parse_ctx *c)
+{
+  kvp_account_conf *a = section_obj(c);
+
+  if (a->label == NULL && strlen(a->name) > LABEL_MAX_LEN)
+    return perr(c, KVP_EINVAL, c->sec_line, "label",
+                "missing, and the account name is longer than %d bytes", LABEL_MAX_LEN);
+  if (a->label == NULL && (a->label = strdup(a->name)) == NULL)
+    return perr(c, KVP_ENOMEM, c->sec_line, NULL, "out of memory");
+  return KVP_OK;
+}
+
+/* Checks of the section that just ended. */
+static int end_section(parse_ctx *c)
+{
+  switch (c->sec) {
+  case SEC_HSM:
+    return check_hsm(c);
+  case SEC_VAULT:
+    return check_vault(c);
+  case SEC_ACCOUNT:
+    return check_account(c);
+  default:
+    return KVP_OK;
+  }
+}
+
+static int valid_name(const char *s)
+{
+  size_t n = strlen(s);
+
+  return n > 0 && n <= NAME_MAX_LEN &&
+         strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") == n;
+}
+
+/* Grow *arr (of n elements of size sz) by one zeroed element; returns its index or -1. */
+static long grow(void **arr, size_t *n, size_t sz)
+{
+  void *p = realloc(*arr, (*n + 1) * sz);
+
+  if (p == NULL)
+    return -1;
+  memset((char *)p + *n * sz, 0, sz);
+  *arr = p;
+  return (long)(*n)++;
+}
+
+/* The line of an earlier section named name, or 0. */
+static int find_dup(const parse_ctx *c, sec_kind kind, const char *name)
+{
+  const kvp_config *cfg = c->cfg;
+
+  for (size_t i = 0; kind == SEC_HSM && i < cfg->n_hsms; i++)
+    if (strcmp(cfg->hsms[i].name, name) == 0)
+      return cfg->hsms[i].line;
+  for (size_t i = 0; kind == SEC_VAULT && i < cfg->n_vaults; i++)
+    if (strcmp(cfg->vaults[i].name, name) == 0)
+      return cfg->vaults[i].line;
+  for (size_t i = 0; kind == SEC_ACCOUNT && i < cfg->n_accounts; i++)
+    if (strcmp(cfg->accounts[i].name, name) == 0)
+      return cfg->accounts[i].line;
+  return 0;
+}
+
+static int vault_defaults(kvp_vault_conf *v)
+{
+  v->api_version = strdup("7.5");
+  v->authority_host = strdup("https://login.microsoftonline.com");
+  v->imds_endpoint = strdup("http://169.254.169.254");
+  v->auth = KVP_AUTH_CLIENT_SECRET;
+  v->timeout_ms = 30000;
+  v->max_retries = 5;
+  return v->api_version && v->authority_host && v->imds_endpoint ? KVP_OK : KVP_ENOMEM;
+}
+
+/* Append a named section to its array; sets c->idx. */
+static int add_named(parse_ctx *c, const char *name)
+{
+  kvp_config *cfg = c->cfg;
+  long i = -1;
+  char **namep = NULL;
+  int *linep = NULL;
+  int rc = KVP_OK;
+
+  if (c->sec == SEC_HSM && (i = grow((void **)&cfg->hsms, &cfg->n_hsms, sizeof(*cfg->hsms))) >= 0) {
+    namep = &cfg->hsms[i].name;
+    linep = &cfg->hsms[i].line;
+  } else if (c->sec == SEC_VAULT &&
+             (i = grow((void **)&cfg->vaults, &cfg->n_vaults, sizeof(*cfg->vaults))) >= 0) {
+    namep = &cfg->vaults[i].name;
+    linep = &cfg->vaults[i].line;
+    rc = vault_defaults(&cfg->vaults[i]);
+  } else if (c->sec == SEC_ACCOUNT &&
+             (i = grow((void **)&cfg->accounts, &cfg->n_accounts, sizeof(*cfg->accounts))) >= 0) {
+    size_t n = cfg->n_accounts - 1;
+    int *sl = realloc(c->store_line, cfg->n_accounts * sizeof(*sl));
+    if (sl == NULL)
+      return perr(c, KVP_ENOMEM, c->line, NULL, "out of memory");
+    sl[n] = 0;
+    c->store_line = sl;
+    namep = &cfg->accounts[i].name;
+    linep = &cfg->accounts[i].line;
+  }
+  if (i < 0 || rc != KVP_OK || (*namep = strdup(name)) == NULL)
+    return perr(c, KVP_ENOMEM, c->line, NULL, "out of memory");
+  *linep = c->line;
+  c->idx = (size_t)i;
+  return KVP_OK;
+}
+
+static int begin_section(parse_ctx *c, const char *type, const char *name)
+{
+  static const struct {
+    const char *type;
+    sec_kind kind;
+    const key_def *keys;
+    size_t n_keys;
+  } kinds[] = {
+      {"global", SEC_GLOBAL, global_keys, KVP_ARRAY_SIZE(global_keys)},
+      {"hsm", SEC_HSM, hsm_keys, KVP_ARRAY_SIZE(hsm_keys)},
+      {"vault", SEC_VAULT, vault_keys, KVP_ARRAY_SIZE(vault_keys)},
+      {"account", SEC_ACCOUNT, account_keys, KVP_ARRAY_SIZE(account_keys)},
+  };
+  size_t k;
+  int dup;
+
+  if (end_section(c) != KVP_OK)
+    return c->rc;
+  c->sec = SEC_NONE;
+  snprintf(c->sec_disp, sizeof(c->sec_disp), "[%s%s%.*s]", type, *name ? " " : "", NAME_MAX_LEN + 1,
+           name);
+  for (k = 0; k < KVP_ARRAY_SIZE(kinds) && strcmp(type, kinds[k].type) != 0; k++)
+    ;
+  if (k == KVP_ARRAY_SIZE(kinds))
+    return perr(c, KVP_EINVAL, c->line, NULL,
+                "unknown section (expected [global], [hsm NAME], [vault NAME] or [account NAME])");
+  if (kinds[k].kind == SEC_GLOBAL && *name != '\0')
+    return perr(c, KVP_EINVAL, c->line, NULL, "[global] takes no name");
+  if (kinds[k].kind != SEC_GLOBAL && !valid_name(name))
+    return perr(c, KVP_EINVAL, c->line, NULL,
+                "needs a name of 1 to %d letters, digits, '.', '_' or '-'", NAME_MAX_LEN);
+  dup = kinds[k].kind == SEC_GLOBAL ? c->global_line : find_dup(c, kinds[k].kind, name);
+  if (dup != 0)
+    return perr(c, KVP_EINVAL, c->line, NULL, "duplicate section (first at line %d)", dup);
+
+  c->sec = kinds[k].kind;
+  c->keys = kinds[k].keys;
+  c->n_keys = kinds[k].n_keys;
+  c->sec_line = c->line;
+  memset(c->key_line, 0, sizeof(c->key_line));
+  if (c->sec == SEC_GLOBAL) {
+    c->global_line = c->line;
+    return KVP_OK;
+  }
+  return add_named(c, name);
+}
+
+/* Split "[type name]" (s points after '['); returns KVP_OK or a parse error. */
+static int section_line(parse_ctx *c, char *s)
+{
+  char *end = strchr(s, ']');
+  char *name;
+
+  if (end == NULL) {
+    c->sec_disp[0] = '\0';
+    return perr(c, KVP_EINVAL, c->line, NULL, "section header without ']'");
+  }
+  *end = '\0';
+  while (end > s && (end[-1] == ' ' || end[-1] == '\t'))
+    *--end = '\0';
+  s += strspn(s, " \t");
+  name = s + strcspn(s, " \t");
+  if (*name != '\0') {
+    *name++ = '\0';
+    name += strspn(name, " \t");
+  }
+  return begin_section(c, s, name);
+}
+
+/* ---- inih glue --------------------------------------------------------- */
+
+static char *reader(char *str, int num, void *stream)
+{
+  parse_ctx *c = stream;
+  char *p;
+  ssize_t n;
+
+  if (c->rc != KVP_OK)
+    return NULL; /* stop at the first error */
+  n = getline(&c->buf, &c->bufsize, c->f);
+  if (n < 0)
+    return NULL;
+  c->line++;
+  p = c->buf;
+  if (c->line == 1 && strncmp(p, "\xEF\xBB\xBF", 3) == 0)
+    p += 3;
+  p += strspn(p, " \t");
+  if (strlen(p) + 2 > (size_t)num) {
+    perr(c, KVP_EINVAL, c->line, NULL, "line too long (at most %d characters)", num - 3);
+    return NULL;
+  }
+  memcpy(str, p, strlen(p) + 1);
+  if (*p == '[') {
+    char header[256];
+    snprintf(header, sizeof(header), "%s", p + 1);
+    if (section_line(c, header) != KVP_OK)
+      return NULL;
+  }
+  return str;
+}
+
+static int handler(void *user, const char *section, const char *name, const char *value)
+{
+  parse_ctx *c = user;
+  int i;
+
+  (void)section; /* the reader tracks sections, with their lines */
+  if (c->rc != KVP_OK)
+    return 0;
+  if (c->sec == SEC_NONE)
+    return perr(c, KVP_EINVAL, c->line, name, "outside of any section"), 0;
+  i = key_index(c, name);
+  if (i < 0) {
+    char known[256] = "";
+    for (size_t k = 0; k < c->n_keys; k++)
+      snprintf(known + strlen(known), sizeof(known) - strlen(known), "%s%s", k ? ", " : "",
+               c->keys[k].name);
+    return perr(c, KVP_EINVAL, c->line, name, "unknown key (known: %s)", known), 0;
+  }
+  if (c->key_line[i] != 0)
+    return perr(c, KVP_EINVAL, c->line, name, "set twice (first at line %d)", c->key_line[i]), 0;
+  c->key_line[i] = c->line;
+  return c->keys[i].set(c, &c->keys[i], (char *)section_obj(c) + c->keys[i].off, value) == KVP_OK;
+}
+
+/* ---- after parsing ----------------------------------------------------- */
+
+static int check_stores(parse_ctx *c)
+{
+  const kvp_config *cfg = c->cfg;
+
+  for (size_t i = 0; i < cfg->n_accounts; i++) {
+    const char *s = cfg->accounts[i].default_store;
+    int found;
+
+    if (s == NULL)
+      continue;
+    found = strncmp(s, "hsm:", 4) == 0 ? kvp_config_find_hsm(cfg, s + 4) != NULL
+                                       : kvp_config_find_vault(cfg, s + 6) != NULL;
+    if (!found) {
+      snprintf(c->sec_disp, sizeof(c->sec_disp), "[account %s]", cfg->accounts[i].name);
+      return perr(c, KVP_EINVAL, c->store_line[i], "default_store",
+                  "no [%s %s] section is configured", strncmp(s, "hsm:", 4) == 0 ? "hsm" : "vault",
+                  strchr(s, ':') + 1);
+    }
+  }
+  return KVP_OK;
+}
+
+static int finish(parse_ctx *c)
+{
+  kvp_config *cfg = c->cfg;
+
+  if (end_section(c) != KVP_OK || check_stores(c) != KVP_OK)
+    return c->rc;
+  if (cfg->registry == NULL && (cfg->registry = strdup(KVP11_DEFAULT_REGISTRY)) == NULL)
+    return perr(c, KVP_ENOMEM, c->line, NULL, "out of memory");
+  if (cfg->n_accounts == 0) {
+    cfg->accounts = calloc(1, sizeof(*cfg->accounts));
+    if (cfg->accounts == NULL)
+      return perr(c, KVP_ENOMEM, c->line, NULL, "out of memory");
+    cfg->n_accounts = 1;
+    cfg->accounts[0].name = strdup("default");
+    cfg->accounts[0].label = strdup("default");
+    if (cfg->accounts[0].name == NULL || cfg->accounts[0].label == NULL)
+      return perr(c, KVP_ENOMEM, c->line, NULL, "out of memory");
+  }
+  return KVP_OK;
+}
+
+static char *dir_of(const char *path)
+{
+  const char *slash = strrchr(path, '/');
+  char *d;
+
+  if (slash == NULL)
+    return NULL; /* relative to the working directory, as the file itself */
+  if (slash == path)
+    return strdup("/");
+  d = malloc((size_t)(slash - path) + 1);
+  if (d != NULL) {
+    memcpy(d, path, (size_t)(slash - path));
+    d[slash - path] = '\0';
+  }
+  return d;
+}
+
+const char *kvp_config_default_path(void)
+{
+  const char *p = getenv("KVP11_CONF");
+
+  return p != NULL && *p != '\0' ? p : KVP11_DEFAULT_CONF;
+}
+
+int kvp_config_load(const char *path, kvp_config **out, char *err, size_t errlen)
+{
+  parse_ctx c = {.path = path, .err = err, .errlen = errlen, .rc = KVP_OK};
+  int ret;
+
+  *out = NULL;
+  c.cfg = calloc(1, sizeof(*c.cfg));
+  if (c.cfg == NULL || (c.cfg->path = strdup(path)) == NULL) {
+    c.rc = kvp_seterr(err, errlen, KVP_ENOMEM, "%s: out of memory", path);
+    goto out;
+  }
+  c.cfg->log_level = KVP_LOG_INFO;
+  c.dir = dir_of(path);
+  c.f = fopen(path, "re");
+  if (c.f == NULL) {
+    c.rc = kvp_seterr(err, errlen, errno_rc(errno), "%s: cannot open: %s", path, strerror(errno));
+    goto out;
+  }
+  ret = ini_parse_stream(reader, &c, handler, &c);
+  if (ret > 0 && (c.rc == KVP_OK || ret < c.err_line)) {
+    c.rc = KVP_OK;
+    c.sec_disp[0] = '\0';
+    perr(&c, KVP_EINVAL, ret, NULL, "syntax error: expected '[section]' or 'key = value'");
+  } else if (ret < 0 && c.rc == KVP_OK) {
+    c.rc = kvp_seterr(err, errlen, KVP_ENOMEM, "%s: out of memory", path);
+  } else if (c.rc == KVP_OK && ferror(c.f)) {
+    c.rc = kvp_seterr(err, errlen, KVP_EIO, "%s:%d: read error", path, c.line);
+  }
+  if (c.rc == KVP_OK)
+    finish(&c);
+out:
+  if (c.f != NULL)
+    fclose(c.f);
+  free(c.buf);
+  free(c.dir);
+  free(c.store_line);
+  if (c.rc != KVP_OK) {
+    kvp_config_free(c.cfg);
+    return c.rc;
+  }
+  *out = c.cfg;
+  return KVP_OK;
+}
+
+/* ---- free and find ----------------------------------------------------- */
+
+static void free_hsm(kvp_hsm_conf *h)
+{
+  free(h->name);
+  free(h->module);
+  free(h->token_label);
+  free(h->serial);
+  free(h->pin_file);
+  free(h->pin_env);
+}
+
+static void free_vault(kvp_vault_conf *v)
+{
+  char *fields[] = {v->name,
+                    v->url,
+                    v->api_version,
+                    v->tenant_id,
+                    v->client_id,
+                    v->client_secret_file,
+                    v->client_secret_env,
+                    v->client_cert_file,
+                    v->client_key_file,
+                    v->authority_host,
+                    v->imds_endpoint,
+                    v->ca_file};
+
+  for (size_t i = 0; i < KVP_ARRAY_SIZE(fields); i++)
+    free(fields[i]);
+}
+
+void kvp_config_free(kvp_config *cfg)
+{
+  if (cfg == NULL)
+    return;
+  for (size_t i = 0; i < cfg->n_hsms; i++)
+    free_hsm(&cfg->hsms[i]);
+  for (size_t i = 0; i < cfg->n_vaults; i++)
+    free_vault(&cfg->vaults[i]);
+  for (size_t i = 0; i < cfg->n_accounts; i++) {
+    free(cfg->accounts[i].name);
+    free(cfg->accounts[i].label);
+    free(cfg->accounts[i].default_store);
+  }
+  free(cfg->hsms);
+  free(cfg->vaults);
+  free(cfg->accounts);
+  free(cfg->path);
+  free(cfg->registry);
+  free(cfg->log_file);
+  free(cfg);
+}
+
+#define FIND_BY_NAME(arr, n, name)                                                                 \
+  do {                                                                                             \
+    for (size_t i_ = 0; cfg != NULL && name != NULL && i_ < (n); i_++)                             \
+      if (strcmp((arr)[i_].name, (name)) == 0)                                                     \
+        return &(arr)[i_];                                                                         \
+    return NULL;                                                                                   \
+  } while (0)
+
+const kvp_hsm_conf *kvp_config_find_hsm(const kvp_config *cfg, const char *name)
+{
+  FIND_BY_NAME(cfg->hsms, cfg->n_hsms, name);
+}
+
+const kvp_vault_conf *kvp_config_find_vault(const kvp_config *cfg, const char *name)
+{
+  FIND_BY_NAME(cfg->vaults, cfg->n_vaults, name);
+}
+
+const kvp_account_conf *kvp_config_find_account(const kvp_config *cfg, const char *name)
+{
+  FIND_BY_NAME(cfg->accounts, cfg->n_accounts, name);
+}

@@ -1,0 +1,122 @@
+/*
+ * kvp11.conf: [global], [hsm NAME], [vault NAME], [account NAME] sections,
+ * parsed with inih. Every error names the file, the line and the key.
+ *
+ *   [global]
+ *   registry = /var/lib/kvp11/registry.db
+ *   log_level = info            ; error|warn|info|debug
+ *   log_file = /var/log/kvp11.log  ; default: stderr
+ *
+ *   [hsm appliance]
+ *   module = /usr/lib/softhsm/libsofthsm2.so
+ *   token_label = b2b           ; or serial = ... (exactly one of the two)
+ *   pin_file = /etc/kvp11/hsm.pin   ; or pin_env = NAME; neither: the
+ *                               ; application's C_Login PIN is passed through
+ *
+ *   [vault prod]
+ *   url = https://name.vault.azure.net
+ *   api_version = 7.5           ; 7.4, 7.5, 7.6, 2025-07-01
+ *   auth = client-secret        ; client-certificate, managed-identity, workload-identity
+ *   tenant_id, client_id, client_secret_file | client_secret_env,
+ *   client_cert_file, client_key_file, authority_host, imds_endpoint,
+ *   ca_file, timeout_ms, max_retries
+ *
+ *   [account default]
+ *   label = B2B default         ; token label (default: the account name)
+ *   default_store = hsm:appliance   ; or vault:prod (key generation, later)
+ *
+ * Without any [account] section there is one account named "default".
+ */
+#ifndef KVP_CORE_CONFIG_H
+#define KVP_CORE_CONFIG_H
+
+#include <stddef.h>
+
+typedef struct kvp_hsm_conf {
+  char *name;
+  char *module;      /* path of the HSM's PKCS#11 module (required) */
+  char *token_label; /* token_label or serial, exactly one */
+  char *serial;
+  char *pin_file;    /* at most one of pin_file / pin_env */
+  char *pin_env;
+  int line;          /* line of the section header, for messages */
+} kvp_hsm_conf;
+
+typedef enum {
+  KVP_AUTH_CLIENT_SECRET = 0,
+  KVP_AUTH_CLIENT_CERTIFICATE,
+  KVP_AUTH_MANAGED_IDENTITY,
+  KVP_AUTH_WORKLOAD_IDENTITY,
+} kvp_auth_kind;
+
+typedef struct kvp_vault_conf {
+  char *name;
+  char *url;            /* https://NAME.vault.azure.net, no trailing slash */
+  char *api_version;    /* default "7.5" */
+  kvp_auth_kind auth;   /* default client-secret */
+  char *tenant_id;
+  char *client_id;
+  char *client_secret_file;
+  char *client_secret_env;
+  char *client_cert_file;
+  char *client_key_file;
+  char *authority_host; /* default https://login.microsoftonline.com */
+  char *imds_endpoint;  /* default http://169.254.169.254 */
+  char *ca_file;
+  long timeout_ms;      /* default 30000 */
+  int max_retries;      /* default 5 */
+  int line;
+} kvp_vault_conf;
+
+typedef struct kvp_account_conf {
+  char *name;
+  char *label;          /* token label, default: name */
+  char *default_store;  /* "hsm:NAME" / "vault:NAME" or NULL */
+  int line;
+} kvp_account_conf;
+
+typedef struct kvp_config {
+  char *path;           /* the file this came from */
+  char *registry;       /* default KVP11_DEFAULT_REGISTRY */
+  int log_level;        /* kvp_log_level, default KVP_LOG_INFO */
+  char *log_file;       /* NULL: stderr */
+  kvp_hsm_conf *hsms;
+  size_t n_hsms;
+  kvp_vault_conf *vaults;
+  size_t n_vaults;
+  kvp_account_conf *accounts; /* at least one after a successful load */
+  size_t n_accounts;
+} kvp_config;
+
+/* KVP11_CONF if set and non-empty, else KVP11_DEFAULT_CONF. */
+const char *kvp_config_default_path(void);
+
+/*
+ * Load and validate a configuration file. On failure returns a KVP_E* code
+ * and writes "FILE:LINE: key 'K': what is wrong" (or "FILE: ...") into err.
+ * Checks: unknown sections/keys, duplicate sections, bad values, required
+ * keys, pin_file / client_secret_file / client_key_file that are readable or
+ * writable by group or others (refused with KVP_EPERM), account default_store
+ * naming an unknown hsm/vault.
+ */
+int kvp_config_load(const char *path, kvp_config **out, char *err, size_t errlen);
+void kvp_config_free(kvp_config *cfg);
+
+const kvp_hsm_conf *kvp_config_find_hsm(const kvp_config *cfg, const char *name);
+const kvp_vault_conf *kvp_config_find_vault(const kvp_config *cfg, const char *name);
+const kvp_account_conf *kvp_config_find_account(const kvp_config *cfg, const char *name);
+
+/*
+ * Read a secret file (PIN, client secret): refuses a file that group or others
+ * can read or write (KVP_EPERM) or that is not a regular file; strips one
+ * trailing "\n" or "\r\n". *out is NUL-terminated; free with kvp_free_secret().
+ */
+int kvp_secret_read_file(const char *path, char **out, size_t *len, char *err, size_t errlen);
+
+/*
+ * Resolve the PIN of an HSM: from pin_file or pin_env. Returns KVP_ENOTFOUND
+ * when the HSM has neither (the application's PIN is passed through).
+ */
+int kvp_hsm_conf_pin(const kvp_hsm_conf *h, char **out, size_t *len, char *err, size_t errlen);
+
+#endif

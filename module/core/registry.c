@@ -1,0 +1,715 @@
+/*
+ * The certificate registry on SQLite (see registry.h).
+ *
+ * Writers (the kvp11 tool) open read-write, switch the database to WAL,
+ * migrate the schema inside BEGIN IMMEDIATE, and wrap every change in
+ * BEGIN IMMEDIATE ... COMMIT with a busy timeout: concurrent writers queue
+ * up instead of failing or losing rows.
+ *
+ * Readers (the module) open with SQLITE_OPEN_READONLY. A WAL database can be
+ * read without write access to its directory only if its -wal and -shm files
+ * exist (SQLite cannot create them). Two measures make that work:
+ *  1. Writers set SQLITE_FCNTL_PERSIST_WAL, so the last writer to close
+ *     leaves -wal and -shm in place (checkpointed; both get the database
+ *     file's mode, 0644) instead of deleting them. This is the normal case.
+ *  2. If a reader still cannot open the WAL index (files removed by hand, or
+ *     a database last written by another program), it falls back to
+ *     "immutable=1", logs a warning, and detects changes by stat()ing the
+ *     database and -wal files instead of PRAGMA data_version; on a change it
+ *     reconnects, trying the normal mode first. Immutable readers could read
+ *     a half-checkpointed page if a writer checkpoints at that very moment;
+ *     that is the price of the fallback, and why measure 1 exists.
+ *
+ * A kvp_registry handle is not for concurrent use by several threads; the
+ * caller serializes (the module holds its own lock around it).
+ */
+#include "registry.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "util.h"
+
+#define WRITER_BUSY_MS 10000
+#define READER_BUSY_MS 2000
+
+/* Schema migrations: migrations[i] takes user_version i to i + 1. */
+static const char *const migrations[] = {
+    /* v1 */
+    "CREATE TABLE certs ("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " account TEXT NOT NULL,"
+    " name TEXT NOT NULL,"
+    " type TEXT NOT NULL CHECK (type IN ('public', 'private')),"
+    " der BLOB NOT NULL,"
+    " subject TEXT NOT NULL,"
+    " issuer TEXT NOT NULL,"
+    " serial TEXT NOT NULL,"
+    " not_before INTEGER NOT NULL,"
+    " not_after INTEGER NOT NULL,"
+    " sha1 TEXT NOT NULL,"
+    " sha256 TEXT NOT NULL,"
+    " key_ref TEXT,"
+    " key_version TEXT,"
+    " resource_group TEXT,"
+    " created INTEGER NOT NULL,"
+    " updated INTEGER NOT NULL,"
+    " UNIQUE (account, name),"
+    " CHECK ((type = 'private') = (key_ref IS NOT NULL)));",
+};
+#define SCHEMA_VERSION ((int)KVP_ARRAY_SIZE(migrations))
+
+#define COLUMNS                                                                                    \
+  "id, account, name, type, der, subject, issuer, serial, not_before, not_after, sha1, sha256, "   \
+  "key_ref, key_version, resource_group, created, updated"
+
+struct kvp_registry {
+  sqlite3 *db;
+  char *path;
+  int readonly;
+  int immutable;        /* reader fallback, see the top of this file */
+  struct stat snap[2];  /* immutable: the database and -wal files as last seen */
+  int asked;            /* kvp_registry_changed() was called */
+  int64_t data_version; /* PRAGMA data_version at the last call */
+};
+
+/* ---- errors and small helpers ------------------------------------------ */
+
+/* Map the connection's last SQLite error to a KVP code and a message. */
+static int db_err(const kvp_registry *reg, const char *what, char *err, size_t errlen)
+{
+  int code = reg->db != NULL ? sqlite3_extended_errcode(reg->db) : SQLITE_NOMEM;
+  const char *msg = reg->db != NULL ? sqlite3_errmsg(reg->db) : "out of memory";
+  const char *hint = "";
+  int rc = KVP_EIO;
+
+  switch (code & 0xff) {
+  case SQLITE_NOTADB:
+  case SQLITE_CORRUPT:
+    hint = " (not a kvp11 registry, or damaged)";
+    break;
+  case SQLITE_BUSY:
+  case SQLITE_LOCKED:
+    hint = " (another kvp11 kept it locked too long)";
+    break;
+  case SQLITE_READONLY:
+  case SQLITE_PERM:
+  case SQLITE_AUTH:
+    rc = KVP_EPERM;
+    break;
+  case SQLITE_NOMEM:
+    rc = KVP_ENOMEM;
+    break;
+  case SQLITE_CONSTRAINT:
+    rc = KVP_EINVAL;
+    break;
+  default:
+    break;
+  }
+  return kvp_seterr(err, errlen, rc, "registry %s: %s: %s%s", reg->path, what, msg, hint);
+}
+
+static int exec(kvp_registry *reg, const char *sql, const char *what, char *err, size_t errlen)
+{
+  if (sqlite3_exec(reg->db, sql, NULL, NULL, NULL) != SQLITE_OK)
+    return db_err(reg, what, err, errlen);
+  return KVP_OK;
+}
+
+static int begin(kvp_registry *reg, char *err, size_t errlen)
+{
+  if (reg->readonly)
+    return kvp_seterr(err, errlen, KVP_EPERM, "registry %s: opened read-only", reg->path);
+  return exec(reg, "BEGIN IMMEDIATE", "cannot start a write", err, errlen);
+}
+
+/* COMMIT when rc is KVP_OK, else ROLLBACK. Returns the final rc. */
+static int end(kvp_registry *reg, int rc, char *err, size_t errlen)
+{
+  if (rc == KVP_OK)
+    return exec(reg, "COMMIT", "cannot commit", err, errlen);
+  sqlite3_exec(reg->db, "ROLLBACK", NULL, NULL, NULL);
+  return rc;
+}
+
+static const char *col_cstr(sqlite3_stmt *st, int i)
+{
+  const unsigned char *s = sqlite3_column_text(st, i);
+
+  return s != NULL ? (const char *)s : "";
+}
+
+static int pragma_int(kvp_registry *reg, const char *sql, int64_t *out, char *err, size_t errlen)
+{
+  sqlite3_stmt *st = NULL;
+  int rc = KVP_OK;
+
+  if (reg->db == NULL) /* a reconnect failed for lack of memory */
+    return kvp_seterr(err, errlen, KVP_ENOMEM, "registry %s: not connected", reg->path);
+  if (sqlite3_prepare_v2(reg->db, sql, -1, &st, NULL) != SQLITE_OK ||
+      sqlite3_step(st) != SQLITE_ROW)
+    rc = db_err(reg, "cannot read", err, errlen);
+  else
+    *out = sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  return rc;
+}
+
+/* ---- schema -------------------------------------------------------------- */
+
+static int check_version(kvp_registry *reg, int64_t v, char *err, size_t errlen)
+{
+  if (v > SCHEMA_VERSION)
+    return kvp_seterr(err, errlen, KVP_EINVAL,
+                      "registry %s: schema version %lld is newer than this kvp11 knows (%d); "
+                      "upgrade kvp11",
+                      reg->path, (long long)v, SCHEMA_VERSION);
+  if (v < SCHEMA_VERSION && reg->readonly)
+    return kvp_seterr(err, errlen, KVP_EINVAL,
+                      "registry %s: schema version %lld is older than this kvp11's (%d); run a "
+                      "kvp11 command that changes the registry to upgrade it",
+                      reg->path, (long long)v, SCHEMA_VERSION);
+  return KVP_OK;
+}
+
+/* A version-0 database with tables in it is someone else's database. */
+static int check_foreign(kvp_registry *reg, char *err, size_t errlen)
+{
+  int64_t n = 0;
+  int rc = pragma_int(reg, "SELECT count(*) FROM sqlite_master", &n, err, errlen);
+
+  if (rc == KVP_OK && n > 0)
+    rc = kvp_seterr(err, errlen, KVP_EINVAL,
+                    "registry %s: an SQLite database, but not a kvp11 registry", reg->path);
+  return rc;
+}
+
+static int migrate(kvp_registry *reg, char *err, size_t errlen)
+{
+  int64_t v = 0;
+  char sql[64];
+  int rc = begin(reg, err, errlen);
+
+  if (rc != KVP_OK)
+    return rc;
+  rc = pragma_int(reg, "PRAGMA user_version", &v, err, errlen);
+  if (rc == KVP_OK)
+    rc = check_version(reg, v, err, errlen);
+  if (rc == KVP_OK && v == 0)
+    rc = check_foreign(reg, err, errlen);
+  for (; rc == KVP_OK && v < SCHEMA_VERSION; v++) {
+    KVP_INFO("registry %s: migrating schema to version %lld", reg->path, (long long)v + 1);
+    rc = exec(reg, migrations[v], "cannot migrate the schema", err, errlen);
+    snprintf(sql, sizeof(sql), "PRAGMA user_version = %lld", (long long)v + 1);
+    if (rc == KVP_OK)
+      rc = exec(reg, sql, "cannot set the schema version", err, errlen);
+  }
+  return end(reg, rc, err, errlen);
+}
+
+/* Walk the database's pages (a few ms for a registry): a damaged file is
+ * reported here, at open time, rather than by some later query. */
+static int check_health(kvp_registry *reg, char *err, size_t errlen)
+{
+  sqlite3_stmt *st = NULL;
+  int rc = KVP_OK;
+
+  if (sqlite3_prepare_v2(reg->db, "PRAGMA quick_check(1)", -1, &st, NULL) != SQLITE_OK ||
+      sqlite3_step(st) != SQLITE_ROW)
+    rc = db_err(reg, "damaged", err, errlen);
+  else if (strcmp(col_cstr(st, 0), "ok") != 0)
+    rc = kvp_seterr(err, errlen, KVP_EIO, "registry %s: damaged: %s", reg->path, col_cstr(st, 0));
+  sqlite3_finalize(st);
+  return rc;
+}
+
+/* ---- opening --------------------------------------------------------------- */
+
+/* Create the file with mode 0644 (whatever the umask) if it does not exist. */
+static int create_file(const char *path, char *err, size_t errlen)
+{
+  int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOCTTY, 0644);
+
+  if (fd < 0 && errno == EEXIST)
+    return KVP_OK;
+  if (fd < 0)
+    return kvp_seterr(err, errlen, errno == ENOENT ? KVP_ENOTFOUND : KVP_EIO,
+                      "registry %s: cannot create: %s", path, strerror(errno));
+  if (fchmod(fd, 0644) != 0)
+    KVP_WARN("registry %s: chmod 0644: %s", path, strerror(errno));
+  close(fd);
+  return KVP_OK;
+}
+
+/*
+ * Switch to WAL. The switch needs an exclusive lock, and SQLite does not call
+ * the busy handler for it, so writers racing to create the registry retry
+ * here themselves.
+ */
+static int set_wal(kvp_registry *reg, char *err, size_t errlen)
+{
+  int step;
+
+  for (int waited = 0;; waited += 10) {
+    sqlite3_stmt *st = NULL;
+    int is_wal;
+
+    step = sqlite3_prepare_v2(reg->db, "PRAGMA journal_mode = WAL", -1, &st, NULL);
+    if (step == SQLITE_OK)
+      step = sqlite3_step(st);
+    is_wal = step == SQLITE_ROW && strcmp(col_cstr(st, 0), "wal") == 0;
+    sqlite3_finalize(st);
+    if (is_wal)
+      return KVP_OK;
+    if ((step != SQLITE_BUSY && step != SQLITE_LOCKED) || waited >= WRITER_BUSY_MS)
+      break;
+    sqlite3_sleep(10);
+  }
+  if (step == SQLITE_ROW)
+    return kvp_seterr(err, errlen, KVP_EIO, "registry %s: cannot switch to WAL", reg->path);
+  return db_err(reg, "cannot switch to WAL", err, errlen);
+}
+
+static int open_writer(kvp_registry *reg, char *err, size_t errlen)
+{
+  int persist = 1;
+  int rc = create_file(reg->path, err, errlen);
+
+  if (rc != KVP_OK)
+    return rc;
+  if (sqlite3_open_v2(reg->path, &reg->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX, NULL) !=
+      SQLITE_OK)
+    return db_err(reg, "cannot open", err, errlen);
+  sqlite3_busy_timeout(reg->db, WRITER_BUSY_MS);
+  sqlite3_file_control(reg->db, "main", SQLITE_FCNTL_PERSIST_WAL, &persist);
+  rc = set_wal(reg, err, errlen);
+  if (rc == KVP_OK)
+    rc = migrate(reg, err, errlen);
+  if (rc == KVP_OK)
+    rc = check_health(reg, err, errlen);
+  return rc;
+}
+
+static void snapshot(const char *path, struct stat snap[2])
+{
+  char wal[4096];
+
+  memset(snap, 0, 2 * sizeof(*snap));
+  snprintf(wal, sizeof(wal), "%s-wal", path);
+  (void)stat(path, &snap[0]);
+  (void)stat(wal, &snap[1]);
+}
+
+static int same_stat(const struct stat *a, const struct stat *b)
+{
+  return a->st_ino == b->st_ino && a->st_size == b->st_size &&
+         a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
+}
+
+/* "file:" URI for path with immutable=1; %-escapes what URIs reserve. */
+static char *immutable_uri(const char *path)
+{
+  size_t n = strlen(path);
+  char *uri = malloc(3 * n + sizeof("file:?immutable=1"));
+  char *p = uri;
+
+  if (uri == NULL)
+    return NULL;
+  p += sprintf(p, "file:");
+  for (const unsigned char *s = (const unsigned char *)path; *s; s++) {
+    if (*s == '?' || *s == '#' || *s == '%' || *s <= ' ' || *s >= 0x7f)
+      p += sprintf(p, "%%%02X", *s);
+    else
+      *p++ = (char)*s;
+  }
+  strcpy(p, "?immutable=1");
+  return uri;
+}
+
+/* One read-only connection; immutable != 0 opens with immutable=1. */
+static int connect_reader(kvp_registry *reg, int immutable, char *err, size_t errlen)
+{
+  char *uri = immutable ? immutable_uri(reg->path) : NULL;
+  int flags = SQLITE_OPEN_READONLY | SQLITE_OPEN_FULLMUTEX | (immutable ? SQLITE_OPEN_URI : 0);
+  int64_t v = 0;
+  int rc;
+
+  if (immutable && uri == NULL)
+    return kvp_seterr(err, errlen, KVP_ENOMEM, "registry %s: out of memory", reg->path);
+  sqlite3_close_v2(reg->db);
+  reg->db = NULL;
+  reg->immutable = immutable;
+  if (immutable)
+    snapshot(reg->path, reg->snap);
+  if (sqlite3_open_v2(immutable ? uri : reg->path, &reg->db, flags, NULL) != SQLITE_OK) {
+    rc = db_err(reg, "cannot open", err, errlen);
+    goto out;
+  }
+  sqlite3_busy_timeout(reg->db, READER_BUSY_MS);
+  /* The first read opens the WAL index: this is where a reader without
+   * access to -shm fails. */
+  rc = pragma_int(reg, "PRAGMA user_version", &v, err, errlen);
+  if (rc == KVP_OK)
+    rc = check_version(reg, v, err, errlen);
+  if (rc == KVP_OK)
+    rc = check_health(reg, err, errlen);
+out:
+  free(uri);
+  return rc;
+}
+
+static int can_fall_back(const kvp_registry *reg)
+{
+  int code = reg->db != NULL ? sqlite3_errcode(reg->db) : SQLITE_OK;
+
+  return code == SQLITE_READONLY || code == SQLITE_CANTOPEN || code == SQLITE_PERM;
+}
+
+static int open_reader(kvp_registry *reg, char *err, size_t errlen)
+{
+  struct stat st;
+  int rc;
+
+  if (stat(reg->path, &st) != 0)
+    return kvp_seterr(err, errlen, errno == ENOENT ? KVP_ENOTFOUND : KVP_EIO, "registry %s: %s",
+                      reg->path, strerror(errno));
+  rc = connect_reader(reg, 0, err, errlen);
+  if (rc != KVP_OK && can_fall_back(reg)) {
+    KVP_WARN("%s; reading it as immutable (changes are noticed by file time)",
+             err != NULL ? err : "cannot open the WAL index");
+    rc = connect_reader(reg, 1, err, errlen);
+  }
+  return rc;
+}
+
+int kvp_registry_open(const char *path, int readonly, kvp_registry **out, char *err, size_t errlen)
+{
+  kvp_registry *reg = calloc(1, sizeof(*reg));
+  int rc;
+
+  *out = NULL;
+  if (reg == NULL || (reg->path = strdup(path)) == NULL) {
+    free(reg);
+    return kvp_seterr(err, errlen, KVP_ENOMEM, "registry %s: out of memory", path);
+  }
+  reg->readonly = readonly != 0;
+  rc = readonly ? open_reader(reg, err, errlen) : open_writer(reg, err, errlen);
+  if (rc != KVP_OK) {
+    kvp_registry_close(reg);
+    return rc;
+  }
+  *out = reg;
+  return KVP_OK;
+}
+
+void kvp_registry_close(kvp_registry *reg)
+{
+  if (reg == NULL)
+    return;
+  sqlite3_close_v2(reg->db);
+  free(reg->path);
+  free(reg);
+}
+
+static int reconnect(kvp_registry *reg, char *err, size_t errlen)
+{
+  int rc = connect_reader(reg, 0, err, errlen);
+
+  if (rc != KVP_OK && can_fall_back(reg))
+    rc = connect_reader(reg, 1, err, errlen);
+  return rc;
+}
+
+int kvp_registry_changed(kvp_registry *reg, int *changed, char *err, size_t errlen)
+{
+  struct stat now[2];
+  int64_t v = 0;
+  int rc;
+
+  *changed = 0;
+  if (reg->immutable) {
+    snapshot(reg->path, now);
+    if (reg->asked && same_stat(&now[0], &reg->snap[0]) && same_stat(&now[1], &reg->snap[1]))
+      return KVP_OK;
+    if (reg->asked && (rc = reconnect(reg, err, errlen)) != KVP_OK)
+      return rc;
+    reg->asked = 1;
+    *changed = 1;
+    if (reg->immutable)
+      return KVP_OK;
+    /* Back to normal mode: start counting from the new connection. */
+    return pragma_int(reg, "PRAGMA data_version", &reg->data_version, err, errlen);
+  }
+  rc = pragma_int(reg, "PRAGMA data_version", &v, err, errlen);
+  if (rc != KVP_OK)
+    return rc;
+  *changed = !reg->asked || reg->data_version != v;
+  reg->asked = 1;
+  reg->data_version = v;
+  return KVP_OK;
+}
+
+/* ---- rows ---------------------------------------------------------------- */
+
+static int col_str(sqlite3_stmt *st, int i, char **out)
+{
+  const unsigned char *s = sqlite3_column_text(st, i);
+
+  *out = NULL;
+  if (s == NULL)
+    return sqlite3_column_type(st, i) == SQLITE_NULL ? KVP_OK : KVP_ENOMEM;
+  *out = strdup((const char *)s);
+  return *out != NULL ? KVP_OK : KVP_ENOMEM;
+}
+
+/* Fill rec from the current row of a SELECT COLUMNS statement. */
+static int read_row(sqlite3_stmt *st, kvp_cert_rec *rec)
+{
+  const void *der;
+  int rc = KVP_OK;
+
+  memset(rec, 0, sizeof(*rec));
+  rec->id = sqlite3_column_int64(st, 0);
+  rc |= col_str(st, 1, &rec->account);
+  rc |= col_str(st, 2, &rec->name);
+  rec->type = strcmp(col_cstr(st, 3), "private") == 0 ? KVP_CERT_PRIVATE : KVP_CERT_PUBLIC;
+  der = sqlite3_column_blob(st, 4);
+  rec->der_len = (size_t)sqlite3_column_bytes(st, 4);
+  rec->der = malloc(rec->der_len > 0 ? rec->der_len : 1);
+  if (rec->der != NULL && der != NULL)
+    memcpy(rec->der, der, rec->der_len);
+  rc |= col_str(st, 5, &rec->subject);
+  rc |= col_str(st, 6, &rec->issuer);
+  rc |= col_str(st, 7, &rec->serial);
+  rec->not_before = sqlite3_column_int64(st, 8);
+  rec->not_after = sqlite3_column_int64(st, 9);
+  snprintf(rec->sha1, sizeof(rec->sha1), "%s", col_cstr(st, 10));
+  snprintf(rec->sha256, sizeof(rec->sha256), "%s", col_cstr(st, 11));
+  rc |= col_str(st, 12, &rec->key_ref);
+  rc |= col_str(st, 13, &rec->key_version);
+  rc |= col_str(st, 14, &rec->resource_group);
+  rec->created = sqlite3_column_int64(st, 15);
+  rec->updated = sqlite3_column_int64(st, 16);
+  if (rc != KVP_OK || rec->der == NULL) {
+    kvp_cert_rec_clear(rec);
+    return KVP_ENOMEM;
+  }
+  return KVP_OK;
+}
+
+/*
+ * Run a SELECT COLUMNS query with up to two text parameters (NULL: not
+ * bound) and collect every row.
+ */
+static int query(kvp_registry *reg, const char *sql, const char *p1, const char *p2,
+                 kvp_cert_rec **out, size_t *n, char *err, size_t errlen)
+{
+  sqlite3_stmt *st = NULL;
+  kvp_cert_rec *recs = NULL;
+  size_t count = 0, cap = 0;
+  int rc = KVP_OK;
+  int step;
+
+  if (reg->db == NULL) {
+    rc = kvp_seterr(err, errlen, KVP_ENOMEM, "registry %s: not connected", reg->path);
+    goto out;
+  }
+  if (sqlite3_prepare_v2(reg->db, sql, -1, &st, NULL) != SQLITE_OK ||
+      (p1 != NULL && sqlite3_bind_text(st, 1, p1, -1, SQLITE_STATIC) != SQLITE_OK) ||
+      (p2 != NULL && sqlite3_bind_text(st, 2, p2, -1, SQLITE_STATIC) != SQLITE_OK)) {
+    rc = db_err(reg, "cannot read", err, errlen);
+    goto out;
+  }
+  while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+    if (count == cap) {
+      kvp_cert_rec *p = realloc(recs, (cap = cap ? 2 * cap : 8) * sizeof(*recs));
+      if (p == NULL) {
+        rc = KVP_ENOMEM;
+        goto out;
+      }
+      recs = p;
+    }
+    rc = read_row(st, &recs[count]);
+    if (rc != KVP_OK)
+      goto out;
+    count++;
+  }
+  if (step != SQLITE_DONE)
+    rc = db_err(reg, "cannot read", err, errlen);
+out:
+  sqlite3_finalize(st);
+  if (rc == KVP_ENOMEM)
+    kvp_seterr(err, errlen, rc, "registry %s: out of memory", reg->path);
+  if (rc != KVP_OK) {
+    kvp_cert_rec_free_array(recs, count);
+    recs = NULL;
+    count = 0;
+  }
+  *out = recs;
+  *n = count;
+  return rc;
+}
+
+int kvp_registry_list(kvp_registry *reg, const char *account, kvp_cert_rec **out, size_t *n,
+                      char *err, size_t errlen)
+{
+  return query(reg,
+               account != NULL ? "SELECT " COLUMNS " FROM certs WHERE account = ?1 ORDER BY name"
+                               : "SELECT " COLUMNS " FROM certs ORDER BY account, name",
+               account, NULL, out, n, err, errlen);
+}
+
+int kvp_registry_get(kvp_registry *reg, const char *account, const char *name, kvp_cert_rec *out,
+                     char *err, size_t errlen)
+{
+  kvp_cert_rec *recs = NULL;
+  size_t n = 0;
+  int rc;
+
+  memset(out, 0, sizeof(*out));
+  rc = query(reg, "SELECT " COLUMNS " FROM certs WHERE account = ?1 AND name = ?2", account, name,
+             &recs, &n, err, errlen);
+  if (rc != KVP_OK)
+    return rc;
+  if (n == 0)
+    rc = kvp_seterr(err, errlen, KVP_ENOTFOUND, "no certificate '%s' in account '%s'", name,
+                    account);
+  else
+    *out = recs[0];
+  free(recs);
+  return rc;
+}
+
+/* ---- changes ------------------------------------------------------------- */
+
+static int check_rec(const kvp_cert_rec *r, char *err, size_t errlen)
+{
+  const char *bad = NULL;
+
+  if (r->account == NULL || *r->account == '\0')
+    bad = "no account";
+  else if (r->name == NULL || *r->name == '\0')
+    bad = "no name";
+  else if (r->der == NULL || r->der_len == 0 || r->subject == NULL || r->issuer == NULL ||
+           r->serial == NULL || strlen(r->sha1) != 40 || strlen(r->sha256) != 64)
+    bad = "certificate fields missing";
+  else if ((r->type == KVP_CERT_PRIVATE) != (r->key_ref != NULL))
+    bad = r->key_ref == NULL ? "a private certificate needs a key reference"
+                             : "a public certificate has no key reference";
+  else if (r->type != KVP_CERT_PUBLIC && r->type != KVP_CERT_PRIVATE)
+    bad = "bad type";
+  if (bad == NULL)
+    return KVP_OK;
+  return kvp_seterr(err, errlen, KVP_EINVAL, "certificate '%s': %s", r->name ? r->name : "", bad);
+}
+
+static int bind_text(sqlite3_stmt *st, int i, const char *s)
+{
+  return s != NULL ? sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC) : sqlite3_bind_null(st, i);
+}
+
+static int bind_rec(sqlite3_stmt *st, const kvp_cert_rec *r, int64_t now)
+{
+  return bind_text(st, 1, r->account) | bind_text(st, 2, r->name) |
+         bind_text(st, 3, r->type == KVP_CERT_PRIVATE ? "private" : "public") |
+         sqlite3_bind_blob(st, 4, r->der, (int)r->der_len, SQLITE_STATIC) |
+         bind_text(st, 5, r->subject) | bind_text(st, 6, r->issuer) | bind_text(st, 7, r->serial) |
+         sqlite3_bind_int64(st, 8, r->not_before) | sqlite3_bind_int64(st, 9, r->not_after) |
+         bind_text(st, 10, r->sha1) | bind_text(st, 11, r->sha256) | bind_text(st, 12, r->key_ref) |
+         bind_text(st, 13, r->key_version) | bind_text(st, 14, r->resource_group) |
+         sqlite3_bind_int64(st, 15, now);
+}
+
+#define INSERT_SQL                                                                                 \
+  "INSERT INTO certs (account, name, type, der, subject, issuer, serial, not_before, not_after, "  \
+  "sha1, sha256, key_ref, key_version, resource_group, created, updated) "                         \
+  "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?15)"
+/* The upsert keeps id and created. */
+#define UPSERT_SQL                                                                                 \
+  INSERT_SQL " ON CONFLICT (account, name) DO UPDATE SET type = excluded.type, "                   \
+             "der = excluded.der, subject = excluded.subject, issuer = excluded.issuer, "          \
+             "serial = excluded.serial, not_before = excluded.not_before, "                        \
+             "not_after = excluded.not_after, sha1 = excluded.sha1, sha256 = excluded.sha256, "    \
+             "key_ref = excluded.key_ref, key_version = excluded.key_version, "                    \
+             "resource_group = excluded.resource_group, updated = excluded.updated"
+
+int kvp_registry_add(kvp_registry *reg, const kvp_cert_rec *rec, int replace, char *err,
+                     size_t errlen)
+{
+  sqlite3_stmt *st = NULL;
+  int rc = check_rec(rec, err, errlen);
+
+  if (rc != KVP_OK)
+    return rc;
+  if (rec->der_len > 1024 * 1024)
+    return kvp_seterr(err, errlen, KVP_EINVAL, "certificate '%s': too large", rec->name);
+  rc = begin(reg, err, errlen);
+  if (rc != KVP_OK)
+    return rc;
+  if (sqlite3_prepare_v2(reg->db, replace ? UPSERT_SQL : INSERT_SQL, -1, &st, NULL) != SQLITE_OK ||
+      bind_rec(st, rec, (int64_t)time(NULL)) != SQLITE_OK) {
+    rc = db_err(reg, "cannot add", err, errlen);
+  } else if (sqlite3_step(st) != SQLITE_DONE) {
+    if (sqlite3_extended_errcode(reg->db) == SQLITE_CONSTRAINT_UNIQUE)
+      rc = kvp_seterr(err, errlen, KVP_EEXISTS,
+                      "a certificate named '%s' exists already in account '%s'", rec->name,
+                      rec->account);
+    else
+      rc = db_err(reg, "cannot add", err, errlen);
+  }
+  sqlite3_finalize(st);
+  return end(reg, rc, err, errlen);
+}
+
+int kvp_registry_remove(kvp_registry *reg, const char *account, const char *name, char *err,
+                        size_t errlen)
+{
+  sqlite3_stmt *st = NULL;
+  int rc = begin(reg, err, errlen);
+
+  if (rc != KVP_OK)
+    return rc;
+  if (sqlite3_prepare_v2(reg->db, "DELETE FROM certs WHERE account = ?1 AND name = ?2", -1, &st,
+                         NULL) != SQLITE_OK ||
+      bind_text(st, 1, account) != SQLITE_OK || bind_text(st, 2, name) != SQLITE_OK ||
+      sqlite3_step(st) != SQLITE_DONE)
+    rc = db_err(reg, "cannot remove", err, errlen);
+  else if (sqlite3_changes(reg->db) == 0)
+    rc = kvp_seterr(err, errlen, KVP_ENOTFOUND, "no certificate '%s' in account '%s'", name,
+                    account);
+  sqlite3_finalize(st);
+  return end(reg, rc, err, errlen);
+}
+
+/* ---- records --------------------------------------------------------------- */
+
+void kvp_cert_rec_clear(kvp_cert_rec *rec)
+{
+  if (rec == NULL)
+    return;
+  free(rec->account);
+  free(rec->name);
+  free(rec->der);
+  free(rec->subject);
+  free(rec->issuer);
+  free(rec->serial);
+  free(rec->key_ref);
+  free(rec->key_version);
+  free(rec->resource_group);
+  memset(rec, 0, sizeof(*rec));
+}
+
+void kvp_cert_rec_free_array(kvp_cert_rec *recs, size_t n)
+{
+  for (size_t i = 0; recs != NULL && i < n; i++)
+    kvp_cert_rec_clear(&recs[i]);
+  free(recs);
+}

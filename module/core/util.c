@@ -1,0 +1,52 @@
+/*
+ * Small shared helpers: error buffers, secret wiping, hex.
+ */
+#include "util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+
+int kvp_seterr(char *err, size_t errlen, int rc, const char *fmt, ...)
+{
+  va_list ap;
+
+  if (err == NULL || errlen == 0)
+    return rc;
+  va_start(ap, fmt);
+  vsnprintf(err, errlen, fmt, ap);
+  va_end(ap);
+  return rc;
+}
+
+void kvp_wipe(void *p, size_t len)
+{
+  if (p != NULL && len > 0)
+    OPENSSL_cleanse(p, len);
+}
+
+void kvp_free_secret(char *s)
+{
+  if (s == NULL)
+    return;
+  kvp_wipe(s, strlen(s));
+  free(s);
+}
+
+void kvp_hex(const unsigned char *in, size_t len, char *out)
+{
+  static const char digits[] = "0123456789abcdef";
+
+  for (size_t i = 0; i < len; i++) {
+    out[2 * i] = digits[in[i] >> 4];
+    out[2 * i + 1] = digits[in[i] & 0x0f];
+  }
+  out[2 * len] = '\0';
+}
+
+char *kvp_strdup0(const char *s)
+{
+  return s != NULL ? strdup(s) : NULL;
+}

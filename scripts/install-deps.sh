@@ -9,9 +9,9 @@ PACKAGES=(
   build-essential cmake pkg-config                  # toolchain
   libssl-dev libp11-kit-dev libsqlite3-dev libinih-dev
   libjansson-dev libcurl4-openssl-dev libcunit1-dev # build dependencies
-  p11-kit sqlite3 openssl ca-certificates           # runtime tools
+  p11-kit sqlite3 openssl ca-certificates curl      # runtime tools (curl: emulator health checks)
   softhsm2 opensc gnutls-bin libengine-pkcs11-openssl # HSM + PKCS#11 clients (tests, demo)
-  valgrind clang python3                            # memory checks, fuzzing, helpers
+  valgrind clang libclang-rt-14-dev python3         # memory checks, fuzzing (libFuzzer runtime), helpers
 )
 # Node.js runs the local Key Vault emulator; any node already on PATH will do.
 command -v node >/dev/null 2>&1 || PACKAGES+=(nodejs)

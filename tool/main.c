@@ -153,6 +153,7 @@ static void usage(FILE *f)
           KVP11_DEFAULT_CONF);
   kvp_tool_cert_usage(f);
   kvp_tool_smime_usage(f);
+  kvp_tool_check_usage(f);
   fprintf(f, "\nExit status: 0 success, 1 error (nothing changed), 2 usage error.\n");
 }
 
@@ -203,6 +204,11 @@ int main(int argc, char **argv)
   }
   if (strcmp(cmd, "smime") == 0) {
     int rc = kvp_tool_smime(&t, argc - optind, argv + optind);
+    kvp_tool_done(&t);
+    return rc;
+  }
+  if (strcmp(cmd, "check") == 0) {
+    int rc = kvp_tool_check(&t, argc - optind, argv + optind);
     kvp_tool_done(&t);
     return rc;
   }

@@ -473,7 +473,10 @@ static int load_key(kvp_tool *t, const smime_args *a, const kvp_cert_rec *rec, X
 
   ERR_clear_error();
   q = quiet_begin(t);
-  if (so[0] && access(so, R_OK) == 0) {
+  /* An engine already loaded (e.g. by OPENSSL_CONF) is used as it is. */
+  k->e = ENGINE_by_id("pkcs11");
+  ERR_clear_error();
+  if (k->e == NULL && so[0] && access(so, R_OK) == 0) {
     k->e = ENGINE_by_id("dynamic");
     if (k->e && (!ENGINE_ctrl_cmd_string(k->e, "SO_PATH", so, 0) ||
                  !ENGINE_ctrl_cmd_string(k->e, "ID", "pkcs11", 0) ||
@@ -482,8 +485,6 @@ static int load_key(kvp_tool *t, const smime_args *a, const kvp_cert_rec *rec, X
       ENGINE_free(k->e);
       k->e = NULL;
     }
-  } else {
-    k->e = ENGINE_by_id("pkcs11");
   }
   if (!k->e) {
     quiet_end(q);
@@ -547,9 +548,11 @@ static const char *form_name(int f)
   return f == F_PEM ? "a PEM CMS message" : f == F_DER ? "a DER CMS message" : "an S/MIME message";
 }
 
-/* Parse a CMS message from buf; what names the input in messages. */
-static int read_cms(kvp_tool *t, int form, const unsigned char *buf, size_t len, const char *what,
-                    cms_in *c)
+/* Parse a CMS message from buf; what names the input in messages. binary:
+ * keep the detached content of a multipart/signed message byte for byte
+ * (the signer used -binary), instead of canonicalising it to CRLF. */
+static int read_cms(kvp_tool *t, int form, int binary, const unsigned char *buf, size_t len,
+                    const char *what, cms_in *c)
 {
   if (len == 0)
     return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s is empty", what);
@@ -570,7 +573,7 @@ static int read_cms(kvp_tool *t, int form, const unsigned char *buf, size_t len,
   if (!(c->in = BIO_new_mem_buf(buf, (int)len)))
     return nomem(t);
   if (form == F_SMIME)
-    c->cms = SMIME_read_CMS(c->in, &c->bcont);
+    c->cms = SMIME_read_CMS_ex(c->in, binary ? CMS_BINARY : 0, &c->bcont, NULL);
   else if (form == F_PEM)
     c->cms = PEM_read_bio_CMS(c->in, NULL, NULL, NULL);
   else
@@ -843,7 +846,7 @@ static int smime_verify(kvp_tool *t, smime_args *a)
     rc = kvp_tool_fail(t, KVP_EXIT_ERROR, "cannot open %s: %s", a->v[S_CONTENT], strerror(errno));
     goto out;
   }
-  if ((rc = read_stdin(t, &buf, &len)) || (rc = read_cms(t, a->inform, buf, len, "stdin", &c)))
+  if ((rc = read_stdin(t, &buf, &len)) || (rc = read_cms(t, a->inform, a->v[S_BINARY] != NULL, buf, len, "stdin", &c)))
     goto out;
   if (content && c.bcont) {
     rc = kvp_tool_fail(t, KVP_EXIT_ERROR,
@@ -1035,7 +1038,7 @@ static int smime_decrypt(kvp_tool *t, smime_args *a)
   int rc;
 
   if ((rc = setup(t, a)) || (rc = read_stdin(t, &buf, &len)) ||
-      (rc = read_cms(t, a->inform, buf, len, "stdin", &c)))
+      (rc = read_cms(t, a->inform, a->v[S_BINARY] != NULL, buf, len, "stdin", &c)))
     goto out;
   if (!(out = BIO_new(BIO_s_mem()))) {
     rc = nomem(t);
@@ -1099,7 +1102,7 @@ static int smime_open(kvp_tool *t, smime_args *a)
   int rc;
 
   if ((rc = setup(t, a)) || (rc = read_stdin(t, &buf, &len)) ||
-      (rc = read_cms(t, a->inform, buf, len, "stdin", &c)))
+      (rc = read_cms(t, a->inform, a->v[S_BINARY] != NULL, buf, len, "stdin", &c)))
     goto out;
   if (!(plain = BIO_new(BIO_s_mem())) || !(out = BIO_new(BIO_s_mem()))) {
     rc = nomem(t);
@@ -1109,7 +1112,7 @@ static int smime_open(kvp_tool *t, smime_args *a)
     goto out;
   char *pdata = NULL;
   long plen = BIO_get_mem_data(plain, &pdata);
-  if ((rc = read_cms(t, F_AUTO, (const unsigned char *)pdata, plen > 0 ? (size_t)plen : 0,
+  if ((rc = read_cms(t, F_AUTO, a->v[S_BINARY] != NULL, (const unsigned char *)pdata, plen > 0 ? (size_t)plen : 0,
                      "the decrypted content", &inner)) != KVP_EXIT_OK)
     goto out;
   if ((rc = verify_cms(t, a, a->v[S_FROM], &inner, NULL, out)) == KVP_EXIT_OK)

@@ -58,6 +58,10 @@ void kvp_tool_cert_usage(FILE *f);
 int kvp_tool_smime(kvp_tool *t, int argc, char **argv);
 void kvp_tool_smime_usage(FILE *f);
 
+/* The "check" command (check.c): argv[0] is "check". Returns an exit code. */
+int kvp_tool_check(kvp_tool *t, int argc, char **argv);
+void kvp_tool_check_usage(FILE *f);
+
 /* Output helpers (output.c). */
 /* "2026-11-25T11:42:58Z" into out (at least 21 bytes). */
 void kvp_tool_isotime(int64_t t, char out[32]);

@@ -166,7 +166,7 @@ int main(int argc, char **argv)
     return 1;
   fclose(f);
   line[strcspn(line, "\r\n")] = '\0';
-  snprintf(g_url, sizeof(g_url), "https://127.0.0.1:%s", line);
+  snprintf(g_url, sizeof(g_url), "https://127.0.0.1:%.16s", line);
   snprintf(g_ca, sizeof(g_ca), "%s/ca.pem", dir);
   snprintf(path, sizeof(path), "%s/app-full.secret", dir);
   f = fopen(path, "r");

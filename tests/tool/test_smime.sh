@@ -153,6 +153,20 @@ openssl cms -sign -signer "$PC" -inkey "$PK" -in "$T/msg.txt" |
   openssl cms -encrypt -aes-256-cbc -out "$T/o.sealed" "$C/rsa2048.pem" || fail "openssl sign+encrypt"
 expect_ok "open" smime open --cert rsa2048 --from partner <"$T/o.sealed"
 same "$OUT" "$T/msg.crlf" "open"
+# a detached signature over LF content made with -binary verifies with --binary
+printf 'UNB+UNOA:2+PARTNER+US\nUNZ+1\n' >"$T/lf.txt"
+openssl cms -sign -binary -signer "$PC" -inkey "$PK" -in "$T/lf.txt" -out "$T/lf.smime" || fail "openssl sign binary"
+expect_ok "verify a detached -binary signature" smime verify --cert partner --binary <"$T/lf.smime"
+same "$OUT" "$T/lf.txt" "verify binary detached"
+openssl cms -sign -binary -signer "$PC" -inkey "$PK" -in "$T/lf.txt" |
+  openssl cms -encrypt -binary -aes-256-cbc -out "$T/lf.sealed" "$C/rsa2048.pem" || fail "openssl sign+encrypt binary"
+expect_ok "open a detached -binary message" smime open --cert rsa2048 --from partner --binary <"$T/lf.sealed"
+same "$OUT" "$T/lf.txt" "open binary detached"
+# the pkcs11 engine already loaded by OPENSSL_CONF is used as it is
+sed -e "s|@PKCS11_ENGINE@|$(openssl version -e | sed 's/.*"\(.*\)"/\1/')/pkcs11.so|" \
+    -e "s|@KVP11_MODULE@|$KVP11_MODULE|" "$(cd "$(dirname "$0")/../.." && pwd)/hsm-config/openssl-engine.cnf" >"$T/engine.cnf"
+OPENSSL_CONF="$T/engine.cnf" expect_ok "sign with the engine loaded by OPENSSL_CONF" \
+  smime sign --cert rsa2048 <"$T/msg.txt"
 expect_ok "seal to ourselves" smime seal --cert rsa3072 --to rsa2048 <"$T/msg.txt"
 cp "$OUT" "$T/self.sealed"
 expect_ok "open our own" smime open --cert rsa2048 <"$T/self.sealed"

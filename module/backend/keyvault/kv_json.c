@@ -433,17 +433,35 @@ void kv_key_info_clear(kv_key_info *ki)
   memset(ki, 0, sizeof(*ki));
 }
 
+/*
+ * A time or duration in seconds from JSON (integer, real or numeric string),
+ * clamped to +-2^40 s (about 34,000 years) so that later arithmetic on it
+ * (now + expires_in) cannot overflow, and a huge real is not cast to int64
+ * (undefined behaviour; found by fuzzing).
+ */
+#define KV_JSON_INT_LIMIT ((int64_t)1 << 40)
+static int64_t kv_clamp_s(double d)
+{
+  if (d != d)
+    return 0; /* NaN */
+  if (d > (double)KV_JSON_INT_LIMIT)
+    return KV_JSON_INT_LIMIT;
+  if (d < -(double)KV_JSON_INT_LIMIT)
+    return -KV_JSON_INT_LIMIT;
+  return (int64_t)d;
+}
+
 static int64_t kv_json_int(json_t *j)
 {
   if (json_is_integer(j))
-    return (int64_t)json_integer_value(j);
+    return kv_clamp_s((double)json_integer_value(j));
   if (json_is_real(j))
-    return (int64_t)json_real_value(j);
+    return kv_clamp_s(json_real_value(j));
   if (json_is_string(j)) {
     char *end;
     long long v = strtoll(json_string_value(j), &end, 10);
     if (end != json_string_value(j) && *end == '\0')
-      return (int64_t)v;
+      return kv_clamp_s((double)v);
   }
   return 0;
 }

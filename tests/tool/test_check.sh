@@ -1,0 +1,214 @@
+#!/usr/bin/env bash
+# kvp11 check: every private certificate's key store, key, permissions and
+# validity. HSM part on the shared SoftHSM2 fixture (tests/fixtures/mkenv.sh):
+# all good, an expired and a soon-expiring certificate, a key deleted from the
+# token. Key Vault part on the kv tests' emulator ($KVP11_KV_DIR): full
+# permissions, no sign/decrypt (app-nosign, with the grant commands), no
+# permissions at all, a wrong client secret, an unreachable vault. Exit 77
+# when SoftHSM2 or the emulator is missing (the HSM part has run by then).
+. "$(dirname "$0")/lib.sh"
+
+MKENV=$(cd "$(dirname "$0")/../fixtures" && pwd)/mkenv.sh
+[ -f "$MKENV" ] || skip "tests/fixtures/mkenv.sh not found"
+SOFTHSM=${KVP11_SOFTHSM_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
+[ -f "$SOFTHSM" ] || skip "SoftHSM2 module not found at $SOFTHSM"
+for t in softhsm2-util pkcs11-tool; do command -v $t >/dev/null 2>&1 || skip "$t not found"; done
+
+# check_run WHAT CODE ARGS...: kvp11 check; exit CODE; with CODE 1 exactly one
+# stderr line "kvp11: check: N of M checks failed ...".
+check_run() {
+  local what=$1 code=$2; shift 2
+  kvp check "$@"
+  [ "$RC" -eq "$code" ] || { cat "$OUT" "$ERR" >&2; fail "$what: exit $RC (want $code)"; }
+  if [ "$code" -ne 0 ]; then
+    one_line "$what"
+    grep -Eq '^kvp11: check: [0-9]+ of [0-9]+ checks failed' "$ERR" || { cat "$ERR" >&2; fail "$what: stderr"; }
+  fi
+  ok "$what (exit $RC)"
+}
+# row CERT CHECK RESULT [DETAIL-REGEX]: the table in $OUT has that row.
+row() {
+  grep -Eq "^$1 +[^ ]+ +$2 +$3 +.*${4:-}" "$OUT" || { cat "$OUT" >&2; fail "no row '$1 $2 $3 ${4:-}'"; }
+}
+
+# ---------------------------------------------------------------- command line
+write_conf "[account default]"
+expect_ok "check --help" check --help
+grep -q '^usage: kvp11 \[-c FILE\] check \[--account A\] \[--json\]$' "$OUT" || fail "help: $(cat "$OUT")"
+expect_fail "unknown option" 2 "unknown option '--bogus'" check --bogus
+expect_fail "extra argument" 2 "unexpected argument 'x'" check x
+expect_fail "unknown account" 1 "account 'nope' is not configured" check --account nope
+expect_ok "nothing registered" check
+grep -qx "account 'default' has no certificates" "$OUT" || fail "empty: $(cat "$OUT")"
+expect_ok "nothing registered, --json" check --json
+json "j == []"
+
+# ---------------------------------------------------------------- HSM
+E=$T/env
+env -u KVP11_TOOL SOFTHSM2_MODULE="$SOFTHSM" bash "$MKENV" "$E" >"$T/mkenv.log" 2>&1 ||
+  { cat "$T/mkenv.log" >&2; fail "mkenv.sh failed"; }
+export SOFTHSM2_CONF=$E/softhsm2.conf
+C=$E/certs
+write_conf "[hsm test]" "module = $SOFTHSM" "token_label = kvp11-test" "pin_file = $E/hsm.pin" \
+  "[account default]"
+for k in rsa2048 rsa3072 p256 p384; do
+  expect_ok "add $k" cert add --name "$k" --type private --cert "$C/$k.pem" --hsm test --key "$k"
+done
+expect_ok "add partner" cert add --name partner --type public --cert "$C/partner.pem"
+
+check_run "hsm: all good" 0
+[ ! -s "$ERR" ] || { cat "$ERR" >&2; fail "hsm: all good: unexpected stderr"; }
+head -1 "$OUT" | grep -Eq '^CERT +STORE +CHECK +RESULT +DETAIL$' || fail "table header: $(head -1 "$OUT")"
+for k in rsa2048 rsa3072 p256 p384; do
+  for c in token key key-state cert-key sign cert-validity; do row "$k" "$c" ok; done
+done
+row rsa2048 decrypt ok 'decrypted 32 random bytes'
+row partner key ok 'public certificate'
+grep -q 'fail' "$OUT" && fail "hsm: a failed row: $(cat "$OUT")"
+check_run "hsm: all good, --json" 0 --json
+json "len(j) == 2 * 7 + 2 * 6 + 1 and all(r['result'] == 'ok' and r['fix'] == [] for r in j)"
+json "sorted(r['check'] for r in j if r['cert'] == 'rsa2048') == sorted(['token', 'key', 'key-state', 'cert-key', 'sign', 'decrypt', 'cert-validity'])"
+json "[r['check'] for r in j if r['cert'] == 'p256'].count('decrypt') == 0"
+json "all(r['store'] == 'hsm:test' for r in j if r['cert'] != 'partner')"
+
+# An expired certificate of a good key: issued by a throwaway CA for the HSM key.
+d=$T/ca
+mkdir -p "$d"
+: >"$d/index.txt"
+echo 1000 >"$d/serial"
+cat >"$d/ca.cnf" <<CNF
+[ca]
+default_ca = d
+[d]
+database = $d/index.txt
+new_certs_dir = $d
+serial = $d/serial
+default_md = sha256
+policy = p
+unique_subject = no
+[p]
+commonName = supplied
+organizationName = optional
+CNF
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$d/ca.key" -out "$d/ca.pem" -days 10 \
+  -subj "/CN=kvp11 check CA" 2>/dev/null || fail "test CA"
+# reissue NAME START END: the rsa2048 HSM key's certificate, re-signed with other dates.
+reissue() {
+  openssl ca -batch -notext -config "$d/ca.cnf" -cert "$d/ca.pem" -keyfile "$d/ca.key" \
+    -ss_cert "$C/rsa2048.pem" -startdate "$2" -enddate "$3" -out "$T/$1.pem" >/dev/null 2>&1 ||
+    fail "reissue $1"
+}
+reissue old 20240101000000Z 20240201000000Z
+reissue soon "$(date -u -d '-1 day' +%Y%m%d%H%M%SZ)" "$(date -u -d '+10 days' +%Y%m%d%H%M%SZ)"
+kvp cert add --name old --type private --cert "$T/old.pem" --hsm test --key rsa2048
+[ "$RC" -eq 0 ] || { cat "$ERR" >&2; fail "add expired certificate"; }
+check_run "hsm: expired certificate" 1
+row old cert-validity fail 'the certificate expired on 2024-02-01T00:00:00Z'
+row old sign ok
+row rsa2048 cert-validity ok
+check_run "hsm: expired certificate, --json" 1 --json
+json "[(r['check'], r['result']) for r in j if r['result'] != 'ok'] == [('cert-validity', 'fail')]"
+json "[r['cert'] for r in j if r['result'] == 'fail'] == ['old']"
+expect_ok "remove expired" cert remove old
+expect_ok "add soon-expiring" cert add --name soon --type private --cert "$T/soon.pem" --hsm test --key rsa2048
+check_run "hsm: certificate expiring in 10 days (warning)" 0
+row soon cert-validity warn 'the certificate expires on .* \(in (9|10) days\)'
+grep -q '^kvp11: check: warning: 1 of [0-9]* checks gave a warning$' "$ERR" || fail "warning line: $(cat "$ERR")"
+expect_ok "remove soon" cert remove soon
+
+# A key deleted from the token: the certificate's key row fails and names it.
+P11=(pkcs11-tool --module "$SOFTHSM" --token-label kvp11-test --login --pin "$(cat "$E/hsm.pin")")
+for ty in privkey pubkey; do
+  "${P11[@]}" --delete-object --type $ty --label p384 >>"$T/p11.log" 2>&1 || fail "delete p384 $ty"
+done
+check_run "hsm: key deleted from the token" 1
+row p384 key fail "hsm 'test' has no key 'p384'"
+row p256 sign ok
+check_run "hsm: key deleted, --json" 1 --json
+json "[(r['cert'], r['check']) for r in j if r['result'] == 'fail'] == [('p384', 'key')]"
+json "[r['check'] for r in j if r['cert'] == 'p384'] == ['token', 'key', 'cert-validity']"
+echo "all HSM check tests passed"
+
+# ---------------------------------------------------------------- Key Vault
+KV=${KVP11_KV_DIR:-}
+[ -n "$KV" ] && [ -f "$KV/port" ] && [ -f "$KV/kvp11.conf" ] || skip "no Key Vault emulator fixture in '$KV'"
+command -v curl >/dev/null 2>&1 || skip "curl not found"
+EMU=https://127.0.0.1:$(cat "$KV/port")
+curl -sf --cacert "$KV/ca.pem" "$EMU/_emu/health" >/dev/null || skip "the Key Vault emulator does not answer"
+policy() { # policy CLIENT PERMS-JSON: set a client's permissions in the emulator
+  curl -sf --cacert "$KV/ca.pem" -X POST -H 'Content-Type: application/json' \
+    -d "{\"clientId\":\"$1\",\"permissions\":$2}" "$EMU/_emu/policy" >/dev/null
+}
+trap 'policy app-nosign "[\"get\",\"list\"]" || true' EXIT
+
+# Configurations: full permissions (app-full), app-nosign, a wrong secret, an
+# unreachable vault; all with our registry and log.
+FULL=$T/full.conf
+sed -e "s|^registry = .*|registry = $T/kv-registry.db|" -e "s|^log_file = .*|log_file = $T/kvp11.log|" \
+  "$KV/kvp11.conf" >"$FULL"
+umask 077
+printf 'not-the-secret' >"$T/wrong.secret"
+sed -e "s|^client_id = .*|client_id = app-nosign|" \
+  -e "s|^client_secret_file = .*|client_secret_file = $KV/app-nosign.secret|" "$FULL" >"$T/nosign.conf"
+sed -e "s|^client_secret_file = .*|client_secret_file = $T/wrong.secret|" \
+  -e 's/^max_retries = .*/max_retries = 0/' "$FULL" >"$T/badsecret.conf"
+sed -e "s|^url = .*|url = https://127.0.0.1:1|" -e 's/^max_retries = .*/max_retries = 0/' \
+  -e 's/^timeout_ms = .*/timeout_ms = 3000/' "$FULL" >"$T/unreach.conf"
+umask 022
+CONF=$FULL
+ACCOUNTS=kv
+for k in rsa2048 p256; do
+  expect_ok "add vault $k" cert add --name "$k" --type private --cert "$KV/certs/$k.pem" \
+    --vault emu --key "$k" --resource-group rg-b2b
+done
+
+check_run "vault: full permissions" 0
+for k in rsa2048 p256; do
+  for c in token get list key-state cert-key sign cert-validity; do row "$k" "$c" ok; done
+done
+row rsa2048 decrypt ok
+grep -q 'Set-AzKeyVaultAccessPolicy' "$OUT" && fail "vault: full permissions: grant commands printed"
+check_run "vault: full permissions, --json" 0 --json
+json "len(j) == 15 and all(r['result'] == 'ok' and r['fix'] == [] and r['store'] == 'keyvault:emu' for r in j)"
+
+GRANT1="Set-AzKeyVaultAccessPolicy -VaultName 127 -ServicePrincipalName app-nosign -PermissionsToKeys decrypt,sign,get,list"
+GRANT2="az keyvault set-policy --name 127 --spn app-nosign --key-permissions decrypt sign get list"
+GRANT3="az role assignment create --role \"Key Vault Crypto User\" --assignee app-nosign --scope /subscriptions/<subscription>/resourceGroups/rg-b2b/providers/Microsoft.KeyVault/vaults/127"
+CONF=$T/nosign.conf
+check_run "vault: no sign/decrypt permission" 1
+row p256 sign fail "refused: the application lacks the 'sign' permission"
+row rsa2048 sign fail "refused: the application lacks the 'sign' permission"
+row rsa2048 decrypt fail "refused: the application lacks the 'decrypt' permission"
+row rsa2048 get ok
+row rsa2048 list ok
+for g in "$GRANT1" "$GRANT2" "$GRANT3"; do
+  [ "$(grep -cxF "  $g" "$OUT")" -eq 1 ] || { cat "$OUT" >&2; fail "grant command not printed once: $g"; }
+done
+check_run "vault: no sign/decrypt permission, --json" 1 --json
+json "sorted((r['cert'], r['check']) for r in j if r['result'] == 'fail') == [('p256', 'sign'), ('rsa2048', 'decrypt'), ('rsa2048', 'sign')]"
+json "all(r['fix'] == ['''$GRANT1''', '''$GRANT2''', '''$GRANT3'''] for r in j if r['result'] == 'fail')"
+json "all(r['fix'] == [] for r in j if r['result'] == 'ok')"
+
+policy app-nosign '[]' || fail "emulator: set app-nosign's permissions"
+check_run "vault: no permissions at all" 1
+row rsa2048 token ok
+row rsa2048 get fail "lacks the 'get' permission"
+row rsa2048 list fail "lacks the 'list' permission"
+grep -qxF "  $GRANT1" "$OUT" || fail "no permissions: grant command missing"
+check_run "vault: no permissions at all, --json" 1 --json
+json "sorted((r['cert'], r['check']) for r in j if r['result'] == 'fail') == [('p256', 'get'), ('p256', 'list'), ('rsa2048', 'get'), ('rsa2048', 'list')]"
+json "all(len(r['fix']) == 3 for r in j if r['result'] == 'fail')"
+policy app-nosign '["get","list"]' || fail "emulator: restore app-nosign's permissions"
+
+CONF=$T/badsecret.conf
+check_run "vault: wrong client secret" 1
+row rsa2048 token fail "no access token could be obtained for client 'app-full'"
+row p256 token fail
+check_run "vault: wrong client secret, --json" 1 --json
+json "sorted((r['cert'], r['check']) for r in j if r['result'] == 'fail') == [('p256', 'token'), ('rsa2048', 'token')]"
+json "all(r['fix'] == [] for r in j)"
+
+CONF=$T/unreach.conf
+check_run "vault: unreachable" 1
+row rsa2048 token fail "the vault https://127.0.0.1:1 is unreachable"
+echo "all check tests passed"

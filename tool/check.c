@@ -246,7 +246,7 @@ static void check_sign(chk_cert *k)
     row(k, R_FAIL, "sign", 1, "refused: the application lacks the 'sign' permission on the vault");
   } else if (rv == CKR_KEY_FUNCTION_NOT_PERMITTED) {
     row(k, R_FAIL, "sign", 0,
-        "refused: the key does not allow signing (%s)%s",
+        "refused: the key does not allow signing: %s%s",
         k->vc ? "disabled, outside its validity period, or no 'sign' in its key_ops"
               : "CKA_SIGN is false",
         kvp_tool_loghint(k->c->t));
@@ -295,7 +295,7 @@ static void check_decrypt(chk_cert *k)
     row(k, R_FAIL, "decrypt", 1,
         "refused: the application lacks the 'decrypt' permission on the vault");
   else if (rv == CKR_KEY_FUNCTION_NOT_PERMITTED)
-    row(k, R_FAIL, "decrypt", 0, "refused: the key does not allow decryption (%s)%s",
+    row(k, R_FAIL, "decrypt", 0, "refused: the key does not allow decryption: %s%s",
         k->vc ? "disabled, or no 'decrypt' in its key_ops" : "CKA_DECRYPT is false",
         kvp_tool_loghint(k->c->t));
   else

@@ -171,6 +171,38 @@ grep -q 'Set-AzKeyVaultAccessPolicy' "$OUT" && fail "vault: full permissions: gr
 check_run "vault: full permissions, --json" 0 --json
 json "len(j) == 15 and all(r['result'] == 'ok' and r['fix'] == [] and r['store'] == 'keyvault:emu' for r in j)"
 
+# A disabled key (the emulator's EC key "disabled"): a certificate for its
+# public key, issued by the test CA (the key's public part read over REST).
+. "$KV/env.sh"
+unset KVP11_CONF
+TOKEN=$(curl -sf --cacert "$KV/ca.pem" -X POST "$EMU/$KV_TENANT/oauth2/v2.0/token" \
+  --data-urlencode client_id=app-full --data-urlencode "client_secret=$(cat "$KV/app-full.secret")" \
+  --data-urlencode grant_type=client_credentials --data-urlencode "scope=https://127.0.0.1/.default" |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["access_token"])') || fail "emulator token"
+curl -sf --cacert "$KV/ca.pem" -H "Authorization: Bearer $TOKEN" "$EMU/keys/disabled?api-version=7.5" |
+  python3 -c '
+import base64, json, sys
+k = json.load(sys.stdin)["key"]
+b = lambda s: base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+der = bytes.fromhex("3059301306072a8648ce3d020106082a8648ce3d030107034200") + b"\x04" + b(k["x"]) + b(k["y"])
+print("-----BEGIN PUBLIC KEY-----\n%s\n-----END PUBLIC KEY-----" % base64.encodebytes(der).decode().strip())
+' >"$T/disabled.pub" || fail "public key of the disabled key"
+unset TOKEN
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$T/tmp.key" \
+  -subj "/CN=disabled" -out "$T/tmp.csr" 2>/dev/null || fail "request"
+openssl x509 -req -in "$T/tmp.csr" -force_pubkey "$T/disabled.pub" -CA "$d/ca.pem" -CAkey "$d/ca.key" \
+  -days 100 -out "$T/disabled.pem" 2>/dev/null || fail "certificate for the disabled key"
+expect_ok "add disabled vault key" cert add --name dis --type private --cert "$T/disabled.pem" \
+  --vault emu --key disabled
+check_run "vault: disabled key" 1
+row dis key-state fail 'disabled, outside its validity period'
+row dis sign fail 'the key does not allow signing'
+row dis cert-key ok
+check_run "vault: disabled key, --json" 1 --json
+json "sorted((r['cert'], r['check']) for r in j if r['result'] == 'fail') == [('dis', 'key-state'), ('dis', 'sign')]"
+json "all(r['fix'] == [] for r in j)"
+expect_ok "remove disabled" cert remove dis
+
 GRANT1="Set-AzKeyVaultAccessPolicy -VaultName 127 -ServicePrincipalName app-nosign -PermissionsToKeys decrypt,sign,get,list"
 GRANT2="az keyvault set-policy --name 127 --spn app-nosign --key-permissions decrypt sign get list"
 GRANT3="az role assignment create --role \"Key Vault Crypto User\" --assignee app-nosign --scope /subscriptions/<subscription>/resourceGroups/rg-b2b/providers/Microsoft.KeyVault/vaults/127"

@@ -514,6 +514,12 @@ static CK_RV sig_input(kvp_op *op, kvp_sig_alg *alg, CK_BYTE *digest, CK_ULONG *
       if (*digest_len + 11 > rsa_bytes(o))
         return CKR_DATA_LEN_RANGE;
       if (kvp_digestinfo_parse(digest, *digest_len, &h, &d) == 0) {
+        if (is_keyvault(o) && (h == KVP_HASH_SHA1 || h == KVP_HASH_SHA224)) {
+          KVP_WARN("certificate '%s': CKM_RSA_PKCS input is a %s DigestInfo; Key Vault signs "
+                   "SHA-256/384/512 only",
+                   o->label, kvp_hash_name(h));
+          return CKR_DATA_INVALID;
+        }
         alg->hash = h;
         memmove(digest, d, kvp_hash_len(h));
         *digest_len = kvp_hash_len(h);

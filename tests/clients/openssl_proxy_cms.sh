@@ -35,7 +35,7 @@ for k in $SIGN_KEYS; do
     run "cms -verify $k $mode" openssl cms -verify -binary -CAfile "$CERTS/$k.pem" "${vin[@]}" \
       -in "$WORK/signed.smime" -out "$WORK/verified"
     cmp -s "$M" "$WORK/verified" || fail "$k $mode: verified content differs"
-    must_fail "cms -verify $k with the wrong CA" openssl cms -verify -binary -CAfile "$CERTS/$PARTNER.pem" \
+    must_fail "cms -verify $k with the wrong CA" openssl cms -verify -binary -CAfile "$(partner_cert)" \
       "${vin[@]}" -in "$WORK/signed.smime" -out "$WORK/verified"
     ok "cms -sign ($mode) with $k through p11-kit-proxy, verified in software (refused with the wrong CA)"
   done
@@ -53,7 +53,7 @@ for k in $DECRYPT_KEYS; do
   done
 done
 # A message for the partner is not decryptable with our key.
-run "cms -encrypt to partner" openssl cms -encrypt -binary -aes256 -in "$M" -out "$WORK/p.smime" "$CERTS/$PARTNER.pem"
+run "cms -encrypt to partner" openssl cms -encrypt -binary -aes256 -in "$M" -out "$WORK/p.smime" "$(partner_cert)"
 must_fail "decrypt a message for the partner" openssl cms -decrypt -binary -engine pkcs11 -keyform engine \
   -inkey "$(key_uri $RSA1)" -recip "$CERTS/$RSA1.pem" -in "$WORK/p.smime" -out "$WORK/x"
 ok "a message for the partner is not decryptable with $RSA1"

@@ -35,8 +35,15 @@ EC_KEYS=${CLIENT_EC_KEYS:-$EC_KEYS}
 ALL_KEYS="$RSA_KEYS $EC_KEYS"
 RSA1=${RSA_KEYS%% *} RSA2=${RSA_KEYS##* }
 EC1=${EC_KEYS%% *} EC2=${EC_KEYS##* }
-PARTNER=${CLIENT_PARTNER:-partner}
-NCERTS=$(( $(echo $ALL_KEYS | wc -w) + 1 ))
+PARTNER=${CLIENT_PARTNER-partner}   # empty: the account has no partner certificate
+NCERTS=$(echo $ALL_KEYS $PARTNER | wc -w)
+# A partner certificate in software: the account's, else a throwaway one.
+partner_cert() {
+  if [ -n "$PARTNER" ]; then echo "$CERTS/$PARTNER.pem"; return; fi
+  [ -f "$WORK/partner.pem" ] || openssl req -x509 -newkey rsa:2048 -nodes -keyout "$WORK/partner.key" \
+    -out "$WORK/partner.pem" -days 1 -subj "/CN=kvp11 client test partner" 2>/dev/null
+  echo "$WORK/partner.pem"
+}
 hash_of() {
   case $(openssl x509 -in "$CERTS/$1.pem" -noout -text 2>/dev/null) in
     *"NIST CURVE: P-384"*) echo sha384 ;;

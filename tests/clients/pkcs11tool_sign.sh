@@ -12,7 +12,13 @@ sign() { # sign ID MECH IN OUT [extra pkcs11-tool args]
   [ -s "$out" ] || fail "$m produced an empty signature"
 }
 # (dd without the ASan runtime that sanitizer builds preload: it aborts in dd's aligned_alloc)
-corrupt() { cp "$1" "$2"; printf '\x01' | env -u LD_PRELOAD dd of="$2" bs=1 seek=10 conv=notrunc status=none; }
+# flip every bit of byte 10 (writing a fixed value left the file unchanged when
+# the byte already had it, 1 run in 256)
+corrupt() {
+  cp "$1" "$2"
+  local b; b=$(od -An -tu1 -j10 -N1 "$2" | tr -d ' ')
+  printf "$(printf '\\%03o' $((b ^ 0xff)))" | env -u LD_PRELOAD dd of="$2" bs=1 seek=10 conv=notrunc status=none
+}
 
 for k in $RSA_KEYS; do
   id=$(key_id "$k")

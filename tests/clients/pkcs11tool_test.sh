@@ -44,6 +44,14 @@ for mode in plain login; do
   opts=()
   [ $mode = login ] && opts=(--login --pin "${CLIENT_PIN:-1234}")
   if ! pkcs11-tool --module "$KVP11_MODULE" --token-label "$TOKEN" "${opts[@]}" --test >"$WORK/test.txt" 2>&1; then
+    # pkcs11-tool --test signs a SHA-1 DigestInfo with CKM_RSA_PKCS; Key Vault
+    # has no SHA-1 RSA signature, so there the run must stop exactly there,
+    # with CKR_DATA_INVALID, after random and digests passed.
+    if is_keyvault && grep -q 'C_Sign.* failed: rv = CKR_DATA_INVALID' "$WORK/test.txt" &&
+       grep -q 'all 4 digest functions seem to work' "$WORK/test.txt"; then
+      ok "pkcs11-tool --test ($mode) on Key Vault: random and digests OK; its SHA-1 RSA signature refused with CKR_DATA_INVALID"
+      continue
+    fi
     cat "$WORK/test.txt" >&2
     fail "pkcs11-tool --test ($mode) exited non-zero"
   fi

@@ -325,34 +325,44 @@ int kv_http_do(kv_http *h, const kv_req *req, long timeout_ms, kv_resp *resp)
     snprintf(resp->curl_err, sizeof(resp->curl_err), "out of memory");
     return -1;
   }
-  curl_easy_reset(c);
-  curl_easy_setopt(c, CURLOPT_SHARE, h->share);
-  curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(c, CURLOPT_URL, req->url);
+  {
+    /* A handle from this pool keeps its fixed options: set them once per
+     * handle (marked with CURLOPT_PRIVATE), not once per request. */
+    void *owner = NULL;
+    curl_easy_getinfo(c, CURLINFO_PRIVATE, &owner);
+    if (owner != (void *)h) {
+      curl_easy_reset(c);
+      curl_easy_setopt(c, CURLOPT_PRIVATE, (void *)h);
+      curl_easy_setopt(c, CURLOPT_SHARE, h->share);
+      curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
 #if CURL_AT_LEAST_VERSION(7, 85, 0)
-  curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https,http");
+      curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https,http");
 #endif
-  curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
-  curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
-  curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
-  if (h->ca_file != NULL)
-    curl_easy_setopt(c, CURLOPT_CAINFO, h->ca_file);
+      curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
+      curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
+      curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
+      if (h->ca_file != NULL)
+        curl_easy_setopt(c, CURLOPT_CAINFO, h->ca_file);
+      curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
+      /* the shared connection cache keeps one idle connection per pooled handle
+       * (libcurl's default of 5 would close and reopen connections under load) */
+      curl_easy_setopt(c, CURLOPT_MAXCONNECTS, (long)(2 * KV_POOL_MAX));
+      curl_easy_setopt(c, CURLOPT_USERAGENT, "kvp11/" "0.1");
+      curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, kv_write_cb);
+      curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, kv_header_cb);
+    }
+  }
+  /* Per request: everything that differs between requests is set every time. */
+  curl_easy_setopt(c, CURLOPT_URL, req->url);
   if (timeout_ms < 1)
     timeout_ms = 1;
   curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
   curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, timeout_ms < 10000 ? timeout_ms : 10000L);
-  curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
-  /* the shared connection cache keeps one idle connection per pooled handle
-   * (libcurl's default of 5 would close and reopen connections under load) */
-  curl_easy_setopt(c, CURLOPT_MAXCONNECTS, (long)(2 * KV_POOL_MAX));
-  curl_easy_setopt(c, CURLOPT_USERAGENT, "kvp11/" "0.1");
   curl_easy_setopt(c, CURLOPT_ERRORBUFFER, resp->curl_err);
-  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, kv_write_cb);
   curl_easy_setopt(c, CURLOPT_WRITEDATA, resp);
-  curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, kv_header_cb);
   curl_easy_setopt(c, CURLOPT_HEADERDATA, resp);
-  if (req->no_proxy)
-    curl_easy_setopt(c, CURLOPT_NOPROXY, "*");
+  curl_easy_setopt(c, CURLOPT_NOPROXY, req->no_proxy ? "*" : NULL);
+  curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, NULL);
 
   hdrs = curl_slist_append(hdrs, "Accept: application/json");
   hdrs = curl_slist_append(hdrs, "Expect:");

@@ -8,11 +8,13 @@
 #include "backend/keyvault/kv.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
 
+#include <openssl/crypto.h>
 #include <openssl/rand.h>
 
 #include "core/log.h"
@@ -32,9 +34,65 @@ struct kv_http {
 static pthread_once_t kv_curl_once = PTHREAD_ONCE_INIT;
 static CURLcode kv_curl_init_rc = CURLE_OK;
 
+/*
+ * libcurl builds each request (with its Authorization: Bearer header) and
+ * receives each response (token responses included) in buffers of its own,
+ * which it frees without wiping: a core dump of the process then held access
+ * tokens (found by tests/secrets). libcurl's memory therefore goes through
+ * these functions, which wipe every block before it is released. This takes
+ * effect when kvp11 is the first to initialize libcurl in the process (the
+ * usual case: libcurl keeps the callbacks of its first initialization).
+ */
+static void kv_mem_free(void *p)
+{
+  if (p != NULL) {
+    OPENSSL_cleanse(p, malloc_usable_size(p));
+    free(p);
+  }
+}
+
+static void *kv_mem_malloc(size_t n)
+{
+  return malloc(n);
+}
+
+static void *kv_mem_calloc(size_t n, size_t size)
+{
+  return calloc(n, size);
+}
+
+static char *kv_mem_strdup(const char *s)
+{
+  return strdup(s);
+}
+
+/* A moving realloc would leave the old block unwiped: copy, wipe, free. */
+static void *kv_mem_realloc(void *p, size_t n)
+{
+  size_t old;
+  void *q;
+
+  if (p == NULL)
+    return malloc(n);
+  if (n == 0) {
+    kv_mem_free(p);
+    return NULL;
+  }
+  old = malloc_usable_size(p);
+  if (n <= old)
+    return p;
+  q = malloc(n);
+  if (q == NULL)
+    return NULL;
+  memcpy(q, p, old);
+  kv_mem_free(p);
+  return q;
+}
+
 static void kv_curl_global_init(void)
 {
-  kv_curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+  kv_curl_init_rc = curl_global_init_mem(CURL_GLOBAL_DEFAULT, kv_mem_malloc, kv_mem_free,
+                                         kv_mem_realloc, kv_mem_strdup, kv_mem_calloc);
 }
 
 int64_t kv_now_ms(void)

@@ -165,8 +165,13 @@ static int pragma_int(kvp_registry *reg, const char *sql, int64_t *out, char *er
 
 /* ---- schema -------------------------------------------------------------- */
 
+static int check_foreign(kvp_registry *reg, char *err, size_t errlen);
+
 static int check_version(kvp_registry *reg, int64_t v, char *err, size_t errlen)
 {
+  /* version 0 with tables: another program's database, whatever the mode */
+  if (v == 0 && check_foreign(reg, err, errlen) != KVP_OK)
+    return KVP_EINVAL;
   if (v > SCHEMA_VERSION)
     return kvp_seterr(err, errlen, KVP_EINVAL,
                       "registry %s: schema version %lld is newer than this kvp11 knows (%d); "
@@ -184,7 +189,12 @@ static int check_version(kvp_registry *reg, int64_t v, char *err, size_t errlen)
 static int check_foreign(kvp_registry *reg, char *err, size_t errlen)
 {
   int64_t n = 0;
-  int rc = pragma_int(reg, "SELECT count(*) FROM sqlite_master", &n, err, errlen);
+  /* One statement, one snapshot: a writer migrating a new registry at the
+   * same time commits tables and version together, never one without the other. */
+  int rc = pragma_int(reg,
+                      "SELECT count(*) FROM sqlite_master "
+                      "WHERE (SELECT user_version FROM pragma_user_version) = 0",
+                      &n, err, errlen);
 
   if (rc == KVP_OK && n > 0)
     rc = kvp_seterr(err, errlen, KVP_EINVAL,
@@ -203,8 +213,6 @@ static int migrate(kvp_registry *reg, char *err, size_t errlen)
   rc = pragma_int(reg, "PRAGMA user_version", &v, err, errlen);
   if (rc == KVP_OK)
     rc = check_version(reg, v, err, errlen);
-  if (rc == KVP_OK && v == 0)
-    rc = check_foreign(reg, err, errlen);
   for (; rc == KVP_OK && v < SCHEMA_VERSION; v++) {
     KVP_INFO("registry %s: migrating schema to version %lld", reg->path, (long long)v + 1);
     rc = exec(reg, migrations[v], "cannot migrate the schema", err, errlen);
@@ -290,6 +298,16 @@ static int open_writer(kvp_registry *reg, char *err, size_t errlen)
     return db_err(reg, "cannot open", err, errlen);
   sqlite3_busy_timeout(reg->db, WRITER_BUSY_MS);
   sqlite3_file_control(reg->db, "main", SQLITE_FCNTL_PERSIST_WAL, &persist);
+  /* Refuse a foreign or newer database before anything writes to the file
+   * (the WAL journal mode is stored in the file's header). */
+  {
+    int64_t v = 0;
+    rc = pragma_int(reg, "PRAGMA user_version", &v, err, errlen);
+    if (rc == KVP_OK)
+      rc = check_version(reg, v, err, errlen);
+    if (rc != KVP_OK)
+      return rc;
+  }
   rc = set_wal(reg, err, errlen);
   if (rc == KVP_OK)
     rc = migrate(reg, err, errlen);

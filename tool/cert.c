@@ -439,23 +439,12 @@ static int parse_args(kvp_tool *t, const cert_cmd *c, int argc, char **argv, cer
 
 int kvp_tool_cert(kvp_tool *t, int argc, char **argv)
 {
-  t->cmd = "cert";
-  if (argc < 2)
-    return kvp_tool_fail(t, KVP_EXIT_USAGE, "no cert command given (see kvp11 cert --help)");
-  const char *sub = argv[1];
-  if (!strcmp(sub, "--help") || !strcmp(sub, "-h") || !strcmp(sub, "help")) {
-    printf("usage:\n");
-    kvp_tool_cert_usage(stdout);
-    return KVP_EXIT_OK;
-  }
-  for (size_t i = 0; i < KVP_ARRAY_SIZE(cert_cmds); i++) {
-    const cert_cmd *c = &cert_cmds[i];
-    if (strcmp(c->cmd + strlen("cert "), sub) != 0)
-      continue;
-    cert_args a = {0};
-    t->cmd = c->cmd;
-    int rc = parse_args(t, c, argc - 1, argv + 1, &a);
-    return rc >= 0 ? rc : c->run(t, &a);
-  }
-  return kvp_tool_fail(t, KVP_EXIT_USAGE, "unknown command '%s' (see kvp11 cert --help)", sub);
+  int rc;
+  const cert_cmd *c = kvp_tool_subcommand(t, "cert", argc, argv, kvp_tool_cert_usage, cert_cmds,
+                                          sizeof(cert_cmds[0]), KVP_ARRAY_SIZE(cert_cmds), &rc);
+  if (c == NULL)
+    return rc;
+  cert_args a = {0};
+  rc = parse_args(t, c, argc - 1, argv + 1, &a);
+  return rc >= 0 ? rc : c->run(t, &a);
 }

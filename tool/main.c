@@ -97,6 +97,38 @@ int kvp_tool_account(kvp_tool *t, const char *name, const char **account)
   return KVP_EXIT_OK;
 }
 
+const void *kvp_tool_subcommand(kvp_tool *t, const char *group, int argc, char **argv,
+                                void (*usage)(FILE *), const void *table, size_t stride, size_t n,
+                                int *rc)
+{
+  size_t glen = strlen(group);
+  const char *sub;
+
+  t->cmd = group;
+  if (argc < 2) {
+    *rc = kvp_tool_fail(t, KVP_EXIT_USAGE, "no %s command given (see kvp11 %s --help)", group,
+                        group);
+    return NULL;
+  }
+  sub = argv[1];
+  if (!strcmp(sub, "--help") || !strcmp(sub, "-h") || !strcmp(sub, "help")) {
+    printf("usage:\n");
+    usage(stdout);
+    *rc = KVP_EXIT_OK;
+    return NULL;
+  }
+  for (size_t i = 0; i < n; i++) {
+    const void *entry = (const char *)table + i * stride;
+    const char *name = *(const char *const *)entry;
+    if (strcmp(name + glen + 1, sub) == 0) {
+      t->cmd = name;
+      return entry;
+    }
+  }
+  *rc = kvp_tool_fail(t, KVP_EXIT_USAGE, "unknown command '%s' (see kvp11 %s --help)", sub, group);
+  return NULL;
+}
+
 int kvp_tool_open_registry(kvp_tool *t)
 {
   char err[KVP_ERRLEN] = "";

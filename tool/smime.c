@@ -1208,23 +1208,13 @@ static int parse_args(kvp_tool *t, const smime_cmd *c, int argc, char **argv, sm
 
 int kvp_tool_smime(kvp_tool *t, int argc, char **argv)
 {
-  t->cmd = "smime";
-  if (argc < 2)
-    return kvp_tool_fail(t, KVP_EXIT_USAGE, "no smime command given (see kvp11 smime --help)");
-  const char *sub = argv[1];
-  if (!strcmp(sub, "--help") || !strcmp(sub, "-h") || !strcmp(sub, "help")) {
-    printf("usage:\n");
-    kvp_tool_smime_usage(stdout);
-    return KVP_EXIT_OK;
-  }
-  for (size_t i = 0; i < KVP_ARRAY_SIZE(smime_cmds); i++) {
-    const smime_cmd *c = &smime_cmds[i];
-    if (strcmp(c->cmd + strlen("smime "), sub) != 0)
-      continue;
-    smime_args a = {0};
-    t->cmd = c->cmd;
-    int rc = parse_args(t, c, argc - 1, argv + 1, &a);
-    return rc >= 0 ? rc : c->run(t, &a);
-  }
-  return kvp_tool_fail(t, KVP_EXIT_USAGE, "unknown command '%s' (see kvp11 smime --help)", sub);
+  int rc;
+  const smime_cmd *c =
+      kvp_tool_subcommand(t, "smime", argc, argv, kvp_tool_smime_usage, smime_cmds,
+                          sizeof(smime_cmds[0]), KVP_ARRAY_SIZE(smime_cmds), &rc);
+  if (c == NULL)
+    return rc;
+  smime_args a = {0};
+  rc = parse_args(t, c, argc - 1, argv + 1, &a);
+  return rc >= 0 ? rc : c->run(t, &a);
 }

@@ -43,6 +43,15 @@ const char *kvp_tool_loghint(const kvp_tool *t);
 /* Resolve --account (NULL: the first configured account). Returns an exit code. */
 int kvp_tool_account(kvp_tool *t, const char *name, const char **account);
 /* Open the registry named by the configuration, writer mode. Returns an exit code. */
+/*
+ * "kvp11 GROUP SUB ...": the entry for SUB in a command table whose entries
+ * (stride bytes apart) start with their "GROUP SUB" name; sets t->cmd to it.
+ * NULL with *rc set when there is nothing to run: help printed (0), or no or
+ * an unknown SUB (usage error, one line on stderr).
+ */
+const void *kvp_tool_subcommand(kvp_tool *t, const char *group, int argc, char **argv,
+                                void (*usage)(FILE *), const void *table, size_t stride, size_t n,
+                                int *rc);
 int kvp_tool_open_registry(kvp_tool *t);
 /* Read-only, for list and show: a registry that does not exist yet leaves
  * t->reg NULL (nothing registered) instead of creating it. */

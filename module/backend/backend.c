@@ -6,6 +6,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <openssl/core_names.h>
 #include <openssl/obj_mac.h>
@@ -100,4 +101,52 @@ int kvp_keyref_parse(const char *ref, char **scheme, char **store, char **name, 
     return rc;
   }
   return KVP_OK;
+}
+
+void kvp_key_info_clear(kvp_key_info *info)
+{
+  if (info == NULL)
+    return;
+  free(info->name);
+  free(info->version);
+  free(info->kty);
+  EVP_PKEY_free(info->pub);
+  free(info->id);
+  memset(info, 0, sizeof(*info));
+}
+
+void kvp_key_info_free_array(kvp_key_info *infos, size_t n)
+{
+  for (size_t i = 0; infos != NULL && i < n; i++)
+    kvp_key_info_clear(&infos[i]);
+  free(infos);
+}
+
+static const struct {
+  const char *name;
+  const char *alias1;
+  const char *alias2;
+  int nid;
+} curves[] = {
+    {"P-256", "p256", "prime256v1", NID_X9_62_prime256v1},
+    {"P-384", "p384", "secp384r1", NID_secp384r1},
+    {"P-521", "p521", "secp521r1", NID_secp521r1},
+    {"P-256K", "p256k", "secp256k1", NID_secp256k1},
+};
+
+int kvp_curve_nid(const char *name)
+{
+  for (size_t i = 0; name != NULL && i < KVP_ARRAY_SIZE(curves); i++)
+    if (strcasecmp(name, curves[i].name) == 0 || strcasecmp(name, curves[i].alias1) == 0 ||
+        strcasecmp(name, curves[i].alias2) == 0)
+      return curves[i].nid;
+  return NID_undef;
+}
+
+const char *kvp_curve_name(int nid)
+{
+  for (size_t i = 0; i < KVP_ARRAY_SIZE(curves); i++)
+    if (curves[i].nid == nid)
+      return curves[i].name;
+  return NULL;
 }

@@ -74,6 +74,39 @@ typedef struct kvp_dec_alg {
 typedef struct kvp_backend kvp_backend;
 typedef struct kvp_key kvp_key;
 
+/* What a key may be used for (provisioning). */
+#define KVP_KEYOP_SIGN 0x1u
+#define KVP_KEYOP_DECRYPT 0x2u
+
+/* A key to create or import. */
+typedef struct kvp_key_spec {
+  kvp_key_type type;   /* create only (import takes it from the key) */
+  unsigned bits;       /* RSA: 2048, 3072 or 4096 */
+  int curve_nid;       /* EC: NID_X9_62_prime256v1, NID_secp384r1, NID_secp521r1 */
+  unsigned ops;        /* KVP_KEYOP_*; 0: sign|decrypt for RSA, sign for EC */
+  int hsm_protected;   /* Key Vault: kty RSA-HSM / EC-HSM; ignored by HSMs */
+  const unsigned char *id; /* HSM: CKA_ID for both objects; NULL: SHA-1 of the */
+  size_t id_len;           /* subjectPublicKey (the module's default CKA_ID) */
+} kvp_key_spec;
+
+/* Public facts about a key in a store (list / show). */
+typedef struct kvp_key_info {
+  char *name;
+  char *version;       /* Key Vault: current version; NULL for HSM */
+  char *kty;           /* "RSA", "RSA-HSM", "EC", "EC-HSM" */
+  kvp_key_type type;
+  unsigned bits;       /* RSA modulus bits / EC field bits */
+  int curve_nid;
+  unsigned ops;        /* KVP_KEYOP_* the store allows */
+  int enabled;         /* 0: disabled, expired or not yet valid */
+  int hsm_protected;   /* Key Vault -HSM key, or always 1 for an HSM */
+  long long created;   /* unix time, 0: unknown */
+  long long expires;   /* unix time, 0: none */
+  EVP_PKEY *pub;       /* public key; may be NULL in list results */
+  unsigned char *id;   /* HSM: CKA_ID; NULL for Key Vault */
+  size_t id_len;
+} kvp_key_info;
+
 /* An opened key. Owned by the backend; the front treats it as read-only. */
 struct kvp_key {
   kvp_backend *backend;
@@ -113,6 +146,41 @@ typedef struct kvp_backend_ops {
   CK_RV (*login)(kvp_backend *be, const CK_UTF8CHAR *pin, CK_ULONG pin_len);
   CK_RV (*logout)(kvp_backend *be);
 
+  /* ---- provisioning (may be NULL: CKR_FUNCTION_NOT_SUPPORTED) ----------- */
+
+  /* Create a new key named name inside the store (Key Vault: POST
+   * /keys/NAME/create; HSM: C_GenerateKeyPair, token objects, private key
+   * CKA_SENSITIVE true, CKA_EXTRACTABLE false). A key of that name that exists
+   * already is never replaced: CKR_ATTRIBUTE_VALUE_INVALID with a log line.
+   * On success *out is the opened key (as open_key would return it). */
+  CK_RV (*create_key)(kvp_backend *be, const char *name, const kvp_key_spec *spec, kvp_key **out);
+
+  /* Import an existing private key (RSA or EC, from a PFX) under name (Key
+   * Vault: PUT /keys/NAME with the private JWK; HSM: C_CreateObject of the
+   * private key, sensitive and non-extractable, and of its public key). Same
+   * rule for an existing name. Every copy of the key material the backend
+   * makes (JWK text, BIGNUM bytes, templates, request buffers) is wiped before
+   * the call returns. spec gives ops / hsm_protected / id; type, bits and
+   * curve_nid are taken from priv. After a failure whose outcome is unknown
+   * (connection lost after the request was sent), the backend checks with a
+   * get whether the key now exists with priv's public key: if so it returns
+   * CKR_OK, otherwise the failure. */
+  CK_RV (*import_key)(kvp_backend *be, const char *name, EVP_PKEY *priv, const kvp_key_spec *spec,
+                      kvp_key **out);
+
+  /* Delete the key (Key Vault: DELETE /keys/NAME, soft-delete; HSM:
+   * C_DestroyObject of the private and public key objects).
+   * CKR_KEY_HANDLE_INVALID when there is no such key. */
+  CK_RV (*delete_key)(kvp_backend *be, const char *name);
+
+  /* Every key in the store (Key Vault: list with nextLink paging, then one
+   * get per key for its public part; HSM: C_FindObjects over private keys,
+   * named by CKA_LABEL). */
+  CK_RV (*list_keys)(kvp_backend *be, kvp_key_info **out, size_t *n);
+
+  /* One key's public information. CKR_KEY_HANDLE_INVALID when absent. */
+  CK_RV (*key_info)(kvp_backend *be, const char *name, kvp_key_info *out);
+
   /* Free everything. forked != 0: called in a child after fork(); must not
    * call into the lower module or reuse its connections, only free memory. */
   void (*destroy)(kvp_backend *be, int forked);
@@ -128,6 +196,13 @@ CK_RV kvp_hsm_backend_new(const kvp_hsm_conf *conf, kvp_backend **out);
 CK_RV kvp_keyvault_backend_new(const kvp_vault_conf *conf, kvp_backend **out);
 
 /* Helpers shared by backends and front (backend.c). */
+void kvp_key_info_clear(kvp_key_info *info);
+void kvp_key_info_free_array(kvp_key_info *infos, size_t n);
+/* "p256"/"P-256"/"prime256v1" etc. to a NID (NID_undef if unknown), and back
+ * ("P-256", "P-384", "P-521", "P-256K"). */
+int kvp_curve_nid(const char *name);
+const char *kvp_curve_name(int nid);
+
 size_t kvp_hash_len(kvp_hash h);
 const EVP_MD *kvp_hash_md(kvp_hash h);
 const char *kvp_hash_name(kvp_hash h);

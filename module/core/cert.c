@@ -404,6 +404,27 @@ int kvp_spki_from_pkey(const EVP_PKEY *pkey, kvp_spki *out)
   return spki_finish(out);
 }
 
+int kvp_spki_from_der(const unsigned char *der, size_t len, kvp_spki *out)
+{
+  memset(out, 0, sizeof(*out));
+  if (der == NULL || len == 0 || len > 64 * 1024)
+    return KVP_EINVAL;
+  if ((out->der = OPENSSL_malloc(len)) == NULL)
+    return KVP_ENOMEM;
+  memcpy(out->der, der, len);
+  out->der_len = (int)len;
+  return spki_finish(out);
+}
+
+EVP_PKEY *kvp_spki_pubkey(const kvp_spki *k)
+{
+  if (k->type == 1)
+    return kvp_pubkey_from_rsa(k->n, (size_t)k->n_len, k->e, (size_t)k->e_len);
+  if (k->type == 2)
+    return kvp_pubkey_from_ec(k->curve_nid, k->point, (size_t)k->point_len);
+  return NULL;
+}
+
 /* Wrap the key bits in a SubjectPublicKeyInfo and decode it. */
 static EVP_PKEY *pubkey_from_parts(int alg_nid, int ptype, void *pval, unsigned char *bits,
                                    int bits_len)

@@ -62,7 +62,11 @@ typedef struct kvp_spki {
 /* RSA of 1024 to 8192 bits, EC on P-256, P-384, P-521, secp256k1; KVP_EINVAL otherwise. */
 int kvp_spki_from_x509(X509 *x, kvp_spki *out);
 int kvp_spki_from_pkey(const EVP_PKEY *pkey, kvp_spki *out);
+/* From DER SubjectPublicKeyInfo bytes (copied). */
+int kvp_spki_from_der(const unsigned char *der, size_t len, kvp_spki *out);
 void kvp_spki_clear(kvp_spki *k);
+/* A new EVP_PKEY for the parsed key (kvp_pubkey_from_rsa / _ec). */
+EVP_PKEY *kvp_spki_pubkey(const kvp_spki *k);
 
 /* Public keys from their parts, decoded from a DER SubjectPublicKeyInfo (works
  * with or without a default ENGINE). NULL on bad input. */

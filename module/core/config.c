@@ -816,6 +816,18 @@ static int finish(parse_ctx *c)
 
   if (end_section(c) != KVP_OK || check_stores(c) != KVP_OK)
     return c->rc;
+  /* KVP11_REGISTRY replaces [global] registry (tests, `kvp11 csr` on a key
+   * that is not registered). Must be absolute, like every path kvp11 uses. */
+  {
+    const char *env = getenv("KVP11_REGISTRY");
+    if (env != NULL && *env != '\0') {
+      if (*env != '/')
+        return perr(c, KVP_EINVAL, 0, NULL, "KVP11_REGISTRY: '%s' is not an absolute path", env);
+      free(cfg->registry);
+      if ((cfg->registry = strdup(env)) == NULL)
+        return perr(c, KVP_ENOMEM, c->line, NULL, "out of memory");
+    }
+  }
   if (cfg->registry == NULL && (cfg->registry = strdup(KVP11_DEFAULT_REGISTRY)) == NULL)
     return perr(c, KVP_ENOMEM, c->line, NULL, "out of memory");
   if (cfg->n_accounts == 0) {

@@ -64,12 +64,19 @@ static const char *const migrations[] = {
     " updated INTEGER NOT NULL,"
     " UNIQUE (account, name),"
     " CHECK ((type = 'private') = (key_ref IS NOT NULL)));",
+    /* v2: keys without a certificate yet (der empty, spki set) and the CKA_ID
+     * an application chose (C_GenerateKeyPair / C_CreateObject). */
+    "ALTER TABLE certs ADD COLUMN spki BLOB;"
+    "ALTER TABLE certs ADD COLUMN ckid BLOB;",
 };
 #define SCHEMA_VERSION ((int)KVP_ARRAY_SIZE(migrations))
 
 #define COLUMNS                                                                                    \
   "id, account, name, type, der, subject, issuer, serial, not_before, not_after, sha1, sha256, "   \
   "key_ref, key_version, resource_group, created, updated"
+/* Readers of a version-1 registry (not migrated yet by a writer) see no spki/ckid. */
+#define COLUMNS_V2 COLUMNS ", spki, ckid"
+#define COLUMNS_V1 COLUMNS ", NULL, NULL"
 
 struct kvp_registry {
   sqlite3 *db;
@@ -79,6 +86,7 @@ struct kvp_registry {
   struct stat snap[2];  /* immutable: the database and -wal files as last seen */
   int asked;            /* kvp_registry_changed() was called */
   int64_t data_version; /* PRAGMA data_version at the last call */
+  int64_t schema;       /* PRAGMA user_version as last read */
 };
 
 /* ---- errors and small helpers ------------------------------------------ */
@@ -177,7 +185,7 @@ static int check_version(kvp_registry *reg, int64_t v, char *err, size_t errlen)
                       "registry %s: schema version %lld is newer than this kvp11 knows (%d); "
                       "upgrade kvp11",
                       reg->path, (long long)v, SCHEMA_VERSION);
-  if (v < SCHEMA_VERSION && reg->readonly)
+  if (v < 1 && reg->readonly)
     return kvp_seterr(err, errlen, KVP_EINVAL,
                       "registry %s: schema version %lld is older than this kvp11's (%d); run a "
                       "kvp11 command that changes the registry to upgrade it",
@@ -311,6 +319,7 @@ static int open_writer(kvp_registry *reg, char *err, size_t errlen)
   rc = set_wal(reg, err, errlen);
   if (rc == KVP_OK)
     rc = migrate(reg, err, errlen);
+  reg->schema = SCHEMA_VERSION;
   if (rc == KVP_OK)
     rc = check_health(reg, err, errlen);
   return rc;
@@ -379,6 +388,7 @@ static int connect_reader(kvp_registry *reg, int immutable, char *err, size_t er
     rc = check_version(reg, v, err, errlen);
   if (rc == KVP_OK)
     rc = check_health(reg, err, errlen);
+  reg->schema = v;
 out:
   free(uri);
   return rc;
@@ -472,6 +482,9 @@ int kvp_registry_changed(kvp_registry *reg, int *changed, char *err, size_t errl
   *changed = !reg->asked || reg->data_version != v;
   reg->asked = 1;
   reg->data_version = v;
+  /* a writer may have migrated the schema underneath */
+  if (*changed && reg->readonly)
+    return pragma_int(reg, "PRAGMA user_version", &reg->schema, err, errlen);
   return KVP_OK;
 }
 
@@ -486,6 +499,24 @@ static int col_str(sqlite3_stmt *st, int i, char **out)
     return sqlite3_column_type(st, i) == SQLITE_NULL ? KVP_OK : KVP_ENOMEM;
   *out = strdup((const char *)s);
   return *out != NULL ? KVP_OK : KVP_ENOMEM;
+}
+
+/* A BLOB column; NULL stays NULL (len 0). */
+static int col_blob(sqlite3_stmt *st, int i, unsigned char **out, size_t *len)
+{
+  const void *b = sqlite3_column_blob(st, i);
+  size_t n = (size_t)sqlite3_column_bytes(st, i);
+
+  *out = NULL;
+  *len = 0;
+  if (sqlite3_column_type(st, i) == SQLITE_NULL)
+    return KVP_OK;
+  if ((*out = malloc(n > 0 ? n : 1)) == NULL)
+    return KVP_ENOMEM;
+  if (b != NULL)
+    memcpy(*out, b, n);
+  *len = n;
+  return KVP_OK;
 }
 
 /* Fill rec from the current row of a SELECT COLUMNS statement. */
@@ -516,6 +547,8 @@ static int read_row(sqlite3_stmt *st, kvp_cert_rec *rec)
   rc |= col_str(st, 14, &rec->resource_group);
   rec->created = sqlite3_column_int64(st, 15);
   rec->updated = sqlite3_column_int64(st, 16);
+  rc |= col_blob(st, 17, &rec->spki, &rec->spki_len);
+  rc |= col_blob(st, 18, &rec->ckid, &rec->ckid_len);
   if (rc != KVP_OK || rec->der == NULL) {
     kvp_cert_rec_clear(rec);
     return KVP_ENOMEM;
@@ -527,9 +560,10 @@ static int read_row(sqlite3_stmt *st, kvp_cert_rec *rec)
  * Run a SELECT COLUMNS query with up to two text parameters (NULL: not
  * bound) and collect every row.
  */
-static int query(kvp_registry *reg, const char *sql, const char *p1, const char *p2,
+static int query(kvp_registry *reg, const char *tail, const char *p1, const char *p2,
                  kvp_cert_rec **out, size_t *n, char *err, size_t errlen)
 {
+  char sql[512];
   sqlite3_stmt *st = NULL;
   kvp_cert_rec *recs = NULL;
   size_t count = 0, cap = 0;
@@ -540,6 +574,7 @@ static int query(kvp_registry *reg, const char *sql, const char *p1, const char 
     rc = kvp_seterr(err, errlen, KVP_ENOMEM, "registry %s: not connected", reg->path);
     goto out;
   }
+  snprintf(sql, sizeof(sql), "SELECT %s %s", reg->schema >= 2 ? COLUMNS_V2 : COLUMNS_V1, tail);
   if (sqlite3_prepare_v2(reg->db, sql, -1, &st, NULL) != SQLITE_OK ||
       (p1 != NULL && sqlite3_bind_text(st, 1, p1, -1, SQLITE_STATIC) != SQLITE_OK) ||
       (p2 != NULL && sqlite3_bind_text(st, 2, p2, -1, SQLITE_STATIC) != SQLITE_OK)) {
@@ -580,8 +615,8 @@ int kvp_registry_list(kvp_registry *reg, const char *account, kvp_cert_rec **out
                       char *err, size_t errlen)
 {
   return query(reg,
-               account != NULL ? "SELECT " COLUMNS " FROM certs WHERE account = ?1 ORDER BY name"
-                               : "SELECT " COLUMNS " FROM certs ORDER BY account, name",
+               account != NULL ? "FROM certs WHERE account = ?1 ORDER BY name"
+                               : "FROM certs ORDER BY account, name",
                account, NULL, out, n, err, errlen);
 }
 
@@ -593,13 +628,33 @@ int kvp_registry_get(kvp_registry *reg, const char *account, const char *name, k
   int rc;
 
   memset(out, 0, sizeof(*out));
-  rc = query(reg, "SELECT " COLUMNS " FROM certs WHERE account = ?1 AND name = ?2", account, name,
-             &recs, &n, err, errlen);
+  rc = query(reg, "FROM certs WHERE account = ?1 AND name = ?2", account, name, &recs, &n, err,
+             errlen);
   if (rc != KVP_OK)
     return rc;
   if (n == 0)
     rc = kvp_seterr(err, errlen, KVP_ENOTFOUND, "no certificate '%s' in account '%s'", name,
                     account);
+  else
+    *out = recs[0];
+  free(recs);
+  return rc;
+}
+
+int kvp_registry_get_id(kvp_registry *reg, int64_t id, kvp_cert_rec *out, char *err, size_t errlen)
+{
+  kvp_cert_rec *recs = NULL;
+  size_t n = 0;
+  char tail[64];
+  int rc;
+
+  memset(out, 0, sizeof(*out));
+  snprintf(tail, sizeof(tail), "FROM certs WHERE id = %lld", (long long)id);
+  rc = query(reg, tail, NULL, NULL, &recs, &n, err, errlen);
+  if (rc != KVP_OK)
+    return rc;
+  if (n == 0)
+    rc = kvp_seterr(err, errlen, KVP_ENOTFOUND, "no registry entry with id %lld", (long long)id);
   else
     *out = recs[0];
   free(recs);
@@ -616,9 +671,14 @@ static int check_rec(const kvp_cert_rec *r, char *err, size_t errlen)
     bad = "no account";
   else if (r->name == NULL || *r->name == '\0')
     bad = "no name";
-  else if (r->der == NULL || r->der_len == 0 || r->subject == NULL || r->issuer == NULL ||
-           r->serial == NULL || strlen(r->sha1) != 40 || strlen(r->sha256) != 64)
+  else if (r->der_len == 0 && (r->type != KVP_CERT_PRIVATE || r->spki == NULL || r->spki_len == 0))
+    bad = "an entry without a certificate must be a private key with its public key";
+  else if (r->der_len > 0 &&
+           (r->der == NULL || r->subject == NULL || r->issuer == NULL || r->serial == NULL ||
+            strlen(r->sha1) != 40 || strlen(r->sha256) != 64))
     bad = "certificate fields missing";
+  else if (r->ckid_len > 255)
+    bad = "CKA_ID longer than 255 bytes";
   else if ((r->type == KVP_CERT_PRIVATE) != (r->key_ref != NULL))
     bad = r->key_ref == NULL ? "a private certificate needs a key reference"
                              : "a public certificate has no key reference";
@@ -634,22 +694,32 @@ static int bind_text(sqlite3_stmt *st, int i, const char *s)
   return s != NULL ? sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC) : sqlite3_bind_null(st, i);
 }
 
+/* A BLOB parameter: NULL binds SQL NULL, a zero-length one an empty BLOB. */
+static int bind_blob(sqlite3_stmt *st, int i, const void *b, size_t n, int empty_ok)
+{
+  if (b == NULL && !(empty_ok && n == 0))
+    return sqlite3_bind_null(st, i);
+  return n == 0 ? sqlite3_bind_zeroblob(st, i, 0) : sqlite3_bind_blob(st, i, b, (int)n, SQLITE_STATIC);
+}
+
 static int bind_rec(sqlite3_stmt *st, const kvp_cert_rec *r, int64_t now)
 {
   return bind_text(st, 1, r->account) | bind_text(st, 2, r->name) |
          bind_text(st, 3, r->type == KVP_CERT_PRIVATE ? "private" : "public") |
-         sqlite3_bind_blob(st, 4, r->der, (int)r->der_len, SQLITE_STATIC) |
-         bind_text(st, 5, r->subject) | bind_text(st, 6, r->issuer) | bind_text(st, 7, r->serial) |
+         bind_blob(st, 4, r->der, r->der_len, 1) |
+         bind_text(st, 5, r->subject ? r->subject : "") | bind_text(st, 6, r->issuer ? r->issuer : "") |
+         bind_text(st, 7, r->serial ? r->serial : "") |
          sqlite3_bind_int64(st, 8, r->not_before) | sqlite3_bind_int64(st, 9, r->not_after) |
          bind_text(st, 10, r->sha1) | bind_text(st, 11, r->sha256) | bind_text(st, 12, r->key_ref) |
          bind_text(st, 13, r->key_version) | bind_text(st, 14, r->resource_group) |
-         sqlite3_bind_int64(st, 15, now);
+         sqlite3_bind_int64(st, 15, now) | bind_blob(st, 16, r->spki, r->spki_len, 0) |
+         bind_blob(st, 17, r->ckid, r->ckid_len, 0);
 }
 
 #define INSERT_SQL                                                                                 \
   "INSERT INTO certs (account, name, type, der, subject, issuer, serial, not_before, not_after, "  \
-  "sha1, sha256, key_ref, key_version, resource_group, created, updated) "                         \
-  "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?15)"
+  "sha1, sha256, key_ref, key_version, resource_group, created, updated, spki, ckid) "            \
+  "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?15, ?16, ?17)"
 /* The upsert keeps id and created. */
 #define UPSERT_SQL                                                                                 \
   INSERT_SQL " ON CONFLICT (account, name) DO UPDATE SET type = excluded.type, "                   \
@@ -657,7 +727,8 @@ static int bind_rec(sqlite3_stmt *st, const kvp_cert_rec *r, int64_t now)
              "serial = excluded.serial, not_before = excluded.not_before, "                        \
              "not_after = excluded.not_after, sha1 = excluded.sha1, sha256 = excluded.sha256, "    \
              "key_ref = excluded.key_ref, key_version = excluded.key_version, "                    \
-             "resource_group = excluded.resource_group, updated = excluded.updated"
+             "resource_group = excluded.resource_group, updated = excluded.updated, "              \
+             "spki = excluded.spki, ckid = excluded.ckid"
 
 int kvp_registry_add(kvp_registry *reg, const kvp_cert_rec *rec, int replace, char *err,
                      size_t errlen)
@@ -722,6 +793,8 @@ void kvp_cert_rec_clear(kvp_cert_rec *rec)
   free(rec->key_ref);
   free(rec->key_version);
   free(rec->resource_group);
+  free(rec->spki);
+  free(rec->ckid);
   memset(rec, 0, sizeof(*rec));
 }
 

@@ -36,6 +36,14 @@ typedef struct kvp_cert_rec {
   char *key_ref;          /* "hsm:<hsm>/<label>", "keyvault:<vault>/<key>[/<ver>]"; NULL if public */
   char *key_version;      /* Key Vault key version checked at registration, NULL otherwise */
   char *resource_group;   /* optional metadata, NULL if none */
+  /* Schema v2. A private row with der_len == 0 is a key without a
+   * certificate yet (made by `kvp11 key create` or C_GenerateKeyPair): the
+   * module shows its public and private key objects only; subject, issuer,
+   * serial are "", sha1/sha256 empty, not_before/not_after 0, spki required. */
+  unsigned char *spki;    /* DER SubjectPublicKeyInfo of the key; NULL if not recorded */
+  size_t spki_len;
+  unsigned char *ckid;    /* CKA_ID chosen by the application; NULL: the default */
+  size_t ckid_len;        /* (SHA-1 of the subjectPublicKey) */
   int64_t created;        /* unix time */
   int64_t updated;
 } kvp_cert_rec;
@@ -69,6 +77,8 @@ int kvp_registry_get(kvp_registry *reg, const char *account, const char *name, k
  * case it is updated in place (its id stays, created stays).
  */
 int kvp_registry_add(kvp_registry *reg, const kvp_cert_rec *rec, int replace, char *err, size_t errlen);
+/* The row with this rowid (any account); KVP_ENOTFOUND when absent. */
+int kvp_registry_get_id(kvp_registry *reg, int64_t id, kvp_cert_rec *out, char *err, size_t errlen);
 /* KVP_ENOTFOUND when absent. */
 int kvp_registry_remove(kvp_registry *reg, const char *account, const char *name, char *err,
                         size_t errlen);

@@ -186,7 +186,8 @@ CK_RV C_GetTokenInfo(CK_SLOT_ID slotID, CK_TOKEN_INFO_PTR pInfo)
     snprintf(serial, sizeof(serial), "%016lx", (unsigned long)slotID);
     pad_copy(pInfo->serialNumber, sizeof(pInfo->serialNumber), serial);
     pInfo->flags = CKF_TOKEN_INITIALIZED | CKF_USER_PIN_INITIALIZED | CKF_RNG |
-                   CKF_WRITE_PROTECTED | (kvp_slot_needs_login() ? CKF_LOGIN_REQUIRED : 0);
+                   (kvp_registry_writable() ? 0 : CKF_WRITE_PROTECTED) |
+                   (kvp_slot_needs_login() ? CKF_LOGIN_REQUIRED : 0);
     pInfo->ulMaxSessionCount = CK_EFFECTIVELY_INFINITE;
     pInfo->ulSessionCount = sessions;
     pInfo->ulMaxRwSessionCount = CK_EFFECTIVELY_INFINITE;
@@ -355,17 +356,7 @@ CK_RV C_SetPIN(CK_SESSION_HANDLE hSession, CK_UTF8CHAR_PTR pOldPin, CK_ULONG ulO
 
 /* ---- objects --------------------------------------------------------- */
 
-static CK_RV create_object(kvp_session *s, CK_ATTRIBUTE_PTR tmpl, CK_ULONG n,
-                           CK_OBJECT_HANDLE_PTR ph)
-{
-  if ((tmpl == NULL && n != 0) || ph == NULL)
-    return CKR_ARGUMENTS_BAD;
-  if (!(s->flags & CKF_RW_SESSION))
-    return CKR_SESSION_READ_ONLY;
-  return CKR_TOKEN_WRITE_PROTECTED;
-}
-
-/* Changing, copying or destroying a registered object is refused. */
+/* Changing or copying a registered object is refused. */
 static CK_RV existing_object_prohibited(kvp_session *s, CK_OBJECT_HANDLE h)
 {
   kvp_object *o = NULL;
@@ -379,7 +370,7 @@ static CK_RV existing_object_prohibited(kvp_session *s, CK_OBJECT_HANDLE h)
 CK_RV C_CreateObject(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate,
                             CK_ULONG ulCount, CK_OBJECT_HANDLE_PTR phObject)
 {
-  WITH_SESSION(hSession, create_object(s, pTemplate, ulCount, phObject));
+  WITH_SESSION(hSession, kvp_create_object(s, pTemplate, ulCount, phObject));
 }
 
 CK_RV C_CopyObject(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
@@ -391,7 +382,7 @@ CK_RV C_CopyObject(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
 
 CK_RV C_DestroyObject(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject)
 {
-  WITH_SESSION(hSession, existing_object_prohibited(s, hObject));
+  WITH_SESSION(hSession, kvp_destroy_object(s, hObject));
 }
 
 static CK_RV object_size(kvp_session *s, CK_OBJECT_HANDLE h, CK_ULONG_PTR pulSize)
@@ -687,7 +678,10 @@ CK_RV C_GenerateKeyPair(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
                                CK_ULONG ulPrivateKeyAttributeCount, CK_OBJECT_HANDLE_PTR phPublicKey,
                                CK_OBJECT_HANDLE_PTR phPrivateKey)
 {
-  WITH_SESSION(hSession, CKR_FUNCTION_NOT_SUPPORTED);
+  WITH_SESSION(hSession, kvp_generate_key_pair(s, pMechanism, pPublicKeyTemplate,
+                                               ulPublicKeyAttributeCount, pPrivateKeyTemplate,
+                                               ulPrivateKeyAttributeCount, phPublicKey,
+                                               phPrivateKey));
 }
 
 CK_RV C_WrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,

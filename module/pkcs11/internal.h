@@ -168,6 +168,15 @@ int kvp_object_match(const kvp_object *o, const CK_ATTRIBUTE *tmpl, CK_ULONG n);
 CK_RV kvp_object_key(kvp_object *o, kvp_key **out);
 CK_RV kvp_find_init(kvp_session *s, CK_ATTRIBUTE_PTR tmpl, CK_ULONG n);
 
+/* provision.c */
+CK_RV kvp_create_object(kvp_session *s, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR ph);
+CK_RV kvp_destroy_object(kvp_session *s, CK_OBJECT_HANDLE h);
+CK_RV kvp_generate_key_pair(kvp_session *s, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_PTR pub,
+                            CK_ULONG n_pub, CK_ATTRIBUTE_PTR priv, CK_ULONG n_priv,
+                            CK_OBJECT_HANDLE_PTR ph_pub, CK_OBJECT_HANDLE_PTR ph_priv);
+/* 1 when this process may write the registry (drives CKF_WRITE_PROTECTED). */
+int kvp_registry_writable(void);
+
 /* mech.c */
 CK_RV kvp_mechanism_list(const kvp_slot *slot, CK_MECHANISM_TYPE_PTR list, CK_ULONG_PTR count);
 CK_RV kvp_mechanism_info(const kvp_slot *slot, CK_MECHANISM_TYPE type, CK_MECHANISM_INFO_PTR info);

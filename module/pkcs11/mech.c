@@ -163,11 +163,11 @@ unsigned char *kvp_ecdsa_raw_to_der(const CK_BYTE *raw, CK_ULONG len, size_t *de
 
 /* ---- the mechanism table --------------------------------------------- */
 
-enum { K_NONE = 0, K_RSA = 1, K_EC = 2 };
+enum { K_NONE = 0, K_RSA = 1, K_EC = 2, K_GEN = 3 };
 
 typedef struct mech_desc {
   CK_MECHANISM_TYPE type;
-  int key;           /* K_RSA, K_EC, or K_NONE for digests */
+  int key;           /* K_RSA, K_EC, K_NONE for digests, K_GEN for key generation */
   CK_FLAGS flags;
   kvp_hash hash;     /* the hash the mechanism computes itself */
   kvp_sig_scheme sig;
@@ -195,6 +195,9 @@ static const mech_desc mechs[] = {
     {CKM_SHA256, K_NONE, CKF_DIGEST, KVP_HASH_SHA256, 0},
     {CKM_SHA384, K_NONE, CKF_DIGEST, KVP_HASH_SHA384, 0},
     {CKM_SHA512, K_NONE, CKF_DIGEST, KVP_HASH_SHA512, 0},
+    /* key generation: only on tokens whose account names a default_store */
+    {CKM_RSA_PKCS_KEY_PAIR_GEN, K_GEN, CKF_GENERATE_KEY_PAIR, KVP_HASH_NONE, 0},
+    {CKM_EC_KEY_PAIR_GEN, K_GEN, CKF_GENERATE_KEY_PAIR | EC_FLAGS, KVP_HASH_NONE, 0},
 };
 
 static const mech_desc *find_mech(CK_MECHANISM_TYPE type)
@@ -207,6 +210,8 @@ static const mech_desc *find_mech(CK_MECHANISM_TYPE type)
 
 static int slot_offers(const kvp_slot *slot, const mech_desc *m)
 {
+  if (m->key == K_GEN)
+    return slot->account != NULL && slot->account->default_store != NULL;
   return m->key == K_NONE || (m->key == K_RSA && slot->has_rsa) || (m->key == K_EC && slot->has_ec);
 }
 
@@ -237,6 +242,16 @@ CK_RV kvp_mechanism_info(const kvp_slot *slot, CK_MECHANISM_TYPE type, CK_MECHAN
   /* Sign and decrypt run in a key store (HSM or vault): CKF_HW, as clients
    * such as pkcs11-tool --test expect of a token's private-key mechanisms. */
   info->flags = m->flags | ((m->flags & (CKF_SIGN | CKF_DECRYPT)) ? CKF_HW : 0);
+  if (m->type == CKM_RSA_PKCS_KEY_PAIR_GEN) {
+    info->ulMinKeySize = 2048; /* what Key Vault and kvp11 create: 2048, 3072, 4096 */
+    info->ulMaxKeySize = 4096;
+    return CKR_OK;
+  }
+  if (m->type == CKM_EC_KEY_PAIR_GEN) {
+    info->ulMinKeySize = 256;
+    info->ulMaxKeySize = 521;
+    return CKR_OK;
+  }
   switch (m->key) {
   case K_RSA:
     info->ulMinKeySize = 1024;

@@ -127,11 +127,11 @@ static void add_ec_public(attr_list *l, const kvp_spki *k)
   ASN1_OCTET_STRING_free(os);
 }
 
-static void add_common_key(attr_list *l, const kvp_spki *k, const unsigned char *subject,
-                           int subject_len)
+static void add_common_key(attr_list *l, const kvp_spki *k, const unsigned char *id,
+                           CK_ULONG id_len, const unsigned char *subject, int subject_len)
 {
   add_ulong(l, CKA_KEY_TYPE, k->type == KVP_KEY_RSA ? CKK_RSA : CKK_EC);
-  add_attr(l, CKA_ID, k->id, KVP_KEY_ID_LEN, 0);
+  add_attr(l, CKA_ID, id, id_len, 0);
   add_attr(l, CKA_START_DATE, NULL, 0, 0);
   add_attr(l, CKA_END_DATE, NULL, 0, 0);
   add_bool(l, CKA_DERIVE, CK_FALSE);
@@ -159,7 +159,9 @@ static void add_storage(attr_list *l, CK_OBJECT_CLASS cls, int is_private, const
   add_bool(l, CKA_PRIVATE, is_private ? CK_TRUE : CK_FALSE);
   add_bool(l, CKA_MODIFIABLE, CK_FALSE);
   add_bool(l, CKA_COPYABLE, CK_FALSE);
-  add_bool(l, CKA_DESTROYABLE, CK_FALSE);
+  /* C_DestroyObject removes a certificate from the registry; keys stay in
+   * their store (deleting them is `kvp11 key delete`). */
+  add_bool(l, CKA_DESTROYABLE, cls == CKO_CERTIFICATE ? CK_TRUE : CK_FALSE);
   add_attr(l, CKA_LABEL, label, (CK_ULONG)strlen(label), 0);
 }
 
@@ -206,31 +208,48 @@ CK_RV kvp_objects_from_rec(const kvp_cert_rec *rec, CK_SLOT_ID slot, kvp_backend
                            size_t n_backends, kvp_object **out, size_t *n_out)
 {
   const unsigned char *p = rec->der;
-  X509 *x = d2i_X509(NULL, &p, (long)rec->der_len);
+  /* der_len == 0: a key without a certificate yet (key pair objects only) */
+  int key_only = rec->der_len == 0;
+  X509 *x = key_only ? NULL : d2i_X509(NULL, &p, (long)rec->der_len);
   kvp_object *cert = NULL, *pub = NULL, *priv = NULL;
   unsigned char *subject = NULL, *issuer = NULL, *serial = NULL;
-  int subject_len, issuer_len, serial_len;
+  int subject_len = 0, issuer_len = 0, serial_len = 0;
+  const unsigned char *id;
+  CK_ULONG id_len;
   kvp_spki k;
   attr_list l = {0};
   CK_RV rv = CKR_HOST_MEMORY;
 
   *n_out = 0;
-  if (x == NULL) {
+  memset(&k, 0, sizeof(k));
+  if (key_only && rec->type != KVP_CERT_PRIVATE) {
+    KVP_ERROR("registry: entry '%s' has neither a certificate nor a key", rec->name);
+    return CKR_GENERAL_ERROR;
+  }
+  if (!key_only && x == NULL) {
     KVP_ERROR("registry: certificate '%s': stored DER does not parse", rec->name);
     return CKR_GENERAL_ERROR;
   }
-  if (kvp_spki_from_x509(x, &k) != KVP_OK) {
-    KVP_WARN("registry: certificate '%s': unsupported public key (RSA of 1024 to 8192 bits, "
+  if ((key_only ? kvp_spki_from_der(rec->spki, rec->spki_len, &k) : kvp_spki_from_x509(x, &k)) !=
+      KVP_OK) {
+    KVP_WARN("registry: %s '%s': unsupported or missing public key (RSA of 1024 to 8192 bits, "
              "or EC on P-256, P-384, P-521, secp256k1)",
-             rec->name);
+             key_only ? "key" : "certificate", rec->name);
     rv = CKR_KEY_TYPE_INCONSISTENT;
     goto out;
   }
-  subject_len = i2d_X509_NAME(X509_get_subject_name(x), &subject);
-  issuer_len = i2d_X509_NAME(X509_get_issuer_name(x), &issuer);
-  serial_len = i2d_ASN1_INTEGER(X509_get_serialNumber(x), &serial);
-  if (subject_len <= 0 || issuer_len <= 0 || serial_len <= 0)
-    goto out;
+  /* CKA_ID: the one the application chose, else derived from the key */
+  id = rec->ckid_len > 0 ? rec->ckid : k.id;
+  id_len = rec->ckid_len > 0 ? (CK_ULONG)rec->ckid_len : (CK_ULONG)sizeof(k.id);
+  if (!key_only) {
+    subject_len = i2d_X509_NAME(X509_get_subject_name(x), &subject);
+    issuer_len = i2d_X509_NAME(X509_get_issuer_name(x), &issuer);
+    serial_len = i2d_ASN1_INTEGER(X509_get_serialNumber(x), &serial);
+    if (subject_len <= 0 || issuer_len <= 0 || serial_len <= 0)
+      goto out;
+  }
+  if (key_only)
+    goto keys;
 
   /* The certificate. */
   cert = object_new(CKO_CERTIFICATE, KVP_OBJ_CERT, rec, slot);
@@ -247,7 +266,7 @@ CK_RV kvp_objects_from_rec(const kvp_cert_rec *rec, CK_SLOT_ID slot, kvp_backend
     add_date(&l, CKA_START_DATE, rec->not_before);
     add_date(&l, CKA_END_DATE, rec->not_after);
     add_attr(&l, CKA_SUBJECT, subject, (CK_ULONG)subject_len, 0);
-    add_attr(&l, CKA_ID, k.id, sizeof(k.id), 0);
+    add_attr(&l, CKA_ID, id, id_len, 0);
     add_attr(&l, CKA_ISSUER, issuer, (CK_ULONG)issuer_len, 0);
     add_attr(&l, CKA_SERIAL_NUMBER, serial, (CK_ULONG)serial_len, 0);
     add_attr(&l, CKA_VALUE, rec->der, (CK_ULONG)rec->der_len, 0);
@@ -260,6 +279,7 @@ CK_RV kvp_objects_from_rec(const kvp_cert_rec *rec, CK_SLOT_ID slot, kvp_backend
   if (finish_attrs(cert, &l) != 0)
     goto out;
 
+keys:
   /* The public key. */
   pub = object_new(CKO_PUBLIC_KEY, KVP_OBJ_PUBKEY, rec, slot);
   if (pub == NULL)
@@ -267,12 +287,12 @@ CK_RV kvp_objects_from_rec(const kvp_cert_rec *rec, CK_SLOT_ID slot, kvp_backend
   pub->key_type = k.type;
   pub->bits = k.bits;
   pub->curve_nid = k.curve_nid;
-  pub->pub = X509_get_pubkey(x);
+  pub->pub = kvp_spki_pubkey(&k);
   if (pub->pub == NULL)
     goto out;
   memset(&l, 0, sizeof(l));
   add_storage(&l, CKO_PUBLIC_KEY, 0, rec->name);
-  add_common_key(&l, &k, subject, subject_len);
+  add_common_key(&l, &k, id, id_len, subject, subject_len);
   add_bool(&l, CKA_ENCRYPT, k.type == KVP_KEY_RSA);
   add_bool(&l, CKA_VERIFY, CK_TRUE);
   add_bool(&l, CKA_VERIFY_RECOVER, CK_FALSE);
@@ -297,7 +317,7 @@ CK_RV kvp_objects_from_rec(const kvp_cert_rec *rec, CK_SLOT_ID slot, kvp_backend
     priv->key_type = k.type;
     priv->bits = k.bits;
     priv->curve_nid = k.curve_nid;
-    priv->pub = X509_get_pubkey(x);
+    priv->pub = kvp_spki_pubkey(&k);
     priv->key_ref = kvp_strdup0(rec->key_ref);
     if (priv->pub == NULL || priv->key_ref == NULL)
       goto out;
@@ -319,7 +339,7 @@ CK_RV kvp_objects_from_rec(const kvp_cert_rec *rec, CK_SLOT_ID slot, kvp_backend
 
     memset(&l, 0, sizeof(l));
     add_storage(&l, CKO_PRIVATE_KEY, priv->is_private, rec->name);
-    add_common_key(&l, &k, subject, subject_len);
+    add_common_key(&l, &k, id, id_len, subject, subject_len);
     add_bool(&l, CKA_SENSITIVE, CK_TRUE);
     add_bool(&l, CKA_DECRYPT, k.type == KVP_KEY_RSA);
     add_bool(&l, CKA_SIGN, CK_TRUE);
@@ -339,7 +359,8 @@ CK_RV kvp_objects_from_rec(const kvp_cert_rec *rec, CK_SLOT_ID slot, kvp_backend
     if (finish_attrs(priv, &l) != 0)
       goto out;
   }
-  out[(*n_out)++] = cert;
+  if (cert != NULL)
+    out[(*n_out)++] = cert;
   out[(*n_out)++] = pub;
   if (priv != NULL)
     out[(*n_out)++] = priv;

@@ -589,6 +589,142 @@ static void test_readonly_dir(void)
   CU_ASSERT_EQUAL(run_reader(path, dir, 2, "three"), 0);
 }
 
+static unsigned char g_spki[] = {0x30, 0x05, 0x30, 0x00, 0x03, 0x01, 0x00};
+static unsigned char g_ckid[] = {0x01, 0x02};
+
+/* Schema v2: a key without a certificate, its public key and CKA_ID kept;
+ * filling in the certificate later keeps the row id. */
+static void test_key_only(void)
+{
+  char path[1100], err[KVP_ERRLEN];
+  kvp_cert_rec r = {0}, got, bad;
+  kvp_registry *reg, *ro;
+  int64_t id;
+
+  fresh(path, sizeof(path), "keyonly.db");
+  reg = open_ok(path, 0);
+  CU_ASSERT_FATAL(reg != NULL);
+  r.account = "default";
+  r.name = "newkey";
+  r.type = KVP_CERT_PRIVATE;
+  r.key_ref = "keyvault:prod/newkey";
+  r.key_version = "0123456789abcdef0123456789abcdef";
+  r.spki = g_spki;
+  r.spki_len = sizeof(g_spki);
+  r.ckid = g_ckid;
+  r.ckid_len = sizeof(g_ckid);
+  CU_ASSERT_EQUAL(kvp_registry_add(reg, &r, 0, err, sizeof(err)), KVP_OK);
+  CU_ASSERT_EQUAL_FATAL(kvp_registry_get(reg, "default", "newkey", &got, err, sizeof(err)), KVP_OK);
+  CU_ASSERT_EQUAL(got.der_len, 0);
+  CU_ASSERT_EQUAL(got.spki_len, sizeof(g_spki));
+  CU_ASSERT(got.spki != NULL && memcmp(got.spki, g_spki, sizeof(g_spki)) == 0);
+  CU_ASSERT_EQUAL(got.ckid_len, sizeof(g_ckid));
+  CU_ASSERT(got.ckid != NULL && memcmp(got.ckid, g_ckid, sizeof(g_ckid)) == 0);
+  CU_ASSERT_STRING_EQUAL(got.subject, "");
+  id = got.id;
+  kvp_cert_rec_clear(&got);
+  CU_ASSERT_EQUAL(kvp_registry_get_id(reg, id, &got, err, sizeof(err)), KVP_OK);
+  CU_ASSERT_STRING_EQUAL(got.name, "newkey");
+  kvp_cert_rec_clear(&got);
+  CU_ASSERT_EQUAL(kvp_registry_get_id(reg, id + 1000, &got, err, sizeof(err)), KVP_ENOTFOUND);
+
+  /* a key-only entry needs its public key, and must be private */
+  bad = r;
+  bad.name = "nospki";
+  bad.spki = NULL;
+  bad.spki_len = 0;
+  CU_ASSERT_EQUAL(kvp_registry_add(reg, &bad, 0, err, sizeof(err)), KVP_EINVAL);
+  CU_ASSERT(strstr(err, "public key") != NULL);
+  bad = r;
+  bad.name = "public-nocert";
+  bad.type = KVP_CERT_PUBLIC;
+  bad.key_ref = NULL;
+  CU_ASSERT_EQUAL(kvp_registry_add(reg, &bad, 0, err, sizeof(err)), KVP_EINVAL);
+
+  /* the certificate arrives: same row */
+  {
+    kvp_cert_rec full = make_rec("default", "newkey", KVP_CERT_PRIVATE);
+    full.key_ref = r.key_ref;
+    full.spki = g_spki;
+    full.spki_len = sizeof(g_spki);
+    CU_ASSERT_EQUAL(kvp_registry_add(reg, &full, 1, err, sizeof(err)), KVP_OK);
+  }
+  /* a reader sees it, with the id unchanged */
+  ro = open_ok(path, 1);
+  CU_ASSERT_FATAL(ro != NULL);
+  CU_ASSERT_EQUAL_FATAL(kvp_registry_get(ro, "default", "newkey", &got, err, sizeof(err)), KVP_OK);
+  CU_ASSERT_EQUAL(got.id, id);
+  CU_ASSERT_EQUAL(got.der_len, sizeof(g_der));
+  CU_ASSERT_EQUAL(got.ckid_len, 0);
+  CU_ASSERT(got.ckid == NULL);
+  kvp_cert_rec_clear(&got);
+  kvp_registry_close(ro);
+  kvp_registry_close(reg);
+}
+
+/* A version-1 registry (made by the first release) is read by the module as
+ * it is, and migrated to v2 by the first writer, rows kept. */
+static void test_migrate_v1(void)
+{
+  char path[1100], err[KVP_ERRLEN];
+  kvp_cert_rec got;
+  kvp_registry *ro, *rw;
+  sqlite3 *db = NULL;
+  int changed = 0;
+
+  fresh(path, sizeof(path), "v1.db");
+  CU_ASSERT_FATAL(sqlite3_open(path, &db) == SQLITE_OK);
+  CU_ASSERT_FATAL(
+      sqlite3_exec(db,
+                   "PRAGMA journal_mode=WAL;"
+                   "CREATE TABLE certs (id INTEGER PRIMARY KEY AUTOINCREMENT, account TEXT NOT NULL,"
+                   " name TEXT NOT NULL, type TEXT NOT NULL CHECK (type IN ('public', 'private')),"
+                   " der BLOB NOT NULL, subject TEXT NOT NULL, issuer TEXT NOT NULL,"
+                   " serial TEXT NOT NULL, not_before INTEGER NOT NULL, not_after INTEGER NOT NULL,"
+                   " sha1 TEXT NOT NULL, sha256 TEXT NOT NULL, key_ref TEXT, key_version TEXT,"
+                   " resource_group TEXT, created INTEGER NOT NULL, updated INTEGER NOT NULL,"
+                   " UNIQUE (account, name), CHECK ((type = 'private') = (key_ref IS NOT NULL)));"
+                   "INSERT INTO certs VALUES (7, 'default', 'old', 'public', x'3003020105', 'CN=a',"
+                   " 'CN=b', '01', 1, 2, '" "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" "', '"
+                   "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+                   "', NULL, NULL, NULL, 3, 4);"
+                   "PRAGMA user_version = 1;",
+                   NULL, NULL, NULL) == SQLITE_OK);
+  ro = open_ok(path, 1);
+  CU_ASSERT_FATAL(ro != NULL);
+  CU_ASSERT_EQUAL(kvp_registry_changed(ro, &changed, err, sizeof(err)), KVP_OK);
+  CU_ASSERT_EQUAL_FATAL(kvp_registry_get(ro, "default", "old", &got, err, sizeof(err)), KVP_OK);
+  CU_ASSERT_EQUAL(got.id, 7);
+  CU_ASSERT(got.spki == NULL);
+  kvp_cert_rec_clear(&got);
+
+  rw = open_ok(path, 0); /* migrates */
+  CU_ASSERT_FATAL(rw != NULL);
+  {
+    sqlite3_stmt *st = NULL;
+    CU_ASSERT(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL) == SQLITE_OK &&
+              sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int(st, 0) == 2);
+    sqlite3_finalize(st);
+  }
+  {
+    kvp_cert_rec r = make_rec("default", "v2key", KVP_CERT_PRIVATE);
+    r.der_len = 0;
+    r.spki = g_spki;
+    r.spki_len = sizeof(g_spki);
+    CU_ASSERT_EQUAL(kvp_registry_add(rw, &r, 0, err, sizeof(err)), KVP_OK);
+  }
+  /* the running reader notices the migration and the new row */
+  CU_ASSERT_EQUAL(kvp_registry_changed(ro, &changed, err, sizeof(err)), KVP_OK);
+  CU_ASSERT_EQUAL(changed, 1);
+  CU_ASSERT_EQUAL_FATAL(kvp_registry_get(ro, "default", "v2key", &got, err, sizeof(err)), KVP_OK);
+  CU_ASSERT_EQUAL(got.spki_len, sizeof(g_spki));
+  kvp_cert_rec_clear(&got);
+  CU_ASSERT_EQUAL(count_rows(ro, "default"), 2);
+  kvp_registry_close(ro);
+  kvp_registry_close(rw);
+  sqlite3_close(db);
+}
+
 int main(void)
 {
   const char *tmp = getenv("KVP11_TEST_TMP");
@@ -611,6 +747,8 @@ int main(void)
   CU_add_test(s, "bad files", test_bad_files);
   CU_add_test(s, "concurrent writers", test_concurrent_writers);
   CU_add_test(s, "read-only without write access to the directory", test_readonly_dir);
+  CU_add_test(s, "keys without a certificate (schema v2)", test_key_only);
+  CU_add_test(s, "version-1 registry read, then migrated", test_migrate_v1);
   CU_basic_set_mode(CU_BRM_VERBOSE);
   CU_basic_run_tests();
   failed = (int)CU_get_number_of_failures();

@@ -370,6 +370,11 @@ static int get_rec(kvp_tool *t, const smime_args *a, const char *name, int need_
     return kvp_tool_fail(t, KVP_EXIT_ERROR,
                          "certificate '%s' is a public certificate: it has no key to %s with", name,
                          strstr(t->cmd, "sign") || strstr(t->cmd, "seal") ? "sign" : "decrypt");
+  if (rec->der_len == 0)
+    return kvp_tool_fail(t, KVP_EXIT_ERROR,
+                         "'%s' is a key without a certificate yet: request one with kvp11 csr "
+                         "--cert-name %s, then register it with kvp11 cert add --name %s",
+                         name, name, name);
   if (!(*x = rec_x509(rec)))
     return kvp_tool_fail(t, KVP_EXIT_ERROR, "certificate '%s': the registered DER does not parse",
                          name);
@@ -551,6 +556,46 @@ static const char *form_name(int f)
 /* Parse a CMS message from buf; what names the input in messages. binary:
  * keep the detached content of a multipart/signed message byte for byte
  * (the signer used -binary), instead of canonicalising it to CRLF. */
+/*
+ * multipart/signed with --binary: the CRLF before a boundary belongs to the
+ * boundary (RFC 2046), but OpenSSL 3.0's reader keeps its CR in the content
+ * when the message has CRLF line ends (the usual form on the wire, e.g. AS2),
+ * so a correct signature fails to verify. Drop that one CR. max: an upper
+ * bound of the content length. 0, or -1 when out of memory.
+ */
+static int crlf_content_fix(cms_in *c, size_t max)
+{
+  unsigned char *buf = malloc(max + 1);
+  size_t n = 0;
+  int r, rc = -1;
+  BIO *fixed = NULL;
+
+  if (buf == NULL)
+    return -1;
+  while (n <= max && (r = BIO_read(c->bcont, buf + n, (int)(max + 1 - n))) > 0)
+    n += (size_t)r;
+  if (n > 0 && buf[n - 1] == '\r')
+    n--;
+  if ((fixed = BIO_new(BIO_s_mem())) != NULL && (n == 0 || BIO_write(fixed, buf, (int)n) == (int)n)) {
+    BIO_free(c->bcont);
+    c->bcont = fixed;
+    fixed = NULL;
+    rc = 0;
+  }
+  BIO_free(fixed);
+  free(buf);
+  return rc;
+}
+
+/* The message has CRLF line ends before a "--" (boundary) line. */
+static int has_crlf_boundary(const unsigned char *buf, size_t len)
+{
+  for (size_t i = 0; i + 4 <= len; i++)
+    if (buf[i] == '\r' && buf[i + 1] == '\n' && buf[i + 2] == '-' && buf[i + 3] == '-')
+      return 1;
+  return 0;
+}
+
 static int read_cms(kvp_tool *t, int form, int binary, const unsigned char *buf, size_t len,
                     const char *what, cms_in *c)
 {
@@ -581,6 +626,8 @@ static int read_cms(kvp_tool *t, int form, int binary, const unsigned char *buf,
   if (!c->cms)
     return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s is not %s: %s", what, form_name(form),
                          ossl_reason());
+  if (binary && c->bcont && has_crlf_boundary(buf, len) && crlf_content_fix(c, len) != 0)
+    return nomem(t);
   return KVP_EXIT_OK;
 }
 

@@ -52,6 +52,12 @@
  *   CKR_GENERAL_ERROR for bad padding). One log line per failure:
  *   "hsm NAME: C_Sign (key 'label'): CKR_XXX [(reported as CKR_YYY)]".
  *
+ * Provisioning
+ *   create_key, import_key, delete_key, list_keys and key_info live in
+ *   hsm_provision.c (shared declarations: hsm_internal.h). They use a session
+ *   of their own, never a pooled one, and be->prov_lock, which sign and
+ *   decrypt never take.
+ *
  * Fork
  *   destroy(be, forked != 0) frees memory only. SoftHSM2 2.6.1 (default
  *   library.reset_on_fork = false) answers CKR_CRYPTOKI_ALREADY_INITIALIZED
@@ -79,61 +85,14 @@
 #include <openssl/x509.h>
 
 #include "backend/backend.h"
+#include "backend/hsm/hsm_internal.h"
 #include "core/config.h"
 #include "core/cert.h"
 #include "core/log.h"
 #include "core/p11names.h"
 #include "core/util.h"
 
-#define KVP_HSM_POOL_MAX 16
 #define KVP_HSM_MAX_SLOTS 256
-
-typedef struct kvp_hsm_backend {
-  kvp_backend base;
-
-  /* configuration (copied) */
-  char *module;
-  char *token_label;
-  char *serial;
-  char *pin_file;
-  char *pin_env;
-  int conf_line;
-  int has_pin; /* pin_file or pin_env configured */
-
-  /* lazy init; dl, f, refcounted and slot are written under init_lock before
-   * ready is set (release) and read-only afterwards; anchor stays guarded by
-   * init_lock (login, logout and relogin may re-open it) */
-  pthread_mutex_t init_lock;
-  atomic_int ready;
-  void *dl;
-  CK_FUNCTION_LIST_PTR f;
-  int refcounted; /* takes part in the module's init refcount (g_mods) */
-  CK_SLOT_ID slot;
-  CK_SESSION_HANDLE anchor;
-
-  /* application login state (pass-through PIN) */
-  atomic_int logged_in;
-  atomic_ulong login_gen;
-
-  /* OAEP hashes the HSM refuses (bit per kvp_hash): decoded locally */
-  atomic_uint oaep_local;
-
-  /* idle session stack */
-  pthread_mutex_t pool_lock;
-  CK_SESSION_HANDLE pool[KVP_HSM_POOL_MAX];
-  int n_pool;
-} kvp_hsm_backend;
-
-typedef struct kvp_hsm_key {
-  kvp_key key; /* key.impl points back to this */
-  char *label;           /* NULL for an id: reference */
-  CK_BYTE *id;           /* NULL for a label reference */
-  CK_ULONG id_len;
-  atomic_ulong priv;     /* cached private key handle, CK_INVALID_HANDLE if none */
-  atomic_ulong priv_gen; /* login_gen when priv was resolved */
-  CK_ULONG out_len;      /* signature / plaintext buffer size: RSA bits/8, EC 2*field */
-  int no_ec_public;      /* open_key: found only an EC private key object */
-} kvp_hsm_key;
 
 /* ---------- modules kvp11 initialized (fork detection, shared modules) ---------- */
 
@@ -206,7 +165,7 @@ static int rv_passthrough(CK_RV rv) {
 }
 
 /* Map an HSM CK_RV to what we tell the application. */
-static CK_RV map_rv(CK_RV rv) {
+CK_RV kvp_hsm_map_rv(CK_RV rv) {
   if (rv_passthrough(rv))
     return rv;
   switch (rv) {
@@ -354,7 +313,7 @@ static CK_RV find_slot(kvp_hsm_backend *be) {
   CK_RV rv = be->f->C_GetSlotList(CK_TRUE, slots, &n);
   if (rv != CKR_OK) {
     KVP_ERROR("hsm %s: C_GetSlotList: %s", be->base.name, kvp_ckr_name(rv));
-    return map_rv(rv) == CKR_FUNCTION_FAILED ? CKR_DEVICE_ERROR : map_rv(rv);
+    return kvp_hsm_map_rv(rv) == CKR_FUNCTION_FAILED ? CKR_DEVICE_ERROR : kvp_hsm_map_rv(rv);
   }
   for (CK_ULONG i = 0; i < n; i++) {
     CK_TOKEN_INFO ti;
@@ -494,14 +453,14 @@ static CK_RV conf_login_locked(kvp_hsm_backend *be) {
   if (hrv != CKR_OK) {
     KVP_ERROR("hsm %s: C_Login with the configured PIN (token '%s'): %s", be->base.name,
               be->token_label ? be->token_label : be->serial, kvp_ckr_name(hrv));
-    return map_rv(hrv);
+    return kvp_hsm_map_rv(hrv);
   }
   atomic_store(&be->logged_in, 1);
   return CKR_OK;
 }
 
 /* Is the session's user logged in? (error paths only) */
-static int session_logged_in(kvp_hsm_backend *be, CK_SESSION_HANDLE s) {
+int kvp_hsm_session_logged_in(kvp_hsm_backend *be, CK_SESSION_HANDLE s) {
   CK_SESSION_INFO si;
   if (s == CK_INVALID_HANDLE || be->f->C_GetSessionInfo(s, &si) != CKR_OK)
     return 0;
@@ -510,7 +469,7 @@ static int session_logged_in(kvp_hsm_backend *be, CK_SESSION_HANDLE s) {
 
 /* The token forgot our login (all our sessions were closed under us): log in
  * again with the configured PIN. Rare path; serialised by init_lock. */
-static CK_RV relogin(kvp_hsm_backend *be) {
+CK_RV kvp_hsm_relogin(kvp_hsm_backend *be) {
   pthread_mutex_lock(&be->init_lock);
   KVP_WARN("hsm %s: the token is no longer logged in; logging in again", be->base.name);
   CK_RV rv = conf_login_locked(be);
@@ -557,7 +516,7 @@ static CK_RV init_locked(kvp_hsm_backend *be) {
   if (hrv != CKR_OK) {
     be->anchor = CK_INVALID_HANDLE;
     KVP_ERROR("hsm %s: C_OpenSession: %s", be->base.name, kvp_ckr_name(hrv));
-    rv = map_rv(hrv) == CKR_FUNCTION_FAILED ? CKR_DEVICE_ERROR : map_rv(hrv);
+    rv = kvp_hsm_map_rv(hrv) == CKR_FUNCTION_FAILED ? CKR_DEVICE_ERROR : kvp_hsm_map_rv(hrv);
     goto out;
   }
   rv = be->has_pin ? conf_login_locked(be) : CKR_OK;
@@ -567,7 +526,7 @@ out:
   return rv;
 }
 
-static CK_RV ensure_init(kvp_hsm_backend *be) {
+CK_RV kvp_hsm_ensure_init(kvp_hsm_backend *be) {
   if (atomic_load_explicit(&be->ready, memory_order_acquire))
     return CKR_OK;
   pthread_mutex_lock(&be->init_lock);
@@ -584,7 +543,7 @@ static CK_RV ensure_init(kvp_hsm_backend *be) {
 /* ---------- objects ---------- */
 
 /* Find one object of class cls for the key on session s. */
-static CK_RV find_object(kvp_hsm_backend *be, CK_SESSION_HANDLE s, const kvp_hsm_key *k,
+CK_RV kvp_hsm_find_object(kvp_hsm_backend *be, CK_SESSION_HANDLE s, const kvp_hsm_key *k,
                          CK_OBJECT_CLASS cls, CK_OBJECT_HANDLE *out) {
   CK_ATTRIBUTE tmpl[2];
   tmpl[0].type = CKA_CLASS;
@@ -619,7 +578,7 @@ static CK_RV find_object(kvp_hsm_backend *be, CK_SESSION_HANDLE s, const kvp_hsm
 }
 
 /* Read one variable-length attribute (malloc'd). */
-static CK_RV get_attr(kvp_hsm_backend *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o,
+CK_RV kvp_hsm_get_attr(kvp_hsm_backend *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o,
                       CK_ATTRIBUTE_TYPE t, CK_BYTE **val, CK_ULONG *len) {
   CK_ATTRIBUTE a = {t, NULL, 0};
   *val = NULL;
@@ -644,7 +603,7 @@ static CK_RV get_attr(kvp_hsm_backend *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE
 
 /* Keys are built through kvp_pubkey_from_rsa/ec (core/cert.h): those work
  * inside applications that made an ENGINE their default for RSA and EC. */
-static CK_RV build_rsa(const CK_BYTE *n, CK_ULONG n_len, const CK_BYTE *e, CK_ULONG e_len,
+CK_RV kvp_hsm_build_rsa(const CK_BYTE *n, CK_ULONG n_len, const CK_BYTE *e, CK_ULONG e_len,
                        EVP_PKEY **out) {
   *out = kvp_pubkey_from_rsa(n, n_len, e, e_len);
   return *out != NULL ? CKR_OK : CKR_FUNCTION_FAILED;
@@ -652,7 +611,7 @@ static CK_RV build_rsa(const CK_BYTE *n, CK_ULONG n_len, const CK_BYTE *e, CK_UL
 
 /* ec_params: DER OID (named curves only). ec_point: DER OCTET STRING wrapping
  * the point, or the raw point. */
-static CK_RV build_ec(const CK_BYTE *ec_params, CK_ULONG params_len, const CK_BYTE *ec_point,
+CK_RV kvp_hsm_build_ec(const CK_BYTE *ec_params, CK_ULONG params_len, const CK_BYTE *ec_point,
                       CK_ULONG point_len, EVP_PKEY **out) {
   const unsigned char *p = ec_params;
   ASN1_OBJECT *oid = d2i_ASN1_OBJECT(NULL, &p, (long)params_len);
@@ -684,7 +643,7 @@ static CK_RV read_public(kvp_hsm_backend *be, CK_SESSION_HANDLE s, kvp_hsm_key *
   CK_KEY_TYPE kt = CKK_VENDOR_DEFINED;
   CK_OBJECT_HANDLE src;
 
-  rv = find_object(be, s, k, CKO_PUBLIC_KEY, &pub);
+  rv = kvp_hsm_find_object(be, s, k, CKO_PUBLIC_KEY, &pub);
   if (rv != CKR_OK && rv != CKR_KEY_HANDLE_INVALID)
     goto out;
   src = pub != CK_INVALID_HANDLE ? pub : priv;
@@ -697,31 +656,31 @@ static CK_RV read_public(kvp_hsm_backend *be, CK_SESSION_HANDLE s, kvp_hsm_key *
   if (rv != CKR_OK)
     goto out;
   if (kt == CKK_RSA) {
-    rv = get_attr(be, s, src, CKA_MODULUS, &a, &a_len);
+    rv = kvp_hsm_get_attr(be, s, src, CKA_MODULUS, &a, &a_len);
     if (rv == CKR_OK)
-      rv = get_attr(be, s, src, CKA_PUBLIC_EXPONENT, &b, &b_len);
+      rv = kvp_hsm_get_attr(be, s, src, CKA_PUBLIC_EXPONENT, &b, &b_len);
     if (rv != CKR_OK && src == pub && priv != CK_INVALID_HANDLE) {
       free(a);
       a = NULL;
-      rv = get_attr(be, s, priv, CKA_MODULUS, &a, &a_len);
+      rv = kvp_hsm_get_attr(be, s, priv, CKA_MODULUS, &a, &a_len);
       if (rv == CKR_OK)
-        rv = get_attr(be, s, priv, CKA_PUBLIC_EXPONENT, &b, &b_len);
+        rv = kvp_hsm_get_attr(be, s, priv, CKA_PUBLIC_EXPONENT, &b, &b_len);
     }
     if (rv != CKR_OK)
       goto out;
-    rv = build_rsa(a, a_len, b, b_len, &k->key.pub);
+    rv = kvp_hsm_build_rsa(a, a_len, b, b_len, &k->key.pub);
   } else if (kt == CKK_EC) {
     if (src != pub) {
       k->no_ec_public = 1; /* open_key says so in its log line */
       rv = CKR_KEY_HANDLE_INVALID;
       goto out;
     }
-    rv = get_attr(be, s, src, CKA_EC_PARAMS, &a, &a_len);
+    rv = kvp_hsm_get_attr(be, s, src, CKA_EC_PARAMS, &a, &a_len);
     if (rv == CKR_OK)
-      rv = get_attr(be, s, src, CKA_EC_POINT, &b, &b_len);
+      rv = kvp_hsm_get_attr(be, s, src, CKA_EC_POINT, &b, &b_len);
     if (rv != CKR_OK)
       goto out;
-    rv = build_ec(a, a_len, b, b_len, &k->key.pub);
+    rv = kvp_hsm_build_ec(a, a_len, b, b_len, &k->key.pub);
   } else {
     KVP_ERROR("hsm %s: key '%s': unsupported key type 0x%lx", be->base.name, key_desc(k),
               (unsigned long)kt);
@@ -742,7 +701,7 @@ static CK_RV resolve_private(kvp_hsm_backend *be, CK_SESSION_HANDLE s, kvp_hsm_k
                              CK_BBOOL *can_sign, CK_BBOOL *can_decrypt) {
   unsigned long gen = atomic_load(&be->login_gen);
   CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
-  CK_RV rv = find_object(be, s, k, CKO_PRIVATE_KEY, &h);
+  CK_RV rv = kvp_hsm_find_object(be, s, k, CKO_PRIVATE_KEY, &h);
   if (rv != CKR_OK)
     return rv;
   if (can_sign != NULL || can_decrypt != NULL) {
@@ -776,7 +735,7 @@ static void key_free(kvp_hsm_key *k) {
   free(k);
 }
 
-static CK_RV parse_name(kvp_hsm_key *k, const char *name) {
+CK_RV kvp_hsm_parse_name(kvp_hsm_key *k, const char *name) {
   if (strncmp(name, "id:", 3) != 0) {
     if (name[0] == '\0')
       return CKR_ARGUMENTS_BAD;
@@ -839,7 +798,7 @@ static CK_RV lookup_key(kvp_hsm_backend *be, CK_SESSION_HANDLE s, kvp_hsm_key *k
 
 /* ---------- ops ---------- */
 
-static CK_RV hsm_open_key(kvp_backend *bep, const char *name, kvp_key **out) {
+CK_RV kvp_hsm_open_key(kvp_backend *bep, const char *name, kvp_key **out) {
   kvp_hsm_backend *be = hsm_of(bep);
   CK_RV rv = CKR_GENERAL_ERROR;
   CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
@@ -848,7 +807,7 @@ static CK_RV hsm_open_key(kvp_backend *bep, const char *name, kvp_key **out) {
   if (name == NULL || out == NULL)
     return CKR_ARGUMENTS_BAD;
   *out = NULL;
-  rv = ensure_init(be);
+  rv = kvp_hsm_ensure_init(be);
   if (rv != CKR_OK)
     return rv;
 
@@ -866,7 +825,7 @@ static CK_RV hsm_open_key(kvp_backend *bep, const char *name, kvp_key **out) {
     rv = CKR_HOST_MEMORY;
     goto out;
   }
-  rv = parse_name(k, name);
+  rv = kvp_hsm_parse_name(k, name);
   if (rv != CKR_OK) {
     if (rv == CKR_ARGUMENTS_BAD) {
       KVP_ERROR("hsm %s: bad key name '%s' (a label, or id:<hex>)", be->base.name, name);
@@ -879,7 +838,7 @@ static CK_RV hsm_open_key(kvp_backend *bep, const char *name, kvp_key **out) {
   if (rv != CKR_OK) {
     KVP_ERROR("hsm %s: C_OpenSession (key '%s'): %s", be->base.name, name, kvp_ckr_name(rv));
     s = CK_INVALID_HANDLE;
-    rv = map_rv(rv);
+    rv = kvp_hsm_map_rv(rv);
     goto out;
   }
 
@@ -897,8 +856,8 @@ static CK_RV hsm_open_key(kvp_backend *bep, const char *name, kvp_key **out) {
       rv = lookup_key(be, s, k, visible, &priv, &can_sign, &can_dec);
   }
   if (be->has_pin && priv == CK_INVALID_HANDLE && s != CK_INVALID_HANDLE &&
-      (rv == CKR_OK || rv == CKR_KEY_HANDLE_INVALID) && !session_logged_in(be, s) &&
-      relogin(be) == CKR_OK)
+      (rv == CKR_OK || rv == CKR_KEY_HANDLE_INVALID) && !kvp_hsm_session_logged_in(be, s) &&
+      kvp_hsm_relogin(be) == CKR_OK)
     rv = lookup_key(be, s, k, visible, &priv, &can_sign, &can_dec); /* the token lost our login? */
   if (rv == CKR_PRIVATE_LOOKUP_FAILED) {
     rv = CKR_DEVICE_ERROR;
@@ -917,7 +876,7 @@ static CK_RV hsm_open_key(kvp_backend *bep, const char *name, kvp_key **out) {
     if (!rv_passthrough(rv) || rv == CKR_HOST_MEMORY)
       KVP_ERROR("hsm %s: reading the public key '%s': %s", be->base.name, name,
                 kvp_ckr_name(rv));
-    rv = rv == CKR_KEY_TYPE_INCONSISTENT ? rv : map_rv(rv);
+    rv = rv == CKR_KEY_TYPE_INCONSISTENT ? rv : kvp_hsm_map_rv(rv);
     goto out;
   }
   rv = kvp_key_fill_from_pub(&k->key);
@@ -1068,9 +1027,9 @@ static CK_RV run_op(kvp_hsm_backend *be, kvp_hsm_key *k, int op, CK_MECHANISM *m
      * found, or CKR_USER_NOT_LOGGED_IN) gets one new C_Login */
     if (be->has_pin && !login_retry &&
         (rv == CKR_USER_NOT_LOGGED_IN || (in_find && rv == CKR_KEY_HANDLE_INVALID)) &&
-        !session_logged_in(be, s)) {
+        !kvp_hsm_session_logged_in(be, s)) {
       login_retry = 1;
-      if (relogin(be) == CKR_OK) {
+      if (kvp_hsm_relogin(be) == CKR_OK) {
         atomic_store(&k->priv, CK_INVALID_HANDLE);
         continue;
       }
@@ -1095,7 +1054,7 @@ fail:
                 k->key.private_obj ? " (is the application logged in?)" : "");
       return CKR_KEY_HANDLE_INVALID;
     }
-    mapped = map_rv(rv);
+    mapped = kvp_hsm_map_rv(rv);
     if (rv == CKR_OBJECT_HANDLE_INVALID)
       mapped = CKR_KEY_HANDLE_INVALID;
     /* our arguments are well-formed: an HSM that says CKR_ARGUMENTS_BAD at
@@ -1331,14 +1290,14 @@ static CK_RV hsm_login(kvp_backend *bep, const CK_UTF8CHAR *pin, CK_ULONG pin_le
   kvp_hsm_backend *be = hsm_of(bep);
   if (be->has_pin)
     return CKR_OK; /* logged in with the configured PIN at first use */
-  CK_RV rv = ensure_init(be);
+  CK_RV rv = kvp_hsm_ensure_init(be);
   if (rv != CKR_OK)
     return rv;
   pthread_mutex_lock(&be->init_lock);
   rv = anchor_login_locked(be, pin, pin_len);
   pthread_mutex_unlock(&be->init_lock);
   if (rv != CKR_OK) {
-    CK_RV mapped = map_rv(rv);
+    CK_RV mapped = kvp_hsm_map_rv(rv);
     KVP_ERROR("hsm %s: C_Login (token '%s'): %s", be->base.name,
               be->token_label ? be->token_label : be->serial, kvp_ckr_name(rv));
     return mapped;
@@ -1361,7 +1320,7 @@ static CK_RV hsm_logout(kvp_backend *bep) {
   pthread_mutex_unlock(&be->init_lock);
   if (rv != CKR_OK && rv != CKR_USER_NOT_LOGGED_IN && !session_gone(rv)) {
     KVP_ERROR("hsm %s: C_Logout: %s", be->base.name, kvp_ckr_name(rv));
-    return map_rv(rv);
+    return kvp_hsm_map_rv(rv);
   }
   return CKR_OK;
 }
@@ -1386,6 +1345,7 @@ static void hsm_destroy(kvp_backend *bep, int forked) {
   if (!forked) {
     pthread_mutex_destroy(&be->pool_lock);
     pthread_mutex_destroy(&be->init_lock);
+    pthread_mutex_destroy(&be->prov_lock);
   }
   free(be->base.name);
   free(be->module);
@@ -1398,13 +1358,18 @@ static void hsm_destroy(kvp_backend *bep, int forked) {
 
 static const kvp_backend_ops hsm_ops = {
     .scheme = "hsm",
-    .open_key = hsm_open_key,
+    .open_key = kvp_hsm_open_key,
     .close_key = hsm_close_key,
     .sign = hsm_sign,
     .decrypt = hsm_decrypt,
     .needs_login = hsm_needs_login,
     .login = hsm_login,
     .logout = hsm_logout,
+    .create_key = kvp_hsm_create_key,
+    .import_key = kvp_hsm_import_key,
+    .delete_key = kvp_hsm_delete_key,
+    .list_keys = kvp_hsm_list_keys,
+    .key_info = kvp_hsm_key_info,
     .destroy = hsm_destroy,
 };
 
@@ -1434,6 +1399,7 @@ CK_RV kvp_hsm_backend_new(const kvp_hsm_conf *conf, kvp_backend **out) {
   atomic_init(&be->oaep_local, 0);
   pthread_mutex_init(&be->init_lock, NULL);
   pthread_mutex_init(&be->pool_lock, NULL);
+  pthread_mutex_init(&be->prov_lock, NULL);
   if (!dup_field(&be->base.name, conf->name ? conf->name : "hsm") ||
       !dup_field(&be->module, conf->module) || !dup_field(&be->token_label, conf->token_label) ||
       !dup_field(&be->serial, conf->serial) || !dup_field(&be->pin_file, conf->pin_file) ||

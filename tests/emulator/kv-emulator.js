@@ -26,10 +26,21 @@
 //   POST /_emu/reset              counters and faults cleared
 //   POST /_emu/faults             {"faults":[rule...]} appended; DELETE /_emu/faults clears
 //        rule: {"endpoint":"sign"|"decrypt"|"get"|"list"|"token"|"imds"|"*",
-//               "action":"status"|"drop"|"truncate"|"nonjson"|"huge"|"delay",
+//               "action":"status"|"drop"|"truncate"|"nonjson"|"huge"|"delay"|"after",
 //               "status":429|500|503, "retryAfter":seconds (optional), "delayMs":ms,
 //               "times":N (default 1, -1 = forever)}
+//        "after": the request is processed normally (e.g. an import stores the key), then the
+//        socket is destroyed instead of sending the response (endpoints "create", "import",
+//        "delete", "purge" name those requests). libcurl silently resends a request once when a
+//        reused connection closes before any byte of the answer: use "times":2 or -1 to make
+//        the client see the failure.
 //   POST /_emu/config             {"tokenLifetime": seconds}
+//   POST /_emu/limits             {"windowMs":10000,"limit":2000,"weights":{"RSA-2048":1,...}}: a vault-wide
+//                                 sliding-window limit in RSA-2048-HSM-equivalent operations (weights
+//                                 below, see "throttling"); beyond it 429 Throttled + Retry-After.
+//                                 {"limit":0} (the default, and after /_emu/reset) turns it off;
+//                                 POST also clears the counts. GET /_emu/limits: config and counts
+//                                 {accepted, throttled, acceptedWeight, inWindow}
 //   POST /_emu/revoke             every token issued so far is refused (401)
 //   POST /_emu/policy             {"clientId": "...", "permissions": [...]}
 //   POST /_emu/federated-token    {"subject": "..."} -> {"token": "<JWT for workload identity>"}
@@ -456,6 +467,18 @@ async function applyFaults(ep, req, res) {
       req.socket.destroy();
       return true;
     }
+    if (action === 'after') {
+      // the request is processed as usual (a create/import/delete takes effect), then the
+      // connection is closed instead of sending the answer: an outcome the client cannot know
+      res.writeHead = () => res;
+      res.setHeader = () => res;
+      res.write = () => true;
+      res.end = () => {
+        req.socket.destroy();
+        return res;
+      };
+      return false;
+    }
     if (action === 'truncate') {
       const full = JSON.stringify({ kid: `${origin()}/keys/x/${hex32()}`, value: b64u(crypto.randomBytes(256)) });
       res.writeHead(200, { 'Content-Type': 'application/json; charset=utf-8', 'Content-Length': full.length, 'x-ms-request-id': uuid() });
@@ -845,6 +868,77 @@ async function handleKeys(req, res, url, r, principal) {
   }
 }
 
+// ---------------------------------------------------------------- throttling (vault-wide limit)
+// Azure Key Vault counts key transactions per vault per region in 10 s, weighted by key type
+// (learn.microsoft.com/azure/key-vault/general/service-limits, "Key transactions"):
+//   HSM keys, all transactions but CREATE: RSA-2048 2,000; RSA-3072 500; RSA-4096 250;
+//   EC P-256, P-384, P-521, P-256K 2,000. Software keys: twice that (4,000; 1,000; 500; 4,000).
+// Enforcement is on the weighted sum, so in RSA-2048-HSM equivalents an RSA-3072 operation
+// weighs 4, RSA-4096 8, EC 1, and a software key half of its HSM weight. Requests answered 429
+// are not counted. Beyond the limit: 429, code "Throttled", Retry-After = whole seconds until
+// the sliding window has room again (at least 1). CREATE (10 / 20 per 10 s) is not limited here.
+const LIMIT_WEIGHTS = { 'RSA-2048': 1, 'RSA-3072': 4, 'RSA-4096': 8, EC: 1, software: 0.5, other: 1 };
+const LIMITED_EPS = new Set(['get', 'versions', 'list', 'sign', 'verify', 'encrypt', 'decrypt', 'wrapkey', 'unwrapkey']);
+const limits = { windowMs: 10000, limit: 0, weights: { ...LIMIT_WEIGHTS }, log: [], head: 0, sum: 0,
+  accepted: 0, throttled: 0, acceptedWeight: 0 };
+function limitsReset(config) {
+  if (config) {
+    limits.windowMs = Math.max(1, Number(config.windowMs || 10000));
+    limits.limit = Math.max(0, Number(config.limit || 0));
+    limits.weights = { ...LIMIT_WEIGHTS, ...(config.weights || {}) };
+  }
+  limits.log = [];
+  limits.head = 0;
+  limits.sum = 0;
+  limits.accepted = limits.throttled = limits.acceptedWeight = 0;
+}
+function limitsView() {
+  return { windowMs: limits.windowMs, limit: limits.limit, weights: limits.weights, accepted: limits.accepted,
+    throttled: limits.throttled, acceptedWeight: limits.acceptedWeight, inWindow: limits.sum };
+}
+function limitWeight(r) {
+  const W = limits.weights;
+  const entry = r.name ? state.keys.get(r.name.toLowerCase()) : null;
+  const v = entry ? findVersion(entry, r.version) : null;
+  if (!v) return Number(W.other);
+  let w;
+  if (v.pub.kty === 'RSA') {
+    const bits = rsaModBits(v.priv);
+    w = bits <= 2048 ? W['RSA-2048'] : bits <= 3072 ? W['RSA-3072'] : W['RSA-4096'];
+  } else w = W.EC;
+  return Number(w) * (v.kty.endsWith('-HSM') ? 1 : Number(W.software));
+}
+// returns true when the request was answered 429
+function throttled(r, req, res) {
+  if (!(limits.limit > 0) || !LIMITED_EPS.has(r.ep)) return false;
+  const t = Date.now(), L = limits, w = limitWeight(r);
+  while (L.head < L.log.length && L.log[L.head].t <= t - L.windowMs) L.sum -= L.log[L.head++].w;
+  if (L.head > 4096 && L.head * 2 > L.log.length) {
+    L.log = L.log.slice(L.head);
+    L.head = 0;
+  }
+  if (L.sum + w <= L.limit + 1e-9) {
+    L.log.push({ t, w });
+    L.sum += w;
+    L.accepted++;
+    L.acceptedWeight += w;
+    return false;
+  }
+  let freeAt = t + L.windowMs, freed = 0;
+  for (let i = L.head; i < L.log.length; i++) {
+    freed += L.log[i].w;
+    if (L.sum - freed + w <= L.limit + 1e-9) {
+      freeAt = L.log[i].t + L.windowMs;
+      break;
+    }
+  }
+  L.throttled++;
+  req.resume();
+  kvError(res, 429, 'Throttled', 'Request was not processed because too many requests were received. Reason: VaultRequestTypeLimitReached',
+    null, { 'Retry-After': String(Math.max(1, Math.ceil((freeAt - t) / 1000))) });
+  return true;
+}
+
 // ---------------------------------------------------------------- admin
 async function handleAdmin(req, res, url) {
   const p = url.pathname.replace(/\/+$/, '');
@@ -861,6 +955,7 @@ async function handleAdmin(req, res, url) {
   if (p === '/_emu/reset' && req.method === 'POST') {
     state.counters = {};
     state.faults = [];
+    limitsReset({});
     return send(res, 200, { ok: true });
   }
   if (p === '/_emu/faults') {
@@ -873,6 +968,10 @@ async function handleAdmin(req, res, url) {
     for (const f of list) state.faults.push({ endpoint: f.endpoint || '*', action: f.action || 'status',
       status: f.status, retryAfter: f.retryAfter, delayMs: f.delayMs, times: f.times === undefined ? 1 : f.times });
     return send(res, 200, { faults: state.faults });
+  }
+  if (p === '/_emu/limits') {
+    if (req.method === 'POST') limitsReset(body);
+    return send(res, 200, limitsView());
   }
   if (p === '/_emu/config' && req.method === 'POST') {
     if (body.tokenLifetime !== undefined) state.tokenLifetime = Number(body.tokenLifetime);
@@ -925,6 +1024,7 @@ async function handle(req, res) {
   if (!v) return badParam(res, 'The api-version query parameter is required.');
   if (!API_VERSIONS.has(v))
     return badParam(res, `The specified version (${v}) is not recognized. Consider using the latest supported version (2025-07-01).`);
+  if (throttled(r, req, res)) return;
   return handleKeys(req, res, url, r, a.principal);
 }
 

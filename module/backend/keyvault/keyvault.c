@@ -25,6 +25,10 @@ static const char *kv_kind_perm(kv_call_kind k)
   case KV_CALL_LIST: return "list";
   case KV_CALL_SIGN: return "sign";
   case KV_CALL_DECRYPT: return "decrypt";
+  case KV_CALL_CREATE: return "create";
+  case KV_CALL_IMPORT: return "import";
+  case KV_CALL_DELETE: return "delete";
+  case KV_CALL_PROBE: return "get";
   }
   return "?";
 }
@@ -97,6 +101,10 @@ static CK_RV kv_map_error(kv_backend *b, kv_call_kind kind, const char *key, con
     return CKR_KEY_FUNCTION_NOT_PERMITTED;
   }
   case 404:
+    if (kind == KV_CALL_PROBE) {
+      KVP_DEBUG("%s: not found (x-ms-request-id %s)", who, r->request_id);
+      return CKR_KEY_HANDLE_INVALID;
+    }
     KVP_ERROR("%s: not found: HTTP 404 %s: %s (x-ms-request-id %s)", who, ei.code, ei.message,
               r->request_id);
     return CKR_KEY_HANDLE_INVALID;
@@ -119,7 +127,8 @@ static CK_RV kv_do_challenge(kv_backend *b, kv_call_kind kind, const char *key, 
   ch.body = NULL;
   ch.body_len = 0;
   ch.auth_header = NULL;
-  kv_http_do_retry(b->http, &ch, rt, 0, resp);
+  /* a 2xx that is not JSON (a proxy's page) is retried like on every request */
+  kv_http_do_retry(b->http, &ch, rt, 1, resp);
   if (resp->status != 401)
     return kv_map_error(b, kind, key, resp);
   if (resp->www_auth == NULL || kv_challenge_parse(resp->www_auth, &c) != 0) {
@@ -370,6 +379,11 @@ static const kvp_backend_ops kv_ops = {
     .needs_login = kv_needs_login,
     .login = kv_login,
     .logout = kv_logout,
+    .create_key = kv_prov_create_key,
+    .import_key = kv_prov_import_key,
+    .delete_key = kv_prov_delete_key,
+    .list_keys = kv_prov_list_keys,
+    .key_info = kv_prov_key_info,
     .destroy = kv_destroy,
 };
 

@@ -197,7 +197,12 @@ struct kv_backend {
   long key_ttl_ms;      /* KV_KEY_TTL_MS */
 };
 
-typedef enum { KV_CALL_GET, KV_CALL_LIST, KV_CALL_SIGN, KV_CALL_DECRYPT } kv_call_kind;
+typedef enum {
+  KV_CALL_GET, KV_CALL_LIST, KV_CALL_SIGN, KV_CALL_DECRYPT,
+  /* provisioning (kv_provision.c): permissions 'create', 'import', 'delete';
+   * PROBE is a 'get' whose 404 is an expected answer (logged at debug only) */
+  KV_CALL_CREATE, KV_CALL_IMPORT, KV_CALL_DELETE, KV_CALL_PROBE
+} kv_call_kind;
 
 /*
  * One data-plane call: challenge if needed, token, request with retries,
@@ -216,9 +221,31 @@ CK_RV kv_sign(kvp_backend *be, kvp_key *key, const kvp_sig_alg *alg, const CK_BY
 CK_RV kv_decrypt(kvp_backend *be, kvp_key *key, const kvp_dec_alg *alg, const CK_BYTE *in,
                  CK_ULONG in_len, CK_BYTE *out, CK_ULONG *out_len);
 void kv_key_cache_free(kv_backend *b, int forked);
+/* Forget every cached version of key name (after a 404, delete or create). */
+void kv_cache_drop(kv_backend *b, const char *name);
 /* Check a signature against the public key (RSA PKCS#1 / PSS over a bare
  * digest; ECDSA r||s). 1 when valid. */
 int kv_verify_local(EVP_PKEY *pub, const kvp_sig_alg *alg, const unsigned char *digest,
                     size_t dlen, const unsigned char *sig, size_t slen);
+
+
+/* kv_provision.c: the provisioning ops of kvp_backend_ops (see backend.h) */
+CK_RV kv_prov_create_key(kvp_backend *be, const char *name, const kvp_key_spec *spec,
+                         kvp_key **out);
+CK_RV kv_prov_import_key(kvp_backend *be, const char *name, EVP_PKEY *priv,
+                         const kvp_key_spec *spec, kvp_key **out);
+CK_RV kv_prov_delete_key(kvp_backend *be, const char *name);
+CK_RV kv_prov_list_keys(kvp_backend *be, kvp_key_info **out, size_t *n);
+CK_RV kv_prov_key_info(kvp_backend *be, const char *name, kvp_key_info *out);
+
+/* ---- vault-wide pacing (kv_http.c) ---- */
+/* The pacer of a kv_http (tests, debug). */
+typedef struct kv_pace_stats {
+  double rate;             /* requests/s it paces at; 0: not pacing */
+  unsigned long throttled; /* 429s received */
+  unsigned long waits;     /* requests that waited for the pacer or a 429's pause */
+  int64_t blocked_ms;      /* the vault is paused for this much longer */
+} kv_pace_stats;
+void kv_http_pace_stats(kv_http *h, kv_pace_stats *st);
 
 #endif

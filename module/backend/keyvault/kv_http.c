@@ -8,6 +8,7 @@
 #include "backend/keyvault/kv.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,29 @@
 
 #define KV_POOL_MAX 32
 
+/* accepted responses per 10 ms over the last 10.24 s (the pacer's measure) */
+#define KV_PACE_SLOTS 1024
+#define KV_PACE_SLOT_MS 10
+
+/*
+ * Vault-wide pacing, shared by every thread that uses this vault (see
+ * kv_pace_wait below). Guarded by lock, which is never held across a request
+ * or a sleep.
+ */
+typedef struct kv_pace {
+  pthread_mutex_t lock;
+  int64_t blocked_until; /* no request before this (a 429's Retry-After) */
+  double rate;           /* learned sustainable requests/s; 0: not limited */
+  double tat;            /* GCRA theoretical arrival time (ms) */
+  int64_t decreased_ms;  /* last rate decrease (429s of requests sent before are old news) */
+  int64_t increased_ms;  /* last additive increase */
+  int64_t waited_ms;     /* last time a request had to wait for the pacer */
+  int64_t last429_ms;
+  int64_t slot; /* index (ms / KV_PACE_SLOT_MS) of the newest bucket */
+  uint32_t acc[KV_PACE_SLOTS];
+  unsigned long n_throttled, n_waits;
+} kv_pace;
+
 struct kv_http {
   CURLSH *share;
   pthread_mutex_t share_locks[CURL_LOCK_DATA_LAST];
@@ -29,7 +53,13 @@ struct kv_http {
   CURL *pool[KV_POOL_MAX];
   size_t n_pool;
   char *ca_file;
+  kv_pace pace;
+  kv_http *abandoned_next; /* see kv_http_free(forked) */
 };
+
+/* What forked children left alone (see kv_http_free): kept reachable on
+ * purpose, so that leak checkers see an intended abandonment, not a leak. */
+static _Atomic(kv_http *) kv_abandoned;
 
 static pthread_once_t kv_curl_once = PTHREAD_ONCE_INIT;
 static CURLcode kv_curl_init_rc = CURLE_OK;
@@ -43,10 +73,38 @@ static CURLcode kv_curl_init_rc = CURLE_OK;
  * effect when kvp11 is the first to initialize libcurl in the process (the
  * usual case: libcurl keeps the callbacks of its first initialization).
  */
+/*
+ * The wipe of a whole heap block, word by word: malloc's blocks are aligned
+ * to 16 bytes and their usable size is a multiple of 8. The volatile stores
+ * cannot be optimised away; they cost a fifth of OPENSSL_cleanse's
+ * instructions, which matters here: libcurl frees ~50 blocks (~30 KiB) per
+ * request, among them its 16 KiB upload buffer, into which it copies every
+ * HTTPS request (Authorization header included) before sending it.
+ */
+static void kv_wipe_block(void *p, size_t n)
+{
+  volatile uint64_t *w = p;
+  size_t i = 0, words = n / 8;
+  for (; i + 8 <= words; i += 8) {
+    w[i] = 0;
+    w[i + 1] = 0;
+    w[i + 2] = 0;
+    w[i + 3] = 0;
+    w[i + 4] = 0;
+    w[i + 5] = 0;
+    w[i + 6] = 0;
+    w[i + 7] = 0;
+  }
+  for (; i < words; i++)
+    w[i] = 0;
+  if (n % 8 != 0)
+    OPENSSL_cleanse((unsigned char *)p + words * 8, n % 8);
+}
+
 static void kv_mem_free(void *p)
 {
   if (p != NULL) {
-    OPENSSL_cleanse(p, malloc_usable_size(p));
+    kv_wipe_block(p, malloc_usable_size(p));
     free(p);
   }
 }
@@ -81,7 +139,9 @@ static void *kv_mem_realloc(void *p, size_t n)
   old = malloc_usable_size(p);
   if (n <= old)
     return p;
-  q = malloc(n);
+  /* libcurl grows its buffers by doubling from 32 bytes: leave room so that
+   * the next doublings of a small buffer stay in place (no copy, no wipe) */
+  q = malloc(n < 1024 ? 1024 : n);
   if (q == NULL)
     return NULL;
   memcpy(q, p, old);
@@ -171,6 +231,7 @@ kv_http *kv_http_new(const char *ca_file)
   for (i = 0; i < CURL_LOCK_DATA_LAST; i++)
     pthread_mutex_init(&h->share_locks[i], NULL);
   pthread_mutex_init(&h->pool_lock, NULL);
+  pthread_mutex_init(&h->pace.lock, NULL);
   if (ca_file != NULL && (h->ca_file = strdup(ca_file)) == NULL)
     goto fail;
   h->share = curl_share_init();
@@ -194,17 +255,25 @@ void kv_http_free(kv_http *h, int forked)
   int j;
   if (h == NULL)
     return;
-  if (!forked) {
+  if (forked) {
     /* In a forked child the handles and the share are left alone: closing
-     * them could send TLS close_notify on the parent's connections. */
-    for (i = 0; i < h->n_pool; i++)
-      curl_easy_cleanup(h->pool[i]);
-    if (h->share != NULL)
-      curl_share_cleanup(h->share);
-    for (j = 0; j < CURL_LOCK_DATA_LAST; j++)
-      pthread_mutex_destroy(&h->share_locks[j]);
-    pthread_mutex_destroy(&h->pool_lock);
+     * them could send TLS close_notify on the parent's connections. Their
+     * memory stays reachable from kv_abandoned (no lock: the parent may
+     * have held any lock at fork time). */
+    kv_http *head = atomic_load(&kv_abandoned);
+    do
+      h->abandoned_next = head;
+    while (!atomic_compare_exchange_weak(&kv_abandoned, &head, h));
+    return;
   }
+  for (i = 0; i < h->n_pool; i++)
+    curl_easy_cleanup(h->pool[i]);
+  if (h->share != NULL)
+    curl_share_cleanup(h->share);
+  for (j = 0; j < CURL_LOCK_DATA_LAST; j++)
+    pthread_mutex_destroy(&h->share_locks[j]);
+  pthread_mutex_destroy(&h->pool_lock);
+  pthread_mutex_destroy(&h->pace.lock);
   free(h->ca_file);
   free(h);
 }
@@ -261,8 +330,22 @@ static size_t kv_write_cb(char *ptr, size_t size, size_t nmemb, void *userp)
     r->capped = 1;
     return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
   }
-  /* grow to the next power of two; the old buffer is wiped (it may hold a
-   * token or a plaintext) */
+  /* The buffer's size is always the smallest power of two (at least 256)
+   * above len, so it is known from len: append in place while it fits, else
+   * grow to the next power of two and wipe the old buffer (it may hold a
+   * token or a plaintext). Growing on every piece made a 1 MiB body cost
+   * ~64 MiB of copying and wiping. */
+  if (r->body != NULL) {
+    size_t have = 256;
+    while (have < r->len + 1)
+      have *= 2;
+    if (r->len + n + 1 <= have) {
+      memcpy(r->body + r->len, ptr, n);
+      r->len += n;
+      r->body[r->len] = '\0';
+      return n;
+    }
+  }
   cap = 256;
   while (cap < r->len + n + 1)
     cap *= 2;
@@ -281,24 +364,53 @@ static size_t kv_write_cb(char *ptr, size_t size, size_t nmemb, void *userp)
   return n;
 }
 
-static void kv_trim(char *s)
+/* Does the header line [p, p+n) start with the name (case-insensitive) and a colon? Sets *val
+ * and *vlen to the value without surrounding blanks. */
+static int kv_header_is(const char *p, size_t n, const char *name, size_t name_len,
+                        const char **val, size_t *vlen)
 {
-  size_t n = strlen(s);
-  while (n > 0 && (s[n - 1] == '\r' || s[n - 1] == '\n' || s[n - 1] == ' ' || s[n - 1] == '\t'))
-    s[--n] = '\0';
+  const char *v, *e;
+  if (n <= name_len || p[name_len] != ':' || strncasecmp(p, name, name_len) != 0)
+    return 0;
+  v = p + name_len + 1;
+  e = p + n;
+  while (v < e && (*v == ' ' || *v == '\t'))
+    v++;
+  while (e > v && (e[-1] == '\r' || e[-1] == '\n' || e[-1] == ' ' || e[-1] == '\t'))
+    e--;
+  *val = v;
+  *vlen = (size_t)(e - v);
+  return 1;
 }
 
+#define KV_HDR(s) s, sizeof(s) - 1
+
+/* strtol on a counted value: -1 unless the whole value is a number >= 0 */
+static long kv_header_num(const char *v, size_t n)
+{
+  long r = 0;
+  size_t i;
+  if (n == 0 || n > 12)
+    return -1;
+  for (i = 0; i < n; i++) {
+    if (v[i] < '0' || v[i] > '9')
+      return -1;
+    r = r * 10 + (v[i] - '0');
+  }
+  return r;
+}
+
+/* Only the few headers kvp11 uses are looked at; the line is not copied
+ * unless it is one of them. */
 static size_t kv_header_cb(char *buf, size_t size, size_t nitems, void *userp)
 {
   kv_resp *r = userp;
   size_t n = size * nitems;
-  char line[2048];
-  char *colon, *val;
-  size_t len = n < sizeof(line) - 1 ? n : sizeof(line) - 1;
+  const char *v;
+  size_t vl;
+  long num;
 
-  memcpy(line, buf, len);
-  line[len] = '\0';
-  if (strncmp(line, "HTTP/", 5) == 0) {
+  if (n >= 5 && memcmp(buf, "HTTP/", 5) == 0) {
     /* a new response (after 100-continue or a retry inside libcurl) */
     free(r->www_auth);
     r->www_auth = NULL;
@@ -306,74 +418,117 @@ static size_t kv_header_cb(char *buf, size_t size, size_t nitems, void *userp)
     strcpy(r->request_id, "-");
     return n;
   }
-  colon = strchr(line, ':');
-  if (colon == NULL)
-    return n;
-  *colon = '\0';
-  val = colon + 1;
-  while (*val == ' ' || *val == '\t')
-    val++;
-  kv_trim(val);
-  if (strcasecmp(line, "x-ms-request-id") == 0) {
-    snprintf(r->request_id, sizeof(r->request_id), "%s", val);
-  } else if (strcasecmp(line, "www-authenticate") == 0) {
-    if (r->www_auth == NULL || strncasecmp(val, "Bearer", 6) == 0) {
-      free(r->www_auth);
-      r->www_auth = strdup(val);
+  switch (n > 0 ? buf[0] | 0x20 : 0) {
+  case 'x':
+    if (kv_header_is(buf, n, KV_HDR("x-ms-request-id"), &v, &vl)) {
+      if (vl >= sizeof(r->request_id))
+        vl = sizeof(r->request_id) - 1;
+      memcpy(r->request_id, v, vl);
+      r->request_id[vl] = '\0';
+    } else if (kv_header_is(buf, n, KV_HDR("x-ms-retry-after-ms"), &v, &vl) &&
+               (num = kv_header_num(v, vl)) >= 0) {
+      r->retry_after_ms = num;
     }
-  } else if (strcasecmp(line, "retry-after-ms") == 0 ||
-             strcasecmp(line, "x-ms-retry-after-ms") == 0) {
-    char *end;
-    long v = strtol(val, &end, 10);
-    if (end != val && v >= 0)
-      r->retry_after_ms = v;
-  } else if (strcasecmp(line, "retry-after") == 0) {
-    char *end;
-    long v = strtol(val, &end, 10);
-    if (end != val && *end == '\0' && v >= 0) {
-      if (r->retry_after_ms < 0)
-        r->retry_after_ms = v * 1000;
-    } else {
-      time_t t = curl_getdate(val, NULL);
-      if (t != (time_t)-1 && r->retry_after_ms < 0) {
-        long d = (long)(t - time(NULL));
-        r->retry_after_ms = d > 0 ? d * 1000 : 0;
+    break;
+  case 'w':
+    if (kv_header_is(buf, n, KV_HDR("www-authenticate"), &v, &vl) &&
+        (r->www_auth == NULL || (vl >= 6 && strncasecmp(v, "Bearer", 6) == 0))) {
+      char *w = malloc(vl + 1);
+      if (w != NULL) {
+        memcpy(w, v, vl);
+        w[vl] = '\0';
+        free(r->www_auth);
+        r->www_auth = w;
       }
     }
+    break;
+  case 'r':
+    if (kv_header_is(buf, n, KV_HDR("retry-after-ms"), &v, &vl)) {
+      if ((num = kv_header_num(v, vl)) >= 0)
+        r->retry_after_ms = num;
+    } else if (kv_header_is(buf, n, KV_HDR("retry-after"), &v, &vl)) {
+      if ((num = kv_header_num(v, vl)) >= 0) {
+        if (r->retry_after_ms < 0)
+          r->retry_after_ms = num * 1000;
+      } else if (vl < 128 && r->retry_after_ms < 0) {
+        char date[128];
+        time_t t;
+        memcpy(date, v, vl);
+        date[vl] = '\0';
+        t = curl_getdate(date, NULL);
+        if (t != (time_t)-1) {
+          long d = (long)(t - time(NULL));
+          r->retry_after_ms = d > 0 ? d * 1000 : 0;
+        }
+      }
+    }
+    break;
+  default:
+    break;
   }
   return n;
 }
 
 /* x-ms-client-request-id: a random per-process prefix and a counter (unique,
- * and cheaper than drawing 16 random bytes for every request) */
-static unsigned char kv_rid_prefix[8];
+ * and cheaper than drawing 16 random bytes for every request). The header up
+ * to the counter is formatted once. */
+#define KV_RID_PREFIX_LEN (sizeof("x-ms-client-request-id: 01234567-0123-0123-") - 1)
+#define KV_RID_LEN (KV_RID_PREFIX_LEN + 4 + 1 + 12)
+static char kv_rid_prefix[KV_RID_PREFIX_LEN + 1];
 static pthread_once_t kv_rid_once = PTHREAD_ONCE_INIT;
 static _Atomic unsigned long long kv_rid_counter;
+static const char kv_hexd[] = "0123456789abcdef";
 
 static void kv_rid_init(void)
 {
-  if (RAND_bytes(kv_rid_prefix, sizeof(kv_rid_prefix)) != 1)
-    memset(kv_rid_prefix, 0x5a, sizeof(kv_rid_prefix));
-  kv_rid_prefix[6] = (unsigned char)((kv_rid_prefix[6] & 0x0f) | 0x40);
+  unsigned char b[8];
+  char *o;
+  int i;
+  if (RAND_bytes(b, sizeof(b)) != 1)
+    memset(b, 0x5a, sizeof(b));
+  b[6] = (unsigned char)((b[6] & 0x0f) | 0x40); /* version 4 */
+  memcpy(kv_rid_prefix, "x-ms-client-request-id: ", 24);
+  o = kv_rid_prefix + 24;
+  for (i = 0; i < 8; i++) {
+    *o++ = kv_hexd[b[i] >> 4];
+    *o++ = kv_hexd[b[i] & 15];
+    if (i == 3 || i == 5 || i == 7)
+      *o++ = '-';
+  }
+  *o = '\0';
 }
 
-static void kv_request_id(char *out, size_t outlen)
+/* out: at least KV_RID_LEN + 1 bytes */
+static void kv_request_id(char *out)
 {
-  const unsigned char *b = kv_rid_prefix;
-  unsigned long long n;
+  unsigned long long n, v;
+  char *o = out + KV_RID_PREFIX_LEN;
+  int i;
   pthread_once(&kv_rid_once, kv_rid_init);
   n = ++kv_rid_counter;
-  snprintf(out, outlen,
-           "x-ms-client-request-id: %02x%02x%02x%02x-%02x%02x-%02x%02x-%04llx-%012llx", b[0], b[1],
-           b[2], b[3], b[4], b[5], b[6], b[7], 0x8000ULL | ((n >> 48) & 0x3fffULL),
-           n & 0xffffffffffffULL);
+  memcpy(out, kv_rid_prefix, KV_RID_PREFIX_LEN);
+  v = 0x8000ULL | ((n >> 48) & 0x3fffULL); /* variant bits, then the counter's top */
+  for (i = 3; i >= 0; i--, v >>= 4)
+    o[i] = kv_hexd[v & 15];
+  o[4] = '-';
+  v = n & 0xffffffffffffULL;
+  for (i = 16; i >= 5; i--, v >>= 4)
+    o[i] = kv_hexd[v & 15];
+  o[17] = '\0';
 }
 
 int kv_http_do(kv_http *h, const kv_req *req, long timeout_ms, kv_resp *resp)
 {
+  /* The header list lives on the stack: libcurl only reads it during the
+   * transfer, so no node or string is allocated (and the caller's
+   * Authorization header is not copied). */
+  static char accept_hdr[] = "Accept: application/json";
+  static char expect_hdr[] = "Expect:";
+  static char ct_json[] = "Content-Type: application/json";
+  struct curl_slist nodes[6];
+  size_t nn = 0;
   CURL *c;
-  struct curl_slist *hdrs = NULL, *it;
-  char ct[128], rid[96];
+  char ct[128], rid[KV_RID_LEN + 1];
   CURLcode cc;
 
   kv_resp_clear(resp, 1);
@@ -408,6 +563,14 @@ int kv_http_do(kv_http *h, const kv_req *req, long timeout_ms, kv_resp *resp)
       curl_easy_setopt(c, CURLOPT_USERAGENT, "kvp11/" "0.1");
       curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, kv_write_cb);
       curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, kv_header_cb);
+      /* libcurl allocates its receive buffer (16 KiB by default) and its
+       * upload buffer (64 KiB) for every transfer, and every block it frees
+       * is wiped (kv_mem_free): Key Vault's answers are small, so smaller
+       * buffers save wiping 60 KiB per request */
+      curl_easy_setopt(c, CURLOPT_BUFFERSIZE, 4096L);
+#if CURL_AT_LEAST_VERSION(7, 62, 0)
+      curl_easy_setopt(c, CURLOPT_UPLOAD_BUFFERSIZE, 16384L); /* libcurl's minimum */
+#endif
     }
   }
   /* Per request: everything that differs between requests is set every time. */
@@ -422,18 +585,21 @@ int kv_http_do(kv_http *h, const kv_req *req, long timeout_ms, kv_resp *resp)
   curl_easy_setopt(c, CURLOPT_NOPROXY, req->no_proxy ? "*" : NULL);
   curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, NULL);
 
-  hdrs = curl_slist_append(hdrs, "Accept: application/json");
-  hdrs = curl_slist_append(hdrs, "Expect:");
-  kv_request_id(rid, sizeof(rid));
-  hdrs = curl_slist_append(hdrs, rid);
+  nodes[nn++].data = accept_hdr;
+  nodes[nn++].data = expect_hdr;
+  kv_request_id(rid);
+  nodes[nn++].data = rid;
   if (req->auth_header != NULL)
-    hdrs = curl_slist_append(hdrs, req->auth_header);
+    nodes[nn++].data = (char *)req->auth_header;
   if (req->extra_header != NULL)
-    hdrs = curl_slist_append(hdrs, req->extra_header);
+    nodes[nn++].data = (char *)req->extra_header;
   if (req->body != NULL) {
-    snprintf(ct, sizeof(ct), "Content-Type: %s",
-             req->content_type != NULL ? req->content_type : "application/json");
-    hdrs = curl_slist_append(hdrs, ct);
+    if (req->content_type == NULL) {
+      nodes[nn++].data = ct_json;
+    } else {
+      snprintf(ct, sizeof(ct), "Content-Type: %s", req->content_type);
+      nodes[nn++].data = ct;
+    }
     curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)req->body_len);
     curl_easy_setopt(c, CURLOPT_POSTFIELDS, req->body);
   }
@@ -451,7 +617,12 @@ int kv_http_do(kv_http *h, const kv_req *req, long timeout_ms, kv_resp *resp)
     }
     curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, req->method);
   }
-  curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdrs);
+  {
+    size_t i;
+    for (i = 0; i < nn; i++)
+      nodes[i].next = i + 1 < nn ? &nodes[i + 1] : NULL;
+  }
+  curl_easy_setopt(c, CURLOPT_HTTPHEADER, &nodes[0]);
 
   cc = curl_easy_perform(c);
   resp->cc = cc;
@@ -469,13 +640,9 @@ int kv_http_do(kv_http *h, const kv_req *req, long timeout_ms, kv_resp *resp)
       snprintf(resp->curl_err, sizeof(resp->curl_err), "response body larger than %d bytes",
                KV_BODY_CAP);
   }
-  /* the Authorization header is a secret: wipe our copy */
-  for (it = hdrs; it != NULL; it = it->next)
-    if (strncasecmp(it->data, "Authorization:", 14) == 0)
-      kvp_wipe(it->data, strlen(it->data));
+  /* the list is on our stack: libcurl must not keep a pointer to it */
   curl_easy_setopt(c, CURLOPT_HTTPHEADER, NULL);
   curl_easy_setopt(c, CURLOPT_POSTFIELDS, NULL);
-  curl_slist_free_all(hdrs);
   kv_pool_put(h, c);
 
   if (cc != CURLE_OK) {
@@ -502,13 +669,222 @@ static int kv_status_transient(long status)
          status == 504;
 }
 
+/*
+ * Vault-wide pacing.
+ *
+ * Key Vault limits the transactions of a whole vault (per 10 s, weighted by
+ * key type and size) and answers 429 with Retry-After beyond the limit.
+ * Without coordination, each of N threads would collect its own 429s. So,
+ * for the data-plane requests of one vault (the requests that carry an
+ * Authorization header; the token endpoint has limits of its own):
+ *
+ *  - a 429 pauses the whole vault until its Retry-After (or backoff) has
+ *    passed: the other threads wait before sending instead of being refused;
+ *  - from the first 429 on, a rate limiter paces the requests (GCRA, a token
+ *    bucket that holds two requests: the service's window is sliding, so a
+ *    burst would count against it for a whole window). Its rate is learned
+ *    from the first 429: n requests were accepted in the busy period of s
+ *    seconds before it and the service says it frees up in R (whole)
+ *    seconds, so its window W is in (s + R - 1, s + R]; the service's
+ *    windows are whole seconds (Key Vault: 10 s), so W = floor(s + R) and
+ *    the rate is 0.95 n / W. Later 429s (already paced) lower the rate by
+ *    5 %; it grows by 0.2 %/s while requests wait for it (1 %/s once no 429
+ *    came for 30 s), so that it keeps probing for more without meeting the
+ *    limit more often than every ~25 s. After 5 minutes without a 429 the
+ *    limiter is dropped.
+ *
+ * Waiting for the pacer is not a retry: it only spends the operation's time.
+ * Each 429 costs the vault's whole throughput for at least one second (the
+ * pause), so the pacer aims at meeting the limit rarely, not at hugging it.
+ */
+#define KV_PACE_FORGET_MS (5L * 60L * 1000L)
+#define KV_PACE_MIN_RATE 0.1
+#define KV_PACE_GAP_SLOTS 20 /* 200 ms without an answer ends a busy period */
+
+static double kv_pace_growth(const kv_pace *p, int64_t now)
+{
+  return now - p->last429_ms < 30000 ? 0.002 : 0.01;
+}
+
+static void kv_pace_roll(kv_pace *p, int64_t now)
+{
+  int64_t s = now / KV_PACE_SLOT_MS, i;
+  if (s <= p->slot)
+    return;
+  if (s - p->slot >= KV_PACE_SLOTS)
+    memset(p->acc, 0, sizeof(p->acc));
+  else
+    for (i = p->slot + 1; i <= s; i++)
+      p->acc[i % KV_PACE_SLOTS] = 0;
+  p->slot = s;
+}
+
+/* Accepted requests in the current busy period (at most the last ~10 s) and
+ * its length in ms. */
+static double kv_pace_measure(kv_pace *p, int64_t now, int64_t *span)
+{
+  int64_t i, start = -1, gap = 0;
+  double n = 0;
+  kv_pace_roll(p, now);
+  for (i = p->slot; i > p->slot - (KV_PACE_SLOTS - 24) && i >= 0; i--) {
+    uint32_t a = p->acc[i % KV_PACE_SLOTS];
+    if (a == 0) {
+      if (start >= 0 && ++gap >= KV_PACE_GAP_SLOTS)
+        break;
+      continue;
+    }
+    gap = 0;
+    start = i;
+    n += a;
+  }
+  *span = start < 0 ? 0 : now - start * KV_PACE_SLOT_MS;
+  return n;
+}
+
+/* Called with p->lock held: a paced request was answered (not 429). */
+static void kv_pace_note_ok(kv_pace *p, int64_t now)
+{
+  kv_pace_roll(p, now);
+  p->acc[p->slot % KV_PACE_SLOTS]++;
+  if (p->rate <= 0)
+    return;
+  if (now - p->last429_ms > KV_PACE_FORGET_MS) {
+    p->rate = 0; /* no throttling for minutes: stop pacing */
+    return;
+  }
+  if (now - p->waited_ms <= 1000 && now > p->increased_ms)
+    /* the pacer is what limits us: probe for more, slowly */
+    p->rate += p->rate * kv_pace_growth(p, now) * (double)(now - p->increased_ms) / 1000.0;
+  p->increased_ms = now;
+}
+
+/*
+ * Wait until this vault may be sent a request. 0: go; -1: not before
+ * deadline_ms (the caller gives up at once, as for a Retry-After past the
+ * deadline).
+ */
+static int kv_pace_wait(kv_http *h, int64_t deadline_ms)
+{
+  kv_pace *p = &h->pace;
+  for (;;) {
+    int64_t now, until;
+    int reserved = 0;
+
+    pthread_mutex_lock(&p->lock);
+    now = kv_now_ms();
+    until = now;
+    if (p->blocked_until > now) {
+      until = p->blocked_until;
+    } else if (p->rate > 0) {
+      double t = 1000.0 / p->rate; /* interval; tolerance t: two requests at once at most */
+      double tat = p->tat > (double)now ? p->tat : (double)now;
+      if (tat - t > (double)now) {
+        until = (int64_t)(tat - t) + 1;
+        reserved = until < deadline_ms; /* a slot in the schedule */
+      }
+      if (until == now || reserved)
+        p->tat = tat + t;
+    }
+    if (until > now) {
+      p->waited_ms = now;
+      p->n_waits++;
+    }
+    pthread_mutex_unlock(&p->lock);
+    if (until <= now)
+      return 0;
+    if (until >= deadline_ms)
+      return -1;
+    kv_sleep_ms(until - now);
+    if (reserved) {
+      /* our slot has come, unless a 429 paused the vault meanwhile */
+      int blocked;
+      pthread_mutex_lock(&p->lock);
+      blocked = p->blocked_until > kv_now_ms();
+      pthread_mutex_unlock(&p->lock);
+      if (!blocked)
+        return 0;
+    }
+  }
+}
+
+/* An answer other than 429 came back for a paced request. */
+static void kv_pace_accepted(kv_http *h)
+{
+  kv_pace *p = &h->pace;
+  pthread_mutex_lock(&p->lock);
+  kv_pace_note_ok(p, kv_now_ms());
+  pthread_mutex_unlock(&p->lock);
+}
+
+/* A paced request sent at sent_ms got 429; delay_ms: its Retry-After or backoff. */
+static void kv_pace_throttled(kv_http *h, int64_t sent_ms, int64_t delay_ms, const char *what)
+{
+  kv_pace *p = &h->pace;
+  int64_t now, span = 0, w = 0;
+  double n = 0, old, rate;
+  int decreased = 0;
+
+  pthread_mutex_lock(&p->lock);
+  now = kv_now_ms();
+  p->n_throttled++;
+  if (now + delay_ms > p->blocked_until)
+    p->blocked_until = now + delay_ms;
+  old = p->rate;
+  /* requests sent before the last decrease went at the old rate: their 429s
+   * are old news */
+  if (sent_ms > p->decreased_ms) {
+    if (p->rate <= 0) {
+      n = kv_pace_measure(p, now, &span);
+      w = (span + delay_ms) / 1000 * 1000; /* whole seconds in (s + R - 1 s, s + R] */
+      if (w < span)
+        w = span;
+      if (w < 1000)
+        w = 1000;
+      p->rate = 0.95 * n * 1000.0 / (double)w;
+    } else {
+      p->rate *= 0.95;
+    }
+    if (p->rate < KV_PACE_MIN_RATE)
+      p->rate = KV_PACE_MIN_RATE;
+    p->decreased_ms = now;
+    p->increased_ms = now;
+    decreased = 1;
+  }
+  p->last429_ms = now;
+  p->tat = (double)p->blocked_until;
+  rate = p->rate;
+  pthread_mutex_unlock(&p->lock);
+  if (decreased && old <= 0)
+    KVP_INFO("%s: the vault is throttling (HTTP 429): its requests wait %lld ms, then go at "
+             "most %.1f/s (%.0f accepted in the %lld ms before, window taken as %lld ms)",
+             what, (long long)delay_ms, rate, n, (long long)span, (long long)w);
+  else if (decreased)
+    KVP_INFO("%s: the vault is throttling (HTTP 429): its requests wait %lld ms, then go at "
+             "most %.1f/s (was %.1f/s)",
+             what, (long long)delay_ms, rate, old);
+}
+
+void kv_http_pace_stats(kv_http *h, kv_pace_stats *st)
+{
+  kv_pace *p = &h->pace;
+  pthread_mutex_lock(&p->lock);
+  st->rate = p->rate;
+  st->throttled = p->n_throttled;
+  st->waits = p->n_waits;
+  st->blocked_ms = p->blocked_until - kv_now_ms();
+  if (st->blocked_ms < 0)
+    st->blocked_ms = 0;
+  pthread_mutex_unlock(&p->lock);
+}
+
 void kv_http_do_retry(kv_http *h, const kv_req *req, const kv_retry *rt, int json_2xx,
                       kv_resp *resp)
 {
-  int attempt = 0;
+  int attempt = 0, throttled = 0;
+  /* data-plane requests carry the token; the token endpoint is not the vault */
+  int paced = req->auth_header != NULL;
   for (;;) {
-    int64_t now = kv_now_ms(), left = rt->deadline_ms - now, delay;
-    int transient;
+    int64_t now = kv_now_ms(), left = rt->deadline_ms - now, delay, sent;
     unsigned char rnd[2];
     const char *why;
     char whybuf[160];
@@ -518,7 +894,20 @@ void kv_http_do_retry(kv_http *h, const kv_req *req, const kv_retry *rt, int jso
         snprintf(resp->curl_err, sizeof(resp->curl_err), "timed out");
       return;
     }
+    if (paced && kv_pace_wait(h, rt->deadline_ms) != 0) {
+      if (resp->status == 0 && resp->curl_err[0] == '\0')
+        snprintf(resp->curl_err, sizeof(resp->curl_err),
+                 "the vault is throttling requests; no time left to wait for it");
+      KVP_WARN("%s: the vault is throttling requests; no time left to wait for it", rt->what);
+      return;
+    }
+    sent = kv_now_ms();
+    left = rt->deadline_ms - sent;
+    if (left <= 0)
+      continue;
     kv_http_do(h, req, (long)left, resp);
+    if (paced && resp->status != 0 && resp->status != 429)
+      kv_pace_accepted(h);
     if (resp->capped)
       return; /* not retried: a server sending this much is broken */
     if (resp->status == 0) {
@@ -527,21 +916,19 @@ void kv_http_do_retry(kv_http *h, const kv_req *req, const kv_retry *rt, int jso
           resp->cc == CURLE_SSL_CERTPROBLEM || resp->cc == CURLE_URL_MALFORMAT ||
           resp->cc == CURLE_UNSUPPORTED_PROTOCOL || resp->cc == CURLE_OUT_OF_MEMORY)
         return;
-      transient = 1;
       why = resp->curl_err;
     } else if (kv_status_transient(resp->status) ||
                (req->retry_404_410 && (resp->status == 404 || resp->status == 410))) {
-      transient = 1;
       snprintf(whybuf, sizeof(whybuf), "HTTP %ld", resp->status);
       why = whybuf;
     } else if (json_2xx && resp->status >= 200 && resp->status < 300 && resp->json == NULL) {
-      transient = 1;
       why = "response body is not a JSON object";
     } else {
       return;
     }
-    (void)transient;
-    if (attempt >= rt->max_retries) {
+    /* A 429 is the service's flow control, not a failure: it does not use up
+     * max_retries (only the operation's time); everything else does. */
+    if (resp->status != 429 && attempt >= rt->max_retries) {
       KVP_WARN("%s: giving up after %d retries: %s (x-ms-request-id %s)", rt->what, attempt, why,
                resp->request_id);
       return;
@@ -549,7 +936,8 @@ void kv_http_do_retry(kv_http *h, const kv_req *req, const kv_retry *rt, int jso
     if (resp->retry_after_ms >= 0) {
       delay = resp->retry_after_ms;
     } else {
-      int64_t base = (int64_t)rt->unit_ms << (attempt < 10 ? attempt : 10);
+      int n = resp->status == 429 ? throttled : attempt;
+      int64_t base = (int64_t)rt->unit_ms << (n < 4 ? n : 4); /* 1, 2, 4, 8, 16 units */
       unsigned r;
       if (RAND_bytes(rnd, sizeof(rnd)) != 1)
         rnd[0] = rnd[1] = 0x80;
@@ -562,9 +950,20 @@ void kv_http_do_retry(kv_http *h, const kv_req *req, const kv_retry *rt, int jso
                resp->request_id, (long long)delay);
       return;
     }
+    if (resp->status == 429) {
+      throttled++;
+      if (paced) {
+        /* the whole vault waits; kv_pace_wait() sleeps for it before the retry */
+        kv_pace_throttled(h, sent, delay, rt->what);
+        KVP_DEBUG("%s: HTTP 429 (x-ms-request-id %s); retry after %lld ms", rt->what,
+                  resp->request_id, (long long)delay);
+        continue;
+      }
+    } else {
+      attempt++;
+    }
     KVP_INFO("%s: %s (x-ms-request-id %s); retry %d in %lld ms", rt->what, why, resp->request_id,
-             attempt + 1, (long long)delay);
+             attempt + throttled, (long long)delay);
     kv_sleep_ms(delay);
-    attempt++;
   }
 }

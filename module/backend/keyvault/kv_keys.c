@@ -61,7 +61,7 @@ static int kv_key_usable_now(const kv_key_impl *ki, int64_t now)
   return ki->enabled && (ki->nbf == 0 || now >= ki->nbf) && (ki->exp == 0 || now < ki->exp);
 }
 
-static void kv_cache_drop(kv_backend *b, const char *name)
+void kv_cache_drop(kv_backend *b, const char *name)
 {
   kv_cached_key **pp, *c;
   pthread_mutex_lock(&b->lock);

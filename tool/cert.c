@@ -105,6 +105,7 @@ void kvp_tool_cert_usage(FILE *f)
 {
   for (size_t i = 0; i < KVP_ARRAY_SIZE(cert_cmds); i++)
     synopsis(f, "  kvp11 [-c FILE] ", &cert_cmds[i]);
+  fprintf(f, "  kvp11 [-c FILE] cert selfsign ... (see kvp11 cert selfsign --help)\n");
 }
 
 static void cert_cmd_usage(FILE *f, const cert_cmd *c)
@@ -238,7 +239,11 @@ static int cert_add(kvp_tool *t, cert_args *a)
   unsigned char *der = NULL;
   size_t der_len = 0;
   char err[KVP_ERRLEN] = "", warn[KVP_ERRLEN] = "", when[32];
-  int rc = KVP_EXIT_USAGE, exists = 0;
+  char *o_scheme = NULL, *o_store = NULL, *o_name = NULL;
+  int rc = KVP_EXIT_USAGE, exists = 0, completes = 0;
+  /* a private certificate without --hsm/--vault/--key: for a key registered
+   * without certificate (kvp11 key create, C_GenerateKeyPair) */
+  const int from_row = priv && !has_store && !a->v[O_KEY];
 
   /* The command line first: usage errors need no configuration. */
   if (!a->v[O_NAME] || !type || !file) {
@@ -257,7 +262,7 @@ static int cert_add(kvp_tool *t, cert_args *a)
     kvp_tool_fail(t, rc, "a public certificate takes no --hsm, --vault or --key");
     goto out;
   }
-  if (priv && (!has_store || (a->v[O_HSM] && a->v[O_VAULT]) || !a->v[O_KEY])) {
+  if (priv && !from_row && (!has_store || (a->v[O_HSM] && a->v[O_VAULT]) || !a->v[O_KEY])) {
     kvp_tool_fail(t, rc, "a private certificate needs --key and exactly one of --hsm or --vault");
     goto out;
   }
@@ -305,16 +310,48 @@ static int cert_add(kvp_tool *t, cert_args *a)
     goto out;
   }
   exists = g == KVP_OK;
-  if (exists && !a->v[O_REPLACE]) {
+  /* the certificate of a key registered without one: completes that entry */
+  completes = exists && old.der_len == 0;
+  if (completes && !priv) {
+    kvp_tool_fail(t, rc, "'%s' is a key waiting for its certificate: add it with --type private",
+                  rec.name);
+    goto out;
+  }
+  if (from_row && !completes) {
+    kvp_tool_fail(t, KVP_EXIT_USAGE,
+                  "a private certificate needs --key and exactly one of --hsm or --vault (they "
+                  "may be left out only for a key registered without certificate)");
+    rc = KVP_EXIT_USAGE;
+    goto out;
+  }
+  if (exists && !completes && !a->v[O_REPLACE]) {
     duplicate(t, a->account, rec.name);
     goto out;
+  }
+  if (completes) {
+    if (kvp_keyref_parse(old.key_ref, &o_scheme, &o_store, &o_name, err, sizeof(err)) != KVP_OK) {
+      kvp_tool_fail(t, rc, "'%s': %s", rec.name, err);
+      goto out;
+    }
+    if (from_row) {
+      a->v[strcmp(o_scheme, "hsm") == 0 ? O_HSM : O_VAULT] = o_store;
+      a->v[O_KEY] = o_name;
+    }
+    if (old.ckid_len > 0) {
+      if (!(rec.ckid = malloc(old.ckid_len))) {
+        kvp_tool_fail(t, rc, "out of memory");
+        goto out;
+      }
+      memcpy(rec.ckid, old.ckid, old.ckid_len);
+      rec.ckid_len = old.ckid_len;
+    }
   }
 
   if (priv && (rc = check_key(t, a, &rec)) != KVP_EXIT_OK)
     goto out;
   rc = KVP_EXIT_ERROR;
 
-  int r = kvp_registry_add(t->reg, &rec, a->v[O_REPLACE] != NULL, err, sizeof(err));
+  int r = kvp_registry_add(t->reg, &rec, a->v[O_REPLACE] != NULL || completes, err, sizeof(err));
   if (r == KVP_EEXISTS) {
     duplicate(t, a->account, rec.name);
     goto out;
@@ -325,12 +362,16 @@ static int cert_add(kvp_tool *t, cert_args *a)
   }
   if (warn[0])
     kvp_tool_warn(t, "%s", warn);
-  printf("%s %s certificate '%s' in account '%s'%s%s\n", exists ? "replaced" : "added",
+  printf("%s %s certificate '%s' in account '%s'%s%s\n",
+         completes ? "added the" : exists ? "replaced" : "added",
          priv ? "private" : "public", rec.name, rec.account, rec.key_ref ? ", key " : "",
          rec.key_ref ? rec.key_ref : "");
   rc = KVP_EXIT_OK;
 out:
   free(der);
+  free(o_scheme);
+  free(o_store);
+  free(o_name);
   kvp_cert_rec_clear(&rec);
   kvp_cert_rec_clear(&old);
   return rc;
@@ -380,7 +421,9 @@ static int cert_show(kvp_tool *t, cert_args *a)
   if (a->v[O_JSON] && a->v[O_PEM])
     return kvp_tool_fail(t, KVP_EXIT_USAGE, "--json and --pem exclude each other");
   int rc = get_operand(t, a, &rec, 0);
-  if (rc == KVP_EXIT_OK && kvp_tool_print_rec(stdout, &rec, how) != 0)
+  if (rc == KVP_EXIT_OK && how == KVP_SHOW_PEM && rec.der_len == 0)
+    rc = kvp_tool_fail(t, KVP_EXIT_ERROR, "'%s' is a key without a certificate yet", rec.name);
+  else if (rc == KVP_EXIT_OK && kvp_tool_print_rec(stdout, &rec, how) != 0)
     rc = kvp_tool_fail(t, KVP_EXIT_ERROR, "cannot format the output");
   kvp_cert_rec_clear(&rec);
   return rc;
@@ -440,6 +483,10 @@ static int parse_args(kvp_tool *t, const cert_cmd *c, int argc, char **argv, cer
 int kvp_tool_cert(kvp_tool *t, int argc, char **argv)
 {
   int rc;
+  if (argc > 1 && strcmp(argv[1], "selfsign") == 0) {
+    t->cmd = "cert selfsign";
+    return kvp_tool_cert_selfsign(t, argc - 1, argv + 1);
+  }
   const cert_cmd *c = kvp_tool_subcommand(t, "cert", argc, argv, kvp_tool_cert_usage, cert_cmds,
                                           sizeof(cert_cmds[0]), KVP_ARRAY_SIZE(cert_cmds), &rc);
   if (c == NULL)

@@ -505,6 +505,7 @@ static void check_cert(chk_ctx *c, chk_stores *stores, const kvp_cert_rec *rec)
   char err[KVP_ERRLEN] = "", sref[300];
   char *scheme = NULL, *store = NULL, *kname = NULL;
   X509 *x = NULL;
+  EVP_PKEY *keyonly_pub = NULL;
   const unsigned char *p = rec->der;
   CK_RV rv = CKR_OK;
 
@@ -537,7 +538,18 @@ static void check_cert(chk_ctx *c, chk_stores *stores, const kvp_cert_rec *rec)
         kvp_tool_loghint(c->t));
     goto validity;
   }
-  if (!(x = d2i_X509(NULL, &p, (long)rec->der_len)) || !(k.cpub = X509_get0_pubkey(x))) {
+  if (rec->der_len == 0) {
+    /* a key registered without certificate: its recorded public key stands in */
+    kvp_spki sk;
+    if (kvp_spki_from_der(rec->spki, rec->spki_len, &sk) != KVP_OK ||
+        !(keyonly_pub = kvp_spki_pubkey(&sk))) {
+      kvp_spki_clear(&sk);
+      row(&k, R_FAIL, "cert-key", 0, "cannot read the registered public key");
+      goto validity;
+    }
+    kvp_spki_clear(&sk);
+    k.cpub = keyonly_pub;
+  } else if (!(x = d2i_X509(NULL, &p, (long)rec->der_len)) || !(k.cpub = X509_get0_pubkey(x))) {
     row(&k, R_FAIL, "cert-key", 0, "cannot read the certificate's public key");
     goto validity;
   }
@@ -557,7 +569,13 @@ static void check_cert(chk_ctx *c, chk_stores *stores, const kvp_cert_rec *rec)
       check_decrypt(&k);
   }
 validity:
-  check_validity(&k);
+  if (rec->der_len == 0)
+    row(&k, R_WARN, "cert-validity", 0,
+        "no certificate yet: kvp11 csr --cert-name %s, then kvp11 cert add --name %s", rec->name,
+        rec->name);
+  else
+    check_validity(&k);
+  EVP_PKEY_free(keyonly_pub);
   if (k.key)
     k.be->ops->close_key(k.be, k.key);
   X509_free(x);

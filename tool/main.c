@@ -13,6 +13,7 @@
 #include "core/util.h"
 #include "kvp11/kvp11.h"
 #include "tool.h"
+#include "wipe.h"
 
 __attribute__((format(printf, 3, 0))) static void vmsg(const kvp_tool *t, const char *kind,
                                                        const char *fmt, va_list ap)
@@ -184,6 +185,8 @@ static void usage(FILE *f)
           "commands:\n",
           KVP11_DEFAULT_CONF);
   kvp_tool_cert_usage(f);
+  kvp_tool_key_usage(f);
+  kvp_tool_csr_usage(f);
   kvp_tool_smime_usage(f);
   kvp_tool_check_usage(f);
   fprintf(f, "\nExit status: 0 success, 1 error (nothing changed), 2 usage error.\n");
@@ -191,6 +194,7 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
+  kvp_tool_wipe_init();
   static const struct option opts[] = {
       {"config", required_argument, NULL, 'c'},
       {"verbose", no_argument, NULL, 'v'},
@@ -236,6 +240,17 @@ int main(int argc, char **argv)
   }
   if (strcmp(cmd, "smime") == 0) {
     int rc = kvp_tool_smime(&t, argc - optind, argv + optind);
+    kvp_tool_done(&t);
+    return rc;
+  }
+  if (strcmp(cmd, "key") == 0) {
+    int rc = kvp_tool_key(&t, argc - optind, argv + optind);
+    kvp_tool_done(&t);
+    return rc;
+  }
+  if (strcmp(cmd, "csr") == 0) {
+    t.cmd = "csr";
+    int rc = kvp_tool_csr(&t, argc - optind, argv + optind);
     kvp_tool_done(&t);
     return rc;
   }

@@ -67,6 +67,23 @@ static json_t *rec_json(const kvp_cert_rec *r, int with_pem)
   json_t *o = json_object();
   if (!o)
     return NULL;
+  if (r->der_len == 0) {
+    /* a key without a certificate yet (kvp11 key create, C_GenerateKeyPair) */
+    int bad = json_object_set_new(o, "id", json_integer(r->id)) ||
+              json_object_set_new(o, "name", jstr(r->name)) ||
+              json_object_set_new(o, "account", jstr(r->account)) ||
+              json_object_set_new(o, "type", json_string("key")) ||
+              json_object_set_new(o, "certificate", json_false()) ||
+              json_object_set_new(o, "key_ref", jstr(r->key_ref)) ||
+              json_object_set_new(o, "key_version", jstr(r->key_version)) ||
+              json_object_set_new(o, "created", jtime(r->created)) ||
+              json_object_set_new(o, "updated", jtime(r->updated));
+    if (bad) {
+      json_decref(o);
+      return NULL;
+    }
+    return o;
+  }
   int bad = json_object_set_new(o, "id", json_integer(r->id)) ||
             json_object_set_new(o, "name", jstr(r->name)) ||
             json_object_set_new(o, "account", jstr(r->account)) ||
@@ -113,7 +130,9 @@ static int print_table(FILE *f, const kvp_cert_rec *recs, size_t n)
   for (size_t c = 0; c < 5; c++)
     w[c] = (int)strlen(head[c]);
   for (size_t i = 0; i < n; i++) {
-    const char *cell[3] = {recs[i].name, recs[i].subject, recs[i].key_ref ? recs[i].key_ref : "-"};
+    const char *cell[3] = {recs[i].name,
+                           recs[i].der_len ? recs[i].subject : "(no certificate yet)",
+                           recs[i].key_ref ? recs[i].key_ref : "-"};
     int idx[3] = {0, 2, 4};
     for (size_t c = 0; c < 3; c++)
       if ((int)strlen(cell[c]) > w[idx[c]])
@@ -127,9 +146,13 @@ static int print_table(FILE *f, const kvp_cert_rec *recs, size_t n)
           head[3], head[4]);
   for (size_t i = 0; i < n; i++) {
     const kvp_cert_rec *r = &recs[i];
-    kvp_tool_isotime(r->not_after, when);
+    if (r->der_len > 0)
+      kvp_tool_isotime(r->not_after, when);
+    else
+      snprintf(when, sizeof(when), "-");
     fprintf(f, "%-*s  %-*s  %-*s  %-*s  %s\n", w[0], r->name, w[1],
-            r->type == KVP_CERT_PRIVATE ? "private" : "public", w[2], r->subject, w[3], when,
+            r->der_len == 0 ? "key" : r->type == KVP_CERT_PRIVATE ? "private" : "public", w[2],
+            r->der_len ? r->subject : "(no certificate yet)", w[3], when,
             r->key_ref ? r->key_ref : "-");
   }
   return 0;
@@ -151,6 +174,8 @@ int kvp_tool_print_list(FILE *f, const kvp_cert_rec *recs, size_t n, int json)
 
 int kvp_tool_print_rec(FILE *f, const kvp_cert_rec *rec, int how)
 {
+  if (how == KVP_SHOW_PEM && rec->der_len == 0)
+    return -2; /* no certificate to print */
   if (how == KVP_SHOW_PEM) {
     char *pem = kvp_tool_pem(rec->der, rec->der_len);
     int rc = pem && fputs(pem, f) >= 0 ? 0 : -1;

@@ -71,6 +71,15 @@ void kvp_tool_smime_usage(FILE *f);
 int kvp_tool_check(kvp_tool *t, int argc, char **argv);
 void kvp_tool_check_usage(FILE *f);
 
+/* The "key" command group (key.c): argv[0] is "key". Returns an exit code. */
+int kvp_tool_key(kvp_tool *t, int argc, char **argv);
+void kvp_tool_key_usage(FILE *f);
+
+/* "kvp11 csr" and "kvp11 cert selfsign" (csr.c): argv[0] is "csr" / "selfsign". */
+int kvp_tool_csr(kvp_tool *t, int argc, char **argv);
+void kvp_tool_csr_usage(FILE *f);
+int kvp_tool_cert_selfsign(kvp_tool *t, int argc, char **argv);
+
 /* Output helpers (output.c). */
 /* "2026-11-25T11:42:58Z" into out (at least 21 bytes). */
 void kvp_tool_isotime(int64_t t, char out[32]);

@@ -1,0 +1,999 @@
+/*
+ * kvp11 csr / kvp11 cert selfsign: a PKCS#10 certificate request, or a
+ * self-signed X.509 v3 certificate, signed by a key that stays in its store.
+ *
+ * The signature is made through libkvp11.so (engine.h): the OpenSSL pkcs11
+ * engine loads the module into this process and the module signs in Key
+ * Vault or the HSM. The key is chosen by a registry entry (--cert-name: a
+ * private certificate, or a key-only entry), or by its store and name
+ * (--vault/--hsm --key): an entry of the account with that key reference, or
+ * else a temporary registry holding one key-only entry for the key, which the
+ * module is pointed at with KVP11_REGISTRY and which is removed afterwards.
+ *
+ * The public key written into the request or certificate is the key's as the
+ * registry or the key store knows it, never the engine's; the signature is
+ * checked with it before anything is written, so a module that signed with
+ * another key is caught.
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/bio.h>
+#include <openssl/bn.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+#include <openssl/rsa.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+#include "backend/backend.h"
+#include "core/cert.h"
+#include "core/p11names.h"
+#include "core/util.h"
+#include "engine.h"
+#include "tool.h"
+
+enum {
+  C_CERTNAME = 0,
+  C_VAULT,
+  C_HSM,
+  C_KEY,
+  C_SUBJECT,
+  C_SAN,
+  C_DIGEST,
+  C_PSS,
+  C_DAYS,
+  C_ACCOUNT,
+  C_MODULE,
+  C_OUT,
+  C_PINFILE,
+  C_COUNT,
+  C_BASE = 256,
+};
+#define COPT(o) (1u << (o))
+
+static const struct option csr_longopts[] = {
+    {"cert-name", required_argument, NULL, C_BASE + C_CERTNAME},
+    {"vault", required_argument, NULL, C_BASE + C_VAULT},
+    {"hsm", required_argument, NULL, C_BASE + C_HSM},
+    {"key", required_argument, NULL, C_BASE + C_KEY},
+    {"subject", required_argument, NULL, C_BASE + C_SUBJECT},
+    {"san", required_argument, NULL, C_BASE + C_SAN},
+    {"digest", required_argument, NULL, C_BASE + C_DIGEST},
+    {"pss", no_argument, NULL, C_BASE + C_PSS},
+    {"days", required_argument, NULL, C_BASE + C_DAYS},
+    {"account", required_argument, NULL, C_BASE + C_ACCOUNT},
+    {"module", required_argument, NULL, C_BASE + C_MODULE},
+    {"out", required_argument, NULL, C_BASE + C_OUT},
+    {"pin-file", required_argument, NULL, C_BASE + C_PINFILE},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
+
+#define DEFAULT_DAYS 365
+#define MAX_DAYS 36500
+
+typedef struct csr_args {
+  const char *v[C_COUNT]; /* option values; flags are "" when given */
+  int selfsign;           /* cert selfsign, else csr */
+  const EVP_MD *md;
+  long days;
+  const char *account; /* resolved */
+} csr_args;
+
+/* The key to sign with, as resolved from the command line. */
+typedef struct csr_key {
+  char *label;    /* object label in the module: the registry entry's name */
+  char what[600]; /* "certificate 'NAME'", "entry 'NAME'" (key-only), "keyvault:V/K" */
+  EVP_PKEY *pub;  /* the key's public key, from the registry or the key store */
+  char *ref;      /* its key reference "hsm:H/K", "keyvault:V/K[/VER]" */
+  char *tmpdir;   /* the temporary registry's directory, or NULL */
+} csr_key;
+
+static const char *const csr_synopsis =
+    "csr (--cert-name NAME | --vault V --key K | --hsm H --key K)\n"
+    "--subject /CN=.../O=... [--san DNS:a.example,email:x@y,IP:127.0.0.1]\n"
+    "[--digest sha256|sha384|sha512] [--pss] [--account A] [--module SO]\n"
+    "[--pin-file F] [--out FILE]";
+static const char *const selfsign_synopsis =
+    "cert selfsign (--cert-name NAME | --vault V --key K | --hsm H --key K)\n"
+    "--subject /CN=.../O=... [--san ...] [--days N] [--digest D]\n"
+    "[--pss] [--account A] [--module SO] [--pin-file F] [--out FILE]";
+
+static void synopsis(FILE *f, const char *prefix, const char *cmd, const char *text)
+{
+  int indent = (int)(strlen(prefix) + strlen(cmd) + 1);
+  const char *line = text, *nl;
+  fputs(prefix, f);
+  while ((nl = strchr(line, '\n')) != NULL) {
+    fprintf(f, "%.*s\n%*s", (int)(nl - line), line, indent, "");
+    line = nl + 1;
+  }
+  fprintf(f, "%s\n", line);
+}
+
+void kvp_tool_csr_usage(FILE *f)
+{
+  synopsis(f, "  kvp11 [-c FILE] ", "csr", csr_synopsis);
+}
+
+static void csr_help(FILE *f, int selfsign)
+{
+  if (selfsign)
+    synopsis(f, "usage: kvp11 [-c FILE] ", "cert selfsign", selfsign_synopsis);
+  else
+    synopsis(f, "usage: kvp11 [-c FILE] ", "csr", csr_synopsis);
+  fprintf(f,
+          "\n"
+          "%s"
+          "  --cert-name NAME  the key of registry entry NAME of the account (a private\n"
+          "                    certificate, or a key without a certificate yet)\n"
+          "  --vault V --key K the key K of the configured [vault V] (K may be K/VERSION)\n"
+          "  --hsm H --key K   the key labelled K in the configured [hsm H]\n"
+          "  --subject S       /TYPE=value/... (e.g. /CN=as2.example.com/O=Example/C=DE);\n"
+          "                    '\\/' is a '/' inside a value\n"
+          "  --san LIST        subjectAltName: comma-separated DNS:name, email:addr,\n"
+          "                    IP:address, URI:uri\n"
+          "%s"
+          "  --digest D        sha256 (default), sha384, sha512\n"
+          "  --pss             RSASSA-PSS signature (RSA keys; salt = digest length)\n"
+          "  --account A       default: the first configured account\n"
+          "  --module SO       libkvp11.so (default: $KVP11_MODULE, else the installed one)\n"
+          "  --pin-file F      HSM user PIN when the key's [hsm] has no pin_file/pin_env\n"
+          "                    (else $KVP11_PIN); the file must be private (0600)\n"
+          "  --out FILE        write the PEM there instead of stdout\n"
+          "\n"
+          "The key signs inside its store, through libkvp11.so. A key named by --vault\n"
+          "or --hsm that no registry entry of the account points at is shown to the\n"
+          "module through a temporary registry, removed afterwards.\n",
+          selfsign ? "Writes a self-signed X.509 v3 certificate (PEM): basicConstraints CA:FALSE,\n"
+                     "keyUsage, subjectKeyIdentifier, the SANs; serial of 16 random bytes.\n\n"
+                   : "Writes a PKCS#10 certificate request (PEM) for the key.\n\n",
+          selfsign ? "  --days N          validity in days from now (default 365)\n" : "");
+}
+
+static int nomem(const kvp_tool *t)
+{
+  return kvp_tool_fail(t, KVP_EXIT_ERROR, "out of memory");
+}
+
+/* ------------------------------------------------------- subject and SAN */
+
+/*
+ * "/TYPE=value/TYPE=value": each part added with X509_NAME_add_entry_by_txt
+ * (MBSTRING_UTF8). A backslash makes the next character literal ("\/").
+ */
+static int parse_subject(kvp_tool *t, const char *s, X509_NAME **out)
+{
+  X509_NAME *name = NULL;
+  char *part = NULL;
+  int rc = KVP_EXIT_ERROR, n = 0;
+
+  if (s[0] != '/') {
+    kvp_tool_fail(t, rc, "bad --subject '%s': it must start with '/' (/CN=name/O=org)", s);
+    goto out;
+  }
+  if (!(name = X509_NAME_new()) || !(part = malloc(strlen(s) + 1))) {
+    nomem(t);
+    goto out;
+  }
+  const char *p = s + 1;
+  for (;;) {
+    const char *start = p;
+    size_t o = 0;
+    char *eq = NULL;
+    while (*p && *p != '/') {
+      if (*p == '\\') {
+        if (!p[1]) {
+          kvp_tool_fail(t, rc, "bad --subject '%s': it ends with a lone '\\'", s);
+          goto out;
+        }
+        p++;
+      } else if (*p == '=' && !eq) {
+        eq = part + o;
+      }
+      part[o++] = *p++;
+    }
+    part[o] = 0;
+    int plen = (int)(p - start);
+    if (o == 0) {
+      kvp_tool_fail(t, rc, "bad --subject '%s': empty part (two '/' in a row, or a '/' at the end)",
+                    s);
+      goto out;
+    }
+    if (!eq || eq == part) {
+      kvp_tool_fail(t, rc, "bad --subject: '%.*s' is not TYPE=value", plen, start);
+      goto out;
+    }
+    *eq = 0;
+    const char *type = part, *value = eq + 1;
+    if (!*value) {
+      kvp_tool_fail(t, rc, "bad --subject: '%.*s' has an empty value", plen, start);
+      goto out;
+    }
+    if (OBJ_txt2nid(type) == NID_undef) {
+      kvp_tool_fail(t, rc, "bad --subject: unknown attribute type '%s' in '%.*s'", type, plen,
+                    start);
+      goto out;
+    }
+    ERR_clear_error();
+    if (!X509_NAME_add_entry_by_txt(name, type, MBSTRING_UTF8, (const unsigned char *)value, -1, -1,
+                                    0)) {
+      kvp_tool_fail(t, rc, "bad --subject: '%.*s' is not a valid %s: %s", plen, start, type,
+                    kvp_engine_ossl_reason());
+      goto out;
+    }
+    n++;
+    if (!*p)
+      break;
+    p++;
+  }
+  if (n == 0) {
+    kvp_tool_fail(t, rc, "bad --subject '%s': no attributes", s);
+    goto out;
+  }
+  *out = name;
+  name = NULL;
+  rc = KVP_EXIT_OK;
+out:
+  X509_NAME_free(name);
+  free(part);
+  return rc;
+}
+
+static int dns_ok(const char *s)
+{
+  size_t n = strlen(s);
+  if (n == 0 || n > 253 || s[0] == '.' || s[0] == '-' || strstr(s, ".."))
+    return 0;
+  for (const char *p = s; *p; p++)
+    if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+          *p == '-' || *p == '.' || *p == '_' || (*p == '*' && p == s && p[1] == '.')))
+      return 0;
+  return 1;
+}
+
+/* Printable ASCII without spaces. */
+static int ia5_ok(const char *s)
+{
+  if (!*s)
+    return 0;
+  for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+    if (*p <= 0x20 || *p >= 0x7f)
+      return 0;
+  return 1;
+}
+
+static int email_ok(const char *s)
+{
+  const char *at = strchr(s, '@');
+  return ia5_ok(s) && at && at != s && at[1] && !strchr(at + 1, '@');
+}
+
+static GENERAL_NAME *ia5_name(int type, const char *v)
+{
+  GENERAL_NAME *gn = GENERAL_NAME_new();
+  ASN1_IA5STRING *ia5 = ASN1_IA5STRING_new();
+  if (!gn || !ia5 || !ASN1_STRING_set(ia5, v, (int)strlen(v))) {
+    GENERAL_NAME_free(gn);
+    ASN1_IA5STRING_free(ia5);
+    return NULL;
+  }
+  GENERAL_NAME_set0_value(gn, type, ia5);
+  return gn;
+}
+
+/* "DNS:a,email:b@c,IP:1.2.3.4,URI:https://x" into GENERAL_NAMES. */
+static int parse_san(kvp_tool *t, const char *s, GENERAL_NAMES **out)
+{
+  GENERAL_NAMES *gens = NULL;
+  char *copy = NULL;
+  int rc = KVP_EXIT_ERROR;
+
+  if (!(gens = sk_GENERAL_NAME_new_null()) || !(copy = strdup(s))) {
+    nomem(t);
+    goto out;
+  }
+  char *save = NULL, *p = copy;
+  if (!*s || s[strlen(s) - 1] == ',' || s[0] == ',' || strstr(s, ",,")) {
+    kvp_tool_fail(t, rc, "bad --san '%s': an empty entry", s);
+    goto out;
+  }
+  for (char *e = strtok_r(p, ",", &save); e; e = strtok_r(NULL, ",", &save)) {
+    char *colon = strchr(e, ':');
+    GENERAL_NAME *gn = NULL;
+    if (!colon) {
+      kvp_tool_fail(t, rc, "bad --san entry '%s': TYPE:value, TYPE one of DNS, email, IP, URI", e);
+      goto out;
+    }
+    size_t tl = (size_t)(colon - e);
+    const char *v = colon + 1;
+    if (tl == 3 && !strncasecmp(e, "DNS", 3)) {
+      if (!dns_ok(v)) {
+        kvp_tool_fail(t, rc, "bad --san entry '%s': '%s' is not a DNS name", e, v);
+        goto out;
+      }
+      gn = ia5_name(GEN_DNS, v);
+    } else if (tl == 5 && !strncasecmp(e, "email", 5)) {
+      if (!email_ok(v)) {
+        kvp_tool_fail(t, rc, "bad --san entry '%s': '%s' is not an email address", e, v);
+        goto out;
+      }
+      gn = ia5_name(GEN_EMAIL, v);
+    } else if (tl == 3 && !strncasecmp(e, "URI", 3)) {
+      if (!ia5_ok(v) || !strchr(v, ':')) {
+        kvp_tool_fail(t, rc, "bad --san entry '%s': '%s' is not a URI", e, v);
+        goto out;
+      }
+      gn = ia5_name(GEN_URI, v);
+    } else if (tl == 2 && !strncasecmp(e, "IP", 2)) {
+      ASN1_OCTET_STRING *ip = a2i_IPADDRESS(v);
+      ERR_clear_error();
+      if (!ip) {
+        kvp_tool_fail(t, rc, "bad --san entry '%s': '%s' is not an IP address", e, v);
+        goto out;
+      }
+      if (!(gn = GENERAL_NAME_new())) {
+        ASN1_OCTET_STRING_free(ip);
+      } else {
+        GENERAL_NAME_set0_value(gn, GEN_IPADD, ip);
+      }
+    } else {
+      kvp_tool_fail(t, rc, "bad --san entry '%s': unknown type '%.*s' (DNS, email, IP or URI)", e,
+                    (int)tl, e);
+      goto out;
+    }
+    if (!gn || !sk_GENERAL_NAME_push(gens, gn)) {
+      GENERAL_NAME_free(gn);
+      nomem(t);
+      goto out;
+    }
+  }
+  *out = gens;
+  gens = NULL;
+  rc = KVP_EXIT_OK;
+out:
+  GENERAL_NAMES_free(gens);
+  free(copy);
+  return rc;
+}
+
+/* ------------------------------------------------------------- the key */
+
+/* Remove the temporary registry directory and what is in it. */
+static void remove_tmpdir(const char *dir)
+{
+  DIR *d = opendir(dir);
+  struct dirent *de;
+  if (d) {
+    while ((de = readdir(d)) != NULL) {
+      if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+        continue;
+      unlinkat(dirfd(d), de->d_name, 0);
+    }
+    closedir(d);
+  }
+  rmdir(dir);
+}
+
+/*
+ * Interrupted (Ctrl-C, kill) while the temporary registry exists: remove it
+ * (SQLite's files, then the directory; async-signal-safe calls only), then
+ * die of the signal as the default action would.
+ */
+enum { TMP_FILES = 5 };
+static char tmp_paths[TMP_FILES][PATH_MAX]; /* the files, then the directory */
+static const int tmp_signals[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT};
+static struct sigaction tmp_saved[KVP_ARRAY_SIZE(tmp_signals)];
+
+static void tmp_on_signal(int sig)
+{
+  for (int i = 0; i < TMP_FILES - 1; i++)
+    unlink(tmp_paths[i]);
+  rmdir(tmp_paths[TMP_FILES - 1]);
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+
+static void tmp_guard(const char *dir)
+{
+  static const char *const files[TMP_FILES - 1] = {"registry.db", "registry.db-wal",
+                                                   "registry.db-shm", "registry.db-journal"};
+  struct sigaction sa;
+  for (int i = 0; i < TMP_FILES - 1; i++)
+    snprintf(tmp_paths[i], sizeof(tmp_paths[i]), "%s/%s", dir, files[i]);
+  snprintf(tmp_paths[TMP_FILES - 1], sizeof(tmp_paths[0]), "%s", dir);
+  memset(&sa, 0, sizeof(sa));
+  sa.sa_handler = tmp_on_signal;
+  sigemptyset(&sa.sa_mask);
+  for (size_t i = 0; i < KVP_ARRAY_SIZE(tmp_signals); i++)
+    sigaddset(&sa.sa_mask, tmp_signals[i]);
+  for (size_t i = 0; i < KVP_ARRAY_SIZE(tmp_signals); i++)
+    sigaction(tmp_signals[i], &sa, &tmp_saved[i]);
+}
+
+static void tmp_unguard(void)
+{
+  for (size_t i = 0; i < KVP_ARRAY_SIZE(tmp_signals); i++)
+    sigaction(tmp_signals[i], &tmp_saved[i], NULL);
+}
+
+static void csr_key_clear(csr_key *k)
+{
+  if (k->tmpdir) {
+    unsetenv("KVP11_REGISTRY");
+    remove_tmpdir(k->tmpdir);
+    tmp_unguard();
+    free(k->tmpdir);
+  }
+  free(k->label);
+  free(k->ref);
+  EVP_PKEY_free(k->pub);
+  memset(k, 0, sizeof(*k));
+}
+
+/* The public key of a registry entry: its certificate's, or its recorded SPKI. */
+static int rec_pub(kvp_tool *t, const kvp_cert_rec *rec, EVP_PKEY **out)
+{
+  const unsigned char *p;
+  if (rec->der_len > 0) {
+    X509 *x;
+    p = rec->der;
+    if (!(x = d2i_X509(NULL, &p, (long)rec->der_len)) || !(*out = X509_get_pubkey(x))) {
+      X509_free(x);
+      return kvp_tool_fail(t, KVP_EXIT_ERROR, "certificate '%s': the registered DER does not parse",
+                           rec->name);
+    }
+    X509_free(x);
+    return KVP_EXIT_OK;
+  }
+  p = rec->spki;
+  if (!rec->spki || !(*out = d2i_PUBKEY(NULL, &p, (long)rec->spki_len)))
+    return kvp_tool_fail(t, KVP_EXIT_ERROR, "entry '%s' has no certificate and no public key",
+                         rec->name);
+  return KVP_EXIT_OK;
+}
+
+/* --cert-name NAME */
+static int key_by_name(kvp_tool *t, const csr_args *a, csr_key *k)
+{
+  const char *name = a->v[C_CERTNAME];
+  kvp_cert_rec rec = {0};
+  char err[KVP_ERRLEN] = "";
+  int rc;
+
+  int r =
+      t->reg ? kvp_registry_get(t->reg, a->account, name, &rec, err, sizeof(err)) : KVP_ENOTFOUND;
+  if (r == KVP_ENOTFOUND) {
+    rc = kvp_tool_fail(t, KVP_EXIT_ERROR, "account '%s' has no certificate named '%s'", a->account,
+                       name);
+    goto out;
+  }
+  if (r != KVP_OK) {
+    rc = kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", err);
+    goto out;
+  }
+  if (rec.type != KVP_CERT_PRIVATE) {
+    rc = kvp_tool_fail(t, KVP_EXIT_ERROR, "'%s' is a partner's certificate: it has no key", name);
+    goto out;
+  }
+  if ((rc = rec_pub(t, &rec, &k->pub)) != KVP_EXIT_OK)
+    goto out;
+  if (!(k->label = strdup(name)) || (rec.key_ref && !(k->ref = strdup(rec.key_ref)))) {
+    rc = nomem(t);
+    goto out;
+  }
+  snprintf(k->what, sizeof(k->what), "%s '%s'", rec.der_len ? "certificate" : "entry", name);
+  rc = KVP_EXIT_OK;
+out:
+  kvp_cert_rec_clear(&rec);
+  return rc;
+}
+
+/* A registry entry of the account whose key reference is ref (or ref/VERSION
+ * for a Key Vault key); copies its name and public key into k. *found = 0
+ * when there is none. */
+static int key_in_registry(kvp_tool *t, const csr_args *a, const char *ref, int vault, csr_key *k,
+                           int *found)
+{
+  kvp_cert_rec *recs = NULL;
+  size_t n = 0, rl = strlen(ref);
+  char err[KVP_ERRLEN] = "";
+  int rc = KVP_EXIT_OK;
+
+  *found = 0;
+  if (!t->reg)
+    return KVP_EXIT_OK;
+  if (kvp_registry_list(t->reg, a->account, &recs, &n, err, sizeof(err)) != KVP_OK)
+    return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", err);
+  for (size_t i = 0; i < n; i++) {
+    const char *kr = recs[i].key_ref;
+    if (recs[i].type != KVP_CERT_PRIVATE || !kr || strncmp(kr, ref, rl) != 0)
+      continue;
+    if (kr[rl] != 0 && !(vault && kr[rl] == '/' && kr[rl + 1] && !strchr(kr + rl + 1, '/')))
+      continue;
+    if ((rc = rec_pub(t, &recs[i], &k->pub)) != KVP_EXIT_OK)
+      break;
+    if (!(k->label = strdup(recs[i].name)) || !(k->ref = strdup(kr))) {
+      rc = nomem(t);
+      break;
+    }
+    snprintf(k->what, sizeof(k->what), "%s '%s' (%s)", recs[i].der_len ? "certificate" : "entry",
+             recs[i].name, kr);
+    *found = 1;
+    break;
+  }
+  kvp_cert_rec_free_array(recs, n);
+  return rc;
+}
+
+/*
+ * No registry entry points at the key: a temporary registry with one
+ * key-only entry for it, named after the key, and KVP11_REGISTRY naming it
+ * for the module.
+ */
+static int key_temporary(kvp_tool *t, const csr_args *a, const char *ref, const char *kind,
+                         const char *store, const char *kname, const kvp_hsm_conf *hc,
+                         const kvp_vault_conf *vc, csr_key *k)
+{
+  kvp_backend *be = NULL;
+  kvp_key *key = NULL;
+  kvp_registry *treg = NULL;
+  kvp_cert_rec rec = {0};
+  unsigned char *spki = NULL;
+  char err[KVP_ERRLEN] = "", path[PATH_MAX];
+  int rc = KVP_EXIT_ERROR;
+  CK_RV rv;
+
+  rv = hc ? kvp_hsm_backend_new(hc, &be) : kvp_keyvault_backend_new(vc, &be);
+  if (rv != CKR_OK || !be) {
+    kvp_tool_fail(t, rc, "%s '%s': cannot use this key store: %s%s", kind, store, kvp_ckr_name(rv),
+                  kvp_tool_loghint(t));
+    goto out;
+  }
+  rv = be->ops->open_key(be, kname, &key);
+  if (rv == CKR_KEY_HANDLE_INVALID) {
+    kvp_tool_fail(t, rc, "%s '%s' has no key '%s'", kind, store, kname);
+    goto out;
+  }
+  if (rv != CKR_OK || !key || !key->pub) {
+    kvp_tool_fail(t, rc, "%s '%s': cannot read key '%s': %s%s", kind, store, kname,
+                  kvp_ckr_name(rv), kvp_tool_loghint(t));
+    goto out;
+  }
+  int spki_len = i2d_PUBKEY(key->pub, &spki);
+  if (spki_len <= 0 || !EVP_PKEY_up_ref(key->pub)) {
+    kvp_tool_fail(t, rc, "%s '%s': cannot encode the public key of '%s'", kind, store, kname);
+    goto out;
+  }
+  k->pub = key->pub;
+
+  const char *tmp = getenv("TMPDIR");
+  /* Absolute: the module refuses a relative KVP11_REGISTRY. */
+  snprintf(path, sizeof(path), "%s/kvp11-csr.XXXXXX", tmp && *tmp == '/' ? tmp : "/tmp");
+  if (!mkdtemp(path)) {
+    kvp_tool_fail(t, rc, "cannot create a temporary directory %s: %s", path, strerror(errno));
+    goto out;
+  }
+  if (!(k->tmpdir = strdup(path))) {
+    remove_tmpdir(path);
+    nomem(t);
+    goto out;
+  }
+  tmp_guard(k->tmpdir);
+  snprintf(path, sizeof(path), "%s/registry.db", k->tmpdir);
+  if (kvp_registry_open(path, 0, &treg, err, sizeof(err)) != KVP_OK) {
+    kvp_tool_fail(t, rc, "temporary registry: %s", err);
+    goto out;
+  }
+  rec.account = (char *)a->account;
+  rec.name = (char *)kname;
+  rec.type = KVP_CERT_PRIVATE;
+  rec.subject = rec.issuer = rec.serial = (char *)"";
+  rec.key_ref = (char *)ref;
+  rec.key_version = key->version;
+  rec.spki = spki;
+  rec.spki_len = (size_t)spki_len;
+  if (kvp_registry_add(treg, &rec, 0, err, sizeof(err)) != KVP_OK) {
+    kvp_tool_fail(t, rc, "temporary registry: %s", err);
+    goto out;
+  }
+  if (setenv("KVP11_REGISTRY", path, 1) != 0 || !(k->label = strdup(kname)) ||
+      !(k->ref = strdup(ref))) {
+    nomem(t);
+    goto out;
+  }
+  snprintf(k->what, sizeof(k->what), "%s", ref);
+  rc = KVP_EXIT_OK;
+out:
+  if (treg)
+    kvp_registry_close(treg);
+  OPENSSL_free(spki);
+  if (key)
+    be->ops->close_key(be, key);
+  if (be)
+    be->ops->destroy(be, 0);
+  return rc;
+}
+
+/* --vault V --key K / --hsm H --key K */
+static int key_by_store(kvp_tool *t, const csr_args *a, csr_key *k)
+{
+  const int is_hsm = a->v[C_HSM] != NULL;
+  const char *kind = is_hsm ? "hsm" : "vault";
+  const char *store = is_hsm ? a->v[C_HSM] : a->v[C_VAULT];
+  char err[KVP_ERRLEN] = "";
+  char *ref = NULL, *scheme = NULL, *pstore = NULL, *pname = NULL;
+  int rc = KVP_EXIT_ERROR, found = 0;
+
+  size_t n = strlen("keyvault:/") + strlen(store) + strlen(a->v[C_KEY]) + 1;
+  if (!(ref = malloc(n))) {
+    rc = nomem(t);
+    goto out;
+  }
+  snprintf(ref, n, "%s:%s/%s", is_hsm ? "hsm" : "keyvault", store, a->v[C_KEY]);
+  if (kvp_keyref_parse(ref, &scheme, &pstore, &pname, err, sizeof(err)) != KVP_OK) {
+    rc = kvp_tool_fail(t, KVP_EXIT_USAGE, "%s", err);
+    goto out;
+  }
+  const kvp_hsm_conf *hc = is_hsm ? kvp_config_find_hsm(t->cfg, pstore) : NULL;
+  const kvp_vault_conf *vc = is_hsm ? NULL : kvp_config_find_vault(t->cfg, pstore);
+  if (!hc && !vc) {
+    rc = kvp_tool_fail(t, KVP_EXIT_ERROR, "%s '%s' is not configured in %s", kind, pstore,
+                       t->cfg->path);
+    goto out;
+  }
+  if ((rc = key_in_registry(t, a, ref, !is_hsm, k, &found)) != KVP_EXIT_OK || found)
+    goto out;
+  rc = key_temporary(t, a, ref, kind, pstore, pname, hc, vc, k);
+out:
+  free(ref);
+  free(scheme);
+  free(pstore);
+  free(pname);
+  return rc;
+}
+
+/* ------------------------------------------------------------- signing */
+
+/* A signing context on the engine key; PSS through the engine's own method,
+ * which asks the module for CKM_RSA_PKCS_PSS. */
+static int sign_ctx(kvp_tool *t, const csr_args *a, kvp_engine_key *ek, EVP_MD_CTX **out)
+{
+  EVP_MD_CTX *mctx = EVP_MD_CTX_new();
+  EVP_PKEY_CTX *pctx = NULL;
+  if (!mctx)
+    return nomem(t);
+  ERR_clear_error();
+  if (EVP_DigestSignInit(mctx, &pctx, a->md, NULL, ek->pkey) <= 0 ||
+      (a->v[C_PSS] && (EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) <= 0 ||
+                       EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) <= 0 ||
+                       EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, a->md) <= 0))) {
+    EVP_MD_CTX_free(mctx);
+    return kvp_tool_fail(t, KVP_EXIT_ERROR, "cannot set up the signature: %s",
+                         kvp_engine_ossl_reason());
+  }
+  *out = mctx;
+  return KVP_EXIT_OK;
+}
+
+static int add_san_req(STACK_OF(X509_EXTENSION) * *exts, GENERAL_NAMES *san)
+{
+  return !san || X509V3_add1_i2d(exts, NID_subject_alt_name, san, 0, X509V3_ADD_DEFAULT) == 1;
+}
+
+/* The certificate's fields and extensions, before signing. */
+static int fill_cert(kvp_tool *t, const csr_args *a, X509 *x, X509_NAME *subject,
+                     GENERAL_NAMES *san, EVP_PKEY *pub)
+{
+  unsigned char serial[16], kid[KVP_KEY_ID_LEN];
+  BIGNUM *bn = NULL;
+  BASIC_CONSTRAINTS *bc = NULL;
+  ASN1_BIT_STRING *ku = NULL;
+  ASN1_OCTET_STRING *skid = NULL;
+  int ok = 0;
+
+  if (RAND_bytes(serial, sizeof(serial)) != 1)
+    return kvp_tool_fail(t, KVP_EXIT_ERROR, "no random serial: %s", kvp_engine_ossl_reason());
+  serial[0] &= 0x7f; /* positive */
+  serial[0] |= 0x40; /* and 16 bytes long */
+  ok = X509_set_version(x, X509_VERSION_3) && (bn = BN_bin2bn(serial, sizeof(serial), NULL)) &&
+       BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x)) && X509_set_subject_name(x, subject) &&
+       X509_set_issuer_name(x, subject) && X509_gmtime_adj(X509_getm_notBefore(x), 0) &&
+       X509_time_adj_ex(X509_getm_notAfter(x), (int)a->days, 0, NULL) && X509_set_pubkey(x, pub);
+  if (ok) {
+    int rsa = EVP_PKEY_get_base_id(pub) == EVP_PKEY_RSA;
+    ok = (bc = BASIC_CONSTRAINTS_new()) != NULL && (ku = ASN1_BIT_STRING_new()) != NULL &&
+         ASN1_BIT_STRING_set_bit(ku, 0, 1) && (!rsa || ASN1_BIT_STRING_set_bit(ku, 2, 1)) &&
+         kvp_pubkey_id(pub, kid) == KVP_OK && (skid = ASN1_OCTET_STRING_new()) != NULL &&
+         ASN1_OCTET_STRING_set(skid, kid, sizeof(kid)) &&
+         X509_add1_ext_i2d(x, NID_basic_constraints, bc, 1, X509V3_ADD_DEFAULT) == 1 &&
+         X509_add1_ext_i2d(x, NID_key_usage, ku, 1, X509V3_ADD_DEFAULT) == 1 &&
+         X509_add1_ext_i2d(x, NID_subject_key_identifier, skid, 0, X509V3_ADD_DEFAULT) == 1 &&
+         (!san || X509_add1_ext_i2d(x, NID_subject_alt_name, san, 0, X509V3_ADD_DEFAULT) == 1);
+  }
+  BN_free(bn);
+  BASIC_CONSTRAINTS_free(bc);
+  ASN1_BIT_STRING_free(ku);
+  ASN1_OCTET_STRING_free(skid);
+  if (!ok)
+    return kvp_tool_fail(t, KVP_EXIT_ERROR, "cannot build the certificate: %s",
+                         kvp_engine_ossl_reason());
+  return KVP_EXIT_OK;
+}
+
+/* Write the PEM in mem to --out FILE or stdout. */
+static int emit(kvp_tool *t, const csr_args *a, BIO *mem)
+{
+  char *data = NULL;
+  long n = BIO_get_mem_data(mem, &data);
+  const char *file = a->v[C_OUT];
+  if (n <= 0)
+    return kvp_tool_fail(t, KVP_EXIT_ERROR, "nothing to write");
+  if (!file) {
+    if (fwrite(data, 1, (size_t)n, stdout) != (size_t)n || fflush(stdout) != 0)
+      return kvp_tool_fail(t, KVP_EXIT_ERROR, "cannot write stdout: %s", strerror(errno));
+    return KVP_EXIT_OK;
+  }
+  int fd = open(file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0)
+    return kvp_tool_fail(t, KVP_EXIT_ERROR, "cannot create %s: %s", file, strerror(errno));
+  ssize_t w = write(fd, data, (size_t)n);
+  int e = errno;
+  if (close(fd) != 0 && w == n) {
+    w = -1;
+    e = errno;
+  }
+  if (w != n) {
+    unlink(file);
+    return kvp_tool_fail(t, KVP_EXIT_ERROR, "cannot write %s: %s", file,
+                         w < 0 ? strerror(e) : "short write");
+  }
+  return KVP_EXIT_OK;
+}
+
+/* Overwrite an environment variable's value in place, then remove it. */
+static void env_wipe(const char *var, char *value)
+{
+  kvp_wipe(value, strlen(value));
+  unsetenv(var);
+}
+
+/*
+ * The user PIN the engine logs in with, for a key in an [hsm] without
+ * pin_file/pin_env (the module passes the application's PIN through):
+ * --pin-file, else $KVP11_PIN. *pin stays NULL for other keys.
+ */
+static int get_pin(kvp_tool *t, const csr_args *a, const csr_key *k, char **pin)
+{
+  char err[KVP_ERRLEN] = "";
+  char *scheme = NULL, *store = NULL, *name = NULL;
+  size_t len = 0;
+  int rc = KVP_EXIT_OK;
+
+  *pin = NULL;
+  if (!k->ref || kvp_keyref_parse(k->ref, &scheme, &store, &name, err, sizeof(err)) != KVP_OK)
+    goto out;
+  const kvp_hsm_conf *hc = strcmp(scheme, "hsm") == 0 ? kvp_config_find_hsm(t->cfg, store) : NULL;
+  if (!hc || hc->pin_file || hc->pin_env) {
+    if (a->v[C_PINFILE])
+      kvp_tool_warn(t, "--pin-file ignored: %s needs no PIN from the tool", k->what);
+    goto out;
+  }
+  if (a->v[C_PINFILE]) {
+    if (kvp_secret_read_file(a->v[C_PINFILE], pin, &len, err, sizeof(err)) != KVP_OK)
+      rc = kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", err);
+    goto out;
+  }
+  char *env = getenv("KVP11_PIN");
+  if (!env || !*env) {
+    rc = kvp_tool_fail(t, KVP_EXIT_ERROR,
+                       "hsm '%s' has no pin_file or pin_env: give the user PIN with --pin-file F "
+                       "or KVP11_PIN",
+                       store);
+    goto out;
+  }
+  *pin = strdup(env);
+  env_wipe("KVP11_PIN", env);
+  if (!*pin)
+    rc = nomem(t);
+out:
+  free(scheme);
+  free(store);
+  free(name);
+  return rc;
+}
+
+static int run(kvp_tool *t, csr_args *a)
+{
+  X509_NAME *subject = NULL;
+  GENERAL_NAMES *san = NULL;
+  csr_key key = {0};
+  kvp_engine_key ek = {0};
+  EVP_MD_CTX *mctx = NULL;
+  X509_REQ *req = NULL;
+  X509 *x = NULL;
+  STACK_OF(X509_EXTENSION) *exts = NULL;
+  BIO *mem = NULL;
+  char *pin = NULL;
+  int rc;
+
+  /* What to sign first: a bad subject or SAN needs no key store. */
+  if ((rc = parse_subject(t, a->v[C_SUBJECT], &subject)) != KVP_EXIT_OK ||
+      (a->v[C_SAN] && (rc = parse_san(t, a->v[C_SAN], &san)) != KVP_EXIT_OK))
+    goto out;
+  if ((rc = kvp_tool_load_config(t)) != KVP_EXIT_OK ||
+      (rc = kvp_tool_account(t, a->v[C_ACCOUNT], &a->account)) != KVP_EXIT_OK ||
+      (rc = kvp_tool_open_registry_ro(t)) != KVP_EXIT_OK)
+    goto out;
+  rc = a->v[C_CERTNAME] ? key_by_name(t, a, &key) : key_by_store(t, a, &key);
+  if (rc != KVP_EXIT_OK)
+    goto out;
+  rc = KVP_EXIT_ERROR;
+  int ktype = EVP_PKEY_get_base_id(key.pub);
+  if (ktype != EVP_PKEY_RSA && ktype != EVP_PKEY_EC) {
+    kvp_tool_fail(t, rc, "%s: RSA or EC keys only", key.what);
+    goto out;
+  }
+  if (a->v[C_PSS] && ktype != EVP_PKEY_RSA) {
+    kvp_tool_fail(t, rc, "--pss: %s is not an RSA key", key.what);
+    goto out;
+  }
+
+  /* The unsigned request or certificate, with the key's public key. */
+  ERR_clear_error();
+  if (a->selfsign) {
+    if (!(x = X509_new())) {
+      nomem(t);
+      goto out;
+    }
+    if ((rc = fill_cert(t, a, x, subject, san, key.pub)) != KVP_EXIT_OK)
+      goto out;
+    rc = KVP_EXIT_ERROR;
+  } else {
+    if (!(req = X509_REQ_new()) || !X509_REQ_set_version(req, X509_REQ_VERSION_1) ||
+        !X509_REQ_set_subject_name(req, subject) || !X509_REQ_set_pubkey(req, key.pub) ||
+        !add_san_req(&exts, san) || (exts && !X509_REQ_add_extensions(req, exts))) {
+      kvp_tool_fail(t, rc, "cannot build the request: %s", kvp_engine_ossl_reason());
+      goto out;
+    }
+  }
+
+  /* Sign through the module. */
+  const kvp_account_conf *ac = kvp_config_find_account(t->cfg, a->account);
+  const char *token = ac && ac->label ? ac->label : a->account;
+  if ((rc = get_pin(t, a, &key, &pin)) != KVP_EXIT_OK ||
+      (rc = kvp_engine_load_key(t, kvp_engine_module(a->v[C_MODULE]), token, key.label, key.what,
+                                pin, &ek)) != KVP_EXIT_OK ||
+      (rc = sign_ctx(t, a, &ek, &mctx)) != KVP_EXIT_OK)
+    goto out;
+  rc = KVP_EXIT_ERROR;
+  ERR_clear_error();
+  int q = kvp_engine_quiet_begin(t);
+  int ok = a->selfsign ? X509_sign_ctx(x, mctx) > 0 : X509_REQ_sign_ctx(req, mctx) > 0;
+  kvp_engine_quiet_end(q);
+  if (!ok) {
+    kvp_tool_fail(t, rc, "cannot sign with %s: %s%s", key.what, kvp_engine_ossl_reason(),
+                  kvp_tool_loghint(t));
+    goto out;
+  }
+  /* The signature must verify with the key's public key as we know it. */
+  ERR_clear_error();
+  ok = a->selfsign ? X509_verify(x, key.pub) > 0 : X509_REQ_verify(req, key.pub) > 0;
+  if (!ok) {
+    kvp_tool_fail(t, rc,
+                  "the signature made through the module does not verify with the public key "
+                  "of %s: refused",
+                  key.what);
+    goto out;
+  }
+  if (!(mem = BIO_new(BIO_s_mem())) ||
+      !(a->selfsign ? PEM_write_bio_X509(mem, x) : PEM_write_bio_X509_REQ(mem, req))) {
+    kvp_tool_fail(t, rc, "cannot write the PEM: %s", kvp_engine_ossl_reason());
+    goto out;
+  }
+  rc = emit(t, a, mem);
+out:
+  BIO_free(mem);
+  sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
+  X509_free(x);
+  X509_REQ_free(req);
+  EVP_MD_CTX_free(mctx);
+  kvp_engine_key_free(&ek);
+  kvp_free_secret(pin);
+  csr_key_clear(&key);
+  GENERAL_NAMES_free(san);
+  X509_NAME_free(subject);
+  return rc;
+}
+
+/* ---------------------------------------------------------- arguments */
+
+static int parse_args(kvp_tool *t, int argc, char **argv, csr_args *a)
+{
+  const char *help = a->selfsign ? "kvp11 cert selfsign --help" : "kvp11 csr --help";
+  int o;
+  opterr = 0;
+  optind = 0;
+  while ((o = getopt_long(argc, argv, ":h", csr_longopts, NULL)) != -1) {
+    if (o == 'h') {
+      csr_help(stdout, a->selfsign);
+      return KVP_EXIT_OK;
+    }
+    if (o < C_BASE || o >= C_BASE + C_COUNT)
+      return kvp_tool_badopt(t, o, argv, help);
+    o -= C_BASE;
+    if (o == C_DAYS && !a->selfsign)
+      return kvp_tool_fail(t, KVP_EXIT_USAGE, "option '--days' does not apply here (see %s)", help);
+    if (a->v[o])
+      return kvp_tool_fail(t, KVP_EXIT_USAGE, "option '--%s' given twice", csr_longopts[o].name);
+    a->v[o] = optarg ? optarg : "";
+  }
+  if (optind < argc)
+    return kvp_tool_fail(t, KVP_EXIT_USAGE, "unexpected argument '%s' (see %s)", argv[optind],
+                         help);
+  int sel = (a->v[C_CERTNAME] != NULL) + (a->v[C_VAULT] != NULL) + (a->v[C_HSM] != NULL);
+  if (sel != 1)
+    return kvp_tool_fail(t, KVP_EXIT_USAGE,
+                         "exactly one of --cert-name, --vault or --hsm names the key (see %s)",
+                         help);
+  if (a->v[C_CERTNAME] && a->v[C_KEY])
+    return kvp_tool_fail(t, KVP_EXIT_USAGE, "--key goes with --vault or --hsm, not --cert-name");
+  if (!a->v[C_CERTNAME] && (!a->v[C_KEY] || !*a->v[C_KEY]))
+    return kvp_tool_fail(t, KVP_EXIT_USAGE, "--%s needs --key (see %s)",
+                         a->v[C_VAULT] ? "vault" : "hsm", help);
+  if (!a->v[C_SUBJECT])
+    return kvp_tool_fail(t, KVP_EXIT_USAGE, "--subject is required (see %s)", help);
+  const char *d = a->v[C_DIGEST] ? a->v[C_DIGEST] : "sha256";
+  if (!strcmp(d, "sha256"))
+    a->md = EVP_sha256();
+  else if (!strcmp(d, "sha384"))
+    a->md = EVP_sha384();
+  else if (!strcmp(d, "sha512"))
+    a->md = EVP_sha512();
+  else
+    return kvp_tool_fail(t, KVP_EXIT_USAGE, "bad --digest '%s': sha256, sha384 or sha512", d);
+  a->days = DEFAULT_DAYS;
+  if (a->v[C_DAYS]) {
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(a->v[C_DAYS], &end, 10);
+    if (errno || !end || *end || end == a->v[C_DAYS] || v < 1 || v > MAX_DAYS)
+      return kvp_tool_fail(t, KVP_EXIT_USAGE, "bad --days '%s': 1 to %d", a->v[C_DAYS], MAX_DAYS);
+    a->days = v;
+  }
+  if (a->v[C_OUT] && !*a->v[C_OUT])
+    return kvp_tool_fail(t, KVP_EXIT_USAGE, "--out needs a file name");
+  return -1;
+}
+
+int kvp_tool_csr(kvp_tool *t, int argc, char **argv)
+{
+  csr_args a = {0};
+  t->cmd = "csr";
+  int rc = parse_args(t, argc, argv, &a);
+  return rc >= 0 ? rc : run(t, &a);
+}
+
+int kvp_tool_cert_selfsign(kvp_tool *t, int argc, char **argv)
+{
+  csr_args a = {0};
+  a.selfsign = 1;
+  t->cmd = "cert selfsign";
+  int rc = parse_args(t, argc, argv, &a);
+  return rc >= 0 ? rc : run(t, &a);
+}

@@ -1,0 +1,1345 @@
+/*
+ * kvp11 key create|import|list|show|delete: keys in Key Vault and HSMs.
+ *
+ * Every check that can fail without the key store (command line, files,
+ * password, key type, registry name) runs before the store is changed. After
+ * a change of the store, a failure undoes it (the created or imported key is
+ * deleted again) or names what was left behind and how to remove it.
+ *
+ * import is the one place where kvp11 holds private key material: the file
+ * bytes, the password and the decoded key are wiped as soon as the key store
+ * has its copy (OpenSSL's own buffers are wiped on free by tool/wipe.c).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <openssl/bio.h>
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/obj_mac.h>
+#include <openssl/pem.h>
+#include <openssl/pkcs12.h>
+#include <openssl/x509.h>
+
+#include "backend/backend.h"
+#include "core/cert.h"
+#include "core/p11names.h"
+#include "core/util.h"
+#include "tool.h"
+
+/* Options of the key commands; long only, values index key_args.v. */
+enum {
+  O_VAULT = 0,
+  O_HSM,
+  O_KEY,
+  O_TYPE,
+  O_SIZE,
+  O_CURVE,
+  O_HSMPROT,
+  O_OPS,
+  O_NAME,
+  O_ACCOUNT,
+  O_NOREG,
+  O_PFX,
+  O_PASSFILE,
+  O_KEYFILE,
+  O_CERT,
+  O_PINFILE,
+  O_JSON,
+  O_PEM,
+  O_YES,
+  O_COUNT,
+  O_BASE = 256,
+};
+#define OPT(o) (1u << (o))
+
+static const struct option key_longopts[] = {
+    {"vault", required_argument, NULL, O_BASE + O_VAULT},
+    {"hsm", required_argument, NULL, O_BASE + O_HSM},
+    {"key", required_argument, NULL, O_BASE + O_KEY},
+    {"type", required_argument, NULL, O_BASE + O_TYPE},
+    {"size", required_argument, NULL, O_BASE + O_SIZE},
+    {"curve", required_argument, NULL, O_BASE + O_CURVE},
+    {"hsm-protected", no_argument, NULL, O_BASE + O_HSMPROT},
+    {"ops", required_argument, NULL, O_BASE + O_OPS},
+    {"name", required_argument, NULL, O_BASE + O_NAME},
+    {"account", required_argument, NULL, O_BASE + O_ACCOUNT},
+    {"no-register", no_argument, NULL, O_BASE + O_NOREG},
+    {"pfx", required_argument, NULL, O_BASE + O_PFX},
+    {"pass-file", required_argument, NULL, O_BASE + O_PASSFILE},
+    {"key-file", required_argument, NULL, O_BASE + O_KEYFILE},
+    {"cert", required_argument, NULL, O_BASE + O_CERT},
+    {"pin-file", required_argument, NULL, O_BASE + O_PINFILE},
+    {"json", no_argument, NULL, O_BASE + O_JSON},
+    {"pem", no_argument, NULL, O_BASE + O_PEM},
+    {"yes", no_argument, NULL, O_BASE + O_YES},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
+
+typedef struct key_args {
+  const char *v[O_COUNT]; /* option values; flags are "" when given, NULL when not */
+  const char *account;    /* resolved account */
+} key_args;
+
+typedef struct key_cmd {
+  const char *cmd; /* "key create": also the message prefix */
+  unsigned allowed;
+  int (*run)(kvp_tool *t, key_args *a);
+  const char *synopsis;
+} key_cmd;
+
+static int key_create(kvp_tool *t, key_args *a);
+static int key_import(kvp_tool *t, key_args *a);
+static int key_list(kvp_tool *t, key_args *a);
+static int key_show(kvp_tool *t, key_args *a);
+static int key_delete(kvp_tool *t, key_args *a);
+
+#define STORE_OPTS (OPT(O_VAULT) | OPT(O_HSM) | OPT(O_PINFILE))
+
+static const key_cmd key_cmds[] = {
+    {"key create",
+     STORE_OPTS | OPT(O_KEY) | OPT(O_TYPE) | OPT(O_SIZE) | OPT(O_CURVE) | OPT(O_HSMPROT) |
+         OPT(O_OPS) | OPT(O_NAME) | OPT(O_ACCOUNT) | OPT(O_NOREG),
+     key_create,
+     "key create (--vault V | --hsm H) --key NAME\n"
+     "(--type rsa --size 2048|3072|4096 | --type ec --curve p256|p384|p521)\n"
+     "[--hsm-protected] [--ops sign,decrypt] [--name CERTNAME] [--account A]\n"
+     "[--no-register] [--pin-file F]"},
+    {"key import",
+     STORE_OPTS | OPT(O_KEY) | OPT(O_PFX) | OPT(O_PASSFILE) | OPT(O_KEYFILE) | OPT(O_CERT) |
+         OPT(O_NAME) | OPT(O_ACCOUNT) | OPT(O_HSMPROT) | OPT(O_OPS),
+     key_import,
+     "key import (--vault V | --hsm H) --key NAME\n"
+     "(--pfx FILE | --key-file KEY.pem --cert CERT.pem) [--pass-file F]\n"
+     "[--name CERTNAME] [--account A] [--hsm-protected] [--ops sign,decrypt]\n"
+     "[--pin-file F]"},
+    {"key list", STORE_OPTS | OPT(O_JSON), key_list,
+     "key list (--vault V | --hsm H) [--json] [--pin-file F]"},
+    {"key show", STORE_OPTS | OPT(O_KEY) | OPT(O_JSON) | OPT(O_PEM), key_show,
+     "key show (--vault V | --hsm H) --key NAME [--json | --pem] [--pin-file F]"},
+    {"key delete", STORE_OPTS | OPT(O_KEY) | OPT(O_YES), key_delete,
+     "key delete (--vault V | --hsm H) --key NAME --yes [--pin-file F]"},
+};
+
+static void synopsis(FILE *f, const char *prefix, const key_cmd *c)
+{
+  int indent = (int)(strlen(prefix) + strlen(c->cmd) + 1);
+  const char *line = c->synopsis, *nl;
+  fputs(prefix, f);
+  while ((nl = strchr(line, '\n')) != NULL) {
+    fprintf(f, "%.*s\n%*s", (int)(nl - line), line, indent, "");
+    line = nl + 1;
+  }
+  fprintf(f, "%s\n", line);
+}
+
+void kvp_tool_key_usage(FILE *f)
+{
+  for (size_t i = 0; i < KVP_ARRAY_SIZE(key_cmds); i++)
+    synopsis(f, "  kvp11 [-c FILE] ", &key_cmds[i]);
+}
+
+static void key_cmd_usage(FILE *f, const key_cmd *c)
+{
+  synopsis(f, "usage: kvp11 [-c FILE] ", c);
+  fprintf(f, "\n"
+             "  --vault V | --hsm H  the configured key store ([vault V] / [hsm H])\n"
+             "  --key NAME           the key's name in the store (HSM: CKA_LABEL)\n"
+             "  --pin-file F         HSM user PIN when [hsm H] has no pin_file/pin_env\n"
+             "                       (else $KVP11_PIN); the file must be private (0600)\n");
+  if (c->run == key_create)
+    fprintf(f, "  --hsm-protected      Key Vault: RSA-HSM / EC-HSM key\n"
+               "  --ops sign,decrypt   allowed operations (default: sign,decrypt for RSA,\n"
+               "                       sign for EC)\n"
+               "  --name CERTNAME      registry name (default: the key name); the key is\n"
+               "                       registered as a key pair without a certificate until\n"
+               "                       'kvp11 cert add' with the same name adds one\n"
+               "  --no-register        only create the key\n");
+  if (c->run == key_import)
+    fprintf(f, "  --pfx FILE           PKCS#12 with the private key and its certificate\n"
+               "  --key-file, --cert   PEM private key (may be encrypted) and its certificate\n"
+               "  --pass-file F        password file (0600); else $KVP11_PFX_PASS; else empty\n"
+               "  --name CERTNAME      registry name of the certificate (default: the key name)\n"
+               "The certificate is registered as a private certificate pointing at the key.\n"
+               "If that fails, the imported key is deleted again.\n");
+  if (c->run == key_delete)
+    fprintf(f, "  --yes                required: deleting a key is destructive. Refused while a\n"
+               "                       registered certificate points at the key.\n");
+}
+
+/* Certificate names: printable, no control characters, at most 255 bytes. */
+static int name_ok(const char *s)
+{
+  size_t n = strlen(s);
+  if (n == 0 || n > 255)
+    return 0;
+  for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+    if (*p < 0x20 || *p == 0x7f)
+      return 0;
+  return 1;
+}
+
+/* ---- the key store ------------------------------------------------------- */
+
+typedef struct store {
+  int is_hsm;
+  const char *kind; /* "vault" / "hsm" */
+  const char *name; /* the store's name */
+  char *ref;        /* "keyvault:V/KEY" / "hsm:H/KEY" (when --key given) */
+  const kvp_hsm_conf *hc;
+  const kvp_vault_conf *vc;
+  kvp_backend *be;
+} store;
+
+static void store_close(store *s)
+{
+  if (s->be)
+    s->be->ops->destroy(s->be, 0);
+  free(s->ref);
+  memset(s, 0, sizeof(*s));
+}
+
+/* Exactly one of --vault / --hsm (usage), and --key when need_key. */
+static int store_args(kvp_tool *t, const key_args *a, int need_key)
+{
+  if ((a->v[O_VAULT] != NULL) == (a->v[O_HSM] != NULL))
+    return kvp_tool_fail(t, KVP_EXIT_USAGE,
+                         "exactly one of --vault or --hsm is required (see kvp11 %s --help)",
+                         t->cmd);
+  if (need_key && !a->v[O_KEY])
+    return kvp_tool_fail(t, KVP_EXIT_USAGE, "--key is required (see kvp11 %s --help)", t->cmd);
+  if (a->v[O_PINFILE] && !a->v[O_HSM])
+    return kvp_tool_fail(t, KVP_EXIT_USAGE, "--pin-file applies to --hsm only");
+  return KVP_EXIT_OK;
+}
+
+/* Resolve the store from the configuration (no I/O) and build the key reference. */
+static int store_find(kvp_tool *t, const key_args *a, store *s)
+{
+  char err[KVP_ERRLEN] = "";
+  s->is_hsm = a->v[O_HSM] != NULL;
+  s->kind = s->is_hsm ? "hsm" : "vault";
+  s->name = s->is_hsm ? a->v[O_HSM] : a->v[O_VAULT];
+  if (a->v[O_KEY]) {
+    char *scheme = NULL, *pstore = NULL, *pname = NULL;
+    size_t n = strlen("keyvault:/") + strlen(s->name) + strlen(a->v[O_KEY]) + 1;
+    if (!(s->ref = malloc(n)))
+      return kvp_tool_fail(t, KVP_EXIT_ERROR, "out of memory");
+    snprintf(s->ref, n, "%s:%s/%s", s->is_hsm ? "hsm" : "keyvault", s->name, a->v[O_KEY]);
+    int r = kvp_keyref_parse(s->ref, &scheme, &pstore, &pname, err, sizeof(err));
+    int bad = r == KVP_OK && (strcmp(pstore, s->name) != 0 || strcmp(pname, a->v[O_KEY]) != 0 ||
+                              strchr(pname, '/') != NULL);
+    free(scheme);
+    free(pstore);
+    free(pname);
+    if (r != KVP_OK)
+      return kvp_tool_fail(t, KVP_EXIT_USAGE, "%s", err);
+    if (bad)
+      return kvp_tool_fail(t, KVP_EXIT_USAGE, "bad --key '%s' (a key name, no '/')", a->v[O_KEY]);
+  }
+  s->hc = s->is_hsm ? kvp_config_find_hsm(t->cfg, s->name) : NULL;
+  s->vc = s->is_hsm ? NULL : kvp_config_find_vault(t->cfg, s->name);
+  if (!s->hc && !s->vc)
+    return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s '%s' is not configured in %s", s->kind, s->name,
+                         t->cfg->path);
+  return KVP_EXIT_OK;
+}
+
+/* A secret taken from the environment: overwrite it in place (the process's
+ * environment block would keep it to the end) and drop the variable. */
+static void env_wipe(const char *var, char *value)
+{
+  if (value == NULL)
+    return;
+  kvp_wipe(value, strlen(value));
+  unsetenv(var);
+}
+
+/* The user PIN for an HSM without pin_file/pin_env: --pin-file, else $KVP11_PIN. */
+static int store_login(kvp_tool *t, const key_args *a, store *s)
+{
+  char err[KVP_ERRLEN] = "";
+  char *pin = NULL;
+  size_t pin_len = 0;
+  int rc = KVP_EXIT_ERROR;
+
+  if (!s->be->ops->needs_login || !s->be->ops->needs_login(s->be)) {
+    if (a->v[O_PINFILE])
+      kvp_tool_warn(t, "--pin-file ignored: [hsm %s] has its own pin_file/pin_env", s->name);
+    return KVP_EXIT_OK;
+  }
+  if (a->v[O_PINFILE]) {
+    if (kvp_secret_read_file(a->v[O_PINFILE], &pin, &pin_len, err, sizeof(err)) != KVP_OK)
+      return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", err);
+  } else {
+    char *env = getenv("KVP11_PIN");
+    if (!env || !*env)
+      return kvp_tool_fail(t, KVP_EXIT_ERROR,
+                           "hsm '%s' has no pin_file or pin_env: give the user PIN with "
+                           "--pin-file F or KVP11_PIN",
+                           s->name);
+    pin_len = strlen(env);
+    pin = strdup(env);
+    env_wipe("KVP11_PIN", env);
+    if (!pin)
+      return kvp_tool_fail(t, KVP_EXIT_ERROR, "out of memory");
+  }
+  CK_RV rv = s->be->ops->login(s->be, (const CK_UTF8CHAR *)pin, (CK_ULONG)pin_len);
+  if (rv != CKR_OK) {
+    kvp_tool_fail(t, KVP_EXIT_ERROR, "hsm '%s': login failed: %s%s", s->name, kvp_ckr_name(rv),
+                  kvp_tool_loghint(t));
+    goto out;
+  }
+  rc = KVP_EXIT_OK;
+out:
+  kvp_free_secret(pin);
+  return rc;
+}
+
+/* Create the backend and log in when the tool has to. */
+static int store_open(kvp_tool *t, const key_args *a, store *s)
+{
+  CK_RV rv = s->hc ? kvp_hsm_backend_new(s->hc, &s->be) : kvp_keyvault_backend_new(s->vc, &s->be);
+  if (rv != CKR_OK || !s->be) {
+    s->be = NULL;
+    return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s '%s': cannot use this key store: %s%s", s->kind,
+                         s->name, kvp_ckr_name(rv), kvp_tool_loghint(t));
+  }
+  return store_login(t, a, s);
+}
+
+/* A provisioning op the backend does not have (yet). */
+static int unsupported(kvp_tool *t, const store *s, const char *what)
+{
+  return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s '%s': this key store does not support %s", s->kind,
+                       s->name, what);
+}
+
+/* A failure of the store, in one line. */
+static int store_fail(kvp_tool *t, const store *s, const char *what, CK_RV rv)
+{
+  return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s '%s': %s failed: %s%s", s->kind, s->name, what,
+                       kvp_ckr_name(rv), kvp_tool_loghint(t));
+}
+
+/*
+ * Does the store have a key of this name? 1 yes, 0 no, -1 error (printed).
+ * Without key_info (not supported), open_key answers.
+ */
+static int store_has_key(kvp_tool *t, const store *s, const char *name)
+{
+  CK_RV rv;
+  if (s->be->ops->key_info) {
+    kvp_key_info info = {0};
+    rv = s->be->ops->key_info(s->be, name, &info);
+    kvp_key_info_clear(&info);
+  } else {
+    kvp_key *k = NULL;
+    rv = s->be->ops->open_key(s->be, name, &k);
+    if (k)
+      s->be->ops->close_key(s->be, k);
+  }
+  if (rv == CKR_OK)
+    return 1;
+  if (rv == CKR_KEY_HANDLE_INVALID)
+    return 0;
+  store_fail(t, s, "reading the key", rv);
+  return -1;
+}
+
+/* Does ref (a registered key reference) point at key name of store s? */
+static int ref_is(const store *s, const char *ref, const char *name)
+{
+  char *scheme = NULL, *pstore = NULL, *pname = NULL;
+  char err[KVP_ERRLEN];
+  int same = 0;
+  if (ref && kvp_keyref_parse(ref, &scheme, &pstore, &pname, err, sizeof(err)) == KVP_OK) {
+    size_t n = strlen(name);
+    if (s->is_hsm)
+      same = strcmp(scheme, "hsm") == 0 && strcmp(pstore, s->name) == 0 && strcmp(pname, name) == 0;
+    else /* Key Vault names are case-insensitive; a pinned version follows a '/' */
+      same = strcmp(scheme, "keyvault") == 0 && strcmp(pstore, s->name) == 0 &&
+             strncasecmp(pname, name, n) == 0 && (pname[n] == '\0' || pname[n] == '/');
+  }
+  free(scheme);
+  free(pstore);
+  free(pname);
+  return same;
+}
+
+/* "account/name" of every registered certificate pointing at the key, as a JSON array. */
+static json_t *users_of(const store *s, const kvp_cert_rec *recs, size_t n, const char *name)
+{
+  json_t *arr = json_array();
+  for (size_t i = 0; arr && i < n; i++) {
+    if (!ref_is(s, recs[i].key_ref, name))
+      continue;
+    size_t len = strlen(recs[i].account) + strlen(recs[i].name) + 2;
+    char *buf = malloc(len);
+    if (!buf || (snprintf(buf, len, "%s/%s", recs[i].account, recs[i].name),
+                 json_array_append_new(arr, json_string(buf)) != 0)) {
+      free(buf);
+      json_decref(arr);
+      return NULL;
+    }
+    free(buf);
+  }
+  return arr;
+}
+
+/* ---- option values ------------------------------------------------------- */
+
+static int parse_ops(kvp_tool *t, const char *s, unsigned *ops)
+{
+  *ops = 0;
+  if (!s)
+    return KVP_EXIT_OK;
+  const char *p = s;
+  while (*p) {
+    size_t n = strcspn(p, ",");
+    if (n == 4 && strncmp(p, "sign", 4) == 0)
+      *ops |= KVP_KEYOP_SIGN;
+    else if (n == 7 && strncmp(p, "decrypt", 7) == 0)
+      *ops |= KVP_KEYOP_DECRYPT;
+    else
+      return kvp_tool_fail(t, KVP_EXIT_USAGE, "bad --ops '%s': sign, decrypt or sign,decrypt", s);
+    p += n;
+    if (*p == ',')
+      p++;
+  }
+  if (*ops == 0)
+    return kvp_tool_fail(t, KVP_EXIT_USAGE, "bad --ops '%s': sign, decrypt or sign,decrypt", s);
+  return KVP_EXIT_OK;
+}
+
+static const char *ops_text(unsigned ops)
+{
+  switch (ops & (KVP_KEYOP_SIGN | KVP_KEYOP_DECRYPT)) {
+  case KVP_KEYOP_SIGN:
+    return "sign";
+  case KVP_KEYOP_DECRYPT:
+    return "decrypt";
+  case KVP_KEYOP_SIGN | KVP_KEYOP_DECRYPT:
+    return "sign,decrypt";
+  default:
+    return "-";
+  }
+}
+
+/* "RSA 2048" / "EC P-256" */
+static void type_text(kvp_key_type type, unsigned bits, int curve_nid, char out[32])
+{
+  if (type == KVP_KEY_EC) {
+    const char *c = kvp_curve_name(curve_nid);
+    snprintf(out, 32, "EC %s", c ? c : "?");
+  } else if (type == KVP_KEY_RSA) {
+    snprintf(out, 32, "RSA %u", bits);
+  } else {
+    snprintf(out, 32, "?");
+  }
+}
+
+/* ---- key create ---------------------------------------------------------- */
+
+/* The registry name is free in the account (1), taken (0, printed), error (-1, printed). */
+static int reg_name_free(kvp_tool *t, const char *account, const char *name)
+{
+  char err[KVP_ERRLEN] = "";
+  kvp_cert_rec old = {0};
+  int g = kvp_registry_get(t->reg, account, name, &old, err, sizeof(err));
+  kvp_cert_rec_clear(&old);
+  if (g == KVP_ENOTFOUND)
+    return 1;
+  if (g == KVP_OK) {
+    kvp_tool_fail(t, KVP_EXIT_ERROR,
+                  "account '%s' has a certificate named '%s' already (choose another --name)",
+                  account, name);
+    return 0;
+  }
+  kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", err);
+  return -1;
+}
+
+/*
+ * After a failed registration: delete the key just put into the store, and
+ * print the one error line (why, and whether the key is gone).
+ */
+static int undo_key(kvp_tool *t, const store *s, const char *key, const char *why)
+{
+  CK_RV rv =
+      s->be->ops->delete_key ? s->be->ops->delete_key(s->be, key) : CKR_FUNCTION_NOT_SUPPORTED;
+  if (rv == CKR_OK)
+    return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s; the new key %s was deleted again%s", why, s->ref,
+                         s->is_hsm ? "" : " (Key Vault keeps it soft-deleted until it is purged)");
+  return kvp_tool_fail(t, KVP_EXIT_ERROR,
+                       "%s; the new key %s could not be deleted (%s) and is left behind: remove it "
+                       "with 'kvp11 key delete --%s %s --key %s --yes'",
+                       why, s->ref, kvp_ckr_name(rv), s->kind, s->name, key);
+}
+
+static int key_create(kvp_tool *t, key_args *a)
+{
+  const char *type = a->v[O_TYPE], *keyname = a->v[O_KEY];
+  kvp_key_spec spec = {0};
+  store s = {0};
+  kvp_key *key = NULL;
+  kvp_cert_rec rec = {0};
+  char err[KVP_ERRLEN] = "", fp[72] = "", what[32];
+  const char *regname = a->v[O_NAME] ? a->v[O_NAME] : keyname;
+  const int reg = a->v[O_NOREG] == NULL;
+  int rc;
+
+  if ((rc = store_args(t, a, 1)) != KVP_EXIT_OK)
+    return rc;
+  rc = KVP_EXIT_USAGE;
+  if (!type) {
+    kvp_tool_fail(t, rc, "--type rsa or --type ec is required (see kvp11 key create --help)");
+    goto out;
+  }
+  if (strcmp(type, "rsa") == 0) {
+    char *end = NULL;
+    unsigned long bits = a->v[O_SIZE] ? strtoul(a->v[O_SIZE], &end, 10) : 0;
+    if (a->v[O_CURVE]) {
+      kvp_tool_fail(t, rc, "--curve applies to --type ec only");
+      goto out;
+    }
+    if (!a->v[O_SIZE] || *end != '\0' || (bits != 2048 && bits != 3072 && bits != 4096)) {
+      kvp_tool_fail(t, rc, "--type rsa needs --size 2048, 3072 or 4096");
+      goto out;
+    }
+    spec.type = KVP_KEY_RSA;
+    spec.bits = (unsigned)bits;
+  } else if (strcmp(type, "ec") == 0) {
+    int nid = a->v[O_CURVE] ? kvp_curve_nid(a->v[O_CURVE]) : NID_undef;
+    if (a->v[O_SIZE]) {
+      kvp_tool_fail(t, rc, "--size applies to --type rsa only");
+      goto out;
+    }
+    if (nid != NID_X9_62_prime256v1 && nid != NID_secp384r1 && nid != NID_secp521r1) {
+      kvp_tool_fail(t, rc, "--type ec needs --curve p256, p384 or p521");
+      goto out;
+    }
+    spec.type = KVP_KEY_EC;
+    spec.curve_nid = nid;
+    spec.bits = nid == NID_X9_62_prime256v1 ? 256 : nid == NID_secp384r1 ? 384 : 521;
+  } else {
+    kvp_tool_fail(t, rc, "bad --type '%s': rsa or ec", type);
+    goto out;
+  }
+  if (parse_ops(t, a->v[O_OPS], &spec.ops) != KVP_EXIT_OK)
+    goto out;
+  if (spec.type == KVP_KEY_EC && (spec.ops & KVP_KEYOP_DECRYPT)) {
+    kvp_tool_fail(t, rc, "an EC key cannot decrypt: --ops sign");
+    goto out;
+  }
+  if (!reg && (a->v[O_NAME] || a->v[O_ACCOUNT])) {
+    kvp_tool_fail(t, rc, "--no-register takes no --name or --account");
+    goto out;
+  }
+  if (!name_ok(regname)) {
+    kvp_tool_fail(t, rc, "bad --name '%s': 1 to 255 bytes, no control characters", regname);
+    goto out;
+  }
+  spec.hsm_protected = a->v[O_HSMPROT] != NULL;
+
+  rc = KVP_EXIT_ERROR;
+  if (kvp_tool_load_config(t) != KVP_EXIT_OK ||
+      (reg && kvp_tool_account(t, a->v[O_ACCOUNT], &a->account) != KVP_EXIT_OK))
+    goto out;
+  if ((rc = store_find(t, a, &s)) != KVP_EXIT_OK)
+    goto out;
+  rc = KVP_EXIT_ERROR;
+  /* A taken registry name fails before the key store is asked. */
+  if (reg &&
+      (kvp_tool_open_registry(t) != KVP_EXIT_OK || reg_name_free(t, a->account, regname) != 1))
+    goto out;
+  if (store_open(t, a, &s) != KVP_EXIT_OK)
+    goto out;
+  if (!s.be->ops->create_key) {
+    unsupported(t, &s, "creating keys");
+    goto out;
+  }
+  int has = store_has_key(t, &s, keyname);
+  if (has != 0) {
+    if (has > 0)
+      kvp_tool_fail(t, rc, "%s '%s' has a key named '%s' already (it is not replaced)", s.kind,
+                    s.name, keyname);
+    goto out;
+  }
+  CK_RV rv = s.be->ops->create_key(s.be, keyname, &spec, &key);
+  if (rv == CKR_ATTRIBUTE_VALUE_INVALID) {
+    kvp_tool_fail(t, rc,
+                  "%s '%s' refused to create key '%s' (a key of that name exists, or the "
+                  "key type is not allowed)%s",
+                  s.kind, s.name, keyname, kvp_tool_loghint(t));
+    goto out;
+  }
+  if (rv != CKR_OK || !key || !key->pub) {
+    store_fail(t, &s, "creating the key", rv != CKR_OK ? rv : CKR_GENERAL_ERROR);
+    goto out;
+  }
+  kvp_pubkey_fingerprint(key->pub, fp);
+
+  if (reg) {
+    unsigned char *spki = NULL;
+    int spki_len = i2d_PUBKEY(key->pub, &spki);
+    rec.account = strdup(a->account);
+    rec.name = strdup(regname);
+    rec.type = KVP_CERT_PRIVATE;
+    rec.subject = strdup("");
+    rec.issuer = strdup("");
+    rec.serial = strdup("");
+    rec.key_ref = strdup(s.ref);
+    rec.key_version = kvp_strdup0(key->version);
+    if (spki_len > 0 && (rec.spki = malloc((size_t)spki_len)) != NULL) {
+      memcpy(rec.spki, spki, (size_t)spki_len);
+      rec.spki_len = (size_t)spki_len;
+    }
+    OPENSSL_free(spki);
+    if (!rec.account || !rec.name || !rec.subject || !rec.issuer || !rec.serial || !rec.key_ref ||
+        (key->version && !rec.key_version) || !rec.spki) {
+      rc = undo_key(t, &s, keyname, "out of memory");
+      goto out;
+    }
+    int r = kvp_registry_add(t->reg, &rec, 0, err, sizeof(err));
+    if (r != KVP_OK) {
+      char why[2 * KVP_ERRLEN];
+      if (r == KVP_EEXISTS)
+        snprintf(why, sizeof(why), "account '%s' has a certificate named '%s' already", a->account,
+                 regname);
+      else
+        snprintf(why, sizeof(why), "registering '%s' failed: %s", regname, err);
+      rc = undo_key(t, &s, keyname, why);
+      goto out;
+    }
+  }
+  type_text(key->type, key->bits, key->curve_nid, what);
+  printf("created key %s\n", s.ref);
+  printf("type: %s\n", what);
+  printf("version: %s\n", key->version ? key->version : "-");
+  printf("ops: %s\n", ops_text((key->can_sign ? KVP_KEYOP_SIGN : 0) |
+                               (key->can_decrypt ? KVP_KEYOP_DECRYPT : 0)));
+  printf("spki: %s\n", fp);
+  if (reg)
+    printf("registered: '%s' in account '%s' (a key pair; no certificate yet)\n", regname,
+           a->account);
+  rc = KVP_EXIT_OK;
+out:
+  if (key)
+    s.be->ops->close_key(s.be, key);
+  kvp_cert_rec_clear(&rec);
+  store_close(&s);
+  return rc;
+}
+
+/* ---- key import ---------------------------------------------------------- */
+
+/* A whole file into a malloc'd buffer, without stdio (whose buffers would keep
+ * a copy of the bytes). Wipe and free with kvp_wipe + free. */
+static int read_file(const char *path, unsigned char **out, size_t *len, char *err, size_t errlen)
+{
+  struct stat st;
+  unsigned char *buf = NULL;
+  size_t n = 0;
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0)
+    return kvp_seterr(err, errlen, KVP_EIO, "%s: %s", path, strerror(errno));
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > 16 * 1024 * 1024) {
+    close(fd);
+    return kvp_seterr(err, errlen, KVP_EINVAL, "%s: not a regular file of at most 16 MiB", path);
+  }
+  if (!(buf = malloc((size_t)st.st_size + 1))) {
+    close(fd);
+    return kvp_seterr(err, errlen, KVP_ENOMEM, "out of memory");
+  }
+  while (n < (size_t)st.st_size) {
+    ssize_t r = read(fd, buf + n, (size_t)st.st_size - n);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r <= 0)
+      break;
+    n += (size_t)r;
+  }
+  close(fd);
+  if (n != (size_t)st.st_size) {
+    kvp_wipe(buf, (size_t)st.st_size + 1);
+    free(buf);
+    return kvp_seterr(err, errlen, KVP_EIO, "%s: short read", path);
+  }
+  buf[n] = 0;
+  *out = buf;
+  *len = n;
+  return KVP_OK;
+}
+
+static int pem_pass(char *buf, int size, int rwflag, void *u)
+{
+  const char *pass = u;
+  size_t n = pass ? strlen(pass) : 0;
+  (void)rwflag;
+  if (size <= 0 || n > (size_t)size)
+    return -1;
+  memcpy(buf, pass, n);
+  return (int)n;
+}
+
+/* What import reads: the private key and its certificate. */
+typedef struct import_src {
+  EVP_PKEY *pkey;
+  unsigned char *der; /* the certificate */
+  size_t der_len;
+} import_src;
+
+/* Read --pfx, or --key-file + --cert; prints the error. */
+static int read_source(kvp_tool *t, const key_args *a, const char *pass, import_src *src)
+{
+  char err[KVP_ERRLEN] = "";
+  unsigned char *buf = NULL;
+  size_t len = 0;
+  BIO *bio = NULL;
+  PKCS12 *p12 = NULL;
+  X509 *x = NULL;
+  STACK_OF(X509) *ca = NULL;
+  int rc = KVP_EXIT_ERROR;
+  const char *file = a->v[O_PFX] ? a->v[O_PFX] : a->v[O_KEYFILE];
+
+  if (read_file(file, &buf, &len, err, sizeof(err)) != KVP_OK) {
+    kvp_tool_fail(t, rc, "%s", err);
+    goto out;
+  }
+  if (!(bio = BIO_new_mem_buf(buf, (int)len))) {
+    kvp_tool_fail(t, rc, "out of memory");
+    goto out;
+  }
+  if (a->v[O_PFX]) {
+    if (!(p12 = d2i_PKCS12_bio(bio, NULL)) || !PKCS12_parse(p12, pass, &src->pkey, &x, &ca)) {
+      kvp_tool_fail(t, rc, "%s: wrong password, or not a PKCS#12 file", file);
+      goto out;
+    }
+    if (!src->pkey) {
+      kvp_tool_fail(t, rc, "%s: the PKCS#12 file holds no private key", file);
+      goto out;
+    }
+    if (!x) {
+      kvp_tool_fail(t, rc, "%s: the PKCS#12 file holds no certificate for its private key", file);
+      goto out;
+    }
+    unsigned char *d = NULL;
+    int dl = i2d_X509(x, &d);
+    if (dl <= 0 || !(src->der = malloc((size_t)dl))) {
+      OPENSSL_free(d);
+      kvp_tool_fail(t, rc, "%s: cannot encode the certificate", file);
+      goto out;
+    }
+    memcpy(src->der, d, (size_t)dl);
+    src->der_len = (size_t)dl;
+    OPENSSL_free(d);
+  } else {
+    src->pkey = PEM_read_bio_PrivateKey(bio, NULL, pem_pass, (void *)pass);
+    if (!src->pkey) {
+      kvp_tool_fail(t, rc, "%s: not a PEM private key, or a wrong password", file);
+      goto out;
+    }
+    if (kvp_cert_load_file(a->v[O_CERT], &src->der, &src->der_len, err, sizeof(err)) != KVP_OK) {
+      kvp_tool_fail(t, rc, "%s", err);
+      goto out;
+    }
+  }
+  rc = KVP_EXIT_OK;
+out:
+  ERR_clear_error();
+  BIO_free(bio);
+  PKCS12_free(p12);
+  X509_free(x);
+  sk_X509_pop_free(ca, X509_free);
+  if (buf) {
+    kvp_wipe(buf, len + 1);
+    free(buf);
+  }
+  return rc;
+}
+
+/* RSA 2048/3072/4096 or EC P-256/384/521; prints the error. */
+static int check_key_type(kvp_tool *t, const char *file, EVP_PKEY *pkey, kvp_spki *sp)
+{
+  const char *tn = EVP_PKEY_get0_type_name(pkey);
+  int base = EVP_PKEY_get_base_id(pkey);
+  if ((base != EVP_PKEY_RSA && base != EVP_PKEY_EC) || kvp_spki_from_pkey(pkey, sp) != KVP_OK)
+    return kvp_tool_fail(t, KVP_EXIT_ERROR,
+                         "%s: the private key is %s: only RSA (2048, 3072, 4096 bits) and EC "
+                         "(P-256, P-384, P-521) keys can be imported",
+                         file, tn ? tn : "of an unknown type");
+  if (sp->type == KVP_KEY_RSA && sp->bits != 2048 && sp->bits != 3072 && sp->bits != 4096)
+    return kvp_tool_fail(t, KVP_EXIT_ERROR,
+                         "%s: the private key is RSA %u: only RSA keys of 2048, 3072 or 4096 bits "
+                         "can be imported",
+                         file, sp->bits);
+  if (sp->type == KVP_KEY_EC && sp->curve_nid != NID_X9_62_prime256v1 &&
+      sp->curve_nid != NID_secp384r1 && sp->curve_nid != NID_secp521r1) {
+    const char *c = kvp_curve_name(sp->curve_nid);
+    return kvp_tool_fail(t, KVP_EXIT_ERROR,
+                         "%s: the private key is on curve %s: only P-256, P-384 and P-521 can be "
+                         "imported",
+                         file, c ? c : OBJ_nid2sn(sp->curve_nid));
+  }
+  return KVP_EXIT_OK;
+}
+
+static int key_import(kvp_tool *t, key_args *a)
+{
+  const char *keyname = a->v[O_KEY];
+  const char *regname = a->v[O_NAME] ? a->v[O_NAME] : keyname;
+  const char *file = a->v[O_PFX] ? a->v[O_PFX] : a->v[O_KEYFILE];
+  char *pass = NULL;
+  size_t pass_len = 0;
+  import_src src = {0};
+  kvp_spki sp = {0};
+  kvp_key_spec spec = {0};
+  kvp_cert_rec rec = {0};
+  store s = {0};
+  kvp_key *key = NULL;
+  X509 *x = NULL;
+  char err[KVP_ERRLEN] = "", warn[KVP_ERRLEN] = "", when[32];
+  int rc;
+
+  if ((rc = store_args(t, a, 1)) != KVP_EXIT_OK)
+    return rc;
+  rc = KVP_EXIT_USAGE;
+  if (!!a->v[O_PFX] == !!(a->v[O_KEYFILE] || a->v[O_CERT]) ||
+      (!a->v[O_PFX] && !(a->v[O_KEYFILE] && a->v[O_CERT]))) {
+    kvp_tool_fail(t, rc,
+                  "give --pfx FILE, or --key-file KEY.pem and --cert CERT.pem (see kvp11 "
+                  "key import --help)");
+    goto out;
+  }
+  if (!name_ok(regname)) {
+    kvp_tool_fail(t, rc, "bad --name '%s': 1 to 255 bytes, no control characters", regname);
+    goto out;
+  }
+  if (parse_ops(t, a->v[O_OPS], &spec.ops) != KVP_EXIT_OK)
+    goto out;
+  spec.hsm_protected = a->v[O_HSMPROT] != NULL;
+
+  rc = KVP_EXIT_ERROR;
+  if (kvp_tool_load_config(t) != KVP_EXIT_OK ||
+      kvp_tool_account(t, a->v[O_ACCOUNT], &a->account) != KVP_EXIT_OK)
+    goto out;
+  if ((rc = store_find(t, a, &s)) != KVP_EXIT_OK)
+    goto out;
+  rc = KVP_EXIT_ERROR;
+
+  /* The password: --pass-file, else $KVP11_PFX_PASS, else empty. */
+  if (a->v[O_PASSFILE]) {
+    if (kvp_secret_read_file(a->v[O_PASSFILE], &pass, &pass_len, err, sizeof(err)) != KVP_OK) {
+      kvp_tool_fail(t, rc, "%s", err);
+      goto out;
+    }
+  } else {
+    char *env = getenv("KVP11_PFX_PASS");
+    pass = strdup(env ? env : "");
+    env_wipe("KVP11_PFX_PASS", env);
+    if (!pass) {
+      kvp_tool_fail(t, rc, "out of memory");
+      goto out;
+    }
+    pass_len = strlen(pass);
+  }
+
+  /* Everything about the key and its certificate, before the store is asked. */
+  if (read_source(t, a, pass, &src) != KVP_EXIT_OK)
+    goto out;
+  kvp_wipe(pass, pass_len);
+  if (check_key_type(t, file, src.pkey, &sp) != KVP_EXIT_OK)
+    goto out;
+  if (sp.type == KVP_KEY_EC && (spec.ops & KVP_KEYOP_DECRYPT)) {
+    rc = kvp_tool_fail(t, KVP_EXIT_USAGE, "an EC key cannot decrypt: --ops sign");
+    goto out;
+  }
+  const char *certfile = a->v[O_PFX] ? a->v[O_PFX] : a->v[O_CERT];
+  const unsigned char *p = src.der;
+  EVP_PKEY *cpub = (x = d2i_X509(NULL, &p, (long)src.der_len)) ? X509_get0_pubkey(x) : NULL;
+  if (!cpub) {
+    kvp_tool_fail(t, rc, "%s: cannot read the certificate's public key", certfile);
+    goto out;
+  }
+  if (!kvp_pubkey_equal(cpub, src.pkey)) {
+    char fc[72] = "?", fk[72] = "?";
+    kvp_pubkey_fingerprint(cpub, fc);
+    kvp_pubkey_fingerprint(src.pkey, fk);
+    kvp_tool_fail(t, rc, "%s: the certificate's public key (%s) is not the private key's (%s)",
+                  certfile, fc, fk);
+    goto out;
+  }
+  if (kvp_cert_fill_rec(src.der, src.der_len, &rec, err, sizeof(err)) != KVP_OK) {
+    kvp_tool_fail(t, rc, "%s: %s", certfile, err);
+    goto out;
+  }
+  time_t now = time(NULL);
+  if (now < rec.not_before) {
+    kvp_tool_isotime(rec.not_before, when);
+    snprintf(warn, sizeof(warn), "%s: the certificate is not valid before %s", certfile, when);
+  } else if (now > rec.not_after) {
+    kvp_tool_isotime(rec.not_after, when);
+    snprintf(warn, sizeof(warn), "%s: the certificate expired on %s", certfile, when);
+  }
+  rec.account = strdup(a->account);
+  rec.name = strdup(regname);
+  rec.type = KVP_CERT_PRIVATE;
+  rec.key_ref = strdup(s.ref);
+  if (sp.der_len > 0 && (rec.spki = malloc((size_t)sp.der_len)) != NULL) {
+    memcpy(rec.spki, sp.der, (size_t)sp.der_len);
+    rec.spki_len = (size_t)sp.der_len;
+  }
+  if (!rec.account || !rec.name || !rec.key_ref || !rec.spki) {
+    kvp_tool_fail(t, rc, "out of memory");
+    goto out;
+  }
+
+  /* The registry name, then the key name in the store. */
+  if (kvp_tool_open_registry(t) != KVP_EXIT_OK || reg_name_free(t, a->account, regname) != 1)
+    goto out;
+  if (store_open(t, a, &s) != KVP_EXIT_OK)
+    goto out;
+  if (!s.be->ops->import_key) {
+    unsupported(t, &s, "importing keys");
+    goto out;
+  }
+  int has = store_has_key(t, &s, keyname);
+  if (has != 0) {
+    if (has > 0)
+      kvp_tool_fail(t, rc, "%s '%s' has a key named '%s' already (it is not replaced)", s.kind,
+                    s.name, keyname);
+    goto out;
+  }
+
+  CK_RV rv = s.be->ops->import_key(s.be, keyname, src.pkey, &spec, &key);
+  /* The store has its copy (or not): the private key goes now. */
+  EVP_PKEY_free(src.pkey);
+  src.pkey = NULL;
+  if (rv == CKR_ATTRIBUTE_VALUE_INVALID) {
+    kvp_tool_fail(t, rc,
+                  "%s '%s' refused to import key '%s' (a key of that name exists, or the "
+                  "key is not allowed)%s",
+                  s.kind, s.name, keyname, kvp_tool_loghint(t));
+    goto out;
+  }
+  if (rv != CKR_OK || !key) {
+    store_fail(t, &s, "importing the key", rv != CKR_OK ? rv : CKR_GENERAL_ERROR);
+    goto out;
+  }
+  if (key->pub && !kvp_pubkey_equal(key->pub, cpub)) {
+    rc = undo_key(t, &s, keyname, "the key store reports another public key than the imported one");
+    goto out;
+  }
+  if (key->version && !(rec.key_version = strdup(key->version))) {
+    rc = undo_key(t, &s, keyname, "out of memory");
+    goto out;
+  }
+  int r = kvp_registry_add(t->reg, &rec, 0, err, sizeof(err));
+  if (r != KVP_OK) {
+    char why[2 * KVP_ERRLEN];
+    if (r == KVP_EEXISTS)
+      snprintf(why, sizeof(why), "account '%s' has a certificate named '%s' already", a->account,
+               regname);
+    else
+      snprintf(why, sizeof(why), "registering '%s' failed: %s", regname, err);
+    rc = undo_key(t, &s, keyname, why);
+    goto out;
+  }
+  if (warn[0])
+    kvp_tool_warn(t, "%s", warn);
+  {
+    char what[32], fp[72] = "";
+    type_text(sp.type, sp.bits, sp.curve_nid, what);
+    kvp_pubkey_fingerprint(cpub, fp);
+    printf("imported key %s\n", s.ref);
+    printf("type: %s\n", what);
+    printf("version: %s\n", key->version ? key->version : "-");
+    printf("spki: %s\n", fp);
+    printf("registered: private certificate '%s' in account '%s' (%s)\n", regname, a->account,
+           rec.subject);
+  }
+  rc = KVP_EXIT_OK;
+out:
+  if (key)
+    s.be->ops->close_key(s.be, key);
+  EVP_PKEY_free(src.pkey);
+  free(src.der);
+  X509_free(x);
+  kvp_spki_clear(&sp);
+  kvp_cert_rec_clear(&rec);
+  if (pass)
+    kvp_wipe(pass, pass_len);
+  kvp_free_secret(pass);
+  store_close(&s);
+  return rc;
+}
+
+/* ---- key list / show ----------------------------------------------------- */
+
+static json_t *info_json(const kvp_key_info *k, json_t *users)
+{
+  json_t *o = json_object(), *ops = json_array();
+  char when[32];
+  if (!o || !ops) {
+    json_decref(o);
+    json_decref(ops);
+    json_decref(users);
+    return NULL;
+  }
+  if (k->ops & KVP_KEYOP_SIGN)
+    json_array_append_new(ops, json_string("sign"));
+  if (k->ops & KVP_KEYOP_DECRYPT)
+    json_array_append_new(ops, json_string("decrypt"));
+  const char *curve = k->type == KVP_KEY_EC ? kvp_curve_name(k->curve_nid) : NULL;
+  int bad = json_object_set_new(o, "name", json_string(k->name ? k->name : "")) ||
+            json_object_set_new(o, "kty", k->kty ? json_string(k->kty) : json_null()) ||
+            json_object_set_new(o, "type",
+                                json_string(k->type == KVP_KEY_RSA  ? "rsa"
+                                            : k->type == KVP_KEY_EC ? "ec"
+                                                                    : "unknown")) ||
+            json_object_set_new(o, "size", json_integer(k->bits)) ||
+            json_object_set_new(o, "curve", curve ? json_string(curve) : json_null()) ||
+            json_object_set_new(o, "ops", ops) ||
+            json_object_set_new(o, "enabled", json_boolean(k->enabled)) ||
+            json_object_set_new(o, "hsm_protected", json_boolean(k->hsm_protected)) ||
+            json_object_set_new(o, "version", k->version ? json_string(k->version) : json_null());
+  if (!bad && k->id) {
+    char *hex = malloc(2 * k->id_len + 1);
+    if (hex)
+      kvp_hex(k->id, k->id_len, hex);
+    bad = !hex || json_object_set_new(o, "id", json_string(hex));
+    free(hex);
+  }
+  if (!bad) {
+    kvp_tool_isotime(k->created, when);
+    bad = json_object_set_new(o, "created", k->created ? json_string(when) : json_null());
+    kvp_tool_isotime(k->expires, when);
+    bad = bad || json_object_set_new(o, "expires", k->expires ? json_string(when) : json_null());
+  }
+  if (!bad && k->pub) {
+    char fp[72] = "";
+    kvp_pubkey_fingerprint(k->pub, fp);
+    bad = json_object_set_new(o, "spki", json_string(fp));
+  }
+  if (!bad)
+    bad = json_object_set_new(o, "certificates", users ? users : json_array()) != 0;
+  else
+    json_decref(users);
+  if (bad) {
+    json_decref(o);
+    return NULL;
+  }
+  return o;
+}
+
+static int dump(json_t *j)
+{
+  int rc = j && json_dumpf(j, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER) == 0 ? 0 : -1;
+  if (rc == 0)
+    fputc('\n', stdout);
+  json_decref(j);
+  return rc;
+}
+
+/* Every registered row (all accounts), read-only; prints the error. */
+static int all_recs(kvp_tool *t, kvp_cert_rec **recs, size_t *n)
+{
+  char err[KVP_ERRLEN] = "";
+  *recs = NULL;
+  *n = 0;
+  if (kvp_tool_open_registry_ro(t) != KVP_EXIT_OK)
+    return KVP_EXIT_ERROR;
+  if (t->reg && kvp_registry_list(t->reg, NULL, recs, n, err, sizeof(err)) != KVP_OK)
+    return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", err);
+  return KVP_EXIT_OK;
+}
+
+/* Comma-separated text of a JSON array of strings, "-" when empty. */
+static void users_text(json_t *users, char *out, size_t len)
+{
+  size_t i;
+  json_t *v;
+  out[0] = '\0';
+  json_array_foreach(users, i, v)
+  {
+    size_t used = strlen(out);
+    snprintf(out + used, len - used, "%s%s", i ? "," : "", json_string_value(v));
+  }
+  if (!out[0])
+    snprintf(out, len, "-");
+}
+
+static int key_list(kvp_tool *t, key_args *a)
+{
+  store s = {0};
+  kvp_key_info *infos = NULL;
+  kvp_cert_rec *recs = NULL;
+  size_t n = 0, nrecs = 0;
+  json_t *arr = NULL;
+  int rc;
+
+  if ((rc = store_args(t, a, 0)) != KVP_EXIT_OK)
+    return rc;
+  rc = KVP_EXIT_ERROR;
+  if (kvp_tool_load_config(t) != KVP_EXIT_OK || store_find(t, a, &s) != KVP_EXIT_OK ||
+      all_recs(t, &recs, &nrecs) != KVP_EXIT_OK || store_open(t, a, &s) != KVP_EXIT_OK)
+    goto out;
+  if (!s.be->ops->list_keys) {
+    unsupported(t, &s, "listing keys");
+    goto out;
+  }
+  CK_RV rv = s.be->ops->list_keys(s.be, &infos, &n);
+  if (rv != CKR_OK) {
+    store_fail(t, &s, "listing the keys", rv);
+    goto out;
+  }
+  if (!(arr = json_array())) {
+    kvp_tool_fail(t, rc, "out of memory");
+    goto out;
+  }
+  for (size_t i = 0; i < n; i++) {
+    json_t *o = info_json(&infos[i], users_of(&s, recs, nrecs, infos[i].name ? infos[i].name : ""));
+    if (!o || json_array_append_new(arr, o) != 0) {
+      kvp_tool_fail(t, rc, "cannot format the output");
+      goto out;
+    }
+  }
+  if (a->v[O_JSON]) {
+    json_t *j = arr;
+    arr = NULL;
+    if (dump(j) != 0) {
+      kvp_tool_fail(t, rc, "cannot format the output");
+      goto out;
+    }
+  } else {
+    int w = 4;
+    for (size_t i = 0; i < n; i++)
+      if (infos[i].name && (int)strlen(infos[i].name) > w)
+        w = (int)strlen(infos[i].name);
+    printf("%-*s  %-7s  %-10s  %-12s  %-7s  %-32s  %s\n", w, "NAME", "KTY", "SIZE", "OPS",
+           "ENABLED", "VERSION", "CERTIFICATES");
+    for (size_t i = 0; i < n; i++) {
+      const kvp_key_info *k = &infos[i];
+      char what[32], users[1024];
+      const char *curve = k->type == KVP_KEY_EC ? kvp_curve_name(k->curve_nid) : NULL;
+      if (curve)
+        snprintf(what, sizeof(what), "%s", curve);
+      else
+        snprintf(what, sizeof(what), "%u", k->bits);
+      users_text(json_object_get(json_array_get(arr, i), "certificates"), users, sizeof(users));
+      printf("%-*s  %-7s  %-10s  %-12s  %-7s  %-32s  %s\n", w, k->name ? k->name : "?",
+             k->kty ? k->kty : "-", what, ops_text(k->ops), k->enabled ? "yes" : "no",
+             k->version ? k->version : "-", users);
+    }
+  }
+  rc = KVP_EXIT_OK;
+out:
+  json_decref(arr);
+  kvp_key_info_free_array(infos, n);
+  kvp_cert_rec_free_array(recs, nrecs);
+  store_close(&s);
+  return rc;
+}
+
+static int key_show(kvp_tool *t, key_args *a)
+{
+  store s = {0};
+  kvp_key_info info = {0};
+  kvp_cert_rec *recs = NULL;
+  size_t nrecs = 0;
+  json_t *o = NULL;
+  int rc;
+
+  if ((rc = store_args(t, a, 1)) != KVP_EXIT_OK)
+    return rc;
+  if (a->v[O_JSON] && a->v[O_PEM])
+    return kvp_tool_fail(t, KVP_EXIT_USAGE, "--json and --pem exclude each other");
+  rc = KVP_EXIT_ERROR;
+  if (kvp_tool_load_config(t) != KVP_EXIT_OK || store_find(t, a, &s) != KVP_EXIT_OK ||
+      all_recs(t, &recs, &nrecs) != KVP_EXIT_OK || store_open(t, a, &s) != KVP_EXIT_OK)
+    goto out;
+  if (!s.be->ops->key_info) {
+    unsupported(t, &s, "showing keys");
+    goto out;
+  }
+  CK_RV rv = s.be->ops->key_info(s.be, a->v[O_KEY], &info);
+  if (rv == CKR_KEY_HANDLE_INVALID) {
+    kvp_tool_fail(t, rc, "%s '%s' has no key '%s'", s.kind, s.name, a->v[O_KEY]);
+    goto out;
+  }
+  if (rv != CKR_OK) {
+    store_fail(t, &s, "reading the key", rv);
+    goto out;
+  }
+  if (a->v[O_PEM]) {
+    if (!info.pub || PEM_write_PUBKEY(stdout, info.pub) != 1) {
+      kvp_tool_fail(t, rc, "%s '%s': no public key for '%s'", s.kind, s.name, a->v[O_KEY]);
+      goto out;
+    }
+    rc = KVP_EXIT_OK;
+    goto out;
+  }
+  if (!(o = info_json(&info, users_of(&s, recs, nrecs, a->v[O_KEY])))) {
+    kvp_tool_fail(t, rc, "cannot format the output");
+    goto out;
+  }
+  if (!json_object_get(o, "name") || !*json_string_value(json_object_get(o, "name")))
+    json_object_set_new(o, "name", json_string(a->v[O_KEY]));
+  json_object_set_new(o, "key_ref", json_string(s.ref));
+  if (a->v[O_JSON]) {
+    json_t *j = o;
+    o = NULL;
+    if (dump(j) != 0) {
+      kvp_tool_fail(t, rc, "cannot format the output");
+      goto out;
+    }
+  } else {
+    const char *k;
+    json_t *v;
+    json_object_foreach(o, k, v)
+    {
+      if (json_is_array(v)) {
+        char buf[1024];
+        if (strcmp(k, "ops") == 0) {
+          size_t i;
+          json_t *e;
+          buf[0] = '\0';
+          json_array_foreach(v, i, e)
+          {
+            size_t used = strlen(buf);
+            snprintf(buf + used, sizeof(buf) - used, "%s%s", i ? "," : "", json_string_value(e));
+          }
+          if (!buf[0])
+            snprintf(buf, sizeof(buf), "-");
+        } else {
+          users_text(v, buf, sizeof(buf));
+        }
+        printf("%s: %s\n", k, buf);
+      } else if (json_is_integer(v)) {
+        printf("%s: %lld\n", k, (long long)json_integer_value(v));
+      } else if (json_is_boolean(v)) {
+        printf("%s: %s\n", k, json_is_true(v) ? "yes" : "no");
+      } else {
+        printf("%s: %s\n", k, json_is_string(v) ? json_string_value(v) : "-");
+      }
+    }
+  }
+  rc = KVP_EXIT_OK;
+out:
+  json_decref(o);
+  kvp_key_info_clear(&info);
+  kvp_cert_rec_free_array(recs, nrecs);
+  store_close(&s);
+  return rc;
+}
+
+/* ---- key delete ---------------------------------------------------------- */
+
+static int key_delete(kvp_tool *t, key_args *a)
+{
+  store s = {0};
+  kvp_cert_rec *recs = NULL;
+  size_t nrecs = 0;
+  json_t *users = NULL;
+  int rc;
+
+  if ((rc = store_args(t, a, 1)) != KVP_EXIT_OK)
+    return rc;
+  if (!a->v[O_YES])
+    return kvp_tool_fail(t, KVP_EXIT_USAGE,
+                         "deleting a key is destructive: it cannot sign or decrypt any more; "
+                         "confirm with --yes");
+  rc = KVP_EXIT_ERROR;
+  if (kvp_tool_load_config(t) != KVP_EXIT_OK || store_find(t, a, &s) != KVP_EXIT_OK ||
+      all_recs(t, &recs, &nrecs) != KVP_EXIT_OK)
+    goto out;
+  if (!(users = users_of(&s, recs, nrecs, a->v[O_KEY]))) {
+    kvp_tool_fail(t, rc, "out of memory");
+    goto out;
+  }
+  if (json_array_size(users) > 0) {
+    char buf[1024];
+    users_text(users, buf, sizeof(buf));
+    kvp_tool_fail(t, rc,
+                  "registered certificates point at %s: %s (remove them first with 'kvp11 cert "
+                  "remove NAME --account A')",
+                  s.ref, buf);
+    goto out;
+  }
+  if (store_open(t, a, &s) != KVP_EXIT_OK)
+    goto out;
+  if (!s.be->ops->delete_key) {
+    unsupported(t, &s, "deleting keys");
+    goto out;
+  }
+  CK_RV rv = s.be->ops->delete_key(s.be, a->v[O_KEY]);
+  if (rv == CKR_KEY_HANDLE_INVALID) {
+    kvp_tool_fail(t, rc, "%s '%s' has no key '%s'", s.kind, s.name, a->v[O_KEY]);
+    goto out;
+  }
+  if (rv != CKR_OK) {
+    store_fail(t, &s, "deleting the key", rv);
+    goto out;
+  }
+  printf("deleted key %s%s\n", s.ref,
+         s.is_hsm ? "" : " (Key Vault keeps it soft-deleted, recoverable, until it is purged)");
+  rc = KVP_EXIT_OK;
+out:
+  json_decref(users);
+  kvp_cert_rec_free_array(recs, nrecs);
+  store_close(&s);
+  return rc;
+}
+
+/* ---- dispatch ------------------------------------------------------------ */
+
+/* Parse the options of one key command into a; returns -1 to go on, else an exit code. */
+static int parse_args(kvp_tool *t, const key_cmd *c, int argc, char **argv, key_args *a)
+{
+  int o;
+  opterr = 0;
+  optind = 0; /* GNU: full re-initialisation; argv[0] is the command word */
+  while ((o = getopt_long(argc, argv, ":h", key_longopts, NULL)) != -1) {
+    if (o == 'h') {
+      key_cmd_usage(stdout, c);
+      return KVP_EXIT_OK;
+    }
+    if (o < O_BASE || o >= O_BASE + O_COUNT)
+      return kvp_tool_badopt(t, o, argv, "kvp11 key --help");
+    o -= O_BASE;
+    if (!(c->allowed & OPT(o)))
+      return kvp_tool_fail(t, KVP_EXIT_USAGE,
+                           "option '--%s' does not apply here (see kvp11 %s --help)",
+                           key_longopts[o].name, c->cmd);
+    if (a->v[o])
+      return kvp_tool_fail(t, KVP_EXIT_USAGE, "option '--%s' given twice", key_longopts[o].name);
+    a->v[o] = optarg ? optarg : "";
+  }
+  if (optind < argc)
+    return kvp_tool_fail(t, KVP_EXIT_USAGE, "unexpected argument '%s' (see kvp11 %s --help)",
+                         argv[optind], c->cmd);
+  return -1;
+}
+
+int kvp_tool_key(kvp_tool *t, int argc, char **argv)
+{
+  int rc;
+  const key_cmd *c = kvp_tool_subcommand(t, "key", argc, argv, kvp_tool_key_usage, key_cmds,
+                                         sizeof(key_cmds[0]), KVP_ARRAY_SIZE(key_cmds), &rc);
+  if (c == NULL)
+    return rc;
+  key_args a = {0};
+  rc = parse_args(t, c, argc - 1, argv + 1, &a);
+  return rc >= 0 ? rc : c->run(t, &a);
+}

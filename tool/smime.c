@@ -39,6 +39,7 @@
 #include <openssl/x509.h>
 
 #include "core/util.h"
+#include "engine.h"
 #include "tool.h"
 
 #ifndef KVP11_MODULE_INSTALLED
@@ -197,55 +198,10 @@ static void smime_cmd_usage(FILE *f, const smime_cmd *c)
 /* ------------------------------------------------------------- helpers */
 
 /* The reason of the most recent OpenSSL error, or "unknown error"; clears the queue. */
-static const char *ossl_reason(void)
-{
-  static char buf[256];
-  unsigned long e, last = 0;
-  while ((e = ERR_get_error()) != 0)
-    last = e;
-  const char *r = last ? ERR_reason_error_string(last) : NULL;
-  if (r)
-    snprintf(buf, sizeof(buf), "%s", r);
-  else if (last)
-    snprintf(buf, sizeof(buf), "OpenSSL error %lx", last);
-  else
-    snprintf(buf, sizeof(buf), "unknown error");
-  return buf;
-}
-
-/*
- * Silence fd 2 while the engine and the module run (libp11 and a module
- * without log_file would print there): the tool prints one line. -v and
- * KVP11_DEBUG keep their lines.
- */
-static int quiet_begin(const kvp_tool *t)
-{
-  const char *dbg = getenv("KVP11_DEBUG");
-  if (t->verbose || (dbg && *dbg))
-    return -1;
-  fflush(stderr);
-  int saved = dup(2);
-  int fd = open("/dev/null", O_WRONLY);
-  if (saved < 0 || fd < 0) {
-    if (saved >= 0)
-      close(saved);
-    if (fd >= 0)
-      close(fd);
-    return -1;
-  }
-  dup2(fd, 2);
-  close(fd);
-  return saved;
-}
-
-static void quiet_end(int saved)
-{
-  if (saved < 0)
-    return;
-  fflush(stderr);
-  dup2(saved, 2);
-  close(saved);
-}
+/* shared with engine.c */
+#define ossl_reason kvp_engine_ossl_reason
+#define quiet_begin kvp_engine_quiet_begin
+#define quiet_end kvp_engine_quiet_end
 
 static int nomem(const kvp_tool *t)
 {
@@ -399,135 +355,25 @@ static int check_valid(kvp_tool *t, const kvp_cert_rec *rec, int64_t at, const c
 
 /* ------------------------------------------------- the key through the module */
 
-typedef struct p11key {
-  ENGINE *e;
-  EVP_PKEY *pkey;
-} p11key;
-
-static void p11key_free(p11key *k)
-{
-  EVP_PKEY_free(k->pkey);
-  if (k->e) {
-    ENGINE_finish(k->e);
-    ENGINE_free(k->e);
-  }
-  k->pkey = NULL;
-  k->e = NULL;
-}
-
-/* RFC 7512 / RFC 3986 percent-encoding of a path attribute value. */
-static void pct_encode(const char *s, char *out, size_t outlen)
-{
-  static const char hex[] = "0123456789ABCDEF";
-  size_t o = 0;
-  for (const unsigned char *p = (const unsigned char *)s; *p && o + 4 < outlen; p++) {
-    if ((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
-        *p == '-' || *p == '.' || *p == '_' || *p == '~') {
-      out[o++] = (char)*p;
-    } else {
-      out[o++] = '%';
-      out[o++] = hex[*p >> 4];
-      out[o++] = hex[*p & 15];
-    }
-  }
-  out[o] = 0;
-}
-
-/* The engine library: $OPENSSL_ENGINES or OpenSSL's ENGINESDIR, /pkcs11.so. */
-static void engine_so(char *out, size_t len)
-{
-  const char *env = getenv("OPENSSL_ENGINES");
-  char dir[512] = "";
-  if (env && *env) {
-    snprintf(dir, sizeof(dir), "%s", env);
-  } else {
-    const char *v = OpenSSL_version(OPENSSL_ENGINES_DIR); /* ENGINESDIR: "/path" */
-    const char *q1 = v ? strchr(v, '"') : NULL;
-    const char *q2 = q1 ? strchr(q1 + 1, '"') : NULL;
-    if (q1 && q2)
-      snprintf(dir, sizeof(dir), "%.*s", (int)(q2 - q1 - 1), q1 + 1);
-  }
-  if (dir[0])
-    snprintf(out, len, "%s/pkcs11.so", dir);
-  else
-    out[0] = 0;
-}
+typedef kvp_engine_key p11key;
+#define p11key_free kvp_engine_key_free
 
 /* The private key of rec (a private certificate), as an engine key. */
 static int load_key(kvp_tool *t, const smime_args *a, const kvp_cert_rec *rec, X509 *x, p11key *k)
 {
-  const char *env = getenv("KVP11_MODULE");
-  const char *module = a->v[S_MODULE]  ? a->v[S_MODULE]
-                       : (env && *env) ? env
-                                       : KVP11_MODULE_INSTALLED;
+  const char *module = kvp_engine_module(a->v[S_MODULE]);
   const kvp_account_conf *ac = kvp_config_find_account(t->cfg, a->account);
   const char *label = ac && ac->label ? ac->label : a->account;
-  char so[600], elabel[800], ename[800], uri[1700];
-  int rc = KVP_EXIT_ERROR, q;
+  char what[400];
+  int rc;
 
-  if (access(module, R_OK) != 0)
-    return kvp_tool_fail(t, rc, "kvp11 module %s: %s (--module or KVP11_MODULE names it)", module,
-                         strerror(errno));
-  /* The module reads the configuration the tool uses. */
-  if (setenv("KVP11_CONF", t->cfg->path, 1) != 0)
-    return nomem(t);
-  pct_encode(label, elabel, sizeof(elabel));
-  pct_encode(rec->name, ename, sizeof(ename));
-  snprintf(uri, sizeof(uri), "pkcs11:token=%s;object=%s;type=private", elabel, ename);
-  engine_so(so, sizeof(so));
-
-  ERR_clear_error();
-  q = quiet_begin(t);
-  /* An engine already loaded (e.g. by OPENSSL_CONF) is used as it is. */
-  k->e = ENGINE_by_id("pkcs11");
-  ERR_clear_error();
-  if (k->e == NULL && so[0] && access(so, R_OK) == 0) {
-    k->e = ENGINE_by_id("dynamic");
-    if (k->e && (!ENGINE_ctrl_cmd_string(k->e, "SO_PATH", so, 0) ||
-                 !ENGINE_ctrl_cmd_string(k->e, "ID", "pkcs11", 0) ||
-                 !ENGINE_ctrl_cmd_string(k->e, "LIST_ADD", "1", 0) ||
-                 !ENGINE_ctrl_cmd_string(k->e, "LOAD", NULL, 0))) {
-      ENGINE_free(k->e);
-      k->e = NULL;
-    }
-  }
-  if (!k->e) {
-    quiet_end(q);
-    return kvp_tool_fail(t, rc,
-                         "cannot load the OpenSSL pkcs11 engine %s: %s (install "
-                         "libengine-pkcs11-openssl)",
-                         so[0] ? so : "pkcs11", ossl_reason());
-  }
-  if (!ENGINE_ctrl_cmd_string(k->e, "MODULE_PATH", module, 0)) {
-    quiet_end(q);
-    ENGINE_free(k->e);
-    k->e = NULL;
-    return kvp_tool_fail(t, rc, "pkcs11 engine: cannot set MODULE_PATH: %s", ossl_reason());
-  }
-  if (!t->verbose)
-    ENGINE_ctrl_cmd_string(k->e, "QUIET", NULL, 1);
-  if (!ENGINE_init(k->e)) {
-    quiet_end(q);
-    ENGINE_free(k->e);
-    k->e = NULL;
-    return kvp_tool_fail(t, rc, "pkcs11 engine: cannot initialise %s: %s%s", module, ossl_reason(),
-                         kvp_tool_loghint(t));
-  }
-  /* Keep the engine out of OpenSSL's default tables: only the key loaded below
-   * uses it. The module runs in this process, and keys that it (or this tool)
-   * builds must stay ordinary provider keys. */
-  /* UI_null: never prompt for a PIN; the module logs in with the configured one. */
-  k->pkey = ENGINE_load_private_key(k->e, uri, (UI_METHOD *)UI_null(), NULL);
-  ENGINE_unregister_RSA(k->e);
-  ENGINE_unregister_EC(k->e);
-  ENGINE_unregister_pkey_meths(k->e);
-  quiet_end(q);
-  if (!k->pkey)
-    return kvp_tool_fail(t, rc,
-                         "the key of certificate '%s' is not available through %s (%s): %s%s",
-                         rec->name, module, uri, ossl_reason(), kvp_tool_loghint(t));
+  snprintf(what, sizeof(what), "certificate '%s'", rec->name);
+  rc = kvp_engine_load_key(t, module, label, rec->name, what, NULL, k);
+  if (rc != KVP_EXIT_OK)
+    return rc;
   if (X509_check_private_key(x, k->pkey) != 1)
-    return kvp_tool_fail(t, rc, "the key %s is not the key of certificate '%s'", uri, rec->name);
+    return kvp_tool_fail(t, KVP_EXIT_ERROR, "the key %s is not the key of certificate '%s'",
+                         k->uri, rec->name);
   ERR_clear_error();
   return KVP_EXIT_OK;
 }

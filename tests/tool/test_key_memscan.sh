@@ -179,4 +179,22 @@ for S in "${STORES[@]}"; do
   rm -f "$T/core.nowipe"
 done
 [ "$TESTED" -gt 0 ] || skip "no key store supports importing yet"
+
+# what the command prints, and its log, at the highest log level: nothing of the key either
+LOGF=$(sed -n 's/^log_file *= *//p' "$CONF" | head -1)
+for S in "${STORES[@]}"; do
+  supported "$S" || continue
+  tag=${S:2:1}
+  # shellcheck disable=SC2086
+  set -- $S
+  KVP11_DEBUG=debug "$KVP11_TOOL" -v -c "$CONF" key import "$@" --key "mlog$R$tag" --pfx "$T/k.pfx" \
+    --pass-file "$T/pass" >"$T/dbg.out" 2>"$T/dbg.err" || { cat "$T/dbg.err" >&2; fail "$S: debug import failed"; }
+  grep -q "DEBUG" "$T/dbg.err" ${LOGF:+"$LOGF"} || fail "$S: no debug line: the log level was not raised"
+  cat "$T/dbg.out" "$T/dbg.err" ${LOGF:+"$LOGF"} >"$T/dbg.all" 2>/dev/null
+  if scan "$T/dbg.all" >"$T/hits.log"; then
+    ok "$S: no byte of the key or the password in stdout, stderr and the log at debug level"
+  else
+    fail "$S: key material in the output or log: $(tr '\n' ' ' <"$T/hits.log")"
+  fi
+done
 echo "memory scan passed ($TESTED key stores)"

@@ -34,7 +34,7 @@ enum {
   O_JSON,
   O_PEM,
   O_COUNT,
-  O_BASE = 256, /* getopt values are O_BASE + index, clear of short option letters */
+  O_BASE = KVP_TOOL_OPT_BASE, /* getopt values are O_BASE + index, clear of short letters */
 };
 #define OPT(o) (1u << (o))
 
@@ -450,34 +450,14 @@ static int cert_remove(kvp_tool *t, cert_args *a)
 /* Parse the options of one cert command into a; returns -1 to go on, else an exit code. */
 static int parse_args(kvp_tool *t, const cert_cmd *c, int argc, char **argv, cert_args *a)
 {
-  int o;
-  opterr = 0;
-  optind = 0; /* GNU: full re-initialisation; argv[0] is the command word */
-  while ((o = getopt_long(argc, argv, ":h", cert_longopts, NULL)) != -1) {
-    if (o == 'h') {
-      cert_cmd_usage(stdout, c);
-      return KVP_EXIT_OK;
-    }
-    if (o < O_BASE || o >= O_BASE + O_COUNT)
-      return kvp_tool_badopt(t, o, argv, "kvp11 cert --help");
-    o -= O_BASE;
-    if (!(c->allowed & OPT(o)))
-      return kvp_tool_fail(t, KVP_EXIT_USAGE,
-                           "option '--%s' does not apply here (see kvp11 %s --help)",
-                           cert_longopts[o].name, c->cmd);
-    if (a->v[o])
-      return kvp_tool_fail(t, KVP_EXIT_USAGE, "option '--%s' given twice", cert_longopts[o].name);
-    a->v[o] = optarg ? optarg : "";
+  const kvp_tool_opts o = {cert_longopts, O_COUNT, c->allowed, c->operand, c->cmd,
+                           "kvp11 cert --help"};
+  int rc = kvp_tool_parse_opts(t, &o, argc, argv, a->v, &a->operand);
+  if (rc == KVP_TOOL_HELP) {
+    cert_cmd_usage(stdout, c);
+    return KVP_EXIT_OK;
   }
-  int left = argc - optind;
-  if (left > c->operand)
-    return kvp_tool_fail(t, KVP_EXIT_USAGE, "unexpected argument '%s' (see kvp11 %s --help)",
-                         argv[optind + c->operand], c->cmd);
-  if (c->operand && left == 0)
-    return kvp_tool_fail(t, KVP_EXIT_USAGE, "NAME is missing (see kvp11 %s --help)", c->cmd);
-  if (c->operand)
-    a->operand = argv[optind];
-  return -1;
+  return rc;
 }
 
 int kvp_tool_cert(kvp_tool *t, int argc, char **argv)

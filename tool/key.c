@@ -58,7 +58,7 @@ enum {
   O_PEM,
   O_YES,
   O_COUNT,
-  O_BASE = 256,
+  O_BASE = KVP_TOOL_OPT_BASE,
 };
 #define OPT(o) (1u << (o))
 
@@ -1307,29 +1307,13 @@ out:
 /* Parse the options of one key command into a; returns -1 to go on, else an exit code. */
 static int parse_args(kvp_tool *t, const key_cmd *c, int argc, char **argv, key_args *a)
 {
-  int o;
-  opterr = 0;
-  optind = 0; /* GNU: full re-initialisation; argv[0] is the command word */
-  while ((o = getopt_long(argc, argv, ":h", key_longopts, NULL)) != -1) {
-    if (o == 'h') {
-      key_cmd_usage(stdout, c);
-      return KVP_EXIT_OK;
-    }
-    if (o < O_BASE || o >= O_BASE + O_COUNT)
-      return kvp_tool_badopt(t, o, argv, "kvp11 key --help");
-    o -= O_BASE;
-    if (!(c->allowed & OPT(o)))
-      return kvp_tool_fail(t, KVP_EXIT_USAGE,
-                           "option '--%s' does not apply here (see kvp11 %s --help)",
-                           key_longopts[o].name, c->cmd);
-    if (a->v[o])
-      return kvp_tool_fail(t, KVP_EXIT_USAGE, "option '--%s' given twice", key_longopts[o].name);
-    a->v[o] = optarg ? optarg : "";
+  const kvp_tool_opts o = {key_longopts, O_COUNT, c->allowed, 0, c->cmd, "kvp11 key --help"};
+  int rc = kvp_tool_parse_opts(t, &o, argc, argv, a->v, NULL);
+  if (rc == KVP_TOOL_HELP) {
+    key_cmd_usage(stdout, c);
+    return KVP_EXIT_OK;
   }
-  if (optind < argc)
-    return kvp_tool_fail(t, KVP_EXIT_USAGE, "unexpected argument '%s' (see kvp11 %s --help)",
-                         argv[optind], c->cmd);
-  return -1;
+  return rc;
 }
 
 int kvp_tool_key(kvp_tool *t, int argc, char **argv)

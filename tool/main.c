@@ -55,6 +55,37 @@ int kvp_tool_badopt(const kvp_tool *t, int c, char **argv, const char *help)
   return kvp_tool_fail(t, KVP_EXIT_USAGE, "unknown option '%s' (see %s)", name, help);
 }
 
+int kvp_tool_parse_opts(kvp_tool *t, const kvp_tool_opts *o, int argc, char **argv, const char **v,
+                        const char **operand)
+{
+  int c;
+  opterr = 0;
+  optind = 0; /* GNU: full re-initialisation; argv[0] is the command word */
+  while ((c = getopt_long(argc, argv, ":h", o->longopts, NULL)) != -1) {
+    if (c == 'h')
+      return KVP_TOOL_HELP;
+    if (c < KVP_TOOL_OPT_BASE || c >= KVP_TOOL_OPT_BASE + o->n)
+      return kvp_tool_badopt(t, c, argv, o->help);
+    c -= KVP_TOOL_OPT_BASE;
+    if (!(o->allowed & (1u << c)))
+      return kvp_tool_fail(t, KVP_EXIT_USAGE,
+                           "option '--%s' does not apply here (see kvp11 %s --help)",
+                           o->longopts[c].name, o->cmd);
+    if (v[c])
+      return kvp_tool_fail(t, KVP_EXIT_USAGE, "option '--%s' given twice", o->longopts[c].name);
+    v[c] = optarg ? optarg : "";
+  }
+  int left = argc - optind;
+  if (left > o->operand)
+    return kvp_tool_fail(t, KVP_EXIT_USAGE, "unexpected argument '%s' (see kvp11 %s --help)",
+                         argv[optind + o->operand], o->cmd);
+  if (o->operand && left == 0)
+    return kvp_tool_fail(t, KVP_EXIT_USAGE, "NAME is missing (see kvp11 %s --help)", o->cmd);
+  if (o->operand && operand)
+    *operand = argv[optind];
+  return -1;
+}
+
 int kvp_tool_load_config(kvp_tool *t)
 {
   char err[KVP_ERRLEN] = "";

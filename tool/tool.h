@@ -7,6 +7,7 @@
 #ifndef KVP_TOOL_TOOL_H
 #define KVP_TOOL_TOOL_H
 
+#include <getopt.h>
 #include <stdio.h>
 
 #include "core/config.h"
@@ -35,6 +36,27 @@ void kvp_tool_warn(const kvp_tool *t, const char *fmt, ...) __attribute__((forma
 
 /* Report a getopt failure (c is ':' or '?'; opterr must be 0) as a usage error. */
 int kvp_tool_badopt(const kvp_tool *t, int c, char **argv, const char *help);
+
+/* The command line of one sub-command ("cert add", "key create", ...). */
+#define KVP_TOOL_OPT_BASE 256 /* longopts[i].val == KVP_TOOL_OPT_BASE + i */
+#define KVP_TOOL_HELP (-2)    /* kvp_tool_parse_opts: -h was given */
+typedef struct kvp_tool_opts {
+  const struct option *longopts; /* n entries, then a zero entry */
+  int n;
+  unsigned allowed; /* bit i: longopts[i] applies to this command */
+  int operand;      /* 1: the command takes one NAME operand */
+  const char *cmd;  /* "cert add": names the command in messages */
+  const char *help; /* "kvp11 cert --help" */
+} kvp_tool_opts;
+/*
+ * Parse argv (argv[0] is the command word) into v[0..n-1] (flags get "") and
+ * *operand. Every error is a usage error with one line on stderr: an option
+ * that does not apply to the command, given twice, unknown or missing its
+ * argument, a missing or unexpected operand. Returns -1 to go on,
+ * KVP_TOOL_HELP when -h was given (the caller prints its usage), or an exit code.
+ */
+int kvp_tool_parse_opts(kvp_tool *t, const kvp_tool_opts *o, int argc, char **argv, const char **v,
+                        const char **operand);
 
 /* Load the configuration and set up logging. Returns an exit code. */
 int kvp_tool_load_config(kvp_tool *t);

@@ -91,14 +91,7 @@ static const cert_cmd cert_cmds[] = {
 /* prefix, then the synopsis; its continuation lines aligned after "cert CMD ". */
 static void synopsis(FILE *f, const char *prefix, const cert_cmd *c)
 {
-  int indent = (int)(strlen(prefix) + strlen(c->cmd) + 1);
-  const char *line = c->synopsis, *nl;
-  fputs(prefix, f);
-  while ((nl = strchr(line, '\n')) != NULL) {
-    fprintf(f, "%.*s\n%*s", (int)(nl - line), line, indent, "");
-    line = nl + 1;
-  }
-  fprintf(f, "%s\n", line);
+  kvp_tool_synopsis(f, prefix, c->cmd, c->synopsis);
 }
 
 void kvp_tool_cert_usage(FILE *f)

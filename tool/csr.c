@@ -114,29 +114,18 @@ static const char *const selfsign_synopsis =
     "--subject /CN=.../O=... [--san ...] [--days N] [--digest D]\n"
     "[--pss] [--account A] [--module SO] [--pin-file F] [--out FILE]";
 
-static void synopsis(FILE *f, const char *prefix, const char *cmd, const char *text)
-{
-  int indent = (int)(strlen(prefix) + strlen(cmd) + 1);
-  const char *line = text, *nl;
-  fputs(prefix, f);
-  while ((nl = strchr(line, '\n')) != NULL) {
-    fprintf(f, "%.*s\n%*s", (int)(nl - line), line, indent, "");
-    line = nl + 1;
-  }
-  fprintf(f, "%s\n", line);
-}
 
 void kvp_tool_csr_usage(FILE *f)
 {
-  synopsis(f, "  kvp11 [-c FILE] ", "csr", csr_synopsis);
+  kvp_tool_synopsis(f, "  kvp11 [-c FILE] ", "csr", csr_synopsis);
 }
 
 static void csr_help(FILE *f, int selfsign)
 {
   if (selfsign)
-    synopsis(f, "usage: kvp11 [-c FILE] ", "cert selfsign", selfsign_synopsis);
+    kvp_tool_synopsis(f, "usage: kvp11 [-c FILE] ", "cert selfsign", selfsign_synopsis);
   else
-    synopsis(f, "usage: kvp11 [-c FILE] ", "csr", csr_synopsis);
+    kvp_tool_synopsis(f, "usage: kvp11 [-c FILE] ", "csr", csr_synopsis);
   fprintf(f,
           "\n"
           "%s"

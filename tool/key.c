@@ -133,14 +133,7 @@ static const key_cmd key_cmds[] = {
 
 static void synopsis(FILE *f, const char *prefix, const key_cmd *c)
 {
-  int indent = (int)(strlen(prefix) + strlen(c->cmd) + 1);
-  const char *line = c->synopsis, *nl;
-  fputs(prefix, f);
-  while ((nl = strchr(line, '\n')) != NULL) {
-    fprintf(f, "%.*s\n%*s", (int)(nl - line), line, indent, "");
-    line = nl + 1;
-  }
-  fprintf(f, "%s\n", line);
+  kvp_tool_synopsis(f, prefix, c->cmd, c->synopsis);
 }
 
 void kvp_tool_key_usage(FILE *f)
@@ -333,10 +326,10 @@ static int store_fail(kvp_tool *t, const store *s, const char *what, CK_RV rv)
 }
 
 /*
- * Does the store have a key of this name? 1 yes, 0 no, -1 error (printed).
- * Without key_info (not supported), open_key answers.
+ * KVP_EXIT_OK when the store has no key of this name; else the error (a key
+ * that exists, or a failure) is printed. Without key_info, open_key answers.
  */
-static int store_has_key(kvp_tool *t, const store *s, const char *name)
+static int store_name_free(kvp_tool *t, const store *s, const char *name)
 {
   CK_RV rv;
   if (s->be->ops->key_info) {
@@ -349,12 +342,12 @@ static int store_has_key(kvp_tool *t, const store *s, const char *name)
     if (k)
       s->be->ops->close_key(s->be, k);
   }
-  if (rv == CKR_OK)
-    return 1;
   if (rv == CKR_KEY_HANDLE_INVALID)
-    return 0;
-  store_fail(t, s, "reading the key", rv);
-  return -1;
+    return KVP_EXIT_OK;
+  if (rv == CKR_OK)
+    return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s '%s' has a key named '%s' already (it is not "
+                         "replaced)", s->kind, s->name, name);
+  return store_fail(t, s, "reading the key", rv);
 }
 
 /* Does ref (a registered key reference) point at key name of store s? */
@@ -569,13 +562,8 @@ static int key_create(kvp_tool *t, key_args *a)
     unsupported(t, &s, "creating keys");
     goto out;
   }
-  int has = store_has_key(t, &s, keyname);
-  if (has != 0) {
-    if (has > 0)
-      kvp_tool_fail(t, rc, "%s '%s' has a key named '%s' already (it is not replaced)", s.kind,
-                    s.name, keyname);
+  if (store_name_free(t, &s, keyname) != KVP_EXIT_OK)
     goto out;
-  }
   CK_RV rv = s.be->ops->create_key(s.be, keyname, &spec, &key);
   if (rv == CKR_ATTRIBUTE_VALUE_INVALID) {
     kvp_tool_fail(t, rc,
@@ -914,13 +902,8 @@ static int key_import(kvp_tool *t, key_args *a)
     unsupported(t, &s, "importing keys");
     goto out;
   }
-  int has = store_has_key(t, &s, keyname);
-  if (has != 0) {
-    if (has > 0)
-      kvp_tool_fail(t, rc, "%s '%s' has a key named '%s' already (it is not replaced)", s.kind,
-                    s.name, keyname);
+  if (store_name_free(t, &s, keyname) != KVP_EXIT_OK)
     goto out;
-  }
 
   CK_RV rv = s.be->ops->import_key(s.be, keyname, src.pkey, &spec, &key);
   /* The store has its copy (or not): the private key goes now. */

@@ -199,3 +199,15 @@ int kvp_tool_print_rec(FILE *f, const kvp_cert_rec *rec, int how)
   json_decref(o);
   return 0;
 }
+
+void kvp_tool_synopsis(FILE *f, const char *prefix, const char *cmd, const char *text)
+{
+  int indent = (int)(strlen(prefix) + strlen(cmd) + 1);
+  const char *line = text, *nl;
+  fputs(prefix, f);
+  while ((nl = strchr(line, '\n')) != NULL) {
+    fprintf(f, "%.*s\n%*s", (int)(nl - line), line, indent, "");
+    line = nl + 1;
+  }
+  fprintf(f, "%s\n", line);
+}

@@ -151,14 +151,7 @@ static const smime_cmd smime_cmds[] = {
 
 static void synopsis(FILE *f, const char *prefix, const smime_cmd *c)
 {
-  int indent = (int)(strlen(prefix) + strlen(c->cmd) + 1);
-  const char *line = c->synopsis, *nl;
-  fputs(prefix, f);
-  while ((nl = strchr(line, '\n')) != NULL) {
-    fprintf(f, "%.*s\n%*s", (int)(nl - line), line, indent, "");
-    line = nl + 1;
-  }
-  fprintf(f, "%s\n", line);
+  kvp_tool_synopsis(f, prefix, c->cmd, c->synopsis);
 }
 
 void kvp_tool_smime_usage(FILE *f)

@@ -103,6 +103,9 @@ void kvp_tool_csr_usage(FILE *f);
 int kvp_tool_cert_selfsign(kvp_tool *t, int argc, char **argv);
 
 /* Output helpers (output.c). */
+/* prefix, "CMD", then the synopsis text; its continuation lines ('\n' in text)
+ * aligned after "CMD ". */
+void kvp_tool_synopsis(FILE *f, const char *prefix, const char *cmd, const char *text);
 /* "2026-11-25T11:42:58Z" into out (at least 21 bytes). */
 void kvp_tool_isotime(int64_t t, char out[32]);
 /* PEM text of a DER certificate; malloc'd, NULL on allocation failure. */

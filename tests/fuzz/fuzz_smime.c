@@ -144,6 +144,12 @@ const void *kvp_tool_subcommand(kvp_tool *t, const char *group, int argc, char *
   return NULL;
 }
 
+/* Usage text is never printed by the target. */
+void kvp_tool_synopsis(FILE *f, const char *prefix, const char *cmd, const char *text)
+{
+  fprintf(f, "%s%s %s\n", prefix, cmd, text);
+}
+
 /* As tool/output.c (not linked: the target depends on smime.c alone). */
 void kvp_tool_isotime(int64_t t, char out[32])
 {

@@ -68,6 +68,16 @@ static const char *const migrations[] = {
      * an application chose (C_GenerateKeyPair / C_CreateObject). */
     "ALTER TABLE certs ADD COLUMN spki BLOB;"
     "ALTER TABLE certs ADD COLUMN ckid BLOB;",
+    /* v3: lifecycle state (a retired certificate decrypts only), where a row
+     * came from (NULL: registered by hand; "ia:NAME": synchronized from an
+     * integration account, origin_ref its name there), and the indexes the
+     * module's lookups use. */
+    "ALTER TABLE certs ADD COLUMN state TEXT NOT NULL DEFAULT 'active'"
+    " CHECK (state IN ('active', 'retired'));"
+    "ALTER TABLE certs ADD COLUMN origin TEXT;"
+    "ALTER TABLE certs ADD COLUMN origin_ref TEXT;"
+    "CREATE INDEX certs_ckid ON certs (account, ckid);"
+    "CREATE INDEX certs_sha256 ON certs (account, sha256);",
 };
 #define SCHEMA_VERSION ((int)KVP_ARRAY_SIZE(migrations))
 
@@ -75,8 +85,9 @@ static const char *const migrations[] = {
   "id, account, name, type, der, subject, issuer, serial, not_before, not_after, sha1, sha256, "   \
   "key_ref, key_version, resource_group, created, updated"
 /* Readers of a version-1 registry (not migrated yet by a writer) see no spki/ckid. */
-#define COLUMNS_V2 COLUMNS ", spki, ckid"
-#define COLUMNS_V1 COLUMNS ", NULL, NULL"
+#define COLUMNS_V3 COLUMNS ", spki, ckid, state, origin, origin_ref"
+#define COLUMNS_V2 COLUMNS ", spki, ckid, 'active', NULL, NULL"
+#define COLUMNS_V1 COLUMNS ", NULL, NULL, 'active', NULL, NULL"
 
 struct kvp_registry {
   sqlite3 *db;
@@ -549,6 +560,9 @@ static int read_row(sqlite3_stmt *st, kvp_cert_rec *rec)
   rec->updated = sqlite3_column_int64(st, 16);
   rc |= col_blob(st, 17, &rec->spki, &rec->spki_len);
   rc |= col_blob(st, 18, &rec->ckid, &rec->ckid_len);
+  rec->state = strcmp(col_cstr(st, 19), "retired") == 0 ? KVP_STATE_RETIRED : KVP_STATE_ACTIVE;
+  rc |= col_str(st, 20, &rec->origin);
+  rc |= col_str(st, 21, &rec->origin_ref);
   if (rc != KVP_OK || rec->der == NULL) {
     kvp_cert_rec_clear(rec);
     return KVP_ENOMEM;
@@ -574,7 +588,8 @@ static int query(kvp_registry *reg, const char *tail, const char *p1, const char
     rc = kvp_seterr(err, errlen, KVP_ENOMEM, "registry %s: not connected", reg->path);
     goto out;
   }
-  snprintf(sql, sizeof(sql), "SELECT %s %s", reg->schema >= 2 ? COLUMNS_V2 : COLUMNS_V1, tail);
+  snprintf(sql, sizeof(sql), "SELECT %s %s",
+           reg->schema >= 3 ? COLUMNS_V3 : reg->schema >= 2 ? COLUMNS_V2 : COLUMNS_V1, tail);
   if (sqlite3_prepare_v2(reg->db, sql, -1, &st, NULL) != SQLITE_OK ||
       (p1 != NULL && sqlite3_bind_text(st, 1, p1, -1, SQLITE_STATIC) != SQLITE_OK) ||
       (p2 != NULL && sqlite3_bind_text(st, 2, p2, -1, SQLITE_STATIC) != SQLITE_OK)) {
@@ -713,13 +728,17 @@ static int bind_rec(sqlite3_stmt *st, const kvp_cert_rec *r, int64_t now)
          bind_text(st, 10, r->sha1) | bind_text(st, 11, r->sha256) | bind_text(st, 12, r->key_ref) |
          bind_text(st, 13, r->key_version) | bind_text(st, 14, r->resource_group) |
          sqlite3_bind_int64(st, 15, now) | bind_blob(st, 16, r->spki, r->spki_len, 0) |
-         bind_blob(st, 17, r->ckid, r->ckid_len, 0);
+         bind_blob(st, 17, r->ckid, r->ckid_len, 0) |
+         bind_text(st, 18, r->state == KVP_STATE_RETIRED ? "retired" : "active") |
+         bind_text(st, 19, r->origin) | bind_text(st, 20, r->origin_ref);
 }
 
 #define INSERT_SQL                                                                                 \
   "INSERT INTO certs (account, name, type, der, subject, issuer, serial, not_before, not_after, "  \
-  "sha1, sha256, key_ref, key_version, resource_group, created, updated, spki, ckid) "            \
-  "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?15, ?16, ?17)"
+  "sha1, sha256, key_ref, key_version, resource_group, created, updated, spki, ckid, state, "      \
+  "origin, origin_ref) "                                                                           \
+  "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?15, ?16, ?17, ?18, "  \
+  "?19, ?20)"
 /* The upsert keeps id and created. */
 #define UPSERT_SQL                                                                                 \
   INSERT_SQL " ON CONFLICT (account, name) DO UPDATE SET type = excluded.type, "                   \
@@ -728,7 +747,8 @@ static int bind_rec(sqlite3_stmt *st, const kvp_cert_rec *r, int64_t now)
              "not_after = excluded.not_after, sha1 = excluded.sha1, sha256 = excluded.sha256, "    \
              "key_ref = excluded.key_ref, key_version = excluded.key_version, "                    \
              "resource_group = excluded.resource_group, updated = excluded.updated, "              \
-             "spki = excluded.spki, ckid = excluded.ckid"
+             "spki = excluded.spki, ckid = excluded.ckid, state = excluded.state, "                \
+             "origin = excluded.origin, origin_ref = excluded.origin_ref"
 
 int kvp_registry_add(kvp_registry *reg, const kvp_cert_rec *rec, int replace, char *err,
                      size_t errlen)
@@ -795,6 +815,8 @@ void kvp_cert_rec_clear(kvp_cert_rec *rec)
   free(rec->resource_group);
   free(rec->spki);
   free(rec->ckid);
+  free(rec->origin);
+  free(rec->origin_ref);
   memset(rec, 0, sizeof(*rec));
 }
 

@@ -19,6 +19,11 @@ typedef enum {
   KVP_CERT_PRIVATE = 1,
 } kvp_cert_type;
 
+typedef enum {
+  KVP_STATE_ACTIVE = 0,  /* signs, decrypts, offered to applications */
+  KVP_STATE_RETIRED = 1, /* replaced by a rotation: decrypts only */
+} kvp_cert_state;
+
 typedef struct kvp_cert_rec {
   int64_t id;             /* rowid, stable for the life of the row */
   char *account;
@@ -44,6 +49,10 @@ typedef struct kvp_cert_rec {
   size_t spki_len;
   unsigned char *ckid;    /* CKA_ID chosen by the application; NULL: the default */
   size_t ckid_len;        /* (SHA-1 of the subjectPublicKey) */
+  /* Schema v3. */
+  kvp_cert_state state;
+  char *origin;           /* NULL: registered by hand; "ia:NAME": from integration account NAME */
+  char *origin_ref;       /* the row's name in its origin, NULL if none */
   int64_t created;        /* unix time */
   int64_t updated;
 } kvp_cert_rec;

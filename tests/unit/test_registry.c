@@ -703,7 +703,7 @@ static void test_migrate_v1(void)
   {
     sqlite3_stmt *st = NULL;
     CU_ASSERT(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL) == SQLITE_OK &&
-              sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int(st, 0) == 2);
+              sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int(st, 0) == 3);
     sqlite3_finalize(st);
   }
   {

@@ -33,6 +33,7 @@
 #include "backend/backend.h"
 #include "core/config.h"
 #include "core/p11names.h"
+#include "core/status.h"
 
 #define TOKEN "kvp-hsm-unit"
 /* for the pass-through PIN tests; not a prefix of TOKEN: pkcs11-tool's
@@ -585,10 +586,23 @@ static void test_reresolve(void) {
 
   rand_bytes(dig, sizeof(dig));
   sl = sizeof(sig);
-  CU_ASSERT_EQUAL(g_be->ops->sign(g_be, k, &alg, dig, 32, sig, &sl), CKR_OK);
-  /* the signature comes from the new key */
+  memset(sig, 0, sizeof(sig));
+  /* the key opened (and registered) is gone: the new key under the same
+   * label is another key, refused with the reason, no signature returned */
+  kvp_status_clear();
+  CU_ASSERT_EQUAL(g_be->ops->sign(g_be, k, &alg, dig, 32, sig, &sl), CKR_KEY_HANDLE_INVALID);
+  CU_ASSERT_PTR_NOT_NULL(kvp_status_reason());
+  if (kvp_status_reason())
+    CU_ASSERT_PTR_NOT_NULL(strstr(kvp_status_reason(), "is not the key pair's"));
+  CU_ASSERT_EQUAL(verify_ecdsa(fresh, dig, 32, sig, 64), 0);
+  /* opened again, the new key signs */
+  kvp_key *k2 = NULL;
+  CU_ASSERT_EQUAL_FATAL(g_be->ops->open_key(g_be, "reres", &k2), CKR_OK);
+  CU_ASSERT_EQUAL(EVP_PKEY_eq(fresh, k2->pub), 1);
+  sl = sizeof(sig);
+  CU_ASSERT_EQUAL(g_be->ops->sign(g_be, k2, &alg, dig, 32, sig, &sl), CKR_OK);
   CU_ASSERT_EQUAL(verify_ecdsa(fresh, dig, 32, sig, sl), 1);
-  CU_ASSERT_EQUAL(verify_ecdsa(k->pub, dig, 32, sig, sl), 0);
+  g_be->ops->close_key(g_be, k2);
   EVP_PKEY_free(fresh);
 
   /* deleted for good: a clear CKR_KEY_HANDLE_INVALID */

@@ -31,6 +31,7 @@
 #include "backend/backend.h"
 #include "core/config.h"
 #include "core/log.h"
+#include "core/status.h"
 
 #define TOK_PIN "kvp-prov-unit"
 #define TOK_PASS "kvp-provpass-unit"
@@ -710,6 +711,7 @@ static void test_passthrough(void) {
   kvp_key_info *infos = NULL;
   size_t n = 0;
   CU_ASSERT_EQUAL(g_pass->ops->needs_login(g_pass), 1);
+  kvp_status_clear();
   CU_ASSERT_EQUAL(g_pass->ops->create_key(g_pass, "pt", &spec, &k), CKR_USER_NOT_LOGGED_IN);
   CU_ASSERT(logged("hsm pass: creating a key needs the user to be logged in"));
   CU_ASSERT_EQUAL(g_pass->ops->list_keys(g_pass, &infos, &n), CKR_USER_NOT_LOGGED_IN);

@@ -43,6 +43,7 @@ typedef struct kvp_hsm_pin_guard {
   off_t size;
   struct timespec mtime;
   time_t retry_at;      /* another failure (not the PIN): no attempt before then */
+  char what[200];       /* what was refused, for the next refusals' reason */
 } kvp_hsm_pin_guard;
 
 typedef struct kvp_hsm_backend {

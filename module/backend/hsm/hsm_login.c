@@ -117,11 +117,19 @@ static int login_matches(const kvp_hsm_backend *be, const unsigned char *hash) {
 
 /* ---------- sessions ---------- */
 
-int kvp_hsm_session_logged_in(kvp_hsm_backend *be, CK_SESSION_HANDLE s) {
+/* 1: user session, 0: public session, -1: the HSM does not know s. */
+static int session_state(kvp_hsm_backend *be, CK_SESSION_HANDLE s) {
   CK_SESSION_INFO si;
-  if (s == CK_INVALID_HANDLE || KVP_HSM_CALL(be, C_GetSessionInfo, s, &si) != CKR_OK)
-    return 0;
+  if (s == CK_INVALID_HANDLE)
+    return -1;
+  CK_RV rv = KVP_HSM_CALL(be, C_GetSessionInfo, s, &si);
+  if (rv != CKR_OK)
+    return kvp_hsm_session_gone(rv) ? -1 : 0;
   return si.state == CKS_RO_USER_FUNCTIONS || si.state == CKS_RW_USER_FUNCTIONS;
+}
+
+int kvp_hsm_session_logged_in(kvp_hsm_backend *be, CK_SESSION_HANDLE s) {
+  return session_state(be, s) == 1;
 }
 
 /*
@@ -183,6 +191,7 @@ static CK_RV block(kvp_hsm_backend *be, const kvp_hsm_pin_guard *id, CK_RV why, 
   be->pin_guard = *id;
   be->pin_guard.blocked = 1;
   be->pin_guard.why = why;
+  snprintf(be->pin_guard.what, sizeof(be->pin_guard.what), "%s", what);
   return kvp_fail(CKR_DEVICE_ERROR,
                   "hsm %s: %s; kvp11 makes no further login attempt with the configured PIN "
                   "until %s changes or the application restarts",
@@ -207,10 +216,9 @@ static CK_RV guard_allows_locked(kvp_hsm_backend *be, const kvp_hsm_pin_guard *n
     return CKR_OK;
   }
   return kvp_fail(CKR_DEVICE_ERROR,
-                  "hsm %s: token '%s' refused the configured PIN (%s); no login attempt until "
-                  "%s changes or the application restarts",
-                  be->base.name, kvp_hsm_token(be), kvp_ckr_name(g->why),
-                  be->pin_file ? be->pin_file : "the PIN");
+                  "hsm %s: not logged in: %s; no login attempt until %s changes or the "
+                  "application restarts",
+                  be->base.name, g->what, be->pin_file ? be->pin_file : "the PIN");
 }
 
 /* The token's PIN counters: never spend the last try, nor try a locked PIN. */
@@ -303,7 +311,12 @@ CK_RV kvp_hsm_conf_login_locked(kvp_hsm_backend *be) {
 CK_RV kvp_hsm_relogin(kvp_hsm_backend *be) {
   pthread_mutex_lock(&be->init_lock);
   CK_RV rv = CKR_OK;
-  if (!atomic_load(&be->logged_in) || !kvp_hsm_session_logged_in(be, be->anchor)) {
+  int st = session_state(be, be->anchor);
+  if (st < 0 && be->anchor != CK_INVALID_HANDLE) { /* closed under us: forgotten */
+    be->anchor = CK_INVALID_HANDLE;
+    kvp_hsm_session_lost(be);
+  }
+  if (!atomic_load(&be->logged_in) || st != 1) {
     atomic_store(&be->logged_in, 0);
     if (!be->pin_guard.blocked)
       KVP_WARN("hsm %s: token '%s' is not logged in; logging in with the configured PIN",

@@ -70,27 +70,27 @@ static int at_limit_locked(const kvp_hsm_backend *be) {
 
 /* ---------- open / close (sess_lock) ---------- */
 
-static CK_RV open_counted(kvp_hsm_backend *be, CK_FLAGS flags, CK_SESSION_HANDLE *out) {
-  pthread_mutex_lock(&be->sess_lock);
-  CK_RV rv = KVP_HSM_CALL(be, C_OpenSession, be->slot, flags, NULL, NULL, out);
-  pthread_mutex_unlock(&be->sess_lock);
-  if (rv != CKR_OK) {
-    *out = CK_INVALID_HANDLE;
-    return rv;
-  }
-  pthread_mutex_lock(&be->pool_lock);
-  be->n_open++;
-  pthread_mutex_unlock(&be->pool_lock);
-  return CKR_OK;
-}
+/* Open a session for which n_open was counted already (reserved). */
+static CK_RV open_reserved(kvp_hsm_backend *be, CK_FLAGS flags, CK_SESSION_HANDLE *out);
 
-/* The HSM's session s is no longer ours (closed, or gone): count it. */
+/* The HSM's session is no longer ours (closed, or gone): count it. */
 static void uncount(kvp_hsm_backend *be) {
   pthread_mutex_lock(&be->pool_lock);
   if (be->n_open > 0)
     be->n_open--;
   pthread_cond_broadcast(&be->pool_cond);
   pthread_mutex_unlock(&be->pool_lock);
+}
+
+static CK_RV open_reserved(kvp_hsm_backend *be, CK_FLAGS flags, CK_SESSION_HANDLE *out) {
+  pthread_mutex_lock(&be->sess_lock);
+  CK_RV rv = KVP_HSM_CALL(be, C_OpenSession, be->slot, flags, NULL, NULL, out);
+  pthread_mutex_unlock(&be->sess_lock);
+  if (rv != CKR_OK) {
+    *out = CK_INVALID_HANDLE;
+    uncount(be);
+  }
+  return rv;
 }
 
 static void close_counted(kvp_hsm_backend *be, CK_SESSION_HANDLE s) {
@@ -101,7 +101,10 @@ static void close_counted(kvp_hsm_backend *be, CK_SESSION_HANDLE s) {
 }
 
 CK_RV kvp_hsm_session_open(kvp_hsm_backend *be, int rw, CK_SESSION_HANDLE *out) {
-  return open_counted(be, CKF_SERIAL_SESSION | (rw ? CKF_RW_SESSION : 0), out);
+  pthread_mutex_lock(&be->pool_lock);
+  be->n_open++; /* the anchor and provisioning sessions are not held back by the limit */
+  pthread_mutex_unlock(&be->pool_lock);
+  return open_reserved(be, CKF_SERIAL_SESSION | (rw ? CKF_RW_SESSION : 0), out);
 }
 
 void kvp_hsm_session_lost(kvp_hsm_backend *be) { uncount(be); }
@@ -113,6 +116,17 @@ void kvp_hsm_session_close(kvp_hsm_backend *be, CK_SESSION_HANDLE s) {
 
 /* ---------- the pool ---------- */
 
+/* Take an idle session (pool_lock held): CKR_OK, or CKR_HOST_MEMORY. */
+static CK_RV pop_locked(kvp_hsm_backend *be, CK_SESSION_HANDLE *out) {
+  CK_SESSION_HANDLE s = be->pool[--be->n_pool];
+  if (!busy_add_locked(be, s)) {
+    be->pool[be->n_pool++] = s;
+    return CKR_HOST_MEMORY;
+  }
+  *out = s;
+  return CKR_OK;
+}
+
 CK_RV kvp_hsm_pool_get(kvp_hsm_backend *be, int fresh, CK_SESSION_HANDLE *out) {
   *out = CK_INVALID_HANDLE;
   for (;;) {
@@ -120,35 +134,31 @@ CK_RV kvp_hsm_pool_get(kvp_hsm_backend *be, int fresh, CK_SESSION_HANDLE *out) {
     while ((fresh || be->n_pool == 0) && at_limit_locked(be) && be->n_busy > 0)
       pthread_cond_wait(&be->pool_cond, &be->pool_lock);
     if (be->n_pool > 0 && (!fresh || at_limit_locked(be))) {
-      CK_SESSION_HANDLE s = be->pool[--be->n_pool];
-      if (!busy_add_locked(be, s)) {
-        be->pool[be->n_pool++] = s;
-        pthread_mutex_unlock(&be->pool_lock);
-        return CKR_HOST_MEMORY;
-      }
+      CK_RV rv = pop_locked(be, out);
       pthread_mutex_unlock(&be->pool_lock);
-      *out = s;
-      return CKR_OK;
+      return rv;
     }
-    int full = at_limit_locked(be);
-    pthread_mutex_unlock(&be->pool_lock);
-    if (full) /* nothing of ours will come back */
+    if (at_limit_locked(be)) { /* nothing of ours will come back */
+      pthread_mutex_unlock(&be->pool_lock);
       return kvp_fail(CKR_SESSION_COUNT, "hsm %s: token '%s' allows %lu sessions, all in use",
                       be->base.name, kvp_hsm_token(be), (unsigned long)be->max_sessions);
+    }
+    be->n_open++; /* reserved: counted before the HSM is asked */
+    pthread_mutex_unlock(&be->pool_lock);
     CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
-    CK_RV rv = open_counted(be, CKF_SERIAL_SESSION, &s);
+    CK_RV rv = open_reserved(be, CKF_SERIAL_SESSION, &s);
     if (rv == CKR_SESSION_COUNT) {
-      /* the token is full (sessions of other users count too): wait for one of ours */
+      /* the token is full (sessions of other users count too): what it
+       * really allows us is what we hold; wait for one of ours */
       pthread_mutex_lock(&be->pool_lock);
-      int wait = be->n_busy > 0 && be->n_pool == 0;
-      if (wait) {
-        if (be->max_sessions == 0 || be->n_open < be->max_sessions)
-          be->max_sessions = be->n_open; /* what the token really allows us */
-        pthread_cond_wait(&be->pool_cond, &be->pool_lock);
-      }
+      int ours = be->n_busy > 0 || be->n_pool > 0;
+      if (ours)
+        be->max_sessions = be->n_open;
       pthread_mutex_unlock(&be->pool_lock);
-      if (wait)
+      if (ours) {
+        fresh = 0;
         continue;
+      }
     }
     if (rv != CKR_OK)
       return rv;

@@ -44,8 +44,8 @@
 #include "core/status.h"
 
 static CK_RV sign_inner(kvp_hsm_backend *be, kvp_hsm_key *k, const kvp_sig_alg *alg,
-                             const CK_BYTE *digest, CK_ULONG digest_len, CK_BYTE *sig,
-                             CK_ULONG *sig_len) {
+                        const CK_BYTE *digest, CK_ULONG digest_len, CK_BYTE *sig, CK_ULONG *sig_len)
+{
   CK_MECHANISM mech = {CKM_RSA_PKCS, NULL, 0};
   CK_RSA_PKCS_PSS_PARAMS pss;
   unsigned char buf[128];
@@ -96,20 +96,21 @@ static CK_RV sign_inner(kvp_hsm_backend *be, kvp_hsm_key *k, const kvp_sig_alg *
   return rv;
 }
 
-static CK_RV hsm_sign(kvp_backend *bep, kvp_key *key, const kvp_sig_alg *alg,
-                      const CK_BYTE *digest, CK_ULONG digest_len, CK_BYTE *sig,
-                      CK_ULONG *sig_len) {
+static CK_RV hsm_sign(kvp_backend *bep, kvp_key *key, const kvp_sig_alg *alg, const CK_BYTE *digest,
+                      CK_ULONG digest_len, CK_BYTE *sig, CK_ULONG *sig_len)
+{
   if (alg == NULL || digest == NULL || sig == NULL || sig_len == NULL)
     return CKR_ARGUMENTS_BAD;
   ERR_set_mark();
-  CK_RV rv = sign_inner(kvp_hsm_of(bep), (kvp_hsm_key *)key->impl, alg, digest, digest_len,
-                             sig, sig_len);
+  CK_RV rv =
+      sign_inner(kvp_hsm_of(bep), (kvp_hsm_key *)key->impl, alg, digest, digest_len, sig, sig_len);
   ERR_pop_to_mark();
   return rv;
 }
 
 static CK_RV decrypt_inner(kvp_hsm_backend *be, kvp_hsm_key *k, const kvp_dec_alg *alg,
-                           const CK_BYTE *in, CK_ULONG in_len, CK_BYTE *out, CK_ULONG *out_len) {
+                           const CK_BYTE *in, CK_ULONG in_len, CK_BYTE *out, CK_ULONG *out_len)
+{
   CK_MECHANISM mech = {CKM_RSA_PKCS, NULL, 0};
   CK_RSA_PKCS_OAEP_PARAMS oaep;
 
@@ -144,46 +145,55 @@ static CK_RV decrypt_inner(kvp_hsm_backend *be, kvp_hsm_key *k, const kvp_dec_al
   if (rv != KVP_HSM_REFUSED)
     return rv;
   KVP_INFO("hsm %s: the HSM refuses CKM_RSA_PKCS_OAEP with %s; decoding OAEP locally over "
-           "CKM_RSA_X_509", be->base.name, kvp_hash_name(alg->hash));
+           "CKM_RSA_X_509",
+           be->base.name, kvp_hash_name(alg->hash));
   atomic_fetch_or(&be->oaep_local, 1u << (unsigned)alg->hash);
   return kvp_hsm_decrypt_oaep_local(be, k, alg, in, in_len, out, out_len);
 }
 
-static CK_RV hsm_decrypt(kvp_backend *bep, kvp_key *key, const kvp_dec_alg *alg,
-                         const CK_BYTE *in, CK_ULONG in_len, CK_BYTE *out, CK_ULONG *out_len) {
+static CK_RV hsm_decrypt(kvp_backend *bep, kvp_key *key, const kvp_dec_alg *alg, const CK_BYTE *in,
+                         CK_ULONG in_len, CK_BYTE *out, CK_ULONG *out_len)
+{
   if (alg == NULL || in == NULL || out == NULL || out_len == NULL)
     return CKR_ARGUMENTS_BAD;
   ERR_set_mark();
-  CK_RV rv = decrypt_inner(kvp_hsm_of(bep), (kvp_hsm_key *)key->impl, alg, in, in_len, out,
-                           out_len);
+  CK_RV rv =
+      decrypt_inner(kvp_hsm_of(bep), (kvp_hsm_key *)key->impl, alg, in, in_len, out, out_len);
   ERR_pop_to_mark();
   return rv;
 }
 
-static CK_RV hsm_open_key(kvp_backend *bep, const char *name, kvp_key **out) {
+static CK_RV hsm_open_key(kvp_backend *bep, const char *name, kvp_key **out)
+{
   ERR_set_mark();
   CK_RV rv = kvp_hsm_open_key(bep, name, out);
   ERR_pop_to_mark();
   return rv;
 }
 
-static int hsm_needs_login(kvp_backend *bep) { return kvp_hsm_of(bep)->has_pin ? 0 : 1; }
+static int hsm_needs_login(kvp_backend *bep)
+{
+  return kvp_hsm_of(bep)->has_pin ? 0 : 1;
+}
 
-static CK_RV hsm_login(kvp_backend *bep, const CK_UTF8CHAR *pin, CK_ULONG pin_len) {
+static CK_RV hsm_login(kvp_backend *bep, const CK_UTF8CHAR *pin, CK_ULONG pin_len)
+{
   ERR_set_mark();
   CK_RV rv = kvp_hsm_login(bep, pin, pin_len);
   ERR_pop_to_mark();
   return rv;
 }
 
-static CK_RV hsm_logout(kvp_backend *bep) {
+static CK_RV hsm_logout(kvp_backend *bep)
+{
   ERR_set_mark();
   CK_RV rv = kvp_hsm_logout(bep);
   ERR_pop_to_mark();
   return rv;
 }
 
-static void hsm_destroy(kvp_backend *bep, int forked) {
+static void hsm_destroy(kvp_backend *bep, int forked)
+{
   kvp_hsm_backend *be = kvp_hsm_of(bep);
   if (be == NULL)
     return;
@@ -232,14 +242,16 @@ static const kvp_backend_ops hsm_ops = {
     .destroy = hsm_destroy,
 };
 
-static int dup_field(char **dst, const char *src) {
+static int dup_field(char **dst, const char *src)
+{
   if (src == NULL)
     return 1;
   *dst = strdup(src);
   return *dst != NULL;
 }
 
-CK_RV kvp_hsm_backend_new(const kvp_hsm_conf *conf, kvp_backend **out) {
+CK_RV kvp_hsm_backend_new(const kvp_hsm_conf *conf, kvp_backend **out)
+{
   if (conf == NULL || out == NULL || conf->module == NULL ||
       (conf->token_label == NULL && conf->serial == NULL))
     return CKR_ARGUMENTS_BAD;

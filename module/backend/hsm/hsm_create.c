@@ -30,7 +30,8 @@
 /* ---------- create ---------- */
 
 CK_RV kvp_hsm_create_key(kvp_backend *bep, const char *name, const kvp_key_spec *spec,
-                         kvp_key **out) {
+                         kvp_key **out)
+{
   kvp_hsm_backend *be = kvp_hsm_of(bep);
   CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
   CK_OBJECT_HANDLE hpub = CK_INVALID_HANDLE, hpriv = CK_INVALID_HANDLE;
@@ -56,17 +57,17 @@ CK_RV kvp_hsm_create_key(kvp_backend *bep, const char *name, const kvp_key_spec 
     return rv;
   if (spec->type == KVP_KEY_RSA) {
     if (spec->bits != 2048 && spec->bits != 3072 && spec->bits != 4096) {
-      KVP_ERROR("hsm %s: key %s: RSA keys are 2048, 3072 or 4096 bits, not %u", be->base.name,
-                name, spec->bits);
-      return CKR_KEY_SIZE_RANGE;
+      return kvp_fail(CKR_KEY_SIZE_RANGE,
+                      "hsm %s: key %s: RSA keys are 2048, 3072 or 4096 bits, not %u", be->base.name,
+                      name, spec->bits);
     }
     mod_bits = spec->bits;
     snprintf(what, sizeof(what), "RSA-%u", spec->bits);
   } else if (spec->type == KVP_KEY_EC) {
     if (!kvp_hsm_curve_params(spec->curve_nid, &params, &params_len)) {
       const char *sn = spec->curve_nid != NID_undef ? OBJ_nid2sn(spec->curve_nid) : NULL;
-      KVP_ERROR("hsm %s: key %s: unsupported curve %s (P-256, P-384 or P-521)", be->base.name,
-                name, sn ? sn : "(none)");
+      KVP_ERROR("hsm %s: key %s: unsupported curve %s (P-256, P-384 or P-521)", be->base.name, name,
+                sn ? sn : "(none)");
       OPENSSL_free(params);
       return CKR_KEY_TYPE_INCONSISTENT;
     }
@@ -74,15 +75,14 @@ CK_RV kvp_hsm_create_key(kvp_backend *bep, const char *name, const kvp_key_spec 
     kt = CKK_EC;
     snprintf(what, sizeof(what), "EC %s", kvp_curve_name(spec->curve_nid));
   } else {
-    KVP_ERROR("hsm %s: key %s: unsupported key type %d", be->base.name, name, (int)spec->type);
-    return CKR_KEY_TYPE_INCONSISTENT;
+    return kvp_fail(CKR_KEY_TYPE_INCONSISTENT, "hsm %s: key %s: unsupported key type %d",
+                    be->base.name, name, (int)spec->type);
   }
   rv = kvp_hsm_key_ops(be, name, spec->type, spec->ops, &ops);
   if (rv != CKR_OK)
     goto out;
   if (spec->id != NULL && spec->id_len == 0) {
-    KVP_ERROR("hsm %s: key %s: empty CKA_ID", be->base.name, name);
-    rv = CKR_ATTRIBUTE_VALUE_INVALID;
+    rv = kvp_fail(CKR_ATTRIBUTE_VALUE_INVALID, "hsm %s: key %s: empty CKA_ID", be->base.name, name);
     goto out;
   }
   b_sign = (ops & KVP_KEYOP_SIGN) ? CK_TRUE : CK_FALSE;
@@ -123,11 +123,11 @@ CK_RV kvp_hsm_create_key(kvp_backend *bep, const char *name, const kvp_key_spec 
   rv = kvp_hsm_label_free(be, s, name);
   if (rv != CKR_OK)
     goto out;
-  rv = KVP_HSM_CALL(be, C_GenerateKeyPair, s, &mech, pt.a, pt.n, kt_priv.a, kt_priv.n, &hpub, &hpriv);
+  rv = KVP_HSM_CALL(be, C_GenerateKeyPair, s, &mech, pt.a, pt.n, kt_priv.a, kt_priv.n, &hpub,
+                    &hpriv);
   if (rv != CKR_OK) {
-    KVP_ERROR("hsm %s: C_GenerateKeyPair (key %s, %s): %s", be->base.name, name, what,
-              kvp_ckr_name(rv));
-    rv = kvp_hsm_prov_map(rv);
+    rv = kvp_fail(kvp_hsm_prov_map(rv), "hsm %s: C_GenerateKeyPair (key %s, %s): %s", be->base.name,
+                  name, what, kvp_ckr_name(rv));
     goto out;
   }
   rv = kvp_hsm_finish_pair(be, s, name, hpriv, hpub, spec->id == NULL, NULL);
@@ -154,7 +154,8 @@ typedef struct {
   size_t len;
 } secbuf;
 
-static void secbuf_clear(secbuf *b) {
+static void secbuf_clear(secbuf *b)
+{
   if (b->p != NULL) {
     OPENSSL_cleanse(b->p, b->len);
     free(b->p);
@@ -165,7 +166,8 @@ static void secbuf_clear(secbuf *b) {
 
 /* Big-endian bytes of a BIGNUM parameter (pad: exact length, 0: minimal).
  * 0: the key has no such parameter. */
-static int bn_param(const EVP_PKEY *pk, const char *param, size_t pad, secbuf *out) {
+static int bn_param(const EVP_PKEY *pk, const char *param, size_t pad, secbuf *out)
+{
   BIGNUM *bn = NULL;
   int ok = 0;
   if (!EVP_PKEY_get_bn_param(pk, param, &bn) || bn == NULL)
@@ -210,7 +212,7 @@ typedef struct {
   secbuf rsa[RSA_PARTS];
   unsigned char *params; /* EC: DER OID (OPENSSL_free) */
   int params_len;
-  secbuf ec_value;       /* EC: private scalar */
+  secbuf ec_value;         /* EC: private scalar */
   unsigned char *ec_point; /* EC: DER OCTET STRING of the uncompressed point (OPENSSL_free) */
   int ec_point_len;
   /* values the templates point to */
@@ -219,7 +221,8 @@ typedef struct {
   CK_BBOOL yes, no, b_sign, b_dec;
 } import_parts;
 
-static void import_parts_clear(import_parts *ip) {
+static void import_parts_clear(import_parts *ip)
+{
   for (int i = 0; i < RSA_PARTS; i++)
     secbuf_clear(&ip->rsa[i]);
   secbuf_clear(&ip->ec_value);
@@ -229,7 +232,8 @@ static void import_parts_clear(import_parts *ip) {
 }
 
 /* The uncompressed point of an EC key, as a DER OCTET STRING. */
-static int ec_point_der(const EVP_PKEY *pk, int nid, unsigned char **der, int *der_len) {
+static int ec_point_der(const EVP_PKEY *pk, int nid, unsigned char **der, int *der_len)
+{
   unsigned char enc[1 + 2 * 66], raw[1 + 2 * 66];
   size_t enc_len = 0, raw_len = 0;
   EC_GROUP *g = EC_GROUP_new_by_curve_name(nid);
@@ -257,7 +261,8 @@ out:
 
 /* Check priv and copy its parts. Unsupported keys are logged. */
 static CK_RV import_extract(kvp_hsm_backend *be, const char *name, const EVP_PKEY *priv,
-                            import_parts *ip) {
+                            import_parts *ip)
+{
   int base = EVP_PKEY_get_base_id(priv);
   memset(ip, 0, sizeof(*ip));
   if (base == EVP_PKEY_RSA) {
@@ -265,20 +270,20 @@ static CK_RV import_extract(kvp_hsm_backend *be, const char *name, const EVP_PKE
     ip->type = KVP_KEY_RSA;
     ip->bits = (unsigned)EVP_PKEY_get_bits(priv);
     if (ip->bits < 2048 || ip->bits > 4096) {
-      KVP_ERROR("hsm %s: key %s: RSA-%u cannot be imported (2048 to 4096 bits)", be->base.name,
-                name, ip->bits);
-      return CKR_KEY_SIZE_RANGE;
+      return kvp_fail(CKR_KEY_SIZE_RANGE,
+                      "hsm %s: key %s: RSA-%u cannot be imported (2048 to 4096 bits)",
+                      be->base.name, name, ip->bits);
     }
     if (EVP_PKEY_get_bn_param(priv, OSSL_PKEY_PARAM_RSA_FACTOR3, &extra)) {
       BN_clear_free(extra);
-      KVP_ERROR("hsm %s: key %s: multi-prime RSA keys cannot be imported", be->base.name, name);
-      return CKR_KEY_TYPE_INCONSISTENT;
+      return kvp_fail(CKR_KEY_TYPE_INCONSISTENT,
+                      "hsm %s: key %s: multi-prime RSA keys cannot be imported", be->base.name,
+                      name);
     }
     for (int i = 0; i < RSA_PARTS; i++)
       if (!bn_param(priv, rsa_parts[i].param, 0, &ip->rsa[i]) && rsa_parts[i].required) {
-        KVP_ERROR("hsm %s: key %s: the RSA key has no %s", be->base.name, name,
-                  rsa_parts[i].param);
-        return CKR_KEY_TYPE_INCONSISTENT;
+        return kvp_fail(CKR_KEY_TYPE_INCONSISTENT, "hsm %s: key %s: the RSA key has no %s",
+                        be->base.name, name, rsa_parts[i].param);
       }
     return CKR_OK;
   }
@@ -295,17 +300,17 @@ static CK_RV import_extract(kvp_hsm_backend *be, const char *name, const EVP_PKE
     }
     ip->bits = kvp_hsm_curve_bits(ip->curve_nid);
     if (ip->bits == 0 || !kvp_hsm_curve_params(ip->curve_nid, &ip->params, &ip->params_len)) {
-      KVP_ERROR("hsm %s: key %s: EC keys on %s cannot be imported (P-256, P-384 or P-521)",
-                be->base.name, name, glen > 0 ? group : "an unnamed curve");
-      return CKR_KEY_TYPE_INCONSISTENT;
+      return kvp_fail(CKR_KEY_TYPE_INCONSISTENT,
+                      "hsm %s: key %s: EC keys on %s cannot be imported (P-256, P-384 or P-521)",
+                      be->base.name, name, glen > 0 ? group : "an unnamed curve");
     }
     if (!bn_param(priv, OSSL_PKEY_PARAM_PRIV_KEY, (ip->bits + 7) / 8, &ip->ec_value)) {
-      KVP_ERROR("hsm %s: key %s: the EC key has no private part", be->base.name, name);
-      return CKR_KEY_TYPE_INCONSISTENT;
+      return kvp_fail(CKR_KEY_TYPE_INCONSISTENT, "hsm %s: key %s: the EC key has no private part",
+                      be->base.name, name);
     }
     if (!ec_point_der(priv, ip->curve_nid, &ip->ec_point, &ip->ec_point_len)) {
-      KVP_ERROR("hsm %s: key %s: cannot read the EC public point", be->base.name, name);
-      return CKR_KEY_TYPE_INCONSISTENT;
+      return kvp_fail(CKR_KEY_TYPE_INCONSISTENT, "hsm %s: key %s: cannot read the EC public point",
+                      be->base.name, name);
     }
     return CKR_OK;
   }
@@ -321,7 +326,8 @@ static CK_RV import_extract(kvp_hsm_backend *be, const char *name, const EVP_PKE
  * twice, or a reused spec->id): "id:" references and certificates that
  * point at that CKA_ID would pick one of them. */
 static void warn_same_id(kvp_hsm_backend *be, CK_SESSION_HANDLE s, const char *name,
-                         const CK_BYTE *id, CK_ULONG id_len) {
+                         const CK_BYTE *id, CK_ULONG id_len)
+{
   CK_OBJECT_HANDLE *h = NULL;
   CK_ULONG n = 0;
   if (kvp_hsm_find_keys(be, s, CKO_PRIVATE_KEY, NULL, id, id_len, &h, &n) == CKR_OK && n > 0)
@@ -331,9 +337,9 @@ static void warn_same_id(kvp_hsm_backend *be, CK_SESSION_HANDLE s, const char *n
 }
 
 /* The templates of the two objects; they point into ip. */
-static void import_templates(import_parts *ip, const char *name, const CK_BYTE *id,
-                             CK_ULONG id_len, unsigned ops, kvp_hsm_tmpl *kt_priv,
-                             kvp_hsm_tmpl *pt) {
+static void import_templates(import_parts *ip, const char *name, const CK_BYTE *id, CK_ULONG id_len,
+                             unsigned ops, kvp_hsm_tmpl *kt_priv, kvp_hsm_tmpl *pt)
+{
   ip->priv_cls = CKO_PRIVATE_KEY;
   ip->pub_cls = CKO_PUBLIC_KEY;
   ip->yes = CK_TRUE;
@@ -378,7 +384,8 @@ static void import_templates(import_parts *ip, const char *name, const CK_BYTE *
 }
 
 CK_RV kvp_hsm_import_key(kvp_backend *bep, const char *name, EVP_PKEY *priv,
-                         const kvp_key_spec *spec, kvp_key **out) {
+                         const kvp_key_spec *spec, kvp_key **out)
+{
   kvp_hsm_backend *be = kvp_hsm_of(bep);
   CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
   CK_OBJECT_HANDLE hpub = CK_INVALID_HANDLE, hpriv = CK_INVALID_HANDLE;
@@ -407,16 +414,16 @@ CK_RV kvp_hsm_import_key(kvp_backend *bep, const char *name, EVP_PKEY *priv,
     goto out;
   if (spec != NULL && spec->id != NULL) {
     if (spec->id_len == 0) {
-      KVP_ERROR("hsm %s: key %s: empty CKA_ID", be->base.name, name);
-      rv = CKR_ATTRIBUTE_VALUE_INVALID;
+      rv = kvp_fail(CKR_ATTRIBUTE_VALUE_INVALID, "hsm %s: key %s: empty CKA_ID", be->base.name,
+                    name);
       goto out;
     }
     id = spec->id;
     id_len = (CK_ULONG)spec->id_len;
   } else if (kvp_pubkey_id(priv, default_id) != KVP_OK) {
-    KVP_ERROR("hsm %s: key %s: cannot compute the CKA_ID of the public key", be->base.name,
-              name);
-    rv = CKR_FUNCTION_FAILED;
+    rv =
+        kvp_fail(CKR_FUNCTION_FAILED, "hsm %s: key %s: cannot compute the CKA_ID of the public key",
+                 be->base.name, name);
     goto out;
   }
   import_templates(&ip, name, id, id_len, ops, &kt_priv, &pt);
@@ -433,9 +440,8 @@ CK_RV kvp_hsm_import_key(kvp_backend *bep, const char *name, EVP_PKEY *priv,
   rv = KVP_HSM_CALL(be, C_CreateObject, s, kt_priv.a, kt_priv.n, &hpriv);
   if (rv != CKR_OK) {
     hpriv = CK_INVALID_HANDLE;
-    KVP_ERROR("hsm %s: C_CreateObject (key %s, private key): %s", be->base.name, name,
-              kvp_ckr_name(rv));
-    rv = kvp_hsm_prov_map(rv);
+    rv = kvp_fail(kvp_hsm_prov_map(rv), "hsm %s: C_CreateObject (key %s, private key): %s",
+                  be->base.name, name, kvp_ckr_name(rv));
     goto out;
   }
   rv = KVP_HSM_CALL(be, C_CreateObject, s, pt.a, pt.n, &hpub);

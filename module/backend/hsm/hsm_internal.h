@@ -35,15 +35,15 @@
 
 /* Why the configured PIN is not tried (hsm_login.c). */
 typedef struct kvp_hsm_pin_guard {
-  int blocked;          /* 1: no automatic C_Login until the PIN file changes */
-  CK_RV why;            /* the HSM's answer (CKR_PIN_INCORRECT, ...) or the token flag */
-  int have_stat;        /* the PIN file's identity below was read */
+  int blocked;   /* 1: no automatic C_Login until the PIN file changes */
+  CK_RV why;     /* the HSM's answer (CKR_PIN_INCORRECT, ...) or the token flag */
+  int have_stat; /* the PIN file's identity below was read */
   dev_t dev;
   ino_t ino;
   off_t size;
   struct timespec mtime;
-  time_t retry_at;      /* another failure (not the PIN): no attempt before then */
-  char what[200];       /* what was refused, for the next refusals' reason */
+  time_t retry_at; /* another failure (not the PIN): no attempt before then */
+  char what[200];  /* what was refused, for the next refusals' reason */
 } kvp_hsm_pin_guard;
 
 typedef struct kvp_hsm_backend {
@@ -74,12 +74,12 @@ typedef struct kvp_hsm_backend {
   char init_failed_why[KVP_STATUS_MSGLEN];
 
   /* login state */
-  atomic_int logged_in;          /* the anchor session is a user session */
-  atomic_ulong login_gen;        /* changes at every login / logout */
-  kvp_hsm_pin_guard pin_guard;   /* configured PIN (init_lock) */
-  unsigned char pin_salt[16];    /* pass-through PIN: salted hash of the PIN that logged in */
+  atomic_int logged_in;        /* the anchor session is a user session */
+  atomic_ulong login_gen;      /* changes at every login / logout */
+  kvp_hsm_pin_guard pin_guard; /* configured PIN (init_lock) */
+  unsigned char pin_salt[16];  /* pass-through PIN: salted hash of the PIN that logged in */
   unsigned char pin_hash[KVP_HSM_PIN_HASH_LEN];
-  int have_pin_hash;             /* (init_lock) */
+  int have_pin_hash; /* (init_lock) */
 
   /* OAEP hashes the HSM refuses (bit per kvp_hash): decoded locally */
   atomic_uint oaep_local;
@@ -88,12 +88,12 @@ typedef struct kvp_hsm_backend {
    * pool_lock is held only to pop / push; sess_lock serializes the HSM's
    * C_OpenSession / C_CloseSession (rare calls) and is held across them. */
   pthread_mutex_t pool_lock;
-  pthread_cond_t pool_cond;        /* a session was given back (max_sessions wait) */
+  pthread_cond_t pool_cond; /* a session was given back (max_sessions wait) */
   CK_SESSION_HANDLE pool[KVP_HSM_POOL_MAX];
   int n_pool;
-  CK_SESSION_HANDLE *busy;         /* checked-out handles (a multiset) */
+  CK_SESSION_HANDLE *busy; /* checked-out handles (a multiset) */
   size_t n_busy, cap_busy;
-  size_t n_open;                   /* sessions of ours the HSM has open (pool + busy + others) */
+  size_t n_open; /* sessions of ours the HSM has open (pool + busy + others) */
   pthread_mutex_t sess_lock;
 
   /* provisioning (create / import / delete) of this backend, one at a time:
@@ -105,10 +105,10 @@ typedef struct kvp_hsm_backend {
 
 typedef struct kvp_hsm_key {
   kvp_key key; /* key.impl points back to this */
-  char *label;           /* NULL for an id: reference */
-  CK_BYTE *id;           /* NULL for a label reference */
+  char *label; /* NULL for an id: reference */
+  CK_BYTE *id; /* NULL for a label reference */
   CK_ULONG id_len;
-  CK_BYTE *pair_id;      /* CKA_ID of the resolved private object (may be NULL) */
+  CK_BYTE *pair_id; /* CKA_ID of the resolved private object (may be NULL) */
   CK_ULONG pair_id_len;
   atomic_ulong priv;     /* cached private key handle, CK_INVALID_HANDLE if none */
   atomic_ulong priv_gen; /* login_gen when priv was resolved */
@@ -117,13 +117,18 @@ typedef struct kvp_hsm_key {
   int no_ec_public;      /* open_key: found only an EC private key object */
 } kvp_hsm_key;
 
-static inline kvp_hsm_backend *kvp_hsm_of(kvp_backend *be) { return (kvp_hsm_backend *)be; }
+static inline kvp_hsm_backend *kvp_hsm_of(kvp_backend *be)
+{
+  return (kvp_hsm_backend *)be;
+}
 
-static inline const char *kvp_hsm_token(const kvp_hsm_backend *be) {
+static inline const char *kvp_hsm_token(const kvp_hsm_backend *be)
+{
   return be->token_label ? be->token_label : be->serial;
 }
 
-static inline const char *kvp_hsm_key_desc(const kvp_hsm_key *k) {
+static inline const char *kvp_hsm_key_desc(const kvp_hsm_key *k)
+{
   return k->key.name ? k->key.name : "?";
 }
 
@@ -246,8 +251,8 @@ CK_RV kvp_hsm_check_sig(kvp_hsm_backend *be, kvp_hsm_key *k, const kvp_sig_alg *
 CK_MECHANISM_TYPE kvp_hsm_hash_mech(kvp_hash h);
 CK_RSA_PKCS_MGF_TYPE kvp_hsm_hash_mgf(kvp_hash h);
 /* DER DigestInfo of a bare hash (OpenSSL's X509_SIG). 0 on a bad length. */
-int kvp_hsm_digest_info(kvp_hash h, const CK_BYTE *digest, CK_ULONG digest_len,
-                        unsigned char *out, size_t cap, CK_ULONG *out_len);
+int kvp_hsm_digest_info(kvp_hash h, const CK_BYTE *digest, CK_ULONG digest_len, unsigned char *out,
+                        size_t cap, CK_ULONG *out_len);
 /* RSA without padding in the HSM (CKM_RSA_X_509), OAEP removed here. */
 CK_RV kvp_hsm_decrypt_oaep_local(kvp_hsm_backend *be, kvp_hsm_key *k, const kvp_dec_alg *alg,
                                  const CK_BYTE *in, CK_ULONG in_len, CK_BYTE *out,

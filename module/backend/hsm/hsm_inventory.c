@@ -25,23 +25,26 @@
 /* ---------- delete ---------- */
 
 /* A name as open_key reads it: a label, or "id:<hex>". */
-static CK_RV parse_ref(kvp_hsm_backend *be, const char *name, kvp_hsm_key *k) {
+static CK_RV parse_ref(kvp_hsm_backend *be, const char *name, kvp_hsm_key *k)
+{
   memset(k, 0, sizeof(*k));
   CK_RV rv = kvp_hsm_parse_name(k, name);
   if (rv == CKR_ARGUMENTS_BAD) {
-    KVP_ERROR("hsm %s: bad key name '%s' (a label, or id:<hex>)", be->base.name, name);
-    rv = CKR_KEY_HANDLE_INVALID;
+    rv = kvp_fail(CKR_KEY_HANDLE_INVALID, "hsm %s: bad key name '%s' (a label, or id:<hex>)",
+                  be->base.name, name);
   }
   return rv;
 }
 
-static void ref_clear(kvp_hsm_key *k) {
+static void ref_clear(kvp_hsm_key *k)
+{
   free(k->label);
   free(k->id);
   memset(k, 0, sizeof(*k));
 }
 
-CK_RV kvp_hsm_delete_key(kvp_backend *bep, const char *name) {
+CK_RV kvp_hsm_delete_key(kvp_backend *bep, const char *name)
+{
   kvp_hsm_backend *be = kvp_hsm_of(bep);
   CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
   CK_OBJECT_HANDLE *privs = NULL, *pubs = NULL;
@@ -64,13 +67,13 @@ CK_RV kvp_hsm_delete_key(kvp_backend *bep, const char *name) {
   if (rv == CKR_OK)
     rv = kvp_hsm_find_keys(be, s, CKO_PUBLIC_KEY, ref.label, ref.id, ref.id_len, &pubs, &n_pub);
   if (rv != CKR_OK) {
-    KVP_ERROR("hsm %s: C_FindObjects (key '%s'): %s", be->base.name, name, kvp_ckr_name(rv));
-    rv = kvp_hsm_prov_map(rv);
+    rv = kvp_fail(kvp_hsm_prov_map(rv), "hsm %s: C_FindObjects (key '%s'): %s", be->base.name, name,
+                  kvp_ckr_name(rv));
     goto out;
   }
   if (n_priv + n_pub == 0) {
-    KVP_ERROR("hsm %s: no key '%s' in token '%s'", be->base.name, name, kvp_hsm_token(be));
-    rv = CKR_KEY_HANDLE_INVALID;
+    rv = kvp_fail(CKR_KEY_HANDLE_INVALID, "hsm %s: no key '%s' in token '%s'", be->base.name, name,
+                  kvp_hsm_token(be));
     goto out;
   }
   /* private first: a failure half-way leaves at worst a public key */
@@ -78,9 +81,8 @@ CK_RV kvp_hsm_delete_key(kvp_backend *bep, const char *name) {
     CK_OBJECT_HANDLE h = i < n_priv ? privs[i] : pubs[i - n_priv];
     rv = KVP_HSM_CALL(be, C_DestroyObject, s, h);
     if (rv != CKR_OK) {
-      KVP_ERROR("hsm %s: C_DestroyObject (key '%s', %s key): %s", be->base.name, name,
-                i < n_priv ? "private" : "public", kvp_ckr_name(rv));
-      rv = kvp_hsm_prov_map(rv);
+      rv = kvp_fail(kvp_hsm_prov_map(rv), "hsm %s: C_DestroyObject (key '%s', %s key): %s",
+                    be->base.name, name, i < n_priv ? "private" : "public", kvp_ckr_name(rv));
       goto out;
     }
   }
@@ -106,7 +108,8 @@ out:
 /* The public key object of the pair: same label (or id) and, when both
  * have one, the same CKA_ID. */
 static CK_OBJECT_HANDLE find_pub_of(kvp_hsm_backend *be, CK_SESSION_HANDLE s, const char *label,
-                                    const CK_BYTE *id, CK_ULONG id_len) {
+                                    const CK_BYTE *id, CK_ULONG id_len)
+{
   CK_OBJECT_CLASS cls = CKO_PUBLIC_KEY;
   CK_OBJECT_HANDLE *h = NULL, found = CK_INVALID_HANDLE;
   CK_ULONG n = 0;
@@ -124,7 +127,8 @@ static CK_OBJECT_HANDLE find_pub_of(kvp_hsm_backend *be, CK_SESSION_HANDLE s, co
 
 /* Public facts of private key object h. */
 static CK_RV fill_info(kvp_hsm_backend *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h,
-                       kvp_key_info *info) {
+                       kvp_key_info *info)
+{
   CK_BYTE *label = NULL, *id = NULL, *params = NULL, *mod = NULL;
   CK_ULONG label_len = 0, id_len = 0, params_len = 0, mod_len = 0, kt = CKK_VENDOR_DEFINED;
   CK_BBOOL sgn = CK_FALSE, dec = CK_FALSE;
@@ -208,8 +212,7 @@ static CK_RV fill_info(kvp_hsm_backend *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDL
     if (kt == CKK_EC && kvp_hsm_get_attr(be, s, h, CKA_EC_PARAMS, &params, &params_len) == CKR_OK) {
       info->curve_nid = kvp_hsm_params_nid(params, params_len);
       info->bits = kvp_hsm_curve_bits(info->curve_nid);
-    } else if (kt == CKK_RSA &&
-               kvp_hsm_get_attr(be, s, h, CKA_MODULUS, &mod, &mod_len) == CKR_OK) {
+    } else if (kt == CKK_RSA && kvp_hsm_get_attr(be, s, h, CKA_MODULUS, &mod, &mod_len) == CKR_OK) {
       BIGNUM *bn = BN_bin2bn(mod, (int)mod_len, NULL);
       info->bits = bn != NULL ? (unsigned)BN_num_bits(bn) : 0;
       BN_free(bn);
@@ -229,7 +232,8 @@ out:
   return rv;
 }
 
-CK_RV kvp_hsm_list_keys(kvp_backend *bep, kvp_key_info **out, size_t *n) {
+CK_RV kvp_hsm_list_keys(kvp_backend *bep, kvp_key_info **out, size_t *n)
+{
   kvp_hsm_backend *be = kvp_hsm_of(bep);
   CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
   CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
@@ -249,8 +253,8 @@ CK_RV kvp_hsm_list_keys(kvp_backend *bep, kvp_key_info **out, size_t *n) {
     return rv;
   rv = kvp_hsm_find_all(be, s, &t, 1, &h, &count);
   if (rv != CKR_OK) {
-    KVP_ERROR("hsm %s: C_FindObjects (private keys): %s", be->base.name, kvp_ckr_name(rv));
-    rv = kvp_hsm_prov_map(rv);
+    rv = kvp_fail(kvp_hsm_prov_map(rv), "hsm %s: C_FindObjects (private keys): %s", be->base.name,
+                  kvp_ckr_name(rv));
     goto out;
   }
   if (count > 0) {
@@ -273,9 +277,8 @@ CK_RV kvp_hsm_list_keys(kvp_backend *bep, kvp_key_info **out, size_t *n) {
     }
     if (rv == CKR_OBJECT_HANDLE_INVALID) /* deleted meanwhile */
       continue;
-    KVP_ERROR("hsm %s: reading private key object %lu: %s", be->base.name, (unsigned long)h[i],
-              kvp_ckr_name(rv));
-    rv = kvp_hsm_prov_map(rv);
+    rv = kvp_fail(kvp_hsm_prov_map(rv), "hsm %s: reading private key object %lu: %s", be->base.name,
+                  (unsigned long)h[i], kvp_ckr_name(rv));
     goto out;
   }
   rv = CKR_OK;
@@ -292,7 +295,8 @@ out:
   return rv;
 }
 
-CK_RV kvp_hsm_key_info(kvp_backend *bep, const char *name, kvp_key_info *out) {
+CK_RV kvp_hsm_key_info(kvp_backend *bep, const char *name, kvp_key_info *out)
+{
   kvp_hsm_backend *be = kvp_hsm_of(bep);
   CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
   CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
@@ -315,21 +319,23 @@ CK_RV kvp_hsm_key_info(kvp_backend *bep, const char *name, kvp_key_info *out) {
     goto out;
   }
   if (rv == CKR_KEY_HANDLE_INVALID) {
-    KVP_ERROR("hsm %s: no key '%s' in token '%s'", be->base.name, name, kvp_hsm_token(be));
+    /* an answer, not a failure: `key create` asks first whether the name is
+     * free, and the caller says what a missing key means to it */
+    KVP_DEBUG("hsm %s: no key '%s' in token '%s'", be->base.name, name, kvp_hsm_token(be));
     goto out;
   }
   if (rv != CKR_OK) {
-    KVP_ERROR("hsm %s: C_FindObjects (key '%s'): %s", be->base.name, name, kvp_ckr_name(rv));
-    rv = kvp_hsm_prov_map(rv);
+    rv = kvp_fail(kvp_hsm_prov_map(rv), "hsm %s: C_FindObjects (key '%s'): %s", be->base.name, name,
+                  kvp_ckr_name(rv));
     goto out;
   }
   rv = fill_info(be, s, h, out);
   if (rv == KVP_HSM_SKIP) {
-    KVP_ERROR("hsm %s: key '%s' is not an RSA or EC key", be->base.name, name);
-    rv = CKR_KEY_TYPE_INCONSISTENT;
+    rv = kvp_fail(CKR_KEY_TYPE_INCONSISTENT, "hsm %s: key '%s' is not an RSA or EC key",
+                  be->base.name, name);
   } else if (rv != CKR_OK) {
-    KVP_ERROR("hsm %s: reading key '%s': %s", be->base.name, name, kvp_ckr_name(rv));
-    rv = kvp_hsm_prov_map(rv);
+    rv = kvp_fail(kvp_hsm_prov_map(rv), "hsm %s: reading key '%s': %s", be->base.name, name,
+                  kvp_ckr_name(rv));
   }
 out:
   if (s != CK_INVALID_HANDLE)

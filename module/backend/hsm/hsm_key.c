@@ -40,7 +40,8 @@
 /* ---------- attributes and public keys ---------- */
 
 CK_RV kvp_hsm_get_attr(kvp_hsm_backend *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o,
-                       CK_ATTRIBUTE_TYPE t, CK_BYTE **val, CK_ULONG *len) {
+                       CK_ATTRIBUTE_TYPE t, CK_BYTE **val, CK_ULONG *len)
+{
   CK_ATTRIBUTE a = {t, NULL, 0};
   *val = NULL;
   *len = 0;
@@ -65,7 +66,8 @@ CK_RV kvp_hsm_get_attr(kvp_hsm_backend *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDL
 /* Keys are built through kvp_pubkey_from_rsa/ec (core/cert.h): those work
  * inside applications that made an ENGINE their default for RSA and EC. */
 CK_RV kvp_hsm_build_rsa(const CK_BYTE *n, CK_ULONG n_len, const CK_BYTE *e, CK_ULONG e_len,
-                        EVP_PKEY **out) {
+                        EVP_PKEY **out)
+{
   ERR_set_mark();
   *out = kvp_pubkey_from_rsa(n, n_len, e, e_len);
   ERR_pop_to_mark();
@@ -73,7 +75,8 @@ CK_RV kvp_hsm_build_rsa(const CK_BYTE *n, CK_ULONG n_len, const CK_BYTE *e, CK_U
 }
 
 CK_RV kvp_hsm_build_ec(const CK_BYTE *ec_params, CK_ULONG params_len, const CK_BYTE *ec_point,
-                       CK_ULONG point_len, EVP_PKEY **out) {
+                       CK_ULONG point_len, EVP_PKEY **out)
+{
   const unsigned char *p = ec_params;
   ERR_set_mark();
   ASN1_OBJECT *oid = d2i_ASN1_OBJECT(NULL, &p, (long)params_len);
@@ -99,14 +102,16 @@ CK_RV kvp_hsm_build_ec(const CK_BYTE *ec_params, CK_ULONG params_len, const CK_B
 }
 
 static CK_RV get_key_type(kvp_hsm_backend *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h,
-                          CK_KEY_TYPE *kt) {
+                          CK_KEY_TYPE *kt)
+{
   CK_ATTRIBUTE a = {CKA_KEY_TYPE, kt, sizeof(*kt)};
   *kt = CKK_VENDOR_DEFINED;
   return KVP_HSM_CALL(be, C_GetAttributeValue, s, h, &a, 1);
 }
 
 CK_RV kvp_hsm_pub_from_object(kvp_hsm_backend *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h,
-                              EVP_PKEY **out) {
+                              EVP_PKEY **out)
+{
   CK_BYTE *a = NULL, *b = NULL;
   CK_ULONG a_len = 0, b_len = 0;
   CK_KEY_TYPE kt;
@@ -139,8 +144,9 @@ CK_RV kvp_hsm_pub_from_object(kvp_hsm_backend *be, CK_SESSION_HANDLE s, CK_OBJEC
 
 /* Objects of class cls with label (if any) and id (if any), up to cap. */
 static CK_RV find_objs(kvp_hsm_backend *be, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls,
-                       const char *label, const CK_BYTE *id, CK_ULONG id_len,
-                       CK_OBJECT_HANDLE *out, CK_ULONG cap, CK_ULONG *n) {
+                       const char *label, const CK_BYTE *id, CK_ULONG id_len, CK_OBJECT_HANDLE *out,
+                       CK_ULONG cap, CK_ULONG *n)
+{
   CK_ATTRIBUTE t[3] = {{CKA_CLASS, &cls, sizeof(cls)}};
   CK_ULONG nt = 1;
   if (label != NULL) {
@@ -164,7 +170,8 @@ static CK_RV find_objs(kvp_hsm_backend *be, CK_SESSION_HANDLE s, CK_OBJECT_CLASS
 
 /* k's objects of class cls, narrowed to the pair's CKA_ID when known. */
 static CK_RV find_for_key(kvp_hsm_backend *be, CK_SESSION_HANDLE s, const kvp_hsm_key *k,
-                          CK_OBJECT_CLASS cls, CK_OBJECT_HANDLE *out, CK_ULONG *n) {
+                          CK_OBJECT_CLASS cls, CK_OBJECT_HANDLE *out, CK_ULONG *n)
+{
   const CK_BYTE *id = k->id ? k->id : k->pair_id;
   CK_ULONG id_len = k->id ? k->id_len : k->pair_id_len;
   CK_RV rv = find_objs(be, s, cls, k->label, id, id_len, out, KVP_HSM_MAX_CANDIDATES, n);
@@ -176,7 +183,8 @@ static CK_RV find_for_key(kvp_hsm_backend *be, CK_SESSION_HANDLE s, const kvp_hs
 
 /* "CKA_ID 0a0b" (or "handle N") of an object, for messages. */
 static void describe(kvp_hsm_backend *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, char *buf,
-                     size_t cap) {
+                     size_t cap)
+{
   CK_BYTE *id = NULL;
   CK_ULONG len = 0;
   if (kvp_hsm_get_attr(be, s, h, CKA_ID, &id, &len) == CKR_OK && len <= 32) {
@@ -190,21 +198,23 @@ static void describe(kvp_hsm_backend *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE 
 }
 
 static CK_RV ambiguous(kvp_hsm_backend *be, CK_SESSION_HANDLE s, const kvp_hsm_key *k,
-                       CK_OBJECT_CLASS cls, const CK_OBJECT_HANDLE *h, CK_ULONG n) {
+                       CK_OBJECT_CLASS cls, const CK_OBJECT_HANDLE *h, CK_ULONG n)
+{
   char a[80], b[80];
   describe(be, s, h[0], a, sizeof(a));
   describe(be, s, h[1], b, sizeof(b));
   (void)kvp_fail(CKR_KEY_HANDLE_INVALID,
-                  "hsm %s: key '%s' is ambiguous in token '%s': %s%lu %s key objects match "
-                  "(%s and %s); refer to one as id:<hex>, or relabel the other",
-                  be->base.name, kvp_hsm_key_desc(k), kvp_hsm_token(be),
-                  n >= KVP_HSM_MAX_CANDIDATES ? "at least " : "", (unsigned long)n,
-                  cls == CKO_PRIVATE_KEY ? "private" : "public", a, b);
+                 "hsm %s: key '%s' is ambiguous in token '%s': %s%lu %s key objects match "
+                 "(%s and %s); refer to one as id:<hex>, or relabel the other",
+                 be->base.name, kvp_hsm_key_desc(k), kvp_hsm_token(be),
+                 n >= KVP_HSM_MAX_CANDIDATES ? "at least " : "", (unsigned long)n,
+                 cls == CKO_PRIVATE_KEY ? "private" : "public", a, b);
   return KVP_HSM_KEY_REFUSED;
 }
 
 CK_RV kvp_hsm_find_object(kvp_hsm_backend *be, CK_SESSION_HANDLE s, const kvp_hsm_key *k,
-                          CK_OBJECT_CLASS cls, CK_OBJECT_HANDLE *out) {
+                          CK_OBJECT_CLASS cls, CK_OBJECT_HANDLE *out)
+{
   CK_OBJECT_HANDLE h[KVP_HSM_MAX_CANDIDATES];
   CK_ULONG n = 0;
   *out = CK_INVALID_HANDLE;
@@ -222,7 +232,8 @@ CK_RV kvp_hsm_find_object(kvp_hsm_backend *be, CK_SESSION_HANDLE s, const kvp_hs
 /* The public key that private object h belongs to: RSA from its own
  * modulus, EC from the public object with its CKA_ID (NULL if unknown). */
 static EVP_PKEY *private_pub(kvp_hsm_backend *be, CK_SESSION_HANDLE s, const kvp_hsm_key *k,
-                             CK_OBJECT_HANDLE h) {
+                             CK_OBJECT_HANDLE h)
+{
   EVP_PKEY *p = NULL;
   CK_KEY_TYPE kt;
   if (get_key_type(be, s, h, &kt) != CKR_OK)
@@ -247,7 +258,8 @@ static EVP_PKEY *private_pub(kvp_hsm_backend *be, CK_SESSION_HANDLE s, const kvp
  * public key is known and differs is refused.
  */
 static CK_RV pick_private(kvp_hsm_backend *be, CK_SESSION_HANDLE s, const kvp_hsm_key *k,
-                          const EVP_PKEY *want, CK_OBJECT_HANDLE *out) {
+                          const EVP_PKEY *want, CK_OBJECT_HANDLE *out)
+{
   CK_OBJECT_HANDLE h[KVP_HSM_MAX_CANDIDATES];
   CK_ULONG n = 0, match = 0, pick = 0, known = 0;
   *out = CK_INVALID_HANDLE;
@@ -291,7 +303,8 @@ static CK_RV pick_private(kvp_hsm_backend *be, CK_SESSION_HANDLE s, const kvp_hs
 /* Resolve the private key handle (and its CKA_SIGN / CKA_DECRYPT); the
  * object must belong to k->key.pub when that is known. */
 CK_RV kvp_hsm_resolve_private(kvp_hsm_backend *be, CK_SESSION_HANDLE s, kvp_hsm_key *k,
-                              CK_BBOOL *can_sign, CK_BBOOL *can_decrypt) {
+                              CK_BBOOL *can_sign, CK_BBOOL *can_decrypt)
+{
   unsigned long gen = atomic_load(&be->login_gen);
   CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
   CK_RV rv = pick_private(be, s, k, k->key.pub, &h);
@@ -319,7 +332,8 @@ CK_RV kvp_hsm_resolve_private(kvp_hsm_backend *be, CK_SESSION_HANDLE s, kvp_hsm_
 /* k->key.pub from the public key object of the pair (RSA: the private
  * object's modulus and exponent when there is no public object). */
 static CK_RV read_public(kvp_hsm_backend *be, CK_SESSION_HANDLE s, kvp_hsm_key *k,
-                         CK_OBJECT_HANDLE priv, const EVP_PKEY *want) {
+                         CK_OBJECT_HANDLE priv, const EVP_PKEY *want)
+{
   CK_OBJECT_HANDLE h[KVP_HSM_MAX_CANDIDATES], src = priv;
   CK_ULONG n = 0;
   CK_KEY_TYPE kt;
@@ -357,7 +371,8 @@ static CK_RV read_public(kvp_hsm_backend *be, CK_SESSION_HANDLE s, kvp_hsm_key *
     return kvp_fail(kvp_hsm_map_rv(rv) == CKR_FUNCTION_FAILED ? CKR_DEVICE_ERROR
                                                               : kvp_hsm_map_rv(rv),
                     "hsm %s: key '%s': cannot build the public key from the HSM's attributes "
-                    "(%s)", be->base.name, kvp_hsm_key_desc(k), kvp_ckr_name(rv));
+                    "(%s)",
+                    be->base.name, kvp_hsm_key_desc(k), kvp_ckr_name(rv));
   return rv;
 }
 
@@ -365,7 +380,8 @@ static CK_RV read_public(kvp_hsm_backend *be, CK_SESSION_HANDLE s, kvp_hsm_key *
  * public key. *priv stays CK_INVALID_HANDLE when no private key is visible. */
 static CK_RV lookup_pair(kvp_hsm_backend *be, CK_SESSION_HANDLE s, kvp_hsm_key *k, int visible,
                          const EVP_PKEY *want, CK_OBJECT_HANDLE *priv, CK_BBOOL *can_sign,
-                         CK_BBOOL *can_dec) {
+                         CK_BBOOL *can_dec)
+{
   EVP_PKEY_free(k->key.pub);
   k->key.pub = NULL;
   free(k->pair_id);
@@ -397,7 +413,8 @@ static CK_RV lookup_pair(kvp_hsm_backend *be, CK_SESSION_HANDLE s, kvp_hsm_key *
   return kvp_hsm_resolve_private(be, s, k, can_sign, can_dec);
 }
 
-static void key_free(kvp_hsm_key *k) {
+static void key_free(kvp_hsm_key *k)
+{
   if (k == NULL)
     return;
   EVP_PKEY_free(k->key.pub);
@@ -409,13 +426,15 @@ static void key_free(kvp_hsm_key *k) {
   free(k);
 }
 
-void kvp_hsm_close_key(kvp_backend *be, kvp_key *key) {
+void kvp_hsm_close_key(kvp_backend *be, kvp_key *key)
+{
   (void)be;
   if (key != NULL)
     key_free((kvp_hsm_key *)key->impl);
 }
 
-CK_RV kvp_hsm_parse_name(kvp_hsm_key *k, const char *name) {
+CK_RV kvp_hsm_parse_name(kvp_hsm_key *k, const char *name)
+{
   if (strncmp(name, "id:", 3) != 0) {
     if (name[0] == '\0')
       return CKR_ARGUMENTS_BAD;
@@ -444,7 +463,8 @@ CK_RV kvp_hsm_parse_name(kvp_hsm_key *k, const char *name) {
 
 CK_RV kvp_hsm_check_sig(kvp_hsm_backend *be, kvp_hsm_key *k, const kvp_sig_alg *alg,
                         const CK_BYTE *digest, CK_ULONG digest_len, const CK_BYTE *sig,
-                        CK_ULONG sig_len) {
+                        CK_ULONG sig_len)
+{
   if (atomic_load_explicit(&k->checked, memory_order_acquire))
     return CKR_OK;
   if (!kvp_sig_verify(k->key.pub, alg, digest, digest_len, sig, sig_len)) {
@@ -459,16 +479,18 @@ CK_RV kvp_hsm_check_sig(kvp_hsm_backend *be, kvp_hsm_key *k, const kvp_sig_alg *
 }
 
 /* The "no key" line of open_key. */
-static CK_RV no_key(kvp_hsm_backend *be, const kvp_hsm_key *k, int visible) {
+static CK_RV no_key(kvp_hsm_backend *be, const kvp_hsm_key *k, int visible)
+{
   return kvp_fail(CKR_KEY_HANDLE_INVALID, "hsm %s: no key '%s' in token '%s'%s", be->base.name,
                   kvp_hsm_key_desc(k), kvp_hsm_token(be),
                   k->no_ec_public ? " (only an EC private key object, which does not carry its "
                                     "public point; a public key object is needed)"
-                  : visible ? ""
-                            : " (private objects are visible only after C_Login)");
+                  : visible       ? ""
+                                  : " (private objects are visible only after C_Login)");
 }
 
-static kvp_hsm_key *key_new(kvp_backend *bep, const char *name) {
+static kvp_hsm_key *key_new(kvp_backend *bep, const char *name)
+{
   kvp_hsm_key *k = calloc(1, sizeof(*k));
   if (k == NULL)
     return NULL;
@@ -488,7 +510,8 @@ static kvp_hsm_key *key_new(kvp_backend *bep, const char *name) {
 /* Resolve the pair on a pooled session (once more on a fresh one if the
  * pooled one is gone, and after a new login if the token forgot ours). */
 static CK_RV open_lookup(kvp_hsm_backend *be, kvp_hsm_key *k, int visible, const EVP_PKEY *want,
-                         CK_OBJECT_HANDLE *priv, CK_BBOOL *can_sign, CK_BBOOL *can_dec) {
+                         CK_OBJECT_HANDLE *priv, CK_BBOOL *can_sign, CK_BBOOL *can_dec)
+{
   CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
   CK_RV rv = kvp_hsm_pool_get(be, 0, &s);
   if (rv != CKR_OK)
@@ -499,12 +522,12 @@ static CK_RV open_lookup(kvp_hsm_backend *be, kvp_hsm_key *k, int visible, const
     kvp_hsm_pool_forget(be, s);
     rv = kvp_hsm_pool_get(be, 1, &s);
     if (rv != CKR_OK)
-      return kvp_fail(kvp_hsm_map_rv(rv), "hsm %s: C_OpenSession (key '%s'): %s",
-                      be->base.name, kvp_hsm_key_desc(k), kvp_ckr_name(rv));
+      return kvp_fail(kvp_hsm_map_rv(rv), "hsm %s: C_OpenSession (key '%s'): %s", be->base.name,
+                      kvp_hsm_key_desc(k), kvp_ckr_name(rv));
     rv = lookup_pair(be, s, k, visible, want, priv, can_sign, can_dec);
   }
-  if (be->has_pin && *priv == CK_INVALID_HANDLE &&
-      (rv == CKR_OK || rv == CKR_KEY_HANDLE_INVALID) && !kvp_hsm_session_logged_in(be, s)) {
+  if (be->has_pin && *priv == CK_INVALID_HANDLE && (rv == CKR_OK || rv == CKR_KEY_HANDLE_INVALID) &&
+      !kvp_hsm_session_logged_in(be, s)) {
     atomic_store(&be->logged_in, 0); /* the token lost our login? */
     CK_RV lrv = kvp_hsm_relogin(be);
     rv = lrv == CKR_OK ? lookup_pair(be, s, k, visible, want, priv, can_sign, can_dec) : lrv;
@@ -516,8 +539,8 @@ static CK_RV open_lookup(kvp_hsm_backend *be, kvp_hsm_key *k, int visible, const
   return rv;
 }
 
-CK_RV kvp_hsm_open_key_want(kvp_backend *bep, const char *name, const EVP_PKEY *want,
-                            kvp_key **out) {
+CK_RV kvp_hsm_open_key_want(kvp_backend *bep, const char *name, const EVP_PKEY *want, kvp_key **out)
+{
   kvp_hsm_backend *be = kvp_hsm_of(bep);
   CK_BBOOL can_sign = CK_FALSE, can_dec = CK_FALSE;
   CK_OBJECT_HANDLE priv = CK_INVALID_HANDLE;
@@ -568,6 +591,7 @@ CK_RV kvp_hsm_open_key_want(kvp_backend *bep, const char *name, const EVP_PKEY *
   return CKR_OK;
 }
 
-CK_RV kvp_hsm_open_key(kvp_backend *bep, const char *name, kvp_key **out) {
+CK_RV kvp_hsm_open_key(kvp_backend *bep, const char *name, kvp_key **out)
+{
   return kvp_hsm_open_key_want(bep, name, NULL, out);
 }

@@ -55,29 +55,34 @@ static unsigned char g_salt[16];
 static int g_salt_ok;
 static pthread_once_t g_salt_once = PTHREAD_ONCE_INIT;
 
-static void salt_init(void) {
+static void salt_init(void)
+{
   ERR_set_mark();
   g_salt_ok = RAND_bytes(g_salt, (int)sizeof(g_salt)) == 1;
   ERR_pop_to_mark();
 }
 
-int kvp_hsm_login_setup(kvp_hsm_backend *be) {
+int kvp_hsm_login_setup(kvp_hsm_backend *be)
+{
   (void)be;
   pthread_once(&g_salt_once, salt_init);
   return g_salt_ok;
 }
 
-static int pin_hash(const CK_UTF8CHAR *pin, CK_ULONG len, unsigned char out[KVP_HSM_PIN_HASH_LEN]) {
+static int pin_hash(const CK_UTF8CHAR *pin, CK_ULONG len, unsigned char out[KVP_HSM_PIN_HASH_LEN])
+{
   size_t n = 0;
   ERR_set_mark();
-  int ok = g_salt_ok && EVP_Q_mac(NULL, "HMAC", NULL, "SHA256", NULL, g_salt, sizeof(g_salt),
-                                  pin, (size_t)len, out, KVP_HSM_PIN_HASH_LEN, &n) != NULL &&
+  int ok = g_salt_ok &&
+           EVP_Q_mac(NULL, "HMAC", NULL, "SHA256", NULL, g_salt, sizeof(g_salt), pin, (size_t)len,
+                     out, KVP_HSM_PIN_HASH_LEN, &n) != NULL &&
            n == KVP_HSM_PIN_HASH_LEN;
   ERR_pop_to_mark();
   return ok;
 }
 
-static kvp_hsm_login_rec *login_find_locked(const kvp_hsm_backend *be) {
+static kvp_hsm_login_rec *login_find_locked(const kvp_hsm_backend *be)
+{
   for (size_t i = 0; i < KVP_ARRAY_SIZE(g_logins); i++)
     if (g_logins[i].f == be->f && g_logins[i].slot == be->slot && g_logins[i].pid == getpid())
       return &g_logins[i];
@@ -85,7 +90,8 @@ static kvp_hsm_login_rec *login_find_locked(const kvp_hsm_backend *be) {
 }
 
 /* Remember (hash != NULL) or forget the PIN that logged be's token in. */
-static void login_record(const kvp_hsm_backend *be, const unsigned char *hash) {
+static void login_record(const kvp_hsm_backend *be, const unsigned char *hash)
+{
   pthread_mutex_lock(&g_login_lock);
   kvp_hsm_login_rec *r = login_find_locked(be);
   if (r == NULL && hash != NULL)
@@ -105,7 +111,8 @@ static void login_record(const kvp_hsm_backend *be, const unsigned char *hash) {
 }
 
 /* 1: the token was logged in with a PIN of this hash, 0: another one, -1: unknown. */
-static int login_matches(const kvp_hsm_backend *be, const unsigned char *hash) {
+static int login_matches(const kvp_hsm_backend *be, const unsigned char *hash)
+{
   int m = -1;
   pthread_mutex_lock(&g_login_lock);
   kvp_hsm_login_rec *r = login_find_locked(be);
@@ -118,7 +125,8 @@ static int login_matches(const kvp_hsm_backend *be, const unsigned char *hash) {
 /* ---------- sessions ---------- */
 
 /* 1: user session, 0: public session, -1: the HSM does not know s. */
-static int session_state(kvp_hsm_backend *be, CK_SESSION_HANDLE s) {
+static int session_state(kvp_hsm_backend *be, CK_SESSION_HANDLE s)
+{
   CK_SESSION_INFO si;
   if (s == CK_INVALID_HANDLE)
     return -1;
@@ -128,7 +136,8 @@ static int session_state(kvp_hsm_backend *be, CK_SESSION_HANDLE s) {
   return si.state == CKS_RO_USER_FUNCTIONS || si.state == CKS_RW_USER_FUNCTIONS;
 }
 
-int kvp_hsm_session_logged_in(kvp_hsm_backend *be, CK_SESSION_HANDLE s) {
+int kvp_hsm_session_logged_in(kvp_hsm_backend *be, CK_SESSION_HANDLE s)
+{
   return session_state(be, s) == 1;
 }
 
@@ -137,7 +146,8 @@ int kvp_hsm_session_logged_in(kvp_hsm_backend *be, CK_SESSION_HANDLE s) {
  * HSM has lost it (C_CloseAllSessions by someone else, HSM restart). Returns
  * the HSM's CK_RV as is. init_lock held.
  */
-static CK_RV anchor_login_locked(kvp_hsm_backend *be, const CK_UTF8CHAR *pin, CK_ULONG pin_len) {
+static CK_RV anchor_login_locked(kvp_hsm_backend *be, const CK_UTF8CHAR *pin, CK_ULONG pin_len)
+{
   for (int attempt = 0;; attempt++) {
     CK_RV rv;
     if (be->anchor == CK_INVALID_HANDLE) {
@@ -157,13 +167,15 @@ static CK_RV anchor_login_locked(kvp_hsm_backend *be, const CK_UTF8CHAR *pin, CK
 
 /* ---------- configured PIN ---------- */
 
-static int pin_refused(CK_RV rv) {
+static int pin_refused(CK_RV rv)
+{
   return rv == CKR_PIN_INCORRECT || rv == CKR_PIN_LOCKED || rv == CKR_PIN_EXPIRED ||
          rv == CKR_PIN_INVALID || rv == CKR_PIN_LEN_RANGE;
 }
 
 /* The PIN file's identity now (have_stat 0 for pin_env or a missing file). */
-static void pin_file_id(const kvp_hsm_backend *be, kvp_hsm_pin_guard *g) {
+static void pin_file_id(const kvp_hsm_backend *be, kvp_hsm_pin_guard *g)
+{
   struct stat st;
   memset(g, 0, sizeof(*g));
   if (be->pin_file == NULL || stat(be->pin_file, &st) != 0)
@@ -175,19 +187,22 @@ static void pin_file_id(const kvp_hsm_backend *be, kvp_hsm_pin_guard *g) {
   g->mtime = st.st_mtim;
 }
 
-static int pin_file_changed(const kvp_hsm_pin_guard *was, const kvp_hsm_pin_guard *now) {
+static int pin_file_changed(const kvp_hsm_pin_guard *was, const kvp_hsm_pin_guard *now)
+{
   if (!was->have_stat || !now->have_stat)
     return was->have_stat != now->have_stat && now->have_stat;
   return was->dev != now->dev || was->ino != now->ino || was->size != now->size ||
          was->mtime.tv_sec != now->mtime.tv_sec || was->mtime.tv_nsec != now->mtime.tv_nsec;
 }
 
-static const char *pin_source(const kvp_hsm_backend *be) {
+static const char *pin_source(const kvp_hsm_backend *be)
+{
   return be->pin_file ? "pin_file" : "pin_env";
 }
 
 /* Refuse further attempts until the PIN file changes. */
-static CK_RV block(kvp_hsm_backend *be, const kvp_hsm_pin_guard *id, CK_RV why, const char *what) {
+static CK_RV block(kvp_hsm_backend *be, const kvp_hsm_pin_guard *id, CK_RV why, const char *what)
+{
   be->pin_guard = *id;
   be->pin_guard.blocked = 1;
   be->pin_guard.why = why;
@@ -199,13 +214,15 @@ static CK_RV block(kvp_hsm_backend *be, const kvp_hsm_pin_guard *id, CK_RV why, 
 }
 
 /* CKR_OK when a login attempt may be made now. */
-static CK_RV guard_allows_locked(kvp_hsm_backend *be, const kvp_hsm_pin_guard *now) {
+static CK_RV guard_allows_locked(kvp_hsm_backend *be, const kvp_hsm_pin_guard *now)
+{
   kvp_hsm_pin_guard *g = &be->pin_guard;
   time_t t = time(NULL);
   if (!g->blocked && g->retry_at > t && g->retry_at - t <= KVP_HSM_INIT_RETRY_SECS)
     return kvp_fail(CKR_DEVICE_ERROR,
                     "hsm %s: the last login to token '%s' failed (%s); not tried again before "
-                    "%d s", be->base.name, kvp_hsm_token(be), kvp_ckr_name(g->why),
+                    "%d s",
+                    be->base.name, kvp_hsm_token(be), kvp_ckr_name(g->why),
                     KVP_HSM_INIT_RETRY_SECS);
   if (!g->blocked)
     return CKR_OK;
@@ -222,7 +239,8 @@ static CK_RV guard_allows_locked(kvp_hsm_backend *be, const kvp_hsm_pin_guard *n
 }
 
 /* The token's PIN counters: never spend the last try, nor try a locked PIN. */
-static CK_RV flags_allow_locked(kvp_hsm_backend *be, const kvp_hsm_pin_guard *now) {
+static CK_RV flags_allow_locked(kvp_hsm_backend *be, const kvp_hsm_pin_guard *now)
+{
   CK_TOKEN_INFO ti;
   char what[200];
   CK_RV rv = KVP_HSM_CALL(be, C_GetTokenInfo, be->slot, &ti);
@@ -236,7 +254,8 @@ static CK_RV flags_allow_locked(kvp_hsm_backend *be, const kvp_hsm_pin_guard *no
   if (ti.flags & CKF_USER_PIN_FINAL_TRY) {
     snprintf(what, sizeof(what),
              "token '%s' allows one more user PIN attempt (CKF_USER_PIN_FINAL_TRY), which "
-             "kvp11 leaves to an admin (log in by hand with the right PIN)", kvp_hsm_token(be));
+             "kvp11 leaves to an admin (log in by hand with the right PIN)",
+             kvp_hsm_token(be));
     return block(be, now, CKR_PIN_INCORRECT, what);
   }
   if (ti.flags & CKF_USER_PIN_COUNT_LOW)
@@ -245,7 +264,8 @@ static CK_RV flags_allow_locked(kvp_hsm_backend *be, const kvp_hsm_pin_guard *no
   return CKR_OK;
 }
 
-static CK_RV read_conf_pin(kvp_hsm_backend *be, char **pin, size_t *pin_len) {
+static CK_RV read_conf_pin(kvp_hsm_backend *be, char **pin, size_t *pin_len)
+{
   kvp_hsm_conf c;
   char err[KVP_ERRLEN];
   memset(&c, 0, sizeof(c));
@@ -264,7 +284,8 @@ static CK_RV read_conf_pin(kvp_hsm_backend *be, char **pin, size_t *pin_len) {
   return CKR_OK;
 }
 
-CK_RV kvp_hsm_conf_login_locked(kvp_hsm_backend *be) {
+CK_RV kvp_hsm_conf_login_locked(kvp_hsm_backend *be)
+{
   kvp_hsm_pin_guard now;
   char *pin = NULL;
   size_t pin_len = 0;
@@ -308,7 +329,8 @@ CK_RV kvp_hsm_conf_login_locked(kvp_hsm_backend *be) {
 
 /* The token forgot our login (all our sessions were closed under us): log in
  * again with the configured PIN, if the guard allows. Serialised by init_lock. */
-CK_RV kvp_hsm_relogin(kvp_hsm_backend *be) {
+CK_RV kvp_hsm_relogin(kvp_hsm_backend *be)
+{
   pthread_mutex_lock(&be->init_lock);
   CK_RV rv = CKR_OK;
   int st = session_state(be, be->anchor);
@@ -331,14 +353,16 @@ CK_RV kvp_hsm_relogin(kvp_hsm_backend *be) {
 
 /* ---------- pass-through PIN ---------- */
 
-static CK_RV passthrough_login_locked(kvp_hsm_backend *be, const CK_UTF8CHAR *pin,
-                                      CK_ULONG pin_len, const unsigned char *hash) {
+static CK_RV passthrough_login_locked(kvp_hsm_backend *be, const CK_UTF8CHAR *pin, CK_ULONG pin_len,
+                                      const unsigned char *hash)
+{
   int m = login_matches(be, hash);
   if (m >= 0 && kvp_hsm_session_logged_in(be, be->anchor)) {
     if (m == 0)
       return kvp_fail(CKR_PIN_INCORRECT,
                       "hsm %s: token '%s' is logged in already with another PIN; this one was "
-                      "not sent to the HSM", be->base.name, kvp_hsm_token(be));
+                      "not sent to the HSM",
+                      be->base.name, kvp_hsm_token(be));
     if (!atomic_exchange(&be->logged_in, 1))
       atomic_fetch_add(&be->login_gen, 1);
     return CKR_OK;
@@ -349,7 +373,8 @@ static CK_RV passthrough_login_locked(kvp_hsm_backend *be, const CK_UTF8CHAR *pi
   if (hrv == CKR_USER_ALREADY_LOGGED_IN)
     return kvp_fail(CKR_USER_ANOTHER_ALREADY_LOGGED_IN,
                     "hsm %s: token '%s' was logged in by someone else in this process; kvp11 "
-                    "cannot check the PIN", be->base.name, kvp_hsm_token(be));
+                    "cannot check the PIN",
+                    be->base.name, kvp_hsm_token(be));
   if (hrv != CKR_OK)
     return kvp_fail(kvp_hsm_map_rv(hrv), "hsm %s: C_Login (token '%s'): %s", be->base.name,
                     kvp_hsm_token(be), kvp_ckr_name(hrv));
@@ -359,7 +384,8 @@ static CK_RV passthrough_login_locked(kvp_hsm_backend *be, const CK_UTF8CHAR *pi
   return CKR_OK;
 }
 
-CK_RV kvp_hsm_login(kvp_backend *bep, const CK_UTF8CHAR *pin, CK_ULONG pin_len) {
+CK_RV kvp_hsm_login(kvp_backend *bep, const CK_UTF8CHAR *pin, CK_ULONG pin_len)
+{
   kvp_hsm_backend *be = kvp_hsm_of(bep);
   unsigned char hash[KVP_HSM_PIN_HASH_LEN];
   if (be->has_pin)
@@ -379,7 +405,8 @@ CK_RV kvp_hsm_login(kvp_backend *bep, const CK_UTF8CHAR *pin, CK_ULONG pin_len) 
   return rv;
 }
 
-CK_RV kvp_hsm_logout(kvp_backend *bep) {
+CK_RV kvp_hsm_logout(kvp_backend *bep)
+{
   kvp_hsm_backend *be = kvp_hsm_of(bep);
   if (be->has_pin)
     return CKR_OK;
@@ -392,7 +419,6 @@ CK_RV kvp_hsm_logout(kvp_backend *bep) {
   CK_RV rv = be->anchor != CK_INVALID_HANDLE ? KVP_HSM_CALL(be, C_Logout, be->anchor) : CKR_OK;
   pthread_mutex_unlock(&be->init_lock);
   if (rv != CKR_OK && rv != CKR_USER_NOT_LOGGED_IN && !kvp_hsm_session_gone(rv))
-    return kvp_fail(kvp_hsm_map_rv(rv), "hsm %s: C_Logout: %s", be->base.name,
-                    kvp_ckr_name(rv));
+    return kvp_fail(kvp_hsm_map_rv(rv), "hsm %s: C_Logout: %s", be->base.name, kvp_ckr_name(rv));
   return CKR_OK;
 }

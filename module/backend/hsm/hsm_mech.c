@@ -23,30 +23,45 @@
 
 #define KVP_HSM_MAX_RSA_BYTES 1024 /* RSA-8192 */
 
-CK_MECHANISM_TYPE kvp_hsm_hash_mech(kvp_hash h) {
+CK_MECHANISM_TYPE kvp_hsm_hash_mech(kvp_hash h)
+{
   switch (h) {
-  case KVP_HASH_SHA1: return CKM_SHA_1;
-  case KVP_HASH_SHA224: return CKM_SHA224;
-  case KVP_HASH_SHA256: return CKM_SHA256;
-  case KVP_HASH_SHA384: return CKM_SHA384;
-  case KVP_HASH_SHA512: return CKM_SHA512;
-  default: return CK_UNAVAILABLE_INFORMATION;
+  case KVP_HASH_SHA1:
+    return CKM_SHA_1;
+  case KVP_HASH_SHA224:
+    return CKM_SHA224;
+  case KVP_HASH_SHA256:
+    return CKM_SHA256;
+  case KVP_HASH_SHA384:
+    return CKM_SHA384;
+  case KVP_HASH_SHA512:
+    return CKM_SHA512;
+  default:
+    return CK_UNAVAILABLE_INFORMATION;
   }
 }
 
-CK_RSA_PKCS_MGF_TYPE kvp_hsm_hash_mgf(kvp_hash h) {
+CK_RSA_PKCS_MGF_TYPE kvp_hsm_hash_mgf(kvp_hash h)
+{
   switch (h) {
-  case KVP_HASH_SHA1: return CKG_MGF1_SHA1;
-  case KVP_HASH_SHA224: return CKG_MGF1_SHA224;
-  case KVP_HASH_SHA256: return CKG_MGF1_SHA256;
-  case KVP_HASH_SHA384: return CKG_MGF1_SHA384;
-  case KVP_HASH_SHA512: return CKG_MGF1_SHA512;
-  default: return 0;
+  case KVP_HASH_SHA1:
+    return CKG_MGF1_SHA1;
+  case KVP_HASH_SHA224:
+    return CKG_MGF1_SHA224;
+  case KVP_HASH_SHA256:
+    return CKG_MGF1_SHA256;
+  case KVP_HASH_SHA384:
+    return CKG_MGF1_SHA384;
+  case KVP_HASH_SHA512:
+    return CKG_MGF1_SHA512;
+  default:
+    return 0;
   }
 }
 
-int kvp_hsm_digest_info(kvp_hash h, const CK_BYTE *digest, CK_ULONG digest_len,
-                        unsigned char *out, size_t cap, CK_ULONG *out_len) {
+int kvp_hsm_digest_info(kvp_hash h, const CK_BYTE *digest, CK_ULONG digest_len, unsigned char *out,
+                        size_t cap, CK_ULONG *out_len)
+{
   const EVP_MD *md = kvp_hash_md(h);
   X509_SIG *sig = NULL;
   X509_ALGOR *alg = NULL;
@@ -79,7 +94,8 @@ out:
 
 /* out[0..len) ^= MGF1(seed, len) (RFC 8017 B.2.1). */
 static int mgf1_xor(unsigned char *out, size_t len, const unsigned char *seed, size_t seed_len,
-                    const EVP_MD *md) {
+                    const EVP_MD *md)
+{
   unsigned char blk[EVP_MAX_MD_SIZE];
   unsigned int blk_len = 0;
   EVP_MD_CTX *ctx = EVP_MD_CTX_new();
@@ -101,15 +117,22 @@ static int mgf1_xor(unsigned char *out, size_t len, const unsigned char *seed, s
 }
 
 /* Constant-time helpers: all-ones when the condition holds, else 0. */
-static unsigned ct_is_zero(unsigned x) { return 0u - (((x | (0u - x)) >> 31) ^ 1u); }
-static unsigned ct_eq(unsigned a, unsigned b) { return ct_is_zero(a ^ b); }
+static unsigned ct_is_zero(unsigned x)
+{
+  return 0u - (((x | (0u - x)) >> 31) ^ 1u);
+}
+static unsigned ct_eq(unsigned a, unsigned b)
+{
+  return ct_is_zero(a ^ b);
+}
 
 /*
  * EME-OAEP decoding (RFC 8017 7.1.2 step 3) of em (k bytes), empty label.
  * Every check runs in time independent of the data; one failure code.
  */
 static CK_RV oaep_decode(unsigned char *em, size_t k, const EVP_MD *md, const EVP_MD *mgf,
-                         CK_BYTE *out, CK_ULONG *out_len) {
+                         CK_BYTE *out, CK_ULONG *out_len)
+{
   unsigned char lhash[EVP_MAX_MD_SIZE];
   size_t h = (size_t)EVP_MD_get_size(md);
   if (k < 2 * h + 2 || !EVP_Digest("", 0, lhash, NULL, md, NULL))
@@ -142,7 +165,8 @@ static CK_RV oaep_decode(unsigned char *em, size_t k, const EVP_MD *md, const EV
 
 CK_RV kvp_hsm_decrypt_oaep_local(kvp_hsm_backend *be, kvp_hsm_key *k, const kvp_dec_alg *alg,
                                  const CK_BYTE *in, CK_ULONG in_len, CK_BYTE *out,
-                                 CK_ULONG *out_len) {
+                                 CK_ULONG *out_len)
+{
   unsigned char em[KVP_HSM_MAX_RSA_BYTES];
   CK_MECHANISM raw = {CKM_RSA_X_509, NULL, 0};
   CK_ULONG em_len = sizeof(em);

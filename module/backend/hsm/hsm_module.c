@@ -39,9 +39,13 @@
 
 /* ---------- the call wrapper ---------- */
 
-void kvp_hsm_call_begin(void) { ERR_set_mark(); }
+void kvp_hsm_call_begin(void)
+{
+  ERR_set_mark();
+}
 
-CK_RV kvp_hsm_call_end(const kvp_hsm_backend *be, const char *fn, CK_RV rv) {
+CK_RV kvp_hsm_call_end(const kvp_hsm_backend *be, const char *fn, CK_RV rv)
+{
   ERR_pop_to_mark(); /* what the HSM's module left in our thread's queue */
   KVP_DEBUG("hsm %s: %s: %s", be->base.name, fn, kvp_ckr_name(rv));
   return rv;
@@ -51,8 +55,8 @@ CK_RV kvp_hsm_call_end(const kvp_hsm_backend *be, const char *fn, CK_RV rv) {
 
 typedef struct {
   CK_FUNCTION_LIST_PTR f;
-  pid_t pid;  /* process that C_Initialize()d it */
-  int refs;   /* backends of that process using it */
+  pid_t pid; /* process that C_Initialize()d it */
+  int refs;  /* backends of that process using it */
 } kvp_hsm_mod;
 
 static pthread_mutex_t g_mods_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -60,17 +64,31 @@ static kvp_hsm_mod g_mods[16];
 
 /* g_mods_lock is held only for a few instructions, but a fork() at that
  * moment must not leave it locked forever in the child. */
-static void mods_atfork_prepare(void) { pthread_mutex_lock(&g_mods_lock); }
-static void mods_atfork_parent(void) { pthread_mutex_unlock(&g_mods_lock); }
-static void mods_atfork_child(void) { pthread_mutex_init(&g_mods_lock, NULL); }
+static void mods_atfork_prepare(void)
+{
+  pthread_mutex_lock(&g_mods_lock);
+}
+static void mods_atfork_parent(void)
+{
+  pthread_mutex_unlock(&g_mods_lock);
+}
+static void mods_atfork_child(void)
+{
+  pthread_mutex_init(&g_mods_lock, NULL);
+}
 static pthread_once_t g_mods_once = PTHREAD_ONCE_INIT;
-static void mods_atfork_register(void) {
+static void mods_atfork_register(void)
+{
   pthread_atfork(mods_atfork_prepare, mods_atfork_parent, mods_atfork_child);
 }
 
-void kvp_hsm_mods_once(void) { pthread_once(&g_mods_once, mods_atfork_register); }
+void kvp_hsm_mods_once(void)
+{
+  pthread_once(&g_mods_once, mods_atfork_register);
+}
 
-static kvp_hsm_mod *mods_find_locked(CK_FUNCTION_LIST_PTR f) {
+static kvp_hsm_mod *mods_find_locked(CK_FUNCTION_LIST_PTR f)
+{
   for (size_t i = 0; i < KVP_ARRAY_SIZE(g_mods); i++)
     if (g_mods[i].f == f)
       return &g_mods[i];
@@ -78,7 +96,8 @@ static kvp_hsm_mod *mods_find_locked(CK_FUNCTION_LIST_PTR f) {
 }
 
 /* Record that this process initialized be->f (or joins that initialization). */
-static void mods_register(kvp_hsm_backend *be) {
+static void mods_register(kvp_hsm_backend *be)
+{
   pthread_mutex_lock(&g_mods_lock);
   kvp_hsm_mod *m = mods_find_locked(be->f);
   if (m == NULL)
@@ -91,12 +110,12 @@ static void mods_register(kvp_hsm_backend *be) {
   }
   pthread_mutex_unlock(&g_mods_lock);
   if (!be->refcounted) /* table full: keep it initialized for the process lifetime */
-    KVP_WARN("hsm %s: too many HSM modules; %s will not be finalized", be->base.name,
-             be->module);
+    KVP_WARN("hsm %s: too many HSM modules; %s will not be finalized", be->base.name, be->module);
 }
 
 /* C_Initialize, with the fork and shared-module rules described at the top. */
-static CK_RV module_initialize(kvp_hsm_backend *be) {
+static CK_RV module_initialize(kvp_hsm_backend *be)
+{
   CK_C_INITIALIZE_ARGS args;
   memset(&args, 0, sizeof(args));
   args.flags = CKF_OS_LOCKING_OK;
@@ -116,8 +135,7 @@ static CK_RV module_initialize(kvp_hsm_backend *be) {
     }
     if (!stale) {
       /* the application initialized it: use it, never finalize it */
-      KVP_DEBUG("hsm %s: %s was already initialized by the application", be->base.name,
-                be->module);
+      KVP_DEBUG("hsm %s: %s was already initialized by the application", be->base.name, be->module);
       return CKR_OK;
     }
     /* a forked child of a process where kvp11 initialized the module */
@@ -126,14 +144,15 @@ static CK_RV module_initialize(kvp_hsm_backend *be) {
     rv = KVP_HSM_CALL(be, C_Initialize, &args);
   }
   if (rv != CKR_OK)
-    return kvp_fail(CKR_DEVICE_ERROR, "hsm %s: C_Initialize (%s): %s", be->base.name,
-                    be->module, kvp_ckr_name(rv));
+    return kvp_fail(CKR_DEVICE_ERROR, "hsm %s: C_Initialize (%s): %s", be->base.name, be->module,
+                    kvp_ckr_name(rv));
   mods_register(be);
   return CKR_OK;
 }
 
 /* Undo module_initialize: C_Finalize when the last backend of this process goes. */
-static void module_release(kvp_hsm_backend *be) {
+static void module_release(kvp_hsm_backend *be)
+{
   if (!be->refcounted)
     return;
   int last = 0;
@@ -149,7 +168,8 @@ static void module_release(kvp_hsm_backend *be) {
     (void)KVP_HSM_CALL(be, C_Finalize, NULL);
 }
 
-void kvp_hsm_unload_locked(kvp_hsm_backend *be) {
+void kvp_hsm_unload_locked(kvp_hsm_backend *be)
+{
   if (be->f != NULL) {
     if (be->anchor != CK_INVALID_HANDLE)
       kvp_hsm_session_close(be, be->anchor);
@@ -164,7 +184,8 @@ void kvp_hsm_unload_locked(kvp_hsm_backend *be) {
 
 /* ---------- token ---------- */
 
-static int padded_eq(const unsigned char *field, size_t field_len, const char *want) {
+static int padded_eq(const unsigned char *field, size_t field_len, const char *want)
+{
   size_t n = strlen(want);
   if (n > field_len)
     return 0;
@@ -176,7 +197,8 @@ static int padded_eq(const unsigned char *field, size_t field_len, const char *w
   return 1;
 }
 
-static CK_RV find_slot(kvp_hsm_backend *be) {
+static CK_RV find_slot(kvp_hsm_backend *be)
+{
   CK_SLOT_ID slots[KVP_HSM_MAX_SLOTS];
   CK_ULONG n = KVP_ARRAY_SIZE(slots);
   CK_RV rv = KVP_HSM_CALL(be, C_GetSlotList, CK_TRUE, slots, &n);
@@ -204,7 +226,8 @@ static CK_RV find_slot(kvp_hsm_backend *be) {
 
 /* ---------- lazy init ---------- */
 
-static CK_RV load_module(kvp_hsm_backend *be) {
+static CK_RV load_module(kvp_hsm_backend *be)
+{
   ERR_set_mark(); /* library constructors may use OpenSSL */
   be->dl = dlopen(be->module, RTLD_NOW | RTLD_LOCAL);
   ERR_pop_to_mark();
@@ -229,7 +252,8 @@ static CK_RV load_module(kvp_hsm_backend *be) {
   return CKR_OK;
 }
 
-static CK_RV init_locked(kvp_hsm_backend *be) {
+static CK_RV init_locked(kvp_hsm_backend *be)
+{
   CK_RV rv = load_module(be);
   if (rv == CKR_OK)
     rv = module_initialize(be);
@@ -255,7 +279,8 @@ static CK_RV init_locked(kvp_hsm_backend *be) {
   return CKR_OK;
 }
 
-CK_RV kvp_hsm_ensure_init(kvp_hsm_backend *be) {
+CK_RV kvp_hsm_ensure_init(kvp_hsm_backend *be)
+{
   if (atomic_load_explicit(&be->ready, memory_order_acquire))
     return CKR_OK;
   pthread_mutex_lock(&be->init_lock);

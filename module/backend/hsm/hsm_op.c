@@ -23,7 +23,8 @@
 #include "core/status.h"
 
 /* Is rv worth passing through to the application as is? */
-int kvp_hsm_rv_passthrough(CK_RV rv) {
+int kvp_hsm_rv_passthrough(CK_RV rv)
+{
   switch (rv) {
   case CKR_OK:
   case CKR_HOST_MEMORY:
@@ -58,7 +59,8 @@ int kvp_hsm_rv_passthrough(CK_RV rv) {
   }
 }
 
-CK_RV kvp_hsm_map_rv(CK_RV rv) {
+CK_RV kvp_hsm_map_rv(CK_RV rv)
+{
   if (kvp_hsm_rv_passthrough(rv))
     return rv;
   switch (rv) {
@@ -82,25 +84,33 @@ CK_RV kvp_hsm_map_rv(CK_RV rv) {
 /* Where in the operation the HSM answered. */
 typedef enum { STEP_OPEN, STEP_FIND, STEP_INIT, STEP_FINAL } op_step;
 
-static const char *step_fn(op_step st, int op) {
+static const char *step_fn(op_step st, int op)
+{
   switch (st) {
-  case STEP_OPEN: return "C_OpenSession";
-  case STEP_FIND: return "C_FindObjects";
-  case STEP_INIT: return op == KVP_HSM_OP_SIGN ? "C_SignInit" : "C_DecryptInit";
-  case STEP_FINAL: return op == KVP_HSM_OP_SIGN ? "C_Sign" : "C_Decrypt";
+  case STEP_OPEN:
+    return "C_OpenSession";
+  case STEP_FIND:
+    return "C_FindObjects";
+  case STEP_INIT:
+    return op == KVP_HSM_OP_SIGN ? "C_SignInit" : "C_DecryptInit";
+  case STEP_FINAL:
+    return op == KVP_HSM_OP_SIGN ? "C_Sign" : "C_Decrypt";
   }
   return "?";
 }
 
-static int handle_gone(CK_RV rv) {
+static int handle_gone(CK_RV rv)
+{
   return rv == CKR_OBJECT_HANDLE_INVALID || rv == CKR_KEY_HANDLE_INVALID;
 }
 
-static int state_lost(CK_RV rv) {
+static int state_lost(CK_RV rv)
+{
   return rv == CKR_OPERATION_ACTIVE || rv == CKR_OPERATION_NOT_INITIALIZED;
 }
 
-static int mech_refused(CK_RV rv) {
+static int mech_refused(CK_RV rv)
+{
   return rv == CKR_ARGUMENTS_BAD || rv == CKR_MECHANISM_PARAM_INVALID ||
          rv == CKR_MECHANISM_INVALID;
 }
@@ -108,7 +118,8 @@ static int mech_refused(CK_RV rv) {
 /* Init + final call on session s with the private key handle. */
 static CK_RV op_once(kvp_hsm_backend *be, kvp_hsm_key *k, int op, CK_SESSION_HANDLE s,
                      CK_MECHANISM *mech, const CK_BYTE *in, CK_ULONG in_len, CK_BYTE *out,
-                     CK_ULONG *n, op_step *step) {
+                     CK_ULONG *n, op_step *step)
+{
   CK_OBJECT_HANDLE h = (CK_OBJECT_HANDLE)atomic_load_explicit(&k->priv, memory_order_acquire);
   CK_RV rv;
   if (h == CK_INVALID_HANDLE || atomic_load_explicit(&k->priv_gen, memory_order_relaxed) !=
@@ -134,7 +145,8 @@ static CK_RV op_once(kvp_hsm_backend *be, kvp_hsm_key *k, int op, CK_SESSION_HAN
 
 /* What the application is told (and the log line) for a failed operation. */
 static CK_RV op_failure(kvp_hsm_backend *be, kvp_hsm_key *k, int op, op_step step,
-                        const CK_MECHANISM *mech, CK_RV rv) {
+                        const CK_MECHANISM *mech, CK_RV rv)
+{
   if (rv == KVP_HSM_KEY_REFUSED) /* ambiguous, or another key: the reason is recorded */
     return CKR_KEY_HANDLE_INVALID;
   if (step == STEP_FIND && rv == CKR_KEY_HANDLE_INVALID)
@@ -158,19 +170,20 @@ static CK_RV op_failure(kvp_hsm_backend *be, kvp_hsm_key *k, int op, op_step ste
   if (mapped != CKR_USER_NOT_LOGGED_IN && mapped != CKR_HOST_MEMORY &&
       (mapped == CKR_USER_ALREADY_LOGGED_IN || mapped == CKR_USER_ANOTHER_ALREADY_LOGGED_IN ||
        mapped == CKR_USER_PIN_NOT_INITIALIZED || mapped == CKR_USER_TYPE_INVALID ||
-       mapped == CKR_USER_TOO_MANY_TYPES || (mapped >= CKR_PIN_INCORRECT && mapped <= CKR_PIN_LOCKED)))
+       mapped == CKR_USER_TOO_MANY_TYPES ||
+       (mapped >= CKR_PIN_INCORRECT && mapped <= CKR_PIN_LOCKED)))
     mapped = CKR_DEVICE_ERROR;
   if (mapped == rv)
     return kvp_fail(mapped, "hsm %s: %s (key '%s'): %s", be->base.name, step_fn(step, op),
                     kvp_hsm_key_desc(k), kvp_ckr_name(rv));
   return kvp_fail(mapped, "hsm %s: %s (key '%s'): %s (reported as %s)", be->base.name,
-                  step_fn(step, op), kvp_hsm_key_desc(k), kvp_ckr_name(rv),
-                  kvp_ckr_name(mapped));
+                  step_fn(step, op), kvp_hsm_key_desc(k), kvp_ckr_name(rv), kvp_ckr_name(mapped));
 }
 
 CK_RV kvp_hsm_run_op(kvp_hsm_backend *be, kvp_hsm_key *k, int op, CK_MECHANISM *mech,
                      const CK_BYTE *in, CK_ULONG in_len, CK_BYTE *out, CK_ULONG *out_len,
-                     int quiet_refusal) {
+                     int quiet_refusal)
+{
   CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
   op_step step = STEP_OPEN;
   int session_retry = 0, handle_retry = 0, login_retry = 0;

@@ -59,7 +59,8 @@
 #define KVP_HSM_MAX_OBJECTS 100000 /* a find loop that never ends is an HSM bug */
 
 /* CK_RV of a provisioning call: a write-protected token is worth saying. */
-CK_RV kvp_hsm_prov_map(CK_RV rv) {
+CK_RV kvp_hsm_prov_map(CK_RV rv)
+{
   if (rv == CKR_TOKEN_WRITE_PROTECTED)
     return rv;
   return kvp_hsm_map_rv(rv);
@@ -67,7 +68,8 @@ CK_RV kvp_hsm_prov_map(CK_RV rv) {
 
 /* ---------- templates ---------- */
 
-void kvp_hsm_t_add(kvp_hsm_tmpl *t, CK_ATTRIBUTE_TYPE type, void *v, size_t len) {
+void kvp_hsm_t_add(kvp_hsm_tmpl *t, CK_ATTRIBUTE_TYPE type, void *v, size_t len)
+{
   if (t->n >= KVP_HSM_TMPL_MAX) { /* a programming error: fail loudly in the HSM */
     KVP_ERROR("hsm: internal error: template full");
     return;
@@ -81,7 +83,8 @@ void kvp_hsm_t_add(kvp_hsm_tmpl *t, CK_ATTRIBUTE_TYPE type, void *v, size_t len)
 /* ---------- names and specs ---------- */
 
 /* NULL when name is a valid label; otherwise what is wrong with it. */
-static const char *label_problem(const char *name) {
+static const char *label_problem(const char *name)
+{
   const unsigned char *p = (const unsigned char *)name;
   size_t n = strlen(name);
   if (n == 0 || n > KVP_HSM_LABEL_MAX)
@@ -126,42 +129,50 @@ static const char *label_problem(const char *name) {
   return NULL;
 }
 
-CK_RV kvp_hsm_check_name(kvp_hsm_backend *be, const char *name) {
+CK_RV kvp_hsm_check_name(kvp_hsm_backend *be, const char *name)
+{
   const char *why = label_problem(name);
   if (why == NULL)
     return CKR_OK;
   /* the name itself is not logged: it may hold control characters */
-  KVP_ERROR("hsm %s: the key name (CKA_LABEL, %zu bytes) %s", be->base.name, strlen(name), why);
-  return CKR_ATTRIBUTE_VALUE_INVALID;
+  return kvp_fail(CKR_ATTRIBUTE_VALUE_INVALID, "hsm %s: the key name (CKA_LABEL, %zu bytes) %s",
+                  be->base.name, strlen(name), why);
 }
 
 CK_RV kvp_hsm_key_ops(kvp_hsm_backend *be, const char *name, kvp_key_type type, unsigned ops,
-                     unsigned *out) {
+                      unsigned *out)
+{
   if ((ops & ~(KVP_KEYOP_SIGN | KVP_KEYOP_DECRYPT)) != 0) {
-    KVP_ERROR("hsm %s: key %s: unknown key operations 0x%x", be->base.name, name, ops);
-    return CKR_ARGUMENTS_BAD;
+    return kvp_fail(CKR_ARGUMENTS_BAD, "hsm %s: key %s: unknown key operations 0x%x", be->base.name,
+                    name, ops);
   }
   if (ops == 0)
     ops = type == KVP_KEY_RSA ? (KVP_KEYOP_SIGN | KVP_KEYOP_DECRYPT) : KVP_KEYOP_SIGN;
   if (type == KVP_KEY_EC && (ops & KVP_KEYOP_DECRYPT) != 0) {
-    KVP_ERROR("hsm %s: key %s: an EC key cannot decrypt", be->base.name, name);
-    return CKR_TEMPLATE_INCONSISTENT;
+    return kvp_fail(CKR_TEMPLATE_INCONSISTENT, "hsm %s: key %s: an EC key cannot decrypt",
+                    be->base.name, name);
   }
   *out = ops;
   return CKR_OK;
 }
 
-unsigned kvp_hsm_curve_bits(int nid) {
+unsigned kvp_hsm_curve_bits(int nid)
+{
   switch (nid) {
-  case NID_X9_62_prime256v1: return 256;
-  case NID_secp384r1: return 384;
-  case NID_secp521r1: return 521;
-  default: return 0;
+  case NID_X9_62_prime256v1:
+    return 256;
+  case NID_secp384r1:
+    return 384;
+  case NID_secp521r1:
+    return 521;
+  default:
+    return 0;
   }
 }
 
 /* DER OID of a supported curve (OPENSSL_free). */
-int kvp_hsm_curve_params(int nid, unsigned char **der, int *len) {
+int kvp_hsm_curve_params(int nid, unsigned char **der, int *len)
+{
   *der = NULL;
   *len = 0;
   if (kvp_hsm_curve_bits(nid) == 0)
@@ -170,7 +181,8 @@ int kvp_hsm_curve_params(int nid, unsigned char **der, int *len) {
   return *len > 0;
 }
 
-int kvp_hsm_params_nid(const CK_BYTE *der, CK_ULONG len) {
+int kvp_hsm_params_nid(const CK_BYTE *der, CK_ULONG len)
+{
   const unsigned char *p = der;
   ASN1_OBJECT *o = d2i_ASN1_OBJECT(NULL, &p, (long)len);
   int nid = o != NULL ? OBJ_obj2nid(o) : NID_undef;
@@ -181,8 +193,8 @@ int kvp_hsm_params_nid(const CK_BYTE *der, CK_ULONG len) {
 /* ---------- sessions and objects ---------- */
 
 /* A session of our own for one provisioning call, in the user's state. */
-CK_RV kvp_hsm_prov_session(kvp_hsm_backend *be, const char *what, int rw,
-                           CK_SESSION_HANDLE *out) {
+CK_RV kvp_hsm_prov_session(kvp_hsm_backend *be, const char *what, int rw, CK_SESSION_HANDLE *out)
+{
   CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
   CK_RV rv;
 
@@ -193,7 +205,8 @@ CK_RV kvp_hsm_prov_session(kvp_hsm_backend *be, const char *what, int rw,
   if (!be->has_pin && !atomic_load(&be->logged_in))
     return kvp_fail(CKR_USER_NOT_LOGGED_IN,
                     "hsm %s: %s needs the user to be logged in to token '%s' (log in with the "
-                    "token's PIN first)", be->base.name, what, kvp_hsm_token(be));
+                    "token's PIN first)",
+                    be->base.name, what, kvp_hsm_token(be));
   if (be->has_pin && !atomic_load(&be->logged_in)) {
     rv = kvp_hsm_relogin(be); /* guarded: no attempt after a refused PIN */
     if (rv != CKR_OK)
@@ -223,7 +236,8 @@ CK_RV kvp_hsm_prov_session(kvp_hsm_backend *be, const char *what, int rw,
 
 /* Every object matching t (malloc'd; NULL when none). */
 CK_RV kvp_hsm_find_all(kvp_hsm_backend *be, CK_SESSION_HANDLE s, CK_ATTRIBUTE *t, CK_ULONG n,
-                      CK_OBJECT_HANDLE **out, CK_ULONG *count) {
+                       CK_OBJECT_HANDLE **out, CK_ULONG *count)
+{
   CK_OBJECT_HANDLE *all = NULL, batch[64];
   CK_ULONG total = 0, got = 0;
   CK_RV rv;
@@ -262,8 +276,9 @@ CK_RV kvp_hsm_find_all(kvp_hsm_backend *be, CK_SESSION_HANDLE s, CK_ATTRIBUTE *t
 
 /* Objects of class cls with the label (or the CKA_ID, for label == NULL). */
 CK_RV kvp_hsm_find_keys(kvp_hsm_backend *be, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls,
-                       const char *label, const CK_BYTE *id, CK_ULONG id_len,
-                       CK_OBJECT_HANDLE **out, CK_ULONG *count) {
+                        const char *label, const CK_BYTE *id, CK_ULONG id_len,
+                        CK_OBJECT_HANDLE **out, CK_ULONG *count)
+{
   kvp_hsm_tmpl t = {.n = 0};
   kvp_hsm_t_add(&t, CKA_CLASS, &cls, sizeof(cls));
   if (label != NULL)
@@ -274,7 +289,8 @@ CK_RV kvp_hsm_find_keys(kvp_hsm_backend *be, CK_SESSION_HANDLE s, CK_OBJECT_CLAS
 }
 
 static CK_RV count_label(kvp_hsm_backend *be, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls,
-                         const char *label, CK_ULONG *count) {
+                         const char *label, CK_ULONG *count)
+{
   CK_OBJECT_HANDLE *h = NULL;
   CK_RV rv = kvp_hsm_find_keys(be, s, cls, label, NULL, 0, &h, count);
   free(h);
@@ -282,62 +298,68 @@ static CK_RV count_label(kvp_hsm_backend *be, CK_SESSION_HANDLE s, CK_OBJECT_CLA
 }
 
 /* CKR_OK when no key object uses the label; CKR_ATTRIBUTE_VALUE_INVALID (logged) when one does. */
-CK_RV kvp_hsm_label_free(kvp_hsm_backend *be, CK_SESSION_HANDLE s, const char *name) {
+CK_RV kvp_hsm_label_free(kvp_hsm_backend *be, CK_SESSION_HANDLE s, const char *name)
+{
   CK_ULONG n_priv = 0, n_pub = 0;
   CK_RV rv = count_label(be, s, CKO_PRIVATE_KEY, name, &n_priv);
   if (rv == CKR_OK)
     rv = count_label(be, s, CKO_PUBLIC_KEY, name, &n_pub);
   if (rv != CKR_OK) {
-    KVP_ERROR("hsm %s: C_FindObjects (key %s): %s", be->base.name, name, kvp_ckr_name(rv));
-    return kvp_hsm_prov_map(rv);
+    return kvp_fail(kvp_hsm_prov_map(rv), "hsm %s: C_FindObjects (key %s): %s", be->base.name, name,
+                    kvp_ckr_name(rv));
   }
   if (n_priv > 0) {
-    KVP_ERROR("hsm %s: a key labelled %s exists already; kvp11 does not replace keys",
-              be->base.name, name);
-    return CKR_ATTRIBUTE_VALUE_INVALID;
+    return kvp_fail(CKR_ATTRIBUTE_VALUE_INVALID,
+                    "hsm %s: a key labelled %s exists already; kvp11 does not replace keys",
+                    be->base.name, name);
   }
   if (n_pub > 0) {
-    KVP_ERROR("hsm %s: a public key labelled %s exists already (without a private key); "
-              "kvp11 does not replace keys", be->base.name, name);
-    return CKR_ATTRIBUTE_VALUE_INVALID;
+    return kvp_fail(CKR_ATTRIBUTE_VALUE_INVALID,
+                    "hsm %s: a public key labelled %s exists already (without a private key); "
+                    "kvp11 does not replace keys",
+                    be->base.name, name);
   }
   return CKR_OK;
 }
 
 void kvp_hsm_destroy_obj(kvp_hsm_backend *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h,
-                        const char *name) {
+                         const char *name)
+{
   if (h == CK_INVALID_HANDLE)
     return;
   CK_RV rv = KVP_HSM_CALL(be, C_DestroyObject, s, h);
   if (rv != CKR_OK)
-    KVP_ERROR("hsm %s: C_DestroyObject (cleaning up key %s): %s; remove it by hand",
-              be->base.name, name, kvp_ckr_name(rv));
+    KVP_ERROR("hsm %s: C_DestroyObject (cleaning up key %s): %s; remove it by hand", be->base.name,
+              name, kvp_ckr_name(rv));
 }
 
 /* After the creation: another process that made the same label at the same
  * time leaves two private keys; this one then undoes its own. */
-static CK_RV still_unique(kvp_hsm_backend *be, CK_SESSION_HANDLE s, const char *name) {
+static CK_RV still_unique(kvp_hsm_backend *be, CK_SESSION_HANDLE s, const char *name)
+{
   CK_ULONG n = 0;
   CK_RV rv = count_label(be, s, CKO_PRIVATE_KEY, name, &n);
   if (rv != CKR_OK) {
-    KVP_ERROR("hsm %s: C_FindObjects (key %s): %s", be->base.name, name, kvp_ckr_name(rv));
-    return kvp_hsm_prov_map(rv);
+    return kvp_fail(kvp_hsm_prov_map(rv), "hsm %s: C_FindObjects (key %s): %s", be->base.name, name,
+                    kvp_ckr_name(rv));
   }
   if (n == 0) {
-    KVP_ERROR("hsm %s: the new key labelled %s is gone (deleted by someone else?)",
-              be->base.name, name);
-    return CKR_FUNCTION_FAILED;
+    return kvp_fail(CKR_FUNCTION_FAILED,
+                    "hsm %s: the new key labelled %s is gone (deleted by someone else?)",
+                    be->base.name, name);
   }
   if (n > 1) {
-    KVP_ERROR("hsm %s: a key labelled %s exists already; kvp11 does not replace keys "
-              "(created at the same time by someone else)", be->base.name, name);
-    return CKR_ATTRIBUTE_VALUE_INVALID;
+    return kvp_fail(CKR_ATTRIBUTE_VALUE_INVALID,
+                    "hsm %s: a key labelled %s exists already; kvp11 does not replace keys "
+                    "(created at the same time by someone else)",
+                    be->base.name, name);
   }
   return CKR_OK;
 }
 
 CK_RV kvp_hsm_get_ulong(kvp_hsm_backend *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h,
-                       CK_ATTRIBUTE_TYPE type, CK_ULONG *v) {
+                        CK_ATTRIBUTE_TYPE type, CK_ULONG *v)
+{
   CK_ATTRIBUTE a = {type, v, sizeof(*v)};
   return KVP_HSM_CALL(be, C_GetAttributeValue, s, h, &a, 1);
 }
@@ -345,29 +367,29 @@ CK_RV kvp_hsm_get_ulong(kvp_hsm_backend *be, CK_SESSION_HANDLE s, CK_OBJECT_HAND
 /* Finish a new key pair: CKA_ID (default), uniqueness, the public key as the
  * HSM stores it compared with want (import). On failure both objects go. */
 CK_RV kvp_hsm_finish_pair(kvp_hsm_backend *be, CK_SESSION_HANDLE s, const char *name,
-                         CK_OBJECT_HANDLE hpriv, CK_OBJECT_HANDLE hpub, int set_id,
-                         const EVP_PKEY *want) {
+                          CK_OBJECT_HANDLE hpriv, CK_OBJECT_HANDLE hpub, int set_id,
+                          const EVP_PKEY *want)
+{
   EVP_PKEY *pub = NULL;
   unsigned char id[KVP_KEY_ID_LEN];
   CK_RV rv = kvp_hsm_pub_from_object(be, s, hpub, &pub);
 
   if (rv != CKR_OK) {
-    KVP_ERROR("hsm %s: key %s: reading the new public key: %s", be->base.name, name,
-              kvp_ckr_name(rv));
-    rv = kvp_hsm_prov_map(rv);
+    rv = kvp_fail(kvp_hsm_prov_map(rv), "hsm %s: key %s: reading the new public key: %s",
+                  be->base.name, name, kvp_ckr_name(rv));
     goto out;
   }
   if (want != NULL && !kvp_pubkey_equal(pub, want)) {
-    KVP_ERROR("hsm %s: key %s: the HSM stored a different public key than the one imported",
-              be->base.name, name);
-    rv = CKR_FUNCTION_FAILED;
+    rv = kvp_fail(CKR_FUNCTION_FAILED,
+                  "hsm %s: key %s: the HSM stored a different public key than the one imported",
+                  be->base.name, name);
     goto out;
   }
   if (set_id) {
     if (kvp_pubkey_id(pub, id) != KVP_OK) {
-      KVP_ERROR("hsm %s: key %s: cannot compute the CKA_ID of the new public key",
-                be->base.name, name);
-      rv = CKR_FUNCTION_FAILED;
+      rv = kvp_fail(CKR_FUNCTION_FAILED,
+                    "hsm %s: key %s: cannot compute the CKA_ID of the new public key",
+                    be->base.name, name);
       goto out;
     }
     CK_ATTRIBUTE a = {CKA_ID, id, sizeof(id)};
@@ -375,9 +397,8 @@ CK_RV kvp_hsm_finish_pair(kvp_hsm_backend *be, CK_SESSION_HANDLE s, const char *
     if (rv == CKR_OK)
       rv = KVP_HSM_CALL(be, C_SetAttributeValue, s, hpub, &a, 1);
     if (rv != CKR_OK) {
-      KVP_ERROR("hsm %s: C_SetAttributeValue (key %s, CKA_ID): %s", be->base.name, name,
-                kvp_ckr_name(rv));
-      rv = kvp_hsm_prov_map(rv);
+      rv = kvp_fail(kvp_hsm_prov_map(rv), "hsm %s: C_SetAttributeValue (key %s, CKA_ID): %s",
+                    be->base.name, name, kvp_ckr_name(rv));
       goto out;
     }
   }

@@ -28,8 +28,7 @@ unsigned kvp_hsm_curve_bits(int nid);
 int kvp_hsm_curve_params(int nid, unsigned char **der, int *len);
 int kvp_hsm_params_nid(const CK_BYTE *der, CK_ULONG len);
 /* A session of our own for one provisioning call, in the user's state. */
-CK_RV kvp_hsm_prov_session(kvp_hsm_backend *be, const char *what, int rw,
-                           CK_SESSION_HANDLE *out);
+CK_RV kvp_hsm_prov_session(kvp_hsm_backend *be, const char *what, int rw, CK_SESSION_HANDLE *out);
 /* Every object matching t (malloc'd; NULL when none). */
 CK_RV kvp_hsm_find_all(kvp_hsm_backend *be, CK_SESSION_HANDLE s, CK_ATTRIBUTE *t, CK_ULONG n,
                        CK_OBJECT_HANDLE **out, CK_ULONG *count);

@@ -29,13 +29,15 @@
 #include "core/p11names.h"
 #include "core/status.h"
 
-int kvp_hsm_session_gone(CK_RV rv) {
+int kvp_hsm_session_gone(CK_RV rv)
+{
   return rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED;
 }
 
 /* ---------- bookkeeping (pool_lock held) ---------- */
 
-static int busy_add_locked(kvp_hsm_backend *be, CK_SESSION_HANDLE s) {
+static int busy_add_locked(kvp_hsm_backend *be, CK_SESSION_HANDLE s)
+{
   if (be->n_busy == be->cap_busy) {
     size_t cap = be->cap_busy ? 2 * be->cap_busy : 16;
     CK_SESSION_HANDLE *b = realloc(be->busy, cap * sizeof(*b));
@@ -49,7 +51,8 @@ static int busy_add_locked(kvp_hsm_backend *be, CK_SESSION_HANDLE s) {
 }
 
 /* Remove one entry of s; returns how many other holders of s remain. */
-static size_t busy_remove_locked(kvp_hsm_backend *be, CK_SESSION_HANDLE s) {
+static size_t busy_remove_locked(kvp_hsm_backend *be, CK_SESSION_HANDLE s)
+{
   size_t others = 0, at = be->n_busy;
   for (size_t i = 0; i < be->n_busy; i++) {
     if (be->busy[i] != s)
@@ -64,7 +67,8 @@ static size_t busy_remove_locked(kvp_hsm_backend *be, CK_SESSION_HANDLE s) {
   return others;
 }
 
-static int at_limit_locked(const kvp_hsm_backend *be) {
+static int at_limit_locked(const kvp_hsm_backend *be)
+{
   return be->max_sessions != 0 && be->n_open >= be->max_sessions;
 }
 
@@ -74,7 +78,8 @@ static int at_limit_locked(const kvp_hsm_backend *be) {
 static CK_RV open_reserved(kvp_hsm_backend *be, CK_FLAGS flags, CK_SESSION_HANDLE *out);
 
 /* The HSM's session is no longer ours (closed, or gone): count it. */
-static void uncount(kvp_hsm_backend *be) {
+static void uncount(kvp_hsm_backend *be)
+{
   pthread_mutex_lock(&be->pool_lock);
   if (be->n_open > 0)
     be->n_open--;
@@ -82,7 +87,8 @@ static void uncount(kvp_hsm_backend *be) {
   pthread_mutex_unlock(&be->pool_lock);
 }
 
-static CK_RV open_reserved(kvp_hsm_backend *be, CK_FLAGS flags, CK_SESSION_HANDLE *out) {
+static CK_RV open_reserved(kvp_hsm_backend *be, CK_FLAGS flags, CK_SESSION_HANDLE *out)
+{
   pthread_mutex_lock(&be->sess_lock);
   CK_RV rv = KVP_HSM_CALL(be, C_OpenSession, be->slot, flags, NULL, NULL, out);
   pthread_mutex_unlock(&be->sess_lock);
@@ -93,23 +99,29 @@ static CK_RV open_reserved(kvp_hsm_backend *be, CK_FLAGS flags, CK_SESSION_HANDL
   return rv;
 }
 
-static void close_counted(kvp_hsm_backend *be, CK_SESSION_HANDLE s) {
+static void close_counted(kvp_hsm_backend *be, CK_SESSION_HANDLE s)
+{
   pthread_mutex_lock(&be->sess_lock);
   (void)KVP_HSM_CALL(be, C_CloseSession, s);
   pthread_mutex_unlock(&be->sess_lock);
   uncount(be);
 }
 
-CK_RV kvp_hsm_session_open(kvp_hsm_backend *be, int rw, CK_SESSION_HANDLE *out) {
+CK_RV kvp_hsm_session_open(kvp_hsm_backend *be, int rw, CK_SESSION_HANDLE *out)
+{
   pthread_mutex_lock(&be->pool_lock);
   be->n_open++; /* the anchor and provisioning sessions are not held back by the limit */
   pthread_mutex_unlock(&be->pool_lock);
   return open_reserved(be, CKF_SERIAL_SESSION | (rw ? CKF_RW_SESSION : 0), out);
 }
 
-void kvp_hsm_session_lost(kvp_hsm_backend *be) { uncount(be); }
+void kvp_hsm_session_lost(kvp_hsm_backend *be)
+{
+  uncount(be);
+}
 
-void kvp_hsm_session_close(kvp_hsm_backend *be, CK_SESSION_HANDLE s) {
+void kvp_hsm_session_close(kvp_hsm_backend *be, CK_SESSION_HANDLE s)
+{
   if (s != CK_INVALID_HANDLE)
     close_counted(be, s);
 }
@@ -117,7 +129,8 @@ void kvp_hsm_session_close(kvp_hsm_backend *be, CK_SESSION_HANDLE s) {
 /* ---------- the pool ---------- */
 
 /* Take an idle session (pool_lock held): CKR_OK, or CKR_HOST_MEMORY. */
-static CK_RV pop_locked(kvp_hsm_backend *be, CK_SESSION_HANDLE *out) {
+static CK_RV pop_locked(kvp_hsm_backend *be, CK_SESSION_HANDLE *out)
+{
   CK_SESSION_HANDLE s = be->pool[--be->n_pool];
   if (!busy_add_locked(be, s)) {
     be->pool[be->n_pool++] = s;
@@ -127,7 +140,8 @@ static CK_RV pop_locked(kvp_hsm_backend *be, CK_SESSION_HANDLE *out) {
   return CKR_OK;
 }
 
-CK_RV kvp_hsm_pool_get(kvp_hsm_backend *be, int fresh, CK_SESSION_HANDLE *out) {
+CK_RV kvp_hsm_pool_get(kvp_hsm_backend *be, int fresh, CK_SESSION_HANDLE *out)
+{
   *out = CK_INVALID_HANDLE;
   for (;;) {
     pthread_mutex_lock(&be->pool_lock);
@@ -174,7 +188,8 @@ CK_RV kvp_hsm_pool_get(kvp_hsm_backend *be, int fresh, CK_SESSION_HANDLE *out) {
   }
 }
 
-void kvp_hsm_pool_put(kvp_hsm_backend *be, CK_SESSION_HANDLE s) {
+void kvp_hsm_pool_put(kvp_hsm_backend *be, CK_SESSION_HANDLE s)
+{
   pthread_mutex_lock(&be->pool_lock);
   size_t others = busy_remove_locked(be, s);
   int keep = others == 0 && be->n_pool < KVP_HSM_POOL_MAX;
@@ -188,7 +203,8 @@ void kvp_hsm_pool_put(kvp_hsm_backend *be, CK_SESSION_HANDLE s) {
     close_counted(be, s);
 }
 
-void kvp_hsm_pool_forget(kvp_hsm_backend *be, CK_SESSION_HANDLE s) {
+void kvp_hsm_pool_forget(kvp_hsm_backend *be, CK_SESSION_HANDLE s)
+{
   pthread_mutex_lock(&be->pool_lock);
   size_t others = busy_remove_locked(be, s);
   pthread_mutex_unlock(&be->pool_lock);
@@ -196,7 +212,8 @@ void kvp_hsm_pool_forget(kvp_hsm_backend *be, CK_SESSION_HANDLE s) {
     uncount(be);
 }
 
-void kvp_hsm_pool_discard(kvp_hsm_backend *be, CK_SESSION_HANDLE s) {
+void kvp_hsm_pool_discard(kvp_hsm_backend *be, CK_SESSION_HANDLE s)
+{
   pthread_mutex_lock(&be->pool_lock);
   size_t others = busy_remove_locked(be, s);
   pthread_mutex_unlock(&be->pool_lock);
@@ -208,7 +225,8 @@ void kvp_hsm_pool_discard(kvp_hsm_backend *be, CK_SESSION_HANDLE s) {
   close_counted(be, s);
 }
 
-void kvp_hsm_pool_close_all(kvp_hsm_backend *be) {
+void kvp_hsm_pool_close_all(kvp_hsm_backend *be)
+{
   for (;;) {
     pthread_mutex_lock(&be->pool_lock);
     if (be->n_pool == 0) {

@@ -264,17 +264,18 @@ static void row_key_info(const unsigned char *der, size_t der_len, const unsigne
                          size_t spki_len, unsigned char kid[KVP_KEY_ID_LEN], size_t *kid_len,
                          const char **kalg)
 {
-  const unsigned char *p = der;
-  X509 *x = der_len > 0 ? d2i_X509(NULL, &p, (long)der_len) : NULL;
+  kvp_cert_parts parts;
   kvp_spki k;
-  int ok;
 
   *kid_len = 0;
   *kalg = NULL;
-  ok = der_len > 0 ? x != NULL && kvp_spki_from_x509(x, &k) == KVP_OK
-                   : kvp_spki_from_der(spki, spki_len, &k) == KVP_OK;
-  X509_free(x);
-  if (!ok)
+  if (der_len > 0) {
+    if (kvp_cert_split(der, der_len, &parts) != KVP_OK)
+      return;
+    spki = parts.spki;
+    spki_len = (size_t)parts.spki_len;
+  }
+  if (kvp_spki_from_der(spki, spki_len, &k) != KVP_OK)
     return;
   *kalg = k.type == 1 ? "rsa" : "ec"; /* kvp_spki.type: 1 RSA, 2 EC */
   memcpy(kid, k.id, KVP_KEY_ID_LEN);

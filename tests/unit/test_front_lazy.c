@@ -17,6 +17,7 @@
 #include <CUnit/Basic.h>
 #include <openssl/evp.h>
 #include <openssl/x509.h>
+#include <sqlite3.h>
 
 #include "core/cert.h"
 #include "core/registry.h"
@@ -64,12 +65,13 @@ static void make_rec(const char *account, const char *name, long serial, kvp_cer
 }
 
 /* Register count certificates NAMEi (i = first ...) in one transaction. */
-static void register_range(const char *account, const char *prefix, int first, int count)
+static void register_range_at(const char *path, const char *prefix, int first, int count)
 {
+  const char *account = "partners";
   char err[KVP_ERRLEN], name[64];
   kvp_registry *reg = NULL;
 
-  CU_ASSERT_EQUAL_FATAL(kvp_registry_open(regpath, 0, &reg, err, sizeof(err)), KVP_OK);
+  CU_ASSERT_EQUAL_FATAL(kvp_registry_open(path, 0, &reg, err, sizeof(err)), KVP_OK);
   CU_ASSERT_EQUAL_FATAL(kvp_registry_begin(reg, err, sizeof(err)), KVP_OK);
   for (int i = first; i < first + count; i++) {
     kvp_cert_rec rec;
@@ -80,6 +82,12 @@ static void register_range(const char *account, const char *prefix, int first, i
   }
   CU_ASSERT_EQUAL(kvp_registry_end(reg, 1, err, sizeof(err)), KVP_OK);
   kvp_registry_close(reg);
+}
+
+static void register_range(const char *account, const char *prefix, int first, int count)
+{
+  CU_ASSERT_STRING_EQUAL_FATAL(account, "partners");
+  register_range_at(regpath, prefix, first, count);
 }
 
 static void unregister(const char *account, const char *name)
@@ -399,6 +407,128 @@ static void test_enumerate_while_changing(void)
   CU_ASSERT_EQUAL(f->C_Finalize(NULL), CKR_OK);
 }
 
+static int push_id(void *ctx, int64_t id)
+{
+  int64_t *ids = ctx;
+  if (ids[0] < 15)
+    ids[++ids[0]] = id;
+  return KVP_OK;
+}
+
+/* The change counter: every insert, update and delete is reported once, by id. */
+static void test_changes(void)
+{
+  char err[KVP_ERRLEN], path[700];
+  kvp_registry *w = NULL, *r = NULL;
+  kvp_cert_rec rec, got;
+  int64_t rev = -1, ids[16] = {0};
+  int full = 0;
+
+  snprintf(path, sizeof(path), "%s/changes.db", dir);
+  CU_ASSERT_EQUAL_FATAL(kvp_registry_open(path, 0, &w, err, sizeof(err)), KVP_OK);
+  CU_ASSERT_EQUAL_FATAL(kvp_registry_open(path, 1, &r, err, sizeof(err)), KVP_OK);
+  CU_ASSERT_EQUAL(kvp_registry_changes(r, &rev, &full, push_id, ids, err, sizeof(err)), KVP_OK);
+  CU_ASSERT_EQUAL(full, 1); /* the first look */
+  CU_ASSERT_EQUAL(ids[0], 0);
+  make_rec("a", "x", 1, &rec);
+  CU_ASSERT_EQUAL(kvp_registry_add(w, &rec, 0, err, sizeof(err)), KVP_OK);
+  CU_ASSERT_EQUAL(kvp_registry_add(w, &rec, 1, err, sizeof(err)), KVP_OK); /* replaced */
+  kvp_cert_rec_clear(&rec);
+  make_rec("a", "y", 2, &rec);
+  CU_ASSERT_EQUAL(kvp_registry_add(w, &rec, 0, err, sizeof(err)), KVP_OK);
+  kvp_cert_rec_clear(&rec);
+  CU_ASSERT_EQUAL_FATAL(kvp_registry_get(r, "a", "x", &got, err, sizeof(err)), KVP_OK);
+  CU_ASSERT(got.rev > 0);
+  CU_ASSERT_EQUAL(kvp_registry_changes(r, &rev, &full, push_id, ids, err, sizeof(err)), KVP_OK);
+  CU_ASSERT_EQUAL(full, 0);
+  CU_ASSERT_EQUAL(ids[0], 2); /* x once (inserted and replaced), y */
+  CU_ASSERT(ids[1] == got.id || ids[2] == got.id);
+  ids[0] = 0;
+  CU_ASSERT_EQUAL(kvp_registry_changes(r, &rev, &full, push_id, ids, err, sizeof(err)), KVP_OK);
+  CU_ASSERT_EQUAL(ids[0], 0); /* nothing new */
+  CU_ASSERT_EQUAL(kvp_registry_remove(w, "a", "x", err, sizeof(err)), KVP_OK);
+  CU_ASSERT_EQUAL(kvp_registry_changes(r, &rev, &full, push_id, ids, err, sizeof(err)), KVP_OK);
+  CU_ASSERT_EQUAL(ids[0], 1); /* the tombstone */
+  CU_ASSERT_EQUAL(ids[1], got.id);
+  kvp_cert_rec_clear(&got);
+  kvp_registry_close(r);
+  kvp_registry_close(w);
+}
+
+/* A v2 registry (before kid, kalg, rev) works read-only in the module; the
+ * first writer migrates it, and the running module keeps its handles. */
+static void test_v2_registry(void)
+{
+  char path[700], conf2[700];
+  kvp_cert_rec rec;
+  sqlite3 *db = NULL;
+  sqlite3_stmt *st = NULL;
+  CK_SESSION_HANDLE s;
+  CK_OBJECT_HANDLE *h, *again;
+  CK_ULONG n, n2, id_len = 64, nm = 0;
+  unsigned char id[64];
+  char label[64];
+  FILE *fp;
+
+  snprintf(path, sizeof(path), "%s/v2.db", dir);
+  snprintf(conf2, sizeof(conf2), "%s/v2.conf", dir);
+  fp = fopen(conf2, "w");
+  CU_ASSERT_PTR_NOT_NULL_FATAL(fp);
+  fprintf(fp, "[global]\nregistry = %s\nlog_level = error\n\n[account partners]\n", path);
+  fclose(fp);
+  CU_ASSERT_FATAL(sqlite3_open(path, &db) == SQLITE_OK);
+  CU_ASSERT_FATAL(
+      sqlite3_exec(db,
+                   "PRAGMA journal_mode=WAL;"
+                   "CREATE TABLE certs (id INTEGER PRIMARY KEY AUTOINCREMENT, account TEXT NOT NULL,"
+                   " name TEXT NOT NULL, type TEXT NOT NULL, der BLOB NOT NULL, subject TEXT NOT NULL,"
+                   " issuer TEXT NOT NULL, serial TEXT NOT NULL, not_before INTEGER NOT NULL,"
+                   " not_after INTEGER NOT NULL, sha1 TEXT NOT NULL, sha256 TEXT NOT NULL,"
+                   " key_ref TEXT, key_version TEXT, resource_group TEXT, created INTEGER NOT NULL,"
+                   " updated INTEGER NOT NULL, spki BLOB, ckid BLOB, UNIQUE (account, name));"
+                   "PRAGMA user_version = 2;",
+                   NULL, NULL, NULL) == SQLITE_OK);
+  make_rec("partners", "old", 9, &rec);
+  CU_ASSERT_FATAL(sqlite3_prepare_v2(db,
+                                     "INSERT INTO certs VALUES (5, 'partners', 'old', 'public', ?1,"
+                                     " ?2, ?3, ?4, 1, 2, ?5, ?6, NULL, NULL, NULL, 3, 4, NULL, NULL)",
+                                     -1, &st, NULL) == SQLITE_OK);
+  sqlite3_bind_blob(st, 1, rec.der, (int)rec.der_len, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, rec.subject, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 3, rec.issuer, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 4, rec.serial, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 5, rec.sha1, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 6, rec.sha256, -1, SQLITE_STATIC);
+  CU_ASSERT_FATAL(sqlite3_step(st) == SQLITE_DONE);
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  kvp_cert_rec_clear(&rec);
+
+  setenv("KVP11_CONF", conf2, 1);
+  CU_ASSERT_EQUAL_FATAL(f->C_Initialize(NULL), CKR_OK);
+  CU_ASSERT_EQUAL_FATAL(f->C_OpenSession(first_slot(), CKF_SERIAL_SESSION, NULL, NULL, &s), CKR_OK);
+  CU_ASSERT(kvp_g.slots[0].has_ec && !kvp_g.slots[0].has_rsa); /* from the DER, before v3 */
+  CU_ASSERT_EQUAL(f->C_GetMechanismList(first_slot(), NULL, &nm), CKR_OK);
+  h = find(s, NULL, 0, 10, &n);
+  CU_ASSERT_EQUAL_FATAL(n, 2);
+  CU_ASSERT_EQUAL(h[0], (5 << 2) | KVP_OBJ_CERT);
+  label_and_id(s, h[1], label, sizeof(label), id, &id_len);
+  {
+    CK_ATTRIBUTE by_id = {CKA_ID, id, id_len};
+    again = find(s, &by_id, 1, 10, &n2); /* no kid column: found by walking the rows */
+    CU_ASSERT(n2 == 2 && again[0] == h[0]);
+    free(again);
+    register_range_at(path, "new", 0, 1); /* a writer: migrates to v3 */
+    again = find(s, &by_id, 1, 10, &n2); /* the index now */
+    CU_ASSERT(n2 == 2 && again[0] == h[0] && again[1] == h[1]);
+    free(again);
+  }
+  CU_ASSERT_EQUAL(count(s, NULL, 0), 4);
+  free(h);
+  CU_ASSERT_EQUAL(f->C_Finalize(NULL), CKR_OK);
+  setenv("KVP11_CONF", conf, 1);
+}
+
 int main(void)
 {
   CU_pSuite suite;
@@ -410,6 +540,8 @@ int main(void)
   CU_add_test(suite, "1 row: templates, handles across reloads", test_one_row);
   CU_add_test(suite, "5,000 rows: lazy start, indexed finds, batches", test_many_rows);
   CU_add_test(suite, "enumeration while another process changes rows", test_enumerate_while_changing);
+  CU_add_test(suite, "registry change counter and tombstones", test_changes);
+  CU_add_test(suite, "v2 registry read-only, then migrated under a running module", test_v2_registry);
   CU_basic_set_mode(CU_BRM_VERBOSE);
   CU_basic_run_tests();
   unsigned failed = CU_get_number_of_failures();

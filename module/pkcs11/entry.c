@@ -9,10 +9,12 @@
  *  - the thread's status (core/status.h) is cleared first, so a reason
  *    recorded belongs to this call;
  *  - the calling thread's OpenSSL error queue is left as it was found: the
- *    module's own OpenSSL use and every backend call (an HSM module that
- *    loads OpenSSL engines, libcurl's TLS) run under ERR_set_mark() and the
- *    errors they leave are popped again. Applications such as nginx read that
- *    queue after an unrelated call and would take our leftovers for theirs;
+ *    caller's errors are set aside, the module's own OpenSSL use and every
+ *    backend call (an HSM module that loads OpenSSL engines or clears the
+ *    queue, libcurl's TLS) run with an empty queue, and what they leave is
+ *    dropped before the caller's errors are put back (entry_rv.c).
+ *    Applications such as nginx read that queue after an unrelated call and
+ *    would take our leftovers for theirs;
  *  - the CK_RV is one that PKCS#11 v2.40 allows for the function (rv_rules):
  *    a code the function may not return (a key store's CKR_PIN_INCORRECT from
  *    C_SignInit) becomes an allowed one (CKR_USER_NOT_LOGGED_IN, else
@@ -45,8 +47,9 @@ static void pad_copy(CK_UTF8CHAR *dst, size_t dst_len, const char *src)
 /* ENTRY(FN_x, expr): run expr as entry point FN_x and return its mapped CK_RV. */
 #define ENTRY(fn, expr)                                                                            \
   do {                                                                                             \
-    kvp_entry_begin();                                                                             \
-    return kvp_entry_end((fn), (expr));                                                            \
+    kvp_errq q_;                                                                                   \
+    kvp_entry_begin(&q_);                                                                          \
+    return kvp_entry_end(&q_, (fn), (expr));                                                       \
   } while (0)
 
 /*
@@ -360,7 +363,8 @@ CK_RV C_WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID_PTR pSlot, CK_VOID_PTR pRese
   do {                                                                                             \
     kvp_session *s_ = NULL;                                                                        \
     CK_RV rv_;                                                                                     \
-    kvp_entry_begin();                                                                             \
+    kvp_errq q_;                                                                                   \
+    kvp_entry_begin(&q_);                                                                          \
     rv_ = kvp_session_get((h), &s_);                                                               \
     if (rv_ == CKR_OK) {                                                                           \
       pthread_mutex_lock(&s_->lock);                                                               \
@@ -371,7 +375,7 @@ CK_RV C_WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID_PTR pSlot, CK_VOID_PTR pRese
       pthread_mutex_unlock(&s_->lock);                                                             \
       kvp_session_put(s_);                                                                         \
     }                                                                                              \
-    return kvp_entry_end((fn), rv_);                                                               \
+    return kvp_entry_end(&q_, (fn), rv_);                                                          \
   } while (0)
 
 static CK_RV open_session(CK_SLOT_ID slotID, CK_FLAGS flags, CK_SESSION_HANDLE_PTR phSession)

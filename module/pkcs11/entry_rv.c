@@ -14,6 +14,7 @@
  */
 #include "pkcs11/entry_rv.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #include <openssl/err.h>
@@ -258,16 +259,63 @@ CK_RV kvp_entry_map_rv(const char *fn, CK_RV rv)
   return CKR_GENERAL_ERROR;
 }
 
-void kvp_entry_begin(void)
+/*
+ * The caller's OpenSSL errors are set aside for the call and put back after
+ * it. A mark (ERR_set_mark / ERR_pop_to_mark) alone is not enough: an HSM
+ * module may clear the queue itself (SoftHSM2 does on a padding error), which
+ * would take the caller's errors and the mark with it. Errors keep their
+ * library, reason, file, line, function and text; a mark the caller had set
+ * on them is not kept (OpenSSL has no way to read it).
+ */
+static void errq_save(kvp_errq *q)
+{
+  const char *file, *func, *data;
+  int line, flags;
+  unsigned long e;
+
+  q->n = 0;
+  while ((e = ERR_get_error_all(&file, &line, &func, &data, &flags)) != 0) {
+    kvp_errq_entry *x;
+    if (q->n == KVP_ERRQ_MAX) {
+      /* more than the queue can hold: the oldest are dropped, as OpenSSL does */
+      free(q->e[0].data);
+      memmove(&q->e[0], &q->e[1], (KVP_ERRQ_MAX - 1) * sizeof(q->e[0]));
+      q->n--;
+    }
+    x = &q->e[q->n++];
+    x->code = e;
+    x->file = file;
+    x->line = line;
+    x->func = func;
+    x->data = (flags & ERR_TXT_STRING) && data != NULL ? strdup(data) : NULL;
+  }
+}
+
+static void errq_restore(kvp_errq *q)
+{
+  ERR_clear_error(); /* whatever the module and the key stores left */
+  for (size_t i = 0; i < q->n; i++) {
+    kvp_errq_entry *x = &q->e[i];
+    ERR_new();
+    ERR_set_debug(x->file, x->line, x->func);
+    if (x->data != NULL)
+      ERR_set_error(ERR_GET_LIB(x->code), ERR_GET_REASON(x->code), "%s", x->data);
+    else
+      ERR_set_error(ERR_GET_LIB(x->code), ERR_GET_REASON(x->code), NULL);
+    free(x->data);
+  }
+  q->n = 0;
+}
+
+void kvp_entry_begin(kvp_errq *q)
 {
   kvp_status_clear();
-  ERR_set_mark();
+  errq_save(q);
 }
 
-CK_RV kvp_entry_end(kvp_entry_fn fn, CK_RV rv)
+CK_RV kvp_entry_end(kvp_errq *q, kvp_entry_fn fn, CK_RV rv)
 {
   rv = allowed_rv(fn, rv);
-  ERR_pop_to_mark();
+  errq_restore(q);
   return rv;
 }
-

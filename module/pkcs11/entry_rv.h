@@ -6,6 +6,8 @@
 #ifndef KVP_PKCS11_ENTRY_RV_H
 #define KVP_PKCS11_ENTRY_RV_H
 
+#include <stddef.h>
+
 #include <p11-kit/pkcs11.h>
 
 /* One per entry point (the four dual-function updates share FN_DualUpdate,
@@ -25,11 +27,25 @@ typedef enum {
   FN_FunctionStatus, FN_WaitForSlotEvent, FN_COUNT
 } kvp_entry_fn;
 
-/* Start of an entry point: kvp_status_clear(), ERR_set_mark(). */
-void kvp_entry_begin(void);
+/* The caller's OpenSSL errors, set aside during a call (OpenSSL keeps 16). */
+#define KVP_ERRQ_MAX 16
+typedef struct kvp_errq_entry {
+  unsigned long code;
+  const char *file, *func;
+  int line;
+  char *data;
+} kvp_errq_entry;
+typedef struct kvp_errq {
+  kvp_errq_entry e[KVP_ERRQ_MAX];
+  size_t n;
+} kvp_errq;
+
+/* Start of an entry point: kvp_status_clear(); the thread's OpenSSL errors
+ * are moved into q, so the call starts with an empty queue. */
+void kvp_entry_begin(kvp_errq *q);
 /* End of entry point fn: map rv to a code fn may return (recording the
- * original as the reason), ERR_pop_to_mark(), return it. */
-CK_RV kvp_entry_end(kvp_entry_fn fn, CK_RV rv);
+ * original as the reason); drop the errors the call left and put q's back. */
+CK_RV kvp_entry_end(kvp_errq *q, kvp_entry_fn fn, CK_RV rv);
 /* The code entry point fn ("C_SignInit") returns for rv (tests). */
 CK_RV kvp_entry_map_rv(const char *fn, CK_RV rv);
 

@@ -53,6 +53,11 @@ int main(int argc, char **argv)
     CU_pRunSummary sum = CU_get_run_summary();
     failed = sum->nAssertsFailed || sum->nTestsFailed || sum->nSuitesFailed;
   }
+  if (kvpt_errqueue_violations() != 0) {
+    fprintf(stderr, "\n%lu module call(s) changed the caller's OpenSSL error queue\n",
+            kvpt_errqueue_violations());
+    failed = true;
+  }
   status = failed ? 1 : 0;
   printf("\n");
   CU_cleanup_registry();

@@ -167,6 +167,7 @@ void kvpt_add_session_tests(void);
 void kvpt_add_object_tests(void);
 void kvpt_add_sign_tests(void);
 void kvpt_add_crypt_tests(void);
+void kvpt_add_mixing_tests(void);
 void kvpt_add_thread_tests(void);
 void kvpt_add_fork_tests(void);
 void kvpt_add_destructive_tests(void);

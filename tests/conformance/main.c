@@ -30,6 +30,7 @@ int main(int argc, char **argv)
   kvpt_add_object_tests();
   kvpt_add_sign_tests();
   kvpt_add_crypt_tests();
+  kvpt_add_mixing_tests();
   kvpt_add_thread_tests();
   kvpt_add_fork_tests();
   kvpt_add_destructive_tests();

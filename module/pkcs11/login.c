@@ -205,7 +205,6 @@ CK_RV kvp_login(kvp_session *s, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULONG
 CK_RV kvp_logout(kvp_session *s)
 {
   kvp_slot *slot;
-  login_set set = {0};
   int was_in;
 
   pthread_rwlock_wrlock(&kvp_g.lock);
@@ -215,9 +214,15 @@ CK_RV kvp_logout(kvp_session *s)
   pthread_rwlock_unlock(&kvp_g.lock);
   if (!was_in)
     return CKR_USER_NOT_LOGGED_IN;
+  kvp_slot_backends_logout(slot);
+  return CKR_OK;
+}
+
+void kvp_slot_backends_logout(const kvp_slot *slot)
+{
+  login_set set = {0};
   /* The slot's HSMs forget the PIN unless another logged-in token uses them. */
   if (login_set_of(slot, &set) == CKR_OK)
     logout_unshared(slot, &set, set.n);
   set_free(&set);
-  return CKR_OK;
 }

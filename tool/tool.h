@@ -102,6 +102,10 @@ int kvp_tool_csr(kvp_tool *t, int argc, char **argv);
 void kvp_tool_csr_usage(FILE *f);
 int kvp_tool_cert_selfsign(kvp_tool *t, int argc, char **argv);
 
+/* "kvp11 sync", "publish", "unpublish" (sync.c): argv[0] is the command. */
+int kvp_tool_sync(kvp_tool *t, int argc, char **argv);
+void kvp_tool_sync_usage(FILE *f);
+
 /* Output helpers (output.c). */
 /* prefix, "CMD", then the synopsis text; its continuation lines ('\n' in text)
  * aligned after "CMD ". */

@@ -98,6 +98,7 @@ struct kvp_registry {
   int asked;            /* kvp_registry_changed() was called */
   int64_t data_version; /* PRAGMA data_version at the last call */
   int64_t schema;       /* PRAGMA user_version as last read */
+  int batch;            /* inside kvp_registry_batch_begin() */
 };
 
 /* ---- errors and small helpers ------------------------------------------ */
@@ -143,16 +144,26 @@ static int exec(kvp_registry *reg, const char *sql, const char *what, char *err,
   return KVP_OK;
 }
 
+/* Inside a batch (kvp_registry_batch_begin) each change is a savepoint of
+ * the batch's transaction, so a failed change undoes itself only. */
 static int begin(kvp_registry *reg, char *err, size_t errlen)
 {
   if (reg->readonly)
     return kvp_seterr(err, errlen, KVP_EPERM, "registry %s: opened read-only", reg->path);
+  if (reg->batch)
+    return exec(reg, "SAVEPOINT kvp_change", "cannot start a change", err, errlen);
   return exec(reg, "BEGIN IMMEDIATE", "cannot start a write", err, errlen);
 }
 
 /* COMMIT when rc is KVP_OK, else ROLLBACK. Returns the final rc. */
 static int end(kvp_registry *reg, int rc, char *err, size_t errlen)
 {
+  if (reg->batch) {
+    if (rc != KVP_OK)
+      sqlite3_exec(reg->db, "ROLLBACK TO kvp_change", NULL, NULL, NULL);
+    sqlite3_exec(reg->db, "RELEASE kvp_change", NULL, NULL, NULL);
+    return rc;
+  }
   if (rc == KVP_OK)
     return exec(reg, "COMMIT", "cannot commit", err, errlen);
   sqlite3_exec(reg->db, "ROLLBACK", NULL, NULL, NULL);
@@ -825,6 +836,32 @@ void kvp_cert_rec_free_array(kvp_cert_rec *recs, size_t n)
   for (size_t i = 0; recs != NULL && i < n; i++)
     kvp_cert_rec_clear(&recs[i]);
   free(recs);
+}
+
+/* ---- batches ----------------------------------------------------------------- */
+
+int kvp_registry_batch_begin(kvp_registry *reg, char *err, size_t errlen)
+{
+  int rc;
+
+  if (reg->batch)
+    return kvp_seterr(err, errlen, KVP_EINVAL, "registry %s: a batch is open already", reg->path);
+  rc = begin(reg, err, errlen);
+  if (rc == KVP_OK)
+    reg->batch = 1;
+  return rc;
+}
+
+int kvp_registry_batch_end(kvp_registry *reg, int commit, char *err, size_t errlen)
+{
+  if (!reg->batch)
+    return kvp_seterr(err, errlen, KVP_EINVAL, "registry %s: no batch is open", reg->path);
+  reg->batch = 0;
+  if (!commit) {
+    end(reg, KVP_ERR, err, errlen);
+    return KVP_OK;
+  }
+  return end(reg, KVP_OK, err, errlen);
 }
 
 /* ---- the front's login and fork helpers (kept apart from the rest) ----- */

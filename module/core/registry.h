@@ -92,6 +92,15 @@ int kvp_registry_get_id(kvp_registry *reg, int64_t id, kvp_cert_rec *out, char *
 int kvp_registry_remove(kvp_registry *reg, const char *account, const char *name, char *err,
                         size_t errlen);
 
+/*
+ * Batches: every add/remove between batch_begin and batch_end is one
+ * transaction (IMMEDIATE: other writers wait); batch_end commits with
+ * commit != 0, else rolls everything back. A failed add/remove inside a batch
+ * undoes only itself (the caller decides whether to end with commit).
+ */
+int kvp_registry_batch_begin(kvp_registry *reg, char *err, size_t errlen);
+int kvp_registry_batch_end(kvp_registry *reg, int commit, char *err, size_t errlen);
+
 void kvp_cert_rec_clear(kvp_cert_rec *rec);            /* frees the members */
 void kvp_cert_rec_free_array(kvp_cert_rec *recs, size_t n);
 

@@ -267,6 +267,13 @@ CK_RV kvp_entry_map_rv(const char *fn, CK_RV rv)
  * library, reason, file, line, function and text; a mark the caller had set
  * on them is not kept (OpenSSL has no way to read it).
  */
+static void errq_entry_free(kvp_errq_entry *x)
+{
+  free(x->file);
+  free(x->func);
+  free(x->data);
+}
+
 static void errq_save(kvp_errq *q)
 {
   const char *file, *func, *data;
@@ -278,15 +285,16 @@ static void errq_save(kvp_errq *q)
     kvp_errq_entry *x;
     if (q->n == KVP_ERRQ_MAX) {
       /* more than the queue can hold: the oldest are dropped, as OpenSSL does */
-      free(q->e[0].data);
+      errq_entry_free(&q->e[0]);
       memmove(&q->e[0], &q->e[1], (KVP_ERRQ_MAX - 1) * sizeof(q->e[0]));
       q->n--;
     }
+    /* file, func and data belong to the popped record: copied */
     x = &q->e[q->n++];
     x->code = e;
-    x->file = file;
+    x->file = file != NULL ? strdup(file) : NULL;
     x->line = line;
-    x->func = func;
+    x->func = func != NULL ? strdup(func) : NULL;
     x->data = (flags & ERR_TXT_STRING) && data != NULL ? strdup(data) : NULL;
   }
 }
@@ -302,7 +310,7 @@ static void errq_restore(kvp_errq *q)
       ERR_set_error(ERR_GET_LIB(x->code), ERR_GET_REASON(x->code), "%s", x->data);
     else
       ERR_set_error(ERR_GET_LIB(x->code), ERR_GET_REASON(x->code), NULL);
-    free(x->data);
+    errq_entry_free(x);
   }
   q->n = 0;
 }

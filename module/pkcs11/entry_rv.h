@@ -31,7 +31,7 @@ typedef enum {
 #define KVP_ERRQ_MAX 16
 typedef struct kvp_errq_entry {
   unsigned long code;
-  const char *file, *func;
+  char *file, *func; /* copies: NULL when OpenSSL had none */
   int line;
   char *data;
 } kvp_errq_entry;

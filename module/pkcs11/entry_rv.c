@@ -22,8 +22,6 @@
 #include "core/p11names.h"
 #include "core/status.h"
 
-
-
 /* Groups of codes. Every function may return CKR_OK, CKR_GENERAL_ERROR, CKR_HOST_MEMORY,
  * CKR_FUNCTION_FAILED and (as a stub) CKR_FUNCTION_NOT_SUPPORTED. */
 enum {
@@ -233,7 +231,7 @@ static CK_RV allowed_rv(kvp_entry_fn fn, CK_RV rv)
 
   if (rv_allowed(fn, rv))
     return rv;
-  if (is_pin_rv(rv) && rv != CKR_PIN_LOCKED && rv_allowed(fn, CKR_PIN_INCORRECT))
+  if ((rv == CKR_PIN_INVALID || rv == CKR_PIN_LEN_RANGE) && rv_allowed(fn, CKR_PIN_INCORRECT))
     to = CKR_PIN_INCORRECT; /* C_Login: a PIN of the wrong form is a wrong PIN */
   else if (is_pin_rv(rv) && rv_allowed(fn, CKR_USER_NOT_LOGGED_IN))
     to = CKR_USER_NOT_LOGGED_IN;
@@ -246,17 +244,9 @@ static CK_RV allowed_rv(kvp_entry_fn fn, CK_RV rv)
     to = CKR_DEVICE_ERROR;
   else
     to = CKR_FUNCTION_FAILED;
-  (void)kvp_fail(to, "%s: %s is not a return value of %s (PKCS#11 2.40); returned as %s",
-                 rv_rules[fn].name, kvp_ckr_name(rv), rv_rules[fn].name, kvp_ckr_name(to));
+  (void)kvp_fail(to, "%s: %s is not one of its return values (PKCS#11 2.40); returned as %s",
+                 rv_rules[fn].name, kvp_ckr_name(rv), kvp_ckr_name(to));
   return to;
-}
-
-CK_RV kvp_entry_map_rv(const char *fn, CK_RV rv)
-{
-  for (int i = 0; i < FN_COUNT; i++)
-    if (strcmp(rv_rules[i].name, fn) == 0)
-      return allowed_rv((kvp_entry_fn)i, rv);
-  return CKR_GENERAL_ERROR;
 }
 
 /*

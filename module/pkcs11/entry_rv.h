@@ -46,7 +46,5 @@ void kvp_entry_begin(kvp_errq *q);
 /* End of entry point fn: map rv to a code fn may return (recording the
  * original as the reason); drop the errors the call left and put q's back. */
 CK_RV kvp_entry_end(kvp_errq *q, kvp_entry_fn fn, CK_RV rv);
-/* The code entry point fn ("C_SignInit") returns for rv (tests). */
-CK_RV kvp_entry_map_rv(const char *fn, CK_RV rv);
 
 #endif

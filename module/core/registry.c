@@ -1138,3 +1138,67 @@ int kvp_registry_end(kvp_registry *reg, int commit, char *err, size_t errlen)
   reg->in_txn = 0;
   return end(reg, commit ? KVP_OK : KVP_ERR, err, errlen);
 }
+
+/* ---- the front's login and fork helpers (kept apart from the rest) ----- */
+
+int kvp_registry_key_stores(kvp_registry *reg, const char *account, char ***out, size_t *n,
+                            char *err, size_t errlen)
+{
+  /* "hsm:appliance/app" -> "hsm:appliance"; only the store part, one row each. */
+  static const char sql[] = "SELECT DISTINCT substr(key_ref, 1, instr(key_ref, '/') - 1) "
+                            "FROM certs WHERE account = ?1 AND key_ref IS NOT NULL "
+                            "AND instr(key_ref, '/') > 1";
+  sqlite3_stmt *st = NULL;
+  char **stores = NULL;
+  size_t count = 0;
+  int rc = KVP_OK, step;
+
+  *out = NULL;
+  *n = 0;
+  if (reg->db == NULL)
+    return kvp_seterr(err, errlen, KVP_EIO, "registry %s: not connected", reg->path);
+  if (sqlite3_prepare_v2(reg->db, sql, -1, &st, NULL) != SQLITE_OK ||
+      sqlite3_bind_text(st, 1, account, -1, SQLITE_STATIC) != SQLITE_OK) {
+    rc = db_err(reg, "cannot read", err, errlen);
+    goto out;
+  }
+  while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+    char **p = realloc(stores, (count + 1) * sizeof(*stores));
+    if (p == NULL || (p[count] = strdup(col_cstr(st, 0))) == NULL) {
+      stores = p != NULL ? p : stores;
+      rc = kvp_seterr(err, errlen, KVP_ENOMEM, "registry %s: out of memory", reg->path);
+      goto out;
+    }
+    stores = p;
+    count++;
+  }
+  if (step != SQLITE_DONE)
+    rc = db_err(reg, "cannot read", err, errlen);
+out:
+  sqlite3_finalize(st);
+  if (rc != KVP_OK) {
+    kvp_registry_key_stores_free(stores, count);
+    return rc;
+  }
+  *out = stores;
+  *n = count;
+  return KVP_OK;
+}
+
+void kvp_registry_key_stores_free(char **stores, size_t n)
+{
+  for (size_t i = 0; stores != NULL && i < n; i++)
+    free(stores[i]);
+  free(stores);
+}
+
+void kvp_registry_abandon(kvp_registry *reg)
+{
+  /* The SQLite connection (and its file descriptors and locks) belongs to
+   * the parent process: closing it here could checkpoint, unlock or unlink
+   * under the parent's feet. Only the handle's own memory is released. */
+  if (reg == NULL)
+    return;
+  free(reg->path);
+  free(reg);
+}

@@ -152,4 +152,20 @@ int kvp_registry_end(kvp_registry *reg, int commit, char *err, size_t errlen);
 void kvp_cert_rec_clear(kvp_cert_rec *rec);            /* frees the members */
 void kvp_cert_rec_free_array(kvp_cert_rec *recs, size_t n);
 
+/*
+ * The key stores ("hsm:NAME", "keyvault:NAME": the part of key_ref before the
+ * first '/') that the rows of account use, each once. Free with
+ * kvp_registry_key_stores_free().
+ */
+int kvp_registry_key_stores(kvp_registry *reg, const char *account, char ***out, size_t *n,
+                            char *err, size_t errlen);
+void kvp_registry_key_stores_free(char **stores, size_t n);
+
+/*
+ * In a child after fork(): drop a handle inherited from the parent without
+ * touching its SQLite connection (which stays the parent's); frees only the
+ * handle's memory.
+ */
+void kvp_registry_abandon(kvp_registry *reg);
+
 #endif

@@ -120,7 +120,7 @@ typedef struct kvp_op {
   CK_ULONG buf_len;
   CK_ULONG buf_cap;
   int have_result;            /* decrypt: buf holds the plaintext for a retry */
-  int updated;                /* C_*Update was used: single-part call not allowed */
+  int updated;                /* multi- or single-part steps began: the other kind is refused */
   /* find */
   kvp_find *found;
 } kvp_op;

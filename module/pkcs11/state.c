@@ -625,68 +625,7 @@ static void backends_logout(void)
   }
 }
 
-static CK_RV backends_login(CK_UTF8CHAR_PTR pin, CK_ULONG len)
-{
-  for (size_t i = 0; i < kvp_g.n_backends; i++) {
-    kvp_backend *be = kvp_g.backends[i];
-    if (be->ops->needs_login == NULL || !be->ops->needs_login(be))
-      continue;
-    CK_RV rv = be->ops->login(be, pin, len);
-    if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
-      KVP_WARN("login: %s %s: %s", be->ops->scheme, be->name, kvp_ckr_name(rv));
-      return rv;
-    }
-  }
-  return CKR_OK;
-}
-
-CK_RV kvp_login(kvp_session *s, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULONG len)
-{
-  kvp_slot *slot;
-  CK_RV rv = CKR_OK;
-
-  if (user != CKU_USER && user != CKU_SO && user != CKU_CONTEXT_SPECIFIC)
-    return CKR_USER_TYPE_INVALID;
-  if (user != CKU_USER)
-    return CKR_USER_TYPE_INVALID; /* no SO functions; no CKA_ALWAYS_AUTHENTICATE keys */
-  pthread_rwlock_rdlock(&kvp_g.lock);
-  slot = kvp_slot_locked(s->slot);
-  if (slot->logged_in)
-    rv = CKR_USER_ALREADY_LOGGED_IN;
-  pthread_rwlock_unlock(&kvp_g.lock);
-  if (rv != CKR_OK)
-    return rv;
-  /* The PIN goes to the HSMs that take it from the application; no lock held. */
-  if (pin == NULL && len != 0)
-    return CKR_ARGUMENTS_BAD;
-  rv = backends_login(pin, len);
-  if (rv != CKR_OK)
-    return rv;
-  pthread_rwlock_wrlock(&kvp_g.lock);
-  slot->logged_in = 1;
-  pthread_rwlock_unlock(&kvp_g.lock);
-  return CKR_OK;
-}
-
-CK_RV kvp_logout(kvp_session *s)
-{
-  kvp_slot *slot;
-  CK_RV rv = CKR_OK;
-  int last = 0;
-
-  pthread_rwlock_wrlock(&kvp_g.lock);
-  slot = kvp_slot_locked(s->slot);
-  if (!slot->logged_in) {
-    rv = CKR_USER_NOT_LOGGED_IN;
-  } else {
-    slot->logged_in = 0;
-    last = !any_slot_logged_in_locked();
-  }
-  pthread_rwlock_unlock(&kvp_g.lock);
-  if (last)
-    backends_logout();
-  return rv;
-}
+/* kvp_login / kvp_logout: login.c */
 
 /* ---- objects --------------------------------------------------------- */
 

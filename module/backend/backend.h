@@ -206,6 +206,11 @@ const char *kvp_curve_name(int nid);
 size_t kvp_hash_len(kvp_hash h);
 const EVP_MD *kvp_hash_md(kvp_hash h);
 const char *kvp_hash_name(kvp_hash h);
+/* 1 when sig is alg's signature over digest with pub (ECDSA: r||s; RSA
+ * PKCS#1 v1.5 with KVP_HASH_NONE: digest is the raw DigestInfo/input). The
+ * caller's OpenSSL error queue is left as it was. */
+int kvp_sig_verify(EVP_PKEY *pub, const kvp_sig_alg *alg, const unsigned char *digest,
+                   size_t dlen, const unsigned char *sig, size_t slen);
 /* Fill type, bits, curve_nid of key from key->pub. CKR_KEY_TYPE_INCONSISTENT for
  * unsupported key types or curves. */
 CK_RV kvp_key_fill_from_pub(kvp_key *key);

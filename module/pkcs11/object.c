@@ -319,7 +319,9 @@ keys:
     priv->curve_nid = k.curve_nid;
     priv->pub = kvp_spki_pubkey(&k);
     priv->key_ref = kvp_strdup0(rec->key_ref);
-    if (priv->pub == NULL || priv->key_ref == NULL)
+    priv->key_version = kvp_strdup0(rec->key_version);
+    if (priv->pub == NULL || priv->key_ref == NULL ||
+        (rec->key_version != NULL && priv->key_version == NULL))
       goto out;
     if (kvp_keyref_parse(rec->key_ref, &scheme, &store, &name, err, sizeof(err)) == KVP_OK) {
       priv->backend = find_backend(backends, n_backends, scheme, store);
@@ -390,6 +392,7 @@ void kvp_object_free(kvp_object *o)
   EVP_PKEY_free(o->pub);
   free(o->key_ref);
   free(o->key_name);
+  free(o->key_version);
   free(o->label);
   pthread_mutex_destroy(&o->lock);
   free(o);
@@ -411,7 +414,13 @@ CK_RV kvp_object_key(kvp_object *o, kvp_key **out)
   pthread_mutex_lock(&o->lock);
   if (o->key == NULL) {
     kvp_key *key = NULL;
-    rv = o->backend->ops->open_key(o->backend, o->key_name, &key);
+    /* the registered version and public key: Key Vault opens without a request */
+    unsigned char *spki = NULL;
+    int spki_len = i2d_PUBKEY(o->pub, &spki);
+    kvp_key_ref_hint hint = {o->key_version, spki_len > 0 ? spki : NULL,
+                             spki_len > 0 ? (size_t)spki_len : 0};
+    rv = kvp_backend_open_key(o->backend, o->key_name, &hint, &key);
+    OPENSSL_free(spki);
     if (rv == CKR_OK && !kvp_pubkey_equal(key->pub, o->pub)) {
       char want[72], got[72];
       kvp_pubkey_fingerprint(o->pub, want);

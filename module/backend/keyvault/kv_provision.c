@@ -33,21 +33,9 @@
 #include "core/log.h"
 #include "core/util.h"
 
-/* ^[0-9a-zA-Z-]{1,127}$ */
-static int kv_name_valid(const char *name)
-{
-  size_t i;
-  if (name == NULL || name[0] == '\0')
-    return 0;
-  for (i = 0; name[i] != '\0'; i++)
-    if (i >= 127 || (!isalnum((unsigned char)name[i]) && name[i] != '-'))
-      return 0;
-  return 1;
-}
-
 static CK_RV kv_name_check(kv_backend *b, const char *name, const char *what)
 {
-  if (kv_name_valid(name))
+  if (kvp_keyvault_name_valid(name))
     return CKR_OK;
   KVP_ERROR("vault %s: %s: '%.140s%s' is not a valid Key Vault key name (1 to 127 letters, "
             "digits and '-')",

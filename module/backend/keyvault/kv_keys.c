@@ -332,7 +332,7 @@ CK_RV kv_open_key_hint(kvp_backend *be, const char *ref, const kvp_key_ref_hint 
   pthread_mutex_lock(&b->lock);
   c = kv_cache_find(b, ckey, version != NULL, 0);
   if (c != NULL) {
-    rv = kv_make_key(b, ckey, c, out);
+    rv = kv_make_key(b, ref, c, out);
     pthread_mutex_unlock(&b->lock);
     goto out;
   }
@@ -353,10 +353,10 @@ CK_RV kv_open_key_hint(kvp_backend *be, const char *ref, const kvp_key_ref_hint 
      * best one (a version's key material does not change) */
     KVP_WARN("vault %s: key %s: using the cached public key (%lld s old)", b->conf.name, ref,
              (long long)((kv_now_ms() - c->fetched_ms) / 1000));
-    rv = kv_make_key(b, ckey, c, out);
+    rv = kv_make_key(b, ref, c, out);
   } else if (rv == CKR_OK) {
     kv_entry_insert(b, c);
-    rv = kv_make_key(b, ckey, c, out);
+    rv = kv_make_key(b, ref, c, out);
   }
   pthread_mutex_unlock(&b->lock);
   if (rv == CKR_KEY_HANDLE_INVALID)
@@ -475,8 +475,13 @@ static CK_RV kv_refuse(kv_backend *b, kvp_key *key, unsigned op, kv_cause cause,
   c->logged_t[i] = t;
   pthread_mutex_unlock(&b->lock);
   kv_cause_text(cause, perm, t, why, sizeof(why));
-  return kvp_fail_at(changed ? KVP_LOG_ERROR : KVP_LOG_DEBUG, CKR_KEY_FUNCTION_NOT_PERMITTED,
-                     "vault %s: key %s: %s refused: %s", b->conf.name, key->name, perm, why);
+  /* logged here (once per change of cause), recorded as the thread's reason */
+  if (changed)
+    KVP_ERROR("vault %s: key %s: %s refused: %s", b->conf.name, key->name, perm, why);
+  else
+    KVP_DEBUG("vault %s: key %s: %s refused: %s", b->conf.name, key->name, perm, why);
+  return kvp_fail_at(-1, CKR_KEY_FUNCTION_NOT_PERMITTED, "vault %s: key %s: %s refused: %s",
+                     b->conf.name, key->name, perm, why);
 }
 
 /* Re-read the version's state from the vault (when the principal may). 1: read. */

@@ -29,6 +29,7 @@
 #include "backend/keyvault/kv.h"
 #include "core/config.h"
 #include "core/log.h"
+#include "core/status.h"
 #include "kvtest.h"
 
 #define EMU_RESOURCE "https://127.0.0.1"
@@ -499,6 +500,99 @@ static void test_authority_host_env(void)
   EVP_PKEY_free(pub);
 }
 
+static void write_file(const char *path, const char *text)
+{
+  FILE *f = fopen(path, "w");
+  CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+  fputs(text, f);
+  fclose(f);
+  chmod(path, 0600);
+}
+
+static void test_refused_credential(void)
+{
+  kvp_vault_conf c;
+  kvp_backend *be;
+  kvp_key *k = NULL;
+  EVP_PKEY *pub = NULL;
+  char ver[80], sec[1000], right[200] = "";
+  FILE *f;
+
+  CU_ASSERT_EQUAL_FATAL(registered("p256", ver, sizeof(ver), &pub), 0);
+  f = fopen(kvt_secret, "r");
+  CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+  CU_ASSERT_PTR_NOT_NULL(fgets(right, sizeof(right), f));
+  fclose(f);
+  snprintf(sec, sizeof(sec), "%s/live-wrong.secret", kvt_dir);
+  write_file(sec, "not-the-secret\n");
+  kvt_conf(&c, "refused");
+  c.client_secret_file = sec;
+  c.resource = EMU_RESOURCE;
+  be = new_be(&c);
+  CU_ASSERT_EQUAL_FATAL(open_hinted(be, "p256", ver, pub, &k), CKR_OK);
+  kvt_emu_reset();
+  kvp_status_clear();
+  CU_ASSERT_EQUAL(kvt_sign(be, k, pub, 0), CKR_DEVICE_ERROR);
+  CU_ASSERT_EQUAL(kvt_emu_count("token"), 1);
+  /* refused (invalid_client): not asked again within 30 s ... */
+  kvp_status_clear();
+  CU_ASSERT_EQUAL(kvt_sign(be, k, pub, 0), CKR_DEVICE_ERROR);
+  CU_ASSERT_EQUAL(kvt_sign(be, k, pub, 0), CKR_DEVICE_ERROR);
+  CU_ASSERT_EQUAL(kvt_emu_count("token"), 1);
+  CU_ASSERT(kvp_status_reason() != NULL &&
+            strstr(kvp_status_reason(), "refused this credential") != NULL);
+  /* ... unless the secret file changes */
+  write_file(sec, right);
+  CU_ASSERT_EQUAL(kvt_sign(be, k, pub, 1), CKR_OK);
+  CU_ASSERT_EQUAL(kvt_emu_count("token"), 2);
+  be->ops->close_key(be, k);
+  be->ops->destroy(be, 0);
+  EVP_PKEY_free(pub);
+  kvp_status_clear();
+}
+
+static void test_identity_endpoint_no_proxy(void)
+{
+  kvp_vault_conf c;
+  kvp_backend *be;
+  kvp_key *k = NULL;
+  EVP_PKEY *pub = NULL;
+  char ver[80], ie[200], ih[200] = "", path[1000];
+  FILE *f;
+
+  CU_ASSERT_EQUAL_FATAL(registered("p256", ver, sizeof(ver), &pub), 0);
+  snprintf(path, sizeof(path), "%s/identity-header", kvt_dir);
+  f = fopen(path, "r");
+  CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+  CU_ASSERT_PTR_NOT_NULL(fgets(ih, sizeof(ih), f));
+  fclose(f);
+  ih[strcspn(ih, "\r\n")] = '\0';
+  /* the identity endpoint by another name than the vault, and a proxy that answers nothing:
+   * the vault is reached directly (no_proxy), the identity endpoint must not use the proxy */
+  snprintf(ie, sizeof(ie), "https://localhost:%s/msi/token", strrchr(kvt_url, ':') + 1);
+  setenv("IDENTITY_ENDPOINT", ie, 1);
+  setenv("IDENTITY_HEADER", ih, 1);
+  setenv("https_proxy", "http://127.0.0.1:9", 1);
+  setenv("no_proxy", "127.0.0.1", 1);
+  kvt_conf(&c, "mi");
+  c.auth = KVP_AUTH_MANAGED_IDENTITY;
+  c.client_id = NULL;
+  c.client_secret_file = NULL;
+  c.resource = EMU_RESOURCE;
+  be = new_be(&c);
+  CU_ASSERT_EQUAL_FATAL(open_hinted(be, "p256", ver, pub, &k), CKR_OK);
+  kvt_emu_reset();
+  CU_ASSERT_EQUAL(kvt_sign(be, k, pub, 1), CKR_OK);
+  CU_ASSERT_EQUAL(kvt_emu_count("msi"), 1);
+  be->ops->close_key(be, k);
+  be->ops->destroy(be, 0);
+  unsetenv("IDENTITY_ENDPOINT");
+  unsetenv("IDENTITY_HEADER");
+  unsetenv("https_proxy");
+  unsetenv("no_proxy");
+  EVP_PKEY_free(pub);
+}
+
 int main(void)
 {
   int rc = kvt_init("live-test.log");
@@ -525,6 +619,10 @@ int main(void)
   CU_add_test(s, "one 429, then the pace of before", test_429_recovery);
   CU_add_test(s, "a hung attempt is abandoned and retried", test_hung_attempt);
   CU_add_test(s, "AZURE_AUTHORITY_HOST (workload identity)", test_authority_host_env);
+  CU_add_test(s, "a refused credential: once per 30 s, again when it changes",
+              test_refused_credential);
+  CU_add_test(s, "IDENTITY_ENDPOINT is not reached through a proxy",
+              test_identity_endpoint_no_proxy);
   CU_basic_set_mode(CU_BRM_VERBOSE);
   CU_basic_run_tests();
   fails = CU_get_number_of_failures() + CU_get_number_of_tests_failed();

@@ -5,7 +5,11 @@
  * is held across a request: the pool mutex only guards the free list, and the
  * share locks are taken by libcurl for the moment it touches shared data.
  */
+/* dladdr, RTLD_NODELETE */
+#define _GNU_SOURCE
 #include "backend/keyvault/kv.h"
+
+#include <dlfcn.h>
 
 #include <errno.h>
 #include <stdatomic.h>
@@ -149,10 +153,30 @@ static void *kv_mem_realloc(void *p, size_t n)
   return q;
 }
 
+/*
+ * libcurl keeps the allocators of its first initialization for the life of
+ * the process, also after curl_global_cleanup() when another user still
+ * holds it initialized: the host program, for one. So once they are
+ * installed, this code must stay mapped: the module pins itself
+ * (RTLD_NODELETE), and a dlclose() by p11-kit or the application leaves it
+ * in memory. Without the pin, a host program that unloaded libkvp11.so and
+ * then used libcurl itself called into unmapped code.
+ */
+static void kv_pin_self(void)
+{
+  Dl_info di;
+  if (dladdr(&kv_curl_init_rc, &di) != 0 && di.dli_fname != NULL &&
+      dlopen(di.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE) == NULL)
+    KVP_WARN("libcurl: cannot pin %s in memory (%s); unloading it while the program uses "
+             "libcurl is unsafe", di.dli_fname, dlerror());
+}
+
 static void kv_curl_global_init(void)
 {
   kv_curl_init_rc = curl_global_init_mem(CURL_GLOBAL_DEFAULT, kv_mem_malloc, kv_mem_free,
                                          kv_mem_realloc, kv_mem_strdup, kv_mem_calloc);
+  if (kv_curl_init_rc == CURLE_OK)
+    kv_pin_self();
 }
 
 int64_t kv_now_ms(void)

@@ -454,6 +454,7 @@ static void kv_destroy(kvp_backend *be, int forked)
   if (b == NULL)
     return;
   kv_key_cache_free(b, forked);
+  kv_created_free(b);
   kv_auth_free(b->auth, forked);
   kv_http_free(b->http, forked);
   if (!forked)

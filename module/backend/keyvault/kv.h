@@ -230,6 +230,13 @@ typedef struct kv_cached_key {
   int64_t logged_t[2];
 } kv_cached_key;
 
+/* A key version this backend created or imported (delete_key checks it). */
+typedef struct kv_created {
+  struct kv_created *next;
+  char *name;
+  char *version;
+} kv_created;
+
 struct kv_backend {
   kvp_backend base;
   kvp_vault_conf conf;  /* deep copy */
@@ -245,6 +252,7 @@ struct kv_backend {
   long key_ttl_ms;      /* KV_KEY_TTL_MS: unversioned refs re-resolved after this */
   int64_t state_ms;     /* key_cache_s: a local refusal is re-checked after this */
   int no_get;           /* the principal lacks 'get': state comes from 403s only */
+  kv_created *created;  /* keys made by this backend (lock) */
 };
 
 typedef enum {
@@ -296,6 +304,7 @@ CK_RV kv_prov_import_key(kvp_backend *be, const char *name, EVP_PKEY *priv,
 CK_RV kv_prov_delete_key(kvp_backend *be, const char *name);
 CK_RV kv_prov_list_keys(kvp_backend *be, kvp_key_info **out, size_t *n);
 CK_RV kv_prov_key_info(kvp_backend *be, const char *name, kvp_key_info *out);
+void kv_created_free(kv_backend *b);
 
 /* ---- vault-wide pacing (kv_http.c) ---- */
 /* The pacer of a kv_http (tests, debug). */

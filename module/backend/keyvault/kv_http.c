@@ -13,7 +13,6 @@
 
 #include <errno.h>
 #include <stdatomic.h>
-#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -24,6 +23,7 @@
 
 #include "core/log.h"
 #include "core/util.h"
+#include "core/wipemem.h"
 
 #define KV_POOL_MAX 32
 
@@ -77,40 +77,9 @@ static CURLcode kv_curl_init_rc = CURLE_OK;
  * effect when kvp11 is the first to initialize libcurl in the process (the
  * usual case: libcurl keeps the callbacks of its first initialization).
  */
-/*
- * The wipe of a whole heap block, word by word: malloc's blocks are aligned
- * to 16 bytes and their usable size is a multiple of 8. The volatile stores
- * cannot be optimised away; they cost a fifth of OPENSSL_cleanse's
- * instructions, which matters here: libcurl frees ~50 blocks (~30 KiB) per
- * request, among them its 16 KiB upload buffer, into which it copies every
- * HTTPS request (Authorization header included) before sending it.
- */
-static void kv_wipe_block(void *p, size_t n)
-{
-  volatile uint64_t *w = p;
-  size_t i = 0, words = n / 8;
-  for (; i + 8 <= words; i += 8) {
-    w[i] = 0;
-    w[i + 1] = 0;
-    w[i + 2] = 0;
-    w[i + 3] = 0;
-    w[i + 4] = 0;
-    w[i + 5] = 0;
-    w[i + 6] = 0;
-    w[i + 7] = 0;
-  }
-  for (; i < words; i++)
-    w[i] = 0;
-  if (n % 8 != 0)
-    OPENSSL_cleanse((unsigned char *)p + words * 8, n % 8);
-}
-
 static void kv_mem_free(void *p)
 {
-  if (p != NULL) {
-    kv_wipe_block(p, malloc_usable_size(p));
-    free(p);
-  }
+  kvp_wipe_free(p);
 }
 
 static void *kv_mem_malloc(size_t n)
@@ -128,29 +97,11 @@ static char *kv_mem_strdup(const char *s)
   return strdup(s);
 }
 
-/* A moving realloc would leave the old block unwiped: copy, wipe, free. */
+/* libcurl grows its buffers by doubling from 32 bytes: a moved block gets room
+ * for the next doublings of a small buffer (no copy, no wipe) */
 static void *kv_mem_realloc(void *p, size_t n)
 {
-  size_t old;
-  void *q;
-
-  if (p == NULL)
-    return malloc(n);
-  if (n == 0) {
-    kv_mem_free(p);
-    return NULL;
-  }
-  old = malloc_usable_size(p);
-  if (n <= old)
-    return p;
-  /* libcurl grows its buffers by doubling from 32 bytes: leave room so that
-   * the next doublings of a small buffer stay in place (no copy, no wipe) */
-  q = malloc(n < 1024 ? 1024 : n);
-  if (q == NULL)
-    return NULL;
-  memcpy(q, p, old);
-  kv_mem_free(p);
-  return q;
+  return kvp_wipe_realloc(p, n, 1024);
 }
 
 /*

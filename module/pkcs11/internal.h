@@ -66,6 +66,7 @@ typedef struct kvp_object {
   pthread_mutex_t lock;
   kvp_backend *backend;   /* resolved from key_ref, NULL if the store is not configured */
   char *key_name;
+  char *key_version;      /* the registered Key Vault key version (open_key hint), or NULL */
   kvp_key *key;
   /* the row it was made from: an object is current while these are the row's */
   int64_t rev;            /* registry change counter (0 before schema v3) */

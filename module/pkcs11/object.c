@@ -314,7 +314,8 @@ keys:
     priv->bits = k.bits;
     priv->curve_nid = k.curve_nid;
     priv->key_ref = kvp_strdup0(rec->key_ref);
-    if (priv->key_ref == NULL)
+    priv->key_version = kvp_strdup0(rec->key_version);
+    if (priv->key_ref == NULL || (rec->key_version != NULL && priv->key_version == NULL))
       goto out;
     if (kvp_keyref_parse(rec->key_ref, &scheme, &store, &name, err, sizeof(err)) == KVP_OK) {
       priv->backend = find_backend(backends, n_backends, scheme, store);
@@ -382,6 +383,7 @@ void kvp_object_free(kvp_object *o)
   EVP_PKEY_free(o->pub);
   free(o->key_ref);
   free(o->key_name);
+  free(o->key_version);
   free(o->label);
   pthread_mutex_destroy(&o->lock);
   free(o);
@@ -418,10 +420,16 @@ CK_RV kvp_object_ready(kvp_object *o)
   return rv;
 }
 
-/* The one call into the backend that opens a private key object's key. */
+/* The one call into the backend that opens a private key object's key, with
+ * the registered version and public key: Key Vault opens without a request,
+ * an HSM checks the key pair it finds against it. */
 static CK_RV open_backend_key(kvp_object *o, kvp_key **key)
 {
-  return o->backend->ops->open_key(o->backend, o->key_name, key);
+  const kvp_attr *info = kvp_object_attr(o, CKA_PUBLIC_KEY_INFO);
+  kvp_key_ref_hint hint = {o->key_version, info != NULL ? info->value : NULL,
+                           info != NULL ? (size_t)info->len : 0};
+
+  return kvp_backend_open_key(o->backend, o->key_name, &hint, key);
 }
 
 CK_RV kvp_object_key(kvp_object *o, kvp_key **out)

@@ -205,3 +205,11 @@ const char *kvp_curve_name(int nid)
       return curves[i].name;
   return NULL;
 }
+
+CK_RV kvp_backend_open_key(kvp_backend *be, const char *name, const kvp_key_ref_hint *hint,
+                           kvp_key **out)
+{
+  if (be->ops->open_key_hint != NULL)
+    return be->ops->open_key_hint(be, name, hint, out);
+  return be->ops->open_key(be, name, out);
+}

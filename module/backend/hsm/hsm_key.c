@@ -286,6 +286,16 @@ static CK_RV pick_private(kvp_hsm_backend *be, CK_SESSION_HANDLE s, const kvp_hs
       *out = h[pick];
       return CKR_OK;
     }
+    if (n > 1 && match == 0 && known == n) { /* none of them is the registered key */
+      char a[80], b[80];
+      describe(be, s, h[0], a, sizeof(a));
+      describe(be, s, h[1], b, sizeof(b));
+      (void)kvp_fail(CKR_KEY_HANDLE_INVALID,
+                     "hsm %s: none of the %lu private keys '%s' in token '%s' (%s, %s) is the "
+                     "registered certificate's key",
+                     be->base.name, (unsigned long)n, kvp_hsm_key_desc(k), kvp_hsm_token(be), a, b);
+      return KVP_HSM_KEY_REFUSED;
+    }
     if (n > 1)
       return ambiguous(be, s, k, CKO_PRIVATE_KEY, h, n);
     if (known == 1) { /* the one candidate is another key */

@@ -33,6 +33,7 @@
 #include "backend/backend.h"
 #include "core/cert.h"
 #include "core/p11names.h"
+#include "core/status.h"
 #include "core/util.h"
 #include "tool.h"
 
@@ -170,34 +171,21 @@ static void key_cmd_usage(FILE *f, const key_cmd *c)
                "                       registered certificate points at the key.\n");
 }
 
-/* Certificate names: printable, no control characters, at most 255 bytes. */
-static int name_ok(const char *s)
-{
-  size_t n = strlen(s);
-  if (n == 0 || n > 255)
-    return 0;
-  for (const unsigned char *p = (const unsigned char *)s; *p; p++)
-    if (*p < 0x20 || *p == 0x7f)
-      return 0;
-  return 1;
-}
-
 /* ---- the key store ------------------------------------------------------- */
 
+/* A configured store (store.c) and the key reference built from --key. */
 typedef struct store {
+  kvp_tool_store ts;
   int is_hsm;
   const char *kind; /* "vault" / "hsm" */
   const char *name; /* the store's name */
   char *ref;        /* "keyvault:V/KEY" / "hsm:H/KEY" (when --key given) */
-  const kvp_hsm_conf *hc;
-  const kvp_vault_conf *vc;
   kvp_backend *be;
 } store;
 
 static void store_close(store *s)
 {
-  if (s->be)
-    s->be->ops->destroy(s->be, 0);
+  kvp_tool_store_close(&s->ts);
   free(s->ref);
   memset(s, 0, sizeof(*s));
 }
@@ -240,75 +228,15 @@ static int store_find(kvp_tool *t, const key_args *a, store *s)
     if (bad)
       return kvp_tool_fail(t, KVP_EXIT_USAGE, "bad --key '%s' (a key name, no '/')", a->v[O_KEY]);
   }
-  s->hc = s->is_hsm ? kvp_config_find_hsm(t->cfg, s->name) : NULL;
-  s->vc = s->is_hsm ? NULL : kvp_config_find_vault(t->cfg, s->name);
-  if (!s->hc && !s->vc)
-    return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s '%s' is not configured in %s", s->kind, s->name,
-                         t->cfg->path);
-  return KVP_EXIT_OK;
+  return kvp_tool_store_find(t, s->is_hsm, s->name, &s->ts);
 }
 
-/* A secret taken from the environment: overwrite it in place (the process's
- * environment block would keep it to the end) and drop the variable. */
-static void env_wipe(const char *var, char *value)
-{
-  if (value == NULL)
-    return;
-  kvp_wipe(value, strlen(value));
-  unsetenv(var);
-}
-
-/* The user PIN for an HSM without pin_file/pin_env: --pin-file, else $KVP11_PIN. */
-static int store_login(kvp_tool *t, const key_args *a, store *s)
-{
-  char err[KVP_ERRLEN] = "";
-  char *pin = NULL;
-  size_t pin_len = 0;
-  int rc = KVP_EXIT_ERROR;
-
-  if (!s->be->ops->needs_login || !s->be->ops->needs_login(s->be)) {
-    if (a->v[O_PINFILE])
-      kvp_tool_warn(t, "--pin-file ignored: [hsm %s] has its own pin_file/pin_env", s->name);
-    return KVP_EXIT_OK;
-  }
-  if (a->v[O_PINFILE]) {
-    if (kvp_secret_read_file(a->v[O_PINFILE], &pin, &pin_len, err, sizeof(err)) != KVP_OK)
-      return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", err);
-  } else {
-    char *env = getenv("KVP11_PIN");
-    if (!env || !*env)
-      return kvp_tool_fail(t, KVP_EXIT_ERROR,
-                           "hsm '%s' has no pin_file or pin_env: give the user PIN with "
-                           "--pin-file F or KVP11_PIN",
-                           s->name);
-    pin_len = strlen(env);
-    pin = strdup(env);
-    env_wipe("KVP11_PIN", env);
-    if (!pin)
-      return kvp_tool_fail(t, KVP_EXIT_ERROR, "out of memory");
-  }
-  CK_RV rv = s->be->ops->login(s->be, (const CK_UTF8CHAR *)pin, (CK_ULONG)pin_len);
-  if (rv != CKR_OK) {
-    kvp_tool_fail(t, KVP_EXIT_ERROR, "hsm '%s': login failed: %s%s", s->name, kvp_ckr_name(rv),
-                  kvp_tool_loghint(t));
-    goto out;
-  }
-  rc = KVP_EXIT_OK;
-out:
-  kvp_free_secret(pin);
-  return rc;
-}
-
-/* Create the backend and log in when the tool has to. */
+/* Create the backend and log in when the tool has to (store.c). */
 static int store_open(kvp_tool *t, const key_args *a, store *s)
 {
-  CK_RV rv = s->hc ? kvp_hsm_backend_new(s->hc, &s->be) : kvp_keyvault_backend_new(s->vc, &s->be);
-  if (rv != CKR_OK || !s->be) {
-    s->be = NULL;
-    return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s '%s': cannot use this key store: %s%s", s->kind,
-                         s->name, kvp_ckr_name(rv), kvp_tool_loghint(t));
-  }
-  return store_login(t, a, s);
+  int rc = kvp_tool_store_open(t, &s->ts, a->v[O_PINFILE], 1);
+  s->be = s->ts.be;
+  return rc;
 }
 
 /* A provisioning op the backend does not have (yet). */
@@ -321,8 +249,7 @@ static int unsupported(kvp_tool *t, const store *s, const char *what)
 /* A failure of the store, in one line. */
 static int store_fail(kvp_tool *t, const store *s, const char *what, CK_RV rv)
 {
-  return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s '%s': %s failed: %s%s", s->kind, s->name, what,
-                       kvp_ckr_name(rv), kvp_tool_loghint(t));
+  return kvp_tool_store_fail(t, &s->ts, what, rv);
 }
 
 /*
@@ -477,7 +404,7 @@ static int undo_key(kvp_tool *t, const store *s, const char *key, const char *wh
   return kvp_tool_fail(t, KVP_EXIT_ERROR,
                        "%s; the new key %s could not be deleted (%s) and is left behind: remove it "
                        "with 'kvp11 key delete --%s %s --key %s --yes'",
-                       why, s->ref, kvp_ckr_name(rv), s->kind, s->name, key);
+                       why, s->ref, kvp_tool_reason(t, rv), s->kind, s->name, key);
 }
 
 static int key_create(kvp_tool *t, key_args *a)
@@ -539,7 +466,7 @@ static int key_create(kvp_tool *t, key_args *a)
     kvp_tool_fail(t, rc, "--no-register takes no --name or --account");
     goto out;
   }
-  if (!name_ok(regname)) {
+  if (!kvp_tool_name_ok(regname)) {
     kvp_tool_fail(t, rc, "bad --name '%s': 1 to 255 bytes, no control characters", regname);
     goto out;
   }
@@ -566,10 +493,9 @@ static int key_create(kvp_tool *t, key_args *a)
     goto out;
   CK_RV rv = s.be->ops->create_key(s.be, keyname, &spec, &key);
   if (rv == CKR_ATTRIBUTE_VALUE_INVALID) {
-    kvp_tool_fail(t, rc,
-                  "%s '%s' refused to create key '%s' (a key of that name exists, or the "
-                  "key type is not allowed)%s",
-                  s.kind, s.name, keyname, kvp_tool_loghint(t));
+    kvp_tool_fail(t, rc, "%s '%s' refused to create key '%s': %s", s.kind, s.name, keyname,
+                  kvp_status_reason() ? kvp_status_reason()
+                                      : "a key of that name exists, or the key type is not allowed");
     goto out;
   }
   if (rv != CKR_OK || !key || !key->pub) {
@@ -757,6 +683,39 @@ out:
   return rc;
 }
 
+/*
+ * The key being imported must not be in the store already under another
+ * name: the same public key twice would be two keys for one certificate.
+ * Prints the error naming the existing key.
+ */
+static int key_not_present(kvp_tool *t, const store *s, EVP_PKEY *pub)
+{
+  kvp_key_info *infos = NULL;
+  size_t n = 0;
+  int rc = KVP_EXIT_OK;
+  if (!s->be->ops->list_keys)
+    return KVP_EXIT_OK;
+  CK_RV rv = s->be->ops->list_keys(s->be, &infos, &n);
+  if (rv != CKR_OK) {
+    kvp_tool_warn(t, "%s '%s': cannot list its keys to look for this key (%s); not checked",
+                  s->kind, s->name, kvp_tool_reason(t, rv));
+    kvp_status_clear();
+    return KVP_EXIT_OK;
+  }
+  for (size_t i = 0; i < n && rc == KVP_EXIT_OK; i++)
+    if (infos[i].pub && kvp_pubkey_equal(infos[i].pub, pub)) {
+      char fp[72] = "?";
+      kvp_pubkey_fingerprint(pub, fp);
+      rc = kvp_tool_fail(t, KVP_EXIT_ERROR,
+                         "this key (%s) is in %s '%s' already, as key '%s'; register its "
+                         "certificate with kvp11 cert add --%s %s --key %s",
+                         fp, s->kind, s->name, infos[i].name ? infos[i].name : "?", s->kind,
+                         s->name, infos[i].name ? infos[i].name : "?");
+    }
+  kvp_key_info_free_array(infos, n);
+  return rc;
+}
+
 /* RSA 2048/3072/4096 or EC P-256/384/521; prints the error. */
 static int check_key_type(kvp_tool *t, const char *file, EVP_PKEY *pkey, kvp_spki *sp)
 {
@@ -810,7 +769,7 @@ static int key_import(kvp_tool *t, key_args *a)
                   "key import --help)");
     goto out;
   }
-  if (!name_ok(regname)) {
+  if (!kvp_tool_name_ok(regname)) {
     kvp_tool_fail(t, rc, "bad --name '%s': 1 to 255 bytes, no control characters", regname);
     goto out;
   }
@@ -835,7 +794,7 @@ static int key_import(kvp_tool *t, key_args *a)
   } else {
     char *env = getenv("KVP11_PFX_PASS");
     pass = strdup(env ? env : "");
-    env_wipe("KVP11_PFX_PASS", env);
+    kvp_tool_env_wipe("KVP11_PFX_PASS", env);
     if (!pass) {
       kvp_tool_fail(t, rc, "out of memory");
       goto out;
@@ -902,7 +861,7 @@ static int key_import(kvp_tool *t, key_args *a)
     unsupported(t, &s, "importing keys");
     goto out;
   }
-  if (store_name_free(t, &s, keyname) != KVP_EXIT_OK)
+  if (store_name_free(t, &s, keyname) != KVP_EXIT_OK || key_not_present(t, &s, cpub) != KVP_EXIT_OK)
     goto out;
 
   CK_RV rv = s.be->ops->import_key(s.be, keyname, src.pkey, &spec, &key);
@@ -910,10 +869,9 @@ static int key_import(kvp_tool *t, key_args *a)
   EVP_PKEY_free(src.pkey);
   src.pkey = NULL;
   if (rv == CKR_ATTRIBUTE_VALUE_INVALID) {
-    kvp_tool_fail(t, rc,
-                  "%s '%s' refused to import key '%s' (a key of that name exists, or the "
-                  "key is not allowed)%s",
-                  s.kind, s.name, keyname, kvp_tool_loghint(t));
+    kvp_tool_fail(t, rc, "%s '%s' refused to import key '%s': %s", s.kind, s.name, keyname,
+                  kvp_status_reason() ? kvp_status_reason()
+                                      : "a key of that name exists, or the key is not allowed");
     goto out;
   }
   if (rv != CKR_OK || !key) {

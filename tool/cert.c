@@ -11,6 +11,10 @@
 #include <string.h>
 #include <time.h>
 
+#include <sys/stat.h>
+
+#include <openssl/err.h>
+#include <openssl/pkcs12.h>
 #include <openssl/x509.h>
 
 #include "backend/backend.h"
@@ -173,6 +177,30 @@ static void cert_cmd_usage(FILE *f, const cert_cmd *c)
                "                   (or has ended)\n");
 }
 
+/* A clearer word than the parser's for two common mistakes: a directory, a PFX. */
+const char *kvp_tool_cert_file_error(const char *file, const char *err)
+{
+  static char buf[2 * KVP_ERRLEN];
+  struct stat st;
+  FILE *f;
+  if (stat(file, &st) == 0 && S_ISDIR(st.st_mode)) {
+    snprintf(buf, sizeof(buf), "%s: is a directory, not a certificate file", file);
+    return buf;
+  }
+  if ((f = fopen(file, "rb")) != NULL) {
+    PKCS12 *p12 = d2i_PKCS12_fp(f, NULL);
+    fclose(f);
+    if (p12) {
+      PKCS12_free(p12);
+      snprintf(buf, sizeof(buf), "%s: a PKCS#12 (PFX) file, not a certificate: import its key and "
+               "certificate with kvp11 key import --pfx", file);
+      return buf;
+    }
+  }
+  ERR_clear_error();
+  return err;
+}
+
 static int duplicate(const kvp_tool *t, const char *account, const char *name)
 {
   return kvp_tool_fail(t, KVP_EXIT_ERROR,
@@ -223,7 +251,7 @@ static int cert_add(kvp_tool *t, cert_args *a)
 
   /* The certificate. */
   if (kvp_cert_load_file(file, &der, &der_len, err, sizeof(err)) != KVP_OK) {
-    kvp_tool_fail(t, rc, "%s", err);
+    kvp_tool_fail(t, rc, "%s", kvp_tool_cert_file_error(file, err));
     goto out;
   }
   if (kvp_cert_fill_rec(der, der_len, &rec, err, sizeof(err)) != KVP_OK) {
@@ -304,6 +332,11 @@ static int cert_add(kvp_tool *t, cert_args *a)
     }
   }
 
+  if (priv && (rc = kvp_tool_check_key(t, a->v[O_HSM] != NULL,
+                                       a->v[O_HSM] ? a->v[O_HSM] : a->v[O_VAULT], a->v[O_KEY],
+                                       file, &rec)) != KVP_EXIT_OK)
+    goto out;
+  rc = KVP_EXIT_ERROR;
   /* the same certificate under a second name, a partner certificate for our own key */
   if (!a->v[O_ALIAS] &&
       kvp_tool_no_duplicate(t, &rec, exists && !completes ? rec.name : NULL) != KVP_EXIT_OK)
@@ -319,10 +352,6 @@ static int cert_add(kvp_tool *t, cert_args *a)
     if (mine != KVP_EXIT_OK)
       goto out;
   }
-  if (priv && (rc = kvp_tool_check_key(t, a->v[O_HSM] != NULL,
-                                       a->v[O_HSM] ? a->v[O_HSM] : a->v[O_VAULT], a->v[O_KEY],
-                                       file, &rec)) != KVP_EXIT_OK)
-    goto out;
   rc = KVP_EXIT_ERROR;
 
   int r = kvp_registry_add(t->reg, &rec, a->v[O_REPLACE] != NULL || completes, err, sizeof(err));

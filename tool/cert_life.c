@@ -208,10 +208,12 @@ static int load_new(kvp_tool *t, const char *file, int allow_expired, const char
   kvp_cert_rec nr = {0};
   int rc = KVP_EXIT_ERROR;
 
-  if (kvp_cert_load_file(file, &der, &der_len, err, sizeof(err)) != KVP_OK ||
-      kvp_cert_fill_rec(der, der_len, &nr, err, sizeof(err)) != KVP_OK) {
-    rc = kvp_tool_fail(t, rc, "%s%s%s", strstr(err, file) ? "" : file, strstr(err, file) ? "" : ": ",
-                       err);
+  if (kvp_cert_load_file(file, &der, &der_len, err, sizeof(err)) != KVP_OK) {
+    rc = kvp_tool_fail(t, rc, "%s", kvp_tool_cert_file_error(file, err));
+    goto out;
+  }
+  if (kvp_cert_fill_rec(der, der_len, &nr, err, sizeof(err)) != KVP_OK) {
+    rc = kvp_tool_fail(t, rc, "%s: %s", file, err);
     goto out;
   }
   const char *bad = kvp_tool_validity(&nr, file, buf, sizeof(buf));

@@ -89,6 +89,8 @@ static json_t *rec_json(const kvp_cert_rec *r, int with_pem)
             json_object_set_new(o, "account", jstr(r->account)) ||
             json_object_set_new(o, "type",
                                 json_string(r->type == KVP_CERT_PRIVATE ? "private" : "public")) ||
+            json_object_set_new(o, "state",
+                                json_string(r->state == KVP_STATE_RETIRED ? "retired" : "active")) ||
             json_object_set_new(o, "subject", jstr(r->subject)) ||
             json_object_set_new(o, "issuer", jstr(r->issuer)) ||
             json_object_set_new(o, "serial", jstr(r->serial)) ||
@@ -124,36 +126,41 @@ static int dump(FILE *f, json_t *j)
 
 static int print_table(FILE *f, const kvp_cert_rec *recs, size_t n)
 {
-  static const char *head[] = {"NAME", "TYPE", "SUBJECT", "NOT-AFTER", "KEY"};
-  int w[5];
+  static const char *head[] = {"NAME", "TYPE", "STATE", "SUBJECT", "NOT-AFTER", "KEY"};
+  int w[6];
   char when[32];
-  for (size_t c = 0; c < 5; c++)
+  for (size_t c = 0; c < 6; c++)
     w[c] = (int)strlen(head[c]);
+  /* columns by display width: a UTF-8 name takes the columns it shows */
   for (size_t i = 0; i < n; i++) {
     const char *cell[3] = {recs[i].name,
                            recs[i].der_len ? recs[i].subject : "(no certificate yet)",
                            recs[i].key_ref ? recs[i].key_ref : "-"};
-    int idx[3] = {0, 2, 4};
+    int idx[3] = {0, 3, 5};
     for (size_t c = 0; c < 3; c++)
-      if ((int)strlen(cell[c]) > w[idx[c]])
-        w[idx[c]] = (int)strlen(cell[c]);
+      if (kvp_tool_width(cell[c]) > w[idx[c]])
+        w[idx[c]] = kvp_tool_width(cell[c]);
   }
   if (w[1] < 7)
     w[1] = 7; /* "private" */
-  if (w[3] < 20)
-    w[3] = 20; /* ISO 8601 time */
-  fprintf(f, "%-*s  %-*s  %-*s  %-*s  %s\n", w[0], head[0], w[1], head[1], w[2], head[2], w[3],
-          head[3], head[4]);
+  if (w[2] < 7)
+    w[2] = 7; /* "retired" */
+  if (w[4] < 20)
+    w[4] = 20; /* ISO 8601 time */
+  fprintf(f, "%-*s  %-*s  %-*s  %-*s  %-*s  %s\n", w[0], head[0], w[1], head[1], w[2], head[2],
+          w[3], head[3], w[4], head[4], head[5]);
   for (size_t i = 0; i < n; i++) {
     const kvp_cert_rec *r = &recs[i];
     if (r->der_len > 0)
       kvp_tool_isotime(r->not_after, when);
     else
       snprintf(when, sizeof(when), "-");
-    fprintf(f, "%-*s  %-*s  %-*s  %-*s  %s\n", w[0], r->name, w[1],
+    kvp_tool_cell(f, r->name, w[0] + 2);
+    fprintf(f, "%-*s  %-*s  ", w[1],
             r->der_len == 0 ? "key" : r->type == KVP_CERT_PRIVATE ? "private" : "public", w[2],
-            r->der_len ? r->subject : "(no certificate yet)", w[3], when,
-            r->key_ref ? r->key_ref : "-");
+            r->state == KVP_STATE_RETIRED ? "retired" : "active");
+    kvp_tool_cell(f, r->der_len ? r->subject : "(no certificate yet)", w[3] + 2);
+    fprintf(f, "%-*s  %s\n", w[4], when, r->key_ref ? r->key_ref : "-");
   }
   return 0;
 }
@@ -193,7 +200,11 @@ int kvp_tool_print_rec(FILE *f, const kvp_cert_rec *rec, int how)
   {
     if (json_is_integer(v))
       fprintf(f, "%s: %lld\n", key, (long long)json_integer_value(v));
-    else
+    else if (strcmp(key, "sha256") == 0 && json_is_string(v)) {
+      char fp[112]; /* OpenSSL's form in text, the hex in JSON */
+      kvp_tool_fingerprint(json_string_value(v), fp);
+      fprintf(f, "%s: %s\n", key, fp);
+    } else
       fprintf(f, "%s: %s\n", key, json_is_string(v) ? json_string_value(v) : "-");
   }
   json_decref(o);

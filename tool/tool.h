@@ -163,6 +163,9 @@ int kvp_tool_not_our_key(kvp_tool *t, const char *file, EVP_PKEY *pub, const cha
  * set rec->key_ref and rec->key_version. Prints the error. */
 int kvp_tool_check_key(kvp_tool *t, int is_hsm, const char *store, const char *keyname,
                        const char *file, kvp_cert_rec *rec);
+/* The error line for a certificate file the parser refused (err): a directory or a PFX
+ * are named as such. */
+const char *kvp_tool_cert_file_error(const char *file, const char *err);
 /* rec->spki from rec->der; 0 or -1. */
 int kvp_tool_rec_spki(kvp_cert_rec *rec);
 /* "SHA256:AB:CD:..." (OpenSSL's form) of a hex SHA-256 (out: 112 bytes). */
@@ -172,6 +175,10 @@ int kvp_tool_print_json(FILE *f, json_t *j);
 
 int kvp_tool_registry(kvp_tool *t, int argc, char **argv);
 void kvp_tool_registry_usage(FILE *f);
+
+/* Display width of UTF-8 text (text.c), and s padded to width columns. */
+int kvp_tool_width(const char *s);
+void kvp_tool_cell(FILE *f, const char *s, int width);
 
 /* Output helpers (output.c). */
 /* prefix, "CMD", then the synopsis text; its continuation lines ('\n' in text)

@@ -100,7 +100,9 @@ for S in "${STORES[@]}"; do
   expect_fail "$S delete while registered" 1 "registered certificates point at $(ref_of "$S" "$KR"): default/$KR \(remove them first" \
     key delete "$@" --key "$KR" --yes
   expect_ok "$S still there" key show "$@" --key "$KR"
-  expect_ok "$S cert remove" cert remove "$KR"
+  expect_fail "$S cert remove of a private certificate needs --yes" 2 \
+    "'$KR' is a private certificate: .*its key .* stays in its store.*confirm with --yes" cert remove "$KR"
+  expect_ok "$S cert remove" cert remove "$KR" --yes
   expect_ok "$S delete" key delete "$@" --key "$KR" --yes
   grep -q "^deleted key $(ref_of "$S" "$KR")" "$OUT" || fail "delete message: $(cat "$OUT")"
   expect_fail "$S deleted" 1 "has no key '$KR'" key show "$@" --key "$KR"

@@ -103,15 +103,15 @@ cp "$T/logfile.conf" "$CONF"
 # --- --replace keeps the id and takes the new key ---
 id=$("$KVP11_TOOL" -c "$CONF" cert show rsa2048 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 expect_ok "--replace with another key" cert add --name rsa2048 --type private --cert "$C/p256.pem" \
-  --hsm test --key p256 --replace
+  --hsm test --key p256 --replace --alias
 expect_ok "show after replace" cert show rsa2048 --json
 json "j['id'] == $id and j['key_ref'] == 'hsm:test/p256' and 'CN=p256' in j['subject']"
-expect_ok "private replaced by public" cert add --name rsa2048 --type public --cert "$C/partner.pem" --replace
+expect_ok "private replaced by public" cert add --name rsa2048 --type public --cert "$C/partner.pem" --replace --alias
 expect_ok "show after replace by public" cert show rsa2048 --json
 json "j['id'] == $id and j['key_ref'] is None and j['type'] == 'public'"
 
 # --- remove ---
-expect_ok "remove private" cert remove rsa3072
+expect_ok "remove private" cert remove rsa3072 --yes
 expect_ok "list after remove" cert list --json
 json "[r['name'] for r in j] == ['p256', 'p384', 'partner', 'rsa2048']"
 

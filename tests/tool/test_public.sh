@@ -83,20 +83,28 @@ for c in "garbage.bin:neither a PEM nor a DER" "garbage.txt:neither a PEM nor a 
   expect_fail "bad file $f" 1 "^kvp11: cert add: $T/$f: .*${c#*:}" cert add --name bad --type public --cert "$T/$f"
 done
 expect_fail "missing file" 1 "nonexistent.pem" cert add --name bad --type public --cert "$T/nonexistent.pem"
-expect_fail "directory as file" 1 "cert add: " cert add --name bad --type public --cert "$T"
+expect_fail "directory as file" 1 "cert add: $T: is a directory, not a certificate file" cert add --name bad --type public --cert "$T"
+openssl pkcs12 -export -nokeys -in "$T/alice.pem" -passout pass:x -out "$T/alice.pfx" 2>/dev/null || fail "pfx"
+expect_fail "PFX given to cert add" 1 "alice.pfx: a PKCS#12 \(PFX\) file, not a certificate: import its key and certificate with kvp11 key import --pfx" \
+  cert add --name bad --type public --cert "$T/alice.pfx"
 
 # --- duplicates and --replace ---
 id=$("$KVP11_TOOL" -c "$CONF" cert show alice --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 expect_fail "duplicate name" 1 "account 'default' has a certificate named 'alice' already" \
   cert add --name alice --type public --cert "$T/bob.pem"
-expect_ok "same name in another account" cert add --name alice --type public --cert "$T/bob.pem" --account b2b
+expect_fail "same certificate under a second name" 1 \
+  "this certificate \(SHA256:([0-9A-F]{2}:){31}[0-9A-F]{2}\) is registered in account 'b2b' already, as 'bob' \(--alias" \
+  cert add --name alice --type public --cert "$T/bob.pem" --account b2b
+expect_ok "same name in another account (--alias)" cert add --name alice --type public --cert "$T/bob.pem" --account b2b --alias
 sleep 1
-expect_ok "--replace" cert add --name alice --type public --cert "$T/bob.pem" --replace
+expect_fail "--replace with a certificate registered under another name" 1 "registered in account 'default' already, as 'bob-text'" \
+  cert add --name alice --type public --cert "$T/bob.pem" --replace
+expect_ok "--replace" cert add --name alice --type public --cert "$T/bob.pem" --replace --alias
 grep -q "^replaced public certificate 'alice'" "$OUT" || fail "replace message: $(cat "$OUT")"
 expect_ok "show after replace" cert show alice --json
 json "j['id'] == $id and 'CN=bob' in j['subject'] and j['resource_group'] is None"
 json "j['updated'] > j['created']"
-expect_ok "--replace of a new name adds" cert add --name carol --type public --cert "$T/bob.pem" --replace
+expect_ok "--replace of a new name adds" cert add --name carol --type public --cert "$T/bob.pem" --replace --alias
 grep -q "^added" "$OUT" || fail "replace of a new name: $(cat "$OUT")"
 
 # --- validity ---
@@ -180,7 +188,7 @@ expect_ok "--strict with a valid certificate" cert add --name strict-ok --type p
 # Concurrent writers never lose a row.
 pids=()
 for i in 1 2 3 4 5 6 7 8; do
-  "$KVP11_TOOL" -c "$CONF" cert add --name "par$i" --type public --cert "$T/alice.pem" --account b2b \
+  "$KVP11_TOOL" -c "$CONF" cert add --name "par$i" --type public --cert "$T/alice.pem" --account b2b --alias \
     >"$T/par$i.out" 2>&1 &
   pids+=($!)
 done

@@ -200,7 +200,7 @@ int kvp_tool_rec_spki(kvp_cert_rec *rec)
 /* The new certificate of renew / rotate: loaded, valid (or --allow-expired),
  * not registered under another name. Fills the certificate fields of rec. */
 static int load_new(kvp_tool *t, const char *file, int allow_expired, const char *account,
-                    const char *name, kvp_cert_rec *rec)
+                    const char *name, kvp_cert_rec *rec, char warn[KVP_ERRLEN])
 {
   char err[KVP_ERRLEN] = "", buf[KVP_ERRLEN];
   unsigned char *der = NULL;
@@ -222,14 +222,13 @@ static int load_new(kvp_tool *t, const char *file, int allow_expired, const char
                        "it anyway)", bad);
     goto out;
   }
-  if (bad)
-    kvp_tool_warn(t, "%s", bad);
+  /* printed once the command succeeded: a failure is one line */
+  snprintf(warn, KVP_ERRLEN, "%s", bad ? bad : "");
   nr.account = (char *)account;
-  rc = kvp_tool_no_duplicate(t, &nr, NULL);
+  rc = kvp_tool_no_duplicate(t, &nr, name); /* the entry itself is asked about by the caller */
   nr.account = NULL;
   if (rc != KVP_EXIT_OK)
     goto out;
-  (void)name;
   free(rec->der);
   free(rec->subject);
   free(rec->issuer);
@@ -295,7 +294,7 @@ static int report(const char *action, const kvp_cert_rec *rec, const char *retir
 int kvp_tool_cert_renew(kvp_tool *t, const char *name, const char *account_opt, const char *file,
                         int allow_expired, int json)
 {
-  char err[KVP_ERRLEN] = "";
+  char err[KVP_ERRLEN] = "", warn[KVP_ERRLEN] = "";
   const char *account = NULL;
   kvp_cert_rec rec = {0};
   EVP_PKEY *oldpub = NULL, *newpub = NULL;
@@ -318,8 +317,8 @@ int kvp_tool_cert_renew(kvp_tool *t, const char *name, const char *account_opt, 
   oldpub = rec_pubkey(&rec);
   char oldsha[65];
   memcpy(oldsha, rec.sha256, sizeof(oldsha));
-  if ((rc = load_new(t, file, allow_expired || rec.type == KVP_CERT_PUBLIC, account, name, &rec)) !=
-      KVP_EXIT_OK)
+  if ((rc = load_new(t, file, allow_expired || rec.type == KVP_CERT_PUBLIC, account, name, &rec,
+                     warn)) != KVP_EXIT_OK)
     goto out;
   rc = KVP_EXIT_ERROR;
   if (strcmp(oldsha, rec.sha256) == 0) {
@@ -363,6 +362,8 @@ int kvp_tool_cert_renew(kvp_tool *t, const char *name, const char *account_opt, 
     rc = kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", err);
     goto out;
   }
+  if (warn[0])
+    kvp_tool_warn(t, "%s", warn);
   rc = report("renewed", &rec, NULL, json) == 0 ? KVP_EXIT_OK
                                                : kvp_tool_fail(t, KVP_EXIT_ERROR, "cannot format the output");
 out:
@@ -401,7 +402,7 @@ int kvp_tool_cert_rotate(kvp_tool *t, const char *name, const char *account_opt,
                          int is_hsm, const char *store, const char *key, int allow_expired,
                          int json)
 {
-  char err[KVP_ERRLEN] = "", rname[300];
+  char err[KVP_ERRLEN] = "", rname[300], warn[KVP_ERRLEN] = "";
   const char *account = NULL;
   kvp_cert_rec rows[2] = {{0}};
   kvp_cert_rec *old = &rows[0], *nw = &rows[1];
@@ -427,7 +428,7 @@ int kvp_tool_cert_rotate(kvp_tool *t, const char *name, const char *account_opt,
     rc = kvp_tool_fail(t, rc, "out of memory");
     goto out;
   }
-  if ((rc = load_new(t, file, allow_expired, account, name, nw)) != KVP_EXIT_OK)
+  if ((rc = load_new(t, file, allow_expired, account, name, nw, warn)) != KVP_EXIT_OK)
     goto out;
   oldpub = rec_pubkey(old);
   newpub = rec_pubkey(nw);
@@ -454,6 +455,8 @@ int kvp_tool_cert_rotate(kvp_tool *t, const char *name, const char *account_opt,
     goto out;
   }
   kvp_registry_get(t->reg, account, name, nw, err, sizeof(err)); /* for its id */
+  if (warn[0])
+    kvp_tool_warn(t, "%s", warn);
   rc = report("rotated", nw, rname, json) == 0 ? KVP_EXIT_OK
                                                : kvp_tool_fail(t, KVP_EXIT_ERROR, "cannot format the output");
 out:

@@ -22,7 +22,7 @@ expect_ok "add PEM with leading text" cert add --name bob-text --type public --c
 
 # --- list ---
 expect_ok "list" cert list
-head -1 "$OUT" | grep -Eq '^NAME +TYPE +SUBJECT +NOT-AFTER +KEY$' || fail "list header: $(head -1 "$OUT")"
+head -1 "$OUT" | grep -Eq '^NAME +TYPE +STATE +SUBJECT +NOT-AFTER +KEY$' || fail "list header: $(head -1 "$OUT")"
 [ "$(wc -l <"$OUT")" -eq 3 ] || fail "list: want 2 rows: $(cat "$OUT")"
 grep -Eq '^alice +public +.*CN=alice.* +[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:]{8}Z +-$' "$OUT" ||
   fail "list row: $(cat "$OUT")"
@@ -42,7 +42,7 @@ json "j[0]['account'] == 'default' and j[0]['resource_group'] == 'rg1' and j[0][
 json "j[0]['key_version'] is None and 'CN=alice' in j[0]['subject'] and 'CN=alice' in j[0]['issuer']"
 json "isinstance(j[0]['id'], int) and 'der' not in j[0] and 'pem' not in j[0]"
 json "all(r[k].endswith('Z') and len(r[k]) == 20 for r in j for k in ('created', 'updated'))"
-json "set(j[0]) == {'id','name','account','type','subject','issuer','serial','not_before','not_after','sha1','sha256','key_ref','key_version','resource_group','created','updated'}"
+json "set(j[0]) == {'id','name','account','type','state','subject','issuer','serial','not_before','not_after','sha1','sha256','key_ref','key_version','resource_group','created','updated'}"
 expect_ok "list --json --account b2b" cert list --json --account b2b
 json "[r['name'] for r in j] == ['bob'] and j[0]['account'] == 'b2b' and j[0]['resource_group'] is None"
 
@@ -50,7 +50,8 @@ json "[r['name'] for r in j] == ['bob'] and j[0]['account'] == 'b2b' and j[0]['r
 expect_ok "show" cert show alice
 grep -q '^name: alice$' "$OUT" || fail "show name: $(cat "$OUT")"
 grep -q '^type: public$' "$OUT" || fail "show type"
-grep -q "^sha256: $fp\$" "$OUT" || fail "show sha256"
+fpo=$(openssl x509 -in "$T/alice.pem" -noout -fingerprint -sha256 | sed 's/.*=//')
+grep -q "^sha256: SHA256:$fpo\$" "$OUT" || fail "show sha256 (OpenSSL's form): $(grep sha256 "$OUT")"
 grep -q '^key_ref: -$' "$OUT" || fail "show key_ref"
 grep -q '^resource_group: rg1$' "$OUT" || fail "show resource_group"
 grep -q "^not_after: $end\$" "$OUT" || fail "show not_after"

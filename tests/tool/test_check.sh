@@ -211,6 +211,30 @@ json "sorted((r['cert'], r['check']) for r in j if r['result'] == 'fail') == [('
 json "all(r['fix'] == [] for r in j)"
 expect_ok "remove disabled" cert remove dis --yes
 
+# A rotation in the vault: a newer version of a registered key whose
+# certificate is not registered is a warning naming the key and when it was made.
+policy app-full '["get","list","sign","decrypt","create","delete"]' || fail "emulator: grant app-full create"
+trap 'policy app-nosign "[\"get\",\"list\"]" || true; policy app-full "[\"get\",\"list\",\"sign\",\"decrypt\"]" || true' EXIT
+ROT=rot$$
+expect_ok "key create for the rotation check" key create --vault emu --key "$ROT" --type ec --curve p256 --account kv
+kvp check --json
+json "[r['result'] for r in j if r['cert'] == '$ROT' and r['check'] == 'key-version'] == ['ok']"
+TOKEN=$(curl -sf --cacert "$KV/ca.pem" -X POST "$EMU/$KV_TENANT/oauth2/v2.0/token" \
+  --data-urlencode client_id=app-full --data-urlencode "client_secret=$(cat "$KV/app-full.secret")" \
+  --data-urlencode grant_type=client_credentials --data-urlencode "scope=https://127.0.0.1/.default" |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["access_token"])') || fail "emulator token"
+curl -sf --cacert "$KV/ca.pem" -X POST -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+  -d '{"kty":"EC","crv":"P-256","key_ops":["sign","verify"]}' "$EMU/keys/$ROT/create?api-version=7.5" >/dev/null ||
+  fail "a new version of $ROT in the vault"
+unset TOKEN
+kvp check
+[ "$RC" -eq 1 ] || [ "$RC" -eq 3 ] || fail "check after a rotation in the vault: exit $RC"
+row "$ROT" key-version warn "a newer version of key $ROT exists \(created [0-9T:-]+Z\); its certificate is not registered"
+ok "check warns about a newer key version whose certificate is not registered"
+expect_ok "remove the rotation entry" cert remove "$ROT" --account kv --yes
+expect_ok "delete the rotation key" key delete --vault emu --key "$ROT" --yes
+policy app-full '["get","list","sign","decrypt"]' || fail "emulator: restore app-full"
+
 GRANT1="Set-AzKeyVaultAccessPolicy -VaultName 127 -ServicePrincipalName app-nosign -PermissionsToKeys decrypt,sign,get"
 GRANT2="az keyvault set-policy --name 127 --spn app-nosign --key-permissions decrypt sign get"
 GRANT3="az role assignment create --role \"Key Vault Crypto User\" --assignee app-nosign --scope /subscriptions/<subscription>/resourceGroups/rg-b2b/providers/Microsoft.KeyVault/vaults/127"

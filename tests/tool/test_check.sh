@@ -253,6 +253,13 @@ json "sorted((r['cert'], r['check']) for r in j if r['result'] == 'fail') == [('
 json "all(r['fix'] == ['''$GRANT1''', '''$GRANT2''', '''$GRANT3'''] for r in j if r['result'] == 'fail')"
 json "all(r['fix'] == [] for r in j if r['result'] == 'ok')"
 
+# A get+sign principal (issue 11): 'list' is reported as not needed, signing works.
+policy app-nosign '["get","sign"]' || fail "emulator: set app-nosign's permissions"
+kvp check --json
+json "all(r['result'] == 'ok' and 'not needed' in r['detail'] for r in j if r['check'] == 'list')"
+json "sorted((r['cert'], r['check']) for r in j if r['result'] == 'fail') == [('rsa2048', 'decrypt')]"
+json "[r['result'] for r in j if r['check'] == 'sign'] == ['ok', 'ok']"
+ok "check with a get+sign principal: list not needed, sign ok, only decrypt fails"
 policy app-nosign '[]' || fail "emulator: set app-nosign's permissions"
 check_run "vault: no permissions at all" 1
 row rsa2048 token ok

@@ -110,26 +110,26 @@ static int key_delete(kvp_tool *t, key_args *a);
 static const key_cmd key_cmds[] = {
     {"key create",
      STORE_OPTS | OPT(O_KEY) | OPT(O_TYPE) | OPT(O_SIZE) | OPT(O_CURVE) | OPT(O_HSMPROT) |
-         OPT(O_OPS) | OPT(O_NAME) | OPT(O_ACCOUNT) | OPT(O_NOREG),
+         OPT(O_OPS) | OPT(O_NAME) | OPT(O_ACCOUNT) | OPT(O_NOREG) | OPT(O_JSON),
      key_create,
      "key create (--vault V | --hsm H) --key NAME\n"
      "(--type rsa --size 2048|3072|4096 | --type ec --curve p256|p384|p521)\n"
      "[--hsm-protected] [--ops sign,decrypt] [--name CERTNAME] [--account A]\n"
-     "[--no-register] [--pin-file F]"},
+     "[--no-register] [--pin-file F] [--json]"},
     {"key import",
      STORE_OPTS | OPT(O_KEY) | OPT(O_PFX) | OPT(O_PASSFILE) | OPT(O_KEYFILE) | OPT(O_CERT) |
-         OPT(O_NAME) | OPT(O_ACCOUNT) | OPT(O_HSMPROT) | OPT(O_OPS),
+         OPT(O_NAME) | OPT(O_ACCOUNT) | OPT(O_HSMPROT) | OPT(O_OPS) | OPT(O_JSON),
      key_import,
      "key import (--vault V | --hsm H) --key NAME\n"
      "(--pfx FILE | --key-file KEY.pem --cert CERT.pem) [--pass-file F]\n"
      "[--name CERTNAME] [--account A] [--hsm-protected] [--ops sign,decrypt]\n"
-     "[--pin-file F]"},
+     "[--pin-file F] [--json]"},
     {"key list", STORE_OPTS | OPT(O_JSON), key_list,
      "key list (--vault V | --hsm H) [--json] [--pin-file F]"},
     {"key show", STORE_OPTS | OPT(O_KEY) | OPT(O_JSON) | OPT(O_PEM), key_show,
      "key show (--vault V | --hsm H) --key NAME [--json | --pem] [--pin-file F]"},
-    {"key delete", STORE_OPTS | OPT(O_KEY) | OPT(O_YES), key_delete,
-     "key delete (--vault V | --hsm H) --key NAME --yes [--pin-file F]"},
+    {"key delete", STORE_OPTS | OPT(O_KEY) | OPT(O_YES) | OPT(O_JSON), key_delete,
+     "key delete (--vault V | --hsm H) --key NAME --yes [--pin-file F] [--json]"},
 };
 
 static void synopsis(FILE *f, const char *prefix, const key_cmd *c)
@@ -147,10 +147,12 @@ static void key_cmd_usage(FILE *f, const key_cmd *c)
 {
   synopsis(f, "usage: kvp11 [-c FILE] ", c);
   fprintf(f, "\n"
-             "  --vault V | --hsm H  the configured key store ([vault V] / [hsm H])\n"
-             "  --key NAME           the key's name in the store (HSM: CKA_LABEL)\n"
-             "  --pin-file F         HSM user PIN when [hsm H] has no pin_file/pin_env\n"
-             "                       (else $KVP11_PIN); the file must be private (0600)\n");
+             "  --vault V | --hsm H  the configured key store ([vault V] / [hsm H])\n");
+  if (c->allowed & OPT(O_KEY))
+    fprintf(f, "  --key NAME           the key's name in the store (HSM: CKA_LABEL)\n");
+  fprintf(f, "  --pin-file F         HSM user PIN when [hsm H] has no pin_file/pin_env\n"
+             "                       (else $KVP11_PIN); the file must be private (0600)\n"
+             "  --json               print the result as JSON\n");
   if (c->run == key_create)
     fprintf(f, "  --hsm-protected      Key Vault: RSA-HSM / EC-HSM key\n"
                "  --ops sign,decrypt   allowed operations (default: sign,decrypt for RSA,\n"
@@ -317,6 +319,8 @@ static json_t *users_of(const store *s, const kvp_cert_rec *recs, size_t n, cons
   return arr;
 }
 
+static int dump(json_t *j);
+
 /* ---- option values ------------------------------------------------------- */
 
 static int parse_ops(kvp_tool *t, const char *s, unsigned *ops)
@@ -367,6 +371,34 @@ static void type_text(kvp_key_type type, unsigned bits, int curve_nid, char out[
   } else {
     snprintf(out, 32, "?");
   }
+}
+
+/*
+ * The result of create / import / delete: "field: value" lines (the first
+ * one "created key REF"), or with --json one object ("action", "key_ref",
+ * then the fields; NULL values are left out in text and null in JSON).
+ */
+static int print_result(const key_args *a, const char *f[][2], size_t n)
+{
+  if (!a->v[O_JSON]) {
+    printf("%s %s\n", f[0][0], f[0][1]);
+    for (size_t i = 1; i < n; i++)
+      if (f[i][1] || strcmp(f[i][0], "version") == 0)
+        printf("%s: %s\n", f[i][0], f[i][1] ? f[i][1] : "-");
+    return 0;
+  }
+  json_t *o = json_object();
+  char action[32];
+  snprintf(action, sizeof(action), "%.*s", (int)strcspn(f[0][0], " "), f[0][0]);
+  int bad = !o || json_object_set_new(o, "action", json_string(action)) ||
+            json_object_set_new(o, "key_ref", json_string(f[0][1]));
+  for (size_t i = 1; !bad && i < n; i++)
+    bad = json_object_set_new(o, f[i][0], f[i][1] ? json_string(f[i][1]) : json_null());
+  if (bad) {
+    json_decref(o);
+    return -1;
+  }
+  return dump(o);
 }
 
 /* ---- key create ---------------------------------------------------------- */
@@ -538,16 +570,19 @@ static int key_create(kvp_tool *t, key_args *a)
     }
   }
   type_text(key->type, key->bits, key->curve_nid, what);
-  printf("created key %s\n", s.ref);
-  printf("type: %s\n", what);
-  printf("version: %s\n", key->version ? key->version : "-");
-  printf("ops: %s\n", ops_text((key->can_sign ? KVP_KEYOP_SIGN : 0) |
-                               (key->can_decrypt ? KVP_KEYOP_DECRYPT : 0)));
-  printf("spki: %s\n", fp);
-  if (reg)
-    printf("registered: '%s' in account '%s' (a key pair; no certificate yet)\n", regname,
-           a->account);
-  rc = KVP_EXIT_OK;
+  {
+    char regd[600] = "";
+    if (reg)
+      snprintf(regd, sizeof(regd), "'%s' in account '%s' (a key pair; no certificate yet)",
+               regname, a->account);
+    const char *ops = ops_text((key->can_sign ? KVP_KEYOP_SIGN : 0) |
+                               (key->can_decrypt ? KVP_KEYOP_DECRYPT : 0));
+    const char *f[][2] = {{"created key", s.ref}, {"type", what},   {"version", key->version},
+                          {"ops", ops},           {"spki", fp},     {"registered", reg ? regd : NULL}};
+    rc = print_result(a, f, KVP_ARRAY_SIZE(f)) ? kvp_tool_fail(t, KVP_EXIT_ERROR, "cannot format "
+                                                               "the output")
+                                               : KVP_EXIT_OK;
+  }
 out:
   if (key)
     s.be->ops->close_key(s.be, key);
@@ -903,14 +938,15 @@ static int key_import(kvp_tool *t, key_args *a)
     char what[32], fp[72] = "";
     type_text(sp.type, sp.bits, sp.curve_nid, what);
     kvp_pubkey_fingerprint(cpub, fp);
-    printf("imported key %s\n", s.ref);
-    printf("type: %s\n", what);
-    printf("version: %s\n", key->version ? key->version : "-");
-    printf("spki: %s\n", fp);
-    printf("registered: private certificate '%s' in account '%s' (%s)\n", regname, a->account,
-           rec.subject);
+    char regd[1200];
+    snprintf(regd, sizeof(regd), "private certificate '%s' in account '%s' (%s)", regname,
+             a->account, rec.subject);
+    const char *f[][2] = {{"imported key", s.ref}, {"type", what}, {"version", key->version},
+                          {"spki", fp}, {"registered", regd}};
+    rc = print_result(a, f, KVP_ARRAY_SIZE(f)) ? kvp_tool_fail(t, KVP_EXIT_ERROR, "cannot format "
+                                                               "the output")
+                                               : KVP_EXIT_OK;
   }
-  rc = KVP_EXIT_OK;
 out:
   if (key)
     s.be->ops->close_key(s.be, key);
@@ -1233,9 +1269,18 @@ static int key_delete(kvp_tool *t, key_args *a)
     store_fail(t, &s, "deleting the key", rv);
     goto out;
   }
-  printf("deleted key %s%s\n", s.ref,
-         s.is_hsm ? "" : " (Key Vault keeps it soft-deleted, recoverable, until it is purged)");
-  rc = KVP_EXIT_OK;
+  {
+    const char *f[][2] = {{"deleted key", s.ref},
+                          {"note", s.is_hsm ? NULL : "Key Vault keeps it soft-deleted, recoverable, "
+                                                     "until it is purged"}};
+    if (a->v[O_JSON])
+      rc = print_result(a, f, 2) ? KVP_EXIT_ERROR : KVP_EXIT_OK;
+    else {
+      printf("deleted key %s%s\n", s.ref,
+             s.is_hsm ? "" : " (Key Vault keeps it soft-deleted, recoverable, until it is purged)");
+      rc = KVP_EXIT_OK;
+    }
+  }
 out:
   json_decref(users);
   kvp_cert_rec_free_array(recs, nrecs);

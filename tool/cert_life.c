@@ -61,7 +61,7 @@ int kvp_tool_print_json(FILE *f, json_t *j)
 }
 
 /* The public key of a row: its certificate's, else the recorded SPKI. NULL if none. */
-static EVP_PKEY *rec_pubkey(const kvp_cert_rec *r)
+EVP_PKEY *kvp_tool_rec_pubkey(const kvp_cert_rec *r)
 {
   EVP_PKEY *pk = NULL;
   if (r->der_len > 0) {
@@ -118,7 +118,7 @@ int kvp_tool_not_our_key(kvp_tool *t, const char *file, EVP_PKEY *pub, const cha
   for (size_t i = 0; i < n && rc == KVP_EXIT_OK; i++) {
     if (recs[i].type != KVP_CERT_PRIVATE)
       continue;
-    EVP_PKEY *pk = rec_pubkey(&recs[i]);
+    EVP_PKEY *pk = kvp_tool_rec_pubkey(&recs[i]);
     if (pk && kvp_pubkey_equal(pk, pub))
       rc = kvp_tool_fail(t, KVP_EXIT_ERROR,
                          "%s: its public key is the key of our private certificate '%s' (%s): "
@@ -136,7 +136,7 @@ int kvp_tool_check_key(kvp_tool *t, int is_hsm, const char *store, const char *k
   char err[KVP_ERRLEN] = "", *ref = NULL, *scheme = NULL, *pstore = NULL, *pname = NULL;
   kvp_tool_store s = {0};
   kvp_key *key = NULL;
-  EVP_PKEY *cpub = rec_pubkey(rec);
+  EVP_PKEY *cpub = kvp_tool_rec_pubkey(rec);
   int rc = KVP_EXIT_ERROR;
   size_t n = strlen("keyvault:/") + strlen(store) + strlen(keyname) + 1;
 
@@ -314,7 +314,7 @@ int kvp_tool_cert_renew(kvp_tool *t, const char *name, const char *account_opt, 
                   "active certificate a new key)", name);
     goto out;
   }
-  oldpub = rec_pubkey(&rec);
+  oldpub = kvp_tool_rec_pubkey(&rec);
   char oldsha[65];
   memcpy(oldsha, rec.sha256, sizeof(oldsha));
   if ((rc = load_new(t, file, allow_expired || rec.type == KVP_CERT_PUBLIC, account, name, &rec,
@@ -325,7 +325,7 @@ int kvp_tool_cert_renew(kvp_tool *t, const char *name, const char *account_opt, 
     kvp_tool_fail(t, rc, "%s is the certificate '%s' has already", file, name);
     goto out;
   }
-  newpub = rec_pubkey(&rec);
+  newpub = kvp_tool_rec_pubkey(&rec);
   if (!oldpub || !newpub || !kvp_pubkey_equal(oldpub, newpub)) {
     char fo[72] = "?", fn[72] = "?";
     if (oldpub)
@@ -430,8 +430,8 @@ int kvp_tool_cert_rotate(kvp_tool *t, const char *name, const char *account_opt,
   }
   if ((rc = load_new(t, file, allow_expired, account, name, nw, warn)) != KVP_EXIT_OK)
     goto out;
-  oldpub = rec_pubkey(old);
-  newpub = rec_pubkey(nw);
+  oldpub = kvp_tool_rec_pubkey(old);
+  newpub = kvp_tool_rec_pubkey(nw);
   if (oldpub && newpub && kvp_pubkey_equal(oldpub, newpub)) {
     rc = kvp_tool_fail(t, KVP_EXIT_ERROR, "%s: the new certificate is for the same key as '%s': "
                        "use kvp11 cert renew", file, name);

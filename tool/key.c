@@ -31,6 +31,7 @@
 #include <openssl/x509.h>
 
 #include "backend/backend.h"
+#include "backend/provision.h"
 #include "core/cert.h"
 #include "core/p11names.h"
 #include "core/status.h"
@@ -406,19 +407,16 @@ static int print_result(const key_args *a, const char *f[][2], size_t n)
 /* The registry name is free in the account (1), taken (0, printed), error (-1, printed). */
 static int reg_name_free(kvp_tool *t, const char *account, const char *name)
 {
-  char err[KVP_ERRLEN] = "";
-  kvp_cert_rec old = {0};
-  int g = kvp_registry_get(t->reg, account, name, &old, err, sizeof(err));
-  kvp_cert_rec_clear(&old);
-  if (g == KVP_ENOTFOUND)
+  CK_RV rv = kvp_prov_name_free(t->reg, account, name);
+  if (rv == CKR_OK)
     return 1;
-  if (g == KVP_OK) {
+  if (rv == CKR_ATTRIBUTE_VALUE_INVALID) {
     kvp_tool_fail(t, KVP_EXIT_ERROR,
                   "account '%s' has a certificate named '%s' already (choose another --name)",
                   account, name);
     return 0;
   }
-  kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", err);
+  kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", kvp_tool_reason(t, rv));
   return -1;
 }
 
@@ -428,8 +426,8 @@ static int reg_name_free(kvp_tool *t, const char *account, const char *name)
  */
 static int undo_key(kvp_tool *t, const store *s, const char *key, const char *why)
 {
-  CK_RV rv =
-      s->be->ops->delete_key ? s->be->ops->delete_key(s->be, key) : CKR_FUNCTION_NOT_SUPPORTED;
+  CK_RV rv = kvp_prov_undo(s->be, key);
+  kvp_status_clear(); /* why is the registration's reason; the delete's is asked below */
   if (rv == CKR_OK)
     return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s; the new key %s was deleted again%s", why, s->ref,
                          s->is_hsm ? "" : " (Key Vault keeps it soft-deleted until it is purged)");
@@ -446,7 +444,7 @@ static int key_create(kvp_tool *t, key_args *a)
   store s = {0};
   kvp_key *key = NULL;
   kvp_cert_rec rec = {0};
-  char err[KVP_ERRLEN] = "", fp[72] = "", what[32];
+  char fp[72] = "", what[32];
   const char *regname = a->v[O_NAME] ? a->v[O_NAME] : keyname;
   const int reg = a->v[O_NOREG] == NULL;
   int rc;
@@ -537,34 +535,12 @@ static int key_create(kvp_tool *t, key_args *a)
   kvp_pubkey_fingerprint(key->pub, fp);
 
   if (reg) {
-    unsigned char *spki = NULL;
-    int spki_len = i2d_PUBKEY(key->pub, &spki);
-    rec.account = strdup(a->account);
-    rec.name = strdup(regname);
-    rec.type = KVP_CERT_PRIVATE;
-    rec.subject = strdup("");
-    rec.issuer = strdup("");
-    rec.serial = strdup("");
-    rec.key_ref = strdup(s.ref);
-    rec.key_version = kvp_strdup0(key->version);
-    if (spki_len > 0 && (rec.spki = malloc((size_t)spki_len)) != NULL) {
-      memcpy(rec.spki, spki, (size_t)spki_len);
-      rec.spki_len = (size_t)spki_len;
-    }
-    OPENSSL_free(spki);
-    if (!rec.account || !rec.name || !rec.subject || !rec.issuer || !rec.serial || !rec.key_ref ||
-        (key->version && !rec.key_version) || !rec.spki) {
-      rc = undo_key(t, &s, keyname, "out of memory");
-      goto out;
-    }
-    int r = kvp_registry_add(t->reg, &rec, 0, err, sizeof(err));
-    if (r != KVP_OK) {
-      char why[2 * KVP_ERRLEN];
-      if (r == KVP_EEXISTS)
-        snprintf(why, sizeof(why), "account '%s' has a certificate named '%s' already", a->account,
-                 regname);
-      else
-        snprintf(why, sizeof(why), "registering '%s' failed: %s", regname, err);
+    char why[KVP_STATUS_MSGLEN];
+    rv = kvp_prov_key_row(key, a->account, regname, s.ref, NULL, 0, &rec);
+    if (rv == CKR_OK)
+      rv = kvp_prov_register(t->reg, &rec, NULL);
+    if (rv != CKR_OK) {
+      snprintf(why, sizeof(why), "%s", kvp_tool_reason(t, rv));
       rc = undo_key(t, &s, keyname, why);
       goto out;
     }
@@ -718,36 +694,63 @@ out:
   return rc;
 }
 
+/* The key (pub) is in the store as key name already: the one error line. */
+static int key_present(kvp_tool *t, const store *s, EVP_PKEY *pub, const char *name,
+                       const char *where)
+{
+  char fp[72] = "?";
+  kvp_pubkey_fingerprint(pub, fp);
+  return kvp_tool_fail(t, KVP_EXIT_ERROR,
+                       "this key (%s) is in %s '%s' already, as key '%s'%s; register its "
+                       "certificate with kvp11 cert add --%s %s --key %s",
+                       fp, s->kind, s->name, name, where, s->kind, s->name, name);
+}
+
 /*
  * The key being imported must not be in the store already under another
  * name: the same public key twice would be two keys for one certificate.
- * Prints the error naming the existing key.
+ * The registry's entries of this store are compared first; an HSM's keys are
+ * then listed (one local search). A vault is not listed: that costs one
+ * request per key. Prints the error naming the existing key.
  */
 static int key_not_present(kvp_tool *t, const store *s, EVP_PKEY *pub)
 {
+  kvp_cert_rec *recs = NULL;
   kvp_key_info *infos = NULL;
-  size_t n = 0;
+  size_t n = 0, ni = 0;
+  char err[KVP_ERRLEN] = "";
   int rc = KVP_EXIT_OK;
-  if (!s->be->ops->list_keys)
-    return KVP_EXIT_OK;
-  CK_RV rv = s->be->ops->list_keys(s->be, &infos, &n);
-  if (rv != CKR_OK) {
-    kvp_tool_warn(t, "%s '%s': cannot list its keys to look for this key (%s); not checked",
-                  s->kind, s->name, kvp_tool_reason(t, rv));
-    kvp_status_clear();
-    return KVP_EXIT_OK;
-  }
-  for (size_t i = 0; i < n && rc == KVP_EXIT_OK; i++)
-    if (infos[i].pub && kvp_pubkey_equal(infos[i].pub, pub)) {
-      char fp[72] = "?";
-      kvp_pubkey_fingerprint(pub, fp);
-      rc = kvp_tool_fail(t, KVP_EXIT_ERROR,
-                         "this key (%s) is in %s '%s' already, as key '%s'; register its "
-                         "certificate with kvp11 cert add --%s %s --key %s",
-                         fp, s->kind, s->name, infos[i].name ? infos[i].name : "?", s->kind,
-                         s->name, infos[i].name ? infos[i].name : "?");
+  if (kvp_registry_list(t->reg, NULL, &recs, &n, err, sizeof(err)) != KVP_OK)
+    return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", err);
+  for (size_t i = 0; i < n && rc == KVP_EXIT_OK; i++) {
+    char *scheme = NULL, *pstore = NULL, *pname = NULL;
+    if (recs[i].type != KVP_CERT_PRIVATE ||
+        kvp_keyref_parse(recs[i].key_ref, &scheme, &pstore, &pname, err, sizeof(err)) != KVP_OK)
+      continue;
+    EVP_PKEY *pk = NULL;
+    if (strcmp(scheme, s->is_hsm ? "hsm" : "keyvault") == 0 && strcmp(pstore, s->name) == 0 &&
+        (pk = kvp_tool_rec_pubkey(&recs[i])) != NULL && kvp_pubkey_equal(pk, pub)) {
+      char where[600];
+      snprintf(where, sizeof(where), " (registered as '%s' in account '%s')", recs[i].name,
+               recs[i].account);
+      pname[strcspn(pname, "/")] = '\0';
+      rc = key_present(t, s, pub, pname, where);
     }
-  kvp_key_info_free_array(infos, n);
+    EVP_PKEY_free(pk);
+    free(scheme);
+    free(pstore);
+    free(pname);
+  }
+  kvp_cert_rec_free_array(recs, n);
+  if (rc != KVP_EXIT_OK || !s->is_hsm || !s->be->ops->list_keys)
+    return rc;
+  CK_RV rv = s->be->ops->list_keys(s->be, &infos, &ni);
+  if (rv != CKR_OK)
+    return kvp_tool_store_fail(t, &s->ts, "listing the keys (to look for this key)", rv);
+  for (size_t i = 0; i < ni && rc == KVP_EXIT_OK; i++)
+    if (infos[i].pub && kvp_pubkey_equal(infos[i].pub, pub))
+      rc = key_present(t, s, pub, infos[i].name ? infos[i].name : "?", "");
+  kvp_key_info_free_array(infos, ni);
   return rc;
 }
 
@@ -921,14 +924,9 @@ static int key_import(kvp_tool *t, key_args *a)
     rc = undo_key(t, &s, keyname, "out of memory");
     goto out;
   }
-  int r = kvp_registry_add(t->reg, &rec, 0, err, sizeof(err));
-  if (r != KVP_OK) {
-    char why[2 * KVP_ERRLEN];
-    if (r == KVP_EEXISTS)
-      snprintf(why, sizeof(why), "account '%s' has a certificate named '%s' already", a->account,
-               regname);
-    else
-      snprintf(why, sizeof(why), "registering '%s' failed: %s", regname, err);
+  if ((rv = kvp_prov_register(t->reg, &rec, NULL)) != CKR_OK) {
+    char why[KVP_STATUS_MSGLEN];
+    snprintf(why, sizeof(why), "%s", kvp_tool_reason(t, rv));
     rc = undo_key(t, &s, keyname, why);
     goto out;
   }

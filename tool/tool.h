@@ -166,6 +166,8 @@ int kvp_tool_check_key(kvp_tool *t, int is_hsm, const char *store, const char *k
 /* The error line for a certificate file the parser refused (err): a directory or a PFX
  * are named as such. */
 const char *kvp_tool_cert_file_error(const char *file, const char *err);
+/* The public key of a row: its certificate's, else its recorded SPKI; NULL if none. */
+EVP_PKEY *kvp_tool_rec_pubkey(const kvp_cert_rec *r);
 /* rec->spki from rec->der; 0 or -1. */
 int kvp_tool_rec_spki(kvp_cert_rec *rec);
 /* "SHA256:AB:CD:..." (OpenSSL's form) of a hex SHA-256 (out: 112 bytes). */

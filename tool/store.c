@@ -41,9 +41,8 @@ int kvp_tool_store_find_ref(kvp_tool *t, const char *ref, kvp_tool_store *s, cha
   else if (!is_hsm && kvp_config_find_vault(t->cfg, store))
     name = kvp_config_find_vault(t->cfg, store)->name;
   int rc = name ? kvp_tool_store_find(t, is_hsm, name, s)
-                : kvp_tool_fail(t, KVP_EXIT_ERROR, "%s '%s' (of key reference %s) is not "
-                                "configured in %s", is_hsm ? "hsm" : "vault", store, ref,
-                                t->cfg->path);
+                : kvp_tool_fail(t, KVP_EXIT_ERROR, "%s '%s' is not configured in %s",
+                                is_hsm ? "hsm" : "vault", store, t->cfg->path);
   free(scheme);
   free(store);
   if (rc != KVP_EXIT_OK) {

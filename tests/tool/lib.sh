@@ -145,3 +145,23 @@ reissue() {
 }
 # when OFFSET: a date as openssl ca takes it, OFFSET from now ('-1 day', '+10 days').
 when() { date -u -d "$1" +%Y%m%d%H%M%SZ; }
+
+# watch_start TOKEN: a running PKCS#11 application ($KVP11_P11WATCH, see
+# p11watch.c) with libkvp11.so ($KVP11_MODULE) loaded on $CONF, token TOKEN.
+watch_start() {
+  coproc WATCH { KVP11_CONF=$CONF exec "$KVP11_P11WATCH" "$KVP11_MODULE" "$1" 2>"$T/watch.err"; }
+  local line
+  read -r -t 30 line <&"${WATCH[0]}" && [ "$line" = READY ] || fail "p11watch did not start: $(cat "$T/watch.err")"
+  trap 'echo quit >&"${WATCH[1]}" 2>/dev/null || true' EXIT
+}
+# watch CMD...: send a command to it; the answer lines (without END) in $T/watch.out
+watch() {
+  local line
+  echo "$*" >&"${WATCH[1]}"
+  : >"$T/watch.out"
+  while read -r -t 30 line <&"${WATCH[0]}"; do
+    [ "$line" = END ] && return 0
+    echo "$line" >>"$T/watch.out"
+  done
+  fail "p11watch: no answer to '$*'"
+}

@@ -26,19 +26,7 @@ write_conf "[hsm test]" "module = $SOFTHSM" "token_label = kvp11-test" "pin_file
   "[account default]" "label = kvp11 default" "[account watch]" "label = kvp11 watch"
 
 # --- the running application ---
-coproc WATCH { KVP11_CONF=$CONF exec "$KVP11_P11WATCH" "$KVP11_MODULE" "kvp11 default" 2>"$T/watch.err"; }
-read -r -t 30 line <&"${WATCH[0]}" && [ "$line" = READY ] || fail "p11watch did not start: $(cat "$T/watch.err")"
-trap 'echo quit >&"${WATCH[1]}" 2>/dev/null || true' EXIT
-# watch CMD...: send a command, the answer lines (without END) in $T/watch.out
-watch() {
-  echo "$*" >&"${WATCH[1]}"
-  : >"$T/watch.out"
-  while read -r -t 30 line <&"${WATCH[0]}"; do
-    [ "$line" = END ] && return 0
-    echo "$line" >>"$T/watch.out"
-  done
-  fail "p11watch: no answer to '$*'"
-}
+watch_start "kvp11 default"
 # handles NAME: "cert pub priv" handles of NAME as the application sees them
 handles() {
   watch objects

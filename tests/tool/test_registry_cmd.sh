@@ -45,18 +45,7 @@ expect_ok "backup --json" registry backup "$T/full.db" --json
 json "j['action'] == 'backup' and j['file'] == '$T/full.db'"
 
 # --- restore, seen by a running application ---
-coproc WATCH { KVP11_CONF=$CONF exec "$KVP11_P11WATCH" "$KVP11_MODULE" "kvp11 default" 2>"$T/watch.err"; }
-read -r -t 30 line <&"${WATCH[0]}" && [ "$line" = READY ] || fail "p11watch did not start: $(cat "$T/watch.err")"
-trap 'echo quit >&"${WATCH[1]}" 2>/dev/null || true' EXIT
-watch() {
-  echo "$*" >&"${WATCH[1]}"
-  : >"$T/watch.out"
-  while read -r -t 30 line <&"${WATCH[0]}"; do
-    [ "$line" = END ] && return 0
-    echo "$line" >>"$T/watch.out"
-  done
-  fail "p11watch: no answer to '$*'"
-}
+watch_start "kvp11 default"
 certs() { watch objects; awk '$1 == "cert" { print $4 }' "$T/watch.out" | sort | tr '\n' ' '; }
 expect_ok "remove all but alice" cert remove w1
 for i in $(seq 2 40); do "$KVP11_TOOL" -c "$CONF" cert remove "w$i" >/dev/null || fail "remove w$i"; done

@@ -101,7 +101,7 @@ static int list_dir(kvp_tool *t, const char *dir, bulk_file **out, size_t *n_out
 /* What is wrong with a file before it is read, or NULL. */
 static const char *name_problem(const bulk_file *f, size_t i, size_t n)
 {
-  if (!kvp_tool_cert_name_ok(f[i].name))
+  if (!kvp_tool_name_ok(f[i].name))
     return "its name is not allowed (1 to 255 bytes without the extension, no control characters)";
   if ((i > 0 && strcmp(f[i - 1].name, f[i].name) == 0) ||
       (i + 1 < n && strcmp(f[i + 1].name, f[i].name) == 0))

@@ -149,7 +149,7 @@ typedef struct sm_der {
   int pem;        /* base64 ending at a "-----END" line */
   int stop_dash;  /* base64 ending at a "--" (MIME boundary) line */
   EVP_ENCODE_CTX *ctx;
-  unsigned char out[8192];
+  unsigned char out[24576 + 1024];
   size_t opos, olen;
   int done;       /* the base64 ended */
   int bol;        /* the last base64 byte read ended a line */

@@ -140,8 +140,8 @@ static int b64_fill(sm_der *d)
     int bol = s->off == 0 || d->bol;
     if (p[0] == '-' && bol)
       return b64_final(d); /* -----END ..., or a MIME boundary */
-    if (n > 4096)
-      n = 4096;
+    if (n > 24576)
+      n = 24576;
     const unsigned char *dash = memchr(p, '-', n);
     if (dash)
       n = (size_t)(dash - p);
@@ -150,9 +150,8 @@ static int b64_fill(sm_der *d)
       return -1;
     }
     int ol = 0;
-    for (size_t i = 0; i < n; i++)
-      if (p[i] == '\n')
-        s->line++;
+    for (const unsigned char *q = p, *e = p + n; (q = memchr(q, '\n', (size_t)(e - q))) != NULL; q++)
+      s->line++;
     int r = EVP_DecodeUpdate(d->ctx, d->out, &ol, p, (int)n);
     d->bol = p[n - 1] == '\n';
     src_skip(s, n);

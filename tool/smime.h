@@ -17,6 +17,7 @@
 
 #include <openssl/bio.h>
 #include <openssl/buffer.h>
+#include <openssl/pem.h> /* before cms.h: declares PEM_write_bio_CMS */
 #include <openssl/cms.h>
 #include <openssl/evp.h>
 #include <openssl/x509.h>

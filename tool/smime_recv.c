@@ -214,6 +214,14 @@ static int recv_end(kvp_tool *t, recv_ctx *r, int rc)
   return rc;
 }
 
+/* verify after the output is open: the content streamed, then the signers. */
+static int verify_rest(kvp_tool *t, const smime_args *a, recv_ctx *r)
+{
+  if (sm_signed_stream(r->m, r->content, a->v[S_BINARY] != NULL, r->out.bio, &r->md) != 0)
+    return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", r->m->err);
+  return verify_signers(t, a, a->v[S_CERT], r->m, r->md);
+}
+
 int sm_cmd_verify(kvp_tool *t, smime_args *a)
 {
   recv_ctx r;
@@ -225,9 +233,7 @@ int sm_cmd_verify(kvp_tool *t, smime_args *a)
                                          strerror(errno)));
   if ((rc = sm_out_open(t, a->v[S_OUT], &r.out)) != KVP_EXIT_OK)
     return recv_end(t, &r, rc);
-  if (sm_signed_stream(r.m, r.content, a->v[S_BINARY] != NULL, r.out.bio, &r.md) != 0)
-    return recv_end(t, &r, kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", r.m->err));
-  return recv_end(t, &r, verify_signers(t, a, a->v[S_CERT], r.m, r.md));
+  return recv_end(t, &r, verify_rest(t, a, &r));
 }
 
 /* ---------------------------------------------------------------- decrypt */
@@ -316,8 +322,8 @@ static int find_recipient(kvp_tool *t, const smime_args *a, CMS_ContentInfo *cms
                        ris && sk_CMS_RecipientInfo_num(ris) == 1 ? "" : "s", who);
 }
 
-/* Pick the certificate, load its key, start decrypting: r->plain. */
-static int decrypt_begin(kvp_tool *t, const smime_args *a, recv_ctx *r)
+/* The certificate to decrypt with: --cert, or the one the message is for. */
+static int pick_cert(kvp_tool *t, const smime_args *a, recv_ctx *r)
 {
   int agree = 0, rc;
   const char *name = a->v[S_CERT];
@@ -341,11 +347,16 @@ static int decrypt_begin(kvp_tool *t, const smime_args *a, recv_ctx *r)
   if (t->verbose)
     fprintf(stderr, "kvp11: %s: decrypting with certificate '%s'%s\n", t->cmd, r->rec.name,
             r->rec.state == KVP_STATE_RETIRED ? " (retired)" : "");
-  if ((rc = sm_load_key(t, a, &r->rec, r->x, &r->k)) != KVP_EXIT_OK)
-    return rc;
+  return KVP_EXIT_OK;
+}
+
+/* The content-encryption key from the recipient info (pkey: through the
+ * module), then the cipher over the content: r->plain. */
+static int start_decrypt(kvp_tool *t, recv_ctx *r, EVP_PKEY *pkey)
+{
   ERR_clear_error();
   int q = kvp_engine_quiet_begin(t);
-  int ok = sm_decrypt_stream(r->m, r->k.pkey, r->x, &r->plain) == 0;
+  int ok = sm_decrypt_stream(r->m, pkey, r->x, &r->plain) == 0;
   kvp_engine_quiet_end(q);
   if (!ok && r->m->err[0])
     return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", r->m->err);
@@ -355,6 +366,15 @@ static int decrypt_begin(kvp_tool *t, const smime_args *a, recv_ctx *r)
                          "message, or a key the module cannot use): %s%s",
                          r->rec.name, ossl_reason(), kvp_tool_loghint(t));
   return KVP_EXIT_OK;
+}
+
+static int decrypt_begin(kvp_tool *t, const smime_args *a, recv_ctx *r)
+{
+  int rc;
+  if ((rc = pick_cert(t, a, r)) != KVP_EXIT_OK ||
+      (rc = sm_load_key(t, a, &r->rec, r->x, &r->k)) != KVP_EXIT_OK)
+    return rc;
+  return start_decrypt(t, r, r->k.pkey);
 }
 
 /* The plaintext read to its end (out: where it goes, or NULL), then checked. */
@@ -390,7 +410,25 @@ int sm_cmd_decrypt(kvp_tool *t, smime_args *a)
   return recv_end(t, &r, decrypt_end(t, &r, r.out.bio));
 }
 
-/* Decrypt, then verify the signed entity inside while it is written out. */
+/* open after the decryption started and the output is open: the signed
+ * entity inside is verified while its content is written out. */
+static int open_rest(kvp_tool *t, const smime_args *a, recv_ctx *r)
+{
+  int rc;
+  if (!(r->inner = malloc(sizeof(*r->inner))))
+    return sm_nomem(t);
+  if (sm_msg_begin(r->inner, r->plain, F_AUTO, NID_pkcs7_signed, "the decrypted content") != 0 ||
+      sm_signed_stream(r->inner, NULL, a->v[S_BINARY] != NULL, r->out.bio, &r->md) != 0) {
+    /* a damaged envelope says so before its content does */
+    if ((rc = decrypt_end(t, r, NULL)) == KVP_EXIT_OK)
+      rc = kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", r->inner->err);
+    return rc;
+  }
+  if ((rc = decrypt_end(t, r, NULL)) != KVP_EXIT_OK)
+    return rc;
+  return verify_signers(t, a, a->v[S_FROM], r->inner, r->md);
+}
+
 int sm_cmd_open(kvp_tool *t, smime_args *a)
 {
   recv_ctx r;
@@ -398,16 +436,5 @@ int sm_cmd_open(kvp_tool *t, smime_args *a)
   if (rc != KVP_EXIT_OK || (rc = decrypt_begin(t, a, &r)) != KVP_EXIT_OK ||
       (rc = sm_out_open(t, a->v[S_OUT], &r.out)) != KVP_EXIT_OK)
     return recv_end(t, &r, rc);
-  if (!(r.inner = malloc(sizeof(*r.inner))))
-    return recv_end(t, &r, sm_nomem(t));
-  if (sm_msg_begin(r.inner, r.plain, F_AUTO, NID_pkcs7_signed, "the decrypted content") != 0 ||
-      sm_signed_stream(r.inner, NULL, a->v[S_BINARY] != NULL, r.out.bio, &r.md) != 0) {
-    /* a damaged envelope says so before its content does */
-    if ((rc = decrypt_end(t, &r, NULL)) == KVP_EXIT_OK)
-      rc = kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", r.inner->err);
-    return recv_end(t, &r, rc);
-  }
-  if ((rc = decrypt_end(t, &r, NULL)) != KVP_EXIT_OK)
-    return recv_end(t, &r, rc);
-  return recv_end(t, &r, verify_signers(t, a, a->v[S_FROM], r.inner, r.md));
+  return recv_end(t, &r, open_rest(t, a, &r));
 }

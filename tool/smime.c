@@ -441,7 +441,7 @@ int sm_cmd_encrypt(kvp_tool *t, smime_args *a)
   return send_end(t, &s, rc);
 }
 
-/* Sign and encrypt in one pass: the signed S/MIME entity (CRLF line ends)
+/* Sign and encrypt in one pass: the signed S/MIME entity
  * is written by OpenSSL's S/MIME writer straight into the enveloping stream
  * (through a flush barrier, so that the inner writer's final flush does not
  * finalise the outer cipher). */
@@ -465,7 +465,11 @@ int sm_cmd_seal(kvp_tool *t, smime_args *a)
   BIO_push(bar, st.w);
   int q = quiet_begin(t);
   ERR_clear_error();
-  int ok = SMIME_write_CMS(bar, s.sig, s.in, flags | CMS_CRLFEOL);
+  /* CRLF line ends for the MIME structure, as S/MIME wants; but not around
+   * binary detached content: OpenSSL 3.0's reader then keeps the CR before
+   * the boundary in the content and the signature fails for such peers. */
+  int eol = a->v[S_BINARY] && a->v[S_DETACHED] ? 0 : CMS_CRLFEOL;
+  int ok = SMIME_write_CMS(bar, s.sig, s.in, flags | eol);
   quiet_end(q);
   BIO_pop(bar);
   BIO_free(bar);

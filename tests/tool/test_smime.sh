@@ -174,6 +174,16 @@ expect_ok "seal --binary --detached" smime seal --cert rsa3072 --to rsa2048 --bi
 cp "$OUT" "$T/self-bin.sealed"
 expect_ok "open our own --binary --detached" smime open --cert rsa2048 --from rsa3072 --binary <"$T/self-bin.sealed"
 same "$OUT" "$T/lf.txt" "open own binary detached"
+# OpenSSL 3.0 peers open it too (its reader keeps the CR of a CRLF before the
+# boundary in binary content: seal writes that MIME structure with LF)
+expect_ok "seal --binary --detached to the partner" smime seal --cert rsa3072 --to partner --binary --detached \
+  --in "$T/msg.bin"
+openssl cms -decrypt -binary -inkey "$PK" -in "$OUT" -out "$T/bin.inner" 2>"$T/ossl.err" ||
+  { cat "$T/ossl.err" >&2; fail "openssl decrypt seal --binary --detached"; }
+openssl cms -verify -binary -CAfile "$C/rsa3072.pem" -purpose any -in "$T/bin.inner" -out "$T/v.out" 2>"$T/ossl.err" ||
+  { cat "$T/ossl.err" >&2; fail "openssl verify seal --binary --detached"; }
+same "$T/v.out" "$T/msg.bin" "openssl opens seal --binary --detached"
+ok "openssl opens kvp11's seal --binary --detached"
 # the pkcs11 engine already loaded by OPENSSL_CONF is used as it is
 sed -e "s|@PKCS11_ENGINE@|$(openssl version -e | sed 's/.*"\(.*\)"/\1/')/pkcs11.so|" \
     -e "s|@KVP11_MODULE@|$KVP11_MODULE|" "$(cd "$(dirname "$0")/../.." && pwd)/hsm-config/openssl-engine.cnf" >"$T/engine.cnf"

@@ -9,24 +9,9 @@
 # The SoftHSM2 fixture as in test_smime.sh; our keys through libkvp11.so.
 . "$(dirname "$0")/lib.sh"
 
-MKENV=$(cd "$(dirname "$0")/../fixtures" && pwd)/mkenv.sh
-SOFTHSM=${KVP11_SOFTHSM_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
-[ -f "$SOFTHSM" ] || skip "SoftHSM2 module not found at $SOFTHSM"
-for t in softhsm2-util pkcs11-tool; do command -v $t >/dev/null 2>&1 || skip "$t not found"; done
 [ -x /usr/bin/time ] || skip "/usr/bin/time not found"
-ENGDIR=$(openssl version -e | sed -n 's/^ENGINESDIR: "\(.*\)"$/\1/p')
-[ -f "$ENGDIR/pkcs11.so" ] || skip "OpenSSL pkcs11 engine not found (libengine-pkcs11-openssl)"
-[ -n "${KVP11_MODULE:-}" ] && [ -f "$KVP11_MODULE" ] || fail "KVP11_MODULE is not set to the built libkvp11.so"
-
-E=$T/env
-KVP11_TOOL="$KVP11_TOOL" SOFTHSM2_MODULE="$SOFTHSM" bash "$MKENV" "$E" >"$T/mkenv.log" 2>&1 ||
-  { cat "$T/mkenv.log" >&2; fail "mkenv.sh failed"; }
-export SOFTHSM2_CONF=$E/softhsm2.conf
-C=$E/certs
-CONF=$E/kvp11.conf
+. "$(dirname "$0")/smime_env.sh"
 sed -i 's/^log_level = .*/log_level = info/' "$CONF"
-PK=$C/partner.key
-PC=$C/partner.pem
 LIMIT_KB=$((64 * 1024))
 
 # 50 MB of text (base64 lines, LF) and 50 MB of bytes
@@ -80,12 +65,7 @@ big "seal, text, opaque, P-256, GCM, OAEP" smime seal --cert p256 --to partner -
   --in "$T/msg.txt" --out "$T/z2"
 ossl_open "$T/z2" "$C/p256.pem" "$T/v"
 same "$T/v" "$T/msg.crlf" "seal text gcm"
-big "seal --outform pem" smime seal --cert rsa3072 --to partner --binary --outform pem --in "$T/msg.bin" --out "$T/z3"
-openssl cms -decrypt -binary -inform PEM -inkey "$PK" -in "$T/z3" 2>"$T/ossl.err" |
-  openssl cms -verify -binary -CAfile "$C/rsa3072.pem" -purpose any -out "$T/v" 2>>"$T/ossl.err" ||
-  { cat "$T/ossl.err" >&2; fail "openssl open pem"; }
-same "$T/v" "$T/msg.bin" "seal pem"
-rm -f "$T/s1" "$T/s2" "$T/e2" "$T/z1" "$T/z2" "$T/z3"
+rm -f "$T/s1" "$T/s2" "$T/e2" "$T/z1" "$T/z2"
 
 # --- openssl sends, kvp11 receives ---
 openssl cms -sign -stream -signer "$PC" -inkey "$PK" -nodetach -in "$T/msg.txt" |

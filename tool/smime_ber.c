@@ -84,6 +84,7 @@ int sm_der_init(sm_der *d, sm_src *src, int b64, int pem)
 {
   memset(d, 0, sizeof(*d));
   d->src = src;
+  d->bol = 1; /* every caller starts at the beginning of a line */
   d->b64 = b64;
   d->pem = pem;
   if (b64) {
@@ -137,8 +138,7 @@ static int b64_fill(sm_der *d)
     size_t n = sm_src_peek(s, &p);
     if (n == 0)
       return b64_final(d);
-    int bol = s->off == 0 || d->bol;
-    if (p[0] == '-' && bol)
+    if (p[0] == '-' && d->bol)
       return b64_final(d); /* -----END ..., or a MIME boundary */
     if (n > 24576)
       n = 24576;

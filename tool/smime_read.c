@@ -155,9 +155,9 @@ static int is_boundary(const char *line, size_t n, const char *b)
   size_t bl = strlen(b);
   if (n < 2 + bl || line[0] != '-' || line[1] != '-' || memcmp(line + 2, b, bl) != 0)
     return 0;
-  const char *r = line + 2 + bl;
-  int closing = r[0] == '-' && r[1] == '-';
-  for (r += closing ? 2 : 0; *r; r++)
+  const char *r = line + 2 + bl, *end = line + n;
+  int closing = end - r >= 2 && r[0] == '-' && r[1] == '-';
+  for (r += closing ? 2 : 0; r < end; r++)
     if (*r != ' ' && *r != '\t' && *r != '\r' && *r != '\n')
       return 0;
   return closing ? 2 : 1;

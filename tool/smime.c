@@ -125,9 +125,8 @@ void kvp_tool_smime_usage(FILE *f)
 
 /* One help line per option; only those of the command. */
 static const char *const opt_help[S_COUNT] = {
-    [S_CERT] = "  --cert NAME      sign, seal: our private certificate (its key is used through\n"
-               "                   libkvp11.so); decrypt, open: default: the one the message\n"
-               "                   is for (active or retired); verify: the only accepted signer\n",
+    [S_CERT] = "  --cert NAME      our private certificate to sign with (its key is used\n"
+               "                   through libkvp11.so)\n",
     [S_TO] = "  --to PARTNER     a registered recipient certificate (repeatable)\n",
     [S_FROM] = "  --from PARTNER   the only accepted signer\n",
     [S_DETACHED] = "  --detached       multipart/signed (content in clear beside the signature)\n",
@@ -145,13 +144,30 @@ static const char *const opt_help[S_COUNT] = {
     [S_OUT] = "  --out FILE       write to FILE, only if the command succeeds (default: stdout)\n",
 };
 
+/* The options that mean something else on the receiving side. */
+static const char *recv_help(const smime_cmd *c, int o)
+{
+  if (o == S_CERT && c->run == sm_cmd_verify)
+    return "  --cert PARTNER   the only accepted signer\n";
+  if (o == S_CERT)
+    return "  --cert NAME      our certificate to decrypt with (its key is used through\n"
+           "                   libkvp11.so); default: the one the message is for, among\n"
+           "                   the account's private certificates, active or retired\n"
+           "                   (-v says which)\n";
+  if (o == S_BINARY)
+    return "  --binary         the detached content was signed as bytes as they are\n"
+           "                   (default: as canonical text, CRLF line ends)\n";
+  return opt_help[o];
+}
+
 static void smime_cmd_usage(FILE *f, const smime_cmd *c)
 {
+  int recv = c->run == sm_cmd_verify || c->run == sm_cmd_decrypt || c->run == sm_cmd_open;
   synopsis(f, "usage: kvp11 [-c FILE] ", c);
   fputc('\n', f);
   for (int o = 0; o < S_COUNT; o++)
     if ((c->allowed & SOPT(o)) && opt_help[o])
-      fputs(opt_help[o], f);
+      fputs(recv ? recv_help(c, o) : opt_help[o], f);
   fputs("\nThe message streams: read once, written as it is processed. On stdout a\n"
         "failed verify, decrypt or open may have written part of the content: check\n"
         "the exit status, or use --out FILE (written only when the command succeeds).\n",

@@ -60,7 +60,7 @@ typedef struct smime_args {
 } smime_args;
 
 /* The CMS parts around the content: recipient and signer infos, certificates. */
-#define SM_MAX_META (16u << 20)
+#define SM_MAX_META (4u << 20)
 
 /* ------------------------------------------------------------ smime.c */
 

@@ -383,6 +383,21 @@ static int write_stream(int form, CMS_ContentInfo *cms, BIO *in, int flags, BIO 
   return SMIME_write_CMS(out, cms, in, flags);
 }
 
+/* An empty content, finished whole and written in form (see sm_in_empty). */
+static int write_final(int form, CMS_ContentInfo *cms, BIO *in, int flags, BIO *out)
+{
+  ERR_clear_error();
+  flags &= ~(CMS_STREAM | CMS_PARTIAL);
+  if (!CMS_final(cms, in, NULL, flags))
+    return 0;
+  if (form == F_PEM)
+    return PEM_write_bio_CMS(out, cms);
+  if (form == F_DER)
+    return i2d_CMS_bio(out, cms);
+  /* CMS_REUSE_DIGEST: signed already; the detached content is in (empty) */
+  return SMIME_write_CMS(out, cms, in, flags | CMS_REUSE_DIGEST);
+}
+
 /* What sign, encrypt and seal share: the input, the output. */
 typedef struct send_ctx {
   kvp_cert_rec rec;
@@ -434,9 +449,9 @@ int sm_cmd_sign(kvp_tool *t, smime_args *a)
     return send_end(t, &s, rc);
   int q = quiet_begin(t), ok;
   ERR_clear_error();
-  if (a->v[S_DETACHED] && a->outform != F_SMIME) /* the content is only digested */
-    ok = CMS_final(s.sig, s.in, NULL, flags & ~CMS_STREAM) &&
-         (a->outform == F_PEM ? PEM_write_bio_CMS(s.out.bio, s.sig) : i2d_CMS_bio(s.out.bio, s.sig));
+  /* detached pem/der: the content is only digested */
+  if ((a->v[S_DETACHED] && a->outform != F_SMIME) || sm_in_empty(s.in))
+    ok = write_final(a->outform, s.sig, s.in, flags, s.out.bio);
   else
     ok = write_stream(a->outform, s.sig, s.in, flags, s.out.bio);
   quiet_end(q);
@@ -452,7 +467,8 @@ int sm_cmd_encrypt(kvp_tool *t, smime_args *a)
   int flags = a->v[S_BINARY] ? CMS_BINARY : 0;
   int rc = send_begin(t, a, 0, &s);
   if (rc == KVP_EXIT_OK && (rc = make_envelope(t, a, flags, &s.env)) == KVP_EXIT_OK &&
-      !write_stream(a->outform, s.env, s.in, flags, s.out.bio))
+      !(sm_in_empty(s.in) ? write_final(a->outform, s.env, s.in, flags, s.out.bio)
+                          : write_stream(a->outform, s.env, s.in, flags, s.out.bio)))
     rc = kvp_tool_fail(t, KVP_EXIT_ERROR, "cannot encrypt: %s", ossl_reason());
   return send_end(t, &s, rc);
 }
@@ -485,7 +501,8 @@ int sm_cmd_seal(kvp_tool *t, smime_args *a)
    * binary detached content: OpenSSL 3.0's reader then keeps the CR before
    * the boundary in the content and the signature fails for such peers. */
   int eol = a->v[S_BINARY] && a->v[S_DETACHED] ? 0 : CMS_CRLFEOL;
-  int ok = SMIME_write_CMS(bar, s.sig, s.in, flags | eol);
+  int ok = sm_in_empty(s.in) ? write_final(F_SMIME, s.sig, s.in, flags | eol, bar)
+                             : SMIME_write_CMS(bar, s.sig, s.in, flags | eol);
   quiet_end(q);
   BIO_pop(bar);
   BIO_free(bar);

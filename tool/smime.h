@@ -108,6 +108,10 @@ void sm_out_abort(sm_out *o);
 
 /* The input: --in FILE or stdin, a buffered reader. what: names it in messages. */
 int sm_in_open(kvp_tool *t, const char *path, BIO **in, const char **what);
+/* The input (of sm_in_open) has no byte: OpenSSL's streaming writers cannot
+ * write an empty content (their ASN.1 BIO never starts), so the sending
+ * commands finish such a message whole. */
+int sm_in_empty(BIO *in);
 
 /* A streaming writer of an enveloped (or any) CMS object in form F_*: the
  * content is written to .w; sm_stream_end finalises the CMS structure. */

@@ -52,6 +52,18 @@ int sm_in_open(kvp_tool *t, const char *path, BIO **in, const char **what)
   return KVP_EXIT_OK;
 }
 
+int sm_in_empty(BIO *in)
+{
+  FILE *f = NULL;
+  if (BIO_get_fp(in, &f) <= 0 || f == NULL)
+    return 0;
+  int c = getc(f);
+  if (c == EOF)
+    return 1;
+  ungetc(c, f);
+  return 0;
+}
+
 int sm_out_open(kvp_tool *t, const char *path, sm_out *o)
 {
   struct stat st;

@@ -203,6 +203,25 @@ expect_fail "--in: a directory" 1 "--in $T: is a directory" smime decrypt --in "
 expect_fail "--out: no such directory" 1 "cannot create a temporary file beside $T/no/x" \
   smime sign --cert rsa2048 --in "$T/msg.txt" --out "$T/no/x"
 
+# --- an empty message: OpenSSL's streaming writers cannot write one; it is finished whole ---
+: >"$T/empty"
+for d in "" --detached; do
+  expect_ok "sign an empty message $d" smime sign --cert rsa2048 $d --in "$T/empty"
+  openssl cms -verify -CAfile "$C/rsa2048.pem" -purpose any -in "$OUT" -out "$T/v.out" 2>"$T/ossl.err" ||
+    { cat "$T/ossl.err" >&2; fail "openssl verify of an empty message $d"; }
+  [ ! -s "$T/v.out" ] || fail "sign empty $d: content not empty"
+  cp "$OUT" "$T/empty.signed"
+  expect_ok "verify an empty message $d" smime verify --in "$T/empty.signed"
+  [ ! -s "$OUT" ] || fail "verify empty $d: content not empty"
+done
+expect_ok "encrypt an empty message" smime encrypt --to partner --outform der --in "$T/empty"
+openssl cms -decrypt -inform DER -inkey "$PK" -in "$OUT" -out "$T/v.out" 2>"$T/ossl.err" ||
+  { cat "$T/ossl.err" >&2; fail "openssl decrypt of an empty message"; }
+[ ! -s "$T/v.out" ] || fail "encrypt empty: content not empty"
+expect_ok "seal an empty message" smime seal --cert rsa3072 --to rsa2048 --in "$T/empty" --out "$T/empty.sealed"
+expect_ok "open an empty message" smime open --in "$T/empty.sealed"
+[ ! -s "$OUT" ] || fail "open empty: content not empty"
+
 # --- recipient-driven decryption: without --cert, the certificate the message is
 # for, among two active (rsa2048, rsa3072) and one retired (rsaold) certificate ---
 mkcert rsaold

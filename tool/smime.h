@@ -235,8 +235,8 @@ typedef struct sm_msg {
   int multipart;
   char boundary[80];
   char micalg[64];
-  char what[64];          /* names the input in messages */
-  char err[400];
+  char what[512];         /* names the input in messages */
+  char err[1024];
 } sm_msg;
 
 /* expect: NID_pkcs7_signed, or NID_pkcs7_enveloped for either encrypted kind. */

@@ -15,8 +15,9 @@
 #           | openssl cms -verify -binary -CAfile partner.pem
 # on an MB-megabyte base64 text message (the open input is made by openssl,
 # signed by the partner and encrypted to rsa2048), checks that every output
-# is the message, and prints wall time and peak RSS (/usr/bin/time %M: for a
-# pipeline, its largest process). Targets (docs/performance.md): time within
+# is the message, and prints wall time, CPU time (user + system, of all the
+# processes: steadier than wall time on a busy machine) and peak RSS
+# (/usr/bin/time %M: for a pipeline, its largest process). Targets (docs/performance.md): time within
 # 1.5x of openssl, peak RSS <= 32 MiB at every size.
 #
 # Environment: BENCH_DIR (default BUILD_DIR/smime-bench; removed at the end
@@ -57,11 +58,12 @@ RESULTS=$W/results
 run() {
   local name=$1 cmd=$2
   sync
-  /usr/bin/time -f '%e %M' -o "$W/time" bash -c "$cmd" 2>"$W/err" ||
+  /usr/bin/time -f '%e %M %U %S' -o "$W/time" bash -c "$cmd" 2>"$W/err" ||
     { cat "$W/err" >&2; die "$name failed"; }
-  read -r secs kb <"$W/time"
-  printf '%s %s %s\n' "$name" "$secs" "$kb" >>"$RESULTS"
-  printf '  %-28s %8.2f s %8.1f MiB\n' "$name" "$secs" "$(echo "$kb / 1024" | bc -l)" >&2
+  read -r secs kb user sys <"$W/time"
+  cpu=$(echo "$user + $sys" | bc -l)
+  printf '%s %s %s %s\n' "$name" "$secs" "$kb" "$cpu" >>"$RESULTS"
+  printf '  %-28s %8.2f s %8.2f s CPU %8.1f MiB\n' "$name" "$secs" "$cpu" "$(echo "$kb / 1024" | bc -l)" >&2
 }
 
 # bench BACKEND CONF ACCOUNT CERTDIR TOKEN
@@ -122,16 +124,17 @@ for be in $BACKENDS; do
 done
 
 echo
-printf '| backend | step | kvp11 time | openssl time | ratio | kvp11 peak RSS | openssl peak RSS |\n'
-printf '|---|---|---:|---:|---:|---:|---:|\n'
+printf '| backend | step | kvp11 time | openssl time | ratio | kvp11 CPU | openssl CPU | kvp11 peak RSS | openssl peak RSS |\n'
+printf '|---|---|---:|---:|---:|---:|---:|---:|---:|\n'
+# col NAME N: field N of the result line NAME
+col() { awk -v n="$1" -v f="$2" '$1" "$2" "$3==n {print $f}' "$RESULTS"; }
 for be in $BACKENDS; do
   for op in seal open; do
-    kt=$(awk -v n="$be $op kvp11" '$1" "$2" "$3==n {print $4}' "$RESULTS")
-    km=$(awk -v n="$be $op kvp11" '$1" "$2" "$3==n {print $5}' "$RESULTS")
-    ot=$(awk -v n="$be $op openssl" '$1" "$2" "$3==n {print $4}' "$RESULTS")
-    om=$(awk -v n="$be $op openssl" '$1" "$2" "$3==n {print $5}' "$RESULTS")
+    kt=$(col "$be $op kvp11" 4)
     [ -n "$kt" ] || continue
-    printf '| %s | %s %s MB | %s s | %s s | %.2f | %.1f MiB | %.1f MiB |\n' "$be" "$op" "$MB" "$kt" "$ot" \
-      "$(echo "$kt / $ot" | bc -l)" "$(echo "$km / 1024" | bc -l)" "$(echo "$om / 1024" | bc -l)"
+    ot=$(col "$be $op openssl" 4)
+    printf '| %s | %s %s MB | %s s | %s s | %.2f | %.2f s | %.2f s | %.1f MiB | %.1f MiB |\n' "$be" "$op" "$MB" \
+      "$kt" "$ot" "$(echo "$kt / $ot" | bc -l)" "$(col "$be $op kvp11" 6)" "$(col "$be $op openssl" 6)" \
+      "$(echo "$(col "$be $op kvp11" 5) / 1024" | bc -l)" "$(echo "$(col "$be $op openssl" 5) / 1024" | bc -l)"
   done
 done

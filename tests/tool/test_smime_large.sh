@@ -90,7 +90,15 @@ same "$T/v" "$T/msg.crlf" "verify pem"
 openssl cms -sign -binary -signer "$PC" -inkey "$PK" -outform DER -in "$T/msg.bin" -out "$T/o6" || fail "openssl sign o6"
 big "verify DER --content" smime verify --binary --inform der --content "$T/msg.bin" --in "$T/o6" --out "$T/v"
 same "$T/v" "$T/msg.bin" "verify --content"
-rm -f "$T/o3" "$T/o4" "$T/o5" "$T/o6" "$T/v"
+# an EC partner (software P-256 key, registered public certificate) signs
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$T/ecp.key" 2>/dev/null || fail "ec key"
+openssl req -new -x509 -key "$T/ecp.key" -subj "/CN=ec partner" -days 30 -out "$T/ecp.pem" 2>/dev/null || fail "ec cert"
+expect_ok "register an EC partner" cert add --name ecpartner --type public --cert "$T/ecp.pem"
+openssl cms -sign -stream -signer "$T/ecp.pem" -inkey "$T/ecp.key" -md sha384 -in "$T/msg.txt" -out "$T/o7" ||
+  fail "openssl sign o7"
+big "verify, multipart/signed text, ECDSA signer" smime verify --cert ecpartner --in "$T/o7" --out "$T/v"
+same "$T/v" "$T/msg.crlf" "verify ecdsa"
+rm -f "$T/o3" "$T/o4" "$T/o5" "$T/o6" "$T/o7" "$T/v"
 
 # --- failures: exit 1, one line, nothing written with --out ---
 # fail_out WHAT REGEX ARGS...: with --out $T/dest: no dest, no temporary file beside it.

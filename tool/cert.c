@@ -359,6 +359,7 @@ static int cert_add(kvp_tool *t, cert_args *a)
          completes ? "added the" : exists ? "replaced" : "added",
          priv ? "private" : "public", rec.name, rec.account, rec.key_ref ? ", key " : "",
          rec.key_ref ? rec.key_ref : "");
+  kvp_audit_change(exists && !completes ? "cert replace" : "cert add", rec.account, rec.name, rec.key_ref, old.sha256, rec.sha256);
   rc = KVP_EXIT_OK;
 out:
   free(der);
@@ -427,17 +428,22 @@ static int cert_remove(kvp_tool *t, cert_args *a)
   char err[KVP_ERRLEN] = "";
   kvp_cert_rec rec = {0};
   int rc = get_operand(t, a, &rec, 1);
-  kvp_cert_rec_clear(&rec);
-  if (rc != KVP_EXIT_OK)
+  if (rc != KVP_EXIT_OK) {
+    kvp_cert_rec_clear(&rec);
     return rc;
+  }
   int r = kvp_registry_remove(t->reg, a->account, a->operand, err, sizeof(err));
   if (r == KVP_ENOTFOUND)
-    return kvp_tool_fail(t, KVP_EXIT_ERROR, "account '%s' has no certificate named '%s'",
-                         a->account, a->operand);
-  if (r != KVP_OK)
-    return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", err);
-  printf("removed certificate '%s' from account '%s'\n", a->operand, a->account);
-  return KVP_EXIT_OK;
+    rc = kvp_tool_fail(t, KVP_EXIT_ERROR, "account '%s' has no certificate named '%s'",
+                       a->account, a->operand);
+  else if (r != KVP_OK)
+    rc = kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", err);
+  else
+    printf("removed certificate '%s' from account '%s'\n", a->operand, a->account);
+  if (r == KVP_OK)
+    kvp_audit_change("cert remove", a->account, a->operand, rec.key_ref, rec.sha256, NULL);
+  kvp_cert_rec_clear(&rec);
+  return rc;
 }
 
 /* Parse the options of one cert command into a; returns -1 to go on, else an exit code. */

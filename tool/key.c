@@ -613,6 +613,7 @@ static int key_create(kvp_tool *t, key_args *a)
   }
   type_text(key->type, key->bits, key->curve_nid, what);
   printf("created key %s\n", s.ref);
+  kvp_audit_change("key create", a->account, NULL, s.ref, NULL, NULL);
   printf("type: %s\n", what);
   printf("version: %s\n", key->version ? key->version : "-");
   printf("ops: %s\n", ops_text((key->can_sign ? KVP_KEYOP_SIGN : 0) |
@@ -946,6 +947,7 @@ static int key_import(kvp_tool *t, key_args *a)
     type_text(sp.type, sp.bits, sp.curve_nid, what);
     kvp_pubkey_fingerprint(cpub, fp);
     printf("imported key %s\n", s.ref);
+    kvp_audit_change("key import", a->account, NULL, s.ref, NULL, fp);
     printf("type: %s\n", what);
     printf("version: %s\n", key->version ? key->version : "-");
     printf("spki: %s\n", fp);
@@ -1277,6 +1279,7 @@ static int key_delete(kvp_tool *t, key_args *a)
   }
   printf("deleted key %s%s\n", s.ref,
          s.is_hsm ? "" : " (Key Vault keeps it soft-deleted, recoverable, until it is purged)");
+  kvp_audit_change("key delete", a->account, NULL, s.ref, NULL, NULL);
   rc = KVP_EXIT_OK;
 out:
   json_decref(users);

@@ -94,10 +94,11 @@ int kvp_tool_load_config(kvp_tool *t)
   if (rc != KVP_OK)
     return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", err[0] ? err : path);
   kvp_log_setup(t->cfg->log_level, t->cfg->log_file);
+  kvp_audit_setup(t->cfg->audit);
   /* The tool reports failures itself, in one line; log lines on stderr would
    * add noise. They still go to a configured log_file, or with -v or
    * KVP11_DEBUG to stderr. */
-  const char *dbg = getenv("KVP11_DEBUG");
+  const char *dbg = kvp_getenv("KVP11_DEBUG");
   if (!t->cfg->log_file && !t->verbose && !(dbg && *dbg))
     kvp_log_threshold = -1;
   return KVP_EXIT_OK;
@@ -106,7 +107,7 @@ int kvp_tool_load_config(kvp_tool *t)
 const char *kvp_tool_loghint(const kvp_tool *t)
 {
   static char hint[KVP_ERRLEN];
-  const char *dbg = getenv("KVP11_DEBUG");
+  const char *dbg = kvp_getenv("KVP11_DEBUG");
   if (dbg && *dbg)
     return ""; /* the log lines went where KVP11_DEBUG says */
   if (t->cfg && t->cfg->log_file) {
@@ -220,6 +221,7 @@ static void usage(FILE *f)
   kvp_tool_csr_usage(f);
   kvp_tool_smime_usage(f);
   kvp_tool_check_usage(f);
+  kvp_tool_audit_usage(f);
   fprintf(f, "\nExit status: 0 success, 1 error (nothing changed), 2 usage error.\n");
 }
 
@@ -282,6 +284,11 @@ int main(int argc, char **argv)
   if (strcmp(cmd, "csr") == 0) {
     t.cmd = "csr";
     int rc = kvp_tool_csr(&t, argc - optind, argv + optind);
+    kvp_tool_done(&t);
+    return rc;
+  }
+  if (strcmp(cmd, "audit") == 0) {
+    int rc = kvp_tool_audit(&t, argc - optind, argv + optind);
     kvp_tool_done(&t);
     return rc;
   }

@@ -13,6 +13,7 @@
 
 #include <openssl/crypto.h>
 
+#include "core/audit.h"
 #include "core/log.h"
 #include "core/p11names.h"
 #include "core/util.h"
@@ -402,6 +403,7 @@ CK_RV kvp_initialize(CK_C_INITIALIZE_ARGS_PTR args)
   if (rv != CKR_OK)
     goto out;
   kvp_log_setup(kvp_g.cfg->log_level, kvp_g.cfg->log_file);
+  kvp_audit_setup(kvp_g.cfg->audit);
   rv = make_backends();
   if (rv == CKR_OK)
     rv = make_slots();
@@ -431,6 +433,7 @@ CK_RV kvp_finalize(void)
     KVP_INFO("finalized");
     teardown(0);
     kvp_log_close();
+    kvp_audit_close();
   }
   pthread_mutex_unlock(&kvp_g.init_lock);
   return rv;
@@ -713,6 +716,8 @@ CK_RV kvp_login(kvp_session *s, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULONG
   if (pin == NULL && len != 0)
     return CKR_ARGUMENTS_BAD;
   rv = backends_login(pin, len);
+  if (rv != CKR_OK)
+    kvp_audit_login_failure(slot->account->name, rv);
   if (rv != CKR_OK)
     return rv;
   pthread_rwlock_wrlock(&kvp_g.lock);

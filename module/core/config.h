@@ -118,6 +118,15 @@ typedef struct kvp_config {
  */
 const char *kvp_getenv(const char *name);
 
+/*
+ * 1 when the module runs inside p11-kit's RPC server (p11-kit server forks
+ * p11-kit-remote per client). p11-kit 0.24's RPC cannot carry some array
+ * attributes (CKA_ALLOWED_MECHANISMS: the client gets CKR_DEVICE_ERROR for the
+ * whole C_GetAttributeValue), so the module leaves them out there and the
+ * client sees CKR_ATTRIBUTE_TYPE_INVALID, as for any absent attribute.
+ */
+int kvp_served_over_rpc(void);
+
 /* KVP11_CONF if set and non-empty, else KVP11_DEFAULT_CONF. */
 const char *kvp_config_default_path(void);
 

@@ -37,6 +37,11 @@ const char *kvp_getenv(const char *name)
   return secure_getenv(name);
 }
 
+int kvp_served_over_rpc(void)
+{
+  return strcmp(program_invocation_short_name, "p11-kit-remote") == 0;
+}
+
 int kvp_errno_rc(int e)
 {
   switch (e) {

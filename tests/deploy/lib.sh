@@ -77,3 +77,25 @@ private_devlog() {
   for _ in $(seq 50); do [ -S /dev/log ] && break; sleep 0.1; done
   [ -S /dev/log ] || fail "the stand-in logger did not start"
 }
+
+# Users and groups made by a test, removed by cleanup_accounts (trap).
+CREATED_USERS="" CREATED_GROUPS=""
+make_group() { getent group "$1" >/dev/null || { groupadd --system "$1"; CREATED_GROUPS="$1 $CREATED_GROUPS"; }; }
+# make_user NAME [GROUP,...]: a system user without home or shell
+make_user() {
+  getent passwd "$1" >/dev/null && userdel "$1" 2>/dev/null
+  useradd --system --no-create-home --shell /usr/sbin/nologin ${2:+--groups "$2"} "$1"
+  CREATED_USERS="$1 $CREATED_USERS"
+}
+cleanup_accounts() {
+  local u g
+  for u in $CREATED_USERS; do userdel "$u" 2>/dev/null || true; done
+  for g in $CREATED_GROUPS; do groupdel "$g" 2>/dev/null || true; done
+}
+
+# key_id P11-ARGS... LABEL: the CKA_ID of a private key object (pkcs11-tool -O)
+key_id() {
+  local l=${*: -1}
+  "${@:1:$#-1}" -O --type privkey 2>/dev/null |
+    awk -v l="$l" '$1 == "label:" { f = ($2 == l) } f && $1 == "ID:" { print $2; exit }'
+}

@@ -53,7 +53,6 @@ chmod 755 "$T"
 cp "$KVP11_MODULE_SO" "$T/libkvp11.so"; chmod 755 "$T/libkvp11.so"
 
 # nginx: 4 servers (HSM/vault x RSA/ECDSA), each answering with the worker's pid
-PORT0=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 nginx_conf() { # nginx_conf MODULE
   sed -e "s|@KVP11_MODULE@|$1|" -e "s|@PKCS11_ENGINE@|$ENGINE|" "$SRC/hsm-config/openssl-engine.cnf" >"$T/engine.cnf"
   mkdir -p "$T/ngx/logs"
@@ -89,7 +88,28 @@ start_nginx() { # start_nginx ENV...
   cat "$T/ngx/out" "$T/ngx/logs/error.log" >&2
   fail "nginx did not start"
 }
-stop_nginx() { kill "$NGINX_PID" 2>/dev/null; wait "$NGINX_PID" 2>/dev/null; NGINX_PID=""; }
+stop_nginx() { # the master and its workers gone, their ports free
+  local w; w=$(pgrep -P "$NGINX_PID" | tr '\n' ' ')
+  kill "$NGINX_PID" 2>/dev/null; wait "$NGINX_PID" 2>/dev/null; NGINX_PID=""
+  for _ in $(seq 100); do
+    # shellcheck disable=SC2086
+    [ -z "$w" ] || ! kill -0 $w 2>/dev/null && return
+    sleep 0.1
+  done
+}
+free_ports() { # PORT0 with PORT0..PORT0+3 free
+  python3 - <<'PY'
+import socket
+while True:
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close()
+    try:
+        for i in range(4):
+            t = socket.socket(); t.bind(("127.0.0.1", p + i)); t.close()
+        print(p); break
+    except OSError:
+        pass
+PY
+}
 # handshakes MODE: N curl handshakes over the 4 servers x TLS 1.2/1.3, from the start
 handshakes() {
   local mode=$1 fails=0 i port tls out
@@ -115,6 +135,7 @@ chown -R root:kvp11 "$E"; chmod 0750 "$E"; chmod 0640 "$E/kvp11.conf" "$E/hsm.pi
 chmod 0644 "$E/softhsm2.conf" "$E/kv-ca.pem"
 chgrp -R kvp11 "$E/tokens"; chmod -R g+rwX "$E/tokens"
 if ! id -nG www-data | tr ' ' '\n' | grep -qx kvp11; then usermod -aG kvp11 www-data; WWW_ADDED=1; fi
+PORT0=$(free_ports)
 nginx_conf "$T/libkvp11.so"
 start_nginx SOFTHSM2_CONF="$E/softhsm2.conf" KVP11_CONF="$E/kvp11.conf"
 handshakes mode1
@@ -138,6 +159,7 @@ for f in "$E/hsm.pin" "$E/vault.secret" "$E"/tokens/*/*; do
   [ "$RC" -ne 0 ] || fail "mode2: www-data can read $f"
 done
 ok "mode2: www-data cannot read the PIN, the client secret or the token files"
+PORT0=$(free_ports)
 nginx_conf "$CLIENT_SO"
 start_nginx P11_KIT_SERVER_ADDRESS="unix:path=$RUN/pkcs11.sock"
 handshakes mode2

@@ -69,7 +69,7 @@ private_devlog() {
   chmod 644 "$SINK"
   mount -t tmpfs -o mode=755 none /dev || skip "cannot mount a tmpfs on /dev"
   mknod -m 666 /dev/null c 1 3 && mknod -m 666 /dev/zero c 1 5 &&
-    mknod -m 666 /dev/urandom c 1 9 && mknod -m 666 /dev/random c 1 8 ||
+    mknod -m 666 /dev/urandom c 1 9 && mknod -m 666 /dev/random c 1 8 && ln -s /proc/self/fd /dev/fd ||
     fail "mknod in the private /dev"
   python3 "$(dirname "$0")/syslog_sink.py" /dev/log "$SINK" &
   SINK_PID=$!

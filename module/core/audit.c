@@ -228,24 +228,76 @@ static const char *key_json(const char *account, const char *cert, const char *k
   return tmp;
 }
 
-static void utc_now(char *when, size_t size)
+/* "2026-12-07T21:59:37" of t (UTC). */
+static void sec_prefix(time_t t, char out[64])
 {
-  struct timespec ts;
   struct tm tm;
 
+  gmtime_r(&t, &tm);
+  snprintf(out, 64, "%04d-%02d-%02dT%02d:%02d:%02d", tm.tm_year + 1900, tm.tm_mon + 1,
+           tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+}
+
+/* "2026-12-07T21:59:37.945211Z" */
+static void utc_now(char *when, size_t size)
+{
+  char sec[64];
+  struct timespec ts;
+
   clock_gettime(CLOCK_REALTIME, &ts);
-  gmtime_r(&ts.tv_sec, &tm);
-  snprintf(when, size, "%04d-%02d-%02dT%02d:%02d:%02d.%06ldZ", tm.tm_year + 1900, tm.tm_mon + 1,
-           tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000L);
+  sec_prefix(ts.tv_sec, sec);
+  snprintf(when, size, "%s.%06ldZ", sec, ts.tv_nsec / 1000L);
+}
+
+/* A bounded string builder for the hot path (no format parsing). */
+typedef struct {
+  char *p, *end;
+} sbuf;
+
+static void put_raw(sbuf *b, const char *s)
+{
+  size_t n = strlen(s);
+
+  if (b->p == NULL || n > (size_t)(b->end - b->p)) {
+    b->p = NULL; /* did not fit */
+    return;
+  }
+  memcpy(b->p, s, n);
+  b->p += n;
+}
+
+static void put_uint(sbuf *b, unsigned long long v)
+{
+  char d[24], *q = d + sizeof(d);
+
+  *--q = '\0';
+  do {
+    *--q = (char)('0' + v % 10);
+    v /= 10;
+  } while (v != 0);
+  put_raw(b, q);
+}
+
+static void put_usec(sbuf *b, long usec)
+{
+  char d[7];
+
+  for (int i = 5; i >= 0; i--, usec /= 10)
+    d[i] = (char)('0' + usec % 10);
+  d[6] = '\0';
+  put_raw(b, d);
 }
 
 void kvp_audit_key_op(kvp_audit_op_kind op, const char *account, const char *cert,
                       const char *key_ref, const char *version, CK_MECHANISM_TYPE mech, CK_RV rv,
                       uint64_t start)
 {
-  char buf[2048], when[96], rid[256] = "null", tmp[1024];
+  static _Thread_local time_t last_sec = -1;
+  static _Thread_local char last[64]; /* the time up to the second, per thread */
+  char buf[2048], rid[256] = "null", tmp[1024];
+  struct timespec ts;
   const char *kj;
-  int n;
+  sbuf b = {buf, buf + sizeof(buf) - 1};
 
   if (!kvp_audit_enabled())
     return;
@@ -256,26 +308,40 @@ void kvp_audit_key_op(kvp_audit_op_kind op, const char *account, const char *cer
     return;
   }
   if (request_id[0] != '\0') {
-    json_t *s = json_string(request_id);
-    size_t m = s != NULL ? json_dumpb(s, rid, sizeof(rid) - 1, JSON_ENCODE_ANY) : 0;
-    json_decref(s);
+    json_t *js = json_string(request_id);
+    size_t m = js != NULL ? json_dumpb(js, rid, sizeof(rid) - 1, JSON_ENCODE_ANY) : 0;
+    json_decref(js);
     rid[m > 0 && m < sizeof(rid) ? m : 0] = '\0';
     if (rid[0] == '\0')
       snprintf(rid, sizeof(rid), "null");
     request_id[0] = '\0';
   }
-  utc_now(when, sizeof(when));
+  clock_gettime(CLOCK_REALTIME, &ts);
+  if (ts.tv_sec != last_sec) {
+    sec_prefix(ts.tv_sec, last);
+    last_sec = ts.tv_sec;
+  }
   /* time, result (a CKR_ name) and numbers need no escaping */
-  n = snprintf(buf, sizeof(buf) - 1,
-               "{\"time\":\"%s\",\"event\":\"%s\",%s,%s,\"result\":\"%s\",\"latency_us\":%llu,"
-               "\"request_id\":%s}",
-               when, op == KVP_AUDIT_SIGN ? "sign" : "decrypt", proc_part, kj, kvp_ckr_name(rv),
-               (unsigned long long)latency, rid);
-  if (n <= 0 || (size_t)n >= sizeof(buf) - 1) {
+  put_raw(&b, "{\"time\":\"");
+  put_raw(&b, last);
+  put_raw(&b, ".");
+  put_usec(&b, ts.tv_nsec / 1000L);
+  put_raw(&b, op == KVP_AUDIT_SIGN ? "Z\",\"event\":\"sign\"," : "Z\",\"event\":\"decrypt\",");
+  put_raw(&b, proc_part);
+  put_raw(&b, ",");
+  put_raw(&b, kj);
+  put_raw(&b, ",\"result\":\"");
+  put_raw(&b, kvp_ckr_name(rv));
+  put_raw(&b, "\",\"latency_us\":");
+  put_uint(&b, (unsigned long long)latency);
+  put_raw(&b, ",\"request_id\":");
+  put_raw(&b, rid);
+  put_raw(&b, "}");
+  if (b.p == NULL) {
     KVP_ERROR("audit: a record did not fit in %zu bytes; dropped", sizeof(buf));
     return;
   }
-  write_line(buf, (size_t)n);
+  write_line(buf, (size_t)(b.p - buf));
 }
 
 void kvp_audit_login_failure(const char *account, CK_RV rv)

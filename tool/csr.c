@@ -571,7 +571,7 @@ static int key_temporary(kvp_tool *t, const csr_args *a, const char *ref, const 
   }
   k->pub = key->pub;
 
-  const char *tmp = getenv("TMPDIR");
+  const char *tmp = kvp_getenv("TMPDIR");
   /* Absolute: the module refuses a relative KVP11_REGISTRY. */
   snprintf(path, sizeof(path), "%s/kvp11-csr.XXXXXX", tmp && *tmp == '/' ? tmp : "/tmp");
   if (!mkdtemp(path)) {

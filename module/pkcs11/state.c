@@ -372,7 +372,7 @@ static CK_RV load_config(void)
 
   if (rc == KVP_OK)
     return CKR_OK;
-  if (rc == KVP_ENOTFOUND && getenv("KVP11_CONF") == NULL) {
+  if (rc == KVP_ENOTFOUND && kvp_getenv("KVP11_CONF") == NULL) {
     /* No configuration installed: start with defaults and no key stores. */
     rc = kvp_config_load("/dev/null", &kvp_g.cfg, err, sizeof(err));
     if (rc == KVP_OK)

@@ -98,7 +98,7 @@ static char *kv_authority(const kvp_vault_conf *c)
   char *r;
   size_t n;
   if (h == NULL || h[0] == '\0')
-    h = getenv("AZURE_AUTHORITY_HOST");
+    h = kvp_getenv("AZURE_AUTHORITY_HOST");
   if (h == NULL || h[0] == '\0')
     h = "https://login.microsoftonline.com";
   r = strdup(h);
@@ -114,7 +114,7 @@ static const char *kv_conf_or_env(const char *v, const char *env)
 {
   if (v != NULL && v[0] != '\0')
     return v;
-  v = getenv(env);
+  v = kvp_getenv(env);
   return v != NULL && v[0] != '\0' ? v : NULL;
 }
 
@@ -322,7 +322,7 @@ static CK_RV kv_fetch_token(kv_auth *a, const char *resource, const kv_retry *rt
   memset(ti, 0, sizeof(*ti));
 
   if (c->auth == KVP_AUTH_MANAGED_IDENTITY) {
-    const char *ie = getenv("IDENTITY_ENDPOINT"), *ih = getenv("IDENTITY_HEADER");
+    const char *ie = kvp_getenv("IDENTITY_ENDPOINT"), *ih = kvp_getenv("IDENTITY_HEADER");
     const char *cid = c->client_id;
     er = kv_escape(resource);
     ec = cid != NULL ? kv_escape(cid) : NULL;
@@ -392,8 +392,8 @@ static CK_RV kv_fetch_token(kv_auth *a, const char *resource, const kv_retry *rt
           rv = CKR_GENERAL_ERROR;
           goto out;
         }
-      } else if (c->client_secret_env != NULL && getenv(c->client_secret_env) != NULL) {
-        secret = strdup(getenv(c->client_secret_env));
+      } else if (c->client_secret_env != NULL && kvp_getenv(c->client_secret_env) != NULL) {
+        secret = strdup(kvp_getenv(c->client_secret_env));
       } else {
         KVP_ERROR("vault %s: no client secret (client_secret_file or client_secret_env %s unset)",
                   c->name, c->client_secret_env != NULL ? c->client_secret_env : "");
@@ -414,7 +414,7 @@ static CK_RV kv_fetch_token(kv_auth *a, const char *resource, const kv_retry *rt
         goto out;
       break;
     case KVP_AUTH_WORKLOAD_IDENTITY: {
-      const char *f = getenv("AZURE_FEDERATED_TOKEN_FILE");
+      const char *f = kvp_getenv("AZURE_FEDERATED_TOKEN_FILE");
       if (f == NULL || f[0] == '\0') {
         KVP_ERROR("vault %s: workload identity needs AZURE_FEDERATED_TOKEN_FILE", c->name);
         rv = CKR_GENERAL_ERROR;

@@ -32,7 +32,7 @@ FUZZ_CC    ?= clang-14
 # runtime preloaded: pkcs11-provider dlopens with RTLD_DEEPBIND, and GnuTLS
 # p11tool / p11-kit hang at exit in p11-kit's destructor (freelocale), with
 # SoftHSM2 alone too.
-SANITIZE_TESTS   ?= ^(unit/|conformance/|clients_|kv/parse$$|fuzz-seeds/|fuzz-replay/)
+SANITIZE_TESTS   ?= ^(unit/|conformance/|clients_|kv/parse$$|fuzz-seeds/|fuzz-replay/|sync/)
 SANITIZE_EXCLUDE ?= valgrind|openssl_proxy_provider|gnutls_certtool|p11kit_install
 
 .PHONY: all deps configure build check test demo sanitize check-sanitize fuzz install uninstall deb clean help

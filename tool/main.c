@@ -221,6 +221,7 @@ static void usage(FILE *f)
   kvp_tool_csr_usage(f);
   kvp_tool_smime_usage(f);
   kvp_tool_check_usage(f);
+  kvp_tool_sync_usage(f);
   kvp_tool_audit_usage(f);
   fprintf(f, "\nExit status: 0 success, 1 error (nothing changed), 2 usage error.\n");
 }
@@ -289,6 +290,11 @@ int main(int argc, char **argv)
   }
   if (strcmp(cmd, "audit") == 0) {
     int rc = kvp_tool_audit(&t, argc - optind, argv + optind);
+    kvp_tool_done(&t);
+    return rc;
+  }
+  if (strcmp(cmd, "sync") == 0 || strcmp(cmd, "publish") == 0 || strcmp(cmd, "unpublish") == 0) {
+    int rc = kvp_tool_sync(&t, argc - optind, argv + optind);
     kvp_tool_done(&t);
     return rc;
   }

@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -39,9 +40,9 @@
 #define LABEL_MAX_LEN 32  /* CK_TOKEN_INFO.label */
 #define SERIAL_MAX_LEN 16 /* CK_TOKEN_INFO.serialNumber */
 #define SECRET_MAX_LEN 65536
-#define MAX_KEYS 16
+#define MAX_KEYS 24
 
-typedef enum { SEC_NONE, SEC_GLOBAL, SEC_HSM, SEC_VAULT, SEC_ACCOUNT } sec_kind;
+typedef enum { SEC_NONE, SEC_GLOBAL, SEC_HSM, SEC_VAULT, SEC_ACCOUNT, SEC_IA } sec_kind;
 
 typedef struct parse_ctx parse_ctx;
 typedef struct key_def key_def;
@@ -267,6 +268,13 @@ static int set_timeout(parse_ctx *c, const key_def *k, void *field, const char *
   return KVP_OK;
 }
 
+static int set_seconds(parse_ctx *c, const key_def *k, void *field, const char *v)
+{
+  if (parse_long(v, 1, 86400, field) != 0)
+    return KEY_ERR(c, k, "'%s' is not a number of seconds (1..86400)", v);
+  return KVP_OK;
+}
+
 static int set_retries(parse_ctx *c, const key_def *k, void *field, const char *v)
 {
   long n;
@@ -274,6 +282,16 @@ static int set_retries(parse_ctx *c, const key_def *k, void *field, const char *
   if (parse_long(v, 0, 100, &n) != 0)
     return KEY_ERR(c, k, "'%s' is not a number from 0 to 100", v);
   *(int *)field = (int)n;
+  return KVP_OK;
+}
+
+static int set_page_size(parse_ctx *c, const key_def *k, void *field, const char *v)
+{
+  long n;
+
+  if (parse_long(v, 1, 1000, &n) != 0)
+    return KEY_ERR(c, k, "'%s' is not a number from 1 to 1000", v);
+  *(long *)field = n;
   return KVP_OK;
 }
 
@@ -368,7 +386,34 @@ static const key_def vault_keys[] = {
     KEY(kvp_vault_conf, ca_file, set_path),
     KEY(kvp_vault_conf, timeout_ms, set_timeout),
     KEY(kvp_vault_conf, max_retries, set_retries),
+    KEY(kvp_vault_conf, resource, set_https_url),
+    KEY(kvp_vault_conf, attempt_timeout_ms, set_timeout),
+    KEY(kvp_vault_conf, key_cache_s, set_seconds),
 };
+
+#define IAKEY(name, field, set) {#name, offsetof(kvp_ia_conf, field), set}
+static const key_def ia_keys[] = {
+    IAKEY(resource_id, resource_id, set_str),
+    IAKEY(account, account, set_str),
+    IAKEY(vault_map, vault_map, set_str),
+    IAKEY(arm_endpoint, cred.url, set_https_url),
+    IAKEY(api_version, cred.api_version, set_str),
+    IAKEY(resource, resource, set_https_url),
+    IAKEY(page_size, page_size, set_page_size),
+    IAKEY(auth, cred.auth, set_auth),
+    IAKEY(tenant_id, cred.tenant_id, set_str),
+    IAKEY(client_id, cred.client_id, set_str),
+    IAKEY(client_secret_file, cred.client_secret_file, set_secret_path),
+    IAKEY(client_secret_env, cred.client_secret_env, set_env_name),
+    IAKEY(client_cert_file, cred.client_cert_file, set_path),
+    IAKEY(client_key_file, cred.client_key_file, set_secret_path),
+    IAKEY(authority_host, cred.authority_host, set_https_url),
+    IAKEY(imds_endpoint, cred.imds_endpoint, set_http_url),
+    IAKEY(ca_file, cred.ca_file, set_path),
+    IAKEY(timeout_ms, cred.timeout_ms, set_timeout),
+    IAKEY(max_retries, cred.max_retries, set_retries),
+};
+#undef IAKEY
 
 static const key_def account_keys[] = {
     KEY(kvp_account_conf, label, set_label),
@@ -387,6 +432,8 @@ static void *section_obj(parse_ctx *c)
     return &c->cfg->vaults[c->idx];
   case SEC_ACCOUNT:
     return &c->cfg->accounts[c->idx];
+  case SEC_IA:
+    return &c->cfg->ias[c->idx];
   default:
     return NULL;
   }
@@ -474,10 +521,52 @@ static int check_account(parse_ctx *c)
   return KVP_OK;
 }
 
+/* 1 when needle occurs in hay, ignoring ASCII case. */
+static int ci_contains(const char *hay, const char *needle)
+{
+  size_t n = strlen(needle);
+
+  for (; *hay != '\0'; hay++)
+    if (strncasecmp(hay, needle, n) == 0)
+      return 1;
+  return 0;
+}
+
+/* An integration account: its resource id names one, and credentials as a vault's. */
+static int check_ia(parse_ctx *c)
+{
+  const kvp_ia_conf *ia = section_obj(c);
+  const char *id = ia->resource_id;
+  const char *pfx = "/subscriptions/";
+
+  if (require(c, "resource_id") != KVP_OK)
+    return c->rc;
+  if (strncasecmp(id, pfx, strlen(pfx)) != 0 || !ci_contains(id, "/resourceGroups/") ||
+      !ci_contains(id, "/providers/Microsoft.Logic/integrationAccounts/") ||
+      id[strlen(id) - 1] == '/')
+    return perr(c, KVP_EINVAL, key_seen(c, "resource_id"), "resource_id",
+                "expected /subscriptions/SUB/resourceGroups/GROUP/providers/"
+                "Microsoft.Logic/integrationAccounts/NAME");
+  if (one_of(c, "client_secret_file", "client_secret_env",
+             ia->cred.auth == KVP_AUTH_CLIENT_SECRET) != KVP_OK)
+    return c->rc;
+  if (ia->cred.auth == KVP_AUTH_CLIENT_SECRET || ia->cred.auth == KVP_AUTH_CLIENT_CERTIFICATE) {
+    const char *need[] = {"tenant_id", "client_id", "client_cert_file", "client_key_file"};
+    size_t n = ia->cred.auth == KVP_AUTH_CLIENT_SECRET ? 2 : 4;
+    for (size_t i = 0; i < n; i++)
+      if (key_seen(c, need[i]) == 0)
+        return perr(c, KVP_EINVAL, c->sec_line, need[i], "missing (required with auth = %s)",
+                    auth_names[ia->cred.auth]);
+  }
+  return KVP_OK;
+}
+
 /* Checks of the section that just ended. */
 static int end_section(parse_ctx *c)
 {
   switch (c->sec) {
+  case SEC_IA:
+    return check_ia(c);
   case SEC_HSM:
     return check_hsm(c);
   case SEC_VAULT:
@@ -523,18 +612,22 @@ static int find_dup(const parse_ctx *c, sec_kind kind, const char *name)
   for (size_t i = 0; kind == SEC_ACCOUNT && i < cfg->n_accounts; i++)
     if (strcmp(cfg->accounts[i].name, name) == 0)
       return cfg->accounts[i].line;
+  for (size_t i = 0; kind == SEC_IA && i < cfg->n_ias; i++)
+    if (strcmp(cfg->ias[i].cred.name, name) == 0)
+      return cfg->ias[i].cred.line;
   return 0;
 }
 
 static int vault_defaults(kvp_vault_conf *v)
 {
   v->api_version = strdup("7.5");
-  v->authority_host = strdup("https://login.microsoftonline.com");
   v->imds_endpoint = strdup("http://169.254.169.254");
   v->auth = KVP_AUTH_CLIENT_SECRET;
   v->timeout_ms = 30000;
   v->max_retries = 5;
-  return v->api_version && v->authority_host && v->imds_endpoint ? KVP_OK : KVP_ENOMEM;
+  /* authority_host stays NULL unless set: the backend then reads AZURE_AUTHORITY_HOST and
+   * falls back to the public cloud's authority */
+  return v->api_version && v->imds_endpoint ? KVP_OK : KVP_ENOMEM;
 }
 
 /* Append a named section to its array; sets c->idx. */
@@ -554,6 +647,17 @@ static int add_named(parse_ctx *c, const char *name)
     namep = &cfg->vaults[i].name;
     linep = &cfg->vaults[i].line;
     rc = vault_defaults(&cfg->vaults[i]);
+  } else if (c->sec == SEC_IA && (i = grow((void **)&cfg->ias, &cfg->n_ias, sizeof(*cfg->ias))) >= 0) {
+    kvp_ia_conf *ia = &cfg->ias[i];
+    namep = &ia->cred.name;
+    linep = &ia->cred.line;
+    rc = vault_defaults(&ia->cred);
+    free(ia->cred.api_version);
+    ia->cred.api_version = strdup("2019-05-01");
+    ia->cred.url = strdup("https://management.azure.com");
+    ia->page_size = 100;
+    if (rc == KVP_OK && (ia->cred.api_version == NULL || ia->cred.url == NULL))
+      rc = KVP_ENOMEM;
   } else if (c->sec == SEC_ACCOUNT &&
              (i = grow((void **)&cfg->accounts, &cfg->n_accounts, sizeof(*cfg->accounts))) >= 0) {
     size_t n = cfg->n_accounts - 1;
@@ -584,6 +688,7 @@ static int begin_section(parse_ctx *c, const char *type, const char *name)
       {"hsm", SEC_HSM, hsm_keys, KVP_ARRAY_SIZE(hsm_keys)},
       {"vault", SEC_VAULT, vault_keys, KVP_ARRAY_SIZE(vault_keys)},
       {"account", SEC_ACCOUNT, account_keys, KVP_ARRAY_SIZE(account_keys)},
+      {"integration-account", SEC_IA, ia_keys, KVP_ARRAY_SIZE(ia_keys)},
   };
   size_t k;
   int dup;
@@ -597,7 +702,8 @@ static int begin_section(parse_ctx *c, const char *type, const char *name)
     ;
   if (k == KVP_ARRAY_SIZE(kinds))
     return perr(c, KVP_EINVAL, c->line, NULL,
-                "unknown section (expected [global], [hsm NAME], [vault NAME] or [account NAME])");
+                "unknown section (expected [global], [hsm NAME], [vault NAME], [account NAME] "
+                "or [integration-account NAME])");
   if (kinds[k].kind == SEC_GLOBAL && *name != '\0')
     return perr(c, KVP_EINVAL, c->line, NULL, "[global] takes no name");
   if (kinds[k].kind != SEC_GLOBAL && !valid_name(name))
@@ -857,81 +963,4 @@ out:
   }
   *out = c.cfg;
   return KVP_OK;
-}
-
-/* ---- free and find ----------------------------------------------------- */
-
-static void free_hsm(kvp_hsm_conf *h)
-{
-  free(h->name);
-  free(h->module);
-  free(h->token_label);
-  free(h->serial);
-  free(h->pin_file);
-  free(h->pin_env);
-}
-
-static void free_vault(kvp_vault_conf *v)
-{
-  char *fields[] = {v->name,
-                    v->url,
-                    v->api_version,
-                    v->tenant_id,
-                    v->client_id,
-                    v->client_secret_file,
-                    v->client_secret_env,
-                    v->client_cert_file,
-                    v->client_key_file,
-                    v->authority_host,
-                    v->imds_endpoint,
-                    v->ca_file};
-
-  for (size_t i = 0; i < KVP_ARRAY_SIZE(fields); i++)
-    free(fields[i]);
-}
-
-void kvp_config_free(kvp_config *cfg)
-{
-  if (cfg == NULL)
-    return;
-  for (size_t i = 0; i < cfg->n_hsms; i++)
-    free_hsm(&cfg->hsms[i]);
-  for (size_t i = 0; i < cfg->n_vaults; i++)
-    free_vault(&cfg->vaults[i]);
-  for (size_t i = 0; i < cfg->n_accounts; i++) {
-    free(cfg->accounts[i].name);
-    free(cfg->accounts[i].label);
-    free(cfg->accounts[i].default_store);
-  }
-  free(cfg->hsms);
-  free(cfg->vaults);
-  free(cfg->accounts);
-  free(cfg->path);
-  free(cfg->registry);
-  free(cfg->log_file);
-  free(cfg->audit);
-  free(cfg);
-}
-
-#define FIND_BY_NAME(arr, n, name)                                                                 \
-  do {                                                                                             \
-    for (size_t i_ = 0; cfg != NULL && name != NULL && i_ < (n); i_++)                             \
-      if (strcmp((arr)[i_].name, (name)) == 0)                                                     \
-        return &(arr)[i_];                                                                         \
-    return NULL;                                                                                   \
-  } while (0)
-
-const kvp_hsm_conf *kvp_config_find_hsm(const kvp_config *cfg, const char *name)
-{
-  FIND_BY_NAME(cfg->hsms, cfg->n_hsms, name);
-}
-
-const kvp_vault_conf *kvp_config_find_vault(const kvp_config *cfg, const char *name)
-{
-  FIND_BY_NAME(cfg->vaults, cfg->n_vaults, name);
-}
-
-const kvp_account_conf *kvp_config_find_account(const kvp_config *cfg, const char *name)
-{
-  FIND_BY_NAME(cfg->accounts, cfg->n_accounts, name);
 }

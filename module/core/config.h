@@ -20,7 +20,7 @@
  *   auth = client-secret        ; client-certificate, managed-identity, workload-identity
  *   tenant_id, client_id, client_secret_file | client_secret_env,
  *   client_cert_file, client_key_file, authority_host, imds_endpoint,
- *   ca_file, timeout_ms, max_retries
+ *   ca_file, timeout_ms, max_retries, resource, attempt_timeout_ms, key_cache_s
  *
  *   [account default]
  *   label = B2B default         ; token label (default: the account name)
@@ -88,6 +88,10 @@ typedef struct kvp_vault_conf {
   char *ca_file;
   long timeout_ms;      /* default 30000 */
   int max_retries;      /* default 5 */
+  /* Key Vault backend (docs/keyvault.md): */
+  char *resource;           /* token resource; NULL: from the vault host's cloud suffix */
+  long attempt_timeout_ms;  /* one HTTP attempt; 0: default 10000 (at most half the time left) */
+  long key_cache_s;         /* key state re-checked at most this often; 0: default 60 */
   int line;
 } kvp_vault_conf;
 
@@ -97,6 +101,23 @@ typedef struct kvp_account_conf {
   char *default_store;  /* "hsm:NAME" / "vault:NAME" or NULL */
   int line;
 } kvp_account_conf;
+
+/*
+ * [integration-account NAME]: an Azure Logic Apps integration account whose
+ * certificates `kvp11 sync` copies into a kvp11 account. The credential keys
+ * are a [vault]'s (auth, tenant_id, client_id, client_secret_file, ...); the
+ * token is for ARM (resource, default https://management.azure.com).
+ */
+typedef struct kvp_ia_conf {
+  kvp_vault_conf cred;  /* name, line and credentials; cred.url = arm_endpoint
+                         * (default https://management.azure.com), cred.api_version
+                         * = the ARM api-version (default 2019-05-01) */
+  char *resource_id;    /* /subscriptions/S/resourceGroups/G/providers/Microsoft.Logic/integrationAccounts/N */
+  char *account;        /* the kvp11 account it fills (default: the only/first account) */
+  char *vault_map;      /* "kvname=vaultsection, ..." or NULL: by host prefix */
+  char *resource;       /* token resource, NULL: derived from arm_endpoint */
+  long page_size;       /* $top of list requests, default 100 */
+} kvp_ia_conf;
 
 typedef struct kvp_config {
   char *path;           /* the file this came from */
@@ -110,6 +131,8 @@ typedef struct kvp_config {
   size_t n_vaults;
   kvp_account_conf *accounts; /* at least one after a successful load */
   size_t n_accounts;
+  kvp_ia_conf *ias;           /* [integration-account NAME] sections */
+  size_t n_ias;
 } kvp_config;
 
 /*
@@ -150,6 +173,7 @@ void kvp_config_free(kvp_config *cfg);
 const kvp_hsm_conf *kvp_config_find_hsm(const kvp_config *cfg, const char *name);
 const kvp_vault_conf *kvp_config_find_vault(const kvp_config *cfg, const char *name);
 const kvp_account_conf *kvp_config_find_account(const kvp_config *cfg, const char *name);
+const kvp_ia_conf *kvp_config_find_ia(const kvp_config *cfg, const char *name);
 
 /*
  * Read a secret file (PIN, client secret): refuses (KVP_EPERM) a file others

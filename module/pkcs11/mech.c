@@ -15,6 +15,7 @@
 #include "core/audit.h"
 #include "core/log.h"
 #include "core/p11names.h"
+#include "core/status.h"
 #include "core/util.h"
 #include "pkcs11/internal.h"
 
@@ -449,6 +450,39 @@ static CK_RV op_active(kvp_session *s, kvp_op_kind kind)
   return op_of(s)->kind == kind ? CKR_OK : CKR_OPERATION_NOT_INITIALIZED;
 }
 
+/*
+ * Single-part and multi-part steps do not mix (PKCS#11 2.40 5.8-5.12): a
+ * single-part call (C_Sign, C_Digest, ...) must follow C_xInit without an
+ * intervening C_xUpdate, and cannot finish a multi-part operation; C_xFinal
+ * cannot finish an operation a single-part call began with a size query.
+ * op->updated records which kind began: OP_MULTI after an Update or a Final
+ * that kept the operation (size query, short buffer), OP_SINGLE after a
+ * single-part call that kept it. The other kind then gets
+ * CKR_OPERATION_ACTIVE, and like every failed single-part or final call
+ * (other than CKR_BUFFER_TOO_SMALL) that ends the operation: its data
+ * never reaches a signature.
+ */
+enum { OP_FRESH = 0, OP_MULTI = 1, OP_SINGLE = 2 };
+
+static CK_RV op_mixed(kvp_op *op, int final)
+{
+  if (op->updated == (final ? OP_SINGLE : OP_MULTI)) {
+    (void)kvp_fail_at(KVP_LOG_DEBUG, CKR_OPERATION_ACTIVE,
+                      final ? "a final call after a single-part call of the same operation"
+                            : "a single-part call after an update of the same operation");
+    kvp_op_reset(op);
+    return CKR_OPERATION_ACTIVE;
+  }
+  return CKR_OK;
+}
+
+/* The operation stays active after this call (size query, short buffer). */
+static void op_kept(kvp_op *op, int final)
+{
+  if (op->updated == OP_FRESH)
+    op->updated = final ? OP_MULTI : OP_SINGLE;
+}
+
 /* Append input: hash it, or keep it for the final step. */
 static CK_RV op_absorb(kvp_op *op, const CK_BYTE *data, CK_ULONG len)
 {
@@ -478,7 +512,7 @@ CK_RV kvp_op_update(kvp_session *s, kvp_op_kind kind, CK_BYTE_PTR data, CK_ULONG
 
   if (rv != CKR_OK)
     return rv;
-  op->updated = 1;
+  op->updated = OP_MULTI; /* after a single-part size query: the operation turns multi-part */
   rv = op_absorb(op, data, len);
   if (rv != CKR_OK)
     kvp_op_reset(op);
@@ -658,7 +692,7 @@ CK_RV kvp_op_output(kvp_session *s, kvp_op_kind kind, int final, CK_BYTE_PTR dat
   CK_ULONG need;
   CK_RV rv = op_active(s, kind);
 
-  if (rv != CKR_OK)
+  if (rv != CKR_OK || (rv = op_mixed(op, final)) != CKR_OK)
     return rv;
   if (out_len == NULL || (!final && data == NULL && len != 0)) {
     rv = CKR_ARGUMENTS_BAD;
@@ -667,6 +701,7 @@ CK_RV kvp_op_output(kvp_session *s, kvp_op_kind kind, int final, CK_BYTE_PTR dat
   need = op_out_len(op);
   if (out == NULL) {
     *out_len = need;
+    op_kept(op, final);
     return CKR_OK; /* size query: the operation stays active */
   }
   if (kind == KVP_OP_DECRYPT) {
@@ -686,6 +721,7 @@ CK_RV kvp_op_output(kvp_session *s, kvp_op_kind kind, int final, CK_BYTE_PTR dat
     }
     if (*out_len < op->buf_len) {
       *out_len = op->buf_len;
+      op_kept(op, final);
       return CKR_BUFFER_TOO_SMALL;
     }
     memcpy(out, op->buf, op->buf_len);
@@ -695,6 +731,7 @@ CK_RV kvp_op_output(kvp_session *s, kvp_op_kind kind, int final, CK_BYTE_PTR dat
   }
   if (*out_len < need) {
     *out_len = need;
+    op_kept(op, final);
     return CKR_BUFFER_TOO_SMALL;
   }
   if (!final && (rv = op_absorb(op, data, len)) != CKR_OK)
@@ -781,7 +818,7 @@ CK_RV kvp_op_verify(kvp_session *s, int final, CK_BYTE_PTR data, CK_ULONG len, C
   kvp_sig_alg alg;
   CK_RV rv = op_active(s, KVP_OP_VERIFY);
 
-  if (rv != CKR_OK)
+  if (rv != CKR_OK || (rv = op_mixed(op, final)) != CKR_OK)
     return rv;
   if (sig == NULL || (!final && data == NULL && len != 0)) {
     rv = CKR_ARGUMENTS_BAD;

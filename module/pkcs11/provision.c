@@ -28,10 +28,13 @@
 #include <openssl/rand.h>
 #include <openssl/x509.h>
 
+#include <p11-kit/pkcs11x.h>
+
 #include "core/cert.h"
 #include "core/audit.h"
 #include "core/log.h"
 #include "core/p11names.h"
+#include "core/status.h"
 #include "core/util.h"
 
 /* ---- templates --------------------------------------------------------- */
@@ -210,35 +213,11 @@ typedef struct key_match {
   int id_mismatch;   /* a key has the template's CKA_ID but another public key */
 } key_match;
 
-static CK_RV match_private_key(const kvp_session *s, const EVP_PKEY *cert_pub,
+static CK_RV match_private_key(kvp_session *s, const EVP_PKEY *cert_pub,
                                const CK_ATTRIBUTE *id, key_match *m)
 {
-  kvp_slot *slot;
-
   memset(m, 0, sizeof(*m));
-  pthread_rwlock_rdlock(&kvp_g.lock);
-  slot = kvp_slot_locked(s->slot);
-  for (size_t i = 0; slot != NULL && i < slot->n_objects && m->row_id == 0; i++) {
-    const kvp_object *o = slot->objects[i];
-    const kvp_attr *oid;
-    if (o->cls != CKO_PRIVATE_KEY)
-      continue;
-    if (id != NULL) {
-      oid = kvp_object_attr(o, CKA_ID);
-      if (oid == NULL || oid->len != id->ulValueLen ||
-          (oid->len > 0 && memcmp(oid->value, id->pValue, oid->len) != 0))
-        continue;
-      if (!kvp_pubkey_equal(o->pub, cert_pub)) {
-        m->id_mismatch = 1;
-        continue;
-      }
-    } else if (!kvp_pubkey_equal(o->pub, cert_pub)) {
-      continue;
-    }
-    m->row_id = o->row_id;
-  }
-  pthread_rwlock_unlock(&kvp_g.lock);
-  return CKR_OK;
+  return kvp_find_private_key(s, cert_pub, id, &m->row_id, &m->id_mismatch);
 }
 
 /* A name for an object created without CKA_LABEL: "cert-" / "key-" and 8 hex digits. */
@@ -480,17 +459,24 @@ CK_RV kvp_create_object(kvp_session *s, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJEC
     return CKR_SESSION_READ_ONLY;
   if ((rv = tmpl_ulong(t, n, CKA_CLASS, &cls, &present)) != CKR_OK)
     return rv;
-  if (!present) {
-    KVP_ERROR("C_CreateObject: CKA_CLASS is required");
-    return CKR_TEMPLATE_INCOMPLETE;
+  if (!present)
+    return kvp_fail(CKR_TEMPLATE_INCOMPLETE, "C_CreateObject: CKA_CLASS is required");
+  if (cls == CKO_NSS_TRUST) {
+    /* NSS offers a trust object to every writable token along with a certificate it
+     * imports: routine, not an error worth an admin's attention. */
+    return kvp_fail_at(KVP_LOG_DEBUG, CKR_ATTRIBUTE_VALUE_INVALID,
+                       "C_CreateObject: NSS trust object not stored (trust is the admin's to "
+                       "grant with `kvp11 cert add`)");
   }
-  if (cls != CKO_CERTIFICATE) {
-    KVP_ERROR("C_CreateObject: only certificates can be created (CKA_CLASS %s given); keys are "
-              "created with C_GenerateKeyPair or imported with `kvp11 key import`",
-              cls == CKO_PRIVATE_KEY ? "CKO_PRIVATE_KEY" : cls == CKO_PUBLIC_KEY ? "CKO_PUBLIC_KEY"
-              : cls == CKO_SECRET_KEY ? "CKO_SECRET_KEY" : cls == CKO_DATA ? "CKO_DATA" : "other");
-    return CKR_ATTRIBUTE_VALUE_INVALID;
-  }
+  if (cls != CKO_CERTIFICATE)
+    return kvp_fail(CKR_ATTRIBUTE_VALUE_INVALID,
+                    "C_CreateObject: only certificates can be created (CKA_CLASS %s given); "
+                    "keys are created with C_GenerateKeyPair or imported with `kvp11 key import`",
+                    cls == CKO_PRIVATE_KEY  ? "CKO_PRIVATE_KEY"
+                    : cls == CKO_PUBLIC_KEY ? "CKO_PUBLIC_KEY"
+                    : cls == CKO_SECRET_KEY ? "CKO_SECRET_KEY"
+                    : cls == CKO_DATA       ? "CKO_DATA"
+                                            : "other");
   return create_certificate(s, t, n, ph);
 }
 
@@ -697,9 +683,11 @@ static CK_RV parse_gen(CK_MECHANISM_TYPE mech, const CK_ATTRIBUTE *pub, CK_ULONG
       return CKR_TEMPLATE_INCOMPLETE;
     }
     if (v != 2048 && v != 3072 && v != 4096) {
-      KVP_ERROR("C_GenerateKeyPair: RSA keys of %lu bits are not supported (2048, 3072, 4096)",
-                (unsigned long)v);
-      return CKR_KEY_SIZE_RANGE;
+      /* CKR_KEY_SIZE_RANGE is not a return value of C_GenerateKeyPair (PKCS#11 2.40) */
+      return kvp_fail(CKR_ATTRIBUTE_VALUE_INVALID,
+                      "C_GenerateKeyPair: CKA_MODULUS_BITS %lu: RSA keys of 2048, 3072 or 4096 "
+                      "bits only",
+                      (unsigned long)v);
     }
     if (e != NULL) {
       /* 65537, big-endian, leading zeros allowed */

@@ -82,6 +82,8 @@ bool kvpt_setup(void)
     fprintf(stderr, "kvp11-conformance: C_GetFunctionList: %s\n", kvpt_rv_name(rv));
     return false;
   }
+  /* every call goes through the OpenSSL error queue check (errqueue.c) */
+  P11 = kvpt_errqueue_wrap(P11);
   return true;
 }
 

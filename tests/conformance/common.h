@@ -64,6 +64,11 @@ extern CK_SLOT_ID KVPT_SLOT;          /* slot of KVP11_TEST_TOKEN, set by kvpt_s
 extern kvpt_cert KVPT_CERTS[KVPT_MAX_CERTS];
 extern size_t KVPT_NCERTS;
 
+/* errqueue.c: a function list that calls the module's and checks, around every call, that the
+ * calling thread's OpenSSL error queue is left as it was; the number of calls that changed it. */
+CK_FUNCTION_LIST_PTR kvpt_errqueue_wrap(CK_FUNCTION_LIST_PTR module);
+unsigned long kvpt_errqueue_violations(void);
+
 /* Setup: parse the environment and load the module. Prints a reason and returns false on error. */
 bool kvpt_setup(void);
 void kvpt_teardown(void);
@@ -162,6 +167,7 @@ void kvpt_add_session_tests(void);
 void kvpt_add_object_tests(void);
 void kvpt_add_sign_tests(void);
 void kvpt_add_crypt_tests(void);
+void kvpt_add_mixing_tests(void);
 void kvpt_add_thread_tests(void);
 void kvpt_add_fork_tests(void);
 void kvpt_add_destructive_tests(void);

@@ -30,6 +30,7 @@ int main(int argc, char **argv)
   kvpt_add_object_tests();
   kvpt_add_sign_tests();
   kvpt_add_crypt_tests();
+  kvpt_add_mixing_tests();
   kvpt_add_thread_tests();
   kvpt_add_fork_tests();
   kvpt_add_destructive_tests();
@@ -52,6 +53,11 @@ int main(int argc, char **argv)
     CU_basic_run_tests();
     CU_pRunSummary sum = CU_get_run_summary();
     failed = sum->nAssertsFailed || sum->nTestsFailed || sum->nSuitesFailed;
+  }
+  if (kvpt_errqueue_violations() != 0) {
+    fprintf(stderr, "\n%lu module call(s) changed the caller's OpenSSL error queue\n",
+            kvpt_errqueue_violations());
+    failed = true;
   }
   status = failed ? 1 : 0;
   printf("\n");

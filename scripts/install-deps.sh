@@ -12,6 +12,7 @@ PACKAGES=(
   p11-kit sqlite3 openssl ca-certificates curl      # runtime tools (curl: emulator health checks)
   softhsm2 opensc gnutls-bin libengine-pkcs11-openssl # HSM + PKCS#11 clients (tests, demo)
   valgrind clang libclang-rt-14-dev python3         # memory checks, fuzzing (libFuzzer runtime), helpers
+  nginx lintian dpkg-dev fakeroot                   # deployment tests: nginx end to end, the .deb (tests/deploy)
 )
 # Node.js runs the local Key Vault emulator; any node already on PATH will do.
 command -v node >/dev/null 2>&1 || PACKAGES+=(nodejs)

@@ -392,6 +392,7 @@ static int cert_add(kvp_tool *t, cert_args *a)
          completes ? "added the" : exists ? "replaced" : "added",
          priv ? "private" : "public", rec.name, rec.account, rec.key_ref ? ", key " : "",
          rec.key_ref ? rec.key_ref : "");
+  kvp_audit_change(exists && !completes ? "cert replace" : "cert add", rec.account, rec.name, rec.key_ref, old.sha256, rec.sha256);
   rc = KVP_EXIT_OK;
 out:
   free(der);
@@ -490,6 +491,8 @@ static int cert_remove(kvp_tool *t, cert_args *a)
   int rc = get_operand(t, a, &rec, 1);
   char *key_ref = rec.key_ref ? strdup(rec.key_ref) : NULL;
   int priv = rec.type == KVP_CERT_PRIVATE;
+  char sha[65];
+  snprintf(sha, sizeof(sha), "%s", rec.sha256);
   kvp_cert_rec_clear(&rec);
   if (rc == KVP_EXIT_OK && priv && !a->v[O_YES])
     rc = kvp_tool_fail(t, KVP_EXIT_USAGE,
@@ -509,6 +512,7 @@ static int cert_remove(kvp_tool *t, cert_args *a)
                                a->account, a->operand)
                : kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", err);
   }
+  kvp_audit_change("cert remove", a->account, a->operand, key_ref, sha, NULL);
   if (a->v[O_JSON]) {
     json_t *o = json_pack("{s:s, s:s, s:s, s:o}", "action", "removed", "name", a->operand,
                           "account", a->account, "key_left", key_ref ? json_string(key_ref)

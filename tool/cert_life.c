@@ -364,6 +364,7 @@ int kvp_tool_cert_renew(kvp_tool *t, const char *name, const char *account_opt, 
     rc = kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", err);
     goto out;
   }
+  kvp_audit_change("cert renew", rec.account, rec.name, rec.key_ref, oldsha, rec.sha256);
   if (warn[0])
     kvp_tool_warn(t, "%s", warn);
   rc = report("renewed", &rec, NULL, json) == 0 ? KVP_EXIT_OK
@@ -456,6 +457,8 @@ int kvp_tool_cert_rotate(kvp_tool *t, const char *name, const char *account_opt,
     rc = kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", err);
     goto out;
   }
+  kvp_audit_change("cert rotate", account, name, nw->key_ref, old->sha256, nw->sha256);
+  kvp_audit_change("cert retire", account, old->name, old->key_ref, old->sha256, old->sha256);
   kvp_registry_get(t->reg, account, name, nw, err, sizeof(err)); /* for its id */
   if (warn[0])
     kvp_tool_warn(t, "%s", warn);
@@ -495,6 +498,7 @@ int kvp_tool_cert_retire(kvp_tool *t, const char *name, const char *account_opt,
     rc = kvp_tool_fail(t, rc, "%s", err);
     goto out;
   }
+  kvp_audit_change("cert retire", rec.account, rec.name, rec.key_ref, rec.sha256, rec.sha256);
   if (json)
     rc = report("retired", &rec, NULL, 1) == 0 ? KVP_EXIT_OK : KVP_EXIT_ERROR;
   else {

@@ -546,6 +546,7 @@ static int key_create(kvp_tool *t, key_args *a)
     }
   }
   type_text(key->type, key->bits, key->curve_nid, what);
+  kvp_audit_change("key create", a->account, NULL, s.ref, NULL, NULL);
   {
     char regd[600] = "";
     if (reg)
@@ -936,6 +937,7 @@ static int key_import(kvp_tool *t, key_args *a)
     char what[32], fp[72] = "";
     type_text(sp.type, sp.bits, sp.curve_nid, what);
     kvp_pubkey_fingerprint(cpub, fp);
+    kvp_audit_change("key import", a->account, NULL, s.ref, NULL, fp);
     char regd[1200];
     snprintf(regd, sizeof(regd), "private certificate '%s' in account '%s' (%s)", regname,
              a->account, rec.subject);
@@ -1267,6 +1269,7 @@ static int key_delete(kvp_tool *t, key_args *a)
     store_fail(t, &s, "deleting the key", rv);
     goto out;
   }
+  kvp_audit_change("key delete", a->account, NULL, s.ref, NULL, NULL);
   {
     const char *f[][2] = {{"deleted key", s.ref},
                           {"note", s.is_hsm ? NULL : "Key Vault keeps it soft-deleted, recoverable, "

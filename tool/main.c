@@ -96,10 +96,11 @@ int kvp_tool_load_config(kvp_tool *t)
   if (rc != KVP_OK)
     return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", err[0] ? err : path);
   kvp_log_setup(t->cfg->log_level, t->cfg->log_file);
+  kvp_audit_setup(t->cfg->audit);
   /* The tool reports failures itself, in one line; log lines on stderr would
    * add noise. They still go to a configured log_file, or with -v or
    * KVP11_DEBUG to stderr. */
-  const char *dbg = getenv("KVP11_DEBUG");
+  const char *dbg = kvp_getenv("KVP11_DEBUG");
   if (!t->cfg->log_file && !t->verbose && !(dbg && *dbg))
     kvp_log_threshold = -1;
   return KVP_EXIT_OK;
@@ -108,7 +109,7 @@ int kvp_tool_load_config(kvp_tool *t)
 const char *kvp_tool_loghint(const kvp_tool *t)
 {
   static char hint[KVP_ERRLEN];
-  const char *dbg = getenv("KVP11_DEBUG");
+  const char *dbg = kvp_getenv("KVP11_DEBUG");
   if (dbg && *dbg)
     return ""; /* the log lines went where KVP11_DEBUG says */
   if (t->cfg && t->cfg->log_file) {
@@ -245,6 +246,7 @@ static void usage(FILE *f)
   kvp_tool_smime_usage(f);
   kvp_tool_check_usage(f);
   kvp_tool_sync_usage(f);
+  kvp_tool_audit_usage(f);
   kvp_tool_registry_usage(f);
   fprintf(f, "\nExit status: 0 success, 1 error (nothing changed), 2 usage error;\n"
              "kvp11 check: 3 warnings only (see kvp11 check --help).\n"
@@ -294,6 +296,7 @@ int main(int argc, char **argv)
       {"cert", kvp_tool_cert},   {"smime", kvp_tool_smime}, {"key", kvp_tool_key},
       {"csr", kvp_tool_csr},     {"check", kvp_tool_check}, {"registry", kvp_tool_registry},
       {"sync", kvp_tool_sync},   {"publish", kvp_tool_sync}, {"unpublish", kvp_tool_sync},
+      {"audit", kvp_tool_audit},
   };
   const char *cmd = argv[optind];
   char *help_argv[3];

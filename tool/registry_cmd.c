@@ -97,6 +97,7 @@ static int reg_restore(kvp_tool *t, const char *file, int json)
       kvp_registry_list(t->reg, NULL, &recs, &n, err, sizeof(err)) != KVP_OK)
     return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", err);
   kvp_cert_rec_free_array(recs, n);
+  kvp_audit_change("registry restore", NULL, file, NULL, NULL, NULL);
   if (json)
     return kvp_tool_print_json(stdout, json_pack("{s:s, s:s, s:s, s:I, s:I}", "action", "restore",
                                                  "registry", reg_path(t), "file", file, "schema",

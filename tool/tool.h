@@ -13,6 +13,7 @@
 #include <jansson.h>
 
 #include "backend/backend.h"
+#include "core/audit.h"
 #include "core/config.h"
 #include "core/registry.h"
 
@@ -109,6 +110,10 @@ void kvp_tool_smime_usage(FILE *f);
 /* The "check" command (check.c): argv[0] is "check". Returns an exit code. */
 int kvp_tool_check(kvp_tool *t, int argc, char **argv);
 void kvp_tool_check_usage(FILE *f);
+
+/* The "audit" command (audit.c): argv[0] is "audit". Returns an exit code. */
+int kvp_tool_audit(kvp_tool *t, int argc, char **argv);
+void kvp_tool_audit_usage(FILE *f);
 
 /* The "key" command group (key.c): argv[0] is "key". Returns an exit code. */
 int kvp_tool_key(kvp_tool *t, int argc, char **argv);

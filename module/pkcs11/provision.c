@@ -32,6 +32,7 @@
 
 #include "backend/provision.h"
 #include "core/cert.h"
+#include "core/audit.h"
 #include "core/log.h"
 #include "core/p11names.h"
 #include "core/status.h"
@@ -425,6 +426,7 @@ static CK_RV create_certificate(kvp_session *s, const CK_ATTRIBUTE *t, CK_ULONG 
     goto out;
   KVP_INFO("account %s: registered %s certificate '%s' (%s) through PKCS#11", account,
            rec.type == KVP_CERT_PRIVATE ? "private" : "public", name, rec.subject);
+  kvp_audit_change("C_CreateObject", account, name, rec.key_ref, keyrow.sha256, got.sha256);
   *ph = ((CK_OBJECT_HANDLE)got.id << 2) | KVP_OBJ_CERT;
   kvp_registry_close(reg);
   reg = NULL;
@@ -543,6 +545,7 @@ CK_RV kvp_destroy_object(kvp_session *s, CK_OBJECT_HANDLE h)
   if (rv == CKR_OK)
     KVP_INFO("account %s: certificate '%s' removed through PKCS#11%s", rec.account, rec.name,
              rec.type == KVP_CERT_PRIVATE ? " (its key stays registered)" : "");
+  if (rv == CKR_OK) kvp_audit_change("C_DestroyObject", rec.account, rec.name, rec.key_ref, o->sha256, NULL);
   kvp_registry_close(reg);
   reg = NULL;
   (void)kvp_refresh();
@@ -823,6 +826,7 @@ CK_RV kvp_generate_key_pair(kvp_session *s, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_
   KVP_INFO("account %s: generated %s key '%s' in %s%s%s through PKCS#11", account,
            g.spec.type == KVP_KEY_RSA ? "RSA" : "EC", name, default_store,
            key->version ? " version " : "", key->version ? key->version : "");
+  kvp_audit_change("C_GenerateKeyPair", account, name, ref, NULL, NULL);
   *ph_pub = ((CK_OBJECT_HANDLE)id << 2) | KVP_OBJ_PUBKEY;
   *ph_priv = ((CK_OBJECT_HANDLE)id << 2) | KVP_OBJ_PRIVKEY;
   kvp_registry_close(reg);

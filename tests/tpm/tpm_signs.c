@@ -3,6 +3,7 @@
  * optionally a shell command in between and M more signatures (tests/tpm/pin_lockout.sh).
  *
  *   kvp11-tpm-signs MODULE TOKEN_LABEL KEY_LABEL N [COMMAND M]
+ *   kvp11-tpm-signs --fork MODULE TOKEN_LABEL KEY_LABEL N
  *
  * Loads MODULE with dlopen + C_GetFunctionList, C_Initialize (CKF_OS_LOCKING_OK), finds the
  * token by label; each signature: C_OpenSession, C_FindObjects (CKO_PRIVATE_KEY, CKA_LABEL),
@@ -10,10 +11,15 @@
  * per signature: "sign I: CKR_..." ("sign I: no key" when the key is not found), then
  * "command: STATUS" after COMMAND. Exit 0 once the module is loaded and the token found (the
  * caller judges the lines), 2 otherwise.
+ * --fork: N signatures in the parent, then fork(); the child calls C_Initialize and signs once
+ * ("child: CKR_... after S s"), the parent waits for it and signs 3 more times ("sign I: ...").
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "p11load.h"
 
@@ -78,8 +84,34 @@ static void sign_n(CK_FUNCTION_LIST_PTR p11, CK_SLOT_ID slot, const char *label,
   }
 }
 
+/* The child of --fork: re-initializes (the module requires it after fork) and signs once. */
+static void fork_child(CK_FUNCTION_LIST_PTR p11, const char *token, const char *label)
+{
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  CK_C_INITIALIZE_ARGS args = {.flags = CKF_OS_LOCKING_OK};
+  CK_RV rv = p11->C_Initialize(&args);
+  CK_SLOT_ID slot;
+  int found = 0;
+  if (rv == CKR_OK && kvps_find_slot(p11, token, &slot) != 0)
+    rv = CKR_TOKEN_NOT_PRESENT;
+  if (rv == CKR_OK)
+    rv = sign_once(p11, slot, label, &found);
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  printf("child: %s after %.1f s\n", rv == CKR_OK && !found ? "no key" : rv_name(rv),
+         (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
+  fflush(stdout);
+  p11->C_Finalize(NULL);
+  _exit(0);
+}
+
 int main(int argc, char **argv)
 {
+  int forking = argc > 1 && strcmp(argv[1], "--fork") == 0;
+  if (forking) {
+    argv++;
+    argc--;
+  }
   if (argc != 5 && argc != 7) {
     fprintf(stderr, "usage: %s MODULE TOKEN_LABEL KEY_LABEL N [COMMAND M]\n", argv[0]);
     return 2;
@@ -102,6 +134,16 @@ int main(int argc, char **argv)
   }
   int idx = 0;
   sign_n(p11, slot, argv[3], atoi(argv[4]), &idx);
+  if (forking) {
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0)
+      fork_child(p11, argv[2], argv[3]);
+    int st = 0;
+    if (pid < 0 || waitpid(pid, &st, 0) != pid || !WIFEXITED(st))
+      printf("child: did not exit normally\n");
+    sign_n(p11, slot, argv[3], 3, &idx);
+  }
   if (argc == 7) {
     fflush(stdout);
     int st = system(argv[5]);

@@ -36,21 +36,39 @@ p11() { pkcs11-tool --module "$KVP11_MODULE" --token-label "kvp11 default" "$@" 
 printf 'an EDI interchange %s\n' "$R" >"$W/data"
 head -c 32 /dev/urandom >"$W/secret"
 
-# can_sign LABEL PUBPEM: signs through libkvp11.so, verified with PUBPEM (and not with another key).
+# kid LABEL: CKA_ID (hex) of kvp11's private key object LABEL. pkcs11-tool 0.23 --sign/--decrypt
+# select the key by --id only (with just --label they take the token's first private key).
+kid() {
+  p11 --list-objects --type privkey || fail "pkcs11-tool --list-objects"
+  awk -v l="$1" '/Object;/ { lab = "" }
+    $1 == "label:" { sub(/^[ \t]*label:[ \t]*/, ""); lab = $0 }
+    $1 == "ID:" && lab == l { print $2; exit }' "$W/p11.out"
+}
+# can_sign LABEL PUBPEM: signs through libkvp11.so, verified with PUBPEM (and not with another
+# key): RSA with PKCS#1 v1.5 and PSS (SHA-256), EC with ECDSA-SHA256. Returns 1 (the failing
+# mechanism in $W/mech) when a signature is refused.
 can_sign() {
-  local m=SHA256-RSA-PKCS fmt=()
-  case $(openssl pkey -pubin -in "$2" -noout -text 2>/dev/null) in *ASN1\ OID:*) m=ECDSA-SHA256; fmt=(--signature-format openssl) ;; esac
-  p11 --sign --label "$1" -m "$m" "${fmt[@]}" -i "$W/data" -o "$W/sig" || return 1
-  openssl dgst -sha256 -verify "$2" -signature "$W/sig" "$W/data" >/dev/null 2>&1 ||
-    fail "$1: the signature does not verify with the TPM's public key"
-  ! openssl dgst -sha256 -verify "$W/other.pub.pem" -signature "$W/sig" "$W/data" >/dev/null 2>&1 ||
-    fail "$1: the signature verifies with another key"
+  local m id fmt=() mechs="SHA256-RSA-PKCS SHA256-RSA-PKCS-PSS" sigopt=()
+  case $(openssl pkey -pubin -in "$2" -noout -text 2>/dev/null) in
+    *ASN1\ OID:*) mechs=ECDSA-SHA256; fmt=(--signature-format openssl) ;;
+  esac
+  id=$(kid "$1"); [ -n "$id" ] || fail "no private key '$1' through libkvp11.so"
+  for m in $mechs; do
+    echo "$m" >"$W/mech"
+    p11 --sign --id "$id" -m "$m" "${fmt[@]}" -i "$W/data" -o "$W/sig" || return 1
+    sigopt=(); [ "$m" = SHA256-RSA-PKCS-PSS ] && sigopt=(-sigopt rsa_padding_mode:pss -sigopt rsa_pss_saltlen:digest)
+    openssl dgst -sha256 "${sigopt[@]}" -verify "$2" -signature "$W/sig" "$W/data" >/dev/null 2>&1 ||
+      fail "$1 $m: the signature does not verify with the TPM's public key"
+    ! openssl dgst -sha256 "${sigopt[@]}" -verify "$W/other.pub.pem" -signature "$W/sig" "$W/data" >/dev/null 2>&1 ||
+      fail "$1 $m: the signature verifies with another key"
+  done
 }
 # can_decrypt LABEL PUBPEM: an OpenSSL ciphertext (OAEP SHA-256) decrypted through libkvp11.so.
 can_decrypt() {
   openssl pkeyutl -encrypt -pubin -inkey "$2" -pkeyopt rsa_padding_mode:oaep \
     -pkeyopt rsa_oaep_md:sha256 -pkeyopt rsa_mgf1_md:sha256 -in "$W/secret" -out "$W/ct" || fail "encrypt to $1"
-  p11 --decrypt --label "$1" -m RSA-PKCS-OAEP --hash-algorithm SHA256 --mgf MGF1-SHA256 \
+  local id; id=$(kid "$1"); [ -n "$id" ] || fail "no private key '$1' through libkvp11.so"
+  p11 --decrypt --id "$id" -m RSA-PKCS-OAEP --hash-algorithm SHA256 --mgf MGF1-SHA256 \
     -i "$W/ct" -o "$W/pt" || return 1
   cmp -s "$W/secret" "$W/pt" || fail "$1: decrypted plaintext differs"
 }
@@ -71,42 +89,52 @@ create() {
   pub "$k"
 }
 
-k=rsa-sd-$R; create "$k" --type rsa --size 2048 --ops sign,decrypt
-can_sign "$k" "$W/$k.pub.pem" || fail "$k (sign,decrypt) does not sign"
-can_decrypt "$k" "$W/$k.pub.pem" || fail "$k (sign,decrypt) does not decrypt"
-ok "key create RSA-2048 --ops sign,decrypt: signs and decrypts"
-
-k=rsa-s-$R; create "$k" --type rsa --size 2048 --ops sign
-can_sign "$k" "$W/$k.pub.pem" || fail "$k (sign) does not sign"
-! can_decrypt "$k" "$W/$k.pub.pem" || fail "$k (sign only) decrypted"
-ok "key create RSA-2048 --ops sign: signs, decryption refused"
-
-k=rsa-d-$R; create "$k" --type rsa --size 2048 --ops decrypt
-can_decrypt "$k" "$W/$k.pub.pem" || fail "$k (decrypt) does not decrypt"
-! can_sign "$k" "$W/$k.pub.pem" || fail "$k (decrypt only) signed"
-ok "key create RSA-2048 --ops decrypt: decrypts, signing refused"
-
-for c in p256 p384; do
-  k=ec-$c-$R; create "$k" --type ec --curve "$c" --ops sign
-  can_sign "$k" "$W/$k.pub.pem" || fail "$k does not sign"
-  ok "key create EC $c --ops sign: signs"
-done
-k=ec-def-$R; create "$k" --type ec --curve p256
-grep -qx 'type: EC P-256' "$W/out" || fail "create $k type: $(cat "$W/out")"
-can_sign "$k" "$W/$k.pub.pem" || fail "$k (default ops) does not sign"
-ok "key create EC p256 with the default --ops: signs"
-
-# C_GenerateKeyPair through libkvp11.so into default_store = hsm:tpm.
-for spec in "rsa:2048:gen-rsa-s-$R:--usage-sign" "rsa:2048:gen-rsa-sd-$R:--usage-sign --usage-decrypt" \
-            "EC:prime256v1:gen-ec-$R:--usage-sign"; do
-  IFS=: read -r kt size k usage <<<"$spec"
+# Each case runs in a subshell: a failing case is reported and the others still run.
+FAILED=()
+case_run() { # case_run DESC FUNCTION
+  if ( "$2" ); then ok "$1"; else FAILED+=("$1"); echo "not ok - $1" >&2; fi
+}
+c_rsa_sd() {
+  local k=rsa-sd-$R; create "$k" --type rsa --size 2048 --ops sign,decrypt
+  can_sign "$k" "$W/$k.pub.pem" || fail "$k (sign,decrypt): $(cat "$W/mech") refused"
+  can_decrypt "$k" "$W/$k.pub.pem" || fail "$k (sign,decrypt) does not decrypt"
+}
+c_rsa_s() {
+  local k=rsa-s-$R; create "$k" --type rsa --size 2048 --ops sign
+  can_sign "$k" "$W/$k.pub.pem" || fail "$k (sign): $(cat "$W/mech") refused"
+  ! can_decrypt "$k" "$W/$k.pub.pem" || fail "$k (sign only) decrypted"
+}
+c_rsa_d() {
+  local k=rsa-d-$R; create "$k" --type rsa --size 2048 --ops decrypt
+  can_decrypt "$k" "$W/$k.pub.pem" || fail "$k (decrypt) does not decrypt"
+  ! can_sign "$k" "$W/$k.pub.pem" || fail "$k (decrypt only) signed"
+}
+c_ec() { # EC curve $C, --ops sign (given, or the default when $OPS is empty)
+  local k=ec-$C${OPS:+-s}-$R
+  create "$k" --type ec --curve "$C" ${OPS:+--ops "$OPS"}
+  can_sign "$k" "$W/$k.pub.pem" || fail "$k: $(cat "$W/mech") refused"
+}
+c_gen() { # C_GenerateKeyPair through libkvp11.so into default_store = hsm:tpm: $KT $K $USAGE
   # shellcheck disable=SC2086
-  p11 --keypairgen --key-type "$kt:$size" --label "$k" $usage || fail "C_GenerateKeyPair $kt:$size $usage"
-  pub "$k"
-  can_sign "$k" "$W/$k.pub.pem" || fail "generated $k does not sign"
-  case $usage in *decrypt*) can_decrypt "$k" "$W/$k.pub.pem" || fail "generated $k does not decrypt" ;; esac
-  ok "C_GenerateKeyPair $kt:$size ($usage) through libkvp11.so: the key works"
-done
+  p11 --keypairgen --key-type "$KT" --label "$K" $USAGE || fail "C_GenerateKeyPair $KT $USAGE"
+  pub "$K"
+  can_sign "$K" "$W/$K.pub.pem" || fail "generated $K: $(cat "$W/mech") refused"
+  case $USAGE in *decrypt*) can_decrypt "$K" "$W/$K.pub.pem" || fail "generated $K does not decrypt" ;; esac
+}
+case_run "key create RSA-2048 --ops sign,decrypt: signs (PKCS#1, PSS) and decrypts" c_rsa_sd
+case_run "key create RSA-2048 --ops sign: signs (PKCS#1, PSS), decryption refused" c_rsa_s
+case_run "key create RSA-2048 --ops decrypt: decrypts, signing refused" c_rsa_d
+C=p256 OPS=sign case_run "key create EC p256 --ops sign: signs" c_ec
+C=p384 OPS=sign case_run "key create EC p384 --ops sign: signs" c_ec
+C=p256 OPS= case_run "key create EC p256 (default --ops): signs" c_ec
+KT=rsa:2048 K=gen-rsa-s-$R USAGE=--usage-sign case_run "C_GenerateKeyPair RSA-2048 sign-only: signs" c_gen
+KT=rsa:2048 K=gen-rsa-sd-$R USAGE="--usage-sign --usage-decrypt" \
+  case_run "C_GenerateKeyPair RSA-2048 sign+decrypt: signs and decrypts" c_gen
+KT=EC:prime256v1 K=gen-ec-$R USAGE=--usage-sign case_run "C_GenerateKeyPair EC P-256: signs" c_gen
 
+if [ ${#FAILED[@]} -gt 0 ]; then
+  echo "FAIL: key_create: ${#FAILED[@]} of $((N + ${#FAILED[@]})) cases failed" >&2
+  exit 1
+fi
 rm -rf "$W"
 echo "PASS: key_create ($N checks)"

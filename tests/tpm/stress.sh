@@ -6,6 +6,6 @@
 . "$(dirname "$0")/common.sh"
 [ $# -eq 1 ] || { echo "usage: $0 kvp11-stress-threads" >&2; exit 2; }
 export KVP11_STRESS_TOKEN="kvp11 default" KVP11_STRESS_KEYS="rsa2048 p256" \
-  KVP11_STRESS_THREADS=8 KVP11_STRESS_ITERS=${KVP11_STRESS_ITERS:-40} KVP11_STRESS_TIMEOUT=100 \
+  KVP11_STRESS_THREADS=8 KVP11_STRESS_ITERS=${KVP11_STRESS_ITERS:-30} KVP11_STRESS_TIMEOUT=100 \
   KVP11_STRESS_LIVE=stress-live-tpm
 exec "$1"

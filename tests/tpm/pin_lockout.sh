@@ -18,7 +18,7 @@ SIGNS=$1
 HERE=$(cd "$(dirname "$0")" && pwd)
 D=${KVP11_TPM_TMP:-${TMPDIR:-/tmp}}/pin_lockout
 rc=0
-"$HERE/../fixtures/tpm-setup.sh" "$D" || rc=$?
+TPM_FIXTURE_KEYS=rsa2048:01:rsa2048 "$HERE/../fixtures/tpm-setup.sh" "$D" || rc=$?
 [ $rc -eq 77 ] && { echo "SKIP: TPM packages missing"; exit 77; }
 [ $rc -eq 0 ] || { echo "FAIL: TPM fixture setup" >&2; exit 1; }
 trap '"$HERE/../fixtures/tpm-teardown.sh" "$D"' EXIT

@@ -13,6 +13,11 @@
  * caller judges the lines), 2 otherwise.
  * --fork: N signatures in the parent, then fork(); the child calls C_Initialize and signs once
  * ("child: CKR_... after S s"), the parent waits for it and signs 3 more times ("sign I: ...").
+ * For experiments straight on an HSM's module: KVP11_SIGNS_PIN (C_Login as the user on a session
+ * kept open, in the parent and in the child), KVP11_SIGNS_CHILD=finalize (a child whose
+ * C_Initialize says CKR_CRYPTOKI_ALREADY_INITIALIZED calls C_Finalize and C_Initialize again;
+ * otherwise it goes on with the state it inherited), KVP11_SIGNS_CHILD=no-finalize (the same, and
+ * no C_Finalize before it exits), KVP11_SIGNS_CHILD=exit (the child only exits).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,6 +42,8 @@ static const char *rv_name(CK_RV rv)
   case CKR_OBJECT_HANDLE_INVALID: return "CKR_OBJECT_HANDLE_INVALID";
   case CKR_FUNCTION_FAILED: return "CKR_FUNCTION_FAILED";
   case CKR_TOKEN_NOT_PRESENT: return "CKR_TOKEN_NOT_PRESENT";
+  case CKR_CRYPTOKI_ALREADY_INITIALIZED: return "CKR_CRYPTOKI_ALREADY_INITIALIZED";
+  case CKR_USER_ALREADY_LOGGED_IN: return "CKR_USER_ALREADY_LOGGED_IN";
   default: snprintf(buf, sizeof buf, "CKR_0x%lx", (unsigned long)rv); return buf;
   }
 }
@@ -71,6 +78,19 @@ static CK_RV sign_once(CK_FUNCTION_LIST_PTR p11, CK_SLOT_ID slot, const char *la
   return rv;
 }
 
+/* C_Login with $KVP11_SIGNS_PIN on a session that stays open (the login lasts while it does). */
+static CK_RV login_if_asked(CK_FUNCTION_LIST_PTR p11, CK_SLOT_ID slot)
+{
+  const char *pin = getenv("KVP11_SIGNS_PIN");
+  CK_SESSION_HANDLE s;
+  if (!pin)
+    return CKR_OK;
+  CK_RV rv = p11->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &s);
+  if (rv == CKR_OK)
+    rv = p11->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)pin, strlen(pin));
+  return rv == CKR_USER_ALREADY_LOGGED_IN ? CKR_OK : rv;
+}
+
 static void sign_n(CK_FUNCTION_LIST_PTR p11, CK_SLOT_ID slot, const char *label, int n, int *idx)
 {
   for (int i = 0; i < n; i++) {
@@ -89,19 +109,33 @@ static void fork_child(CK_FUNCTION_LIST_PTR p11, const char *token, const char *
 {
   struct timespec t0, t1;
   clock_gettime(CLOCK_MONOTONIC, &t0);
+  const char *mode = getenv("KVP11_SIGNS_CHILD");
+  if (mode && strcmp(mode, "exit") == 0)
+    _exit(0);
   CK_C_INITIALIZE_ARGS args = {.flags = CKF_OS_LOCKING_OK};
   CK_RV rv = p11->C_Initialize(&args);
+  if (rv == CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+    printf("child: C_Initialize: CKR_CRYPTOKI_ALREADY_INITIALIZED\n");
+    rv = CKR_OK;
+    if (mode && strcmp(mode, "finalize") == 0) {
+      p11->C_Finalize(NULL);
+      rv = p11->C_Initialize(&args);
+    }
+  }
   CK_SLOT_ID slot;
   int found = 0;
   if (rv == CKR_OK && kvps_find_slot(p11, token, &slot) != 0)
     rv = CKR_TOKEN_NOT_PRESENT;
+  if (rv == CKR_OK)
+    rv = login_if_asked(p11, slot);
   if (rv == CKR_OK)
     rv = sign_once(p11, slot, label, &found);
   clock_gettime(CLOCK_MONOTONIC, &t1);
   printf("child: %s after %.1f s\n", rv == CKR_OK && !found ? "no key" : rv_name(rv),
          (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
   fflush(stdout);
-  p11->C_Finalize(NULL);
+  if (!(mode && strcmp(mode, "no-finalize") == 0))
+    p11->C_Finalize(NULL);
   _exit(0);
 }
 
@@ -129,6 +163,12 @@ int main(int argc, char **argv)
   }
   if (kvps_find_slot(p11, argv[2], &slot) != 0) {
     fprintf(stderr, "no token labelled '%s'\n", argv[2]);
+    p11->C_Finalize(NULL);
+    return 2;
+  }
+  rv = login_if_asked(p11, slot);
+  if (rv != CKR_OK) {
+    fprintf(stderr, "C_Login: %s\n", rv_name(rv));
     p11->C_Finalize(NULL);
     return 2;
   }

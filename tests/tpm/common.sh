@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # tests/tpm/common.sh — sourced by the TPM test scripts (tests/tpm/*.sh).
 #
 # Environment (CTest, tests/tpm/CMakeLists.txt): KVP11_ENV (the fixture directory made by

@@ -126,7 +126,7 @@ case_run "key create RSA-2048 --ops sign: signs (PKCS#1, PSS), decryption refuse
 case_run "key create RSA-2048 --ops decrypt: decrypts, signing refused" c_rsa_d
 C=p256 OPS=sign case_run "key create EC p256 --ops sign: signs" c_ec
 C=p384 OPS=sign case_run "key create EC p384 --ops sign: signs" c_ec
-C=p256 OPS= case_run "key create EC p256 (default --ops): signs" c_ec
+C=p256 OPS='' case_run "key create EC p256 (default --ops): signs" c_ec
 KT=rsa:2048 K=gen-rsa-s-$R USAGE=--usage-sign case_run "C_GenerateKeyPair RSA-2048 sign-only: signs" c_gen
 KT=rsa:2048 K=gen-rsa-sd-$R USAGE="--usage-sign --usage-decrypt" \
   case_run "C_GenerateKeyPair RSA-2048 sign+decrypt: signs and decrypts" c_gen

@@ -706,8 +706,8 @@ static CK_RV parse_gen(CK_MECHANISM_TYPE mech, const CK_ATTRIBUTE *pub, CK_ULONG
     if (v != 2048 && v != 3072 && v != 4096) {
       /* CKR_KEY_SIZE_RANGE is not a return value of C_GenerateKeyPair (PKCS#11 2.40) */
       return kvp_fail(CKR_ATTRIBUTE_VALUE_INVALID,
-                      "C_GenerateKeyPair: CKA_MODULUS_BITS %lu: RSA keys of 2048, 3072 or 4096 "
-                      "bits only",
+                      "C_GenerateKeyPair: RSA keys of %lu bits are not supported (2048, 3072, "
+                      "4096)",
                       (unsigned long)v);
     }
     if (e != NULL) {

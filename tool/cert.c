@@ -33,6 +33,7 @@ enum {
   O_STRICT,
   O_JSON,
   O_PEM,
+  O_CERT_DIR,
   O_COUNT,
   O_BASE = KVP_TOOL_OPT_BASE, /* getopt values are O_BASE + index, clear of short letters */
 };
@@ -51,6 +52,7 @@ static const struct option cert_longopts[] = {
     {"strict", no_argument, NULL, O_BASE + O_STRICT},
     {"json", no_argument, NULL, O_BASE + O_JSON},
     {"pem", no_argument, NULL, O_BASE + O_PEM},
+    {"cert-dir", required_argument, NULL, O_BASE + O_CERT_DIR},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -77,11 +79,12 @@ static int cert_remove(kvp_tool *t, cert_args *a);
 static const cert_cmd cert_cmds[] = {
     {"cert add",
      OPT(O_NAME) | OPT(O_TYPE) | OPT(O_CERT) | OPT(O_ACCOUNT) | OPT(O_HSM) | OPT(O_VAULT) |
-         OPT(O_KEY) | OPT(O_RG) | OPT(O_REPLACE) | OPT(O_STRICT),
+         OPT(O_KEY) | OPT(O_RG) | OPT(O_REPLACE) | OPT(O_STRICT) | OPT(O_CERT_DIR),
      0, cert_add,
      "cert add --name NAME --type public|private --cert FILE [--account A]\n"
      "[--hsm HSM --key LABEL | --vault VAULT --key KEY[/VERSION]]\n"
-     "[--resource-group RG] [--replace] [--strict]"},
+     "[--resource-group RG] [--replace] [--strict]\n"
+     "cert add --type public --cert-dir DIR [--account A] [--replace]"},
     {"cert list", OPT(O_ACCOUNT) | OPT(O_JSON), 0, cert_list, "cert list [--account A] [--json]"},
     {"cert show", OPT(O_ACCOUNT) | OPT(O_JSON) | OPT(O_PEM), 1, cert_show,
      "cert show NAME [--account A] [--json | --pem]"},
@@ -112,6 +115,9 @@ static void cert_cmd_usage(FILE *f, const cert_cmd *c)
                "                   optionally /VERSION). The key's public key must equal the\n"
                "                   certificate's.\n"
                "  --cert FILE      one certificate, PEM or DER\n"
+               "  --cert-dir DIR   every *.pem, *.crt, *.cer, *.der of DIR, each under its file\n"
+               "                   name without the extension, in one transaction: one bad\n"
+               "                   file registers nothing\n"
                "  --account A      default: the first configured account\n"
                "  --replace        replace a certificate of the same name (its id is kept)\n"
                "  --strict         refuse an expired or not yet valid certificate\n");
@@ -127,6 +133,11 @@ static int name_ok(const char *s)
     if (*p < 0x20 || *p == 0x7f)
       return 0;
   return 1;
+}
+
+int kvp_tool_cert_name_ok(const char *s)
+{
+  return name_ok(s);
 }
 
 /*
@@ -237,6 +248,12 @@ static int cert_add(kvp_tool *t, cert_args *a)
   /* a private certificate without --hsm/--vault/--key: for a key registered
    * without certificate (kvp11 key create, C_GenerateKeyPair) */
   const int from_row = priv && !has_store && !a->v[O_KEY];
+
+  if (a->v[O_CERT_DIR] != NULL) /* partner onboarding: tool/cert_bulk.c */
+    return kvp_tool_cert_add_dir(t, a->v[O_CERT_DIR], type,
+                                 a->v[O_NAME] || file || has_store || a->v[O_KEY] || a->v[O_RG] ||
+                                     a->v[O_STRICT],
+                                 a->v[O_ACCOUNT], a->v[O_REPLACE] != NULL);
 
   /* The command line first: usage errors need no configuration. */
   if (!a->v[O_NAME] || !type || !file) {
@@ -370,24 +387,37 @@ out:
   return rc;
 }
 
+static int list_measure(void *ctx, kvp_cert_rec *rec)
+{
+  kvp_tool_list_measure(ctx, rec);
+  return KVP_OK;
+}
+
+static int list_row(void *ctx, kvp_cert_rec *rec)
+{
+  return kvp_tool_list_row(ctx, rec) == 0 ? KVP_OK : KVP_ERR; /* only this gives KVP_ERR */
+}
+
+/* Streamed: the rows are never all in memory (tool/output.c). */
 static int cert_list(kvp_tool *t, cert_args *a)
 {
   char err[KVP_ERRLEN] = "";
-  kvp_cert_rec *recs = NULL;
-  size_t n = 0;
-  int rc = KVP_EXIT_ERROR;
+  kvp_list_out o;
+  int r = KVP_OK;
 
   if (kvp_tool_load_config(t) || kvp_tool_account(t, a->v[O_ACCOUNT], &a->account) ||
       kvp_tool_open_registry_ro(t))
-    return rc;
-  if (t->reg != NULL && kvp_registry_list(t->reg, a->account, &recs, &n, err, sizeof(err)) != KVP_OK)
-    return kvp_tool_fail(t, rc, "%s", err);
-  if (kvp_tool_print_list(stdout, recs, n, a->v[O_JSON] != NULL) != 0)
-    kvp_tool_fail(t, rc, "cannot format the output");
-  else
-    rc = KVP_EXIT_OK;
-  kvp_cert_rec_free_array(recs, n);
-  return rc;
+    return KVP_EXIT_ERROR;
+  kvp_tool_list_init(&o, stdout, a->v[O_JSON] != NULL);
+  if (t->reg != NULL && !o.json)
+    r = kvp_registry_each(t->reg, a->account, list_measure, &o, err, sizeof(err));
+  if (t->reg != NULL && r == KVP_OK)
+    r = kvp_registry_each(t->reg, a->account, list_row, &o, err, sizeof(err));
+  if (r == KVP_ERR || (r == KVP_OK && kvp_tool_list_end(&o) != 0))
+    return kvp_tool_fail(t, KVP_EXIT_ERROR, "cannot write the output");
+  if (r != KVP_OK)
+    return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", err);
+  return KVP_EXIT_OK;
 }
 
 /* Look up the NAME operand; prints the error. */

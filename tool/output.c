@@ -122,54 +122,89 @@ static int dump(FILE *f, json_t *j)
   return rc;
 }
 
-static int print_table(FILE *f, const kvp_cert_rec *recs, size_t n)
+/*
+ * cert list, streamed: rows are printed as the registry hands them over, so
+ * 100,000 rows take the memory of one. The table's column widths come from a
+ * first pass (kvp_tool_list_measure over every row), the JSON array is written
+ * element by element in the layout json_dumpf gives a whole array.
+ */
+static const char *const list_head[] = {"NAME", "TYPE", "SUBJECT", "NOT-AFTER", "KEY"};
+
+void kvp_tool_list_init(kvp_list_out *o, FILE *f, int json)
 {
-  static const char *head[] = {"NAME", "TYPE", "SUBJECT", "NOT-AFTER", "KEY"};
-  int w[5];
-  char when[32];
+  memset(o, 0, sizeof(*o));
+  o->f = f;
+  o->json = json;
   for (size_t c = 0; c < 5; c++)
-    w[c] = (int)strlen(head[c]);
-  for (size_t i = 0; i < n; i++) {
-    const char *cell[3] = {recs[i].name,
-                           recs[i].der_len ? recs[i].subject : "(no certificate yet)",
-                           recs[i].key_ref ? recs[i].key_ref : "-"};
-    int idx[3] = {0, 2, 4};
-    for (size_t c = 0; c < 3; c++)
-      if ((int)strlen(cell[c]) > w[idx[c]])
-        w[idx[c]] = (int)strlen(cell[c]);
+    o->w[c] = (int)strlen(list_head[c]);
+  if (o->w[1] < 7)
+    o->w[1] = 7; /* "private" */
+  if (o->w[3] < 20)
+    o->w[3] = 20; /* ISO 8601 time */
+}
+
+void kvp_tool_list_measure(kvp_list_out *o, const kvp_cert_rec *r)
+{
+  const char *cell[3] = {r->name, r->der_len ? r->subject : "(no certificate yet)",
+                         r->key_ref ? r->key_ref : "-"};
+  static const int idx[3] = {0, 2, 4};
+  for (size_t c = 0; c < 3; c++)
+    if ((int)strlen(cell[c]) > o->w[idx[c]])
+      o->w[idx[c]] = (int)strlen(cell[c]);
+}
+
+/* One element of the JSON array, indented as inside json_dumpf's array. */
+static int json_element(kvp_list_out *o, const kvp_cert_rec *r)
+{
+  json_t *j = rec_json(r, 0);
+  char *text = j ? json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
+  int rc = text ? 0 : -1;
+
+  json_decref(j);
+  if (text == NULL)
+    return -1;
+  fputs(o->n == 0 ? "[\n  " : ",\n  ", o->f);
+  for (const char *p = text; *p; p++) {
+    fputc(*p, o->f);
+    if (*p == '\n') /* formatting only: a newline inside a string is escaped */
+      fputs("  ", o->f);
   }
-  if (w[1] < 7)
-    w[1] = 7; /* "private" */
-  if (w[3] < 20)
-    w[3] = 20; /* ISO 8601 time */
-  fprintf(f, "%-*s  %-*s  %-*s  %-*s  %s\n", w[0], head[0], w[1], head[1], w[2], head[2], w[3],
-          head[3], head[4]);
-  for (size_t i = 0; i < n; i++) {
-    const kvp_cert_rec *r = &recs[i];
-    if (r->der_len > 0)
-      kvp_tool_isotime(r->not_after, when);
-    else
-      snprintf(when, sizeof(when), "-");
-    fprintf(f, "%-*s  %-*s  %-*s  %-*s  %s\n", w[0], r->name, w[1],
-            r->der_len == 0 ? "key" : r->type == KVP_CERT_PRIVATE ? "private" : "public", w[2],
-            r->der_len ? r->subject : "(no certificate yet)", w[3], when,
-            r->key_ref ? r->key_ref : "-");
+  free(text);
+  return rc;
+}
+
+int kvp_tool_list_row(kvp_list_out *o, const kvp_cert_rec *r)
+{
+  char when[32];
+
+  if (o->json) {
+    if (json_element(o, r) != 0)
+      return -1;
+    o->n++;
+    return 0;
   }
+  if (o->n++ == 0)
+    fprintf(o->f, "%-*s  %-*s  %-*s  %-*s  %s\n", o->w[0], list_head[0], o->w[1], list_head[1],
+            o->w[2], list_head[2], o->w[3], list_head[3], list_head[4]);
+  if (r->der_len > 0)
+    kvp_tool_isotime(r->not_after, when);
+  else
+    snprintf(when, sizeof(when), "-");
+  fprintf(o->f, "%-*s  %-*s  %-*s  %-*s  %s\n", o->w[0], r->name, o->w[1],
+          r->der_len == 0 ? "key" : r->type == KVP_CERT_PRIVATE ? "private" : "public", o->w[2],
+          r->der_len ? r->subject : "(no certificate yet)", o->w[3], when,
+          r->key_ref ? r->key_ref : "-");
   return 0;
 }
 
-int kvp_tool_print_list(FILE *f, const kvp_cert_rec *recs, size_t n, int json)
+int kvp_tool_list_end(kvp_list_out *o)
 {
-  if (!json)
-    return print_table(f, recs, n);
-  json_t *a = json_array();
-  for (size_t i = 0; a && i < n; i++) {
-    if (json_array_append_new(a, rec_json(&recs[i], 0)) != 0) {
-      json_decref(a);
-      return -1;
-    }
-  }
-  return dump(f, a);
+  if (o->json)
+    fputs(o->n == 0 ? "[]\n" : "\n]\n", o->f);
+  else if (o->n == 0) /* the header alone */
+    fprintf(o->f, "%-*s  %-*s  %-*s  %-*s  %s\n", o->w[0], list_head[0], o->w[1], list_head[1],
+            o->w[2], list_head[2], o->w[3], list_head[3], list_head[4]);
+  return ferror(o->f) ? -1 : 0;
 }
 
 int kvp_tool_print_rec(FILE *f, const kvp_cert_rec *rec, int how)

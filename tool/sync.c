@@ -370,7 +370,7 @@ static int make_plan(sync_ctx *s, plan *p, const ia_cert *certs, size_t n,
 static int apply_plan(kvp_tool *t, const plan *p)
 {
   char err[KVP_ERRLEN] = "";
-  int rc = kvp_registry_batch_begin(t->reg, err, sizeof(err));
+  int rc = kvp_registry_begin(t->reg, err, sizeof(err));
 
   for (size_t i = 0; rc == KVP_OK && i < p->n; i++) {
     const plan_item *it = &p->items[i];
@@ -380,9 +380,9 @@ static int apply_plan(kvp_tool *t, const plan *p)
       rc = kvp_registry_remove(t->reg, p->account, it->name, err, sizeof(err));
   }
   if (rc == KVP_OK)
-    rc = kvp_registry_batch_end(t->reg, 1, err, sizeof(err));
+    rc = kvp_registry_end(t->reg, 1, err, sizeof(err));
   else
-    kvp_registry_batch_end(t->reg, 0, NULL, 0);
+    kvp_registry_end(t->reg, 0, NULL, 0);
   if (rc != KVP_OK)
     return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s (registry unchanged)", err);
   for (size_t i = 0; i < p->n; i++) {

@@ -84,6 +84,11 @@ void kvp_tool_done(kvp_tool *t);
 /* The "cert" command group: argv[0] is "cert". Returns an exit code. */
 int kvp_tool_cert(kvp_tool *t, int argc, char **argv);
 void kvp_tool_cert_usage(FILE *f);
+/* A name cert add accepts: 1 to 255 bytes, no control characters. */
+int kvp_tool_cert_name_ok(const char *s);
+/* cert add --cert-dir (cert_bulk.c); other_options: an option --cert-dir does not take. */
+int kvp_tool_cert_add_dir(kvp_tool *t, const char *dir, const char *type, int other_options,
+                          const char *account, int replace);
 
 /* The "smime" command group (smime.c): argv[0] is "smime". Returns an exit code. */
 int kvp_tool_smime(kvp_tool *t, int argc, char **argv);
@@ -114,8 +119,18 @@ void kvp_tool_synopsis(FILE *f, const char *prefix, const char *cmd, const char 
 void kvp_tool_isotime(int64_t t, char out[32]);
 /* PEM text of a DER certificate; malloc'd, NULL on allocation failure. */
 char *kvp_tool_pem(const unsigned char *der, size_t der_len);
-/* Print records: a table, or a JSON array. */
-int kvp_tool_print_list(FILE *f, const kvp_cert_rec *recs, size_t n, int json);
+/* Print records as they come (cert list): a table, or a JSON array. For the
+ * table, pass every row to _measure first (the column widths), then to _row. */
+typedef struct kvp_list_out {
+  FILE *f;
+  int json;
+  size_t n;  /* rows printed */
+  int w[5];  /* column widths */
+} kvp_list_out;
+void kvp_tool_list_init(kvp_list_out *o, FILE *f, int json);
+void kvp_tool_list_measure(kvp_list_out *o, const kvp_cert_rec *r);
+int kvp_tool_list_row(kvp_list_out *o, const kvp_cert_rec *r);
+int kvp_tool_list_end(kvp_list_out *o);
 /* Print one record as "key: value" lines, as a JSON object (with "pem"), or as PEM only. */
 enum { KVP_SHOW_TEXT = 0, KVP_SHOW_JSON, KVP_SHOW_PEM };
 int kvp_tool_print_rec(FILE *f, const kvp_cert_rec *rec, int how);

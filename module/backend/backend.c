@@ -8,7 +8,11 @@
 #include <string.h>
 #include <strings.h>
 
+#include <openssl/bn.h>
 #include <openssl/core_names.h>
+#include <openssl/ec.h>
+#include <openssl/err.h>
+#include <openssl/rsa.h>
 #include <openssl/obj_mac.h>
 
 #include "core/cert.h"
@@ -51,6 +55,57 @@ const char *kvp_hash_name(kvp_hash h)
   case KVP_HASH_NONE: break;
   }
   return "none";
+}
+
+int kvp_sig_verify(EVP_PKEY *pub, const kvp_sig_alg *alg, const unsigned char *digest,
+                   size_t dlen, const unsigned char *sig, size_t slen)
+{
+  EVP_PKEY_CTX *ctx = NULL;
+  unsigned char *der = NULL;
+  int derlen = 0, ok = 0;
+  ECDSA_SIG *es = NULL;
+
+  ERR_set_mark();
+  ctx = EVP_PKEY_CTX_new_from_pkey(NULL, pub, NULL);
+  if (ctx == NULL || EVP_PKEY_verify_init(ctx) != 1)
+    goto out;
+  if (alg->scheme == KVP_SIG_RSA_PKCS1 || alg->scheme == KVP_SIG_RSA_PSS) {
+    const EVP_MD *md = kvp_hash_md(alg->hash);
+    if (EVP_PKEY_CTX_set_rsa_padding(ctx, alg->scheme == KVP_SIG_RSA_PKCS1
+                                              ? RSA_PKCS1_PADDING
+                                              : RSA_PKCS1_PSS_PADDING) != 1)
+      goto out;
+    if (md != NULL && EVP_PKEY_CTX_set_signature_md(ctx, md) != 1)
+      goto out;
+    if (alg->scheme == KVP_SIG_RSA_PSS) {
+      const EVP_MD *mgf = kvp_hash_md(alg->mgf1);
+      if (md == NULL || mgf == NULL || EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, mgf) != 1 ||
+          EVP_PKEY_CTX_set_rsa_pss_saltlen(ctx, (int)alg->salt_len) != 1)
+        goto out;
+    }
+    ok = EVP_PKEY_verify(ctx, sig, slen, digest, dlen) == 1;
+  } else if (alg->scheme == KVP_SIG_ECDSA) {
+    BIGNUM *r, *s;
+    if (slen == 0 || slen % 2 != 0)
+      goto out;
+    r = BN_bin2bn(sig, (int)(slen / 2), NULL);
+    s = BN_bin2bn(sig + slen / 2, (int)(slen / 2), NULL);
+    es = ECDSA_SIG_new();
+    if (r == NULL || s == NULL || es == NULL || ECDSA_SIG_set0(es, r, s) != 1) {
+      BN_free(r);
+      BN_free(s);
+      goto out;
+    }
+    derlen = i2d_ECDSA_SIG(es, &der);
+    if (derlen > 0)
+      ok = EVP_PKEY_verify(ctx, der, (size_t)derlen, digest, dlen) == 1;
+  }
+out:
+  ECDSA_SIG_free(es);
+  OPENSSL_free(der);
+  EVP_PKEY_CTX_free(ctx);
+  ERR_pop_to_mark();
+  return ok;
 }
 
 CK_RV kvp_key_fill_from_pub(kvp_key *key)
@@ -149,4 +204,12 @@ const char *kvp_curve_name(int nid)
     if (curves[i].nid == nid)
       return curves[i].name;
   return NULL;
+}
+
+CK_RV kvp_backend_open_key(kvp_backend *be, const char *name, const kvp_key_ref_hint *hint,
+                           kvp_key **out)
+{
+  if (be->ops->open_key_hint != NULL)
+    return be->ops->open_key_hint(be, name, hint, out);
+  return be->ops->open_key(be, name, out);
 }

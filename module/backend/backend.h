@@ -115,12 +115,24 @@ struct kvp_key {
   kvp_key_type type;
   unsigned bits;       /* RSA modulus bits, or EC field bits (256, 384, 521) */
   int curve_nid;       /* EC only: NID_X9_62_prime256v1, NID_secp384r1, NID_secp521r1, NID_secp256k1 */
-  int can_sign;        /* what the key store allows */
-  int can_decrypt;
+  int can_sign;        /* what the key store allows; Key Vault: what the key type and its */
+  int can_decrypt;     /* key_ops allow (enabled, nbf, exp are checked at each operation) */
   int private_obj;     /* 1 when using the key needs C_Login (PIN passed through) */
   char *version;       /* Key Vault key version in use, NULL for HSM */
   void *impl;          /* backend-specific */
 };
+
+/*
+ * What the registry knows about a key when the front opens it (optional):
+ * the version checked at registration and the key's SubjectPublicKeyInfo.
+ * Key Vault opens a key with both without any request and uses that version
+ * (rotation-safe); an HSM backend may compare its key with spki.
+ */
+typedef struct kvp_key_ref_hint {
+  const char *version;        /* Key Vault key version, or NULL */
+  const unsigned char *spki;  /* DER SubjectPublicKeyInfo, or NULL */
+  size_t spki_len;
+} kvp_key_ref_hint;
 
 typedef struct kvp_backend_ops {
   const char *scheme; /* "hsm" or "keyvault": the key reference prefix */
@@ -129,6 +141,10 @@ typedef struct kvp_backend_ops {
    * (with a log line naming the store and the key) when it does not exist. */
   CK_RV (*open_key)(kvp_backend *be, const char *name, kvp_key **out);
   void (*close_key)(kvp_backend *be, kvp_key *key);
+  /* open_key with what the registry knows (hint may be NULL). Optional:
+   * kvp_backend_open_key() falls back to open_key when it is NULL. */
+  CK_RV (*open_key_hint)(kvp_backend *be, const char *name, const kvp_key_ref_hint *hint,
+                         kvp_key **out);
 
   /* sig has room for the full signature (RSA: bits/8; ECDSA: 2 * field bytes);
    * *sig_len is set to the length written. */
@@ -196,6 +212,9 @@ CK_RV kvp_hsm_backend_new(const kvp_hsm_conf *conf, kvp_backend **out);
 CK_RV kvp_keyvault_backend_new(const kvp_vault_conf *conf, kvp_backend **out);
 
 /* Helpers shared by backends and front (backend.c). */
+/* be->ops->open_key_hint when the backend has it, else be->ops->open_key. */
+CK_RV kvp_backend_open_key(kvp_backend *be, const char *name, const kvp_key_ref_hint *hint,
+                           kvp_key **out);
 void kvp_key_info_clear(kvp_key_info *info);
 void kvp_key_info_free_array(kvp_key_info *infos, size_t n);
 /* "p256"/"P-256"/"prime256v1" etc. to a NID (NID_undef if unknown), and back
@@ -206,6 +225,11 @@ const char *kvp_curve_name(int nid);
 size_t kvp_hash_len(kvp_hash h);
 const EVP_MD *kvp_hash_md(kvp_hash h);
 const char *kvp_hash_name(kvp_hash h);
+/* 1 when sig is alg's signature over digest with pub (ECDSA: r||s; RSA
+ * PKCS#1 v1.5 with KVP_HASH_NONE: digest is the raw DigestInfo/input). The
+ * caller's OpenSSL error queue is left as it was. */
+int kvp_sig_verify(EVP_PKEY *pub, const kvp_sig_alg *alg, const unsigned char *digest,
+                   size_t dlen, const unsigned char *sig, size_t slen);
 /* Fill type, bits, curve_nid of key from key->pub. CKR_KEY_TYPE_INCONSISTENT for
  * unsupported key types or curves. */
 CK_RV kvp_key_fill_from_pub(kvp_key *key);

@@ -314,7 +314,8 @@ static unsigned ec_curve_bits(int nid)
 
 /* What a kvp_spki keeps alive: its pointers point into these. */
 typedef struct spki_hold {
-  X509_PUBKEY *xpk;
+  X509_ALGOR *algor;
+  ASN1_BIT_STRING *key;
   STACK_OF(ASN1_TYPE) *rsa;
 } spki_hold;
 
@@ -331,10 +332,26 @@ static int spki_parse_der(kvp_spki *k)
   if (hold == NULL)
     return KVP_ENOMEM;
   k->priv_ = hold;
-  hold->xpk = d2i_X509_PUBKEY(NULL, &p, k->der_len);
-  if (hold->xpk == NULL ||
-      !X509_PUBKEY_get0_param(&alg, &bits, &bits_len, &algor, hold->xpk) || bits_len <= 0)
-    return KVP_EINVAL;
+  /* SEQUENCE { AlgorithmIdentifier, BIT STRING }, read part by part:
+   * d2i_X509_PUBKEY would also decode the key through OpenSSL's decoders,
+   * several times the cost of the rest (the module makes objects lazily, and
+   * this is most of the cost of one). */
+  {
+    const unsigned char *end = k->der + k->der_len;
+    long len = 0;
+    int tag = 0, xclass = 0;
+    if ((ASN1_get_object(&p, &len, &tag, &xclass, k->der_len) & 0x80) ||
+        tag != V_ASN1_SEQUENCE || len != end - p ||
+        (hold->algor = d2i_X509_ALGOR(NULL, &p, end - p)) == NULL ||
+        (hold->key = d2i_ASN1_BIT_STRING(NULL, &p, end - p)) == NULL || p != end)
+      return KVP_EINVAL;
+    algor = hold->algor;
+    X509_ALGOR_get0((const ASN1_OBJECT **)&alg, NULL, NULL, algor);
+    bits = hold->key->data;
+    bits_len = hold->key->length;
+    if (bits_len <= 0 || (hold->key->flags & 0x07) != 0)
+      return KVP_EINVAL; /* a key is whole bytes */
+  }
   SHA1(bits, (size_t)bits_len, k->id);
   switch (OBJ_obj2nid(alg)) {
   case NID_rsaEncryption:
@@ -369,7 +386,8 @@ void kvp_spki_clear(kvp_spki *k)
 {
   spki_hold *hold = k->priv_;
   if (hold != NULL) {
-    X509_PUBKEY_free(hold->xpk);
+    X509_ALGOR_free(hold->algor);
+    ASN1_BIT_STRING_free(hold->key);
     sk_ASN1_TYPE_pop_free(hold->rsa, ASN1_TYPE_free);
     free(hold);
   }
@@ -493,4 +511,44 @@ EVP_PKEY *kvp_pubkey_from_ec(int curve_nid, const unsigned char *point, size_t p
   memcpy(bits, point, point_len);
   return pubkey_from_parts(NID_X9_62_id_ecPublicKey, V_ASN1_OBJECT, OBJ_nid2obj(curve_nid), bits,
                            (int)point_len);
+}
+
+/* ---- certificate parts ----------------------------------------------------- */
+
+/* The TLV at *p (before end): its whole extent; *p moves past it, or into it if enter. */
+static int tlv(const unsigned char **p, const unsigned char *end, int want_tag, int enter,
+               const unsigned char **start, long *len)
+{
+  const unsigned char *q = *p;
+  long clen = 0;
+  int tag = 0, xclass = 0;
+
+  if (q >= end || (ASN1_get_object(&q, &clen, &tag, &xclass, end - q) & 0x80) ||
+      (want_tag >= 0 && (tag != want_tag || xclass != V_ASN1_UNIVERSAL)) || clen > end - q)
+    return -1;
+  if (start != NULL) {
+    *start = *p;
+    *len = (long)(q - *p) + clen;
+  }
+  *p = enter ? q : q + clen;
+  return 0;
+}
+
+int kvp_cert_split(const unsigned char *der, size_t der_len, kvp_cert_parts *c)
+{
+  const unsigned char *p = der, *end = der + der_len;
+
+  if (tlv(&p, end, V_ASN1_SEQUENCE, 1, NULL, NULL) != 0 ||   /* Certificate */
+      tlv(&p, end, V_ASN1_SEQUENCE, 1, NULL, NULL) != 0)     /* TBSCertificate */
+    return KVP_EINVAL;
+  if (p < end && *p == 0xa0 && tlv(&p, end, -1, 0, NULL, NULL) != 0) /* [0] version */
+    return KVP_EINVAL;
+  if (tlv(&p, end, V_ASN1_INTEGER, 0, &c->serial, &c->serial_len) != 0 ||
+      tlv(&p, end, V_ASN1_SEQUENCE, 0, NULL, NULL) != 0 || /* signature */
+      tlv(&p, end, V_ASN1_SEQUENCE, 0, &c->issuer, &c->issuer_len) != 0 ||
+      tlv(&p, end, V_ASN1_SEQUENCE, 0, NULL, NULL) != 0 || /* validity */
+      tlv(&p, end, V_ASN1_SEQUENCE, 0, &c->subject, &c->subject_len) != 0 ||
+      tlv(&p, end, V_ASN1_SEQUENCE, 0, &c->spki, &c->spki_len) != 0)
+    return KVP_EINVAL;
+  return KVP_OK;
 }

@@ -358,6 +358,13 @@ static int set_timeout(parse_ctx *c, const key_def *k, void *field, const char *
   return KVP_OK;
 }
 
+static int set_seconds(parse_ctx *c, const key_def *k, void *field, const char *v)
+{
+  if (parse_long(v, 1, 86400, field) != 0)
+    return KEY_ERR(c, k, "'%s' is not a number of seconds (1..86400)", v);
+  return KVP_OK;
+}
+
 static int set_retries(parse_ctx *c, const key_def *k, void *field, const char *v)
 {
   long n;
@@ -468,6 +475,9 @@ static const key_def vault_keys[] = {
     KEY(kvp_vault_conf, ca_file, set_path),
     KEY(kvp_vault_conf, timeout_ms, set_timeout),
     KEY(kvp_vault_conf, max_retries, set_retries),
+    KEY(kvp_vault_conf, resource, set_https_url),
+    KEY(kvp_vault_conf, attempt_timeout_ms, set_timeout),
+    KEY(kvp_vault_conf, key_cache_s, set_seconds),
 };
 
 #define IAKEY(name, field, set) {#name, offsetof(kvp_ia_conf, field), set}
@@ -700,12 +710,13 @@ static int find_dup(const parse_ctx *c, sec_kind kind, const char *name)
 static int vault_defaults(kvp_vault_conf *v)
 {
   v->api_version = strdup("7.5");
-  v->authority_host = strdup("https://login.microsoftonline.com");
   v->imds_endpoint = strdup("http://169.254.169.254");
   v->auth = KVP_AUTH_CLIENT_SECRET;
   v->timeout_ms = 30000;
   v->max_retries = 5;
-  return v->api_version && v->authority_host && v->imds_endpoint ? KVP_OK : KVP_ENOMEM;
+  /* authority_host stays NULL unless set: the backend then reads AZURE_AUTHORITY_HOST and
+   * falls back to the public cloud's authority */
+  return v->api_version && v->imds_endpoint ? KVP_OK : KVP_ENOMEM;
 }
 
 /* Append a named section to its array; sets c->idx. */
@@ -1031,7 +1042,8 @@ static void free_vault(kvp_vault_conf *v)
                     v->client_key_file,
                     v->authority_host,
                     v->imds_endpoint,
-                    v->ca_file};
+                    v->ca_file,
+                    v->resource};
 
   for (size_t i = 0; i < KVP_ARRAY_SIZE(fields); i++)
     free(fields[i]);

@@ -19,7 +19,7 @@
  *   auth = client-secret        ; client-certificate, managed-identity, workload-identity
  *   tenant_id, client_id, client_secret_file | client_secret_env,
  *   client_cert_file, client_key_file, authority_host, imds_endpoint,
- *   ca_file, timeout_ms, max_retries
+ *   ca_file, timeout_ms, max_retries, resource, attempt_timeout_ms, key_cache_s
  *
  *   [account default]
  *   label = B2B default         ; token label (default: the account name)
@@ -65,6 +65,10 @@ typedef struct kvp_vault_conf {
   char *ca_file;
   long timeout_ms;      /* default 30000 */
   int max_retries;      /* default 5 */
+  /* Key Vault backend (docs/keyvault.md): */
+  char *resource;           /* token resource; NULL: from the vault host's cloud suffix */
+  long attempt_timeout_ms;  /* one HTTP attempt; 0: default 10000 (at most half the time left) */
+  long key_cache_s;         /* key state re-checked at most this often; 0: default 60 */
   int line;
 } kvp_vault_conf;
 

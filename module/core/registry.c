@@ -35,6 +35,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cert.h"
 #include "log.h"
 #include "util.h"
 
@@ -77,7 +78,33 @@ static const char *const migrations[] = {
     "ALTER TABLE certs ADD COLUMN origin TEXT;"
     "ALTER TABLE certs ADD COLUMN origin_ref TEXT;"
     "CREATE INDEX certs_ckid ON certs (account, ckid);"
-    "CREATE INDEX certs_sha256 ON certs (account, sha256);",
+    "CREATE INDEX certs_sha256 ON certs (account, sha256);"
+    /* v3, scale: what the module looks objects up by without reading rows
+     * (kid: the effective CKA_ID, the chosen one or SHA-1 of the public key;
+     * kalg: 'rsa' / 'ec', drives the mechanism list), and the change counter
+     * of incremental reloads: every insert and update stamps the row with
+     * the next value of certs_rev.rev, every delete leaves a tombstone in
+     * certs_gone with its own value, all in the writer's transaction. */
+    "ALTER TABLE certs ADD COLUMN kid BLOB;"
+    "ALTER TABLE certs ADD COLUMN kalg TEXT;"
+    "ALTER TABLE certs ADD COLUMN rev INTEGER NOT NULL DEFAULT 0;"
+    "CREATE INDEX certs_kid ON certs (account, kid);"
+    "CREATE INDEX certs_kalg ON certs (account, kalg);"
+    "CREATE INDEX certs_type ON certs (account, type);"
+    "CREATE INDEX certs_by_rev ON certs (rev);"
+    "CREATE TABLE certs_rev (rev INTEGER NOT NULL);"
+    "INSERT INTO certs_rev (rev) VALUES (0);"
+    "CREATE TABLE certs_gone (rev INTEGER PRIMARY KEY, id INTEGER NOT NULL, account TEXT NOT NULL);"
+    "CREATE TRIGGER certs_rev_ins AFTER INSERT ON certs BEGIN"
+    " UPDATE certs_rev SET rev = rev + 1;"
+    " UPDATE certs SET rev = (SELECT rev FROM certs_rev) WHERE id = NEW.id; END;"
+    "CREATE TRIGGER certs_rev_upd AFTER UPDATE ON certs WHEN NEW.rev = OLD.rev BEGIN"
+    " UPDATE certs_rev SET rev = rev + 1;"
+    " UPDATE certs SET rev = (SELECT rev FROM certs_rev) WHERE id = NEW.id; END;"
+    "CREATE TRIGGER certs_rev_del AFTER DELETE ON certs BEGIN"
+    " UPDATE certs_rev SET rev = rev + 1;"
+    " INSERT INTO certs_gone (rev, id, account) VALUES ((SELECT rev FROM certs_rev), OLD.id,"
+    " OLD.account); END;",
 };
 #define SCHEMA_VERSION ((int)KVP_ARRAY_SIZE(migrations))
 
@@ -85,9 +112,9 @@ static const char *const migrations[] = {
   "id, account, name, type, der, subject, issuer, serial, not_before, not_after, sha1, sha256, "   \
   "key_ref, key_version, resource_group, created, updated"
 /* Readers of a version-1 registry (not migrated yet by a writer) see no spki/ckid. */
-#define COLUMNS_V3 COLUMNS ", spki, ckid, state, origin, origin_ref"
-#define COLUMNS_V2 COLUMNS ", spki, ckid, 'active', NULL, NULL"
-#define COLUMNS_V1 COLUMNS ", NULL, NULL, 'active', NULL, NULL"
+#define COLUMNS_V3 COLUMNS ", spki, ckid, state, origin, origin_ref, rev"
+#define COLUMNS_V2 COLUMNS ", spki, ckid, 'active', NULL, NULL, 0"
+#define COLUMNS_V1 COLUMNS ", NULL, NULL, 'active', NULL, NULL, 0"
 
 struct kvp_registry {
   sqlite3 *db;
@@ -98,7 +125,7 @@ struct kvp_registry {
   int asked;            /* kvp_registry_changed() was called */
   int64_t data_version; /* PRAGMA data_version at the last call */
   int64_t schema;       /* PRAGMA user_version as last read */
-  int batch;            /* inside kvp_registry_batch_begin() */
+  int in_txn;           /* kvp_registry_begin() was called: add joins that transaction */
 };
 
 /* ---- errors and small helpers ------------------------------------------ */
@@ -144,26 +171,22 @@ static int exec(kvp_registry *reg, const char *sql, const char *what, char *err,
   return KVP_OK;
 }
 
-/* Inside a batch (kvp_registry_batch_begin) each change is a savepoint of
- * the batch's transaction, so a failed change undoes itself only. */
+/* Inside kvp_registry_begin() a change joins the caller's transaction: a
+ * failed statement undoes only itself, the caller commits or rolls back. */
 static int begin(kvp_registry *reg, char *err, size_t errlen)
 {
   if (reg->readonly)
     return kvp_seterr(err, errlen, KVP_EPERM, "registry %s: opened read-only", reg->path);
-  if (reg->batch)
-    return exec(reg, "SAVEPOINT kvp_change", "cannot start a change", err, errlen);
+  if (reg->in_txn)
+    return KVP_OK;
   return exec(reg, "BEGIN IMMEDIATE", "cannot start a write", err, errlen);
 }
 
 /* COMMIT when rc is KVP_OK, else ROLLBACK. Returns the final rc. */
 static int end(kvp_registry *reg, int rc, char *err, size_t errlen)
 {
-  if (reg->batch) {
-    if (rc != KVP_OK)
-      sqlite3_exec(reg->db, "ROLLBACK TO kvp_change", NULL, NULL, NULL);
-    sqlite3_exec(reg->db, "RELEASE kvp_change", NULL, NULL, NULL);
+  if (reg->in_txn)
     return rc;
-  }
   if (rc == KVP_OK)
     return exec(reg, "COMMIT", "cannot commit", err, errlen);
   sqlite3_exec(reg->db, "ROLLBACK", NULL, NULL, NULL);
@@ -232,6 +255,90 @@ static int check_foreign(kvp_registry *reg, char *err, size_t errlen)
   return rc;
 }
 
+/*
+ * What the module looks a row up by: the key's CKA_ID (SHA-1 of the
+ * subjectPublicKey) and algorithm. A row whose key kvp11 does not support gets
+ * neither (the module shows no objects for it).
+ */
+static void row_key_info(const unsigned char *der, size_t der_len, const unsigned char *spki,
+                         size_t spki_len, unsigned char kid[KVP_KEY_ID_LEN], size_t *kid_len,
+                         const char **kalg)
+{
+  kvp_cert_parts parts;
+  kvp_spki k;
+
+  *kid_len = 0;
+  *kalg = NULL;
+  if (der_len > 0) {
+    if (kvp_cert_split(der, der_len, &parts) != KVP_OK)
+      return;
+    spki = parts.spki;
+    spki_len = (size_t)parts.spki_len;
+  }
+  if (kvp_spki_from_der(spki, spki_len, &k) != KVP_OK)
+    return;
+  *kalg = k.type == 1 ? "rsa" : "ec"; /* kvp_spki.type: 1 RSA, 2 EC */
+  memcpy(kid, k.id, KVP_KEY_ID_LEN);
+  *kid_len = KVP_KEY_ID_LEN;
+  kvp_spki_clear(&k);
+}
+
+/* Bind ?i to the effective CKA_ID (the chosen one, else the key's) and ?i+1 to
+ * the key algorithm of a row. */
+static int bind_key_info(sqlite3_stmt *st, int i, const unsigned char *der, size_t der_len,
+                         const unsigned char *spki, size_t spki_len, const unsigned char *ckid,
+                         size_t ckid_len)
+{
+  unsigned char kid[KVP_KEY_ID_LEN];
+  size_t kid_len;
+  const char *kalg;
+  int rc;
+
+  row_key_info(der, der_len, spki, spki_len, kid, &kid_len, &kalg);
+  if (kalg == NULL)
+    rc = sqlite3_bind_null(st, i);
+  else if (ckid_len > 0)
+    rc = sqlite3_bind_blob(st, i, ckid, (int)ckid_len, SQLITE_TRANSIENT);
+  else
+    rc = sqlite3_bind_blob(st, i, kid, (int)kid_len, SQLITE_TRANSIENT);
+  if (rc == SQLITE_OK)
+    rc = kalg ? sqlite3_bind_text(st, i + 1, kalg, -1, SQLITE_STATIC) : sqlite3_bind_null(st, i + 1);
+  return rc;
+}
+
+/* Schema v3: fill kid and kalg of the rows an older kvp11 wrote. */
+static int fill_key_info(kvp_registry *reg, char *err, size_t errlen)
+{
+  sqlite3_stmt *sel = NULL, *upd = NULL;
+  int rc = KVP_OK, step;
+
+  if (sqlite3_prepare_v2(reg->db, "SELECT id, der, spki, ckid FROM certs", -1, &sel, NULL) !=
+          SQLITE_OK ||
+      sqlite3_prepare_v2(reg->db, "UPDATE certs SET kid = ?1, kalg = ?2 WHERE id = ?3", -1, &upd,
+                         NULL) != SQLITE_OK) {
+    rc = db_err(reg, "cannot migrate the schema", err, errlen);
+    goto out;
+  }
+  /* Rowid order; updating other columns does not move the cursor. */
+  while ((step = sqlite3_step(sel)) == SQLITE_ROW) {
+    int b = bind_key_info(upd, 1, sqlite3_column_blob(sel, 1), (size_t)sqlite3_column_bytes(sel, 1),
+                          sqlite3_column_blob(sel, 2), (size_t)sqlite3_column_bytes(sel, 2),
+                          sqlite3_column_blob(sel, 3), (size_t)sqlite3_column_bytes(sel, 3));
+    if (b != SQLITE_OK || sqlite3_bind_int64(upd, 3, sqlite3_column_int64(sel, 0)) != SQLITE_OK ||
+        sqlite3_step(upd) != SQLITE_DONE) {
+      rc = db_err(reg, "cannot migrate the schema", err, errlen);
+      goto out;
+    }
+    sqlite3_reset(upd);
+  }
+  if (step != SQLITE_DONE)
+    rc = db_err(reg, "cannot migrate the schema", err, errlen);
+out:
+  sqlite3_finalize(sel);
+  sqlite3_finalize(upd);
+  return rc;
+}
+
 static int migrate(kvp_registry *reg, char *err, size_t errlen)
 {
   int64_t v = 0;
@@ -246,6 +353,8 @@ static int migrate(kvp_registry *reg, char *err, size_t errlen)
   for (; rc == KVP_OK && v < SCHEMA_VERSION; v++) {
     KVP_INFO("registry %s: migrating schema to version %lld", reg->path, (long long)v + 1);
     rc = exec(reg, migrations[v], "cannot migrate the schema", err, errlen);
+    if (rc == KVP_OK && v + 1 == 3)
+      rc = fill_key_info(reg, err, errlen);
     snprintf(sql, sizeof(sql), "PRAGMA user_version = %lld", (long long)v + 1);
     if (rc == KVP_OK)
       rc = exec(reg, sql, "cannot set the schema version", err, errlen);
@@ -253,14 +362,21 @@ static int migrate(kvp_registry *reg, char *err, size_t errlen)
   return end(reg, rc, err, errlen);
 }
 
-/* Walk the database's pages (a few ms for a registry): a damaged file is
- * reported here, at open time, rather than by some later query. */
+/*
+ * Writers walk the database's pages (PRAGMA quick_check; tens of ms per
+ * 10,000 certificates): a damaged file is reported at open time, rather than
+ * by some later query. Readers (the module in every process, cert list) only
+ * read the schema: their cost must not grow with the registry, and a damaged
+ * page they touch later is reported by that query.
+ */
 static int check_health(kvp_registry *reg, char *err, size_t errlen)
 {
   sqlite3_stmt *st = NULL;
   int rc = KVP_OK;
+  const char *sql = reg->readonly ? "SELECT 'ok' FROM (SELECT count(*) FROM sqlite_master)"
+                                  : "PRAGMA quick_check(1)";
 
-  if (sqlite3_prepare_v2(reg->db, "PRAGMA quick_check(1)", -1, &st, NULL) != SQLITE_OK ||
+  if (sqlite3_prepare_v2(reg->db, sql, -1, &st, NULL) != SQLITE_OK ||
       sqlite3_step(st) != SQLITE_ROW)
     rc = db_err(reg, "damaged", err, errlen);
   else if (strcmp(col_cstr(st, 0), "ok") != 0)
@@ -574,6 +690,7 @@ static int read_row(sqlite3_stmt *st, kvp_cert_rec *rec)
   rec->state = strcmp(col_cstr(st, 19), "retired") == 0 ? KVP_STATE_RETIRED : KVP_STATE_ACTIVE;
   rc |= col_str(st, 20, &rec->origin);
   rc |= col_str(st, 21, &rec->origin_ref);
+  rec->rev = sqlite3_column_int64(st, 22);
   if (rc != KVP_OK || rec->der == NULL) {
     kvp_cert_rec_clear(rec);
     return KVP_ENOMEM;
@@ -581,72 +698,134 @@ static int read_row(sqlite3_stmt *st, kvp_cert_rec *rec)
   return KVP_OK;
 }
 
-/*
- * Run a SELECT COLUMNS query with up to two text parameters (NULL: not
- * bound) and collect every row.
- */
-static int query(kvp_registry *reg, const char *tail, const char *p1, const char *p2,
-                 kvp_cert_rec **out, size_t *n, char *err, size_t errlen)
+/* Parameters of a row query: ?1 ?2 text, ?3 blob, ?4 ?5 integers; NULL: not bound. */
+typedef struct qargs {
+  const char *t1, *t2;
+  const void *blob;
+  size_t blob_len;
+  int64_t i4, i5;
+} qargs;
+
+static int bind_args(sqlite3_stmt *st, const qargs *q)
 {
-  char sql[512];
+  int n = sqlite3_bind_parameter_count(st);
+  int rc = SQLITE_OK;
+
+  if (q->t1 != NULL && n >= 1)
+    rc |= sqlite3_bind_text(st, 1, q->t1, -1, SQLITE_STATIC);
+  if (q->t2 != NULL && n >= 2)
+    rc |= sqlite3_bind_text(st, 2, q->t2, -1, SQLITE_STATIC);
+  if (q->blob != NULL && n >= 3)
+    rc |= sqlite3_bind_blob(st, 3, q->blob, (int)q->blob_len, SQLITE_STATIC);
+  if (n >= 4)
+    rc |= sqlite3_bind_int64(st, 4, q->i4);
+  if (n >= 5)
+    rc |= sqlite3_bind_int64(st, 5, q->i5);
+  return rc;
+}
+
+/*
+ * Run "SELECT <columns> <tail>" and hand every row to fn, one at a time
+ * (constant memory). fn may take the members of rec (zeroing them); a non-zero
+ * return of fn stops the query and is returned.
+ */
+static int each_row(kvp_registry *reg, const char *tail, const qargs *q, kvp_rec_fn fn, void *ctx,
+                    char *err, size_t errlen)
+{
+  char sql[640];
   sqlite3_stmt *st = NULL;
-  kvp_cert_rec *recs = NULL;
-  size_t count = 0, cap = 0;
+  kvp_cert_rec rec;
   int rc = KVP_OK;
   int step;
 
-  if (reg->db == NULL) {
-    rc = kvp_seterr(err, errlen, KVP_ENOMEM, "registry %s: not connected", reg->path);
-    goto out;
-  }
+  if (reg->db == NULL)
+    return kvp_seterr(err, errlen, KVP_ENOMEM, "registry %s: not connected", reg->path);
   snprintf(sql, sizeof(sql), "SELECT %s %s",
            reg->schema >= 3 ? COLUMNS_V3 : reg->schema >= 2 ? COLUMNS_V2 : COLUMNS_V1, tail);
-  if (sqlite3_prepare_v2(reg->db, sql, -1, &st, NULL) != SQLITE_OK ||
-      (p1 != NULL && sqlite3_bind_text(st, 1, p1, -1, SQLITE_STATIC) != SQLITE_OK) ||
-      (p2 != NULL && sqlite3_bind_text(st, 2, p2, -1, SQLITE_STATIC) != SQLITE_OK)) {
+  if (sqlite3_prepare_v2(reg->db, sql, -1, &st, NULL) != SQLITE_OK || bind_args(st, q) != SQLITE_OK) {
     rc = db_err(reg, "cannot read", err, errlen);
     goto out;
   }
   while ((step = sqlite3_step(st)) == SQLITE_ROW) {
-    if (count == cap) {
-      kvp_cert_rec *p = realloc(recs, (cap = cap ? 2 * cap : 8) * sizeof(*recs));
-      if (p == NULL) {
-        rc = KVP_ENOMEM;
-        goto out;
-      }
-      recs = p;
+    if (read_row(st, &rec) != KVP_OK) {
+      rc = kvp_seterr(err, errlen, KVP_ENOMEM, "registry %s: out of memory", reg->path);
+      goto out;
     }
-    rc = read_row(st, &recs[count]);
+    rc = fn(ctx, &rec);
+    kvp_cert_rec_clear(&rec);
     if (rc != KVP_OK)
       goto out;
-    count++;
   }
   if (step != SQLITE_DONE)
     rc = db_err(reg, "cannot read", err, errlen);
 out:
   sqlite3_finalize(st);
+  return rc;
+}
+
+typedef struct collect {
+  kvp_cert_rec *recs;
+  size_t n, cap;
+} collect;
+
+static int collect_row(void *ctx, kvp_cert_rec *rec)
+{
+  collect *c = ctx;
+
+  if (c->n == c->cap) {
+    size_t cap = c->cap ? 2 * c->cap : 8;
+    kvp_cert_rec *p = realloc(c->recs, cap * sizeof(*p));
+    if (p == NULL)
+      return KVP_ENOMEM;
+    c->recs = p;
+    c->cap = cap;
+  }
+  c->recs[c->n++] = *rec;
+  memset(rec, 0, sizeof(*rec));
+  return KVP_OK;
+}
+
+/* Collect every row of a query. */
+static int query(kvp_registry *reg, const char *tail, const qargs *q, kvp_cert_rec **out, size_t *n,
+                 char *err, size_t errlen)
+{
+  collect c = {0};
+  int rc = each_row(reg, tail, q, collect_row, &c, err, errlen);
+
   if (rc == KVP_ENOMEM)
     kvp_seterr(err, errlen, rc, "registry %s: out of memory", reg->path);
   if (rc != KVP_OK) {
-    kvp_cert_rec_free_array(recs, count);
-    recs = NULL;
-    count = 0;
+    kvp_cert_rec_free_array(c.recs, c.n);
+    c.recs = NULL;
+    c.n = 0;
   }
-  *out = recs;
-  *n = count;
+  *out = c.recs;
+  *n = c.n;
   return rc;
 }
 
 int kvp_registry_list(kvp_registry *reg, const char *account, kvp_cert_rec **out, size_t *n,
                       char *err, size_t errlen)
 {
+  qargs q = {.t1 = account};
   return query(reg,
                account != NULL ? "FROM certs WHERE account = ?1 ORDER BY name"
                                : "FROM certs ORDER BY account, name",
-               account, NULL, out, n, err, errlen);
+               &q, out, n, err, errlen);
 }
 
-int kvp_registry_get(kvp_registry *reg, const char *account, const char *name, kvp_cert_rec *out,
+int kvp_registry_each(kvp_registry *reg, const char *account, kvp_rec_fn fn, void *ctx, char *err,
+                      size_t errlen)
+{
+  qargs q = {.t1 = account};
+  return each_row(reg,
+                  account != NULL ? "FROM certs WHERE account = ?1 ORDER BY name"
+                                  : "FROM certs ORDER BY account, name",
+                  &q, fn, ctx, err, errlen);
+}
+
+/* The one row a query selects, or KVP_ENOTFOUND. */
+static int query_one(kvp_registry *reg, const char *tail, const qargs *q, kvp_cert_rec *out,
                      char *err, size_t errlen)
 {
   kvp_cert_rec *recs = NULL;
@@ -654,36 +833,135 @@ int kvp_registry_get(kvp_registry *reg, const char *account, const char *name, k
   int rc;
 
   memset(out, 0, sizeof(*out));
-  rc = query(reg, "FROM certs WHERE account = ?1 AND name = ?2", account, name, &recs, &n, err,
-             errlen);
-  if (rc != KVP_OK)
-    return rc;
-  if (n == 0)
-    rc = kvp_seterr(err, errlen, KVP_ENOTFOUND, "no certificate '%s' in account '%s'", name,
-                    account);
-  else
+  rc = query(reg, tail, q, &recs, &n, err, errlen);
+  if (rc == KVP_OK && n == 0)
+    rc = KVP_ENOTFOUND;
+  else if (rc == KVP_OK)
     *out = recs[0];
   free(recs);
   return rc;
 }
 
+int kvp_registry_get(kvp_registry *reg, const char *account, const char *name, kvp_cert_rec *out,
+                     char *err, size_t errlen)
+{
+  qargs q = {.t1 = account, .t2 = name};
+  int rc = query_one(reg, "FROM certs WHERE account = ?1 AND name = ?2", &q, out, err, errlen);
+
+  if (rc == KVP_ENOTFOUND)
+    kvp_seterr(err, errlen, rc, "no certificate '%s' in account '%s'", name, account);
+  return rc;
+}
+
 int kvp_registry_get_id(kvp_registry *reg, int64_t id, kvp_cert_rec *out, char *err, size_t errlen)
 {
-  kvp_cert_rec *recs = NULL;
-  size_t n = 0;
-  char tail[64];
-  int rc;
+  qargs q = {.i4 = id};
+  int rc = query_one(reg, "FROM certs WHERE id = ?4", &q, out, err, errlen);
 
-  memset(out, 0, sizeof(*out));
-  snprintf(tail, sizeof(tail), "FROM certs WHERE id = %lld", (long long)id);
-  rc = query(reg, tail, NULL, NULL, &recs, &n, err, errlen);
-  if (rc != KVP_OK)
-    return rc;
-  if (n == 0)
-    rc = kvp_seterr(err, errlen, KVP_ENOTFOUND, "no registry entry with id %lld", (long long)id);
-  else
-    *out = recs[0];
-  free(recs);
+  if (rc == KVP_ENOTFOUND)
+    kvp_seterr(err, errlen, rc, "no registry entry with id %lld", (long long)id);
+  return rc;
+}
+
+int kvp_registry_batch(kvp_registry *reg, const kvp_rec_query *sel, kvp_cert_rec **out, size_t *n,
+                       char *err, size_t errlen)
+{
+  qargs q = {.t1 = sel->account, .t2 = sel->name, .i4 = sel->after_id,
+             .i5 = sel->limit > 0 ? (int64_t)sel->limit : -1};
+  char tail[320];
+  int by_kid = sel->kid != NULL && reg->schema >= 3;
+  int by_type = sel->private_only && !by_kid && sel->name == NULL && reg->schema >= 3;
+
+  if (by_kid) {
+    q.blob = sel->kid;
+    q.blob_len = sel->kid_len;
+  }
+  /* "+account": without a name, kid or type the scan runs in rowid order from
+   * after_id (an index on account would sort the whole account per batch). */
+  snprintf(tail, sizeof(tail), "FROM certs WHERE %saccount = ?1%s%s%s%s AND id > ?4 ORDER BY id LIMIT ?5",
+           sel->name != NULL || by_kid || by_type ? "" : "+",
+           sel->name != NULL ? " AND name = ?2" : "", by_kid ? " AND kid = ?3" : "",
+           sel->private_only ? " AND type = 'private'" : "",
+           sel->with_cert ? " AND length(der) > 0" : "");
+  return query(reg, tail, &q, out, n, err, errlen);
+}
+
+int kvp_registry_schema(const kvp_registry *reg)
+{
+  return (int)reg->schema;
+}
+
+int kvp_registry_changes(kvp_registry *reg, int64_t *rev, int *full, kvp_id_fn fn, void *ctx,
+                         char *err, size_t errlen)
+{
+  static const char *const sql =
+      "SELECT id, 0 FROM certs WHERE rev > ?1 UNION ALL "
+      "SELECT id, 1 FROM certs_gone WHERE rev > ?1 UNION ALL SELECT rev, 2 FROM certs_rev";
+  sqlite3_stmt *st = NULL;
+  int64_t now = -1;
+  int rc = KVP_OK, step;
+
+  *full = 0;
+  if (reg->schema < 3) { /* no change counter: everything may have changed */
+    *full = 1;
+    *rev = -1;
+    return KVP_OK;
+  }
+  if (*rev < 0) { /* first look: nothing known, only the counter is wanted */
+    *full = 1;
+    return pragma_int(reg, "SELECT rev FROM certs_rev", rev, err, errlen);
+  }
+  /* One statement: changed rows, tombstones and the counter from one snapshot. */
+  if (sqlite3_prepare_v2(reg->db, sql, -1, &st, NULL) != SQLITE_OK ||
+      sqlite3_bind_int64(st, 1, *rev) != SQLITE_OK) {
+    rc = db_err(reg, "cannot read", err, errlen);
+    goto out;
+  }
+  while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+    if (sqlite3_column_int(st, 1) == 2)
+      now = sqlite3_column_int64(st, 0);
+    else if ((rc = fn(ctx, sqlite3_column_int64(st, 0))) != KVP_OK)
+      goto out;
+  }
+  if (step != SQLITE_DONE)
+    rc = db_err(reg, "cannot read", err, errlen);
+  else if (now < *rev)
+    *full = 1; /* the counter went back: another file was put in place */
+  *rev = now;
+out:
+  sqlite3_finalize(st);
+  return rc;
+}
+
+int kvp_registry_key_types(kvp_registry *reg, const char *account, int *has_rsa, int *has_ec,
+                           char *err, size_t errlen)
+{
+  /* Before v3 no kalg column: the algorithm OIDs of the SubjectPublicKeyInfo
+   * (rsaEncryption, id-ecPublicKey) are searched in the DER. */
+  static const char *const v3 =
+      "SELECT EXISTS (SELECT 1 FROM certs WHERE account = ?1 AND kalg = 'rsa'), "
+      "EXISTS (SELECT 1 FROM certs WHERE account = ?1 AND kalg = 'ec')";
+  static const char *const old =
+      "SELECT EXISTS (SELECT 1 FROM certs WHERE account = ?1 AND instr(CASE WHEN length(der) > 0 "
+      "THEN der ELSE spki END, X'06092A864886F70D010101') > 0), "
+      "EXISTS (SELECT 1 FROM certs WHERE account = ?1 AND instr(CASE WHEN length(der) > 0 "
+      "THEN der ELSE spki END, X'06072A8648CE3D0201') > 0)";
+  sqlite3_stmt *st = NULL;
+  int rc = KVP_OK;
+
+  *has_rsa = *has_ec = 0;
+  if (reg->db == NULL)
+    return kvp_seterr(err, errlen, KVP_ENOMEM, "registry %s: not connected", reg->path);
+  if (sqlite3_prepare_v2(reg->db, reg->schema >= 3 ? v3 : reg->schema >= 2 ? old :
+                         "SELECT 1, 1", -1, &st, NULL) != SQLITE_OK ||
+      (reg->schema >= 2 && sqlite3_bind_text(st, 1, account, -1, SQLITE_STATIC) != SQLITE_OK) ||
+      sqlite3_step(st) != SQLITE_ROW) {
+    rc = db_err(reg, "cannot read", err, errlen);
+  } else {
+    *has_rsa = sqlite3_column_int(st, 0);
+    *has_ec = sqlite3_column_int(st, 1);
+  }
+  sqlite3_finalize(st);
   return rc;
 }
 
@@ -741,15 +1019,16 @@ static int bind_rec(sqlite3_stmt *st, const kvp_cert_rec *r, int64_t now)
          sqlite3_bind_int64(st, 15, now) | bind_blob(st, 16, r->spki, r->spki_len, 0) |
          bind_blob(st, 17, r->ckid, r->ckid_len, 0) |
          bind_text(st, 18, r->state == KVP_STATE_RETIRED ? "retired" : "active") |
-         bind_text(st, 19, r->origin) | bind_text(st, 20, r->origin_ref);
+         bind_text(st, 19, r->origin) | bind_text(st, 20, r->origin_ref) |
+         bind_key_info(st, 21, r->der, r->der_len, r->spki, r->spki_len, r->ckid, r->ckid_len);
 }
 
 #define INSERT_SQL                                                                                 \
   "INSERT INTO certs (account, name, type, der, subject, issuer, serial, not_before, not_after, "  \
   "sha1, sha256, key_ref, key_version, resource_group, created, updated, spki, ckid, state, "      \
-  "origin, origin_ref) "                                                                           \
+  "origin, origin_ref, kid, kalg) "                                                                \
   "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?15, ?16, ?17, ?18, "  \
-  "?19, ?20)"
+  "?19, ?20, ?21, ?22)"
 /* The upsert keeps id and created. */
 #define UPSERT_SQL                                                                                 \
   INSERT_SQL " ON CONFLICT (account, name) DO UPDATE SET type = excluded.type, "                   \
@@ -759,7 +1038,8 @@ static int bind_rec(sqlite3_stmt *st, const kvp_cert_rec *r, int64_t now)
              "key_ref = excluded.key_ref, key_version = excluded.key_version, "                    \
              "resource_group = excluded.resource_group, updated = excluded.updated, "              \
              "spki = excluded.spki, ckid = excluded.ckid, state = excluded.state, "                \
-             "origin = excluded.origin, origin_ref = excluded.origin_ref"
+             "origin = excluded.origin, origin_ref = excluded.origin_ref, kid = excluded.kid, "    \
+             "kalg = excluded.kalg"
 
 int kvp_registry_add(kvp_registry *reg, const kvp_cert_rec *rec, int replace, char *err,
                      size_t errlen)
@@ -838,30 +1118,25 @@ void kvp_cert_rec_free_array(kvp_cert_rec *recs, size_t n)
   free(recs);
 }
 
-/* ---- batches ----------------------------------------------------------------- */
+/* ---- transactions of several changes --------------------------------------- */
 
-int kvp_registry_batch_begin(kvp_registry *reg, char *err, size_t errlen)
+int kvp_registry_begin(kvp_registry *reg, char *err, size_t errlen)
 {
   int rc;
 
-  if (reg->batch)
-    return kvp_seterr(err, errlen, KVP_EINVAL, "registry %s: a batch is open already", reg->path);
+  if (reg->in_txn)
+    return kvp_seterr(err, errlen, KVP_EINVAL, "registry %s: a transaction is open", reg->path);
   rc = begin(reg, err, errlen);
-  if (rc == KVP_OK)
-    reg->batch = 1;
+  reg->in_txn = rc == KVP_OK;
   return rc;
 }
 
-int kvp_registry_batch_end(kvp_registry *reg, int commit, char *err, size_t errlen)
+int kvp_registry_end(kvp_registry *reg, int commit, char *err, size_t errlen)
 {
-  if (!reg->batch)
-    return kvp_seterr(err, errlen, KVP_EINVAL, "registry %s: no batch is open", reg->path);
-  reg->batch = 0;
-  if (!commit) {
-    end(reg, KVP_ERR, err, errlen);
-    return KVP_OK;
-  }
-  return end(reg, KVP_OK, err, errlen);
+  if (!reg->in_txn)
+    return kvp_seterr(err, errlen, KVP_EINVAL, "registry %s: no transaction is open", reg->path);
+  reg->in_txn = 0;
+  return end(reg, commit ? KVP_OK : KVP_ERR, err, errlen);
 }
 
 /* ---- the front's login and fork helpers (kept apart from the rest) ----- */

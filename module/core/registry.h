@@ -55,6 +55,7 @@ typedef struct kvp_cert_rec {
   char *origin_ref;       /* the row's name in its origin, NULL if none */
   int64_t created;        /* unix time */
   int64_t updated;
+  int64_t rev;            /* v3: change counter of the row's last change; 0 before v3 */
 } kvp_cert_rec;
 
 typedef struct kvp_registry kvp_registry;
@@ -93,13 +94,60 @@ int kvp_registry_remove(kvp_registry *reg, const char *account, const char *name
                         size_t errlen);
 
 /*
- * Batches: every add/remove between batch_begin and batch_end is one
- * transaction (IMMEDIATE: other writers wait); batch_end commits with
- * commit != 0, else rolls everything back. A failed add/remove inside a batch
- * undoes only itself (the caller decides whether to end with commit).
+ * Row callback of the streaming reads: called once per row; it may take the
+ * members of rec (zeroing them). A non-zero return stops the read and is
+ * returned by it.
  */
-int kvp_registry_batch_begin(kvp_registry *reg, char *err, size_t errlen);
-int kvp_registry_batch_end(kvp_registry *reg, int commit, char *err, size_t errlen);
+typedef int (*kvp_rec_fn)(void *ctx, kvp_cert_rec *rec);
+
+/* kvp_registry_list, one row at a time (constant memory): cert list. */
+int kvp_registry_each(kvp_registry *reg, const char *account, kvp_rec_fn fn, void *ctx, char *err,
+                      size_t errlen);
+
+/*
+ * The module's indexed lookups: rows of one account with id > after_id in id
+ * order, at most limit (0: no limit). name, kid, private_only and with_cert
+ * narrow the selection through indexes; kid is ignored before schema v3 (the
+ * caller matches the objects anyway).
+ */
+typedef struct kvp_rec_query {
+  const char *account;
+  const char *name;           /* NULL: any */
+  const unsigned char *kid;   /* the effective CKA_ID; NULL: any */
+  size_t kid_len;
+  int private_only;           /* rows of private certificates / keys only */
+  int with_cert;              /* rows with a certificate only */
+  int64_t after_id;
+  size_t limit;
+} kvp_rec_query;
+int kvp_registry_batch(kvp_registry *reg, const kvp_rec_query *q, kvp_cert_rec **out, size_t *n,
+                       char *err, size_t errlen);
+
+/* Schema version of the registry as last read. */
+int kvp_registry_schema(const kvp_registry *reg);
+
+/*
+ * Incremental reload. *rev is the change counter the caller knows (-1: none).
+ * Calls fn for the id of every row inserted, updated or removed since, then
+ * sets *rev to the counter now. *full = 1 when the caller must forget all it
+ * knows instead: the first call, a registry before schema v3 (no counter),
+ * or a counter that went back (another file put in place).
+ */
+typedef int (*kvp_id_fn)(void *ctx, int64_t id);
+int kvp_registry_changes(kvp_registry *reg, int64_t *rev, int *full, kvp_id_fn fn, void *ctx,
+                         char *err, size_t errlen);
+
+/* Whether the account has RSA / EC keys (an index lookup from v3 on). */
+int kvp_registry_key_types(kvp_registry *reg, const char *account, int *has_rsa, int *has_ec,
+                           char *err, size_t errlen);
+
+/*
+ * One transaction around several kvp_registry_add / _remove calls (cert add
+ * --cert-dir). A failed add inside undoes only itself; kvp_registry_end
+ * commits (commit != 0) or rolls everything back.
+ */
+int kvp_registry_begin(kvp_registry *reg, char *err, size_t errlen);
+int kvp_registry_end(kvp_registry *reg, int commit, char *err, size_t errlen);
 
 void kvp_cert_rec_clear(kvp_cert_rec *rec);            /* frees the members */
 void kvp_cert_rec_free_array(kvp_cert_rec *recs, size_t n);

@@ -540,15 +540,11 @@ static CK_RV find_init(kvp_session *s, CK_ATTRIBUTE_PTR tmpl, CK_ULONG n)
 
 static CK_RV find_next(kvp_session *s, CK_OBJECT_HANDLE_PTR ph, CK_ULONG max, CK_ULONG_PTR count)
 {
-  CK_ULONG n = 0;
   if (s->find.kind != KVP_OP_FIND)
     return CKR_OPERATION_NOT_INITIALIZED;
   if (ph == NULL || count == NULL)
     return CKR_ARGUMENTS_BAD;
-  while (n < max && s->find.next_found < s->find.n_found)
-    ph[n++] = s->find.found[s->find.next_found++];
-  *count = n;
-  return CKR_OK;
+  return kvp_find_next(s, ph, max, count);
 }
 
 static CK_RV find_final(kvp_session *s)

@@ -15,6 +15,10 @@
  *                  Entry points take it first, then g.reg_lock / g.lock
  *                  as needed; nothing takes it while holding those.
  *   object->lock   opening an object's key (once).
+ *
+ * Objects are made lazily from registry rows (find.c) and kept in a bounded
+ * cache (g.cache, under g.lock); nothing reads certificate rows before an
+ * application looks for an object or uses a handle.
  */
 #ifndef KVP_PKCS11_INTERNAL_H
 #define KVP_PKCS11_INTERNAL_H
@@ -53,7 +57,7 @@ typedef struct kvp_object {
   char *label;
   int is_private;         /* CKA_PRIVATE: visible only after C_Login */
   kvp_key_type key_type;  /* for key objects */
-  EVP_PKEY *pub;          /* key objects: the certificate's public key */
+  EVP_PKEY *pub;          /* key objects: the public key, made at first use (kvp_object_ready) */
   unsigned bits;          /* RSA modulus / EC field bits */
   int curve_nid;
   kvp_attr *attrs;
@@ -62,18 +66,37 @@ typedef struct kvp_object {
   pthread_mutex_t lock;
   kvp_backend *backend;   /* resolved from key_ref, NULL if the store is not configured */
   char *key_name;
+  char *key_version;      /* the registered Key Vault key version (open_key hint), or NULL */
   kvp_key *key;
+  /* the row it was made from: an object is current while these are the row's */
+  int64_t rev;            /* registry change counter (0 before schema v3) */
+  kvp_cert_state state;   /* retired: the private key does not sign */
+  /* cache links, guarded by g.lock (find.c) */
+  struct kvp_object *hnext;        /* hash chain; the garbage list once unlinked */
+  struct kvp_object *prev, *next;  /* clock order */
+  atomic_int used;                 /* looked up since the clock hand last passed */
 } kvp_object;
+
+/* The object cache: objects by handle, at most KVP_CACHE_MAX of them but for
+ * private keys whose backend key is open (few, and costly to open again). */
+#define KVP_CACHE_MAX 3072
+#define KVP_CACHE_BUCKETS 4096
+typedef struct kvp_objcache {
+  kvp_object **buckets;   /* allocated at the first insert */
+  kvp_object *head, *tail;
+  size_t count;
+} kvp_objcache;
 
 typedef struct kvp_slot {
   CK_SLOT_ID id;
   const kvp_account_conf *account;
   char label[33];          /* token label, blank padded, not NUL-terminated in token info */
-  kvp_object **objects;    /* sorted by handle */
-  size_t n_objects;
   int logged_in;
-  int has_rsa, has_ec;     /* key types present: drives the mechanism list */
+  int has_rsa, has_ec;     /* key types registered: drives the mechanism list (a query) */
 } kvp_slot;
+
+/* An object search in progress (find.c); one allocation, freed by free(). */
+typedef struct kvp_find kvp_find;
 
 typedef enum {
   KVP_OP_NONE = 0,
@@ -100,8 +123,7 @@ typedef struct kvp_op {
   int have_result;            /* decrypt: buf holds the plaintext for a retry */
   int updated;                /* multi- or single-part steps began: the other kind is refused */
   /* find */
-  CK_OBJECT_HANDLE *found;
-  CK_ULONG n_found, next_found;
+  kvp_find *found;
 } kvp_op;
 
 typedef struct kvp_session {
@@ -132,7 +154,9 @@ typedef struct kvp_global {
   kvp_session **sessions;
   size_t sess_cap, sess_count, sess_used;
   CK_SESSION_HANDLE next_session;
-  atomic_ulong generation;     /* bumped at every reload */
+  atomic_ulong generation;     /* bumped at every reload that changed something */
+  int64_t reg_rev;             /* registry change counter seen (reg_lock); -1: none */
+  kvp_objcache cache;          /* g.lock */
 } kvp_global;
 
 extern kvp_global kvp_g;
@@ -157,6 +181,24 @@ CK_RV kvp_object_get(kvp_session *s, CK_OBJECT_HANDLE h, kvp_object **out);
 void kvp_object_put(kvp_object *o);
 int kvp_slot_needs_login(void);
 
+/* find.c: the lazy object layer */
+/* With g.lock held (read is enough): the cached object of a handle, or NULL. */
+kvp_object *kvp_cache_lookup_locked(CK_OBJECT_HANDLE h);
+/* With g.lock held for writing: drop the objects of these rows (sorted ids;
+ * all == 1: every object). The dropped objects are chained on *garbage. */
+void kvp_cache_invalidate_locked(const int64_t *ids, size_t n, int all, kvp_object **garbage);
+/* Release a garbage chain, without any lock held. */
+void kvp_cache_release(kvp_object *garbage);
+/* The object of a handle not in the cache, made from its registry row. */
+CK_RV kvp_object_load(kvp_session *s, CK_OBJECT_HANDLE h, kvp_object **out);
+CK_RV kvp_find_init(kvp_session *s, CK_ATTRIBUTE_PTR tmpl, CK_ULONG n);
+CK_RV kvp_find_next(kvp_session *s, CK_OBJECT_HANDLE_PTR ph, CK_ULONG max, CK_ULONG_PTR count);
+/* The first private key of the session's token with this public key (and
+ * CKA_ID, if id != NULL): *row_id, or 0; *id_mismatch when a key has the
+ * CKA_ID but another public key. */
+CK_RV kvp_find_private_key(kvp_session *s, const EVP_PKEY *pub, const CK_ATTRIBUTE *id,
+                           int64_t *row_id, int *id_mismatch);
+
 /* object.c */
 CK_RV kvp_objects_from_rec(const kvp_cert_rec *rec, CK_SLOT_ID slot, kvp_backend **backends,
                            size_t n_backends, kvp_object **out, size_t *n_out);
@@ -164,9 +206,10 @@ void kvp_object_free(kvp_object *o);
 const kvp_attr *kvp_object_attr(const kvp_object *o, CK_ATTRIBUTE_TYPE t);
 CK_RV kvp_object_get_attributes(const kvp_object *o, CK_ATTRIBUTE_PTR tmpl, CK_ULONG n);
 int kvp_object_match(const kvp_object *o, const CK_ATTRIBUTE *tmpl, CK_ULONG n);
+/* Make the EVP_PKEY (o->pub) of a key object, once; kvp_object_get does. */
+CK_RV kvp_object_ready(kvp_object *o);
 /* Open the backend key of a private key object (once). */
 CK_RV kvp_object_key(kvp_object *o, kvp_key **out);
-CK_RV kvp_find_init(kvp_session *s, CK_ATTRIBUTE_PTR tmpl, CK_ULONG n);
 
 /* provision.c */
 CK_RV kvp_create_object(kvp_session *s, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR ph);

@@ -2,7 +2,8 @@
  * PKCS#11 objects made from registry rows: per certificate a CKO_CERTIFICATE,
  * a CKO_PUBLIC_KEY and, for private certificates, a CKO_PRIVATE_KEY whose
  * operations run in the key store. Attribute values are computed once when
- * the object is made; C_GetAttributeValue and C_FindObjects read them.
+ * the object is made (find.c makes objects when they are first needed);
+ * C_GetAttributeValue and C_FindObjects read them.
  */
 #include "pkcs11/internal.h"
 
@@ -17,6 +18,7 @@
 #include "core/cert.h"
 #include "core/log.h"
 #include "core/p11names.h"
+#include "core/status.h"
 #include "core/util.h"
 #include "pkcs11/mech.h"
 
@@ -180,6 +182,8 @@ static kvp_object *object_new(CK_OBJECT_CLASS cls, int kind, const kvp_cert_rec 
   o->row_id = rec->id;
   o->handle = ((CK_OBJECT_HANDLE)rec->id << 2) | (CK_OBJECT_HANDLE)kind;
   memcpy(o->sha256, rec->sha256, sizeof(o->sha256));
+  o->rev = rec->rev;
+  o->state = rec->state;
   o->label = strdup(rec->name);
   if (o->label == NULL) {
     kvp_object_free(o);
@@ -207,13 +211,12 @@ static kvp_backend *find_backend(kvp_backend **backends, size_t n, const char *s
 CK_RV kvp_objects_from_rec(const kvp_cert_rec *rec, CK_SLOT_ID slot, kvp_backend **backends,
                            size_t n_backends, kvp_object **out, size_t *n_out)
 {
-  const unsigned char *p = rec->der;
   /* der_len == 0: a key without a certificate yet (key pair objects only) */
   int key_only = rec->der_len == 0;
-  X509 *x = key_only ? NULL : d2i_X509(NULL, &p, (long)rec->der_len);
   kvp_object *cert = NULL, *pub = NULL, *priv = NULL;
-  unsigned char *subject = NULL, *issuer = NULL, *serial = NULL;
-  int subject_len = 0, issuer_len = 0, serial_len = 0;
+  kvp_cert_parts parts;
+  const unsigned char *subject = NULL;
+  int subject_len = 0;
   const unsigned char *id;
   CK_ULONG id_len;
   kvp_spki k;
@@ -222,16 +225,17 @@ CK_RV kvp_objects_from_rec(const kvp_cert_rec *rec, CK_SLOT_ID slot, kvp_backend
 
   *n_out = 0;
   memset(&k, 0, sizeof(k));
+  memset(&parts, 0, sizeof(parts));
   if (key_only && rec->type != KVP_CERT_PRIVATE) {
     KVP_ERROR("registry: entry '%s' has neither a certificate nor a key", rec->name);
     return CKR_GENERAL_ERROR;
   }
-  if (!key_only && x == NULL) {
+  if (!key_only && kvp_cert_split(rec->der, rec->der_len, &parts) != KVP_OK) {
     KVP_ERROR("registry: certificate '%s': stored DER does not parse", rec->name);
     return CKR_GENERAL_ERROR;
   }
-  if ((key_only ? kvp_spki_from_der(rec->spki, rec->spki_len, &k) : kvp_spki_from_x509(x, &k)) !=
-      KVP_OK) {
+  if ((key_only ? kvp_spki_from_der(rec->spki, rec->spki_len, &k)
+                : kvp_spki_from_der(parts.spki, (size_t)parts.spki_len, &k)) != KVP_OK) {
     KVP_WARN("registry: %s '%s': unsupported or missing public key (RSA of 1024 to 8192 bits, "
              "or EC on P-256, P-384, P-521, secp256k1)",
              key_only ? "key" : "certificate", rec->name);
@@ -241,13 +245,8 @@ CK_RV kvp_objects_from_rec(const kvp_cert_rec *rec, CK_SLOT_ID slot, kvp_backend
   /* CKA_ID: the one the application chose, else derived from the key */
   id = rec->ckid_len > 0 ? rec->ckid : k.id;
   id_len = rec->ckid_len > 0 ? (CK_ULONG)rec->ckid_len : (CK_ULONG)sizeof(k.id);
-  if (!key_only) {
-    subject_len = i2d_X509_NAME(X509_get_subject_name(x), &subject);
-    issuer_len = i2d_X509_NAME(X509_get_issuer_name(x), &issuer);
-    serial_len = i2d_ASN1_INTEGER(X509_get_serialNumber(x), &serial);
-    if (subject_len <= 0 || issuer_len <= 0 || serial_len <= 0)
-      goto out;
-  }
+  subject = parts.subject;
+  subject_len = (int)parts.subject_len;
   if (key_only)
     goto keys;
 
@@ -267,8 +266,8 @@ CK_RV kvp_objects_from_rec(const kvp_cert_rec *rec, CK_SLOT_ID slot, kvp_backend
     add_date(&l, CKA_END_DATE, rec->not_after);
     add_attr(&l, CKA_SUBJECT, subject, (CK_ULONG)subject_len, 0);
     add_attr(&l, CKA_ID, id, id_len, 0);
-    add_attr(&l, CKA_ISSUER, issuer, (CK_ULONG)issuer_len, 0);
-    add_attr(&l, CKA_SERIAL_NUMBER, serial, (CK_ULONG)serial_len, 0);
+    add_attr(&l, CKA_ISSUER, parts.issuer, (CK_ULONG)parts.issuer_len, 0);
+    add_attr(&l, CKA_SERIAL_NUMBER, parts.serial, (CK_ULONG)parts.serial_len, 0);
     add_attr(&l, CKA_VALUE, rec->der, (CK_ULONG)rec->der_len, 0);
     add_attr(&l, CKA_URL, NULL, 0, 0);
     add_attr(&l, CKA_HASH_OF_SUBJECT_PUBLIC_KEY, k.id, sizeof(k.id), 0);
@@ -287,9 +286,6 @@ keys:
   pub->key_type = k.type;
   pub->bits = k.bits;
   pub->curve_nid = k.curve_nid;
-  pub->pub = kvp_spki_pubkey(&k);
-  if (pub->pub == NULL)
-    goto out;
   memset(&l, 0, sizeof(l));
   add_storage(&l, CKO_PUBLIC_KEY, 0, rec->name);
   add_common_key(&l, &k, id, id_len, subject, subject_len);
@@ -317,9 +313,9 @@ keys:
     priv->key_type = k.type;
     priv->bits = k.bits;
     priv->curve_nid = k.curve_nid;
-    priv->pub = kvp_spki_pubkey(&k);
     priv->key_ref = kvp_strdup0(rec->key_ref);
-    if (priv->pub == NULL || priv->key_ref == NULL)
+    priv->key_version = kvp_strdup0(rec->key_version);
+    if (priv->key_ref == NULL || (rec->key_version != NULL && priv->key_version == NULL))
       goto out;
     if (kvp_keyref_parse(rec->key_ref, &scheme, &store, &name, err, sizeof(err)) == KVP_OK) {
       priv->backend = find_backend(backends, n_backends, scheme, store);
@@ -342,7 +338,8 @@ keys:
     add_common_key(&l, &k, id, id_len, subject, subject_len);
     add_bool(&l, CKA_SENSITIVE, CK_TRUE);
     add_bool(&l, CKA_DECRYPT, k.type == KVP_KEY_RSA);
-    add_bool(&l, CKA_SIGN, CK_TRUE);
+    /* a retired certificate (replaced by a rotation) decrypts only */
+    add_bool(&l, CKA_SIGN, rec->state == KVP_STATE_RETIRED ? CK_FALSE : CK_TRUE);
     add_bool(&l, CKA_SIGN_RECOVER, CK_FALSE);
     add_bool(&l, CKA_UNWRAP, CK_FALSE);
     add_bool(&l, CKA_EXTRACTABLE, CK_FALSE);
@@ -370,11 +367,7 @@ out:
   kvp_object_free(cert);
   kvp_object_free(pub);
   kvp_object_free(priv);
-  OPENSSL_free(subject);
-  OPENSSL_free(issuer);
-  OPENSSL_free(serial);
   kvp_spki_clear(&k);
-  X509_free(x);
   return rv;
 }
 
@@ -390,9 +383,53 @@ void kvp_object_free(kvp_object *o)
   EVP_PKEY_free(o->pub);
   free(o->key_ref);
   free(o->key_name);
+  free(o->key_version);
   free(o->label);
   pthread_mutex_destroy(&o->lock);
   free(o);
+}
+
+/*
+ * The EVP_PKEY of a key object, made at its first use from CKA_PUBLIC_KEY_INFO
+ * (decoding a key is the costly part of an object; searches do not need it).
+ * kvp_object_get calls this before handing out a key object, so code holding
+ * an object reads o->pub directly.
+ */
+CK_RV kvp_object_ready(kvp_object *o)
+{
+  const kvp_attr *info;
+  kvp_spki k;
+  CK_RV rv = CKR_OK;
+
+  if (o->cls == CKO_CERTIFICATE || __atomic_load_n(&o->pub, __ATOMIC_ACQUIRE) != NULL)
+    return CKR_OK;
+  pthread_mutex_lock(&o->lock);
+  if (o->pub == NULL) {
+    EVP_PKEY *pkey = NULL;
+    info = kvp_object_attr(o, CKA_PUBLIC_KEY_INFO);
+    if (info != NULL && kvp_spki_from_der(info->value, info->len, &k) == KVP_OK) {
+      pkey = kvp_spki_pubkey(&k);
+      kvp_spki_clear(&k);
+    }
+    if (pkey == NULL)
+      rv = kvp_fail(CKR_GENERAL_ERROR, "'%s': cannot make the public key", o->label);
+    else
+      __atomic_store_n(&o->pub, pkey, __ATOMIC_RELEASE);
+  }
+  pthread_mutex_unlock(&o->lock);
+  return rv;
+}
+
+/* The one call into the backend that opens a private key object's key, with
+ * the registered version and public key: Key Vault opens without a request,
+ * an HSM checks the key pair it finds against it. */
+static CK_RV open_backend_key(kvp_object *o, kvp_key **key)
+{
+  const kvp_attr *info = kvp_object_attr(o, CKA_PUBLIC_KEY_INFO);
+  kvp_key_ref_hint hint = {o->key_version, info != NULL ? info->value : NULL,
+                           info != NULL ? (size_t)info->len : 0};
+
+  return kvp_backend_open_key(o->backend, o->key_name, &hint, key);
 }
 
 CK_RV kvp_object_key(kvp_object *o, kvp_key **out)
@@ -411,7 +448,7 @@ CK_RV kvp_object_key(kvp_object *o, kvp_key **out)
   pthread_mutex_lock(&o->lock);
   if (o->key == NULL) {
     kvp_key *key = NULL;
-    rv = o->backend->ops->open_key(o->backend, o->key_name, &key);
+    rv = open_backend_key(o, &key);
     if (rv == CKR_OK && !kvp_pubkey_equal(key->pub, o->pub)) {
       char want[72], got[72];
       kvp_pubkey_fingerprint(o->pub, want);
@@ -488,39 +525,4 @@ int kvp_object_match(const kvp_object *o, const CK_ATTRIBUTE *tmpl, CK_ULONG n)
       return 0;
   }
   return 1;
-}
-
-/* ---- find ------------------------------------------------------------ */
-
-CK_RV kvp_find_init(kvp_session *s, CK_ATTRIBUTE_PTR tmpl, CK_ULONG n)
-{
-  kvp_slot *slot;
-  CK_OBJECT_HANDLE *found = NULL;
-  CK_ULONG count = 0;
-
-  if (n > 0 && tmpl == NULL)
-    return CKR_ARGUMENTS_BAD;
-  (void)kvp_refresh();
-  pthread_rwlock_rdlock(&kvp_g.lock);
-  slot = kvp_slot_locked(s->slot);
-  if (slot->n_objects > 0) {
-    found = malloc(slot->n_objects * sizeof(*found));
-    if (found == NULL) {
-      pthread_rwlock_unlock(&kvp_g.lock);
-      return CKR_HOST_MEMORY;
-    }
-  }
-  for (size_t i = 0; i < slot->n_objects; i++) {
-    const kvp_object *o = slot->objects[i];
-    if (o->is_private && !slot->logged_in)
-      continue;
-    if (kvp_object_match(o, tmpl, n))
-      found[count++] = o->handle;
-  }
-  pthread_rwlock_unlock(&kvp_g.lock);
-  s->find.kind = KVP_OP_FIND;
-  s->find.found = found;
-  s->find.n_found = count;
-  s->find.next_found = 0;
-  return CKR_OK;
 }

@@ -212,35 +212,11 @@ typedef struct key_match {
   int id_mismatch;   /* a key has the template's CKA_ID but another public key */
 } key_match;
 
-static CK_RV match_private_key(const kvp_session *s, const EVP_PKEY *cert_pub,
+static CK_RV match_private_key(kvp_session *s, const EVP_PKEY *cert_pub,
                                const CK_ATTRIBUTE *id, key_match *m)
 {
-  kvp_slot *slot;
-
   memset(m, 0, sizeof(*m));
-  pthread_rwlock_rdlock(&kvp_g.lock);
-  slot = kvp_slot_locked(s->slot);
-  for (size_t i = 0; slot != NULL && i < slot->n_objects && m->row_id == 0; i++) {
-    const kvp_object *o = slot->objects[i];
-    const kvp_attr *oid;
-    if (o->cls != CKO_PRIVATE_KEY)
-      continue;
-    if (id != NULL) {
-      oid = kvp_object_attr(o, CKA_ID);
-      if (oid == NULL || oid->len != id->ulValueLen ||
-          (oid->len > 0 && memcmp(oid->value, id->pValue, oid->len) != 0))
-        continue;
-      if (!kvp_pubkey_equal(o->pub, cert_pub)) {
-        m->id_mismatch = 1;
-        continue;
-      }
-    } else if (!kvp_pubkey_equal(o->pub, cert_pub)) {
-      continue;
-    }
-    m->row_id = o->row_id;
-  }
-  pthread_rwlock_unlock(&kvp_g.lock);
-  return CKR_OK;
+  return kvp_find_private_key(s, cert_pub, id, &m->row_id, &m->id_mismatch);
 }
 
 /* A name for an object created without CKA_LABEL: "cert-" / "key-" and 8 hex digits. */

@@ -1,7 +1,7 @@
 /*
  * Global state of the front: C_Initialize / C_Finalize, fork, the slot
- * table built from the configuration and the registry, the session table,
- * login state.
+ * table built from the configuration, the incremental registry reload, the
+ * session table, login state.
  */
 #include "pkcs11/internal.h"
 
@@ -15,6 +15,7 @@
 
 #include "core/log.h"
 #include "core/p11names.h"
+#include "core/status.h"
 #include "core/util.h"
 
 kvp_global kvp_g = {
@@ -116,13 +117,6 @@ int kvp_slot_needs_login(void)
   return 0;
 }
 
-static void free_slot_objects(kvp_object **objs, size_t n)
-{
-  for (size_t i = 0; i < n; i++)
-    kvp_object_put(objs[i]);
-  free(objs);
-}
-
 static CK_RV make_slots(void)
 {
   const kvp_config *cfg = kvp_g.cfg;
@@ -150,126 +144,85 @@ kvp_slot *kvp_slot_locked(CK_SLOT_ID id)
   return &kvp_g.slots[id - 1];
 }
 
-static int cmp_object(const void *a, const void *b)
-{
-  const kvp_object *x = *(kvp_object *const *)a, *y = *(kvp_object *const *)b;
-  return x->handle < y->handle ? -1 : x->handle > y->handle;
-}
-
-/* An object of the current table that stands for the same row, unchanged. */
-static kvp_object *find_reusable(const kvp_slot *slot, const kvp_object *fresh)
-{
-  for (size_t i = 0; i < slot->n_objects; i++) {
-    kvp_object *o = slot->objects[i];
-    if (o->handle == fresh->handle && strcmp(o->sha256, fresh->sha256) == 0 &&
-        ((o->key_ref == NULL && fresh->key_ref == NULL) ||
-         (o->key_ref && fresh->key_ref && strcmp(o->key_ref, fresh->key_ref) == 0)))
-      return o;
-  }
-  return NULL;
-}
-
-typedef struct slot_build {
-  kvp_object **objs;
+/* The ids of the rows a reload found changed. */
+typedef struct id_list {
+  int64_t *ids;
   size_t n, cap;
-  int has_rsa, has_ec;
-} slot_build;
+} id_list;
 
-static CK_RV build_push(slot_build *b, kvp_object *o)
+static int push_id(void *ctx, int64_t id)
 {
-  if (b->n == b->cap) {
-    size_t cap = b->cap ? b->cap * 2 : 16;
-    kvp_object **nb = realloc(b->objs, cap * sizeof(*nb));
-    if (nb == NULL)
-      return CKR_HOST_MEMORY;
-    b->objs = nb;
-    b->cap = cap;
+  id_list *l = ctx;
+
+  if (l->n == l->cap) {
+    size_t cap = l->cap ? 2 * l->cap : 64;
+    int64_t *p = realloc(l->ids, cap * sizeof(*p));
+    if (p == NULL)
+      return KVP_ENOMEM;
+    l->ids = p;
+    l->cap = cap;
   }
-  b->objs[b->n++] = o;
-  if (o->cls != CKO_CERTIFICATE) {
-    b->has_rsa |= o->key_type == KVP_KEY_RSA;
-    b->has_ec |= o->key_type == KVP_KEY_EC;
-  }
-  return CKR_OK;
+  l->ids[l->n++] = id;
+  return KVP_OK;
+}
+
+static int cmp_id(const void *a, const void *b)
+{
+  int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+  return x < y ? -1 : x > y;
 }
 
 /*
- * Build the object tables of every slot from the registry rows, outside
- * g.lock, then swap them in under the write lock. Objects of unchanged rows
- * are carried over so opened keys and handles survive.
+ * With reg_lock held: the rows changed since the last look (only their ids
+ * are read) and the key types of every account, by indexed queries; then,
+ * under a short write lock, drop the cached objects of those rows. Nothing is
+ * parsed: objects are made again when next asked for.
  */
-static CK_RV rebuild(kvp_cert_rec *recs, size_t n)
+static CK_RV apply_changes(void)
 {
-  slot_build *builds = calloc(kvp_g.n_slots ? kvp_g.n_slots : 1, sizeof(*builds));
-  CK_RV rv = CKR_OK;
+  char err[KVP_ERRLEN];
+  id_list changed = {0};
+  int *types = calloc(2 * (kvp_g.n_slots ? kvp_g.n_slots : 1), sizeof(*types));
+  kvp_object *garbage = NULL;
+  int full = 0;
+  int rc = types == NULL ? KVP_ENOMEM : KVP_OK;
 
-  if (builds == NULL)
-    return CKR_HOST_MEMORY;
-  for (size_t i = 0; i < n; i++) {
-    kvp_object *objs[3];
-    size_t nobj = 0;
-    CK_SLOT_ID sid = 0;
-    for (size_t s = 0; s < kvp_g.n_slots; s++)
-      if (strcmp(kvp_g.slots[s].account->name, recs[i].account) == 0)
-        sid = kvp_g.slots[s].id;
-    if (sid == 0)
-      continue; /* an account this configuration does not have */
-    if (kvp_objects_from_rec(&recs[i], sid, kvp_g.backends, kvp_g.n_backends, objs, &nobj) !=
-        CKR_OK) {
-      KVP_WARN("registry: certificate '%s' of account '%s' is skipped", recs[i].name,
-               recs[i].account);
-      continue;
-    }
-    for (size_t k = 0; k < nobj; k++) {
-      if (rv == CKR_OK)
-        rv = build_push(&builds[sid - 1], objs[k]);
-      if (rv != CKR_OK)
-        kvp_object_free(objs[k]);
-    }
+  if (rc == KVP_OK)
+    rc = kvp_registry_changes(kvp_g.reg, &kvp_g.reg_rev, &full, push_id, &changed, err,
+                              sizeof(err));
+  for (size_t s = 0; rc == KVP_OK && s < kvp_g.n_slots; s++)
+    rc = kvp_registry_key_types(kvp_g.reg, kvp_g.slots[s].account->name, &types[2 * s],
+                                &types[2 * s + 1], err, sizeof(err));
+  if (rc != KVP_OK) {
+    kvp_g.reg_rev = -1; /* look at everything again next time */
+    free(changed.ids);
+    free(types);
+    return rc == KVP_ENOMEM ? CKR_HOST_MEMORY : kvp_fail(CKR_DEVICE_ERROR, "%s", err);
   }
-  if (rv != CKR_OK)
-    goto out;
+  if (changed.n > 1)
+    qsort(changed.ids, changed.n, sizeof(*changed.ids), cmp_id);
+  KVP_DEBUG("registry: %s, %zu row(s) changed", full ? "reloaded" : "changed", changed.n);
 
   pthread_rwlock_wrlock(&kvp_g.lock);
+  kvp_cache_invalidate_locked(changed.ids, changed.n, full, &garbage);
   for (size_t s = 0; s < kvp_g.n_slots; s++) {
-    kvp_slot *slot = &kvp_g.slots[s];
-    slot_build *b = &builds[s];
-    for (size_t k = 0; k < b->n; k++) {
-      kvp_object *old = find_reusable(slot, b->objs[k]);
-      if (old != NULL) {
-        atomic_fetch_add(&old->refs, 1);
-        kvp_object_free(b->objs[k]);
-        b->objs[k] = old;
-      }
-    }
-    if (b->n > 1)
-      qsort(b->objs, b->n, sizeof(*b->objs), cmp_object);
-    free_slot_objects(slot->objects, slot->n_objects);
-    slot->objects = b->objs;
-    slot->n_objects = b->n;
-    slot->has_rsa = b->has_rsa;
-    slot->has_ec = b->has_ec;
-    b->objs = NULL;
-    b->n = 0;
+    kvp_g.slots[s].has_rsa = types[2 * s];
+    kvp_g.slots[s].has_ec = types[2 * s + 1];
   }
   atomic_fetch_add(&kvp_g.generation, 1);
   pthread_rwlock_unlock(&kvp_g.lock);
-out:
-  for (size_t s = 0; s < kvp_g.n_slots; s++)
-    free_slot_objects(builds[s].objs, builds[s].n);
-  free(builds);
-  return rv;
+  kvp_cache_release(garbage);
+  free(changed.ids);
+  free(types);
+  return CKR_OK;
 }
 
 /* With reg_lock held. Opens the registry if it was missing so far. */
 static CK_RV refresh_locked(void)
 {
   char err[KVP_ERRLEN];
-  kvp_cert_rec *recs = NULL;
-  size_t n = 0;
   int changed = 0;
   int rc;
-  CK_RV rv;
 
   if (kvp_g.reg == NULL) {
     struct stat st;
@@ -281,23 +234,14 @@ static CK_RV refresh_locked(void)
       kvp_g.reg = NULL;
       return rc == KVP_ENOTFOUND ? CKR_OK : CKR_DEVICE_ERROR;
     }
+    kvp_g.reg_rev = -1;
   }
   rc = kvp_registry_changed(kvp_g.reg, &changed, err, sizeof(err));
   if (rc != KVP_OK) {
     KVP_ERROR("registry: %s", err);
     return CKR_DEVICE_ERROR;
   }
-  if (!changed)
-    return CKR_OK;
-  rc = kvp_registry_list(kvp_g.reg, NULL, &recs, &n, err, sizeof(err));
-  if (rc != KVP_OK) {
-    KVP_ERROR("registry: %s", err);
-    return CKR_DEVICE_ERROR;
-  }
-  KVP_DEBUG("registry: %zu certificates", n);
-  rv = rebuild(recs, n);
-  kvp_cert_rec_free_array(recs, n);
-  return rv;
+  return changed ? apply_changes() : CKR_OK;
 }
 
 CK_RV kvp_refresh(void)
@@ -348,8 +292,11 @@ static void teardown(int forked)
   free(kvp_g.sessions);
   kvp_g.sessions = NULL;
   kvp_g.sess_cap = kvp_g.sess_count = kvp_g.sess_used = 0;
-  for (size_t i = 0; i < kvp_g.n_slots; i++)
-    free_slot_objects(kvp_g.slots[i].objects, kvp_g.slots[i].n_objects);
+  {
+    kvp_object *garbage = NULL;
+    kvp_cache_invalidate_locked(NULL, 0, 1, &garbage);
+    kvp_cache_release(garbage);
+  }
   free(kvp_g.slots);
   kvp_g.slots = NULL;
   kvp_g.n_slots = 0;
@@ -682,32 +629,31 @@ static void backends_logout(void)
 
 /* ---- objects --------------------------------------------------------- */
 
+/*
+ * The steady state of a signer: its key object is cached, and this is one
+ * hash lookup under the read lock. Otherwise the object is made from its
+ * registry row (find.c).
+ */
 CK_RV kvp_object_get(kvp_session *s, CK_OBJECT_HANDLE h, kvp_object **out)
 {
   CK_RV rv = CKR_OBJECT_HANDLE_INVALID;
-  kvp_slot *slot;
-  size_t lo = 0, hi;
+  kvp_object *o;
+  int miss = 0;
 
   pthread_rwlock_rdlock(&kvp_g.lock);
-  slot = kvp_slot_locked(s->slot);
-  hi = slot->n_objects;
-  while (lo < hi) {
-    size_t mid = lo + (hi - lo) / 2;
-    kvp_object *o = slot->objects[mid];
-    if (o->handle == h) {
-      if (!o->is_private || slot->logged_in) {
-        atomic_fetch_add(&o->refs, 1);
-        *out = o;
-        rv = CKR_OK;
-      }
-      break;
-    }
-    if (o->handle < h)
-      lo = mid + 1;
-    else
-      hi = mid;
+  o = kvp_cache_lookup_locked(h);
+  if (o == NULL) {
+    miss = 1;
+  } else if (o->slot == s->slot && (!o->is_private || kvp_slot_locked(s->slot)->logged_in)) {
+    atomic_fetch_add(&o->refs, 1);
+    *out = o;
+    rv = CKR_OK;
   }
   pthread_rwlock_unlock(&kvp_g.lock);
+  if (miss)
+    return kvp_object_load(s, h, out);
+  if (rv == CKR_OK && (rv = kvp_object_ready(*out)) != CKR_OK)
+    kvp_object_put(*out);
   return rv;
 }
 

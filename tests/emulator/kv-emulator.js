@@ -34,6 +34,10 @@
 //        "delete", "purge" name those requests). libcurl silently resends a request once when a
 //        reused connection closes before any byte of the answer: use "times":2 or -1 to make
 //        the client see the failure.
+//   GET  /_emu/log[?ep=sign]      {"requests":[{"t":ms,"ep":"sign","status":200},...]} since reset
+//   POST /_emu/key                {"name","version"?(latest),"attributes":{"enabled","nbf","exp"}
+//                                 (null removes),"keyOps":[...]}: change a version, no token needed
+//   POST /_emu/rotate             {"name"}: a new version of the same type and size
 //   POST /_emu/config             {"tokenLifetime": seconds}
 //   POST /_emu/limits             {"windowMs":10000,"limit":2000,"weights":{"RSA-2048":1,...}}: a vault-wide
 //                                 sliding-window limit in RSA-2048-HSM-equivalent operations (weights
@@ -229,6 +233,7 @@ const state = {
   tokenLifetime: Number(seed.tokenLifetime || 3600),
   tokenGeneration: 1,
   counters: {},
+  reqlog: [],          // {t, ep, status} of every counted request (GET /_emu/log)
   faults: [],
   keys: new Map(),     // lower-case name -> {name, versions: [...]}
   deleted: new Map(),  // lower-case name -> {entry, deletedDate}
@@ -667,9 +672,10 @@ function doCrypto(res, entry, v, ep, body) {
     return kvError(res, 403, 'Forbidden', `Operation ${opName} is not allowed on a disabled key.`, 'KeyDisabled');
   if (!v.keyOps.includes(opName))
     return kvError(res, 403, 'Forbidden', `Operation ${opName} is not permitted on this key.`, 'KeyOperationForbidden');
-  if (['sign', 'encrypt', 'wrapkey'].includes(ep) &&
-      ((v.attributes.nbf && t < v.attributes.nbf) || (v.attributes.exp && t >= v.attributes.exp)))
-    return kvError(res, 403, 'Forbidden', `Operation ${opName} is not allowed on an expired or not yet valid key.`, 'KeyExpired');
+  if (['sign', 'encrypt', 'wrapkey'].includes(ep) && v.attributes.nbf && t < v.attributes.nbf)
+    return kvError(res, 403, 'Forbidden', `Operation ${opName} is not allowed on a key that is not yet valid.`, 'KeyNotYetValid');
+  if (['sign', 'encrypt', 'wrapkey'].includes(ep) && v.attributes.exp && t >= v.attributes.exp)
+    return kvError(res, 403, 'Forbidden', `Operation ${opName} is not allowed on an expired key.`, 'KeyExpired');
   const alg = body.alg;
   const value = fromB64u(body.value);
   if (typeof alg !== 'string') return badParam(res, "The parameter 'alg' is required.");
@@ -952,7 +958,38 @@ async function handleAdmin(req, res, url) {
     const total = Object.values(state.counters).reduce((a, b) => a + b, 0);
     return send(res, 200, { counters: state.counters, total });
   }
+  if (p === '/_emu/log' && req.method === 'GET') {
+    const ep = url.searchParams.get('ep');
+    return send(res, 200, { requests: state.reqlog.filter((r) => !ep || r.ep === ep) });
+  }
+  if (p === '/_emu/key' && req.method === 'POST') {
+    // test control: change a version's attributes / key_ops without a token
+    const entry = state.keys.get(String(body.name || '').toLowerCase());
+    if (!entry) return send(res, 404, { error: 'no such key' });
+    const v = body.version ? entry.versions.find((x) => x.version === body.version) : entry.versions[entry.versions.length - 1];
+    if (!v) return send(res, 404, { error: 'no such version' });
+    for (const a of ['enabled', 'nbf', 'exp'])
+      if (body.attributes && body.attributes[a] !== undefined) {
+        if (body.attributes[a] === null) delete v.attributes[a];
+        else v.attributes[a] = body.attributes[a];
+      }
+    if (Array.isArray(body.keyOps)) v.keyOps = body.keyOps;
+    v.attributes.updated = now();
+    return send(res, 200, keyBundle(entry, v));
+  }
+  if (p === '/_emu/rotate' && req.method === 'POST') {
+    // test control: a new version of the key (same type and size), as a rotation policy makes
+    const entry = state.keys.get(String(body.name || '').toLowerCase());
+    if (!entry) return send(res, 404, { error: 'no such key' });
+    const last = entry.versions[entry.versions.length - 1];
+    const priv = last.pub.kty === 'RSA'
+      ? crypto.generateKeyPairSync('rsa', { modulusLength: rsaModBits(last.priv) }).privateKey
+      : crypto.generateKeyPairSync('ec', { namedCurve: CURVES[last.pub.crv].node }).privateKey;
+    const v = addVersion(entry.name, priv, { keyOps: last.keyOps, hsm: last.kty.endsWith('-HSM') });
+    return send(res, 200, keyBundle(entry, v));
+  }
   if (p === '/_emu/reset' && req.method === 'POST') {
+    state.reqlog = [];
     state.counters = {};
     state.faults = [];
     limitsReset({});
@@ -1001,6 +1038,10 @@ async function handle(req, res) {
   if (url.pathname.startsWith('/_emu/')) return handleAdmin(req, res, url);
   const ep = endpointOf(req.method, url.pathname);
   count(ep);
+  const entry = { t: Date.now(), ep, status: 0 };
+  state.reqlog.push(entry);
+  if (state.reqlog.length > 20000) state.reqlog.splice(0, 10000);
+  res.on('finish', () => { entry.status = res.statusCode; });
   if (await applyFaults(ep, req, res)) return;
   if (ep === 'token') return handleToken(req, res, url);
   if (ep === 'openid') {

@@ -467,8 +467,10 @@ typedef enum {
   OP_SIGN_EC,   /* warm: C_SignInit + C_Sign, CKM_ECDSA_SHA256, p256 */
   OP_DEC_OAEP,  /* warm: C_DecryptInit + C_Decrypt, CKM_RSA_PKCS_OAEP SHA-256, rsa2048 */
   OP_DEC_PKCS1, /* warm: C_DecryptInit + C_Decrypt, CKM_RSA_PKCS, rsa2048 */
-  OP_OPEN,      /* fresh C_Initialize, vault warmed by a p256 sign; rsa2048's first use: GET */
-  OP_COLD,      /* fresh C_Initialize, nothing warm: challenge GET (401), token, GET, sign */
+  OP_OPEN,      /* fresh C_Initialize, vault warmed by a p256 sign; rsa2048's first use: its
+                 * registry row holds version and public key, so only the sign goes out */
+  OP_COLD,      /* fresh C_Initialize, nothing warm: challenge (the sign request without
+                 * token and body: 401), token, sign */
   OP_TOKEN,     /* warm, tokens revoked: sign -> 401 -> token request -> sign */
   OP_LOCAL,     /* fresh C_Initialize + local functions; fault on every endpoint ("*") */
   OP_N
@@ -483,7 +485,7 @@ static const struct {
 } OPS[OP_N] = {
     {"sign-rsa", "sign", 1, 1, 1},   {"sign-ec", "sign", 1, 1, 1},
     {"decrypt-oaep", "decrypt", 1, 1, 1}, {"decrypt-pkcs1", "decrypt", 1, 1, 1},
-    {"open", "get", 1, 1, 1},        {"cold", "get", 2, 0, 0},
+    {"open", "sign", 1, 1, 1},       {"cold", "sign", 2, 0, 0},
     {"token", "token", 1, 1, 0},     {"local", "*", 0, 0, 0},
 };
 
@@ -555,8 +557,11 @@ typedef struct expect_t {
  *   (2 requests, 1 token request). 401 without a cached token (the challenge request of a
  *   cold start: no WWW-Authenticate) or from the token endpoint: CKR_DEVICE_ERROR, 1 request.
  * Body over 1 MiB: never retried: CKR_DEVICE_ERROR, 1 request, transient or not.
- * Delay > T: the request times out at T and no retry fits: CKR_DEVICE_ERROR, 1 request,
- *   no sooner than T. Delay < T: CKR_OK, base requests, no sooner than the delay.
+ * Delay > T: each attempt gets at most half the time left (and attempt_timeout_ms), so the
+ *   first attempt is abandoned at T/2 and retried on a fresh connection while time is left:
+ *   transient -> CKR_OK, base + 1 requests; persistent -> CKR_DEVICE_ERROR, base + 1 ..
+ *   base + M requests; no sooner than T/2. Delay < T/2: CKR_OK, base
+ *   requests, no sooner than the delay.
  * Elapsed time: every operation makes at most one Key Vault call that meets the fault, and
  *   such a call never takes longer than T: elapsed <= T + S.
  * Local functions: no request at all, CKR_OK, elapsed <= S.
@@ -654,9 +659,11 @@ static expect_t expect(fault_id f, int persistent, op_id op)
     e.n_ep = 1;
     break;
   case F_DELAY_LONG:
-    e.rv = CKR_DEVICE_ERROR;
-    e.n_ep = 1;
-    e.min_ms = T_MS - 50;
+    /* the retry after the abandoned attempt succeeds unless it is delayed too */
+    e.rv = persistent ? CKR_DEVICE_ERROR : CKR_OK;
+    e.n_ep = base + 1;
+    e.n_ep_max = persistent ? base + M : 0;
+    e.min_ms = T_MS / 2 - 50;
     break;
   case F_DELAY_SHORT:
     e.min_ms = DELAY_SHORT_MS;

@@ -207,6 +207,15 @@ static void test_op_results(void)
   CU_ASSERT_STRING_EQUAL(name, "k1");
   CU_ASSERT_PTR_NULL(ver);
   free(name);
+  /* names and versions from a vault's answer go into URLs: the admin's rules apply */
+  CU_ASSERT_EQUAL(kv_kid_split("https://h/keys/..%2F..%2Fsecrets/1", &name, &ver), -1);
+  CU_ASSERT_EQUAL(kv_kid_split("https://h/keys/k1/ver?x=1&y", &name, &ver), 0);
+  free(name);
+  free(ver);
+  CU_ASSERT_EQUAL(kv_kid_split("https://h/keys/k1/v%2F2", &name, &ver), -1);
+  CU_ASSERT_EQUAL(kv_kid_split("https://h/keys/k_1/abc", &name, &ver), -1);
+  CU_ASSERT_PTR_NULL(name);
+  CU_ASSERT_PTR_NULL(ver);
 }
 
 static void test_errors(void)

@@ -731,6 +731,36 @@ static void test_delete(void)
   remove_key("kvprov-del");
 }
 
+/* issue 10 item 9: the undo of a create never deletes a key with versions kvp11 did not make */
+static void test_undo_foreign_version(void)
+{
+  kvp_key_spec spec = {KVP_KEY_EC, 0, NID_X9_62_prime256v1, 0, 0, NULL, 0};
+  kvp_key *k = NULL;
+  kvp_backend *other = NULL;
+  json_t *j;
+  CU_ASSERT_EQUAL_FATAL(g_be->ops->create_key(g_be, "kvprov-undo", &spec, &k), CKR_OK);
+  /* another creator adds a version at the same moment */
+  j = emu("POST", "/_emu/rotate", "{\"name\":\"kvprov-undo\"}");
+  json_decref(j);
+  CU_ASSERT_EQUAL(versions("kvprov-undo"), 2);
+  /* the undo (delete by the backend that created it) refuses */
+  CU_ASSERT_EQUAL(g_be->ops->delete_key(g_be, "kvprov-undo"), CKR_ATTRIBUTE_VALUE_INVALID);
+  CU_ASSERT(log_contains("key kvprov-undo has versions kvp11 did not create"));
+  CU_ASSERT_EQUAL(versions("kvprov-undo"), 2);
+  g_be->ops->close_key(g_be, k);
+  /* an admin's `kvp11 key delete` (a fresh backend) deletes it */
+  CU_ASSERT_EQUAL_FATAL(new_backend("undo-admin", 20000, 2, &other), CKR_OK);
+  CU_ASSERT_EQUAL(other->ops->delete_key(other, "kvprov-undo"), CKR_OK);
+  other->ops->destroy(other, 0);
+  purge("kvprov-undo");
+  /* without a foreign version the undo deletes as before */
+  k = NULL;
+  CU_ASSERT_EQUAL_FATAL(g_be->ops->create_key(g_be, "kvprov-undo", &spec, &k), CKR_OK);
+  CU_ASSERT_EQUAL(g_be->ops->delete_key(g_be, "kvprov-undo"), CKR_OK);
+  g_be->ops->close_key(g_be, k);
+  purge("kvprov-undo");
+}
+
 static void test_list(void)
 {
   static const struct {
@@ -848,6 +878,7 @@ int main(void)
   CU_add_test(s, "create whose answer is lost", test_create_unknown_outcome);
   CU_add_test(s, "no create/import/delete permission", test_no_permission);
   CU_add_test(s, "delete", test_delete);
+  CU_add_test(s, "undo never deletes a version kvp11 did not create", test_undo_foreign_version);
   CU_add_test(s, "list and show", test_list);
   CU_basic_set_mode(CU_BRM_VERBOSE);
   CU_basic_run_tests();

@@ -24,6 +24,7 @@
 #include <CUnit/CUnit.h>
 #include <openssl/bn.h>
 #include <openssl/ec.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/obj_mac.h>
 #include <openssl/rand.h>
@@ -33,6 +34,7 @@
 #include "backend/backend.h"
 #include "core/config.h"
 #include "core/p11names.h"
+#include "core/status.h"
 
 #define TOKEN "kvp-hsm-unit"
 /* for the pass-through PIN tests; not a prefix of TOKEN: pkcs11-tool's
@@ -137,12 +139,21 @@ static kvp_hsm_conf make_conf(const char *name, const char *token, int with_pin)
   return c;
 }
 
+/* The thread's OpenSSL error queue after the first open_key (SoftHSM2's
+ * C_Initialize leaves errors in it): only the application's own error. */
+static int g_queue_kept;
+
 static int suite_init(void) {
   kvp_hsm_conf c = make_conf("unit", TOKEN, 1);
   if (kvp_hsm_backend_new(&c, &g_be) != CKR_OK)
     return -1;
+  ERR_clear_error();
+  ERR_raise(ERR_LIB_USER, 42); /* the application's own error */
   if (g_be->ops->open_key(g_be, "rsa", &g_rsa) != CKR_OK)
     return -1;
+  unsigned long e = ERR_get_error();
+  g_queue_kept = ERR_GET_LIB(e) == ERR_LIB_USER && ERR_GET_REASON(e) == 42 && ERR_get_error() == 0;
+  ERR_clear_error();
   if (g_be->ops->open_key(g_be, "ec", &g_ec) != CKR_OK)
     return -1;
   return 0;
@@ -585,10 +596,23 @@ static void test_reresolve(void) {
 
   rand_bytes(dig, sizeof(dig));
   sl = sizeof(sig);
-  CU_ASSERT_EQUAL(g_be->ops->sign(g_be, k, &alg, dig, 32, sig, &sl), CKR_OK);
-  /* the signature comes from the new key */
+  memset(sig, 0, sizeof(sig));
+  /* the key opened (and registered) is gone: the new key under the same
+   * label is another key, refused with the reason, no signature returned */
+  kvp_status_clear();
+  CU_ASSERT_EQUAL(g_be->ops->sign(g_be, k, &alg, dig, 32, sig, &sl), CKR_KEY_HANDLE_INVALID);
+  CU_ASSERT_PTR_NOT_NULL(kvp_status_reason());
+  if (kvp_status_reason())
+    CU_ASSERT_PTR_NOT_NULL(strstr(kvp_status_reason(), "is not the key pair's"));
+  CU_ASSERT_EQUAL(verify_ecdsa(fresh, dig, 32, sig, 64), 0);
+  /* opened again, the new key signs */
+  kvp_key *k2 = NULL;
+  CU_ASSERT_EQUAL_FATAL(g_be->ops->open_key(g_be, "reres", &k2), CKR_OK);
+  CU_ASSERT_EQUAL(EVP_PKEY_eq(fresh, k2->pub), 1);
+  sl = sizeof(sig);
+  CU_ASSERT_EQUAL(g_be->ops->sign(g_be, k2, &alg, dig, 32, sig, &sl), CKR_OK);
   CU_ASSERT_EQUAL(verify_ecdsa(fresh, dig, 32, sig, sl), 1);
-  CU_ASSERT_EQUAL(verify_ecdsa(k->pub, dig, 32, sig, sl), 0);
+  g_be->ops->close_key(g_be, k2);
   EVP_PKEY_free(fresh);
 
   /* deleted for good: a clear CKR_KEY_HANDLE_INVALID */
@@ -841,6 +865,8 @@ static void test_p11names(void) {
   }
 }
 
+static void test_error_queue_first_init(void) { CU_ASSERT_EQUAL(g_queue_kept, 1); }
+
 static void test_lazy_constructor(void) {
   /* the constructor does no I/O: a module path that does not exist is only
    * noticed at open_key */
@@ -878,6 +904,7 @@ int main(void) {
   CU_pSuite s = CU_add_suite("hsm_backend", suite_init, suite_clean);
   CU_add_test(s, "PKCS#11 names", test_p11names);
   CU_add_test(s, "constructor is lazy", test_lazy_constructor);
+  CU_add_test(s, "first C_Initialize leaves the OpenSSL error queue", test_error_queue_first_init);
   CU_add_test(s, "open RSA-2048", test_open_rsa);
   CU_add_test(s, "open P-256", test_open_ec);
   CU_add_test(s, "open by id", test_open_by_id);

@@ -16,6 +16,7 @@
 #include <strings.h>
 
 #include "core/log.h"
+#include "core/status.h"
 #include "core/util.h"
 
 static const char *kv_kind_perm(kv_call_kind k)
@@ -29,6 +30,7 @@ static const char *kv_kind_perm(kv_call_kind k)
   case KV_CALL_IMPORT: return "import";
   case KV_CALL_DELETE: return "delete";
   case KV_CALL_PROBE: return "get";
+  case KV_CALL_STATE: return "get";
   }
   return "?";
 }
@@ -39,7 +41,63 @@ void kv_retry_init(kv_backend *b, kv_retry *rt, const char *what)
   rt->deadline_ms = kv_now_ms() + t;
   rt->max_retries = b->conf.max_retries >= 0 ? b->conf.max_retries : 5;
   rt->unit_ms = b->unit_ms;
+  rt->attempt_ms = b->attempt_ms;
   rt->what = what;
+}
+
+kv_cause kv_forbidden_cause(const kv_error_info *ei)
+{
+  if (strcasecmp(ei->inner, "KeyOperationForbidden") == 0)
+    return KV_CAUSE_KEY_OPS;
+  if (strcasecmp(ei->inner, "KeyDisabled") == 0)
+    return KV_CAUSE_DISABLED;
+  if (strcasecmp(ei->inner, "KeyNotYetValid") == 0)
+    return KV_CAUSE_NOT_YET_VALID;
+  if (strcasecmp(ei->inner, "KeyExpired") == 0)
+    return KV_CAUSE_EXPIRED;
+  if (strcasecmp(ei->inner, "ForbiddenByFirewall") == 0)
+    return KV_CAUSE_FIREWALL;
+  if (strcasecmp(ei->inner, "ForbiddenByPolicy") == 0 || strcasecmp(ei->inner, "ForbiddenByRbac") == 0 ||
+      strstr(ei->message, "permission") != NULL)
+    return KV_CAUSE_PERMISSION;
+  /* without an inner code: the message's words */
+  if (strstr(ei->message, "disabled") != NULL)
+    return KV_CAUSE_DISABLED;
+  if (strstr(ei->message, "not yet valid") != NULL)
+    return KV_CAUSE_NOT_YET_VALID;
+  if (strstr(ei->message, "expired") != NULL)
+    return KV_CAUSE_EXPIRED;
+  return KV_CAUSE_PERMISSION;
+}
+
+/*
+ * The token resource of each Azure cloud's Key Vault and Managed HSM hosts:
+ * a host NAME.<suffix> takes the token of https://<suffix>.
+ */
+static const char *const kv_clouds[] = {
+    "vault.azure.net",            "vault.azure.cn",
+    "vault.usgovcloudapi.net",    "vault.microsoftazure.de",
+    "vault.cloudapi.eaglex.ic.gov", "vault.cloudapi.microsoft.scloud",
+    "managedhsm.azure.net",       "managedhsm.azure.cn",
+    "managedhsm.usgovcloudapi.net",
+};
+
+const char *kv_cloud_resource(const char *host)
+{
+  static const char *const resources[] = {
+      "https://vault.azure.net",            "https://vault.azure.cn",
+      "https://vault.usgovcloudapi.net",    "https://vault.microsoftazure.de",
+      "https://vault.cloudapi.eaglex.ic.gov", "https://vault.cloudapi.microsoft.scloud",
+      "https://managedhsm.azure.net",       "https://managedhsm.azure.cn",
+      "https://managedhsm.usgovcloudapi.net",
+  };
+  size_t i, hl = host != NULL ? strlen(host) : 0;
+  for (i = 0; i < sizeof(kv_clouds) / sizeof(kv_clouds[0]); i++) {
+    size_t sl = strlen(kv_clouds[i]);
+    if (hl > sl + 1 && host[hl - sl - 1] == '.' && strcasecmp(host + hl - sl, kv_clouds[i]) == 0)
+      return resources[i];
+  }
+  return NULL;
 }
 
 static CK_RV kv_map_error(kv_backend *b, kv_call_kind kind, const char *key, const kv_resp *r)
@@ -81,24 +139,17 @@ static CK_RV kv_map_error(kv_backend *b, kv_call_kind kind, const char *key, con
               perm, ei.code, ei.message, r->request_id);
     return CKR_DEVICE_ERROR;
   case 403: {
-    const char *why;
-    char buf[160];
-    if (strcasecmp(ei.inner, "KeyOperationForbidden") == 0) {
-      snprintf(buf, sizeof(buf), "the key's key_ops do not allow '%s'", perm);
-      why = buf;
-    } else if (strcasecmp(ei.inner, "KeyDisabled") == 0 || strstr(ei.message, "disabled")) {
-      why = "the key is disabled";
-    } else if (strcasecmp(ei.inner, "KeyExpired") == 0 || strstr(ei.message, "expired")) {
-      why = "the key is expired or not yet valid";
-    } else if (strcasecmp(ei.inner, "ForbiddenByFirewall") == 0) {
-      why = "the vault's firewall refuses this client";
-    } else {
-      snprintf(buf, sizeof(buf), "the application lacks the '%s' permission", perm);
-      why = buf;
-    }
-    KVP_ERROR("%s: %s (HTTP 403 %s%s%s: %s; x-ms-request-id %s)", who, why, ei.code,
-              ei.inner[0] ? "/" : "", ei.inner, ei.message, r->request_id);
-    return CKR_KEY_FUNCTION_NOT_PERMITTED;
+    char why[160];
+    kv_cause cause = kv_forbidden_cause(&ei);
+    kv_cause_text(cause, perm, 0, why, sizeof(why));
+    /* sign / decrypt: kv_keys.c logs the cause once per change; a state read's
+     * 403 is an expected answer for sign-only principals */
+    return kvp_fail_at(kind == KV_CALL_SIGN || kind == KV_CALL_DECRYPT || kind == KV_CALL_STATE
+                           ? KVP_LOG_DEBUG
+                           : KVP_LOG_ERROR,
+                       CKR_KEY_FUNCTION_NOT_PERMITTED,
+                       "%s: %s (HTTP 403 %s%s%s: %s; x-ms-request-id %s)", who, why, ei.code,
+                       ei.inner[0] ? "/" : "", ei.inner, ei.message, r->request_id);
   }
   case 404:
     if (kind == KV_CALL_PROBE) {
@@ -115,12 +166,46 @@ static CK_RV kv_map_error(kv_backend *b, kv_call_kind kind, const char *key, con
   }
 }
 
-/* Learn the token resource from the service's 401 challenge. */
+/* The resource a 401's WWW-Authenticate challenge names, checked against the vault host. */
+static CK_RV kv_challenge_resource(kv_backend *b, const kv_resp *resp, char **resource)
+{
+  kv_challenge c;
+  *resource = NULL;
+  if (resp->www_auth == NULL || kv_challenge_parse(resp->www_auth, &c) != 0)
+    return kvp_fail(CKR_DEVICE_ERROR,
+                    "vault %s: HTTP 401 without a usable WWW-Authenticate Bearer challenge "
+                    "(x-ms-request-id %s)",
+                    b->conf.name, resp->request_id);
+  if (kv_resource_check(&c, b->host, resource) != 0) {
+    CK_RV rv = kvp_fail(CKR_DEVICE_ERROR,
+                        "vault %s: the challenge resource '%s' does not match the vault host "
+                        "'%s'; no token is sent",
+                        b->conf.name, c.resource != NULL ? c.resource : c.scope, b->host);
+    kv_challenge_clear(&c);
+    return rv;
+  }
+  kv_challenge_clear(&c);
+  return CKR_OK;
+}
+
+static void kv_set_resource(kv_backend *b, const char *resource)
+{
+  char *r = strdup(resource);
+  if (r == NULL)
+    return;
+  pthread_mutex_lock(&b->lock);
+  free(b->resource);
+  b->resource = r;
+  pthread_mutex_unlock(&b->lock);
+}
+
+/* Learn the token resource from the service's 401 challenge (no configured or
+ * cloud resource). */
 static CK_RV kv_do_challenge(kv_backend *b, kv_call_kind kind, const char *key, const kv_req *req,
-                          const kv_retry *rt, kv_resp *resp, char **resource)
+                             const kv_retry *rt, kv_resp *resp, char **resource)
 {
   kv_req ch = *req;
-  kv_challenge c;
+  CK_RV rv;
 
   *resource = NULL;
   /* like the Azure SDKs: the first request goes without token and body */
@@ -131,25 +216,38 @@ static CK_RV kv_do_challenge(kv_backend *b, kv_call_kind kind, const char *key, 
   kv_http_do_retry(b->http, &ch, rt, 1, resp);
   if (resp->status != 401)
     return kv_map_error(b, kind, key, resp);
-  if (resp->www_auth == NULL || kv_challenge_parse(resp->www_auth, &c) != 0) {
-    KVP_ERROR("vault %s: HTTP 401 without a usable WWW-Authenticate Bearer challenge "
-              "(x-ms-request-id %s)",
-              b->conf.name, resp->request_id);
-    return CKR_DEVICE_ERROR;
+  rv = kv_challenge_resource(b, resp, resource);
+  if (rv == CKR_OK)
+    kv_set_resource(b, *resource);
+  return rv;
+}
+
+/*
+ * A 401 on a request with a token: once, either switch to the resource the
+ * service's challenge names (when it differs from the one used, and passes
+ * the host check) or get a new token for the same resource. 1: try again.
+ */
+static int kv_on_401(kv_backend *b, const char *what, kv_resp *resp, char **resource,
+                     char **hdr, char **stale)
+{
+  char *wanted = NULL;
+  if (resp->www_auth != NULL && kv_challenge_resource(b, resp, &wanted) == CKR_OK &&
+      strcmp(wanted, *resource) != 0) {
+    KVP_INFO("%s: the vault asks for tokens of %s (was %s)", what, wanted, *resource);
+    kv_set_resource(b, wanted);
+    free(*resource);
+    *resource = wanted;
+    kv_free_wipe(*hdr);
+    *hdr = NULL;
+    return 1;
   }
-  if (kv_resource_check(&c, b->host, resource) != 0) {
-    KVP_ERROR("vault %s: the challenge resource '%s' does not match the vault host '%s'; "
-              "no token is sent",
-              b->conf.name, c.resource != NULL ? c.resource : c.scope, b->host);
-    kv_challenge_clear(&c);
-    return CKR_DEVICE_ERROR;
-  }
-  kv_challenge_clear(&c);
-  pthread_mutex_lock(&b->lock);
-  if (b->resource == NULL)
-    b->resource = strdup(*resource);
-  pthread_mutex_unlock(&b->lock);
-  return CKR_OK;
+  free(wanted);
+  KVP_INFO("%s: HTTP 401 with a cached token (x-ms-request-id %s); getting a new token", what,
+           resp->request_id);
+  kv_free_wipe(*stale);
+  *stale = *hdr;
+  *hdr = NULL;
+  return 1;
 }
 
 CK_RV kv_call(kv_backend *b, kv_call_kind kind, const char *key, const char *method,
@@ -188,13 +286,9 @@ CK_RV kv_call(kv_backend *b, kv_call_kind kind, const char *key, const char *met
     req.auth_header = hdr;
     kv_http_do_retry(b->http, &req, &rt, 1, resp);
     if (resp->status == 401 && !refreshed) {
-      KVP_INFO("%s: HTTP 401 with a cached token (x-ms-request-id %s); getting a new token", what,
-               resp->request_id);
       refreshed = 1;
-      kv_free_wipe(stale);
-      stale = hdr;
-      hdr = NULL;
-      continue;
+      if (kv_on_401(b, what, resp, &resource, &hdr, &stale))
+        continue;
     }
     break;
   }
@@ -310,6 +404,7 @@ static void kv_conf_free(kvp_vault_conf *c)
   free(c->authority_host);
   free(c->imds_endpoint);
   free(c->ca_file);
+  free(c->resource);
 }
 
 static int kv_conf_copy(kvp_vault_conf *d, const kvp_vault_conf *s)
@@ -327,7 +422,8 @@ static int kv_conf_copy(kvp_vault_conf *d, const kvp_vault_conf *s)
   d->authority_host = kvp_strdup0(s->authority_host);
   d->imds_endpoint = kvp_strdup0(s->imds_endpoint);
   d->ca_file = kvp_strdup0(s->ca_file);
-  if (d->name == NULL || d->url == NULL || d->api_version == NULL)
+  d->resource = kvp_strdup0(s->resource);
+  if ((s->resource != NULL && d->resource == NULL) || d->name == NULL || d->url == NULL || d->api_version == NULL)
     return -1;
   return 0;
 }
@@ -358,6 +454,7 @@ static void kv_destroy(kvp_backend *be, int forked)
   if (b == NULL)
     return;
   kv_key_cache_free(b, forked);
+  kv_created_free(b);
   kv_auth_free(b->auth, forked);
   kv_http_free(b->http, forked);
   if (!forked)
@@ -374,6 +471,7 @@ static const kvp_backend_ops kv_ops = {
     .scheme = "keyvault",
     .open_key = kv_open_key,
     .close_key = kv_close_key,
+    .open_key_hint = kv_open_key_hint,
     .sign = kv_sign,
     .decrypt = kv_decrypt,
     .needs_login = kv_needs_login,
@@ -418,6 +516,19 @@ CK_RV kvp_keyvault_backend_new(const kvp_vault_conf *conf, kvp_backend **out)
   t = conf->timeout_ms > 0 ? conf->timeout_ms : 30000;
   b->unit_ms = t >= 31000 ? 1000 : (t / 31 > 1 ? t / 31 : 1);
   b->key_ttl_ms = KV_KEY_TTL_MS;
+  b->state_ms = (conf->key_cache_s > 0 ? conf->key_cache_s : 60) * 1000L;
+  b->attempt_ms = conf->attempt_timeout_ms > 0 ? conf->attempt_timeout_ms : 10000;
+  {
+    /* the token resource: configured, else the cloud's; else the first 401 challenge's */
+    const char *res = conf->resource != NULL ? conf->resource : kv_cloud_resource(b->host);
+    if (res != NULL && (b->resource = strdup(res)) == NULL)
+      goto nomem;
+    if (b->resource != NULL) {
+      size_t rl = strlen(b->resource);
+      while (rl > 8 && b->resource[rl - 1] == '/')
+        b->resource[--rl] = '\0';
+    }
+  }
   b->http = kv_http_new(conf->ca_file);
   if (b->http == NULL)
     goto nomem;

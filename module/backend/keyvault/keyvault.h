@@ -9,6 +9,13 @@
 
 #include "backend/backend.h"
 
+/* The Key Vault naming rules, in one place: a key name is 1 to 127 letters,
+ * digits and '-'; a version 1 to 64 letters and digits (the service's are 32
+ * hex digits). Names and versions taken from the vault's answers go through
+ * the same check before they go into a URL. */
+int kvp_keyvault_name_valid(const char *name);
+int kvp_keyvault_version_valid(const char *version);
+
 /* Names of all keys in the vault (GET /keys, following nextLink). Free with
  * kvp_keyvault_free_names(). Needs the 'list' permission. */
 CK_RV kvp_keyvault_list_keys(kvp_backend *be, char ***names, size_t *n);

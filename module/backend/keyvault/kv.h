@@ -7,7 +7,10 @@
  *               parsing, WWW-Authenticate parsing and resource check
  *   kv_auth.c   access tokens: client secret, client certificate (JWT
  *               assertion), managed identity, workload identity; cache
- *   kv_keys.c   key cache, sign, decrypt, local verification
+ *   kv_keys.c   key cache, open (with the registry's hint: no request),
+ *               live key state (enabled, nbf, exp, key_ops) and refusal causes
+ *   kv_sign.c   sign and decrypt
+ *   kv_verify.c prepared local verification of every signature
  *   keyvault.c  the backend object, the data-plane call (challenge, 401,
  *               error mapping) and the kvp_backend_ops table
  */
@@ -66,6 +69,7 @@ typedef struct kv_resp {
 /* Retry policy of one logical call. */
 typedef struct kv_retry {
   int64_t deadline_ms;      /* kv_now_ms() based */
+  long attempt_ms;          /* one attempt at most this long (and half the time left); 0: no cap */
   int max_retries;
   long unit_ms;             /* first backoff step; 1000 in production */
   const char *what;         /* for log lines: "vault prod: key k1: sign" */
@@ -172,16 +176,66 @@ unsigned long kv_auth_token_requests(kv_auth *a);
 /* ---- the backend (keyvault.c) ---- */
 typedef struct kv_backend kv_backend;
 
+/* Why the vault refuses (or would refuse) an operation with a key. */
+typedef enum {
+  KV_CAUSE_NONE = 0,
+  KV_CAUSE_DISABLED,
+  KV_CAUSE_NOT_YET_VALID, /* nbf in the future */
+  KV_CAUSE_EXPIRED,       /* exp passed */
+  KV_CAUSE_KEY_OPS,       /* the key's key_ops lack the operation */
+  KV_CAUSE_PERMISSION,    /* the principal lacks the permission */
+  KV_CAUSE_FIREWALL,
+  KV_CAUSE_OTHER,
+} kv_cause;
+
+/* Classify a 403 answer's error (Key Vault error and inner codes). */
+kv_cause kv_forbidden_cause(const kv_error_info *ei);
+/* "the key is disabled", "the key expired at 2026-...Z", ... (perm: "sign"/"decrypt") */
+void kv_cause_text(kv_cause c, const char *perm, int64_t t, char *buf, size_t len);
+
+/* A prepared verifier: contexts made once per key and algorithm (kv_verify.c). */
+typedef struct kv_verifier kv_verifier;
+kv_verifier *kv_verifier_new(EVP_PKEY *pub);
+void kv_verifier_free(kv_verifier *v);
+/* 1 when sig is a valid signature of digest under alg. Thread-safe. */
+int kv_verifier_check(kv_verifier *v, const kvp_sig_alg *alg, const unsigned char *digest,
+                      size_t dlen, const unsigned char *sig, size_t slen);
+
+/*
+ * One key version known to the backend, shared by every kvp_key opened on it
+ * (reference counted under the backend's lock). Its state (enabled, nbf, exp,
+ * key_ops) is a cache: see kv_keys.c.
+ */
 typedef struct kv_cached_key {
   struct kv_cached_key *next;
-  char *ref;          /* the name passed to open_key: KEY or KEY/VERSION */
-  kv_key_info info;
-  int64_t fetched_ms;
-  int shape_known;    /* type, bits, curve_nid filled (kvp_key_fill_from_pub is costly) */
+  int refs;           /* the list's reference + one per opened kvp_key */
+  char *ref;          /* cache key: NAME/VERSION, or NAME for an unversioned open */
+  char *name;
+  char *version;
+  EVP_PKEY *pub;
+  kv_verifier *verifier;
   kvp_key_type type;
   unsigned bits;
   int curve_nid;
+  int64_t fetched_ms; /* unversioned refs: when "latest" was resolved */
+  /* live state, guarded by the backend's lock */
+  int state_known;    /* 0: opened from the registry, nothing read from the vault yet */
+  unsigned ops;       /* KV_OP_* */
+  int enabled;
+  int64_t nbf, exp;   /* Unix seconds, 0: none */
+  int64_t checked_ms; /* the state (or a refusal) was last learned from the vault */
+  kv_cause refused[2];    /* [0] sign, [1] decrypt: the vault's last 403 cause */
+  int64_t refused_ms[2];
+  kv_cause logged[2];     /* last cause logged at error level (once per change) */
+  int64_t logged_t[2];
 } kv_cached_key;
+
+/* A key version this backend created or imported (delete_key checks it). */
+typedef struct kv_created {
+  struct kv_created *next;
+  char *name;
+  char *version;
+} kv_created;
 
 struct kv_backend {
   kvp_backend base;
@@ -191,17 +245,23 @@ struct kv_backend {
   kv_http *http;
   kv_auth *auth;
   long unit_ms;         /* backoff unit */
+  long attempt_ms;      /* one attempt's timeout (attempt_timeout_ms) */
   pthread_mutex_t lock; /* resource, key cache; never held across I/O */
-  char *resource;       /* from the challenge */
+  char *resource;       /* configured, from the cloud suffix, or from a challenge */
   kv_cached_key *keys;
-  long key_ttl_ms;      /* KV_KEY_TTL_MS */
+  long key_ttl_ms;      /* KV_KEY_TTL_MS: unversioned refs re-resolved after this */
+  int64_t state_ms;     /* key_cache_s: a local refusal is re-checked after this */
+  int no_get;           /* the principal lacks 'get': state comes from 403s only */
+  kv_created *created;  /* keys made by this backend (lock) */
 };
 
 typedef enum {
   KV_CALL_GET, KV_CALL_LIST, KV_CALL_SIGN, KV_CALL_DECRYPT,
   /* provisioning (kv_provision.c): permissions 'create', 'import', 'delete';
    * PROBE is a 'get' whose 404 is an expected answer (logged at debug only) */
-  KV_CALL_CREATE, KV_CALL_IMPORT, KV_CALL_DELETE, KV_CALL_PROBE
+  KV_CALL_CREATE, KV_CALL_IMPORT, KV_CALL_DELETE, KV_CALL_PROBE,
+  /* a 'get' of a key's state whose 403 is expected (sign-only principals) */
+  KV_CALL_STATE
 } kv_call_kind;
 
 /*
@@ -213,8 +273,19 @@ CK_RV kv_call(kv_backend *b, kv_call_kind kind, const char *key, const char *met
               const char *url, const char *body, kv_resp *resp);
 void kv_retry_init(kv_backend *b, kv_retry *rt, const char *what);
 
+/* The token resource a vault host's cloud suffix implies ("https://vault.azure.net"
+ * for NAME.vault.azure.net), or NULL for a host of no known cloud. */
+const char *kv_cloud_resource(const char *host);
+
 /* kv_keys.c */
 CK_RV kv_open_key(kvp_backend *be, const char *name, kvp_key **out);
+CK_RV kv_open_key_hint(kvp_backend *be, const char *name, const kvp_key_ref_hint *hint,
+                       kvp_key **out);
+/* Before an operation (op KV_OP_SIGN / KV_OP_DECRYPT): CKR_OK to go to the vault, or
+ * CKR_KEY_FUNCTION_NOT_PERMITTED with the cause logged. */
+CK_RV kv_state_gate(kv_backend *b, kvp_key *key, unsigned op);
+/* After the operation: rv and, for a 403, the vault's answer. */
+void kv_state_after(kv_backend *b, kvp_key *key, unsigned op, CK_RV rv, const kv_resp *resp);
 void kv_close_key(kvp_backend *be, kvp_key *key);
 CK_RV kv_sign(kvp_backend *be, kvp_key *key, const kvp_sig_alg *alg, const CK_BYTE *digest,
               CK_ULONG digest_len, CK_BYTE *sig, CK_ULONG *sig_len);
@@ -223,10 +294,6 @@ CK_RV kv_decrypt(kvp_backend *be, kvp_key *key, const kvp_dec_alg *alg, const CK
 void kv_key_cache_free(kv_backend *b, int forked);
 /* Forget every cached version of key name (after a 404, delete or create). */
 void kv_cache_drop(kv_backend *b, const char *name);
-/* Check a signature against the public key (RSA PKCS#1 / PSS over a bare
- * digest; ECDSA r||s). 1 when valid. */
-int kv_verify_local(EVP_PKEY *pub, const kvp_sig_alg *alg, const unsigned char *digest,
-                    size_t dlen, const unsigned char *sig, size_t slen);
 
 
 /* kv_provision.c: the provisioning ops of kvp_backend_ops (see backend.h) */
@@ -237,6 +304,7 @@ CK_RV kv_prov_import_key(kvp_backend *be, const char *name, EVP_PKEY *priv,
 CK_RV kv_prov_delete_key(kvp_backend *be, const char *name);
 CK_RV kv_prov_list_keys(kvp_backend *be, kvp_key_info **out, size_t *n);
 CK_RV kv_prov_key_info(kvp_backend *be, const char *name, kvp_key_info *out);
+void kv_created_free(kv_backend *b);
 
 /* ---- vault-wide pacing (kv_http.c) ---- */
 /* The pacer of a kv_http (tests, debug). */

@@ -12,12 +12,15 @@
  * Secrets (client secret, assertion key, federated token, access tokens) are
  * never logged and are wiped after use.
  */
+/* secure_getenv: environment overrides are ignored in setuid/setgid processes */
+#define _GNU_SOURCE
 #include "backend/keyvault/kv.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include <openssl/evp.h>
@@ -27,6 +30,7 @@
 #include <openssl/x509.h>
 
 #include "core/log.h"
+#include "core/status.h"
 #include "core/util.h"
 
 typedef struct kv_token {
@@ -45,7 +49,59 @@ struct kv_auth {
   pthread_cond_t cond;
   kv_token *tokens;
   unsigned long requests;
+  /* the token endpoint refused the credential: not asked again before
+   * refused_until unless the credential's stamp changes */
+  int64_t refused_until;
+  uint64_t refused_stamp;
 };
+
+#define KV_REFUSED_MS 30000
+
+static uint64_t kv_fnv(uint64_t h, const void *p, size_t n)
+{
+  const unsigned char *b = p;
+  size_t i;
+  for (i = 0; i < n; i++)
+    h = (h ^ b[i]) * 1099511628211ULL;
+  return h;
+}
+
+static uint64_t kv_stamp_file(uint64_t h, const char *path)
+{
+  struct stat st;
+  if (path == NULL || stat(path, &st) != 0)
+    return kv_fnv(h, "-", 1);
+  h = kv_fnv(h, &st.st_ino, sizeof(st.st_ino));
+  h = kv_fnv(h, &st.st_size, sizeof(st.st_size));
+  h = kv_fnv(h, &st.st_mtim.tv_sec, sizeof(st.st_mtim.tv_sec));
+  return kv_fnv(h, &st.st_mtim.tv_nsec, sizeof(st.st_mtim.tv_nsec));
+}
+
+static uint64_t kv_stamp_env(uint64_t h, const char *name)
+{
+  const char *v = name != NULL ? secure_getenv(name) : NULL;
+  return v != NULL ? kv_fnv(h, v, strlen(v)) : kv_fnv(h, "-", 1);
+}
+
+/* What identifies the credential in use: its files (inode, size, mtime) and variables. A
+ * changed secret file, certificate, federated token or identity header changes it. */
+static uint64_t kv_cred_stamp(const kvp_vault_conf *c)
+{
+  uint64_t h = 14695981039346656037ULL;
+  switch (c->auth) {
+  case KVP_AUTH_CLIENT_SECRET:
+    h = kv_stamp_file(h, c->client_secret_file);
+    return kv_stamp_env(h, c->client_secret_env);
+  case KVP_AUTH_CLIENT_CERTIFICATE:
+    h = kv_stamp_file(h, c->client_cert_file);
+    return kv_stamp_file(h, c->client_key_file);
+  case KVP_AUTH_WORKLOAD_IDENTITY:
+    return kv_stamp_file(h, secure_getenv("AZURE_FEDERATED_TOKEN_FILE"));
+  case KVP_AUTH_MANAGED_IDENTITY:
+    return kv_stamp_env(h, "IDENTITY_HEADER");
+  }
+  return h;
+}
 
 kv_auth *kv_auth_new(const kvp_vault_conf *conf, kv_http *http)
 {
@@ -98,7 +154,7 @@ static char *kv_authority(const kvp_vault_conf *c)
   char *r;
   size_t n;
   if (h == NULL || h[0] == '\0')
-    h = getenv("AZURE_AUTHORITY_HOST");
+    h = secure_getenv("AZURE_AUTHORITY_HOST");
   if (h == NULL || h[0] == '\0')
     h = "https://login.microsoftonline.com";
   r = strdup(h);
@@ -114,7 +170,7 @@ static const char *kv_conf_or_env(const char *v, const char *env)
 {
   if (v != NULL && v[0] != '\0')
     return v;
-  v = getenv(env);
+  v = secure_getenv(env);
   return v != NULL && v[0] != '\0' ? v : NULL;
 }
 
@@ -292,170 +348,246 @@ out:
 static CK_RV kv_token_failed(const kvp_vault_conf *c, const char *what, const kv_resp *r)
 {
   kv_error_info ei;
-  if (r->status == 0) {
-    KVP_ERROR("vault %s: %s failed: %s", c->name, what, r->curl_err);
-  } else {
-    kv_error_parse(r, &ei);
-    KVP_ERROR("vault %s: %s failed: HTTP %ld %s: %s (x-ms-request-id %s)", c->name, what,
-              r->status, ei.code, ei.message, r->request_id);
-  }
-  return CKR_DEVICE_ERROR;
+  if (r->status == 0)
+    return kvp_fail(CKR_DEVICE_ERROR, "vault %s: %s failed: %s", c->name, what, r->curl_err);
+  kv_error_parse(r, &ei);
+  return kvp_fail(CKR_DEVICE_ERROR, "vault %s: %s failed: HTTP %ld %s: %s (x-ms-request-id %s)",
+                  c->name, what, r->status, ei.code, ei.message, r->request_id);
 }
 
-/* One token request (with transient retries). */
+/* One token request being built: what goes out and the buffers it owns. */
+typedef struct kv_treq {
+  kv_req req;
+  char what[200];
+  char *url;     /* token endpoint or identity endpoint */
+  char *body;    /* form (secret) */
+  char *hdr;     /* identity header (secret) */
+} kv_treq;
+
+static void kv_treq_clear(kv_treq *t)
+{
+  kv_free_wipe(t->body);
+  kv_free_wipe(t->hdr);
+  free(t->url);
+  memset(t, 0, sizeof(*t));
+}
+
+/* Managed identity: App Service / Functions (IDENTITY_ENDPOINT + IDENTITY_HEADER) or IMDS. */
+static CK_RV kv_treq_managed_identity(const kvp_vault_conf *c, const char *resource, kv_treq *t)
+{
+  const char *ie = secure_getenv("IDENTITY_ENDPOINT"), *ih = secure_getenv("IDENTITY_HEADER");
+  char *er = kv_escape(resource), *ec = c->client_id != NULL ? kv_escape(c->client_id) : NULL;
+  CK_RV rv = CKR_HOST_MEMORY;
+  size_t n;
+
+  if (er == NULL || (c->client_id != NULL && ec == NULL))
+    goto out;
+  /* the identity endpoint is local to the host: never through a proxy */
+  t->req.no_proxy = 1;
+  t->req.method = "GET";
+  if (ie != NULL && ie[0] != '\0' && ih != NULL && ih[0] != '\0') {
+    n = strlen(ie) + strlen(er) + (ec ? strlen(ec) : 0) + 80;
+    t->url = malloc(n);
+    t->hdr = malloc(strlen(ih) + 24);
+    if (t->url == NULL || t->hdr == NULL)
+      goto out;
+    snprintf(t->url, n, "%s%sapi-version=2019-08-01&resource=%s%s%s", ie,
+             strchr(ie, '?') ? "&" : "?", er, ec ? "&client_id=" : "", ec ? ec : "");
+    snprintf(t->hdr, strlen(ih) + 24, "X-IDENTITY-HEADER: %s", ih);
+    snprintf(t->what, sizeof(t->what), "managed identity token request (IDENTITY_ENDPOINT)");
+  } else {
+    const char *imds = c->imds_endpoint != NULL ? c->imds_endpoint : "http://169.254.169.254";
+    size_t il = strlen(imds);
+    while (il > 0 && imds[il - 1] == '/')
+      il--;
+    n = il + strlen(er) + (ec ? strlen(ec) : 0) + 120;
+    t->url = malloc(n);
+    t->hdr = strdup("Metadata: true");
+    if (t->url == NULL || t->hdr == NULL)
+      goto out;
+    snprintf(t->url, n,
+             "%.*s/metadata/identity/oauth2/token?api-version=2018-02-01&resource=%s%s%s",
+             (int)il, imds, er, ec ? "&client_id=" : "", ec ? ec : "");
+    t->req.retry_404_410 = 1;
+    snprintf(t->what, sizeof(t->what), "managed identity token request (IMDS)");
+  }
+  t->req.url = t->url;
+  t->req.extra_header = t->hdr;
+  rv = CKR_OK;
+out:
+  free(er);
+  free(ec);
+  return rv;
+}
+
+/* client_secret=... (from the file, re-read each time, or the environment variable) */
+static CK_RV kv_cred_client_secret(const kvp_vault_conf *c, char **body)
+{
+  char *secret = NULL, err[KVP_ERRLEN];
+  size_t slen = 0;
+  const char *env = c->client_secret_env != NULL ? secure_getenv(c->client_secret_env) : NULL;
+  CK_RV rv = CKR_HOST_MEMORY;
+
+  if (c->client_secret_file != NULL) {
+    if (kvp_secret_read_file(c->client_secret_file, &secret, &slen, err, sizeof(err)) != KVP_OK)
+      return kvp_fail(CKR_GENERAL_ERROR, "vault %s: client secret: %s", c->name, err);
+  } else if (env != NULL) {
+    secret = strdup(env);
+  } else {
+    return kvp_fail(CKR_GENERAL_ERROR,
+                    "vault %s: no client secret (client_secret_file or client_secret_env %s unset)",
+                    c->name, c->client_secret_env != NULL ? c->client_secret_env : "");
+  }
+  if (secret != NULL && kv_form_add(body, "client_secret", secret) == 0)
+    rv = CKR_OK;
+  kv_free_wipe(secret);
+  return rv;
+}
+
+static CK_RV kv_cred_assertion(char **body, const char *assertion)
+{
+  if (kv_form_add(body, "client_assertion_type",
+                  "urn:ietf:params:oauth:client-assertion-type:jwt-bearer") != 0 ||
+      kv_form_add(body, "client_assertion", assertion) != 0)
+    return CKR_HOST_MEMORY;
+  return CKR_OK;
+}
+
+/* client_assertion = a JWT signed with the client certificate's key */
+static CK_RV kv_cred_client_certificate(const kvp_vault_conf *c, const char *token_url,
+                                        char **body)
+{
+  char *assertion = NULL;
+  CK_RV rv = kv_client_assertion(c, token_url, &assertion);
+  if (rv == CKR_OK)
+    rv = kv_cred_assertion(body, assertion);
+  kv_free_wipe(assertion);
+  return rv;
+}
+
+/* client_assertion = the federated token (AZURE_FEDERATED_TOKEN_FILE, re-read: it rotates) */
+static CK_RV kv_cred_workload_identity(const kvp_vault_conf *c, char **body)
+{
+  const char *f = secure_getenv("AZURE_FEDERATED_TOKEN_FILE");
+  char *assertion;
+  CK_RV rv;
+  if (f == NULL || f[0] == '\0')
+    return kvp_fail(CKR_GENERAL_ERROR,
+                    "vault %s: workload identity needs AZURE_FEDERATED_TOKEN_FILE", c->name);
+  assertion = kv_read_small_file(f, 65536);
+  if (assertion == NULL || assertion[0] == '\0') {
+    kv_free_wipe(assertion);
+    return kvp_fail(CKR_GENERAL_ERROR, "vault %s: cannot read the federated token file %s",
+                    c->name, f);
+  }
+  rv = kv_cred_assertion(body, assertion);
+  kv_free_wipe(assertion);
+  return rv;
+}
+
+/* Client secret, client certificate, workload identity: the Entra ID v2 token endpoint. */
+static CK_RV kv_treq_entra(const kvp_vault_conf *c, const char *resource, kv_treq *t)
+{
+  const char *tenant = kv_conf_or_env(c->tenant_id, "AZURE_TENANT_ID");
+  const char *cid = kv_conf_or_env(c->client_id, "AZURE_CLIENT_ID");
+  char *authority, *scope;
+  size_t n;
+  CK_RV rv = CKR_HOST_MEMORY;
+
+  if (tenant == NULL || cid == NULL)
+    return kvp_fail(CKR_GENERAL_ERROR,
+                    "vault %s: tenant_id and client_id are required for this auth method",
+                    c->name);
+  authority = kv_authority(c);
+  if (authority == NULL)
+    return CKR_HOST_MEMORY;
+  if (strncasecmp(authority, "https://", 8) != 0) {
+    free(authority);
+    return kvp_fail(CKR_GENERAL_ERROR,
+                    "vault %s: authority_host (or AZURE_AUTHORITY_HOST) must be an https URL",
+                    c->name);
+  }
+  n = strlen(authority) + strlen(tenant) + 32;
+  t->url = malloc(n);
+  scope = malloc(strlen(resource) + 16);
+  if (t->url == NULL || scope == NULL)
+    goto out;
+  snprintf(t->url, n, "%s/%s/oauth2/v2.0/token", authority, tenant);
+  snprintf(scope, strlen(resource) + 16, "%s/.default", resource);
+  if (kv_form_add(&t->body, "grant_type", "client_credentials") != 0 ||
+      kv_form_add(&t->body, "client_id", cid) != 0 || kv_form_add(&t->body, "scope", scope) != 0)
+    goto out;
+  switch (c->auth) {
+  case KVP_AUTH_CLIENT_SECRET: rv = kv_cred_client_secret(c, &t->body); break;
+  case KVP_AUTH_CLIENT_CERTIFICATE: rv = kv_cred_client_certificate(c, t->url, &t->body); break;
+  case KVP_AUTH_WORKLOAD_IDENTITY: rv = kv_cred_workload_identity(c, &t->body); break;
+  default: rv = CKR_GENERAL_ERROR; break;
+  }
+  if (rv != CKR_OK)
+    goto out;
+  t->req.method = "POST";
+  t->req.url = t->url;
+  t->req.body = t->body;
+  t->req.body_len = strlen(t->body);
+  t->req.content_type = "application/x-www-form-urlencoded";
+  snprintf(t->what, sizeof(t->what), "token request to %s", t->url);
+out:
+  free(authority);
+  free(scope);
+  return rv;
+}
+
+/*
+ * Did the token endpoint refuse the credential itself (as opposed to being
+ * down)? Such a refusal is not retried for KV_REFUSED_MS unless the
+ * credential changes (see kv_auth_header).
+ */
+static int kv_credential_refused(const kvp_vault_conf *c, const kv_resp *r)
+{
+  kv_error_info ei;
+  if (r->status == 0 || r->status == 408 || r->status == 429 || r->status >= 500)
+    return 0;
+  kv_error_parse(r, &ei);
+  if (strcasecmp(ei.code, "invalid_client") == 0 || strcasecmp(ei.code, "unauthorized_client") == 0)
+    return 1;
+  /* a managed identity endpoint refusing the identity header */
+  return c->auth == KVP_AUTH_MANAGED_IDENTITY && (r->status == 401 || r->status == 403);
+}
+
+/* One token request (with transient retries). *refused: the credential was refused. */
 static CK_RV kv_fetch_token(kv_auth *a, const char *resource, const kv_retry *rt_in,
-                            kv_token_info *ti)
+                            kv_token_info *ti, int *refused)
 {
   const kvp_vault_conf *c = a->conf;
-  CK_RV rv = CKR_DEVICE_ERROR;
-  kv_req req;
+  kv_treq t;
   kv_resp resp;
   kv_retry rt = *rt_in;
-  char *authority = NULL, *token_url = NULL, *body = NULL, *secret = NULL, *assertion = NULL;
-  char *scope = NULL, *url = NULL, *hdr = NULL, *er = NULL, *ec = NULL;
-  char what[160], err[KVP_ERRLEN];
-  size_t n, slen = 0;
+  char err[KVP_ERRLEN];
+  CK_RV rv;
 
-  memset(&req, 0, sizeof(req));
+  memset(&t, 0, sizeof(t));
   memset(&resp, 0, sizeof(resp));
   kv_resp_clear(&resp, 0);
   memset(ti, 0, sizeof(*ti));
-
-  if (c->auth == KVP_AUTH_MANAGED_IDENTITY) {
-    const char *ie = getenv("IDENTITY_ENDPOINT"), *ih = getenv("IDENTITY_HEADER");
-    const char *cid = c->client_id;
-    er = kv_escape(resource);
-    ec = cid != NULL ? kv_escape(cid) : NULL;
-    if (er == NULL || (cid != NULL && ec == NULL))
-      goto out;
-    if (ie != NULL && ie[0] != '\0' && ih != NULL && ih[0] != '\0') {
-      n = strlen(ie) + strlen(er) + (ec ? strlen(ec) : 0) + 80;
-      url = malloc(n);
-      hdr = malloc(strlen(ih) + 24);
-      if (url == NULL || hdr == NULL)
-        goto out;
-      snprintf(url, n, "%s%sapi-version=2019-08-01&resource=%s%s%s", ie,
-               strchr(ie, '?') ? "&" : "?", er, ec ? "&client_id=" : "", ec ? ec : "");
-      snprintf(hdr, strlen(ih) + 24, "X-IDENTITY-HEADER: %s", ih);
-      snprintf(what, sizeof(what), "managed identity token request (IDENTITY_ENDPOINT)");
-    } else {
-      const char *imds = c->imds_endpoint != NULL ? c->imds_endpoint : "http://169.254.169.254";
-      size_t il = strlen(imds);
-      while (il > 0 && imds[il - 1] == '/')
-        il--;
-      n = il + strlen(er) + (ec ? strlen(ec) : 0) + 120;
-      url = malloc(n);
-      hdr = strdup("Metadata: true");
-      if (url == NULL || hdr == NULL)
-        goto out;
-      snprintf(url, n, "%.*s/metadata/identity/oauth2/token?api-version=2018-02-01&resource=%s%s%s",
-               (int)il, imds, er, ec ? "&client_id=" : "", ec ? ec : "");
-      req.no_proxy = 1;
-      req.retry_404_410 = 1;
-      snprintf(what, sizeof(what), "managed identity token request (IMDS)");
-    }
-    req.method = "GET";
-    req.url = url;
-    req.extra_header = hdr;
-  } else {
-    const char *tenant = kv_conf_or_env(c->tenant_id, "AZURE_TENANT_ID");
-    const char *cid = kv_conf_or_env(c->client_id, "AZURE_CLIENT_ID");
-    if (tenant == NULL || cid == NULL) {
-      KVP_ERROR("vault %s: tenant_id and client_id are required for this auth method", c->name);
-      rv = CKR_GENERAL_ERROR;
-      goto out;
-    }
-    authority = kv_authority(c);
-    if (authority == NULL)
-      goto out;
-    if (strncasecmp(authority, "https://", 8) != 0) {
-      KVP_ERROR("vault %s: authority_host must be an https URL", c->name);
-      rv = CKR_GENERAL_ERROR;
-      goto out;
-    }
-    n = strlen(authority) + strlen(tenant) + 32;
-    token_url = malloc(n);
-    scope = malloc(strlen(resource) + 16);
-    if (token_url == NULL || scope == NULL)
-      goto out;
-    snprintf(token_url, n, "%s/%s/oauth2/v2.0/token", authority, tenant);
-    snprintf(scope, strlen(resource) + 16, "%s/.default", resource);
-    if (kv_form_add(&body, "grant_type", "client_credentials") != 0 ||
-        kv_form_add(&body, "client_id", cid) != 0 || kv_form_add(&body, "scope", scope) != 0)
-      goto out;
-    switch (c->auth) {
-    case KVP_AUTH_CLIENT_SECRET:
-      if (c->client_secret_file != NULL) {
-        if (kvp_secret_read_file(c->client_secret_file, &secret, &slen, err, sizeof(err)) !=
-            KVP_OK) {
-          KVP_ERROR("vault %s: client secret: %s", c->name, err);
-          rv = CKR_GENERAL_ERROR;
-          goto out;
-        }
-      } else if (c->client_secret_env != NULL && getenv(c->client_secret_env) != NULL) {
-        secret = strdup(getenv(c->client_secret_env));
-      } else {
-        KVP_ERROR("vault %s: no client secret (client_secret_file or client_secret_env %s unset)",
-                  c->name, c->client_secret_env != NULL ? c->client_secret_env : "");
-        rv = CKR_GENERAL_ERROR;
-        goto out;
-      }
-      if (secret == NULL || kv_form_add(&body, "client_secret", secret) != 0)
-        goto out;
-      break;
-    case KVP_AUTH_CLIENT_CERTIFICATE:
-      rv = kv_client_assertion(c, token_url, &assertion);
-      if (rv != CKR_OK)
-        goto out;
-      rv = CKR_DEVICE_ERROR;
-      if (kv_form_add(&body, "client_assertion_type",
-                      "urn:ietf:params:oauth:client-assertion-type:jwt-bearer") != 0 ||
-          kv_form_add(&body, "client_assertion", assertion) != 0)
-        goto out;
-      break;
-    case KVP_AUTH_WORKLOAD_IDENTITY: {
-      const char *f = getenv("AZURE_FEDERATED_TOKEN_FILE");
-      if (f == NULL || f[0] == '\0') {
-        KVP_ERROR("vault %s: workload identity needs AZURE_FEDERATED_TOKEN_FILE", c->name);
-        rv = CKR_GENERAL_ERROR;
-        goto out;
-      }
-      /* re-read every time: the file rotates */
-      assertion = kv_read_small_file(f, 65536);
-      if (assertion == NULL || assertion[0] == '\0') {
-        KVP_ERROR("vault %s: cannot read the federated token file %s", c->name, f);
-        rv = CKR_GENERAL_ERROR;
-        goto out;
-      }
-      if (kv_form_add(&body, "client_assertion_type",
-                      "urn:ietf:params:oauth:client-assertion-type:jwt-bearer") != 0 ||
-          kv_form_add(&body, "client_assertion", assertion) != 0)
-        goto out;
-      break;
-    }
-    default:
-      goto out;
-    }
-    req.method = "POST";
-    req.url = token_url;
-    req.body = body;
-    req.body_len = strlen(body);
-    req.content_type = "application/x-www-form-urlencoded";
-    snprintf(what, sizeof(what), "token request to %s", token_url);
-  }
-
-  rt.what = what;
+  *refused = 0;
+  rv = c->auth == KVP_AUTH_MANAGED_IDENTITY ? kv_treq_managed_identity(c, resource, &t)
+                                            : kv_treq_entra(c, resource, &t);
+  if (rv != CKR_OK)
+    goto out;
+  rt.what = t.what;
   pthread_mutex_lock(&a->lock);
   a->requests++;
   pthread_mutex_unlock(&a->lock);
-  KVP_DEBUG("vault %s: %s for %s", c->name, what, resource);
-  kv_http_do_retry(a->http, &req, &rt, 1, &resp);
+  KVP_DEBUG("vault %s: %s for %s", c->name, t.what, resource);
+  kv_http_do_retry(a->http, &t.req, &rt, 1, &resp);
   if (resp.status != 200 || resp.json == NULL || resp.capped) {
-    rv = kv_token_failed(c, what, &resp);
+    *refused = kv_credential_refused(c, &resp);
+    rv = kv_token_failed(c, t.what, &resp);
     goto out;
   }
   if (kv_token_parse(resp.json, kv_wall_s(), ti, err, sizeof(err)) != 0) {
-    KVP_ERROR("vault %s: %s: %s (x-ms-request-id %s)", c->name, what, err, resp.request_id);
+    rv = kvp_fail(CKR_DEVICE_ERROR, "vault %s: %s: %s (x-ms-request-id %s)", c->name, t.what, err,
+                  resp.request_id);
     goto out;
   }
   {
@@ -467,16 +599,7 @@ static CK_RV kv_fetch_token(kv_auth *a, const char *resource, const kv_retry *rt
   rv = CKR_OK;
 out:
   kv_resp_clear(&resp, 1);
-  kv_free_wipe(body);
-  kv_free_wipe(secret);
-  kv_free_wipe(assertion);
-  kv_free_wipe(hdr);
-  free(authority);
-  free(token_url);
-  free(scope);
-  free(url);
-  free(er);
-  free(ec);
+  kv_treq_clear(&t);
   return rv;
 }
 
@@ -502,6 +625,8 @@ CK_RV kv_auth_header(kv_auth *a, const char *resource, const char *stale, const 
   kv_token_info ti;
   CK_RV rv;
   int64_t now;
+  uint64_t stamp = kv_cred_stamp(a->conf);
+  int refused = 0;
 
   *hdr = NULL;
   pthread_mutex_lock(&a->lock);
@@ -549,13 +674,29 @@ CK_RV kv_auth_header(kv_auth *a, const char *resource, const char *stale, const 
       pthread_cond_timedwait(&a->cond, &a->lock, &ts);
     }
   }
+  if (a->refused_until > now && a->refused_stamp == stamp &&
+      !(t->token != NULL && now < t->expires_ms)) {
+    int64_t left = (a->refused_until - now + 999) / 1000;
+    pthread_mutex_unlock(&a->lock);
+    return kvp_fail(CKR_DEVICE_ERROR,
+                    "vault %s: the token endpoint refused this credential; not asked again for "
+                    "%lld s unless the credential (secret file, certificate, federated token) "
+                    "changes",
+                    a->conf->name, (long long)left);
+  }
   t->refreshing = 1;
   pthread_mutex_unlock(&a->lock);
 
-  rv = kv_fetch_token(a, resource, rt, &ti);
+  rv = kv_fetch_token(a, resource, rt, &ti, &refused);
 
   pthread_mutex_lock(&a->lock);
   t->refreshing = 0;
+  if (refused) {
+    a->refused_until = kv_now_ms() + KV_REFUSED_MS;
+    a->refused_stamp = stamp;
+  } else if (rv == CKR_OK) {
+    a->refused_until = 0;
+  }
   pthread_cond_broadcast(&a->cond);
   now = kv_now_ms();
   if (rv == CKR_OK) {

@@ -5,11 +5,14 @@
  * is held across a request: the pool mutex only guards the free list, and the
  * share locks are taken by libcurl for the moment it touches shared data.
  */
+/* dladdr, RTLD_NODELETE */
+#define _GNU_SOURCE
 #include "backend/keyvault/kv.h"
+
+#include <dlfcn.h>
 
 #include <errno.h>
 #include <stdatomic.h>
-#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -20,6 +23,7 @@
 
 #include "core/log.h"
 #include "core/util.h"
+#include "core/wipemem.h"
 
 #define KV_POOL_MAX 32
 
@@ -35,12 +39,12 @@
 typedef struct kv_pace {
   pthread_mutex_t lock;
   int64_t blocked_until; /* no request before this (a 429's Retry-After) */
-  double rate;           /* learned sustainable requests/s; 0: not limited */
+  double rate;           /* base rate learned at the last 429 (requests/s); 0: not limited */
   double tat;            /* GCRA theoretical arrival time (ms) */
   int64_t decreased_ms;  /* last rate decrease (429s of requests sent before are old news) */
-  int64_t increased_ms;  /* last additive increase */
-  int64_t waited_ms;     /* last time a request had to wait for the pacer */
   int64_t last429_ms;
+  int decreases;         /* rate decreases in this episode */
+  int long_episode;      /* the client is at the limit (see kv_pace_rate) */
   int64_t slot; /* index (ms / KV_PACE_SLOT_MS) of the newest bucket */
   uint32_t acc[KV_PACE_SLOTS];
   unsigned long n_throttled, n_waits;
@@ -73,40 +77,9 @@ static CURLcode kv_curl_init_rc = CURLE_OK;
  * effect when kvp11 is the first to initialize libcurl in the process (the
  * usual case: libcurl keeps the callbacks of its first initialization).
  */
-/*
- * The wipe of a whole heap block, word by word: malloc's blocks are aligned
- * to 16 bytes and their usable size is a multiple of 8. The volatile stores
- * cannot be optimised away; they cost a fifth of OPENSSL_cleanse's
- * instructions, which matters here: libcurl frees ~50 blocks (~30 KiB) per
- * request, among them its 16 KiB upload buffer, into which it copies every
- * HTTPS request (Authorization header included) before sending it.
- */
-static void kv_wipe_block(void *p, size_t n)
-{
-  volatile uint64_t *w = p;
-  size_t i = 0, words = n / 8;
-  for (; i + 8 <= words; i += 8) {
-    w[i] = 0;
-    w[i + 1] = 0;
-    w[i + 2] = 0;
-    w[i + 3] = 0;
-    w[i + 4] = 0;
-    w[i + 5] = 0;
-    w[i + 6] = 0;
-    w[i + 7] = 0;
-  }
-  for (; i < words; i++)
-    w[i] = 0;
-  if (n % 8 != 0)
-    OPENSSL_cleanse((unsigned char *)p + words * 8, n % 8);
-}
-
 static void kv_mem_free(void *p)
 {
-  if (p != NULL) {
-    kv_wipe_block(p, malloc_usable_size(p));
-    free(p);
-  }
+  kvp_wipe_free(p);
 }
 
 static void *kv_mem_malloc(size_t n)
@@ -124,35 +97,37 @@ static char *kv_mem_strdup(const char *s)
   return strdup(s);
 }
 
-/* A moving realloc would leave the old block unwiped: copy, wipe, free. */
+/* libcurl grows its buffers by doubling from 32 bytes: a moved block gets room
+ * for the next doublings of a small buffer (no copy, no wipe) */
 static void *kv_mem_realloc(void *p, size_t n)
 {
-  size_t old;
-  void *q;
+  return kvp_wipe_realloc(p, n, 1024);
+}
 
-  if (p == NULL)
-    return malloc(n);
-  if (n == 0) {
-    kv_mem_free(p);
-    return NULL;
-  }
-  old = malloc_usable_size(p);
-  if (n <= old)
-    return p;
-  /* libcurl grows its buffers by doubling from 32 bytes: leave room so that
-   * the next doublings of a small buffer stay in place (no copy, no wipe) */
-  q = malloc(n < 1024 ? 1024 : n);
-  if (q == NULL)
-    return NULL;
-  memcpy(q, p, old);
-  kv_mem_free(p);
-  return q;
+/*
+ * libcurl keeps the allocators of its first initialization for the life of
+ * the process, also after curl_global_cleanup() when another user still
+ * holds it initialized: the host program, for one. So once they are
+ * installed, this code must stay mapped: the module pins itself
+ * (RTLD_NODELETE), and a dlclose() by p11-kit or the application leaves it
+ * in memory. Without the pin, a host program that unloaded libkvp11.so and
+ * then used libcurl itself called into unmapped code.
+ */
+static void kv_pin_self(void)
+{
+  Dl_info di;
+  if (dladdr(&kv_curl_init_rc, &di) != 0 && di.dli_fname != NULL &&
+      dlopen(di.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE) == NULL)
+    KVP_WARN("libcurl: cannot pin %s in memory (%s); unloading it while the program uses "
+             "libcurl is unsafe", di.dli_fname, dlerror());
 }
 
 static void kv_curl_global_init(void)
 {
   kv_curl_init_rc = curl_global_init_mem(CURL_GLOBAL_DEFAULT, kv_mem_malloc, kv_mem_free,
                                          kv_mem_realloc, kv_mem_strdup, kv_mem_calloc);
+  if (kv_curl_init_rc == CURLE_OK)
+    kv_pin_self();
 }
 
 int64_t kv_now_ms(void)
@@ -680,30 +655,47 @@ static int kv_status_transient(long status)
  *
  *  - a 429 pauses the whole vault until its Retry-After (or backoff) has
  *    passed: the other threads wait before sending instead of being refused;
- *  - from the first 429 on, a rate limiter paces the requests (GCRA, a token
- *    bucket that holds two requests: the service's window is sliding, so a
- *    burst would count against it for a whole window). Its rate is learned
- *    from the first 429: n requests were accepted in the busy period of s
- *    seconds before it and the service says it frees up in R (whole)
- *    seconds, so its window W is in (s + R - 1, s + R]; the service's
- *    windows are whole seconds (Key Vault: 10 s), so W = floor(s + R) and
- *    the rate is 0.95 n / W. Later 429s (already paced) lower the rate by
- *    5 %; it grows by 0.2 %/s while requests wait for it (1 %/s once no 429
- *    came for 30 s), so that it keeps probing for more without meeting the
- *    limit more often than every ~25 s. After 5 minutes without a 429 the
- *    limiter is dropped.
+ *  - from a 429 on, a rate limiter paces the requests (GCRA, a token bucket
+ *    that holds two requests). At the first 429 of an episode it learns a
+ *    rate r: n requests were accepted in the busy period of s seconds before
+ *    it and the service says it frees up in R (whole) seconds, so its window
+ *    W is in (s + R - 1, s + R]; the service's windows are whole seconds, so
+ *    W = floor(s + R) and r = 0.95 n / W.
+ *  - a 429 after a busy period of at least W / 2 (the vault accepted that
+ *    pace for most of a window: the 429 may be a passing one) starts a short
+ *    episode: 5 s after it, without another 429, the limiter is dropped and
+ *    the client is back at its full pace.
+ *  - a 429 after a short burst (s < W / 2), or a second 429 within an
+ *    episode, means the client really is at the limit: a long episode. The
+ *    second 429 measures r again; later ones set r to 0.95 times the rate in
+ *    force. The rate grows slowly after the pause, 0.2 %/s while the last
+ *    429 is under 30 s old, 1 %/s after that, so it keeps probing for more
+ *    without meeting the limit more often than every ~25 s. A long episode
+ *    ends after 5 minutes without a 429.
  *
  * Waiting for the pacer is not a retry: it only spends the operation's time.
- * Each 429 costs the vault's whole throughput for at least one second (the
- * pause), so the pacer aims at meeting the limit rarely, not at hugging it.
  */
-#define KV_PACE_FORGET_MS (5L * 60L * 1000L)
+#define KV_PACE_FORGET_ONE_MS 5000L          /* after a single 429 */
+#define KV_PACE_FORGET_MS (5L * 60L * 1000L) /* after two or more */
 #define KV_PACE_MIN_RATE 0.1
 #define KV_PACE_GAP_SLOTS 20 /* 200 ms without an answer ends a busy period */
 
-static double kv_pace_growth(const kv_pace *p, int64_t now)
+/* The rate in force at now (lock held); 0: not pacing. */
+static double kv_pace_rate(kv_pace *p, int64_t now)
 {
-  return now - p->last429_ms < 30000 ? 0.002 : 0.01;
+  double t;
+  if (p->rate <= 0)
+    return 0;
+  if (now - p->last429_ms > (p->long_episode ? KV_PACE_FORGET_MS : KV_PACE_FORGET_ONE_MS)) {
+    p->rate = 0; /* the episode is over: stop pacing */
+    p->decreases = 0;
+    p->long_episode = 0;
+    return 0;
+  }
+  t = (double)(now - p->blocked_until); /* since the pause ended */
+  if (t <= 0)
+    return p->rate;
+  return p->rate * (1.0 + (now - p->last429_ms < 30000 ? 0.002 : 0.01) * t / 1000.0);
 }
 
 static void kv_pace_roll(kv_pace *p, int64_t now)
@@ -746,16 +738,6 @@ static void kv_pace_note_ok(kv_pace *p, int64_t now)
 {
   kv_pace_roll(p, now);
   p->acc[p->slot % KV_PACE_SLOTS]++;
-  if (p->rate <= 0)
-    return;
-  if (now - p->last429_ms > KV_PACE_FORGET_MS) {
-    p->rate = 0; /* no throttling for minutes: stop pacing */
-    return;
-  }
-  if (now - p->waited_ms <= 1000 && now > p->increased_ms)
-    /* the pacer is what limits us: probe for more, slowly */
-    p->rate += p->rate * kv_pace_growth(p, now) * (double)(now - p->increased_ms) / 1000.0;
-  p->increased_ms = now;
 }
 
 /*
@@ -775,8 +757,8 @@ static int kv_pace_wait(kv_http *h, int64_t deadline_ms)
     until = now;
     if (p->blocked_until > now) {
       until = p->blocked_until;
-    } else if (p->rate > 0) {
-      double t = 1000.0 / p->rate; /* interval; tolerance t: two requests at once at most */
+    } else if (kv_pace_rate(p, now) > 0) {
+      double t = 1000.0 / kv_pace_rate(p, now); /* interval; tolerance t: two at once at most */
       double tat = p->tat > (double)now ? p->tat : (double)now;
       if (tat - t > (double)now) {
         until = (int64_t)(tat - t) + 1;
@@ -785,10 +767,8 @@ static int kv_pace_wait(kv_http *h, int64_t deadline_ms)
       if (until == now || reserved)
         p->tat = tat + t;
     }
-    if (until > now) {
-      p->waited_ms = now;
+    if (until > now)
       p->n_waits++;
-    }
     pthread_mutex_unlock(&p->lock);
     if (until <= now)
       return 0;
@@ -827,13 +807,15 @@ static void kv_pace_throttled(kv_http *h, int64_t sent_ms, int64_t delay_ms, con
   pthread_mutex_lock(&p->lock);
   now = kv_now_ms();
   p->n_throttled++;
+  old = kv_pace_rate(p, now);
   if (now + delay_ms > p->blocked_until)
     p->blocked_until = now + delay_ms;
-  old = p->rate;
   /* requests sent before the last decrease went at the old rate: their 429s
    * are old news */
-  if (sent_ms > p->decreased_ms) {
-    if (p->rate <= 0) {
+  if (sent_ms > p->decreased_ms || old <= 0) {
+    if (old <= 0)
+      p->decreases = 0;
+    if (p->decreases < 2) {
       n = kv_pace_measure(p, now, &span);
       w = (span + delay_ms) / 1000 * 1000; /* whole seconds in (s + R - 1 s, s + R] */
       if (w < span)
@@ -841,13 +823,16 @@ static void kv_pace_throttled(kv_http *h, int64_t sent_ms, int64_t delay_ms, con
       if (w < 1000)
         w = 1000;
       p->rate = 0.95 * n * 1000.0 / (double)w;
+      /* a burst that met the limit, or a second 429: the client is at the limit */
+      if (p->decreases > 0 || span * 2 < w)
+        p->long_episode = 1;
     } else {
-      p->rate *= 0.95;
+      p->rate = 0.95 * old;
     }
     if (p->rate < KV_PACE_MIN_RATE)
       p->rate = KV_PACE_MIN_RATE;
+    p->decreases++;
     p->decreased_ms = now;
-    p->increased_ms = now;
     decreased = 1;
   }
   p->last429_ms = now;
@@ -868,7 +853,7 @@ void kv_http_pace_stats(kv_http *h, kv_pace_stats *st)
 {
   kv_pace *p = &h->pace;
   pthread_mutex_lock(&p->lock);
-  st->rate = p->rate;
+  st->rate = kv_pace_rate(p, kv_now_ms());
   st->throttled = p->n_throttled;
   st->waits = p->n_waits;
   st->blocked_ms = p->blocked_until - kv_now_ms();
@@ -905,7 +890,14 @@ void kv_http_do_retry(kv_http *h, const kv_req *req, const kv_retry *rt, int jso
     left = rt->deadline_ms - sent;
     if (left <= 0)
       continue;
-    kv_http_do(h, req, (long)left, resp);
+    /* one attempt gets at most attempt_ms and half of the time left, so that a
+     * hung connection is abandoned and the request retried on a fresh one */
+    if (rt->attempt_ms > 0 && left > 1) {
+      int64_t cap = rt->attempt_ms < left / 2 ? rt->attempt_ms : left / 2;
+      kv_http_do(h, req, (long)cap, resp);
+    } else {
+      kv_http_do(h, req, (long)left, resp);
+    }
     if (paced && resp->status != 0 && resp->status != 429)
       kv_pace_accepted(h);
     if (resp->capped)

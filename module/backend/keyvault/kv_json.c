@@ -4,6 +4,7 @@
  * WWW-Authenticate challenge. Everything here treats its input as hostile.
  */
 #include "backend/keyvault/kv.h"
+#include "backend/keyvault/keyvault.h"
 
 #include <ctype.h>
 #include <limits.h>
@@ -331,7 +332,16 @@ int kv_kid_split(const char *kid, char **name, char **version)
     if (ne > v)
       *version = strndup(v, (size_t)(ne - v));
   }
-  return *name != NULL ? 0 : -1;
+  /* a name or version from a vault's answer goes into URLs: the admin's rules apply */
+  if (*name == NULL || !kvp_keyvault_name_valid(*name) ||
+      (*version != NULL && !kvp_keyvault_version_valid(*version))) {
+    free(*name);
+    free(*version);
+    *name = NULL;
+    *version = NULL;
+    return -1;
+  }
+  return 0;
 }
 
 /*

@@ -1,80 +1,114 @@
 /*
- * Keys: open (GET /keys/NAME[/VERSION], cached with a TTL), sign and decrypt
- * (one POST each, addressed by the versioned kid), and the local check of
- * every signature Key Vault returns.
+ * Keys: open, the cache of key versions, and their live state.
+ *
+ * Open. With the registry's hint (the version checked at registration and
+ * the key's SubjectPublicKeyInfo) a key opens without any request: the key
+ * version is the registered one (rotation in the vault changes nothing
+ * until the admin registers the new certificate) and the public key is the
+ * registered one. Without a SPKI the version is read once (GET
+ * /keys/NAME/VERSION); without any version the latest is resolved (GET
+ * /keys/NAME, again after KV_KEY_TTL_MS), as older registry rows need.
+ *
+ * State. enabled, nbf, exp and key_ops are a cache, not a verdict. nbf and
+ * exp are compared with the clock at every operation. A local refusal is
+ * re-checked with the vault at most once per key_cache_s: a GET of the
+ * version when the principal may get keys, otherwise the operation itself
+ * goes to the vault and its answer decides. A 403 from the vault refreshes
+ * the state. Each refusal logs its precise cause at error level once per
+ * change of cause (then at debug level), and records it as the thread's
+ * status reason.
  */
 #include "backend/keyvault/kv.h"
+#include "backend/keyvault/keyvault.h"
 
 #include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
-#include <openssl/bn.h>
-#include <openssl/ec.h>
-#include <openssl/rsa.h>
+#include <openssl/x509.h>
 
 #include "core/log.h"
+#include "core/status.h"
 #include "core/util.h"
 
-typedef struct kv_key_impl {
-  char *name;    /* key name without version */
-  unsigned ops;  /* KV_OP_* */
-  int enabled;
-  int64_t nbf, exp;
-} kv_key_impl;
+/* ---- the name rule ---- */
 
-/* "KEY" or "KEY/VERSION": names 1..127 of [0-9a-zA-Z-], versions alnum. */
+int kvp_keyvault_name_valid(const char *name)
+{
+  size_t i;
+  if (name == NULL || name[0] == '\0')
+    return 0;
+  for (i = 0; name[i] != '\0'; i++)
+    if (i >= 127 || (!isalnum((unsigned char)name[i]) && name[i] != '-'))
+      return 0;
+  return 1;
+}
+
+int kvp_keyvault_version_valid(const char *v)
+{
+  size_t i;
+  if (v == NULL || v[0] == '\0')
+    return 0;
+  for (i = 0; v[i] != '\0'; i++)
+    if (i >= 64 || !isalnum((unsigned char)v[i]))
+      return 0;
+  return 1;
+}
+
+/* "KEY" or "KEY/VERSION" */
 static int kv_ref_parse(const char *ref, char **name, char **version)
 {
   const char *slash = strchr(ref, '/');
-  size_t nl = slash != NULL ? (size_t)(slash - ref) : strlen(ref), i;
-  *name = NULL;
-  *version = NULL;
-  if (nl == 0 || nl > 127)
-    return -1;
-  for (i = 0; i < nl; i++)
-    if (!isalnum((unsigned char)ref[i]) && ref[i] != '-')
-      return -1;
-  if (slash != NULL) {
-    const char *v = slash + 1;
-    if (v[0] == '\0' || strlen(v) > 64)
-      return -1;
-    for (i = 0; v[i] != '\0'; i++)
-      if (!isalnum((unsigned char)v[i]))
-        return -1;
-    *version = strdup(v);
-    if (*version == NULL)
-      return -1;
-  }
-  *name = strndup(ref, nl);
-  if (*name == NULL) {
+  *name = slash != NULL ? strndup(ref, (size_t)(slash - ref)) : strdup(ref);
+  *version = slash != NULL ? strdup(slash + 1) : NULL;
+  if (*name == NULL || !kvp_keyvault_name_valid(*name) ||
+      (slash != NULL && (*version == NULL || !kvp_keyvault_version_valid(*version)))) {
+    free(*name);
     free(*version);
-    *version = NULL;
+    *name = *version = NULL;
     return -1;
   }
   return 0;
 }
 
-static int kv_key_usable_now(const kv_key_impl *ki, int64_t now)
+/* ---- the cache (entries are reference counted under b->lock) ---- */
+
+static void kv_entry_unref(kv_cached_key *c)
 {
-  return ki->enabled && (ki->nbf == 0 || now >= ki->nbf) && (ki->exp == 0 || now < ki->exp);
+  if (c == NULL || --c->refs > 0)
+    return;
+  kv_verifier_free(c->verifier);
+  EVP_PKEY_free(c->pub);
+  free(c->ref);
+  free(c->name);
+  free(c->version);
+  free(c);
+}
+
+/* Take c out of the list (lock held). */
+static void kv_entry_unlink(kv_backend *b, kv_cached_key *c)
+{
+  kv_cached_key **pp;
+  for (pp = &b->keys; *pp != NULL; pp = &(*pp)->next) {
+    if (*pp == c) {
+      *pp = c->next;
+      c->next = NULL;
+      kv_entry_unref(c);
+      return;
+    }
+  }
 }
 
 void kv_cache_drop(kv_backend *b, const char *name)
 {
-  kv_cached_key **pp, *c;
+  kv_cached_key *c, *n;
   pthread_mutex_lock(&b->lock);
-  pp = &b->keys;
-  while ((c = *pp) != NULL) {
-    if (c->info.name != NULL && strcasecmp(c->info.name, name) == 0) {
-      *pp = c->next;
-      kv_key_info_clear(&c->info);
-      free(c->ref);
-      free(c);
-    } else {
-      pp = &c->next;
-    }
+  for (c = b->keys; c != NULL; c = n) {
+    n = c->next;
+    if (strcasecmp(c->name, name) == 0)
+      kv_entry_unlink(b, c);
   }
   pthread_mutex_unlock(&b->lock);
 }
@@ -85,198 +119,271 @@ void kv_key_cache_free(kv_backend *b, int forked)
   (void)forked;
   for (c = b->keys; c != NULL; c = n) {
     n = c->next;
-    kv_key_info_clear(&c->info);
-    free(c->ref);
-    free(c);
+    c->next = NULL;
+    kv_entry_unref(c);
   }
   b->keys = NULL;
 }
 
-/* Build the kvp_key handed to the front from a cache entry (lock held). */
+/* A new entry for NAME/VERSION with public key pub (taken over). */
+static kv_cached_key *kv_entry_new(const char *ref, const char *name, const char *version,
+                                   EVP_PKEY *pub)
+{
+  kv_cached_key *c = calloc(1, sizeof(*c));
+  kvp_key shape;
+  if (c == NULL) {
+    EVP_PKEY_free(pub);
+    return NULL;
+  }
+  c->refs = 1;
+  c->pub = pub;
+  c->ref = strdup(ref);
+  c->name = strdup(name);
+  c->version = strdup(version);
+  memset(&shape, 0, sizeof(shape));
+  shape.pub = pub;
+  if (c->ref == NULL || c->name == NULL || c->version == NULL || pub == NULL ||
+      kvp_key_fill_from_pub(&shape) != CKR_OK || (c->verifier = kv_verifier_new(pub)) == NULL) {
+    kv_entry_unref(c);
+    return NULL;
+  }
+  c->type = shape.type;
+  c->bits = shape.bits;
+  c->curve_nid = shape.curve_nid;
+  c->fetched_ms = kv_now_ms();
+  c->ops = ~0u; /* until the vault says otherwise: what the key type allows */
+  c->enabled = 1;
+  return c;
+}
+
+static void kv_entry_set_state(kv_cached_key *c, const kv_key_info *info)
+{
+  c->state_known = 1;
+  c->ops = info->ops;
+  c->enabled = info->enabled;
+  c->nbf = info->nbf;
+  c->exp = info->exp;
+  c->checked_ms = kv_now_ms();
+}
+
+/* Put c into the list, replacing an entry with the same ref (lock held). */
+static void kv_entry_insert(kv_backend *b, kv_cached_key *c)
+{
+  kv_cached_key *o, *n;
+  for (o = b->keys; o != NULL; o = n) {
+    n = o->next;
+    if (strcmp(o->ref, c->ref) == 0)
+      kv_entry_unlink(b, o);
+  }
+  c->next = b->keys;
+  b->keys = c;
+}
+
+/* The kvp_key handed to the front, holding a reference to c (lock held). */
 static CK_RV kv_make_key(kv_backend *b, const char *ref, kv_cached_key *c, kvp_key **out)
 {
-  const kv_key_info *info = &c->info;
   kvp_key *k = calloc(1, sizeof(*k));
-  kv_key_impl *im = calloc(1, sizeof(*im));
-  CK_RV rv;
-  int64_t now = kv_wall_s();
-
-  if (k == NULL || im == NULL)
-    goto nomem;
-  k->backend = &b->base;
-  k->name = strdup(ref);
-  k->version = strdup(info->version);
-  im->name = strdup(info->name);
-  if (k->name == NULL || k->version == NULL || im->name == NULL)
-    goto nomem;
-  if (EVP_PKEY_up_ref(info->pub) != 1)
-    goto nomem;
-  k->pub = info->pub;
-  if (!c->shape_known) {
-    /* once per fetched key: the front opens keys at every C_SignInit */
-    rv = kvp_key_fill_from_pub(k);
-    if (rv != CKR_OK) {
-      KVP_ERROR("vault %s: key %s: unsupported key type or curve", b->conf.name, ref);
-      EVP_PKEY_free(k->pub);
-      k->pub = NULL;
-      goto fail;
+  if (k == NULL || (k->name = strdup(ref)) == NULL || (k->version = strdup(c->version)) == NULL ||
+      EVP_PKEY_up_ref(c->pub) != 1) {
+    if (k != NULL) {
+      free(k->name);
+      free(k->version);
     }
-    c->type = k->type;
-    c->bits = k->bits;
-    c->curve_nid = k->curve_nid;
-    c->shape_known = 1;
+    free(k);
+    return CKR_HOST_MEMORY;
   }
+  k->backend = &b->base;
+  k->pub = c->pub;
   k->type = c->type;
   k->bits = c->bits;
   k->curve_nid = c->curve_nid;
-  im->ops = info->ops;
-  im->enabled = info->enabled;
-  im->nbf = info->nbf;
-  im->exp = info->exp;
-  k->impl = im;
-  k->can_sign = (info->ops & KV_OP_SIGN) && kv_key_usable_now(im, now);
-  k->can_decrypt = k->type == KVP_KEY_RSA && (info->ops & KV_OP_DECRYPT) && info->enabled;
+  /* what the key type and key_ops allow; enabled, nbf and exp are checked at
+   * each operation (kv_state_gate), so a key opened while disabled signs once
+   * it is enabled again */
+  k->can_sign = !c->state_known || (c->ops & KV_OP_SIGN) != 0;
+  k->can_decrypt = c->type == KVP_KEY_RSA && (!c->state_known || (c->ops & KV_OP_DECRYPT) != 0);
   k->private_obj = 0;
+  c->refs++;
+  k->impl = c;
   *out = k;
   return CKR_OK;
-nomem:
-  rv = CKR_HOST_MEMORY;
-fail:
-  if (im != NULL)
-    free(im->name);
-  free(im);
-  if (k != NULL) {
-    free(k->name);
-    free(k->version);
-    free(k);
+}
+
+static char *kv_version_url(kv_backend *b, const char *name, const char *version)
+{
+  size_t len = strlen(b->base_url) + strlen(name) + (version ? strlen(version) : 0) +
+               strlen(b->conf.api_version) + 32;
+  char *url = malloc(len);
+  if (url != NULL)
+    snprintf(url, len, "%s/keys/%s%s%s?api-version=%s", b->base_url, name, version ? "/" : "",
+             version ? version : "", b->conf.api_version);
+  return url;
+}
+
+/* GET /keys/NAME[/VERSION]: the version's public key and state. */
+static CK_RV kv_fetch_key(kv_backend *b, kv_call_kind kind, const char *ref, const char *name,
+                          const char *version, kv_key_info *info)
+{
+  kv_resp resp;
+  char *url = kv_version_url(b, name, version), err[KVP_ERRLEN];
+  CK_RV rv;
+
+  memset(info, 0, sizeof(*info));
+  memset(&resp, 0, sizeof(resp));
+  kv_resp_clear(&resp, 0);
+  if (url == NULL)
+    return CKR_HOST_MEMORY;
+  rv = kv_call(b, kind, ref, "GET", url, NULL, &resp);
+  if (rv == CKR_OK && kv_key_bundle_parse(resp.json, info, err, sizeof(err)) != 0)
+    rv = kvp_fail(CKR_DEVICE_ERROR, "vault %s: key %s: %s (x-ms-request-id %s)", b->conf.name,
+                  ref, err, resp.request_id);
+  if (rv == CKR_OK && (strcasecmp(info->name, name) != 0 ||
+                       (version != NULL && strcasecmp(info->version, version) != 0))) {
+    rv = kvp_fail(CKR_DEVICE_ERROR,
+                  "vault %s: key %s: the service answered with key %s/%s (x-ms-request-id %s)",
+                  b->conf.name, ref, info->name, info->version, resp.request_id);
+    kv_key_info_clear(info);
   }
+  kv_resp_clear(&resp, 0);
+  free(url);
   return rv;
 }
 
-CK_RV kv_open_key(kvp_backend *be, const char *ref, kvp_key **out)
+/* The cached entry for ref, still fresh (lock held). */
+static kv_cached_key *kv_cache_find(kv_backend *b, const char *ref, int versioned, int any_age)
+{
+  kv_cached_key *c;
+  int64_t now = kv_now_ms();
+  for (c = b->keys; c != NULL; c = c->next)
+    if (strcmp(c->ref, ref) == 0 &&
+        (versioned || any_age || now - c->fetched_ms < b->key_ttl_ms))
+      return c;
+  return NULL;
+}
+
+/* The registered public key as the entry of NAME/VERSION (no request). */
+static kv_cached_key *kv_entry_from_hint(const char *ref, const char *name, const char *version,
+                                         const kvp_key_ref_hint *hint)
+{
+  const unsigned char *p = hint->spki;
+  EVP_PKEY *pub = d2i_PUBKEY(NULL, &p, (long)hint->spki_len);
+  if (pub == NULL)
+    return NULL;
+  return kv_entry_new(ref, name, version, pub);
+}
+
+static CK_RV kv_open_fetch(kv_backend *b, const char *ref, const char *name, const char *version,
+                           kv_cached_key **out)
+{
+  kv_key_info info;
+  kv_cached_key *c;
+  CK_RV rv = kv_fetch_key(b, KV_CALL_GET, ref, name, version, &info);
+  *out = NULL;
+  if (rv != CKR_OK)
+    return rv;
+  if (!info.enabled)
+    KVP_WARN("vault %s: key %s is disabled", b->conf.name, ref);
+  c = kv_entry_new(ref, name, info.version, info.pub);
+  info.pub = NULL;
+  if (c == NULL) {
+    kv_key_info_clear(&info);
+    return kvp_fail(CKR_KEY_TYPE_INCONSISTENT,
+                    "vault %s: key %s: unsupported key type or curve", b->conf.name, ref);
+  }
+  kv_entry_set_state(c, &info);
+  kv_key_info_clear(&info);
+  *out = c;
+  return CKR_OK;
+}
+
+CK_RV kv_open_key_hint(kvp_backend *be, const char *ref, const kvp_key_ref_hint *hint,
+                       kvp_key **out)
 {
   kv_backend *b = (kv_backend *)be;
-  kv_cached_key *c;
-  kv_key_info info;
-  kv_resp resp;
-  char *name = NULL, *version = NULL, *url = NULL, err[KVP_ERRLEN];
-  size_t len;
+  kv_cached_key *c = NULL;
+  char *name = NULL, *version = NULL, *ckey = NULL;
   CK_RV rv;
-  int64_t now = kv_now_ms();
 
   *out = NULL;
-  memset(&resp, 0, sizeof(resp));
-  kv_resp_clear(&resp, 0);
-  if (ref == NULL || kv_ref_parse(ref, &name, &version) != 0) {
-    KVP_ERROR("vault %s: '%s' is not a key name (KEY or KEY/VERSION, letters, digits, '-')",
-              b->conf.name, ref != NULL ? ref : "");
-    return CKR_KEY_HANDLE_INVALID;
-  }
-  pthread_mutex_lock(&b->lock);
-  for (c = b->keys; c != NULL; c = c->next) {
-    if (strcmp(c->ref, ref) == 0 && now - c->fetched_ms < b->key_ttl_ms) {
-      rv = kv_make_key(b, ref, c, out);
-      pthread_mutex_unlock(&b->lock);
+  if (ref == NULL || kv_ref_parse(ref, &name, &version) != 0)
+    return kvp_fail(CKR_KEY_HANDLE_INVALID,
+                    "vault %s: '%.140s' is not a key name (KEY or KEY/VERSION, letters, digits, "
+                    "'-')",
+                    b->conf.name, ref != NULL ? ref : "");
+  if (version == NULL && hint != NULL && hint->version != NULL) {
+    if (!kvp_keyvault_version_valid(hint->version)) {
+      rv = kvp_fail(CKR_KEY_HANDLE_INVALID, "vault %s: key %s: registered version '%.70s' is "
+                    "not a Key Vault key version", b->conf.name, ref, hint->version);
+      goto out;
+    }
+    version = strdup(hint->version);
+    if (version == NULL) {
+      rv = CKR_HOST_MEMORY;
       goto out;
     }
   }
-  pthread_mutex_unlock(&b->lock);
-
-  len = strlen(b->base_url) + strlen(name) + (version ? strlen(version) : 0) +
-        strlen(b->conf.api_version) + 32;
-  url = malloc(len);
-  if (url == NULL) {
+  ckey = malloc(strlen(name) + (version ? strlen(version) : 0) + 2);
+  if (ckey == NULL) {
     rv = CKR_HOST_MEMORY;
     goto out;
   }
-  snprintf(url, len, "%s/keys/%s%s%s?api-version=%s", b->base_url, name, version ? "/" : "",
-           version ? version : "", b->conf.api_version);
-  rv = kv_call(b, KV_CALL_GET, ref, "GET", url, NULL, &resp);
-  if (rv == CKR_DEVICE_ERROR) {
-    /* the vault is unreachable or throttling: an expired cache entry is
-     * still the best answer (the key material cannot have changed for a
-     * versioned ref, and sign/decrypt report what the vault says) */
-    pthread_mutex_lock(&b->lock);
-    for (c = b->keys; c != NULL; c = c->next) {
-      if (strcmp(c->ref, ref) == 0) {
-        KVP_WARN("vault %s: key %s: using the cached public key (%lld s old)", b->conf.name, ref,
-                 (long long)((kv_now_ms() - c->fetched_ms) / 1000));
-        rv = kv_make_key(b, ref, c, out);
-        break;
-      }
-    }
+  sprintf(ckey, "%s%s%s", name, version ? "/" : "", version ? version : "");
+
+  pthread_mutex_lock(&b->lock);
+  c = kv_cache_find(b, ckey, version != NULL, 0);
+  if (c != NULL) {
+    rv = kv_make_key(b, ref, c, out);
     pthread_mutex_unlock(&b->lock);
     goto out;
   }
-  if (rv != CKR_OK) {
-    if (rv == CKR_KEY_HANDLE_INVALID)
-      kv_cache_drop(b, name);
-    goto out;
-  }
-  if (kv_key_bundle_parse(resp.json, &info, err, sizeof(err)) != 0) {
-    KVP_ERROR("vault %s: key %s: %s (x-ms-request-id %s)", b->conf.name, ref, err,
-              resp.request_id);
-    rv = CKR_DEVICE_ERROR;
-    goto out;
-  }
-  if (strcasecmp(info.name, name) != 0 ||
-      (version != NULL && strcasecmp(info.version, version) != 0)) {
-    KVP_ERROR("vault %s: key %s: the service answered with key %s/%s (x-ms-request-id %s)",
-              b->conf.name, ref, info.name, info.version, resp.request_id);
-    kv_key_info_clear(&info);
-    rv = CKR_DEVICE_ERROR;
-    goto out;
-  }
-  if (!info.enabled)
-    KVP_WARN("vault %s: key %s is disabled", b->conf.name, ref);
-  c = calloc(1, sizeof(*c));
-  if (c == NULL || (c->ref = strdup(ref)) == NULL) {
-    free(c);
-    kv_key_info_clear(&info);
-    rv = CKR_HOST_MEMORY;
-    goto out;
-  }
-  c->info = info;
-  c->fetched_ms = kv_now_ms();
-  pthread_mutex_lock(&b->lock);
-  {
-    /* replace an older entry of the same ref */
-    kv_cached_key **pp = &b->keys, *o;
-    while ((o = *pp) != NULL) {
-      if (strcmp(o->ref, ref) == 0) {
-        *pp = o->next;
-        kv_key_info_clear(&o->info);
-        free(o->ref);
-        free(o);
-      } else {
-        pp = &o->next;
-      }
-    }
-    c->next = b->keys;
-    b->keys = c;
-  }
-  rv = kv_make_key(b, ref, c, out);
   pthread_mutex_unlock(&b->lock);
+
+  if (version != NULL && hint != NULL && hint->spki != NULL)
+    c = kv_entry_from_hint(ckey, name, version, hint);
+  if (c != NULL) {
+    rv = CKR_OK;
+    KVP_DEBUG("vault %s: key %s: opened from the registry (version %s), no request",
+              b->conf.name, ref, version);
+  } else {
+    rv = kv_open_fetch(b, ckey, name, version, &c);
+  }
+  pthread_mutex_lock(&b->lock);
+  if (rv == CKR_DEVICE_ERROR && (c = kv_cache_find(b, ckey, 1, 1)) != NULL) {
+    /* the vault is unreachable or throttling: the last answer is still the
+     * best one (a version's key material does not change) */
+    KVP_WARN("vault %s: key %s: using the cached public key (%lld s old)", b->conf.name, ref,
+             (long long)((kv_now_ms() - c->fetched_ms) / 1000));
+    rv = kv_make_key(b, ref, c, out);
+  } else if (rv == CKR_OK) {
+    kv_entry_insert(b, c);
+    rv = kv_make_key(b, ref, c, out);
+  }
+  pthread_mutex_unlock(&b->lock);
+  if (rv == CKR_KEY_HANDLE_INVALID)
+    kv_cache_drop(b, name);
   if (rv == CKR_OK)
     KVP_DEBUG("vault %s: key %s opened (version %s)", b->conf.name, ref, (*out)->version);
 out:
-  kv_resp_clear(&resp, 0);
-  free(url);
+  free(ckey);
   free(name);
   free(version);
   return rv;
 }
 
+CK_RV kv_open_key(kvp_backend *be, const char *ref, kvp_key **out)
+{
+  return kv_open_key_hint(be, ref, NULL, out);
+}
+
 void kv_close_key(kvp_backend *be, kvp_key *key)
 {
-  kv_key_impl *im;
-  (void)be;
+  kv_backend *b = (kv_backend *)be;
   if (key == NULL)
     return;
-  im = key->impl;
-  if (im != NULL) {
-    free(im->name);
-    free(im);
+  if (key->impl != NULL) {
+    pthread_mutex_lock(&b->lock);
+    kv_entry_unref(key->impl);
+    pthread_mutex_unlock(&b->lock);
   }
   EVP_PKEY_free(key->pub);
   free(key->name);
@@ -284,284 +391,190 @@ void kv_close_key(kvp_backend *be, kvp_key *key)
   free(key);
 }
 
-int kv_verify_local(EVP_PKEY *pub, const kvp_sig_alg *alg, const unsigned char *digest,
-                    size_t dlen, const unsigned char *sig, size_t slen)
-{
-  EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, pub, NULL);
-  unsigned char *der = NULL;
-  int derlen = 0, ok = 0;
-  ECDSA_SIG *es = NULL;
+/* ---- live state ---- */
 
-  if (ctx == NULL || EVP_PKEY_verify_init(ctx) != 1)
-    goto out;
-  if (alg->scheme == KVP_SIG_RSA_PKCS1 || alg->scheme == KVP_SIG_RSA_PSS) {
-    const EVP_MD *md = kvp_hash_md(alg->hash);
-    if (md == NULL || EVP_PKEY_CTX_set_signature_md(ctx, md) != 1)
-      goto out;
-    if (alg->scheme == KVP_SIG_RSA_PKCS1) {
-      if (EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) != 1)
-        goto out;
-    } else {
-      const EVP_MD *mgf = kvp_hash_md(alg->mgf1);
-      if (mgf == NULL || EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PSS_PADDING) != 1 ||
-          EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, mgf) != 1 ||
-          EVP_PKEY_CTX_set_rsa_pss_saltlen(ctx, (int)alg->salt_len) != 1)
-        goto out;
-    }
-    ok = EVP_PKEY_verify(ctx, sig, slen, digest, dlen) == 1;
-  } else if (alg->scheme == KVP_SIG_ECDSA) {
-    BIGNUM *r, *s;
-    if (slen == 0 || slen % 2 != 0)
-      goto out;
-    r = BN_bin2bn(sig, (int)(slen / 2), NULL);
-    s = BN_bin2bn(sig + slen / 2, (int)(slen / 2), NULL);
-    es = ECDSA_SIG_new();
-    if (r == NULL || s == NULL || es == NULL || ECDSA_SIG_set0(es, r, s) != 1) {
-      BN_free(r);
-      BN_free(s);
-      goto out;
-    }
-    derlen = i2d_ECDSA_SIG(es, &der);
-    if (derlen <= 0)
-      goto out;
-    ok = EVP_PKEY_verify(ctx, der, (size_t)derlen, digest, dlen) == 1;
-  }
-out:
-  ECDSA_SIG_free(es);
-  OPENSSL_free(der);
-  EVP_PKEY_CTX_free(ctx);
-  return ok;
+static void kv_utc(int64_t t, char *buf, size_t len)
+{
+  time_t tt = (time_t)t;
+  struct tm tm;
+  if (gmtime_r(&tt, &tm) == NULL || strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+    snprintf(buf, len, "%lld", (long long)t);
 }
 
-/* POST /keys/NAME/VERSION/OP with {"alg","value"}; returns the decoded value. */
-static CK_RV kv_key_op(kv_backend *b, kvp_key *key, kv_call_kind kind, const char *op,
-                       const char *alg, const unsigned char *in, size_t in_len,
-                       unsigned char **out, size_t *out_len)
+void kv_cause_text(kv_cause c, const char *perm, int64_t t, char *buf, size_t len)
 {
-  kv_key_impl *im = key->impl;
-  kv_resp resp;
-  json_t *req = NULL, *val;
-  char *b64 = NULL, *body = NULL, *url = NULL;
-  size_t len;
-  CK_RV rv = CKR_HOST_MEMORY;
-
-  *out = NULL;
-  *out_len = 0;
-  memset(&resp, 0, sizeof(resp));
-  kv_resp_clear(&resp, 0);
-  b64 = kv_b64url_encode(in, in_len);
-  if (b64 == NULL)
-    goto out;
-  req = json_pack("{s:s, s:s}", "alg", alg, "value", b64);
-  if (req == NULL)
-    goto out;
-  body = json_dumps(req, JSON_COMPACT);
-  if (body == NULL)
-    goto out;
-  len = strlen(b->base_url) + strlen(im->name) + strlen(key->version) + strlen(op) +
-        strlen(b->conf.api_version) + 32;
-  url = malloc(len);
-  if (url == NULL)
-    goto out;
-  snprintf(url, len, "%s/keys/%s/%s/%s?api-version=%s", b->base_url, im->name, key->version, op,
-           b->conf.api_version);
-  rv = kv_call(b, kind, key->name, "POST", url, body, &resp);
-  if (rv != CKR_OK) {
-    if (rv == CKR_KEY_HANDLE_INVALID)
-      kv_cache_drop(b, im->name);
-    goto out;
-  }
-  val = json_object_get(resp.json, "value");
-  if (!json_is_string(val) ||
-      kv_b64url_decode(json_string_value(val), out, out_len) != 0) {
-    KVP_ERROR("vault %s: key %s: %s: the answer has no base64url value (x-ms-request-id %s)",
-              b->conf.name, key->name, op, resp.request_id);
-    rv = CKR_DEVICE_ERROR;
-    goto out;
-  }
-  /* the value may be a plaintext: wipe it in the parsed document too */
-  kvp_wipe((char *)json_string_value(val), json_string_length(val));
-  rv = CKR_OK;
-out:
-  kv_resp_clear(&resp, 1);
-  json_decref(req);
-  if (body != NULL) {
-    kvp_wipe(body, strlen(body));
-    free(body);
-  }
-  kv_free_wipe(b64);
-  free(url);
-  return rv;
-}
-
-static const char *kv_rs_alg(kvp_hash h, int pss)
-{
-  switch (h) {
-  case KVP_HASH_SHA256: return pss ? "PS256" : "RS256";
-  case KVP_HASH_SHA384: return pss ? "PS384" : "RS384";
-  case KVP_HASH_SHA512: return pss ? "PS512" : "RS512";
-  default: return NULL;
+  char when[40];
+  kv_utc(t, when, sizeof(when));
+  switch (c) {
+  case KV_CAUSE_DISABLED: snprintf(buf, len, "the key is disabled"); break;
+  case KV_CAUSE_NOT_YET_VALID:
+    if (t > 0)
+      snprintf(buf, len, "the key is not valid before %s (nbf)", when);
+    else
+      snprintf(buf, len, "the key is not yet valid (nbf)");
+    break;
+  case KV_CAUSE_EXPIRED:
+    if (t > 0)
+      snprintf(buf, len, "the key expired at %s (exp)", when);
+    else
+      snprintf(buf, len, "the key is expired (exp)");
+    break;
+  case KV_CAUSE_KEY_OPS: snprintf(buf, len, "the key's key_ops do not allow '%s'", perm); break;
+  case KV_CAUSE_PERMISSION:
+    snprintf(buf, len, "the application lacks the '%s' permission", perm);
+    break;
+  case KV_CAUSE_FIREWALL: snprintf(buf, len, "the vault's firewall refuses this client"); break;
+  default: snprintf(buf, len, "the vault refuses '%s' with this key", perm); break;
   }
 }
 
-CK_RV kv_sign(kvp_backend *be, kvp_key *key, const kvp_sig_alg *alg, const CK_BYTE *digest,
-              CK_ULONG digest_len, CK_BYTE *sig, CK_ULONG *sig_len)
+/* What the cached state says about op now (lock held); *t: the nbf/exp in question. */
+static kv_cause kv_state_cause(const kv_cached_key *c, unsigned op, int64_t now_s, int64_t *t)
 {
-  kv_backend *b = (kv_backend *)be;
-  kv_key_impl *im = key->impl;
-  const char *jalg = NULL;
-  unsigned char adj[66], *res = NULL;
-  const unsigned char *d = digest;
-  size_t dlen = digest_len, want_sig, res_len = 0;
-  kvp_sig_alg valg = *alg;
+  *t = 0;
+  if (!c->state_known)
+    return KV_CAUSE_NONE;
+  if (!c->enabled)
+    return KV_CAUSE_DISABLED;
+  if (!(c->ops & op))
+    return KV_CAUSE_KEY_OPS;
+  if (op == KV_OP_SIGN && c->nbf != 0 && now_s < c->nbf) {
+    *t = c->nbf;
+    return KV_CAUSE_NOT_YET_VALID;
+  }
+  if (op == KV_OP_SIGN && c->exp != 0 && now_s >= c->exp) {
+    *t = c->exp;
+    return KV_CAUSE_EXPIRED;
+  }
+  return KV_CAUSE_NONE;
+}
+
+/* The cause that refuses op locally (lock held), or NONE. */
+static kv_cause kv_local_cause(kv_backend *b, const kv_cached_key *c, unsigned op, int64_t *t)
+{
+  int i = op == KV_OP_SIGN ? 0 : 1;
+  kv_cause k = kv_state_cause(c, op, kv_wall_s(), t);
+  if (k != KV_CAUSE_NONE)
+    return k;
+  if (c->refused[i] != KV_CAUSE_NONE && kv_now_ms() - c->refused_ms[i] < b->state_ms)
+    return c->refused[i];
+  return KV_CAUSE_NONE;
+}
+
+/* Log a refusal: at error level when its cause changed, else at debug level. */
+static CK_RV kv_refuse(kv_backend *b, kvp_key *key, unsigned op, kv_cause cause, int64_t t)
+{
+  kv_cached_key *c = key->impl;
+  int i = op == KV_OP_SIGN ? 0 : 1, changed;
+  const char *perm = op == KV_OP_SIGN ? "sign" : "decrypt";
+  char why[160];
+
+  pthread_mutex_lock(&b->lock);
+  changed = c->logged[i] != cause || c->logged_t[i] != t;
+  c->logged[i] = cause;
+  c->logged_t[i] = t;
+  pthread_mutex_unlock(&b->lock);
+  kv_cause_text(cause, perm, t, why, sizeof(why));
+  /* logged here (once per change of cause), recorded as the thread's reason */
+  if (changed)
+    KVP_ERROR("vault %s: key %s: %s refused: %s", b->conf.name, key->name, perm, why);
+  else
+    KVP_DEBUG("vault %s: key %s: %s refused: %s", b->conf.name, key->name, perm, why);
+  return kvp_fail_at(-1, CKR_KEY_FUNCTION_NOT_PERMITTED, "vault %s: key %s: %s refused: %s",
+                     b->conf.name, key->name, perm, why);
+}
+
+/* Re-read the version's state from the vault (when the principal may). 1: read. */
+static int kv_state_refresh(kv_backend *b, kv_cached_key *c)
+{
+  kv_key_info info;
+  kvp_status saved;
   CK_RV rv;
-  int64_t now = kv_wall_s();
+  int no_get;
 
-  if (key->type == KVP_KEY_RSA) {
-    size_t hl = kvp_hash_len(alg->hash);
-    if (alg->scheme == KVP_SIG_RSA_PKCS1) {
-      if (alg->hash == KVP_HASH_NONE) {
-        KVP_ERROR("vault %s: key %s: Key Vault signs only SHA-256/384/512 digests "
-                  "(raw CKM_RSA_PKCS input is not a supported DigestInfo)",
-                  b->conf.name, key->name);
-        return CKR_DATA_INVALID;
-      }
-      jalg = kv_rs_alg(alg->hash, 0);
-      if (jalg == NULL) {
-        KVP_ERROR("vault %s: key %s: Key Vault has no PKCS#1 signature with %s", b->conf.name,
-                  key->name, kvp_hash_name(alg->hash));
-        return CKR_MECHANISM_INVALID;
-      }
-    } else if (alg->scheme == KVP_SIG_RSA_PSS) {
-      jalg = kv_rs_alg(alg->hash, 1);
-      if (jalg == NULL || alg->mgf1 != alg->hash || alg->salt_len != hl) {
-        KVP_ERROR("vault %s: key %s: Key Vault PSS needs SHA-256/384/512 with the same MGF1 "
-                  "hash and salt length = hash length",
-                  b->conf.name, key->name);
-        return CKR_MECHANISM_PARAM_INVALID;
-      }
-    } else {
-      return CKR_KEY_TYPE_INCONSISTENT;
-    }
-    if (digest_len != hl)
-      return CKR_DATA_LEN_RANGE;
-    want_sig = (key->bits + 7) / 8;
-  } else if (key->type == KVP_KEY_EC) {
-    size_t want;
-    if (alg->scheme != KVP_SIG_ECDSA)
-      return CKR_KEY_TYPE_INCONSISTENT;
-    switch (key->curve_nid) {
-    case NID_X9_62_prime256v1: jalg = "ES256"; want = 32; want_sig = 64; break;
-    case NID_secp384r1: jalg = "ES384"; want = 48; want_sig = 96; break;
-    case NID_secp521r1: jalg = "ES512"; want = 64; want_sig = 132; break;
-    case NID_secp256k1: jalg = "ES256K"; want = 32; want_sig = 64; break;
-    default: return CKR_KEY_TYPE_INCONSISTENT;
-    }
-    if (digest_len == 0)
-      return CKR_DATA_LEN_RANGE;
-    /* ECDSA uses the leftmost bits of the digest: a longer digest keeps its
-     * leftmost bytes, a shorter one is left-padded; same signature either way. */
-    if (dlen > want) {
-      dlen = want;
-    } else if (dlen < want) {
-      memset(adj, 0, sizeof(adj));
-      memcpy(adj + (want - dlen), digest, dlen);
-      d = adj;
-      dlen = want;
-    }
-  } else {
-    return CKR_KEY_TYPE_INCONSISTENT;
+  pthread_mutex_lock(&b->lock);
+  no_get = b->no_get;
+  pthread_mutex_unlock(&b->lock);
+  if (no_get)
+    return 0;
+  kvp_status_get(&saved);
+  rv = kv_fetch_key(b, KV_CALL_STATE, c->ref, c->name, c->version, &info);
+  pthread_mutex_lock(&b->lock);
+  if (rv == CKR_OK) {
+    kv_entry_set_state(c, &info);
+    c->refused[0] = c->refused[1] = KV_CAUSE_NONE;
+  } else if (rv == CKR_KEY_FUNCTION_NOT_PERMITTED) {
+    b->no_get = 1; /* a sign/decrypt-only principal: the operations' answers decide */
   }
-  if (!(im->ops & KV_OP_SIGN)) {
-    KVP_ERROR("vault %s: key %s: the key's key_ops do not allow 'sign'", b->conf.name, key->name);
-    return CKR_KEY_FUNCTION_NOT_PERMITTED;
-  }
-  if (!kv_key_usable_now(im, now)) {
-    KVP_ERROR("vault %s: key %s: the key is %s", b->conf.name, key->name,
-              !im->enabled ? "disabled" : "outside its validity period (nbf/exp)");
-    return CKR_KEY_FUNCTION_NOT_PERMITTED;
-  }
-  rv = kv_key_op(b, key, KV_CALL_SIGN, "sign", jalg, d, dlen, &res, &res_len);
-  if (rv != CKR_OK)
-    return rv;
-  if (res_len != want_sig) {
-    KVP_ERROR("vault %s: key %s: %s returned %zu signature bytes, expected %zu", b->conf.name,
-              key->name, jalg, res_len, want_sig);
-    rv = CKR_DEVICE_ERROR;
-    goto out;
-  }
-  if (!kv_verify_local(key->pub, &valg, d, dlen, res, res_len)) {
-    KVP_ERROR("vault %s: key %s: the %s signature returned by Key Vault does not verify with "
-              "the key's public key",
-              b->conf.name, key->name, jalg);
-    rv = CKR_DEVICE_ERROR;
-    goto out;
-  }
-  memcpy(sig, res, res_len);
-  *sig_len = (CK_ULONG)res_len;
-  rv = CKR_OK;
-out:
-  free(res);
-  return rv;
+  pthread_mutex_unlock(&b->lock);
+  kv_key_info_clear(&info);
+  /* the state read is a side errand: its failure is not the operation's reason */
+  kvp_status_clear();
+  kvp_status_set(&saved);
+  return rv == CKR_OK;
 }
 
-CK_RV kv_decrypt(kvp_backend *be, kvp_key *key, const kvp_dec_alg *alg, const CK_BYTE *in,
-                 CK_ULONG in_len, CK_BYTE *out, CK_ULONG *out_len)
+CK_RV kv_state_gate(kv_backend *b, kvp_key *key, unsigned op)
 {
-  kv_backend *b = (kv_backend *)be;
-  kv_key_impl *im = key->impl;
-  const char *jalg;
-  unsigned char *res = NULL;
-  size_t res_len = 0, k;
-  CK_RV rv;
+  kv_cached_key *c = key->impl;
+  kv_cause cause;
+  int64_t t, age;
 
-  if (key->type != KVP_KEY_RSA)
-    return CKR_KEY_TYPE_INCONSISTENT;
-  if (alg->scheme == KVP_DEC_RSA_PKCS1) {
-    jalg = "RSA1_5";
-  } else if (alg->scheme == KVP_DEC_RSA_OAEP) {
-    if (alg->hash == KVP_HASH_SHA1 && alg->mgf1 == KVP_HASH_SHA1)
-      jalg = "RSA-OAEP";
-    else if (alg->hash == KVP_HASH_SHA256 && alg->mgf1 == KVP_HASH_SHA256)
-      jalg = "RSA-OAEP-256";
-    else {
-      KVP_ERROR("vault %s: key %s: Key Vault OAEP supports SHA-1/MGF1-SHA-1 and "
-                "SHA-256/MGF1-SHA-256 only",
-                b->conf.name, key->name);
-      return CKR_MECHANISM_PARAM_INVALID;
-    }
-  } else {
-    return CKR_MECHANISM_INVALID;
+  pthread_mutex_lock(&b->lock);
+  cause = kv_local_cause(b, c, op, &t);
+  age = kv_now_ms() - c->checked_ms;
+  pthread_mutex_unlock(&b->lock);
+  if (cause == KV_CAUSE_NONE)
+    return CKR_OK;
+  if (age < b->state_ms)
+    return kv_refuse(b, key, op, cause, t);
+  /* the refusal is older than key_cache_s: ask the vault again */
+  if (kv_state_refresh(b, c)) {
+    pthread_mutex_lock(&b->lock);
+    cause = kv_local_cause(b, c, op, &t);
+    pthread_mutex_unlock(&b->lock);
+    return cause == KV_CAUSE_NONE ? CKR_OK : kv_refuse(b, key, op, cause, t);
   }
-  k = (key->bits + 7) / 8;
-  if (in_len != k)
-    return CKR_ENCRYPTED_DATA_LEN_RANGE;
-  if (!(im->ops & KV_OP_DECRYPT)) {
-    KVP_ERROR("vault %s: key %s: the key's key_ops do not allow 'decrypt'", b->conf.name,
-              key->name);
-    return CKR_KEY_FUNCTION_NOT_PERMITTED;
+  /* no 'get': the operation itself asks (its 403 refreshes the refusal) */
+  pthread_mutex_lock(&b->lock);
+  c->checked_ms = kv_now_ms();
+  c->state_known = 0;
+  c->refused[op == KV_OP_SIGN ? 0 : 1] = KV_CAUSE_NONE;
+  pthread_mutex_unlock(&b->lock);
+  return CKR_OK;
+}
+
+void kv_state_after(kv_backend *b, kvp_key *key, unsigned op, CK_RV rv, const kv_resp *resp)
+{
+  kv_cached_key *c = key->impl;
+  int i = op == KV_OP_SIGN ? 0 : 1;
+  kv_error_info ei;
+  kv_cause cause;
+  int64_t t = 0;
+
+  if (rv == CKR_OK) {
+    pthread_mutex_lock(&b->lock);
+    c->logged[i] = KV_CAUSE_NONE;
+    c->refused[i] = KV_CAUSE_NONE;
+    pthread_mutex_unlock(&b->lock);
+    return;
   }
-  if (!im->enabled) {
-    KVP_ERROR("vault %s: key %s: the key is disabled", b->conf.name, key->name);
-    return CKR_KEY_FUNCTION_NOT_PERMITTED;
+  if (rv != CKR_KEY_FUNCTION_NOT_PERMITTED || resp->status != 403)
+    return;
+  kv_error_parse(resp, &ei);
+  cause = kv_forbidden_cause(&ei);
+  /* a 403 refreshes the state: the precise cause (with nbf/exp) when the principal may get */
+  if (cause != KV_CAUSE_PERMISSION && cause != KV_CAUSE_FIREWALL && kv_state_refresh(b, c)) {
+    pthread_mutex_lock(&b->lock);
+    kv_cause now = kv_state_cause(c, op, kv_wall_s(), &t);
+    pthread_mutex_unlock(&b->lock);
+    if (now != KV_CAUSE_NONE)
+      cause = now;
   }
-  rv = kv_key_op(b, key, KV_CALL_DECRYPT, "decrypt", jalg, in, in_len, &res, &res_len);
-  if (rv != CKR_OK)
-    return rv;
-  if (res_len > k) {
-    KVP_ERROR("vault %s: key %s: decrypt returned %zu bytes for a %zu-byte key", b->conf.name,
-              key->name, res_len, k);
-    rv = CKR_DEVICE_ERROR;
-    goto out;
-  }
-  if (res_len > 0)
-    memcpy(out, res, res_len);
-  *out_len = (CK_ULONG)res_len;
-  rv = CKR_OK;
-out:
-  if (res != NULL) {
-    kvp_wipe(res, res_len);
-    free(res);
-  }
-  return rv;
+  pthread_mutex_lock(&b->lock);
+  c->refused[i] = cause;
+  c->refused_ms[i] = c->checked_ms = kv_now_ms();
+  pthread_mutex_unlock(&b->lock);
+  kvp_status_clear(); /* the precise cause replaces the 403's words */
+  kv_refuse(b, key, op, cause, t);
 }

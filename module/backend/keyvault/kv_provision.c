@@ -31,23 +31,12 @@
 
 #include "core/cert.h"
 #include "core/log.h"
+#include "core/status.h"
 #include "core/util.h"
-
-/* ^[0-9a-zA-Z-]{1,127}$ */
-static int kv_name_valid(const char *name)
-{
-  size_t i;
-  if (name == NULL || name[0] == '\0')
-    return 0;
-  for (i = 0; name[i] != '\0'; i++)
-    if (i >= 127 || (!isalnum((unsigned char)name[i]) && name[i] != '-'))
-      return 0;
-  return 1;
-}
 
 static CK_RV kv_name_check(kv_backend *b, const char *name, const char *what)
 {
-  if (kv_name_valid(name))
+  if (kvp_keyvault_name_valid(name))
     return CKR_OK;
   KVP_ERROR("vault %s: %s: '%.140s%s' is not a valid Key Vault key name (1 to 127 letters, "
             "digits and '-')",
@@ -165,6 +154,101 @@ static CK_RV kv_open_new(kv_backend *b, const char *name, kvp_key_type type, uns
   return CKR_OK;
 }
 
+/* ---- what this backend made ---- */
+
+static void kv_created_note(kv_backend *b, const char *name, const char *version)
+{
+  kv_created *c = calloc(1, sizeof(*c));
+  if (c == NULL || (c->name = strdup(name)) == NULL || (c->version = strdup(version)) == NULL) {
+    if (c != NULL)
+      free(c->name);
+    free(c);
+    return;
+  }
+  pthread_mutex_lock(&b->lock);
+  c->next = b->created;
+  b->created = c;
+  pthread_mutex_unlock(&b->lock);
+}
+
+/* The version of name this backend made (malloc'd), or NULL; forgotten with forget. */
+static char *kv_created_version(kv_backend *b, const char *name, int forget)
+{
+  kv_created **pp, *c;
+  char *v = NULL;
+  pthread_mutex_lock(&b->lock);
+  for (pp = &b->created; (c = *pp) != NULL; pp = &c->next) {
+    if (strcasecmp(c->name, name) == 0) {
+      v = forget ? c->version : strdup(c->version);
+      if (forget) {
+        *pp = c->next;
+        free(c->name);
+        free(c);
+      }
+      break;
+    }
+  }
+  pthread_mutex_unlock(&b->lock);
+  return v;
+}
+
+void kv_created_free(kv_backend *b)
+{
+  kv_created *c, *n;
+  for (c = b->created; c != NULL; c = n) {
+    n = c->next;
+    free(c->name);
+    free(c->version);
+    free(c);
+  }
+  b->created = NULL;
+}
+
+/*
+ * Before a key this backend created is deleted again (the undo of a create or
+ * import whose registration failed): its only version must be the one made
+ * here. Another creator may have added a version at the same moment (Key
+ * Vault adds a version to an existing name); such a key is never deleted.
+ */
+static CK_RV kv_only_our_version(kv_backend *b, const char *name, const char *ours)
+{
+  kv_resp resp;
+  char *url = kv_key_url(b, name, "/versions");
+  json_t *val, *it;
+  size_t i;
+  CK_RV rv;
+
+  if (url == NULL)
+    return CKR_HOST_MEMORY;
+  memset(&resp, 0, sizeof(resp));
+  kv_resp_clear(&resp, 0);
+  rv = kv_call(b, KV_CALL_LIST, name, "GET", url, NULL, &resp);
+  val = rv == CKR_OK ? json_object_get(resp.json, "value") : NULL;
+  if (rv == CKR_OK && !json_is_array(val))
+    rv = kvp_fail(CKR_DEVICE_ERROR, "vault %s: key %s: versions: no value array", b->conf.name,
+                  name);
+  json_array_foreach(val, i, it) {
+    char *n = NULL, *v = NULL;
+    int mine = kv_kid_split(json_string_value(json_object_get(it, "kid")), &n, &v) == 0 &&
+               v != NULL && strcmp(v, ours) == 0;
+    free(n);
+    free(v);
+    if (!mine || i > 0) {
+      rv = kvp_fail(CKR_ATTRIBUTE_VALUE_INVALID,
+                    "vault %s: key %s has versions kvp11 did not create; it is not deleted",
+                    b->conf.name, name);
+      break;
+    }
+  }
+  if (rv == CKR_OK && json_is_string(json_object_get(resp.json, "nextLink")))
+    rv = kvp_fail(CKR_ATTRIBUTE_VALUE_INVALID,
+                  "vault %s: key %s has versions kvp11 did not create; it is not deleted",
+                  b->conf.name, name);
+  kv_resp_clear(&resp, 0);
+  free(url);
+  return rv;
+}
+
 /* ---- create ---- */
 
 CK_RV kv_prov_create_key(kvp_backend *be, const char *name, const kvp_key_spec *spec, kvp_key **out)
@@ -247,9 +331,11 @@ CK_RV kv_prov_create_key(kvp_backend *be, const char *name, const kvp_key_spec *
       goto out;
   }
   rv = kv_open_new(b, name, spec->type, spec->bits, spec->curve_nid, NULL, out);
-  if (rv == CKR_OK)
+  if (rv == CKR_OK) {
+    kv_created_note(b, name, (*out)->version);
     KVP_INFO("vault %s: key %s created (%s, version %s)", b->conf.name, name,
              spec->type == KVP_KEY_RSA ? "RSA" : crv, (*out)->version);
+  }
 out:
   kv_resp_clear(&resp, 0);
   free(url);
@@ -547,9 +633,11 @@ CK_RV kv_prov_import_key(kvp_backend *be, const char *name, EVP_PKEY *priv,
              b->conf.name, name);
   }
   rv = kv_open_new(b, name, type, bits, curve_nid, priv, out);
-  if (rv == CKR_OK)
+  if (rv == CKR_OK) {
+    kv_created_note(b, name, (*out)->version);
     KVP_INFO("vault %s: key %s imported (%s %u bits, version %s)", b->conf.name, name,
              type == KVP_KEY_RSA ? "RSA" : "EC", bits, (*out)->version);
+  }
 out:
   kv_resp_clear(&resp, 0);
   kv_jwk_parts_clear(&parts);
@@ -567,12 +655,19 @@ CK_RV kv_prov_delete_key(kvp_backend *be, const char *name)
 {
   kv_backend *b = (kv_backend *)be;
   kv_resp resp;
-  char *url;
+  char *url, *ours;
   CK_RV rv;
 
   rv = kv_name_check(b, name, "delete key");
   if (rv != CKR_OK)
     return rv;
+  ours = kv_created_version(b, name, 0);
+  if (ours != NULL) {
+    rv = kv_only_our_version(b, name, ours);
+    free(ours);
+    if (rv != CKR_OK)
+      return rv;
+  }
   url = kv_key_url(b, name, "");
   if (url == NULL)
     return CKR_HOST_MEMORY;
@@ -581,9 +676,11 @@ CK_RV kv_prov_delete_key(kvp_backend *be, const char *name)
   rv = kv_call(b, KV_CALL_DELETE, name, "DELETE", url, NULL, &resp);
   if (rv == CKR_OK || rv == CKR_KEY_HANDLE_INVALID)
     kv_cache_drop(b, name);
-  if (rv == CKR_OK)
+  if (rv == CKR_OK) {
+    free(kv_created_version(b, name, 1));
     KVP_INFO("vault %s: key %s deleted (soft delete: recoverable until purged)", b->conf.name,
              name);
+  }
   kv_resp_clear(&resp, 0);
   free(url);
   return rv;

@@ -1,0 +1,235 @@
+/*
+ * Sign and decrypt: one POST each, addressed by the versioned kid, after
+ * the key's live state allows it (kv_keys.c); every signature is checked
+ * locally with the key's prepared verifier (kv_verify.c) before it is
+ * returned.
+ */
+#include "backend/keyvault/kv.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/obj_mac.h>
+
+#include "core/log.h"
+#include "core/status.h"
+#include "core/util.h"
+
+/* POST /keys/NAME/VERSION/OP with {"alg","value"}; returns the decoded value. */
+static CK_RV kv_key_op(kv_backend *b, kvp_key *key, kv_call_kind kind, const char *op,
+                       const char *alg, const unsigned char *in, size_t in_len,
+                       unsigned char **out, size_t *out_len)
+{
+  kv_cached_key *im = key->impl;
+  unsigned kop = kind == KV_CALL_SIGN ? KV_OP_SIGN : KV_OP_DECRYPT;
+  kv_resp resp;
+  json_t *req = NULL, *val;
+  char *b64 = NULL, *body = NULL, *url = NULL;
+  size_t len;
+  CK_RV rv = CKR_HOST_MEMORY;
+
+  *out = NULL;
+  *out_len = 0;
+  memset(&resp, 0, sizeof(resp));
+  kv_resp_clear(&resp, 0);
+  rv = kv_state_gate(b, key, kop);
+  if (rv != CKR_OK)
+    return rv;
+  rv = CKR_HOST_MEMORY;
+  b64 = kv_b64url_encode(in, in_len);
+  if (b64 == NULL)
+    goto out;
+  req = json_pack("{s:s, s:s}", "alg", alg, "value", b64);
+  if (req == NULL)
+    goto out;
+  body = json_dumps(req, JSON_COMPACT);
+  if (body == NULL)
+    goto out;
+  len = strlen(b->base_url) + strlen(im->name) + strlen(key->version) + strlen(op) +
+        strlen(b->conf.api_version) + 32;
+  url = malloc(len);
+  if (url == NULL)
+    goto out;
+  snprintf(url, len, "%s/keys/%s/%s/%s?api-version=%s", b->base_url, im->name, key->version, op,
+           b->conf.api_version);
+  rv = kv_call(b, kind, key->name, "POST", url, body, &resp);
+  kv_state_after(b, key, kop, rv, &resp);
+  if (rv != CKR_OK) {
+    if (rv == CKR_KEY_HANDLE_INVALID)
+      kv_cache_drop(b, im->name);
+    goto out;
+  }
+  val = json_object_get(resp.json, "value");
+  if (!json_is_string(val) ||
+      kv_b64url_decode(json_string_value(val), out, out_len) != 0) {
+    KVP_ERROR("vault %s: key %s: %s: the answer has no base64url value (x-ms-request-id %s)",
+              b->conf.name, key->name, op, resp.request_id);
+    rv = CKR_DEVICE_ERROR;
+    goto out;
+  }
+  /* the value may be a plaintext: wipe it in the parsed document too */
+  kvp_wipe((char *)json_string_value(val), json_string_length(val));
+  rv = CKR_OK;
+out:
+  kv_resp_clear(&resp, 1);
+  json_decref(req);
+  if (body != NULL) {
+    kvp_wipe(body, strlen(body));
+    free(body);
+  }
+  kv_free_wipe(b64);
+  free(url);
+  return rv;
+}
+
+static const char *kv_rs_alg(kvp_hash h, int pss)
+{
+  switch (h) {
+  case KVP_HASH_SHA256: return pss ? "PS256" : "RS256";
+  case KVP_HASH_SHA384: return pss ? "PS384" : "RS384";
+  case KVP_HASH_SHA512: return pss ? "PS512" : "RS512";
+  default: return NULL;
+  }
+}
+
+CK_RV kv_sign(kvp_backend *be, kvp_key *key, const kvp_sig_alg *alg, const CK_BYTE *digest,
+              CK_ULONG digest_len, CK_BYTE *sig, CK_ULONG *sig_len)
+{
+  kv_backend *b = (kv_backend *)be;
+  const char *jalg = NULL;
+  unsigned char adj[66], *res = NULL;
+  const unsigned char *d = digest;
+  size_t dlen = digest_len, want_sig, res_len = 0;
+  kvp_sig_alg valg = *alg;
+  CK_RV rv;
+
+  if (key->type == KVP_KEY_RSA) {
+    size_t hl = kvp_hash_len(alg->hash);
+    if (alg->scheme == KVP_SIG_RSA_PKCS1) {
+      if (alg->hash == KVP_HASH_NONE) {
+        KVP_ERROR("vault %s: key %s: Key Vault signs only SHA-256/384/512 digests "
+                  "(raw CKM_RSA_PKCS input is not a supported DigestInfo)",
+                  b->conf.name, key->name);
+        return CKR_DATA_INVALID;
+      }
+      jalg = kv_rs_alg(alg->hash, 0);
+      if (jalg == NULL) {
+        KVP_ERROR("vault %s: key %s: Key Vault has no PKCS#1 signature with %s", b->conf.name,
+                  key->name, kvp_hash_name(alg->hash));
+        return CKR_MECHANISM_INVALID;
+      }
+    } else if (alg->scheme == KVP_SIG_RSA_PSS) {
+      jalg = kv_rs_alg(alg->hash, 1);
+      if (jalg == NULL || alg->mgf1 != alg->hash || alg->salt_len != hl) {
+        KVP_ERROR("vault %s: key %s: Key Vault PSS needs SHA-256/384/512 with the same MGF1 "
+                  "hash and salt length = hash length",
+                  b->conf.name, key->name);
+        return CKR_MECHANISM_PARAM_INVALID;
+      }
+    } else {
+      return CKR_KEY_TYPE_INCONSISTENT;
+    }
+    if (digest_len != hl)
+      return CKR_DATA_LEN_RANGE;
+    want_sig = (key->bits + 7) / 8;
+  } else if (key->type == KVP_KEY_EC) {
+    size_t want;
+    if (alg->scheme != KVP_SIG_ECDSA)
+      return CKR_KEY_TYPE_INCONSISTENT;
+    switch (key->curve_nid) {
+    case NID_X9_62_prime256v1: jalg = "ES256"; want = 32; want_sig = 64; break;
+    case NID_secp384r1: jalg = "ES384"; want = 48; want_sig = 96; break;
+    case NID_secp521r1: jalg = "ES512"; want = 64; want_sig = 132; break;
+    case NID_secp256k1: jalg = "ES256K"; want = 32; want_sig = 64; break;
+    default: return CKR_KEY_TYPE_INCONSISTENT;
+    }
+    if (digest_len == 0)
+      return CKR_DATA_LEN_RANGE;
+    /* ECDSA uses the leftmost bits of the digest: a longer digest keeps its
+     * leftmost bytes, a shorter one is left-padded; same signature either way. */
+    if (dlen > want) {
+      dlen = want;
+    } else if (dlen < want) {
+      memset(adj, 0, sizeof(adj));
+      memcpy(adj + (want - dlen), digest, dlen);
+      d = adj;
+      dlen = want;
+    }
+  } else {
+    return CKR_KEY_TYPE_INCONSISTENT;
+  }
+  rv = kv_key_op(b, key, KV_CALL_SIGN, "sign", jalg, d, dlen, &res, &res_len);
+  if (rv != CKR_OK)
+    return rv;
+  if (res_len != want_sig) {
+    KVP_ERROR("vault %s: key %s: %s returned %zu signature bytes, expected %zu", b->conf.name,
+              key->name, jalg, res_len, want_sig);
+    rv = CKR_DEVICE_ERROR;
+    goto out;
+  }
+  if (!kv_verifier_check(((kv_cached_key *)key->impl)->verifier, &valg, d, dlen, res,
+                         res_len)) {
+    KVP_ERROR("vault %s: key %s: the %s signature returned by Key Vault does not verify with "
+              "the key's public key",
+              b->conf.name, key->name, jalg);
+    rv = CKR_DEVICE_ERROR;
+    goto out;
+  }
+  memcpy(sig, res, res_len);
+  *sig_len = (CK_ULONG)res_len;
+  rv = CKR_OK;
+out:
+  free(res);
+  return rv;
+}
+
+CK_RV kv_decrypt(kvp_backend *be, kvp_key *key, const kvp_dec_alg *alg, const CK_BYTE *in,
+                 CK_ULONG in_len, CK_BYTE *out, CK_ULONG *out_len)
+{
+  kv_backend *b = (kv_backend *)be;
+  const char *jalg;
+  unsigned char *res = NULL;
+  size_t res_len = 0, k;
+  CK_RV rv;
+
+  if (key->type != KVP_KEY_RSA)
+    return CKR_KEY_TYPE_INCONSISTENT;
+  if (alg->scheme == KVP_DEC_RSA_PKCS1) {
+    jalg = "RSA1_5";
+  } else if (alg->scheme == KVP_DEC_RSA_OAEP) {
+    if (alg->hash == KVP_HASH_SHA1 && alg->mgf1 == KVP_HASH_SHA1)
+      jalg = "RSA-OAEP";
+    else if (alg->hash == KVP_HASH_SHA256 && alg->mgf1 == KVP_HASH_SHA256)
+      jalg = "RSA-OAEP-256";
+    else {
+      KVP_ERROR("vault %s: key %s: Key Vault OAEP supports SHA-1/MGF1-SHA-1 and "
+                "SHA-256/MGF1-SHA-256 only",
+                b->conf.name, key->name);
+      return CKR_MECHANISM_PARAM_INVALID;
+    }
+  } else {
+    return CKR_MECHANISM_INVALID;
+  }
+  k = (key->bits + 7) / 8;
+  if (in_len != k)
+    return CKR_ENCRYPTED_DATA_LEN_RANGE;
+  rv = kv_key_op(b, key, KV_CALL_DECRYPT, "decrypt", jalg, in, in_len, &res, &res_len);
+  if (rv != CKR_OK)
+    return rv;
+  if (res_len > k) {
+    KVP_ERROR("vault %s: key %s: decrypt returned %zu bytes for a %zu-byte key", b->conf.name,
+              key->name, res_len, k);
+    rv = CKR_DEVICE_ERROR;
+    goto out;
+  }
+  if (res_len > 0)
+    memcpy(out, res, res_len);
+  *out_len = (CK_ULONG)res_len;
+  rv = CKR_OK;
+out:
+  if (res != NULL) {
+    kvp_wipe(res, res_len);
+    free(res);
+  }
+  return rv;
+}

@@ -1,0 +1,63 @@
+/*
+ * Shared helpers of the Key Vault CUnit tests (tests/kv/kvtest.c): the
+ * fixture started by fixture-setup.sh (KVP11_KV_DIR), the emulator's control
+ * API (/_emu/...), a vault configuration for the fixture's emulator, the
+ * test's log file, and independent OpenSSL checks of signatures.
+ */
+#ifndef KVP_TESTS_KVTEST_H
+#define KVP_TESTS_KVTEST_H
+
+#include <stddef.h>
+
+#include <jansson.h>
+#include <openssl/evp.h>
+
+#include "backend/backend.h"
+
+extern char kvt_dir[900];    /* KVP11_KV_DIR */
+extern char kvt_url[128];    /* https://127.0.0.1:PORT */
+extern char kvt_ca[1000];    /* the fixture's CA */
+extern char kvt_secret[1000];/* app-full's client secret file */
+extern char kvt_log[1000];   /* this test's module log */
+extern const char *kvt_tenant;
+
+/* Read the fixture (77 when KVP11_KV_DIR is unset: the caller returns it), start logging at
+ * debug level into DIR/<logname>, reset the emulator. 0: ready. */
+int kvt_init(const char *logname);
+void kvt_done(void);
+
+/* The emulator's control API (no token needed). emu() returns the parsed answer or NULL. */
+json_t *kvt_emu(const char *method, const char *path, const char *body);
+void kvt_emu_reset(void);             /* counters, faults, limits, request log */
+void kvt_emu_fault(const char *rule); /* one fault rule (JSON object) */
+void kvt_emu_clear_faults(void);
+long kvt_emu_count(const char *ep);   /* requests to an endpoint since the reset */
+long kvt_emu_total(void);
+/* Set a principal's permissions: perms is a JSON array text, e.g. "[\"sign\"]". */
+void kvt_emu_policy(const char *client_id, const char *perms);
+/* Change a key version's attributes (JSON object text) and/or key_ops (array text, or NULL). */
+void kvt_emu_key(const char *name, const char *version, const char *attrs, const char *ops);
+/* A new version of the key; its version id into ver (may be NULL). */
+int kvt_emu_rotate(const char *name, char *ver, size_t verlen);
+/* Times (ms since the epoch) of the requests to ep answered with status (0: any). */
+size_t kvt_emu_times(const char *ep, long status, double *out, size_t max);
+
+/* A client-secret configuration of app-full against the emulator (strings are static). */
+void kvt_conf(kvp_vault_conf *c, const char *name);
+/* 1 when the test's log holds needle (from the start, or from offset *from when given). */
+int kvt_log_contains(const char *needle);
+long kvt_log_size(void);
+int kvt_log_contains_after(long from, const char *needle);
+
+/* Independent OpenSSL check of a backend signature (ECDSA as r||s). */
+int kvt_verify(EVP_PKEY *pub, const kvp_sig_alg *alg, const unsigned char *d, size_t dl,
+               const unsigned char *sig, size_t sl);
+/* Sign "msg" with the key's natural algorithm (RS256 / ES256-384-512); check: verify with pub
+ * (the key's own when NULL). */
+CK_RV kvt_sign(kvp_backend *be, kvp_key *k, EVP_PKEY *pub, int check);
+/* The key's registry hint: version and DER SPKI of pub (spki malloc'd into *spki). */
+void kvt_hint(kvp_key_ref_hint *h, const char *version, EVP_PKEY *pub, unsigned char **spki);
+
+double kvt_now(void); /* monotonic seconds */
+
+#endif

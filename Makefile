@@ -8,7 +8,11 @@
 #                 client and fuzz-replay tests (valgrind runs in `make check`)
 #   make fuzz     libFuzzer build (clang-14) in build-fuzz/: each fuzzer runs
 #                 FUZZ_SECONDS (30); not part of `make check`
-#   make install  install what was built (cmake --install build)
+#   make install  install what was built (cmake --install build); as root it
+#                 also creates the group kvp11, the user kvp11, kvp11-clients
+#   make uninstall remove what make install placed (never an edited
+#                 configuration, the registry, secrets or logs; lists them)
+#   make deb      the Debian package in build/ (CPack); docs/deployment.md
 #   make clean    remove the build directories
 #
 # Variables: BUILD_DIR (build), JOBS (2), BUILD_TYPE (RelWithDebInfo),
@@ -31,12 +35,12 @@ FUZZ_CC    ?= clang-14
 SANITIZE_TESTS   ?= ^(unit/|conformance/|clients_|kv/parse$$|fuzz-seeds/|fuzz-replay/|sync/)
 SANITIZE_EXCLUDE ?= valgrind|openssl_proxy_provider|gnutls_certtool|p11kit_install
 
-.PHONY: all deps configure build check test demo sanitize check-sanitize fuzz install clean help
+.PHONY: all deps configure build check test demo sanitize check-sanitize fuzz install uninstall deb clean help
 
 all: build
 
 help:
-	@sed -n '2,17p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,21p' Makefile | sed 's/^# \{0,1\}//'
 
 deps:
 ifeq ($(SKIP_DEPS),1)
@@ -88,6 +92,13 @@ fuzz: deps
 
 install: build
 	$(CMAKE) --install $(BUILD_DIR)
+
+uninstall:
+	$(CMAKE) --build $(BUILD_DIR) --target uninstall
+
+# The package installs under /usr with the module in p11-kit's directory.
+deb: build
+	cd $(BUILD_DIR) && cpack -G DEB
 
 clean:
 	rm -rf $(BUILD_DIR) $(BUILD_DIR)-asan $(BUILD_DIR)-fuzz

@@ -45,7 +45,7 @@ const char *kvp_engine_ossl_reason(void)
 
 int kvp_engine_quiet_begin(const kvp_tool *t)
 {
-  const char *dbg = getenv("KVP11_DEBUG");
+  const char *dbg = kvp_getenv("KVP11_DEBUG");
   if (t->verbose || (dbg && *dbg))
     return -1;
   fflush(stderr);
@@ -74,7 +74,7 @@ void kvp_engine_quiet_end(int saved)
 
 const char *kvp_engine_module(const char *opt)
 {
-  const char *env = getenv("KVP11_MODULE");
+  const char *env = kvp_getenv("KVP11_MODULE");
   if (opt && *opt)
     return opt;
   if (env && *env)
@@ -103,7 +103,7 @@ static void pct_encode(const char *s, char *out, size_t outlen)
 /* The engine library: $OPENSSL_ENGINES or OpenSSL's ENGINESDIR, /pkcs11.so. */
 static void engine_so(char *out, size_t len)
 {
-  const char *env = getenv("OPENSSL_ENGINES");
+  const char *env = kvp_getenv("OPENSSL_ENGINES");
   char dir[512] = "";
   if (env && *env) {
     snprintf(dir, sizeof(dir), "%s", env);

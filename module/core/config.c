@@ -11,11 +11,13 @@
  *    known, empty sections are validated too, and the previous section is
  *    checked (required keys, exclusive keys) when the next one starts.
  *
- * Relative paths (registry, log_file, pin_file, client_secret_file,
- * client_cert_file, client_key_file, ca_file) are taken relative to the
- * directory of the configuration file, so the result does not depend on the
- * working directory of the application that loads the module. The HSM
- * module path is passed to dlopen() as written.
+ * Relative paths (registry, pin_file, client_secret_file, client_cert_file,
+ * client_key_file, ca_file) are taken relative to the directory of the
+ * configuration file, so the result does not depend on the working directory
+ * of the application that loads the module. The HSM module path, log_file
+ * and audit must be absolute (or syslog). Values are never quoted: a value
+ * that starts or ends with a quote is refused. What the files must look like
+ * (owner, mode) is checked in config_files.c.
  */
 #include "config.h"
 
@@ -79,22 +81,6 @@ struct parse_ctx {
 
 /* ---- errors ------------------------------------------------------------ */
 
-static int errno_rc(int e)
-{
-  switch (e) {
-  case ENOENT:
-  case ENOTDIR:
-    return KVP_ENOTFOUND;
-  case EACCES:
-  case EPERM:
-    return KVP_EPERM;
-  case ENOMEM:
-    return KVP_ENOMEM;
-  default:
-    return KVP_EIO;
-  }
-}
-
 /* Record the first error: "FILE:LINE: [section] key 'K': text". */
 __attribute__((format(printf, 5, 6))) static int perr(parse_ctx *c, int rc, int line,
                                                       const char *key, const char *fmt, ...)
@@ -119,113 +105,6 @@ __attribute__((format(printf, 5, 6))) static int perr(parse_ctx *c, int rc, int 
 }
 
 #define KEY_ERR(c, k, ...) perr((c), KVP_EINVAL, (c)->line, (k)->name, __VA_ARGS__)
-
-/* ---- secret files ------------------------------------------------------ */
-
-static int secret_stat_ok(const struct stat *st, char *why, size_t whylen)
-{
-  if (!S_ISREG(st->st_mode))
-    return kvp_seterr(why, whylen, KVP_EINVAL, "not a regular file");
-  if ((st->st_mode & 077) != 0)
-    return kvp_seterr(why, whylen, KVP_EPERM,
-                      "mode %04o lets group or others access this secret (chmod 600 it)",
-                      (unsigned)(st->st_mode & 07777));
-  return KVP_OK;
-}
-
-static int read_fd_all(int fd, size_t size, char **out, size_t *len)
-{
-  char *buf = malloc(size + 1);
-  size_t got = 0;
-
-  if (buf == NULL)
-    return KVP_ENOMEM;
-  while (got < size) {
-    ssize_t n = read(fd, buf + got, size - got);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n < 0) {
-      kvp_wipe(buf, got);
-      free(buf);
-      return KVP_EIO;
-    }
-    if (n == 0)
-      break;
-    got += (size_t)n;
-  }
-  buf[got] = '\0';
-  *out = buf;
-  *len = got;
-  return KVP_OK;
-}
-
-int kvp_secret_read_file(const char *path, char **out, size_t *len, char *err, size_t errlen)
-{
-  char why[128];
-  struct stat st;
-  char *buf = NULL;
-  size_t n = 0;
-  int fd = -1;
-  int rc;
-
-  *out = NULL;
-  fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-  if (fd < 0 || fstat(fd, &st) != 0) {
-    rc = kvp_seterr(err, errlen, errno_rc(errno), "%s: cannot open: %s", path, strerror(errno));
-    goto out;
-  }
-  rc = secret_stat_ok(&st, why, sizeof(why));
-  if (rc != KVP_OK) {
-    kvp_seterr(err, errlen, rc, "%s: %s", path, why);
-    goto out;
-  }
-  if (st.st_size > SECRET_MAX_LEN) {
-    rc = kvp_seterr(err, errlen, KVP_EINVAL, "%s: too large for a secret", path);
-    goto out;
-  }
-  rc = read_fd_all(fd, (size_t)st.st_size, &buf, &n);
-  if (rc != KVP_OK) {
-    kvp_seterr(err, errlen, rc, "%s: cannot read: %s", path, strerror(errno));
-    goto out;
-  }
-  if (n > 0 && buf[n - 1] == '\n')
-    buf[--n] = '\0';
-  if (n > 0 && buf[n - 1] == '\r')
-    buf[--n] = '\0';
-  if (n == 0) {
-    rc = kvp_seterr(err, errlen, KVP_EINVAL, "%s: the secret is empty", path);
-    goto out;
-  }
-  *out = buf;
-  *len = n;
-  buf = NULL;
-out:
-  if (buf != NULL)
-    kvp_free_secret(buf);
-  if (fd >= 0)
-    close(fd);
-  return rc;
-}
-
-int kvp_hsm_conf_pin(const kvp_hsm_conf *h, char **out, size_t *len, char *err, size_t errlen)
-{
-  const char *v;
-
-  *out = NULL;
-  if (h->pin_file != NULL)
-    return kvp_secret_read_file(h->pin_file, out, len, err, errlen);
-  if (h->pin_env == NULL)
-    return KVP_ENOTFOUND;
-  v = getenv(h->pin_env);
-  if (v == NULL || *v == '\0')
-    return kvp_seterr(err, errlen, KVP_EINVAL, "hsm %s: environment variable %s (pin_env) is %s",
-                      h->name, h->pin_env, v == NULL ? "not set" : "empty");
-  *out = strdup(v);
-  if (*out == NULL)
-    return KVP_ENOMEM;
-  *len = strlen(v);
-  return KVP_OK;
-}
 
 /* ---- value setters ----------------------------------------------------- */
 
@@ -270,7 +149,7 @@ static int set_path(parse_ctx *c, const key_def *k, void *field, const char *v)
 
 static int set_secret_path(parse_ctx *c, const key_def *k, void *field, const char *v)
 {
-  char why[128];
+  char why[KVP_ERRLEN];
   struct stat st;
   int rc = set_path(c, k, field, v);
   const char *path = *(char **)field;
@@ -279,10 +158,41 @@ static int set_secret_path(parse_ctx *c, const key_def *k, void *field, const ch
     return rc;
   if (stat(path, &st) != 0)
     return KEY_ERR(c, k, "%s: %s", path, strerror(errno));
-  rc = secret_stat_ok(&st, why, sizeof(why));
+  rc = kvp_secret_stat_ok(path, &st, why, sizeof(why));
   if (rc != KVP_OK)
-    return perr(c, rc, c->line, k->name, "%s: %s", path, why);
+    return perr(c, rc, c->line, k->name, "%s", why);
   return KVP_OK;
+}
+
+/* log_file and audit: syslog, or an absolute path to a regular file (audit: off too). */
+static int set_log_dest(parse_ctx *c, const key_def *k, void *field, const char *v)
+{
+  char why[KVP_ERRLEN];
+
+  if (strcmp(k->name, "audit") == 0 && strcmp(v, "off") == 0)
+    return store_str(c, field, strdup(v));
+  if (kvp_log_dest_check(v, why, sizeof(why)) != KVP_OK)
+    return KEY_ERR(c, k, "%s", why);
+  return store_str(c, field, strdup(v));
+}
+
+/* The HSM's module: an absolute path (dlopen() would search the library path
+ * otherwise) to a file nobody but its owner can replace. A missing file is
+ * reported when the HSM is first used. */
+static int set_module(parse_ctx *c, const key_def *k, void *field, const char *v)
+{
+  char why[KVP_ERRLEN];
+  struct stat st;
+
+  if (v[0] != '/')
+    return KEY_ERR(c, k, "'%s' is not an absolute path: dlopen() would search the library path "
+                   "for it; write the full path (e.g. /usr/lib/softhsm/libsofthsm2.so)", v);
+  if (stat(v, &st) == 0 && (st.st_mode & 022) != 0) {
+    snprintf(why, sizeof(why), "HSM module %s is writable by %s (mode %04o); fix: chmod go-w %s",
+             v, (st.st_mode & 002) ? "everyone" : "its group", (unsigned)(st.st_mode & 07777), v);
+    return perr(c, KVP_EPERM, c->line, k->name, "%s", why);
+  }
+  return store_str(c, field, strdup(v));
 }
 
 static int set_env_name(parse_ctx *c, const key_def *k, void *field, const char *v)
@@ -449,11 +359,12 @@ static int set_store(parse_ctx *c, const key_def *k, void *field, const char *v)
 static const key_def global_keys[] = {
     KEY(kvp_config, registry, set_path),
     KEY(kvp_config, log_level, set_level),
-    KEY(kvp_config, log_file, set_path),
+    KEY(kvp_config, log_file, set_log_dest),
+    KEY(kvp_config, audit, set_log_dest),
 };
 
 static const key_def hsm_keys[] = {
-    KEY(kvp_hsm_conf, module, set_str),
+    KEY(kvp_hsm_conf, module, set_module),
     KEY(kvp_hsm_conf, token_label, set_label),
     KEY(kvp_hsm_conf, serial, set_serial),
     KEY(kvp_hsm_conf, pin_file, set_secret_path),
@@ -868,6 +779,14 @@ static char *reader(char *str, int num, void *stream)
   return str;
 }
 
+/* Values are written bare; a leading or trailing quote is an error. */
+static int quoted(const char *v)
+{
+  size_t n = strlen(v);
+
+  return n > 0 && (v[0] == '"' || v[0] == '\'' || v[n - 1] == '"' || v[n - 1] == '\'');
+}
+
 static int handler(void *user, const char *section, const char *name, const char *value)
 {
   parse_ctx *c = user;
@@ -889,6 +808,12 @@ static int handler(void *user, const char *section, const char *name, const char
   if (c->key_line[i] != 0)
     return perr(c, KVP_EINVAL, c->line, name, "set twice (first at line %d)", c->key_line[i]), 0;
   c->key_line[i] = c->line;
+  if (quoted(value))
+    return perr(c, KVP_EINVAL, c->line, name,
+                "quoted value %s: kvp11.conf takes values without quotes (they would be part "
+                "of the value); write it without them",
+                value),
+           0;
   return c->keys[i].set(c, &c->keys[i], (char *)section_obj(c) + c->keys[i].off, value) == KVP_OK;
 }
 
@@ -925,7 +850,7 @@ static int finish(parse_ctx *c)
   /* KVP11_REGISTRY replaces [global] registry (tests, `kvp11 csr` on a key
    * that is not registered). Must be absolute, like every path kvp11 uses. */
   {
-    const char *env = getenv("KVP11_REGISTRY");
+    const char *env = kvp_getenv("KVP11_REGISTRY");
     if (env != NULL && *env != '\0') {
       if (*env != '/')
         return perr(c, KVP_EINVAL, 0, NULL, "KVP11_REGISTRY: '%s' is not an absolute path", env);
@@ -936,6 +861,11 @@ static int finish(parse_ctx *c)
   }
   if (cfg->registry == NULL && (cfg->registry = strdup(KVP11_DEFAULT_REGISTRY)) == NULL)
     return perr(c, KVP_ENOMEM, c->line, NULL, "out of memory");
+  {
+    int rc = kvp_registry_trust(cfg->registry, c->err, c->errlen);
+    if (rc != KVP_OK)
+      return c->rc = rc;
+  }
   if (cfg->n_accounts == 0) {
     cfg->accounts = calloc(1, sizeof(*cfg->accounts));
     if (cfg->accounts == NULL)
@@ -966,9 +896,24 @@ static char *dir_of(const char *path)
   return d;
 }
 
+/* The configuration file itself: a regular file (or /dev/null, "no
+ * configuration") that only root or this process's user can change. */
+static int config_trusted(parse_ctx *c)
+{
+  struct stat st;
+
+  if (fstat(fileno(c->f), &st) != 0)
+    return c->rc = kvp_seterr(c->err, c->errlen, KVP_EIO, "%s: %s", c->path, strerror(errno));
+  if (S_ISCHR(st.st_mode) && strcmp(c->path, "/dev/null") == 0)
+    return KVP_OK;
+  if (!S_ISREG(st.st_mode))
+    return c->rc = kvp_seterr(c->err, c->errlen, KVP_EINVAL, "%s: not a regular file", c->path);
+  return c->rc = kvp_trust_stat("configuration", c->path, &st, c->err, c->errlen);
+}
+
 const char *kvp_config_default_path(void)
 {
-  const char *p = getenv("KVP11_CONF");
+  const char *p = kvp_getenv("KVP11_CONF");
 
   return p != NULL && *p != '\0' ? p : KVP11_DEFAULT_CONF;
 }
@@ -984,13 +929,16 @@ int kvp_config_load(const char *path, kvp_config **out, char *err, size_t errlen
     c.rc = kvp_seterr(err, errlen, KVP_ENOMEM, "%s: out of memory", path);
     goto out;
   }
-  c.cfg->log_level = KVP_LOG_INFO;
+  c.cfg->log_level = KVP_LOG_WARN;
   c.dir = dir_of(path);
   c.f = fopen(path, "re");
   if (c.f == NULL) {
-    c.rc = kvp_seterr(err, errlen, errno_rc(errno), "%s: cannot open: %s", path, strerror(errno));
+    c.rc = kvp_seterr(err, errlen, kvp_errno_rc(errno), "%s: cannot open: %s", path,
+                      strerror(errno));
     goto out;
   }
+  if (config_trusted(&c) != KVP_OK)
+    goto out;
   ret = ini_parse_stream(reader, &c, handler, &c);
   if (ret > 0 && (c.rc == KVP_OK || ret < c.err_line)) {
     c.rc = KVP_OK;
@@ -1015,97 +963,4 @@ out:
   }
   *out = c.cfg;
   return KVP_OK;
-}
-
-/* ---- free and find ----------------------------------------------------- */
-
-static void free_hsm(kvp_hsm_conf *h)
-{
-  free(h->name);
-  free(h->module);
-  free(h->token_label);
-  free(h->serial);
-  free(h->pin_file);
-  free(h->pin_env);
-}
-
-static void free_vault(kvp_vault_conf *v)
-{
-  char *fields[] = {v->name,
-                    v->url,
-                    v->api_version,
-                    v->tenant_id,
-                    v->client_id,
-                    v->client_secret_file,
-                    v->client_secret_env,
-                    v->client_cert_file,
-                    v->client_key_file,
-                    v->authority_host,
-                    v->imds_endpoint,
-                    v->ca_file,
-                    v->resource};
-
-  for (size_t i = 0; i < KVP_ARRAY_SIZE(fields); i++)
-    free(fields[i]);
-}
-
-void kvp_config_free(kvp_config *cfg)
-{
-  if (cfg == NULL)
-    return;
-  for (size_t i = 0; i < cfg->n_hsms; i++)
-    free_hsm(&cfg->hsms[i]);
-  for (size_t i = 0; i < cfg->n_vaults; i++)
-    free_vault(&cfg->vaults[i]);
-  for (size_t i = 0; i < cfg->n_accounts; i++) {
-    free(cfg->accounts[i].name);
-    free(cfg->accounts[i].label);
-    free(cfg->accounts[i].default_store);
-  }
-  for (size_t i = 0; i < cfg->n_ias; i++) {
-    free_vault(&cfg->ias[i].cred);
-    free(cfg->ias[i].resource_id);
-    free(cfg->ias[i].account);
-    free(cfg->ias[i].vault_map);
-    free(cfg->ias[i].resource);
-  }
-  free(cfg->ias);
-  free(cfg->hsms);
-  free(cfg->vaults);
-  free(cfg->accounts);
-  free(cfg->path);
-  free(cfg->registry);
-  free(cfg->log_file);
-  free(cfg);
-}
-
-#define FIND_BY_NAME(arr, n, name)                                                                 \
-  do {                                                                                             \
-    for (size_t i_ = 0; cfg != NULL && name != NULL && i_ < (n); i_++)                             \
-      if (strcmp((arr)[i_].name, (name)) == 0)                                                     \
-        return &(arr)[i_];                                                                         \
-    return NULL;                                                                                   \
-  } while (0)
-
-const kvp_hsm_conf *kvp_config_find_hsm(const kvp_config *cfg, const char *name)
-{
-  FIND_BY_NAME(cfg->hsms, cfg->n_hsms, name);
-}
-
-const kvp_vault_conf *kvp_config_find_vault(const kvp_config *cfg, const char *name)
-{
-  FIND_BY_NAME(cfg->vaults, cfg->n_vaults, name);
-}
-
-const kvp_account_conf *kvp_config_find_account(const kvp_config *cfg, const char *name)
-{
-  FIND_BY_NAME(cfg->accounts, cfg->n_accounts, name);
-}
-
-const kvp_ia_conf *kvp_config_find_ia(const kvp_config *cfg, const char *name)
-{
-  for (size_t i = 0; name != NULL && i < cfg->n_ias; i++)
-    if (strcmp(cfg->ias[i].cred.name, name) == 0)
-      return &cfg->ias[i];
-  return NULL;
 }

@@ -5,7 +5,8 @@
  *   [global]
  *   registry = /var/lib/kvp11/registry.db
  *   log_level = info            ; error|warn|info|debug
- *   log_file = /var/log/kvp11.log  ; default: stderr
+ *   log_file = /var/log/kvp11.log  ; or syslog; default: stderr
+ *   audit = syslog              ; or an absolute file path, or off (default)
  *
  *   [hsm appliance]
  *   module = /usr/lib/softhsm/libsofthsm2.so
@@ -31,6 +32,28 @@
 #define KVP_CORE_CONFIG_H
 
 #include <stddef.h>
+#include <sys/stat.h>
+
+/* The system group whose members may use the module in-process (docs/deployment.md). */
+#ifndef KVP11_SERVICE_GROUP
+#define KVP11_SERVICE_GROUP "kvp11"
+/* ---- file trust (config_files.c) ---- */
+
+/* The rules for a secret file, on its stat; err gets "PATH: what; fix: ...". */
+int kvp_secret_stat_ok(const char *path, const struct stat *st, char *err, size_t errlen);
+/* Not group/other-writable and owned by root or the euid; what: "configuration", ... */
+int kvp_trust_stat(const char *what, const char *path, const struct stat *st, char *err,
+                   size_t errlen);
+/* kvp_trust_stat() of path; KVP_ENOTFOUND (no message) when it does not exist. */
+int kvp_trust_path(const char *what, const char *path, char *err, size_t errlen);
+/* The registry file (when it exists) and its directory. */
+int kvp_registry_trust(const char *registry, char *err, size_t errlen);
+/* log_file / audit destination: "syslog" or an absolute path to a regular file. */
+int kvp_log_dest_check(const char *path, char *why, size_t whylen);
+/* errno to KVP_E* */
+int kvp_errno_rc(int e);
+
+#endif
 
 typedef struct kvp_hsm_conf {
   char *name;
@@ -100,7 +123,8 @@ typedef struct kvp_config {
   char *path;           /* the file this came from */
   char *registry;       /* default KVP11_DEFAULT_REGISTRY */
   int log_level;        /* kvp_log_level, default KVP_LOG_INFO */
-  char *log_file;       /* NULL: stderr */
+  char *log_file;       /* NULL: stderr; "syslog": syslog(3); else an absolute path */
+  char *audit;          /* NULL or "off": no audit; "syslog"; else an absolute path */
   kvp_hsm_conf *hsms;
   size_t n_hsms;
   kvp_vault_conf *vaults;
@@ -111,16 +135,37 @@ typedef struct kvp_config {
   size_t n_ias;
 } kvp_config;
 
+/*
+ * Every environment variable kvp11 reads goes through kvp_getenv():
+ * secure_getenv(), so a setuid/setgid (AT_SECURE) process sees none.
+ */
+const char *kvp_getenv(const char *name);
+
+/*
+ * 1 when the module runs inside p11-kit's RPC server (p11-kit server forks
+ * p11-kit-remote per client). p11-kit 0.24's RPC cannot carry some array
+ * attributes (CKA_ALLOWED_MECHANISMS: the client gets CKR_DEVICE_ERROR for the
+ * whole C_GetAttributeValue), so the module leaves them out there and the
+ * client sees CKR_ATTRIBUTE_TYPE_INVALID, as for any absent attribute.
+ */
+int kvp_served_over_rpc(void);
+
 /* KVP11_CONF if set and non-empty, else KVP11_DEFAULT_CONF. */
 const char *kvp_config_default_path(void);
 
 /*
  * Load and validate a configuration file. On failure returns a KVP_E* code
  * and writes "FILE:LINE: key 'K': what is wrong" (or "FILE: ...") into err.
- * Checks: unknown sections/keys, duplicate sections, bad values, required
- * keys, pin_file / client_secret_file / client_key_file that are readable or
- * writable by group or others (refused with KVP_EPERM), account default_store
- * naming an unknown hsm/vault.
+ * Checks: unknown sections/keys, duplicate sections, bad values, quoted
+ * values, required keys, account default_store naming an unknown hsm/vault,
+ * and file trust (KVP_EPERM, the message names the file and the fix):
+ *  - the configuration file, the registry and its directory: not writable by
+ *    group or others, owned by root or the process's user;
+ *  - pin_file / client_secret_file / client_key_file: no access for others,
+ *    no group write, group read only for root's group or KVP11_SERVICE_GROUP;
+ *  - module: an absolute path; an existing module file not writable by group
+ *    or others;
+ *  - log_file / audit: syslog or an absolute path to a regular file.
  */
 int kvp_config_load(const char *path, kvp_config **out, char *err, size_t errlen);
 void kvp_config_free(kvp_config *cfg);
@@ -131,8 +176,9 @@ const kvp_account_conf *kvp_config_find_account(const kvp_config *cfg, const cha
 const kvp_ia_conf *kvp_config_find_ia(const kvp_config *cfg, const char *name);
 
 /*
- * Read a secret file (PIN, client secret): refuses a file that group or others
- * can read or write (KVP_EPERM) or that is not a regular file; strips one
+ * Read a secret file (PIN, client secret): refuses (KVP_EPERM) a file others
+ * can access or the group can write, or that a group other than root's or
+ * KVP11_SERVICE_GROUP can read, or that is not a regular file; strips one
  * trailing "\n" or "\r\n". *out is NUL-terminated; free with kvp_free_secret().
  */
 int kvp_secret_read_file(const char *path, char **out, size_t *len, char *err, size_t errlen);
@@ -142,5 +188,21 @@ int kvp_secret_read_file(const char *path, char **out, size_t *len, char *err, s
  * when the HSM has neither (the application's PIN is passed through).
  */
 int kvp_hsm_conf_pin(const kvp_hsm_conf *h, char **out, size_t *len, char *err, size_t errlen);
+
+/* ---- file trust (config_files.c) ---- */
+
+/* The rules for a secret file, on its stat; err gets "PATH: what; fix: ...". */
+int kvp_secret_stat_ok(const char *path, const struct stat *st, char *err, size_t errlen);
+/* Not group/other-writable and owned by root or the euid; what: "configuration", ... */
+int kvp_trust_stat(const char *what, const char *path, const struct stat *st, char *err,
+                   size_t errlen);
+/* kvp_trust_stat() of path; KVP_ENOTFOUND (no message) when it does not exist. */
+int kvp_trust_path(const char *what, const char *path, char *err, size_t errlen);
+/* The registry file (when it exists) and its directory. */
+int kvp_registry_trust(const char *registry, char *err, size_t errlen);
+/* log_file / audit destination: "syslog" or an absolute path to a regular file. */
+int kvp_log_dest_check(const char *path, char *why, size_t whylen);
+/* errno to KVP_E* */
+int kvp_errno_rc(int e);
 
 #endif

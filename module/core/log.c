@@ -7,8 +7,17 @@
  * KVP11_DEBUG="level[:file]" is read once, when the library is loaded, and
  * then overrides whatever kvp_log_setup() is given: its level replaces the
  * configured one, and its destination (the file, or stderr when no file is
- * named) replaces the configured log_file.
+ * named) replaces the configured log_file. It is read with secure_getenv():
+ * a setuid/setgid process ignores it.
+ *
+ * Destinations: stderr (no log_file), a file (appended to, created 0640,
+ * never through a symbolic link), or syslog(3) ("syslog"; facility user,
+ * the host program's openlog() settings are left alone, every line carries
+ * "kvp11[pid]"). On a shared machine many users' processes load the module:
+ * one that cannot open the configured file logs to syslog instead and says
+ * nothing on stderr, unless KVP11_DEBUG is set.
  */
+#define _GNU_SOURCE /* secure_getenv */
 #include "log.h"
 
 #include <errno.h>
@@ -19,19 +28,21 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <syslog.h>
 #include <time.h>
 #include <unistd.h>
 
 #define LOG_LINE_MAX 2048
 
-int kvp_log_threshold = KVP_LOG_INFO;
+int kvp_log_threshold = KVP_LOG_WARN;
 
 static pthread_once_t env_once = PTHREAD_ONCE_INIT;
 static int env_level = -1; /* -1: KVP11_DEBUG not set (or invalid) */
 static char *env_file;     /* NULL: stderr */
 
 static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
-static int log_fd = -1; /* -1: stderr */
+static int log_fd = -1;     /* -1: stderr or syslog */
+static int log_syslog = 0;  /* 1: syslog(3) */
 
 static const char *const level_names[] = {"ERROR", "WARN", "INFO", "DEBUG"};
 
@@ -47,7 +58,7 @@ int kvp_log_level_parse(const char *s)
 
 static void env_parse(void)
 {
-  const char *v = getenv("KVP11_DEBUG");
+  const char *v = secure_getenv("KVP11_DEBUG");
   const char *colon;
   char level[16];
   size_t n;
@@ -76,12 +87,26 @@ static void open_dest_locked(const char *file)
   if (log_fd >= 0)
     close(log_fd);
   log_fd = -1;
+  log_syslog = 0;
   if (file == NULL)
     return;
-  log_fd = open(file, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOCTTY, 0600);
-  if (log_fd < 0)
+  if (strcmp(file, "syslog") == 0) {
+    log_syslog = 1;
+    return;
+  }
+  log_fd = open(file, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW, 0640);
+  if (log_fd >= 0)
+    return;
+  if (env_level >= 0) {
     fprintf(stderr, "kvp11: cannot open log file %s: %s; logging to stderr\n", file,
             strerror(errno));
+    return;
+  }
+  /* Quietly: this process's user may simply not be allowed to write there. */
+  log_syslog = 1;
+  if (kvp_log_threshold >= KVP_LOG_INFO)
+    syslog(LOG_USER | LOG_INFO, "kvp11[%ld] INFO cannot open log file %s: %s; logging to syslog",
+           (long)getpid(), file, strerror(errno));
 }
 
 void kvp_log_setup(int level, const char *file)
@@ -92,8 +117,8 @@ void kvp_log_setup(int level, const char *file)
     level = env_level;
     file = env_file;
   }
-  open_dest_locked(file);
   kvp_log_threshold = level;
+  open_dest_locked(file);
   pthread_mutex_unlock(&log_lock);
 }
 
@@ -170,6 +195,14 @@ void kvp_log_write(int level, const char *file, int line, const char *func, cons
   buf[len++] = '\n';
 
   pthread_mutex_lock(&log_lock);
-  write_all(log_fd >= 0 ? log_fd : STDERR_FILENO, buf, len);
+  if (log_syslog) {
+    static const int prio[] = {LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG};
+    const char *msg = memchr(buf, ' ', len); /* syslog stamps the time itself */
+    buf[len - 1] = '\0';
+    syslog(LOG_USER | prio[level >= 0 && level <= KVP_LOG_DEBUG ? level : 0], "%s",
+           msg != NULL ? msg + 1 : buf);
+  } else {
+    write_all(log_fd >= 0 ? log_fd : STDERR_FILENO, buf, len);
+  }
   pthread_mutex_unlock(&log_lock);
 }

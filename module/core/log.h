@@ -2,7 +2,7 @@
  * Logging. One line per event: time, level, where (file:line function), text.
  * Never pass a secret to these functions.
  *
- * The level and destination come from the configuration ([global] log_level,
+ * The level (default warn) and destination come from the configuration ([global] log_level,
  * log_file) and are overridden by the environment variable
  * KVP11_DEBUG="level[:file]" (e.g. "debug:/tmp/kvp11.log"), read once.
  */

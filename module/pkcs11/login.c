@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/audit.h"
 #include "core/log.h"
 #include "core/p11names.h"
 #include "core/status.h"
@@ -187,6 +188,7 @@ CK_RV kvp_login(kvp_session *s, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULONG
     if (rv != CKR_OK) {
       (void)kvp_fail(rv, "login: account '%s': %s %s refused the login", slot->account->name,
                      be->ops->scheme, be->name);
+      kvp_audit_login_failure(slot->account->name, rv);
       if (!was_in)
         logout_unshared(slot, &set, i);
       set_free(&set);

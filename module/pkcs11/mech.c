@@ -12,6 +12,7 @@
 #include <openssl/ecdsa.h>
 #include <openssl/rsa.h>
 
+#include "core/audit.h"
 #include "core/log.h"
 #include "core/p11names.h"
 #include "core/status.h"
@@ -371,6 +372,16 @@ static CK_RV check_key(const kvp_object *o, const mech_desc *m, kvp_op_kind kind
     return CKR_KEY_TYPE_INCONSISTENT;
   if (o->cls != want)
     return CKR_KEY_FUNCTION_NOT_PERMITTED;
+  /* the object's own usage flag: a retired certificate's key has CKA_SIGN false */
+  CK_ATTRIBUTE_TYPE use = kind == KVP_OP_SIGN      ? CKA_SIGN
+                          : kind == KVP_OP_DECRYPT ? CKA_DECRYPT
+                          : kind == KVP_OP_VERIFY  ? CKA_VERIFY
+                                                   : CKA_ENCRYPT;
+  const kvp_attr *a = kvp_object_attr(o, use);
+  if (a != NULL && a->len == sizeof(CK_BBOOL) && *(const CK_BBOOL *)a->value == CK_FALSE)
+    return kvp_fail_at(KVP_LOG_WARN, CKR_KEY_FUNCTION_NOT_PERMITTED,
+                       "'%s': the key's %s is false%s", o->label, kvp_cka_name(use),
+                       use == CKA_SIGN ? " (a retired certificate decrypts only)" : "");
   return CKR_OK;
 }
 
@@ -608,7 +619,9 @@ static CK_RV do_sign(kvp_op *op, CK_BYTE_PTR out, CK_ULONG_PTR out_len)
     return rv;
   if ((rv = kvp_object_key(op->obj, &key)) != CKR_OK)
     return rv;
+  uint64_t t0 = kvp_audit_start();
   rv = key->backend->ops->sign(key->backend, key, &alg, input, input_len, out, out_len);
+  kvp_audit_key_op(KVP_AUDIT_SIGN, kvp_slot_locked(op->obj->slot)->account->name, op->obj->label, op->obj->key_ref, key->version, op->mech, rv, t0);
   /* the input buffer held at most the raw input (buf_len) or a digest */
   kvp_wipe(input, op->buf_len > input_len ? op->buf_len : input_len);
   return rv;
@@ -631,7 +644,9 @@ static CK_RV do_decrypt(kvp_op *op, const CK_BYTE *in, CK_ULONG in_len)
     op->buf_cap = KVP_MAX_RAW_INPUT;
   }
   op->buf_len = k;
+  uint64_t t0 = kvp_audit_start();
   rv = key->backend->ops->decrypt(key->backend, key, &op->dec, in, in_len, op->buf, &op->buf_len);
+  kvp_audit_key_op(KVP_AUDIT_DECRYPT, kvp_slot_locked(op->obj->slot)->account->name, op->obj->label, op->obj->key_ref, key->version, op->mech, rv, t0);
   if (rv == CKR_OK)
     op->have_result = 1;
   return rv;

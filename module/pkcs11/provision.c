@@ -30,7 +30,9 @@
 
 #include <p11-kit/pkcs11x.h>
 
+#include "backend/provision.h"
 #include "core/cert.h"
+#include "core/audit.h"
 #include "core/log.h"
 #include "core/p11names.h"
 #include "core/status.h"
@@ -424,6 +426,7 @@ static CK_RV create_certificate(kvp_session *s, const CK_ATTRIBUTE *t, CK_ULONG 
     goto out;
   KVP_INFO("account %s: registered %s certificate '%s' (%s) through PKCS#11", account,
            rec.type == KVP_CERT_PRIVATE ? "private" : "public", name, rec.subject);
+  kvp_audit_change("C_CreateObject", account, name, rec.key_ref, keyrow.sha256, got.sha256);
   *ph = ((CK_OBJECT_HANDLE)got.id << 2) | KVP_OBJ_CERT;
   kvp_registry_close(reg);
   reg = NULL;
@@ -542,6 +545,7 @@ CK_RV kvp_destroy_object(kvp_session *s, CK_OBJECT_HANDLE h)
   if (rv == CKR_OK)
     KVP_INFO("account %s: certificate '%s' removed through PKCS#11%s", rec.account, rec.name,
              rec.type == KVP_CERT_PRIVATE ? " (its key stays registered)" : "");
+  if (rv == CKR_OK) kvp_audit_change("C_DestroyObject", rec.account, rec.name, rec.key_ref, o->sha256, NULL);
   kvp_registry_close(reg);
   reg = NULL;
   (void)kvp_refresh();
@@ -779,44 +783,17 @@ static CK_RV gen_allowed(const kvp_session *s, const CK_MECHANISM *mech, const c
   return CKR_OK;
 }
 
-/* Register a generated key (a private row without a certificate) and read the row back. */
-static int register_generated(kvp_registry *reg, char *account, char *name, char *ref,
-                              const kvp_key *key, const kvp_key_spec *spec, unsigned char *spki,
-                              int spki_len, kvp_cert_rec *got, char *err, size_t errlen)
-{
-  kvp_cert_rec rec = {0};
-  int rc;
-
-  rec.account = account;
-  rec.name = name;
-  rec.type = KVP_CERT_PRIVATE;
-  rec.subject = rec.issuer = rec.serial = "";
-  rec.key_ref = ref;
-  rec.key_version = key->version;
-  rec.spki = spki;
-  rec.spki_len = (size_t)spki_len;
-  rec.ckid = spec->id != NULL ? (unsigned char *)spec->id : NULL;
-  rec.ckid_len = spec->id_len;
-  rc = kvp_registry_add(reg, &rec, 0, err, errlen);
-  if (rc == KVP_OK) {
-    kvp_cert_rec_clear(got);
-    rc = kvp_registry_get(reg, account, name, got, err, errlen);
-  }
-  return rc;
-}
-
 CK_RV kvp_generate_key_pair(kvp_session *s, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_PTR pub,
                             CK_ULONG n_pub, CK_ATTRIBUTE_PTR priv, CK_ULONG n_priv,
                             CK_OBJECT_HANDLE_PTR ph_pub, CK_OBJECT_HANDLE_PTR ph_priv)
 {
   char *account = NULL, *default_store = NULL, *scheme = NULL, *name = NULL;
-  char keyname[256], ref[600], err[KVP_ERRLEN] = "", dflt[32];
+  char keyname[256], ref[600], dflt[32];
   kvp_backend *be;
   kvp_registry *reg = NULL;
   kvp_key *key = NULL;
-  kvp_cert_rec got = {0};
-  unsigned char *spki = NULL;
-  int spki_len, rc;
+  kvp_cert_rec rec = {0};
+  int64_t id = 0;
   gen_req g;
   CK_RV rv;
 
@@ -854,38 +831,23 @@ CK_RV kvp_generate_key_pair(kvp_session *s, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_
     snprintf(keyname, sizeof(keyname), "%s", name);
 
   /* the registry name must be free before the key store is touched */
-  if ((rv = open_writer(&reg)) != CKR_OK)
-    goto out;
-  rc = kvp_registry_get(reg, account, name, &got, err, sizeof(err));
-  if (rc == KVP_OK) {
-    KVP_ERROR("C_GenerateKeyPair: account '%s' has an entry named '%s' already (choose another "
-              "CKA_LABEL)",
-              account, name);
-    rv = CKR_ATTRIBUTE_VALUE_INVALID;
-    goto out;
-  }
-  if (rc != KVP_ENOTFOUND && (rv = reg_rv(rc, err)) != CKR_OK)
+  if ((rv = open_writer(&reg)) != CKR_OK || (rv = kvp_prov_name_free(reg, account, name)) != CKR_OK)
     goto out;
 
   rv = be->ops->create_key(be, keyname, &g.spec, &key);
   if (rv != CKR_OK)
     goto out; /* the backend logged why */
 
-  spki_len = i2d_PUBKEY(key->pub, &spki);
-  if (spki_len <= 0) {
-    rv = CKR_HOST_MEMORY;
-    goto undo;
-  }
   snprintf(ref, sizeof(ref), "%s:%s/%s", scheme, be->name, keyname);
-  rc = register_generated(reg, account, name, ref, key, &g.spec, spki, spki_len, &got, err,
-                          sizeof(err));
-  if ((rv = reg_rv(rc, err)) != CKR_OK)
+  if ((rv = kvp_prov_key_row(key, account, name, ref, g.spec.id, g.spec.id_len, &rec)) != CKR_OK ||
+      (rv = kvp_prov_register(reg, &rec, &id)) != CKR_OK)
     goto undo;
   KVP_INFO("account %s: generated %s key '%s' in %s%s%s through PKCS#11", account,
            g.spec.type == KVP_KEY_RSA ? "RSA" : "EC", name, default_store,
            key->version ? " version " : "", key->version ? key->version : "");
-  *ph_pub = ((CK_OBJECT_HANDLE)got.id << 2) | KVP_OBJ_PUBKEY;
-  *ph_priv = ((CK_OBJECT_HANDLE)got.id << 2) | KVP_OBJ_PRIVKEY;
+  kvp_audit_change("C_GenerateKeyPair", account, name, ref, NULL, NULL);
+  *ph_pub = ((CK_OBJECT_HANDLE)id << 2) | KVP_OBJ_PUBKEY;
+  *ph_priv = ((CK_OBJECT_HANDLE)id << 2) | KVP_OBJ_PRIVKEY;
   kvp_registry_close(reg);
   reg = NULL;
   (void)kvp_refresh();
@@ -893,15 +855,11 @@ CK_RV kvp_generate_key_pair(kvp_session *s, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_
 
 undo:
   /* registration failed: do not leave a key nobody knows about */
-  if (be->ops->delete_key == NULL || be->ops->delete_key(be, keyname) != CKR_OK)
-    KVP_ERROR("C_GenerateKeyPair: key '%s' was created in %s but could not be registered nor "
-              "deleted; remove it with `kvp11 key delete`",
-              keyname, default_store);
+  (void)kvp_prov_undo(be, keyname);
 out:
   if (key != NULL)
     key->backend->ops->close_key(key->backend, key);
-  OPENSSL_free(spki);
-  kvp_cert_rec_clear(&got);
+  kvp_cert_rec_clear(&rec);
   kvp_registry_close(reg);
   free(account);
   free(default_store);

@@ -13,6 +13,7 @@
 
 #include <openssl/crypto.h>
 
+#include "core/audit.h"
 #include "core/log.h"
 #include "core/p11names.h"
 #include "core/status.h"
@@ -318,7 +319,7 @@ static CK_RV load_config(void)
 
   if (rc == KVP_OK)
     return CKR_OK;
-  if (rc == KVP_ENOTFOUND && getenv("KVP11_CONF") == NULL) {
+  if (rc == KVP_ENOTFOUND && kvp_getenv("KVP11_CONF") == NULL) {
     /* No configuration installed: start with defaults and no key stores. */
     rc = kvp_config_load("/dev/null", &kvp_g.cfg, err, sizeof(err));
     if (rc == KVP_OK)
@@ -349,6 +350,7 @@ CK_RV kvp_initialize(CK_C_INITIALIZE_ARGS_PTR args)
   if (rv != CKR_OK)
     goto out;
   kvp_log_setup(kvp_g.cfg->log_level, kvp_g.cfg->log_file);
+  kvp_audit_setup(kvp_g.cfg->audit);
   rv = make_backends();
   if (rv == CKR_OK)
     rv = make_slots();
@@ -378,6 +380,7 @@ CK_RV kvp_finalize(void)
     KVP_INFO("finalized");
     teardown(0);
     kvp_log_close();
+    kvp_audit_close();
   }
   pthread_mutex_unlock(&kvp_g.init_lock);
   return rv;

@@ -73,7 +73,7 @@ static void setup_secrets(void)
 
   write_file("pin.ok", 0600, "1234\n");
   write_file("pin.loose", 0644, "1234\n");
-  write_file("pin.group", 0640, "1234\n");
+  write_file("pin.group", 0660, "1234\n");
   write_file("pin.crlf", 0400, "abcd\r\n");
   write_file("pin.nonl", 0600, "5678");
   write_file("pin.two", 0600, "x\n\n");
@@ -94,7 +94,7 @@ static void test_defaults(void)
 
   CU_ASSERT_EQUAL_FATAL(load("; nothing but a comment\n\n", &cfg, err), KVP_OK);
   CU_ASSERT_STRING_EQUAL(cfg->registry, KVP11_DEFAULT_REGISTRY);
-  CU_ASSERT_EQUAL(cfg->log_level, KVP_LOG_INFO);
+  CU_ASSERT_EQUAL(cfg->log_level, KVP_LOG_WARN);
   CU_ASSERT_PTR_NULL(cfg->log_file);
   CU_ASSERT_EQUAL(cfg->n_hsms, 0);
   CU_ASSERT_EQUAL(cfg->n_vaults, 0);
@@ -117,7 +117,7 @@ static const char full_conf[] = "\xEF\xBB\xBF# a full configuration\n"
                                 "  token_label = b2b\n"
                                 "  pin_file = pin.ok\n"
                                 "[hsm second]\n"
-                                "module = libother.so\n"
+                                "module = /usr/lib/libother.so\n"
                                 "serial = 0123456789abcdef\n"
                                 "pin_env = HSM_PIN\n"
                                 "[vault prod]\n"
@@ -178,7 +178,7 @@ static void test_full(void)
   CU_ASSERT_EQUAL(h->line, 7);
   h = kvp_config_find_hsm(cfg, "second");
   CU_ASSERT_PTR_NOT_NULL_FATAL(h);
-  CU_ASSERT_STRING_EQUAL(h->module, "libother.so");
+  CU_ASSERT_STRING_EQUAL(h->module, "/usr/lib/libother.so");
   CU_ASSERT_STRING_EQUAL(h->serial, "0123456789abcdef");
   CU_ASSERT_STRING_EQUAL(h->pin_env, "HSM_PIN");
   CU_ASSERT_PTR_NULL(kvp_config_find_hsm(cfg, "nope"));
@@ -234,17 +234,17 @@ static void test_sections(void)
 {
   expect_error("[global]\nregistry = /x\n\n[foo]\n", KVP_EINVAL,
                "test.conf:4: [foo]: unknown section");
-  expect_error("[hsm a]\nmodule = m\ntoken_label = t\n[hsm a]\nmodule = m\n", KVP_EINVAL,
+  expect_error("[hsm a]\nmodule = /m\ntoken_label = t\n[hsm a]\nmodule = /m\n", KVP_EINVAL,
                "test.conf:4: [hsm a]: duplicate section (first at line 1)");
   expect_error("[global]\n[global]\n", KVP_EINVAL,
                "test.conf:2: [global]: duplicate section (first at line 1)");
   expect_error("[account x]\n[vault v]\nurl=https://v\nauth=managed-identity\n[account x]\n",
                KVP_EINVAL, "test.conf:5: [account x]: duplicate section (first at line 1)");
-  expect_error("[hsm]\nmodule = m\n", KVP_EINVAL, "test.conf:1: [hsm]: needs a name");
+  expect_error("[hsm]\nmodule = /m\n", KVP_EINVAL, "test.conf:1: [hsm]: needs a name");
   expect_error("[hsm a/b]\n", KVP_EINVAL, "test.conf:1: [hsm a/b]: needs a name");
   expect_error("[global extra]\n", KVP_EINVAL,
                "test.conf:1: [global extra]: [global] takes no name");
-  expect_error("\n[hsm a\nmodule = m\n", KVP_EINVAL, "test.conf:2: section header without ']'");
+  expect_error("\n[hsm a\nmodule = /m\n", KVP_EINVAL, "test.conf:2: section header without ']'");
   expect_error("registry = /x\n", KVP_EINVAL,
                "test.conf:1: key 'registry': outside of any section");
 }
@@ -253,8 +253,8 @@ static void test_keys(void)
 {
   expect_error("[global]\nregistry = /x\nregistri = /y\n", KVP_EINVAL,
                "test.conf:3: [global] key 'registri': unknown key (known: registry, log_level, "
-               "log_file)");
-  expect_error("[hsm a]\nmodule = m\nmodul = m\n", KVP_EINVAL,
+               "log_file, audit)");
+  expect_error("[hsm a]\nmodule = /m\nmodul = m\n", KVP_EINVAL,
                "test.conf:3: [hsm a] key 'modul': unknown key");
   expect_error("[global]\nlog_level = info\nlog_level = debug\n", KVP_EINVAL,
                "test.conf:3: [global] key 'log_level': set twice (first at line 2)");
@@ -281,36 +281,36 @@ static void test_hsm(void)
   expect_error("[hsm a]\ntoken_label = t\n", KVP_EINVAL,
                "test.conf:1: [hsm a] key 'module': missing (required)");
   expect_error(
-      "[hsm a]\nmodule = m\ntoken_label = t\nserial = 1\n", KVP_EINVAL,
+      "[hsm a]\nmodule = /m\ntoken_label = t\nserial = 1\n", KVP_EINVAL,
       "test.conf:4: [hsm a] key 'serial': token_label is set too (line 3); use exactly one "
       "of token_label, serial");
-  expect_error("[hsm a]\nserial = 1\nmodule = m\ntoken_label = t\n[account x]\n", KVP_EINVAL,
+  expect_error("[hsm a]\nserial = 1\nmodule = /m\ntoken_label = t\n[account x]\n", KVP_EINVAL,
                "test.conf:4: [hsm a] key 'token_label': serial is set too (line 2)");
-  expect_error("[hsm a]\nmodule = m\n[account x]\n", KVP_EINVAL,
+  expect_error("[hsm a]\nmodule = /m\n[account x]\n", KVP_EINVAL,
                "test.conf:1: [hsm a] key 'token_label': missing; set token_label or serial");
-  expect_error("[hsm a]\nmodule = m\ntoken_label = t\npin_env = P\npin_file = pin.ok\n", KVP_EINVAL,
+  expect_error("[hsm a]\nmodule = /m\ntoken_label = t\npin_env = P\npin_file = pin.ok\n", KVP_EINVAL,
                "test.conf:5: [hsm a] key 'pin_file': pin_env is set too (line 4); use at most one");
-  expect_error("[hsm a]\nmodule = m\ntoken_label = 0123456789012345678901234567890123\n",
+  expect_error("[hsm a]\nmodule = /m\ntoken_label = 0123456789012345678901234567890123\n",
                KVP_EINVAL, "test.conf:3: [hsm a] key 'token_label': longer than 32 bytes");
-  expect_error("[hsm a]\nmodule = m\nserial = 01234567890123456\n", KVP_EINVAL,
+  expect_error("[hsm a]\nmodule = /m\nserial = 01234567890123456\n", KVP_EINVAL,
                "test.conf:3: [hsm a] key 'serial': longer than 16 bytes");
-  expect_error("[hsm a]\nmodule = m\ntoken_label = t\npin_env = 1PIN\n", KVP_EINVAL,
+  expect_error("[hsm a]\nmodule = /m\ntoken_label = t\npin_env = 1PIN\n", KVP_EINVAL,
                "test.conf:4: [hsm a] key 'pin_env': '1PIN' is not an environment variable name");
 }
 
 static void test_secret_files_in_config(void)
 {
-  expect_error("[hsm a]\nmodule = m\ntoken_label = t\npin_file = pin.loose\n", KVP_EPERM,
+  expect_error("[hsm a]\nmodule = /m\ntoken_label = t\npin_file = pin.loose\n", KVP_EPERM,
                "test.conf:4: [hsm a] key 'pin_file': ");
-  expect_error("[hsm a]\nmodule = m\ntoken_label = t\npin_file = pin.loose\n", KVP_EPERM,
-               "pin.loose: mode 0644 lets group or others access this secret");
-  expect_error("[hsm a]\nmodule = m\ntoken_label = t\npin_file = pin.group\n", KVP_EPERM,
-               "mode 0640");
-  expect_error("[hsm a]\nmodule = m\ntoken_label = t\npin_file = no-such-pin\n", KVP_EINVAL,
+  expect_error("[hsm a]\nmodule = /m\ntoken_label = t\npin_file = pin.loose\n", KVP_EPERM,
+               "pin.loose: mode 0644 lets others access this secret; fix: chmod 600");
+  expect_error("[hsm a]\nmodule = /m\ntoken_label = t\npin_file = pin.group\n", KVP_EPERM,
+               "mode 0660");
+  expect_error("[hsm a]\nmodule = /m\ntoken_label = t\npin_file = no-such-pin\n", KVP_EINVAL,
                "test.conf:4: [hsm a] key 'pin_file': ");
-  expect_error("[hsm a]\nmodule = m\ntoken_label = t\npin_file = no-such-pin\n", KVP_EINVAL,
+  expect_error("[hsm a]\nmodule = /m\ntoken_label = t\npin_file = no-such-pin\n", KVP_EINVAL,
                "No such file or directory");
-  expect_error("[hsm a]\nmodule = m\ntoken_label = t\npin_file = adir\n", KVP_EINVAL,
+  expect_error("[hsm a]\nmodule = /m\ntoken_label = t\npin_file = adir\n", KVP_EINVAL,
                "adir: not a regular file");
   expect_error("[vault v]\nurl = https://v\ntenant_id = t\nclient_id = c\n"
                "client_secret_file = secret.loose\n",
@@ -392,8 +392,8 @@ static void test_indented(void)
   kvp_config *cfg = NULL;
   char err[KVP_ERRLEN];
 
-  CU_ASSERT_EQUAL_FATAL(load("[hsm a]\n   module = m\n\ttoken_label = t\n", &cfg, err), KVP_OK);
-  CU_ASSERT_STRING_EQUAL(cfg->hsms[0].module, "m");
+  CU_ASSERT_EQUAL_FATAL(load("[hsm a]\n   module = /m\n\ttoken_label = t\n", &cfg, err), KVP_OK);
+  CU_ASSERT_STRING_EQUAL(cfg->hsms[0].module, "/m");
   CU_ASSERT_STRING_EQUAL(cfg->hsms[0].token_label, "t");
   kvp_config_free(cfg);
 }
@@ -441,7 +441,7 @@ static void test_secret_read(void)
   expect_secret("pin.nonl", KVP_OK, "5678");
   expect_secret("pin.two", KVP_OK, "x\n");
   expect_secret("pin.loose", KVP_EPERM, "mode 0644");
-  expect_secret("pin.group", KVP_EPERM, "mode 0640");
+  expect_secret("pin.group", KVP_EPERM, "mode 0660");
   expect_secret("pin.empty", KVP_EINVAL, "empty");
   expect_secret("no-such-pin", KVP_ENOTFOUND, "No such file");
   expect_secret("adir", KVP_EINVAL, "not a regular file");

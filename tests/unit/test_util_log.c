@@ -120,7 +120,7 @@ static void test_log_file_format(void)
   kvp_log_close();
 
   CU_ASSERT_EQUAL_FATAL(stat(path, &st), 0);
-  CU_ASSERT_EQUAL(st.st_mode & 0777, 0600);
+  CU_ASSERT_EQUAL(st.st_mode & 0777, 0640);
   text = slurp(path);
   CU_ASSERT_EQUAL(count_lines(text), 3);
   CU_ASSERT_EQUAL(

@@ -1,0 +1,17 @@
+#!/bin/sh
+# kvp11-accounts.sh create STATE_DIR: the system group kvp11, the system user
+# kvp11 (runs kvp11-server.service) and the group kvp11-clients, each only if
+# missing; then STATE_DIR (the registry's directory) root:kvp11 0750.
+# Used by `make install` and the Debian package's postinst. Idempotent.
+set -eu
+[ "${1:-}" = create ] || { echo "usage: $0 create STATE_DIR" >&2; exit 2; }
+state=${2:-/var/lib/kvp11}
+getent group kvp11 >/dev/null || groupadd --system kvp11
+getent group kvp11-clients >/dev/null || groupadd --system kvp11-clients
+if ! getent passwd kvp11 >/dev/null; then
+  useradd --system --gid kvp11 --groups kvp11-clients --home-dir "$state" --no-create-home \
+    --shell /usr/sbin/nologin --comment "kvp11 PKCS#11 server" kvp11
+fi
+mkdir -p "$state"
+chown root:kvp11 "$state"
+chmod 0750 "$state"

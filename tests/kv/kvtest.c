@@ -260,7 +260,7 @@ double kvt_now(void)
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-int kvt_init(const char *logname)
+int kvt_fixture(const char *logname)
 {
   const char *d = getenv("KVP11_KV_DIR");
   char path[1000], port[32] = "";
@@ -287,6 +287,14 @@ int kvt_init(const char *logname)
   snprintf(kvt_log, sizeof(kvt_log), "%s/%s", kvt_dir, logname);
   unlink(kvt_log);
   kvp_log_setup(KVP_LOG_DEBUG, kvt_log);
+  return 0;
+}
+
+int kvt_init(const char *logname)
+{
+  int rc = kvt_fixture(logname);
+  if (rc != 0)
+    return rc;
   curl_global_init(CURL_GLOBAL_DEFAULT);
   kvt_emu_reset();
   return 0;

@@ -44,6 +44,7 @@ typedef struct kv_pace {
   int64_t decreased_ms;  /* last rate decrease (429s of requests sent before are old news) */
   int64_t last429_ms;
   int decreases;         /* rate decreases in this episode */
+  int64_t window_ms;     /* the service's window as learnt at an episode's first 429 */
   int long_episode;      /* the client is at the limit (see kv_pace_rate) */
   int64_t slot; /* index (ms / KV_PACE_SLOT_MS) of the newest bucket */
   uint32_t acc[KV_PACE_SLOTS];
@@ -666,8 +667,10 @@ static int kv_status_transient(long status)
  *    episode: 5 s after it, without another 429, the limiter is dropped and
  *    the client is back at its full pace.
  *  - a 429 after a short burst (s < W / 2), or a second 429 within an
- *    episode, means the client really is at the limit: a long episode. The
- *    second 429 measures r again; later ones set r to 0.95 times the rate in
+ *    episode (or within 30 s of the last one), means the client really is at
+ *    the limit: a long episode. The second 429 measures r again, over the
+ *    window W learnt at the first one, which was full when it came: r = 0.95
+ *    (accepted in the last W) / W; later ones set r to 0.95 times the rate in
  *    force. The rate grows slowly after the pause, 0.2 %/s while the last
  *    429 is under 30 s old, 1 %/s after that, so it keeps probing for more
  *    without meeting the limit more often than every ~25 s. A long episode
@@ -730,6 +733,19 @@ static double kv_pace_measure(kv_pace *p, int64_t now, int64_t *span)
     n += a;
   }
   *span = start < 0 ? 0 : now - start * KV_PACE_SLOT_MS;
+  return n;
+}
+
+/* Accepted requests in the last ms milliseconds (at most the measured ~10 s). */
+static double kv_pace_count(kv_pace *p, int64_t now, int64_t ms)
+{
+  int64_t i, slots = ms / KV_PACE_SLOT_MS;
+  double n = 0;
+  kv_pace_roll(p, now);
+  if (slots > KV_PACE_SLOTS - 24)
+    slots = KV_PACE_SLOTS - 24;
+  for (i = p->slot; i > p->slot - slots && i >= 0; i--)
+    n += p->acc[i % KV_PACE_SLOTS];
   return n;
 }
 
@@ -813,8 +829,10 @@ static void kv_pace_throttled(kv_http *h, int64_t sent_ms, int64_t delay_ms, con
   /* requests sent before the last decrease went at the old rate: their 429s
    * are old news */
   if (sent_ms > p->decreased_ms || old <= 0) {
+    /* a 429 within 30 s of the last one continues its episode, even a forgotten one */
+    int again = p->last429_ms > 0 && now - p->last429_ms < 30000;
     if (old <= 0)
-      p->decreases = 0;
+      p->decreases = again ? 1 : 0;
     if (p->decreases < 2) {
       n = kv_pace_measure(p, now, &span);
       w = (span + delay_ms) / 1000 * 1000; /* whole seconds in (s + R - 1 s, s + R] */
@@ -822,7 +840,16 @@ static void kv_pace_throttled(kv_http *h, int64_t sent_ms, int64_t delay_ms, con
         w = span;
       if (w < 1000)
         w = 1000;
+      if (p->decreases > 0 && p->window_ms > 0) {
+        /* the window learnt at the first 429 was full when this one came: what it
+         * accepted (pauses included) is the limit */
+        w = p->window_ms;
+        n = kv_pace_count(p, now, w);
+        span = w;
+      }
       p->rate = 0.95 * n * 1000.0 / (double)w;
+      if (p->decreases == 0)
+        p->window_ms = w;
       /* a burst that met the limit, or a second 429: the client is at the limit */
       if (p->decreases > 0 || span * 2 < w)
         p->long_episode = 1;

@@ -36,31 +36,44 @@ static size_t kvt_sink(char *p, size_t s, size_t n, void *u)
   return len;
 }
 
-json_t *kvt_emu(const char *method, const char *path, const char *body)
+json_t *kvt_http(const char *method, const char *path, const char *body, const char *auth,
+                 long *status)
 {
   CURL *c = curl_easy_init();
   char url[512], *buf = NULL;
   json_t *out = NULL;
+  long st = 0;
   struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
+  if (auth != NULL)
+    h = curl_slist_append(h, auth);
   snprintf(url, sizeof(url), "%s%s", kvt_url, path);
   curl_easy_setopt(c, CURLOPT_URL, url);
   curl_easy_setopt(c, CURLOPT_CAINFO, kvt_ca);
   curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
   curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
   curl_easy_setopt(c, CURLOPT_NOPROXY, "*");
+  curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
   if (body != NULL)
     curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
   curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, kvt_sink);
   curl_easy_setopt(c, CURLOPT_WRITEDATA, &buf);
   curl_easy_setopt(c, CURLOPT_TIMEOUT, 10L);
   if (curl_easy_perform(c) != CURLE_OK)
-    fprintf(stderr, "emulator control %s %s failed\n", method, path);
+    fprintf(stderr, "%s %s failed\n", method, path);
+  curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &st);
+  if (status != NULL)
+    *status = st;
   if (buf != NULL)
     out = json_loads(buf, 0, NULL);
   free(buf);
   curl_slist_free_all(h);
   curl_easy_cleanup(c);
   return out;
+}
+
+json_t *kvt_emu(const char *method, const char *path, const char *body)
+{
+  return kvt_http(method, path, body, NULL, NULL);
 }
 
 void kvt_emu_reset(void)

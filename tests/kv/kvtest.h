@@ -29,6 +29,10 @@ int kvt_init(const char *logname);
 int kvt_fixture(const char *logname);
 void kvt_done(void);
 
+/* One request to the emulator (auth: "Authorization: ..." or NULL); the parsed JSON answer or
+ * NULL, *status the HTTP status (status may be NULL). */
+json_t *kvt_http(const char *method, const char *path, const char *body, const char *auth,
+                 long *status);
 /* The emulator's control API (no token needed). emu() returns the parsed answer or NULL. */
 json_t *kvt_emu(const char *method, const char *path, const char *body);
 void kvt_emu_reset(void);             /* counters, faults, limits, request log */

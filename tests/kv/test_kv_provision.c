@@ -50,50 +50,6 @@ static kvp_backend *g_fast; /* short deadline: fault tests give up quickly */
 
 /* ---- emulator control and data plane ---- */
 
-static size_t sink(char *p, size_t s, size_t n, void *u)
-{
-  json_t **out = u;
-  size_t len = s * n;
-  json_t *j = json_loadb(p, len, 0, NULL);
-  if (j != NULL) {
-    json_decref(*out);
-    *out = j;
-  }
-  return len;
-}
-
-/* One request; auth: "Authorization: ..." or NULL. Returns the JSON answer
- * (or NULL); *status the HTTP status. */
-static json_t *http(const char *method, const char *path, const char *body, const char *auth,
-                    long *status)
-{
-  CURL *c = curl_easy_init();
-  char url[512];
-  json_t *out = NULL;
-  struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
-  long st = 0;
-  if (auth != NULL)
-    h = curl_slist_append(h, auth);
-  snprintf(url, sizeof(url), "%s%s", kvt_url, path);
-  curl_easy_setopt(c, CURLOPT_URL, url);
-  curl_easy_setopt(c, CURLOPT_CAINFO, kvt_ca);
-  curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-  curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-  if (body != NULL)
-    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, sink);
-  curl_easy_setopt(c, CURLOPT_WRITEDATA, &out);
-  curl_easy_setopt(c, CURLOPT_TIMEOUT, 10L);
-  if (curl_easy_perform(c) != CURLE_OK)
-    fprintf(stderr, "%s %s failed\n", method, path);
-  curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &st);
-  if (status != NULL)
-    *status = st;
-  curl_slist_free_all(h);
-  curl_easy_cleanup(c);
-  return out;
-}
-
 /* "Authorization: Bearer <token of app-full>" (fetched once) */
 static char g_auth[4096];
 
@@ -122,19 +78,8 @@ static const char *auth(void)
            sec);
   curl_free(sec);
   snprintf(line, sizeof(line), "/%s/oauth2/v2.0/token", kvt_tenant);
-  {
-    CURL *t = curl_easy_init();
-    char url[512];
-    tok = NULL;
-    snprintf(url, sizeof(url), "%s%s", kvt_url, line);
-    curl_easy_setopt(t, CURLOPT_URL, url);
-    curl_easy_setopt(t, CURLOPT_CAINFO, kvt_ca);
-    curl_easy_setopt(t, CURLOPT_POSTFIELDS, body);
-    curl_easy_setopt(t, CURLOPT_WRITEFUNCTION, sink);
-    curl_easy_setopt(t, CURLOPT_WRITEDATA, &tok);
-    curl_easy_perform(t);
-    curl_easy_cleanup(t);
-  }
+  /* the token endpoint reads the form whatever the content type */
+  tok = kvt_http("POST", line, body, NULL, NULL);
   if (json_string_value(json_object_get(tok, "access_token")) != NULL)
     snprintf(g_auth, sizeof(g_auth), "Authorization: Bearer %s",
              json_string_value(json_object_get(tok, "access_token")));
@@ -149,7 +94,7 @@ static long versions(const char *name)
   long st = 0, n;
   json_t *j;
   snprintf(path, sizeof(path), "/keys/%s/versions?api-version=7.5", name);
-  j = http("GET", path, NULL, auth(), &st);
+  j = kvt_http("GET", path, NULL, auth(), &st);
   n = st == 200 ? (long)json_array_size(json_object_get(j, "value")) : -1;
   json_decref(j);
   return n;
@@ -160,7 +105,7 @@ static long purge(const char *name)
   char path[300];
   long st = 0;
   snprintf(path, sizeof(path), "/deletedkeys/%s?api-version=7.5", name);
-  json_decref(http("DELETE", path, NULL, auth(), &st));
+  json_decref(kvt_http("DELETE", path, NULL, auth(), &st));
   return st;
 }
 

@@ -84,30 +84,13 @@ static atomic_long g_ok, g_err;
 static lat_t *g_lat;
 static atomic_long g_nlat;
 
-static CK_RV sign_once(kvp_backend *be, kvp_key *k)
-{
-  kvp_sig_alg alg = {0};
-  unsigned char d[64], sig[600];
-  unsigned int dl = 0;
-  CK_ULONG sl = sizeof(sig);
-  const char *md = k->bits == 384 ? "SHA384" : k->bits == 521 ? "SHA512" : "SHA256";
-  if (k->type == KVP_KEY_RSA) {
-    alg.scheme = KVP_SIG_RSA_PKCS1;
-    alg.hash = KVP_HASH_SHA256;
-    md = "SHA256";
-  } else {
-    alg.scheme = KVP_SIG_ECDSA;
-  }
-  EVP_Digest("throttle", 8, d, &dl, EVP_get_digestbyname(md), NULL);
-  return be->ops->sign(be, k, &alg, d, dl, sig, &sl);
-}
 
 static void *worker(void *arg)
 {
   (void)arg;
   while (!atomic_load(&g_stop)) {
     double t0 = kvt_now();
-    CK_RV rv = sign_once(g_be, g_key);
+    CK_RV rv = kvt_sign(g_be, g_key, NULL, 0);
     double t1 = kvt_now();
     long i;
     if (rv == CKR_OK) {
@@ -249,7 +232,7 @@ int main(void)
   if (kvp_keyvault_backend_new(&c, &g_be) != CKR_OK)
     return 1;
   rv = g_be->ops->open_key(g_be, p_key, &g_key);
-  if (rv != CKR_OK || sign_once(g_be, g_key) != CKR_OK) {
+  if (rv != CKR_OK || kvt_sign(g_be, g_key, NULL, 0) != CKR_OK) {
     fprintf(stderr, "cannot open or sign with key %s (CK_RV 0x%lx)\n", p_key, (unsigned long)rv);
     return 1;
   }

@@ -493,6 +493,43 @@ static void kv_request_id(char *out)
   o[17] = '\0';
 }
 
+/* A handle from this pool keeps its fixed options: set them once per handle
+ * (marked with CURLOPT_PRIVATE), not once per request. */
+static void kv_handle_fixed(kv_http *h, CURL *c)
+{
+  void *owner = NULL;
+  curl_easy_getinfo(c, CURLINFO_PRIVATE, &owner);
+  if (owner != (void *)h) {
+    curl_easy_reset(c);
+    curl_easy_setopt(c, CURLOPT_PRIVATE, (void *)h);
+    curl_easy_setopt(c, CURLOPT_SHARE, h->share);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+#if CURL_AT_LEAST_VERSION(7, 85, 0)
+    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https,http");
+#endif
+    curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
+    if (h->ca_file != NULL)
+      curl_easy_setopt(c, CURLOPT_CAINFO, h->ca_file);
+    curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
+    /* the shared connection cache keeps one idle connection per pooled handle
+     * (libcurl's default of 5 would close and reopen connections under load) */
+    curl_easy_setopt(c, CURLOPT_MAXCONNECTS, (long)(2 * KV_POOL_MAX));
+    curl_easy_setopt(c, CURLOPT_USERAGENT, "kvp11/" "0.1");
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, kv_write_cb);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, kv_header_cb);
+    /* libcurl allocates its receive buffer (16 KiB by default) and its
+     * upload buffer (64 KiB) for every transfer, and every block it frees
+     * is wiped (kv_mem_free): Key Vault's answers are small, so smaller
+     * buffers save wiping 60 KiB per request */
+    curl_easy_setopt(c, CURLOPT_BUFFERSIZE, 4096L);
+#if CURL_AT_LEAST_VERSION(7, 62, 0)
+    curl_easy_setopt(c, CURLOPT_UPLOAD_BUFFERSIZE, 16384L); /* libcurl's minimum */
+#endif
+  }
+}
+
 int kv_http_do(kv_http *h, const kv_req *req, long timeout_ms, kv_resp *resp)
 {
   /* The header list lives on the stack: libcurl only reads it during the
@@ -514,41 +551,7 @@ int kv_http_do(kv_http *h, const kv_req *req, long timeout_ms, kv_resp *resp)
     snprintf(resp->curl_err, sizeof(resp->curl_err), "out of memory");
     return -1;
   }
-  {
-    /* A handle from this pool keeps its fixed options: set them once per
-     * handle (marked with CURLOPT_PRIVATE), not once per request. */
-    void *owner = NULL;
-    curl_easy_getinfo(c, CURLINFO_PRIVATE, &owner);
-    if (owner != (void *)h) {
-      curl_easy_reset(c);
-      curl_easy_setopt(c, CURLOPT_PRIVATE, (void *)h);
-      curl_easy_setopt(c, CURLOPT_SHARE, h->share);
-      curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-#if CURL_AT_LEAST_VERSION(7, 85, 0)
-      curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https,http");
-#endif
-      curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
-      curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
-      curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
-      if (h->ca_file != NULL)
-        curl_easy_setopt(c, CURLOPT_CAINFO, h->ca_file);
-      curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
-      /* the shared connection cache keeps one idle connection per pooled handle
-       * (libcurl's default of 5 would close and reopen connections under load) */
-      curl_easy_setopt(c, CURLOPT_MAXCONNECTS, (long)(2 * KV_POOL_MAX));
-      curl_easy_setopt(c, CURLOPT_USERAGENT, "kvp11/" "0.1");
-      curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, kv_write_cb);
-      curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, kv_header_cb);
-      /* libcurl allocates its receive buffer (16 KiB by default) and its
-       * upload buffer (64 KiB) for every transfer, and every block it frees
-       * is wiped (kv_mem_free): Key Vault's answers are small, so smaller
-       * buffers save wiping 60 KiB per request */
-      curl_easy_setopt(c, CURLOPT_BUFFERSIZE, 4096L);
-#if CURL_AT_LEAST_VERSION(7, 62, 0)
-      curl_easy_setopt(c, CURLOPT_UPLOAD_BUFFERSIZE, 16384L); /* libcurl's minimum */
-#endif
-    }
-  }
+  kv_handle_fixed(h, c);
   /* Per request: everything that differs between requests is set every time. */
   curl_easy_setopt(c, CURLOPT_URL, req->url);
   if (timeout_ms < 1)

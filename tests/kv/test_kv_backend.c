@@ -433,8 +433,9 @@ static void test_key_states(void)
   CU_ASSERT_EQUAL(kvt_emu_total(), before);
   g_be->ops->close_key(g_be, k);
 
-  /* disabled / expired are live state (checked at each sign), refused locally */
+  /* disabled / expired: refused locally, the cause named */
   CU_ASSERT_EQUAL_FATAL(g_be->ops->open_key(g_be, "disabled", &k), CKR_OK);
+  CU_ASSERT(!k->can_sign);
   before = kvt_emu_total();
   CU_ASSERT_EQUAL(sign_once(g_be, k, 0), CKR_KEY_FUNCTION_NOT_PERMITTED);
   CU_ASSERT_EQUAL(kvt_emu_total(), before);
@@ -443,6 +444,7 @@ static void test_key_states(void)
 
   /* expired: no signing, but decryption still works (as on the service) */
   CU_ASSERT_EQUAL_FATAL(g_be->ops->open_key(g_be, "expired", &k), CKR_OK);
+  CU_ASSERT(!k->can_sign);
   CU_ASSERT(k->can_decrypt);
   CU_ASSERT_EQUAL(sign_once(g_be, k, 0), CKR_KEY_FUNCTION_NOT_PERMITTED);
   CU_ASSERT(kvt_log_contains("key expired: sign refused: the key expired at "));

@@ -1126,6 +1126,9 @@ int kvp_registry_begin(kvp_registry *reg, char *err, size_t errlen)
 
   if (reg->in_txn)
     return kvp_seterr(err, errlen, KVP_EINVAL, "registry %s: a transaction is open", reg->path);
+  /* A batch touches more pages than the default 2 MiB cache holds; spilling
+   * them to the WAL mid-transaction writes index pages many times over. */
+  (void)exec(reg, "PRAGMA cache_size = -65536", "cannot size the cache", NULL, 0);
   rc = begin(reg, err, errlen);
   reg->in_txn = rc == KVP_OK;
   return rc;

@@ -172,6 +172,9 @@ static int cmp_id(const void *a, const void *b)
   return x < y ? -1 : x > y;
 }
 
+/* A reload failed: the next refresh tries again although data_version stays. */
+static int reload_pending;
+
 /*
  * With reg_lock held: the rows changed since the last look (only their ids
  * are read) and the key types of every account, by indexed queries; then,
@@ -195,6 +198,7 @@ static CK_RV apply_changes(void)
                                 &types[2 * s + 1], err, sizeof(err));
   if (rc != KVP_OK) {
     kvp_g.reg_rev = -1; /* look at everything again next time */
+    reload_pending = 1;
     free(changed.ids);
     free(types);
     return rc == KVP_ENOMEM ? CKR_HOST_MEMORY : kvp_fail(CKR_DEVICE_ERROR, "%s", err);
@@ -235,13 +239,17 @@ static CK_RV refresh_locked(void)
       return rc == KVP_ENOTFOUND ? CKR_OK : CKR_DEVICE_ERROR;
     }
     kvp_g.reg_rev = -1;
+    reload_pending = 0;
   }
   rc = kvp_registry_changed(kvp_g.reg, &changed, err, sizeof(err));
   if (rc != KVP_OK) {
     KVP_ERROR("registry: %s", err);
     return CKR_DEVICE_ERROR;
   }
-  return changed ? apply_changes() : CKR_OK;
+  if (!changed && !reload_pending)
+    return CKR_OK;
+  reload_pending = 0;
+  return apply_changes();
 }
 
 CK_RV kvp_refresh(void)

@@ -60,8 +60,11 @@ restore() {
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 field() { sed -n "s/\(^\|.* \)$1=\([0-9.]*\).*/\2/p" <<<"$2"; }
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
-# timed CMD...: "SECONDS PEAK_RSS_KB" of one run, output discarded
-timed() { /usr/bin/time -f "%e %M" -o "$OUT/time.out" "$@" >/dev/null || die "failed: $*"; cat "$OUT/time.out"; }
+# timed CMD...: "WALL_S PEAK_RSS_KB CPU_S" of one run (CPU: user + system), output discarded
+timed() {
+  /usr/bin/time -f "%e %M %U %S" -o "$OUT/time.out" "$@" >/dev/null || die "failed: $*"
+  awk '{ printf "%s %s %.2f\n", $1, $2, $3 + $4 }' "$OUT/time.out"
+}
 
 rows=()
 for n in 0 $SIZES; do
@@ -73,7 +76,8 @@ for n in 0 $SIZES; do
       rm -rf "$dir" && mkdir -p "$dir"
       "$GEN" "$dir" "$n" partner || die "certificate generation"
     fi
-    read -r add_s _ < <(timed "$TOOL" -c "$CONF" cert add --type public --cert-dir "$dir")
+    read -r add_s _ add_cpu < <(timed "$TOOL" -c "$CONF" cert add --type public --cert-dir "$dir")
+    add_s="$add_s ($add_cpu)"
   fi
   init=() sess=() rss=() added=()
   for _ in $(seq "$REPEAT"); do
@@ -96,13 +100,14 @@ for n in 0 $SIZES; do
   line=$("$PROBE" reload "$SO" "$TOKEN" 1234 p256 "newcomer$n-0" \
     "'$TOOL' -c '$CONF' cert add --name 'newcomer$n-0' --type public --cert '$extra/newcomer$n-0.pem' >/dev/null")
   reload_cols="$(field tool_ms "$line") | $(field visible_ms "$line") | $(field sign_max_ms "$line") ($(field sign_max_before_ms "$line"))"
-  read -r ls lk < <(timed "$TOOL" -c "$CONF" cert list)
-  read -r js jk < <(timed "$TOOL" -c "$CONF" cert list --json)
-  rows+=("| $n | $init_ms | $sess_ms | $(mib "$rss_kb") | $(mib "$added_kb") | $find_cols | $add_s | $reload_cols | $ls / $(mib "$lk") | $js / $(mib "$jk") |")
+  read -r ls lk lc < <(timed "$TOOL" -c "$CONF" cert list)
+  read -r js jk jc < <(timed "$TOOL" -c "$CONF" cert list --json)
+  rows+=("| $n | $init_ms | $sess_ms | $(mib "$rss_kb") | $(mib "$added_kb") | $find_cols | $add_s | $reload_cols | $ls ($lc) / $(mib "$lk") | $js ($jc) / $(mib "$jk") |")
   echo "scale.sh: N=$n done" >&2
 done
 
-echo "kvp11 scale benchmark: $(nproc) CPUs, $(date -u +%Y-%m-%d), REPEAT=$REPEAT; times in ms unless marked s, RSS in MiB"
+echo "kvp11 scale benchmark: $(nproc) CPUs, $(date -u +%Y-%m-%d), REPEAT=$REPEAT, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "times in ms unless marked s; (s) columns: wall (CPU user + system); RSS in MiB"
 echo
 echo "| registered | C_Initialize | dlopen → first session | RSS after init | RSS added by libkvp11 | find by label (median / worst) | find by CKA_ID | find by class + label | cert add --cert-dir (s) | cert add of one more (tool) | visible after the tool's exit | worst sign during it (before) | cert list (s / MiB) | cert list --json (s / MiB) |"
 echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"

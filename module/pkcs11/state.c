@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -187,6 +188,7 @@ static CK_RV apply_changes(void)
   id_list changed = {0};
   int *types = calloc(2 * (kvp_g.n_slots ? kvp_g.n_slots : 1), sizeof(*types));
   kvp_object *garbage = NULL;
+  struct timespec held[2];
   int full = 0;
   int rc = types == NULL ? KVP_ENOMEM : KVP_OK;
 
@@ -205,16 +207,21 @@ static CK_RV apply_changes(void)
   }
   if (changed.n > 1)
     qsort(changed.ids, changed.n, sizeof(*changed.ids), cmp_id);
-  KVP_DEBUG("registry: %s, %zu row(s) changed", full ? "reloaded" : "changed", changed.n);
-
   pthread_rwlock_wrlock(&kvp_g.lock);
+  clock_gettime(CLOCK_MONOTONIC, &held[0]);
   kvp_cache_invalidate_locked(changed.ids, changed.n, full, &garbage);
   for (size_t s = 0; s < kvp_g.n_slots; s++) {
     kvp_g.slots[s].has_rsa = types[2 * s];
     kvp_g.slots[s].has_ec = types[2 * s + 1];
   }
   atomic_fetch_add(&kvp_g.generation, 1);
+  clock_gettime(CLOCK_MONOTONIC, &held[1]);
   pthread_rwlock_unlock(&kvp_g.lock);
+  /* what a reload can cost a signer on another session: the write lock */
+  KVP_DEBUG("registry: %s, %zu row(s) changed; table lock held %.1f us",
+            full ? "reloaded" : "changed", changed.n,
+            (double)(held[1].tv_sec - held[0].tv_sec) * 1e6 +
+                (double)(held[1].tv_nsec - held[0].tv_nsec) / 1e3);
   kvp_cache_release(garbage);
   free(changed.ids);
   free(types);

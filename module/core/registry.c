@@ -923,65 +923,9 @@ out:
   return rc;
 }
 
-/* One text result of a statement on db ("" when none); -1 on failure. */
-static int db_text(sqlite3 *db, const char *sql, char *out, size_t len)
+int kvp_registry_schema(void)
 {
-  sqlite3_stmt *st = NULL;
-  int rc = -1;
-
-  out[0] = '\0';
-  if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK) {
-    int step = sqlite3_step(st);
-    if (step == SQLITE_ROW || step == SQLITE_DONE) {
-      if (step == SQLITE_ROW)
-        snprintf(out, len, "%s", col_cstr(st, 0));
-      rc = 0;
-    }
-  }
-  sqlite3_finalize(st);
-  return rc;
-}
-
-int kvp_registry_check_file(const char *src, int64_t *schema, char *err, size_t errlen)
-{
-  sqlite3 *db = NULL;
-  char buf[256];
-  int rc = KVP_OK;
-  struct stat sb;
-
-  if (stat(src, &sb) != 0)
-    return kvp_seterr(err, errlen, errno == ENOENT ? KVP_ENOTFOUND : KVP_EIO, "%s: %s", src,
-                      strerror(errno));
-  if (!S_ISREG(sb.st_mode))
-    return kvp_seterr(err, errlen, KVP_EINVAL, "%s: not a regular file", src);
-  if (sqlite3_open_v2(src, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
-    rc = kvp_seterr(err, errlen, KVP_EINVAL, "%s: cannot open: %s", src,
-                    db ? sqlite3_errmsg(db) : "out of memory");
-    goto out;
-  }
-  if (db_text(db, "PRAGMA user_version", buf, sizeof(buf)) != 0) {
-    rc = kvp_seterr(err, errlen, KVP_EINVAL, "%s: not an SQLite database (%s)", src,
-                    sqlite3_errmsg(db));
-    goto out;
-  }
-  *schema = strtoll(buf, NULL, 10);
-  if (*schema < 1 || *schema > SCHEMA_VERSION ||
-      db_text(db, "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'certs'", buf,
-              sizeof(buf)) != 0 ||
-      strcmp(buf, "certs") != 0) {
-    rc = kvp_seterr(err, errlen, KVP_EINVAL,
-                    *schema > SCHEMA_VERSION
-                        ? "%s: registry schema version %lld is newer than this kvp11 knows (%d)"
-                        : "%s: not a kvp11 registry (schema version %lld, this kvp11 reads 1 to %d)",
-                    src, (long long)*schema, SCHEMA_VERSION);
-    goto out;
-  }
-  if (db_text(db, "PRAGMA integrity_check(1)", buf, sizeof(buf)) != 0 || strcmp(buf, "ok") != 0)
-    rc = kvp_seterr(err, errlen, KVP_EIO, "%s: damaged: %s", src,
-                    buf[0] ? buf : sqlite3_errmsg(db));
-out:
-  sqlite3_close(db);
-  return rc;
+  return SCHEMA_VERSION;
 }
 
 int kvp_registry_restore(kvp_registry *reg, const char *src, char *err, size_t errlen)
@@ -1016,11 +960,14 @@ int kvp_registry_restore(kvp_registry *reg, const char *src, char *err, size_t e
 
 int kvp_registry_integrity(kvp_registry *reg, char *err, size_t errlen)
 {
-  char buf[256];
+  sqlite3_stmt *st = NULL;
+  int rc = KVP_OK;
 
-  if (db_text(reg->db, "PRAGMA integrity_check(1)", buf, sizeof(buf)) != 0)
-    return db_err(reg, "integrity check", err, errlen);
-  if (strcmp(buf, "ok") != 0)
-    return kvp_seterr(err, errlen, KVP_EIO, "registry %s: damaged: %s", reg->path, buf);
-  return KVP_OK;
+  if (sqlite3_prepare_v2(reg->db, "PRAGMA integrity_check(1)", -1, &st, NULL) != SQLITE_OK ||
+      sqlite3_step(st) != SQLITE_ROW)
+    rc = db_err(reg, "integrity check", err, errlen);
+  else if (strcmp(col_cstr(st, 0), "ok") != 0)
+    rc = kvp_seterr(err, errlen, KVP_EIO, "registry %s: damaged: %s", reg->path, col_cstr(st, 0));
+  sqlite3_finalize(st);
+  return rc;
 }

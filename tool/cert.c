@@ -286,7 +286,9 @@ static int add_refusals(kvp_tool *t, const cert_args *a, const kvp_cert_rec *rec
   if (rec->type == KVP_CERT_PRIVATE)
     return KVP_EXIT_OK;
   EVP_PKEY *pub = kvp_tool_rec_pubkey(rec);
-  int rc = pub ? kvp_tool_not_our_key(t, a->v[O_CERT], pub, a->account) : KVP_EXIT_OK;
+  int rc = pub ? kvp_tool_not_our_key(t, a->v[O_CERT], pub, a->account,
+                                      replacing ? rec->name : NULL)
+               : KVP_EXIT_OK;
   EVP_PKEY_free(pub);
   return rc;
 }

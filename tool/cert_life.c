@@ -110,13 +110,14 @@ int kvp_tool_no_duplicate(kvp_tool *t, const kvp_cert_rec *rec, const char *exce
 }
 
 /* A partner's certificate must not carry one of our private keys. */
-int kvp_tool_not_our_key(kvp_tool *t, const char *file, EVP_PKEY *pub, const char *account)
+int kvp_tool_not_our_key(kvp_tool *t, const char *file, EVP_PKEY *pub, const char *account,
+                         const char *except)
 {
   kvp_cert_rec *recs = NULL;
   size_t n = 0;
   int rc = account_rows(t, account, &recs, &n);
   for (size_t i = 0; i < n && rc == KVP_EXIT_OK; i++) {
-    if (recs[i].type != KVP_CERT_PRIVATE)
+    if (recs[i].type != KVP_CERT_PRIVATE || (except && strcmp(recs[i].name, except) == 0))
       continue;
     EVP_PKEY *pk = kvp_tool_rec_pubkey(&recs[i]);
     if (pk && kvp_pubkey_equal(pk, pub))

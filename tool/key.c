@@ -1114,10 +1114,10 @@ static int key_list(kvp_tool *t, key_args *a)
       goto out;
     }
   } else {
-    int w = 4;
+    int w = 4; /* by display width: HSM labels may be UTF-8 */
     for (size_t i = 0; i < n; i++)
-      if (infos[i].name && (int)strlen(infos[i].name) > w)
-        w = (int)strlen(infos[i].name);
+      if (infos[i].name && kvp_tool_width(infos[i].name) > w)
+        w = kvp_tool_width(infos[i].name);
     printf("%-*s  %-7s  %-10s  %-12s  %-7s  %-32s  %s\n", w, "NAME", "KTY", "SIZE", "OPS",
            "ENABLED", "VERSION", "CERTIFICATES");
     for (size_t i = 0; i < n; i++) {
@@ -1129,8 +1129,8 @@ static int key_list(kvp_tool *t, key_args *a)
       else
         snprintf(what, sizeof(what), "%u", k->bits);
       users_text(json_object_get(json_array_get(arr, i), "certificates"), users, sizeof(users));
-      printf("%-*s  %-7s  %-10s  %-12s  %-7s  %-32s  %s\n", w, k->name ? k->name : "?",
-             k->kty ? k->kty : "-", what, ops_text(k->ops), k->enabled ? "yes" : "no",
+      kvp_tool_cell(stdout, k->name ? k->name : "?", w + 2);
+      printf("%-7s  %-10s  %-12s  %-7s  %-32s  %s\n", k->kty ? k->kty : "-", what, ops_text(k->ops), k->enabled ? "yes" : "no",
              k->version ? k->version : "-", users);
     }
   }

@@ -157,8 +157,10 @@ const char *kvp_tool_validity(const kvp_cert_rec *rec, const char *file, char *b
 /* A refusal shared by cert add / renew / rotate: the same certificate (SHA-256) registered
  * in the account under another name than except. Prints the error; KVP_EXIT_OK when free. */
 int kvp_tool_no_duplicate(kvp_tool *t, const kvp_cert_rec *rec, const char *except);
-/* A partner certificate (public key pub, from file) must not carry one of our private keys. */
-int kvp_tool_not_our_key(kvp_tool *t, const char *file, EVP_PKEY *pub, const char *account);
+/* A partner certificate (public key pub, from file) must not carry one of our private keys
+ * (the entry except, which it replaces, left out). */
+int kvp_tool_not_our_key(kvp_tool *t, const char *file, EVP_PKEY *pub, const char *account,
+                         const char *except);
 /* Open key keyname of the store (--hsm / --vault), check its public key is rec's certificate's,
  * set rec->key_ref and rec->key_version. Prints the error. */
 int kvp_tool_check_key(kvp_tool *t, int is_hsm, const char *store, const char *keyname,

@@ -455,7 +455,12 @@ int kvp_tool_cert_rotate(kvp_tool *t, const char *name, const char *account_opt,
     rc = kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", err);
     goto out;
   }
-  kvp_registry_get(t->reg, account, name, nw, err, sizeof(err)); /* for its id */
+  {
+    kvp_cert_rec got = {0}; /* for its id */
+    if (kvp_registry_get(t->reg, account, name, &got, err, sizeof(err)) == KVP_OK)
+      nw->id = got.id;
+    kvp_cert_rec_clear(&got);
+  }
   if (warn[0])
     kvp_tool_warn(t, "%s", warn);
   rc = report("rotated", nw, rname, json) == 0 ? KVP_EXIT_OK

@@ -22,6 +22,7 @@ int kvp_tool_store_find(kvp_tool *t, int is_hsm, const char *name, kvp_tool_stor
   if (!s->hc && !s->vc)
     return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s '%s' is not configured in %s", s->kind, name,
                          t->cfg->path);
+  s->name = s->hc ? s->hc->name : s->vc->name; /* lives as long as the configuration */
   return KVP_EXIT_OK;
 }
 

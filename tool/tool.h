@@ -138,6 +138,9 @@ int kvp_tool_store_find_ref(kvp_tool *t, const char *ref, kvp_tool_store *s, cha
  */
 int kvp_tool_store_open(kvp_tool *t, kvp_tool_store *s, const char *pin_file, int need_login);
 void kvp_tool_store_close(kvp_tool_store *s);
+/* Only create the backend (no I/O, nothing printed): for kvp11 check, which
+ * shows a failure as a row. */
+CK_RV kvp_tool_store_backend(kvp_tool_store *s);
 /* A secret taken from the environment: overwrite it in place and unset the variable. */
 void kvp_tool_env_wipe(const char *var, char *value);
 /* "<kind> '<name>': <what> failed: <reason>"; returns KVP_EXIT_ERROR. */

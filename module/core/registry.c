@@ -957,17 +957,3 @@ int kvp_registry_restore(kvp_registry *reg, const char *src, char *err, size_t e
     rc = check_health(reg, err, errlen);
   return rc;
 }
-
-int kvp_registry_integrity(kvp_registry *reg, char *err, size_t errlen)
-{
-  sqlite3_stmt *st = NULL;
-  int rc = KVP_OK;
-
-  if (sqlite3_prepare_v2(reg->db, "PRAGMA integrity_check(1)", -1, &st, NULL) != SQLITE_OK ||
-      sqlite3_step(st) != SQLITE_ROW)
-    rc = db_err(reg, "integrity check", err, errlen);
-  else if (strcmp(col_cstr(st, 0), "ok") != 0)
-    rc = kvp_seterr(err, errlen, KVP_EIO, "registry %s: damaged: %s", reg->path, col_cstr(st, 0));
-  sqlite3_finalize(st);
-  return rc;
-}

@@ -130,7 +130,4 @@ int kvp_registry_restore(kvp_registry *reg, const char *src, char *err, size_t e
 /* The schema version this kvp11 writes (and the newest it reads). */
 int kvp_registry_schema(void);
 
-/* SQLite's integrity check of the open registry; KVP_EIO with its first finding. */
-int kvp_registry_integrity(kvp_registry *reg, char *err, size_t errlen);
-
 #endif

@@ -792,12 +792,12 @@ int kvp_registry_key_stores(kvp_registry *reg, const char *account, char ***out,
     return kvp_seterr(err, errlen, KVP_EIO, "registry %s: not connected", reg->path);
   if (sqlite3_prepare_v2(reg->db, sql, -1, &st, NULL) != SQLITE_OK ||
       sqlite3_bind_text(st, 1, account, -1, SQLITE_STATIC) != SQLITE_OK) {
-    rc = db_err(reg, "cannot read", err, errlen);
+    rc = kvp_reg_db_err(reg, "cannot read", err, errlen);
     goto out;
   }
   while ((step = sqlite3_step(st)) == SQLITE_ROW) {
     char **p = realloc(stores, (count + 1) * sizeof(*stores));
-    if (p == NULL || (p[count] = strdup(col_cstr(st, 0))) == NULL) {
+    if (p == NULL || (p[count] = strdup(kvp_reg_col_cstr(st, 0))) == NULL) {
       stores = p != NULL ? p : stores;
       rc = kvp_seterr(err, errlen, KVP_ENOMEM, "registry %s: out of memory", reg->path);
       goto out;
@@ -806,7 +806,7 @@ int kvp_registry_key_stores(kvp_registry *reg, const char *account, char ***out,
     count++;
   }
   if (step != SQLITE_DONE)
-    rc = db_err(reg, "cannot read", err, errlen);
+    rc = kvp_reg_db_err(reg, "cannot read", err, errlen);
 out:
   sqlite3_finalize(st);
   if (rc != KVP_OK) {
@@ -855,13 +855,13 @@ int kvp_registry_add_all(kvp_registry *reg, const kvp_cert_rec *recs, const int 
     int rep = replace != NULL && replace[i];
     if (sqlite3_prepare_v2(reg->db, rep ? UPSERT_SQL : INSERT_SQL, -1, &st, NULL) != SQLITE_OK ||
         bind_rec(st, &recs[i], (int64_t)time(NULL)) != SQLITE_OK)
-      rc = db_err(reg, "cannot add", err, errlen);
+      rc = kvp_reg_db_err(reg, "cannot add", err, errlen);
     else if (sqlite3_step(st) != SQLITE_DONE)
       rc = sqlite3_extended_errcode(reg->db) == SQLITE_CONSTRAINT_UNIQUE
                ? kvp_seterr(err, errlen, KVP_EEXISTS,
                             "a certificate named '%s' exists already in account '%s'",
                             recs[i].name, recs[i].account)
-               : db_err(reg, "cannot add", err, errlen);
+               : kvp_reg_db_err(reg, "cannot add", err, errlen);
     sqlite3_finalize(st);
   }
   return end(reg, rc, err, errlen);
@@ -932,65 +932,9 @@ out:
   return rc;
 }
 
-/* One text result of a statement on db ("" when none); -1 on failure. */
-static int db_text(sqlite3 *db, const char *sql, char *out, size_t len)
+int kvp_registry_schema_max(void)
 {
-  sqlite3_stmt *st = NULL;
-  int rc = -1;
-
-  out[0] = '\0';
-  if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK) {
-    int step = sqlite3_step(st);
-    if (step == SQLITE_ROW || step == SQLITE_DONE) {
-      if (step == SQLITE_ROW)
-        snprintf(out, len, "%s", col_cstr(st, 0));
-      rc = 0;
-    }
-  }
-  sqlite3_finalize(st);
-  return rc;
-}
-
-int kvp_registry_check_file(const char *src, int64_t *schema, char *err, size_t errlen)
-{
-  sqlite3 *db = NULL;
-  char buf[256];
-  int rc = KVP_OK;
-  struct stat sb;
-
-  if (stat(src, &sb) != 0)
-    return kvp_seterr(err, errlen, errno == ENOENT ? KVP_ENOTFOUND : KVP_EIO, "%s: %s", src,
-                      strerror(errno));
-  if (!S_ISREG(sb.st_mode))
-    return kvp_seterr(err, errlen, KVP_EINVAL, "%s: not a regular file", src);
-  if (sqlite3_open_v2(src, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
-    rc = kvp_seterr(err, errlen, KVP_EINVAL, "%s: cannot open: %s", src,
-                    db ? sqlite3_errmsg(db) : "out of memory");
-    goto out;
-  }
-  if (db_text(db, "PRAGMA user_version", buf, sizeof(buf)) != 0) {
-    rc = kvp_seterr(err, errlen, KVP_EINVAL, "%s: not an SQLite database (%s)", src,
-                    sqlite3_errmsg(db));
-    goto out;
-  }
-  *schema = strtoll(buf, NULL, 10);
-  if (*schema < 1 || *schema > SCHEMA_VERSION ||
-      db_text(db, "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'certs'", buf,
-              sizeof(buf)) != 0 ||
-      strcmp(buf, "certs") != 0) {
-    rc = kvp_seterr(err, errlen, KVP_EINVAL,
-                    *schema > SCHEMA_VERSION
-                        ? "%s: registry schema version %lld is newer than this kvp11 knows (%d)"
-                        : "%s: not a kvp11 registry (schema version %lld, this kvp11 reads 1 to %d)",
-                    src, (long long)*schema, SCHEMA_VERSION);
-    goto out;
-  }
-  if (db_text(db, "PRAGMA integrity_check(1)", buf, sizeof(buf)) != 0 || strcmp(buf, "ok") != 0)
-    rc = kvp_seterr(err, errlen, KVP_EIO, "%s: damaged: %s", src,
-                    buf[0] ? buf : sqlite3_errmsg(db));
-out:
-  sqlite3_close(db);
-  return rc;
+  return SCHEMA_VERSION;
 }
 
 int kvp_registry_restore(kvp_registry *reg, const char *src, char *err, size_t errlen)
@@ -1021,15 +965,4 @@ int kvp_registry_restore(kvp_registry *reg, const char *src, char *err, size_t e
   if (rc == KVP_OK)
     rc = check_health(reg, err, errlen);
   return rc;
-}
-
-int kvp_registry_integrity(kvp_registry *reg, char *err, size_t errlen)
-{
-  char buf[256];
-
-  if (db_text(reg->db, "PRAGMA integrity_check(1)", buf, sizeof(buf)) != 0)
-    return db_err(reg, "integrity check", err, errlen);
-  if (strcmp(buf, "ok") != 0)
-    return kvp_seterr(err, errlen, KVP_EIO, "registry %s: damaged: %s", reg->path, buf);
-  return KVP_OK;
 }

@@ -13,6 +13,9 @@ PACKAGES=(
   softhsm2 opensc gnutls-bin libengine-pkcs11-openssl # HSM + PKCS#11 clients (tests, demo)
   valgrind clang libclang-rt-14-dev python3         # memory checks, fuzzing (libFuzzer runtime), helpers
   nginx lintian dpkg-dev fakeroot                   # deployment tests: nginx end to end, the .deb (tests/deploy)
+  swtpm swtpm-tools tpm2-tools tpm2-abrmd dbus      # TPM 2.0 tests (tests/tpm): software TPM, resource manager
+  libtpm2-pkcs11-1 libtpm2-pkcs11-tools             # tpm2-pkcs11 module and tpm2_ptool
+  libtss2-tcti-tabrmd0 libtss2-tcti-swtpm0          # TCTIs: through tpm2-abrmd, straight to swtpm
 )
 # Node.js runs the local Key Vault emulator; any node already on PATH will do.
 command -v node >/dev/null 2>&1 || PACKAGES+=(nodejs)
@@ -55,6 +58,22 @@ backports_provider() {
     -t "$code-backports" pkcs11-provider || echo "install-deps: warning: pkcs11-provider not installed"
 }
 
+# libtpm2-pkcs11-1 registers tpm2-pkcs11 with p11-kit (/usr/share/p11-kit/modules/
+# tpm2_pkcs11.module): every p11-kit user (p11tool, p11-kit-proxy.so, the tests that install
+# kvp11 system-wide) would then probe for a TPM at each start, print TCTI errors and create
+# ~/.tpm2_pkcs11. The tests load tpm2-pkcs11 by path only, so an override of the same name in
+# /etc/pkcs11/modules with an empty "module:" keeps it out of p11-kit's list (remove the file to
+# let p11-kit load it again). An existing override is left alone.
+tpm2_pkcs11_p11kit_off() {
+  local f=/etc/pkcs11/modules/tpm2_pkcs11.module
+  [ -f /usr/share/p11-kit/modules/tpm2_pkcs11.module ] && [ ! -e "$f" ] || return 0
+  local SUDO=(); [ "$(id -u)" -eq 0 ] || SUDO=(sudo)
+  "${SUDO[@]}" mkdir -p /etc/pkcs11/modules &&
+    printf '%s\n' "# scripts/install-deps.sh (kvp11): tpm2-pkcs11 is loaded by path in the tests," \
+      "# not through p11-kit. Remove this file to let p11-kit load it." "module:" |
+    "${SUDO[@]}" tee "$f" >/dev/null || echo "install-deps: warning: could not write $f"
+}
+
 missing=()
 for p in "${PACKAGES[@]}"; do
   case "$p" in \#*) continue ;; esac
@@ -65,6 +84,7 @@ done
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install-deps: all ${#PACKAGES[@]} packages present"
   backports_provider
+  tpm2_pkcs11_p11kit_off
   exit 0
 fi
 
@@ -81,4 +101,5 @@ export DEBIAN_FRONTEND=noninteractive
 "${SUDO[@]}" apt-get update -q
 "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 backports_provider
+tpm2_pkcs11_p11kit_off
 echo "install-deps: done"

@@ -11,11 +11,16 @@
 #include <string.h>
 #include <time.h>
 
+#include <sys/stat.h>
+
+#include <openssl/err.h>
+#include <openssl/pkcs12.h>
 #include <openssl/x509.h>
 
 #include "backend/backend.h"
 #include "core/cert.h"
 #include "core/p11names.h"
+#include "core/status.h"
 #include "core/util.h"
 #include "tool.h"
 
@@ -34,6 +39,10 @@ enum {
   O_JSON,
   O_PEM,
   O_CERT_DIR,
+  O_ALIAS,
+  O_ALLOW_EXPIRED,
+  O_YES,
+  O_EXPIRING,
   O_COUNT,
   O_BASE = KVP_TOOL_OPT_BASE, /* getopt values are O_BASE + index, clear of short letters */
 };
@@ -53,6 +62,10 @@ static const struct option cert_longopts[] = {
     {"json", no_argument, NULL, O_BASE + O_JSON},
     {"pem", no_argument, NULL, O_BASE + O_PEM},
     {"cert-dir", required_argument, NULL, O_BASE + O_CERT_DIR},
+    {"alias", no_argument, NULL, O_BASE + O_ALIAS},
+    {"allow-expired", no_argument, NULL, O_BASE + O_ALLOW_EXPIRED},
+    {"yes", no_argument, NULL, O_BASE + O_YES},
+    {"expiring", required_argument, NULL, O_BASE + O_EXPIRING},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -75,21 +88,39 @@ static int cert_add(kvp_tool *t, cert_args *a);
 static int cert_list(kvp_tool *t, cert_args *a);
 static int cert_show(kvp_tool *t, cert_args *a);
 static int cert_remove(kvp_tool *t, cert_args *a);
+static int cert_renew(kvp_tool *t, cert_args *a);
+static int cert_rotate(kvp_tool *t, cert_args *a);
+static int cert_retire(kvp_tool *t, cert_args *a);
 
 static const cert_cmd cert_cmds[] = {
     {"cert add",
      OPT(O_NAME) | OPT(O_TYPE) | OPT(O_CERT) | OPT(O_ACCOUNT) | OPT(O_HSM) | OPT(O_VAULT) |
-         OPT(O_KEY) | OPT(O_RG) | OPT(O_REPLACE) | OPT(O_STRICT) | OPT(O_CERT_DIR),
+         OPT(O_KEY) | OPT(O_RG) | OPT(O_REPLACE) | OPT(O_STRICT) | OPT(O_ALIAS) |
+         OPT(O_ALLOW_EXPIRED) | OPT(O_JSON) | OPT(O_CERT_DIR),
      0, cert_add,
      "cert add --name NAME --type public|private --cert FILE [--account A]\n"
      "[--hsm HSM --key LABEL | --vault VAULT --key KEY[/VERSION]]\n"
-     "[--resource-group RG] [--replace] [--strict]\n"
+     "[--resource-group RG] [--replace] [--alias] [--strict | --allow-expired]\n"
+     "[--json]\n"
      "cert add --type public --cert-dir DIR [--account A] [--replace]"},
-    {"cert list", OPT(O_ACCOUNT) | OPT(O_JSON), 0, cert_list, "cert list [--account A] [--json]"},
+    {"cert list", OPT(O_ACCOUNT) | OPT(O_JSON) | OPT(O_EXPIRING), 0, cert_list,
+     "cert list [--account A] [--expiring DAYS] [--json]"},
     {"cert show", OPT(O_ACCOUNT) | OPT(O_JSON) | OPT(O_PEM), 1, cert_show,
      "cert show NAME [--account A] [--json | --pem]"},
-    {"cert remove", OPT(O_ACCOUNT), 1, cert_remove, "cert remove NAME [--account A]"},
+    {"cert remove", OPT(O_ACCOUNT) | OPT(O_YES) | OPT(O_JSON), 1, cert_remove,
+     "cert remove NAME [--account A] [--yes] [--json]"},
+    {"cert renew", OPT(O_ACCOUNT) | OPT(O_CERT) | OPT(O_ALLOW_EXPIRED) | OPT(O_JSON), 1, cert_renew,
+     "cert renew NAME --cert NEW.pem [--account A] [--allow-expired] [--json]"},
+    {"cert rotate",
+     OPT(O_ACCOUNT) | OPT(O_CERT) | OPT(O_HSM) | OPT(O_VAULT) | OPT(O_KEY) |
+         OPT(O_ALLOW_EXPIRED) | OPT(O_JSON),
+     1, cert_rotate,
+     "cert rotate NAME --cert NEW.pem (--hsm HSM | --vault VAULT) --key KEY\n"
+     "[--account A] [--allow-expired] [--json]"},
+    {"cert retire", OPT(O_ACCOUNT) | OPT(O_JSON), 1, cert_retire,
+     "cert retire NAME [--account A] [--json]"},
 };
+
 
 /* prefix, then the synopsis; its continuation lines aligned after "cert CMD ". */
 static void synopsis(FILE *f, const char *prefix, const cert_cmd *c)
@@ -120,111 +151,60 @@ static void cert_cmd_usage(FILE *f, const cert_cmd *c)
                "                   file registers nothing\n"
                "  --account A      default: the first configured account\n"
                "  --replace        replace a certificate of the same name (its id is kept)\n"
-               "  --strict         refuse an expired or not yet valid certificate\n");
+               "  --alias          register a certificate that is registered already under\n"
+               "                   another name of the account (refused otherwise)\n"
+               "  --strict         refuse an expired or not yet valid certificate (the\n"
+               "                   default for private certificates; public ones are\n"
+               "                   accepted with a warning)\n"
+               "  --allow-expired  register an expired or not yet valid private certificate\n"
+               "  --json           print the registered entry as JSON\n");
+  else if (c->run == cert_renew)
+    fprintf(f, "\n"
+               "A new certificate for the same key: the key reference comes from the entry, the\n"
+               "new certificate must carry the same public key, and the entry keeps its id,\n"
+               "CKA_ID and PKCS#11 handles. Partner (public) certificates renew the same way.\n");
+  else if (c->run == cert_rotate)
+    fprintf(f, "\n"
+               "A new certificate on a new key (created or imported with kvp11 key first). NAME\n"
+               "then signs and decrypts with the new key; the previous certificate stays\n"
+               "registered as NAME.retired-YYYYMMDD, retired: it decrypts messages already\n"
+               "encrypted to it and never signs. kvp11 cert retire / cert remove end it.\n");
+  else if (c->run == cert_retire)
+    fprintf(f, "\n"
+               "Retire a private certificate: it decrypts only (its private key object has\n"
+               "CKA_SIGN false and is never offered for signing or TLS).\n");
+  else if (c->run == cert_remove)
+    fprintf(f, "\n"
+               "  --yes            required for a private certificate: the entry goes, its key\n"
+               "                   stays in its store (kvp11 key delete removes the key)\n");
+  else if (c->run == cert_list)
+    fprintf(f, "\n"
+               "  --expiring DAYS  only certificates whose validity ends within DAYS days\n"
+               "                   (or has ended)\n");
 }
 
-/* Certificate names: printable, no control characters, at most 255 bytes. */
-static int name_ok(const char *s)
+/* A clearer word than the parser's for two common mistakes: a directory, a PFX. */
+const char *kvp_tool_cert_file_error(const char *file, const char *err)
 {
-  size_t n = strlen(s);
-  if (n == 0 || n > 255)
-    return 0;
-  for (const unsigned char *p = (const unsigned char *)s; *p; p++)
-    if (*p < 0x20 || *p == 0x7f)
-      return 0;
-  return 1;
-}
-
-int kvp_tool_cert_name_ok(const char *s)
-{
-  return name_ok(s);
-}
-
-/*
- * Open the key named by --hsm/--vault and --key, check that its public key is
- * the certificate's, and fill rec->key_ref and rec->key_version.
- */
-static int check_key(kvp_tool *t, const cert_args *a, kvp_cert_rec *rec)
-{
-  const int is_hsm = a->v[O_HSM] != NULL;
-  const char *kind = is_hsm ? "hsm" : "vault";
-  const char *store = is_hsm ? a->v[O_HSM] : a->v[O_VAULT];
-  char err[KVP_ERRLEN] = "";
-  char *ref = NULL, *scheme = NULL, *pstore = NULL, *pname = NULL;
-  kvp_backend *be = NULL;
-  kvp_key *key = NULL;
-  X509 *x = NULL;
-  const unsigned char *p = rec->der;
-  CK_RV rv;
-  int rc = KVP_EXIT_ERROR;
-
-  size_t n = strlen("keyvault:/") + strlen(store) + strlen(a->v[O_KEY]) + 1;
-  if (!(ref = malloc(n))) {
-    rc = kvp_tool_fail(t, KVP_EXIT_ERROR, "out of memory");
-    goto out;
+  static char buf[2 * KVP_ERRLEN];
+  struct stat st;
+  FILE *f;
+  if (stat(file, &st) == 0 && S_ISDIR(st.st_mode)) {
+    snprintf(buf, sizeof(buf), "%s: is a directory, not a certificate file", file);
+    return buf;
   }
-  snprintf(ref, n, "%s:%s/%s", is_hsm ? "hsm" : "keyvault", store, a->v[O_KEY]);
-  if (kvp_keyref_parse(ref, &scheme, &pstore, &pname, err, sizeof(err)) != KVP_OK) {
-    rc = kvp_tool_fail(t, KVP_EXIT_USAGE, "%s", err);
-    goto out;
+  if ((f = fopen(file, "rb")) != NULL) {
+    PKCS12 *p12 = d2i_PKCS12_fp(f, NULL);
+    fclose(f);
+    if (p12) {
+      PKCS12_free(p12);
+      snprintf(buf, sizeof(buf), "%s: a PKCS#12 (PFX) file, not a certificate: import its key and "
+               "certificate with kvp11 key import --pfx", file);
+      return buf;
+    }
   }
-  const kvp_hsm_conf *hc = is_hsm ? kvp_config_find_hsm(t->cfg, pstore) : NULL;
-  const kvp_vault_conf *vc = is_hsm ? NULL : kvp_config_find_vault(t->cfg, pstore);
-  if (!hc && !vc) {
-    rc = kvp_tool_fail(t, KVP_EXIT_ERROR, "%s '%s' is not configured in %s", kind, pstore,
-                       t->cfg->path);
-    goto out;
-  }
-  rv = hc ? kvp_hsm_backend_new(hc, &be) : kvp_keyvault_backend_new(vc, &be);
-  if (rv != CKR_OK || !be) {
-    rc = kvp_tool_fail(t, KVP_EXIT_ERROR, "%s '%s': cannot use this key store: %s%s", kind, pstore,
-                       kvp_ckr_name(rv), kvp_tool_loghint(t));
-    goto out;
-  }
-  rv = be->ops->open_key(be, pname, &key);
-  if (rv == CKR_KEY_HANDLE_INVALID) {
-    rc = kvp_tool_fail(t, KVP_EXIT_ERROR, "%s '%s' has no key '%s'", kind, pstore, pname);
-    goto out;
-  }
-  if (rv != CKR_OK || !key || !key->pub) {
-    rc = kvp_tool_fail(t, KVP_EXIT_ERROR, "%s '%s': cannot read key '%s': %s%s", kind, pstore,
-                       pname, kvp_ckr_name(rv), kvp_tool_loghint(t));
-    goto out;
-  }
-  EVP_PKEY *cpub = (x = d2i_X509(NULL, &p, (long)rec->der_len)) ? X509_get0_pubkey(x) : NULL;
-  if (!cpub) {
-    rc = kvp_tool_fail(t, KVP_EXIT_ERROR, "%s: cannot read the certificate's public key",
-                       a->v[O_CERT]);
-    goto out;
-  }
-  if (!kvp_pubkey_equal(cpub, key->pub)) {
-    char fc[72] = "?", fk[72] = "?";
-    kvp_pubkey_fingerprint(cpub, fc);
-    kvp_pubkey_fingerprint(key->pub, fk);
-    rc = kvp_tool_fail(t, KVP_EXIT_ERROR,
-                       "%s: the certificate's public key (%s) is not the public key of %s (%s)",
-                       a->v[O_CERT], fc, ref, fk);
-    goto out;
-  }
-  rec->key_version = kvp_strdup0(key->version);
-  if (key->version && !rec->key_version) {
-    rc = kvp_tool_fail(t, KVP_EXIT_ERROR, "out of memory");
-    goto out;
-  }
-  rec->key_ref = ref;
-  ref = NULL;
-  rc = KVP_EXIT_OK;
-out:
-  X509_free(x);
-  if (key)
-    be->ops->close_key(be, key);
-  if (be)
-    be->ops->destroy(be, 0);
-  free(ref);
-  free(scheme);
-  free(pstore);
-  free(pname);
-  return rc;
+  ERR_clear_error();
+  return err;
 }
 
 static int duplicate(const kvp_tool *t, const char *account, const char *name)
@@ -242,7 +222,7 @@ static int cert_add(kvp_tool *t, cert_args *a)
   kvp_cert_rec rec = {0}, old = {0};
   unsigned char *der = NULL;
   size_t der_len = 0;
-  char err[KVP_ERRLEN] = "", warn[KVP_ERRLEN] = "", when[32];
+  char err[KVP_ERRLEN] = "", warn[KVP_ERRLEN] = "";
   char *o_scheme = NULL, *o_store = NULL, *o_name = NULL;
   int rc = KVP_EXIT_USAGE, exists = 0, completes = 0;
   /* a private certificate without --hsm/--vault/--key: for a key registered
@@ -260,7 +240,7 @@ static int cert_add(kvp_tool *t, cert_args *a)
     kvp_tool_fail(t, rc, "--name, --type and --cert are required (see kvp11 cert add --help)");
     goto out;
   }
-  if (!name_ok(a->v[O_NAME])) {
+  if (!kvp_tool_name_ok(a->v[O_NAME])) {
     kvp_tool_fail(t, rc, "bad --name '%s': 1 to 255 bytes, no control characters", a->v[O_NAME]);
     goto out;
   }
@@ -283,23 +263,30 @@ static int cert_add(kvp_tool *t, cert_args *a)
 
   /* The certificate. */
   if (kvp_cert_load_file(file, &der, &der_len, err, sizeof(err)) != KVP_OK) {
-    kvp_tool_fail(t, rc, "%s", err);
+    kvp_tool_fail(t, rc, "%s", kvp_tool_cert_file_error(file, err));
     goto out;
   }
   if (kvp_cert_fill_rec(der, der_len, &rec, err, sizeof(err)) != KVP_OK) {
     kvp_tool_fail(t, rc, "%s: %s", file, err);
     goto out;
   }
-  time_t now = time(NULL);
-  if (now < rec.not_before) {
-    kvp_tool_isotime(rec.not_before, when);
-    snprintf(warn, sizeof(warn), "%s: the certificate is not valid before %s", file, when);
-  } else if (now > rec.not_after) {
-    kvp_tool_isotime(rec.not_after, when);
-    snprintf(warn, sizeof(warn), "%s: the certificate expired on %s", file, when);
+  if (kvp_tool_validity(&rec, file, warn, sizeof(warn)) == NULL)
+    warn[0] = '\0';
+  if (a->v[O_STRICT] && a->v[O_ALLOW_EXPIRED]) {
+    kvp_tool_fail(t, KVP_EXIT_USAGE, "--strict and --allow-expired exclude each other");
+    rc = KVP_EXIT_USAGE;
+    goto out;
   }
-  if (warn[0] && a->v[O_STRICT]) {
-    kvp_tool_fail(t, rc, "%s (refused with --strict)", warn);
+  if (warn[0] && (a->v[O_STRICT] || (priv && !a->v[O_ALLOW_EXPIRED]))) {
+    kvp_tool_fail(t, rc, "%s (%s)", warn,
+                  a->v[O_STRICT] ? "refused with --strict"
+                                 : "refused for a private certificate; --allow-expired registers "
+                                   "it anyway");
+    goto out;
+  }
+  if (kvp_tool_rec_spki(&rec) != 0) {
+    kvp_tool_fail(t, rc, "%s: unsupported public key (RSA of 1024 to 8192 bits, or EC on P-256, "
+                  "P-384, P-521, secp256k1)", file);
     goto out;
   }
   rec.account = strdup(a->account);
@@ -357,8 +344,27 @@ static int cert_add(kvp_tool *t, cert_args *a)
     }
   }
 
-  if (priv && (rc = check_key(t, a, &rec)) != KVP_EXIT_OK)
+  if (priv && (rc = kvp_tool_check_key(t, a->v[O_HSM] != NULL,
+                                       a->v[O_HSM] ? a->v[O_HSM] : a->v[O_VAULT], a->v[O_KEY],
+                                       file, &rec)) != KVP_EXIT_OK)
     goto out;
+  rc = KVP_EXIT_ERROR;
+  /* the same certificate under a second name, a partner certificate for our own key */
+  if (!a->v[O_ALIAS] &&
+      kvp_tool_no_duplicate(t, &rec, exists && !completes ? rec.name : NULL) != KVP_EXIT_OK)
+    goto out;
+  if (!priv) {
+    EVP_PKEY *pub = NULL;
+    kvp_spki sk;
+    if (kvp_spki_from_der(rec.spki, rec.spki_len, &sk) == KVP_OK)
+      pub = kvp_spki_pubkey(&sk);
+    kvp_spki_clear(&sk);
+    int mine = pub ? kvp_tool_not_our_key(t, file, pub, a->account,
+                                                 a->v[O_REPLACE] ? rec.name : NULL) : KVP_EXIT_OK;
+    EVP_PKEY_free(pub);
+    if (mine != KVP_EXIT_OK)
+      goto out;
+  }
   rc = KVP_EXIT_ERROR;
 
   int r = kvp_registry_add(t->reg, &rec, a->v[O_REPLACE] != NULL || completes, err, sizeof(err));
@@ -372,6 +378,16 @@ static int cert_add(kvp_tool *t, cert_args *a)
   }
   if (warn[0])
     kvp_tool_warn(t, "%s", warn);
+  if (a->v[O_JSON]) {
+    kvp_cert_rec got = {0};
+    if (kvp_registry_get(t->reg, rec.account, rec.name, &got, err, sizeof(err)) != KVP_OK ||
+        kvp_tool_print_rec(stdout, &got, KVP_SHOW_JSON) != 0)
+      kvp_tool_fail(t, rc, "cannot format the output");
+    else
+      rc = KVP_EXIT_OK;
+    kvp_cert_rec_clear(&got);
+    goto out;
+  }
   printf("%s %s certificate '%s' in account '%s'%s%s\n",
          completes ? "added the" : exists ? "replaced" : "added",
          priv ? "private" : "public", rec.name, rec.account, rec.key_ref ? ", key " : "",
@@ -388,28 +404,43 @@ out:
   return rc;
 }
 
+/* cert list --expiring DAYS: only certificates whose validity ends before the limit. */
+static int list_wanted(const kvp_list_out *o, const kvp_cert_rec *rec)
+{
+  return o->expiring_before == 0 || (rec->der_len > 0 && rec->not_after <= o->expiring_before);
+}
+
 static int list_measure(void *ctx, kvp_cert_rec *rec)
 {
-  kvp_tool_list_measure(ctx, rec);
+  if (list_wanted(ctx, rec))
+    kvp_tool_list_measure(ctx, rec);
   return KVP_OK;
 }
 
 static int list_row(void *ctx, kvp_cert_rec *rec)
 {
+  if (!list_wanted(ctx, rec))
+    return KVP_OK;
   return kvp_tool_list_row(ctx, rec) == 0 ? KVP_OK : KVP_ERR; /* only this gives KVP_ERR */
 }
 
 /* Streamed: the rows are never all in memory (tool/output.c). */
 static int cert_list(kvp_tool *t, cert_args *a)
 {
-  char err[KVP_ERRLEN] = "";
+  char err[KVP_ERRLEN] = "", *end = NULL;
   kvp_list_out o;
   int r = KVP_OK;
+  long days = a->v[O_EXPIRING] ? strtol(a->v[O_EXPIRING], &end, 10) : 0;
 
+  if (a->v[O_EXPIRING] && (!*a->v[O_EXPIRING] || *end || days < 0 || days > 36500))
+    return kvp_tool_fail(t, KVP_EXIT_USAGE, "bad --expiring '%s': a number of days (0 to 36500)",
+                         a->v[O_EXPIRING]);
   if (kvp_tool_load_config(t) || kvp_tool_account(t, a->v[O_ACCOUNT], &a->account) ||
       kvp_tool_open_registry_ro(t))
     return KVP_EXIT_ERROR;
   kvp_tool_list_init(&o, stdout, a->v[O_JSON] != NULL);
+  if (a->v[O_EXPIRING])
+    o.expiring_before = (int64_t)time(NULL) + (int64_t)days * 86400;
   if (t->reg != NULL && !o.json)
     r = kvp_registry_each(t->reg, a->account, list_measure, &o, err, sizeof(err));
   if (t->reg != NULL && r == KVP_OK)
@@ -458,22 +489,66 @@ static int cert_remove(kvp_tool *t, cert_args *a)
   char err[KVP_ERRLEN] = "";
   kvp_cert_rec rec = {0};
   int rc = get_operand(t, a, &rec, 1);
+  char *key_ref = rec.key_ref ? strdup(rec.key_ref) : NULL;
+  int priv = rec.type == KVP_CERT_PRIVATE;
+  char sha[65];
+  snprintf(sha, sizeof(sha), "%s", rec.sha256);
+  kvp_cert_rec_clear(&rec);
+  if (rc == KVP_EXIT_OK && priv && !a->v[O_YES])
+    rc = kvp_tool_fail(t, KVP_EXIT_USAGE,
+                       "'%s' is a private certificate: removing it stops every application "
+                       "using it, and its key %s stays in its store with no entry pointing at "
+                       "it (kvp11 key delete removes the key); confirm with --yes",
+                       a->operand, key_ref ? key_ref : "-");
   if (rc != KVP_EXIT_OK) {
-    kvp_cert_rec_clear(&rec);
+    free(key_ref);
     return rc;
   }
   int r = kvp_registry_remove(t->reg, a->account, a->operand, err, sizeof(err));
-  if (r == KVP_ENOTFOUND)
-    rc = kvp_tool_fail(t, KVP_EXIT_ERROR, "account '%s' has no certificate named '%s'",
-                       a->account, a->operand);
-  else if (r != KVP_OK)
-    rc = kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", err);
-  else
+  if (r != KVP_OK) {
+    free(key_ref);
+    return r == KVP_ENOTFOUND
+               ? kvp_tool_fail(t, KVP_EXIT_ERROR, "account '%s' has no certificate named '%s'",
+                               a->account, a->operand)
+               : kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", err);
+  }
+  kvp_audit_change("cert remove", a->account, a->operand, key_ref, sha, NULL);
+  if (a->v[O_JSON]) {
+    json_t *o = json_pack("{s:s, s:s, s:s, s:o}", "action", "removed", "name", a->operand,
+                          "account", a->account, "key_left", key_ref ? json_string(key_ref)
+                                                                     : json_null());
+    rc = kvp_tool_print_json(stdout, o) == 0 ? KVP_EXIT_OK : KVP_EXIT_ERROR;
+  } else if (priv) {
+    printf("removed certificate '%s' from account '%s'; its key %s stays in its store (kvp11 key "
+           "delete removes it)\n", a->operand, a->account, key_ref);
+  } else {
     printf("removed certificate '%s' from account '%s'\n", a->operand, a->account);
-  if (r == KVP_OK)
-    kvp_audit_change("cert remove", a->account, a->operand, rec.key_ref, rec.sha256, NULL);
-  kvp_cert_rec_clear(&rec);
+  }
+  free(key_ref);
   return rc;
+}
+
+static int cert_renew(kvp_tool *t, cert_args *a)
+{
+  if (!a->v[O_CERT])
+    return kvp_tool_fail(t, KVP_EXIT_USAGE, "--cert is required (see kvp11 cert renew --help)");
+  return kvp_tool_cert_renew(t, a->operand, a->v[O_ACCOUNT], a->v[O_CERT],
+                             a->v[O_ALLOW_EXPIRED] != NULL, a->v[O_JSON] != NULL);
+}
+
+static int cert_rotate(kvp_tool *t, cert_args *a)
+{
+  if (!a->v[O_CERT] || !a->v[O_KEY] || !a->v[O_HSM] == !a->v[O_VAULT])
+    return kvp_tool_fail(t, KVP_EXIT_USAGE, "--cert, --key and exactly one of --hsm or --vault "
+                         "are required (see kvp11 cert rotate --help)");
+  return kvp_tool_cert_rotate(t, a->operand, a->v[O_ACCOUNT], a->v[O_CERT], a->v[O_HSM] != NULL,
+                              a->v[O_HSM] ? a->v[O_HSM] : a->v[O_VAULT], a->v[O_KEY],
+                              a->v[O_ALLOW_EXPIRED] != NULL, a->v[O_JSON] != NULL);
+}
+
+static int cert_retire(kvp_tool *t, cert_args *a)
+{
+  return kvp_tool_cert_retire(t, a->operand, a->v[O_ACCOUNT], a->v[O_JSON] != NULL);
 }
 
 /* Parse the options of one cert command into a; returns -1 to go on, else an exit code. */

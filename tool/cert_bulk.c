@@ -22,6 +22,7 @@
 typedef struct bulk_file {
   char *file; /* name in DIR */
   char *name; /* registered name: file without its extension */
+  char sha256[65]; /* of the certificate, once registered (for the audit trail) */
 } bulk_file;
 
 static const char *const exts[] = {".pem", ".crt", ".cer", ".der"};
@@ -101,7 +102,7 @@ static int list_dir(kvp_tool *t, const char *dir, bulk_file **out, size_t *n_out
 /* What is wrong with a file before it is read, or NULL. */
 static const char *name_problem(const bulk_file *f, size_t i, size_t n)
 {
-  if (!kvp_tool_cert_name_ok(f[i].name))
+  if (!kvp_tool_name_ok(f[i].name))
     return "its name is not allowed (1 to 255 bytes without the extension, no control characters)";
   if ((i > 0 && strcmp(f[i - 1].name, f[i].name) == 0) ||
       (i + 1 < n && strcmp(f[i + 1].name, f[i].name) == 0))
@@ -110,7 +111,7 @@ static const char *name_problem(const bulk_file *f, size_t i, size_t n)
 }
 
 /* Register one file inside the transaction; prints its error line. 1: bad file. */
-static int add_one(kvp_tool *t, const char *dir, const bulk_file *f, const char *account,
+static int add_one(kvp_tool *t, const char *dir, bulk_file *f, const char *account,
                    int replace, int *replaced)
 {
   char path[4096], err[KVP_ERRLEN] = "";
@@ -143,6 +144,8 @@ static int add_one(kvp_tool *t, const char *dir, const bulk_file *f, const char 
     *replaced += r == KVP_OK;
   }
   r = kvp_registry_add(t->reg, &rec, replace, err, sizeof(err));
+  if (r == KVP_OK)
+    memcpy(f->sha256, rec.sha256, sizeof(f->sha256));
   if (r == KVP_EEXISTS)
     kvp_tool_fail(t, KVP_EXIT_ERROR,
                   "%s: account '%s' has a certificate named '%s' already (--replace replaces it)",
@@ -201,6 +204,8 @@ int kvp_tool_cert_add_dir(kvp_tool *t, const char *dir, const char *type, int ot
     rc = KVP_EXIT_ERROR;
     goto out;
   }
+  for (size_t i = 0; i < n; i++)
+    kvp_audit_change("cert add --cert-dir", account, files[i].name, NULL, NULL, files[i].sha256);
   printf("registered %zu public certificate%s from %s in account '%s'", n, n == 1 ? "" : "s", dir,
          account);
   if (replaced > 0)

@@ -1,14 +1,18 @@
 /*
- * kvp11 check [--account A] [--json]: can every private certificate of an
- * account use its key?
+ * kvp11 check [--account A] [--warn-days N] [--json]: can every private
+ * certificate use its key, and does any certificate expire soon?
  *
- * For each private certificate the key store is opened through the backend
- * interface, as the module does, and probed safely: a random digest is signed
- * remotely and verified locally with the certificate's public key; random
- * bytes are encrypted locally and decrypted remotely (RSA). Each check is one
- * row (CERT, STORE, CHECK, RESULT, DETAIL); a Key Vault permission that is
- * missing comes with the commands that grant it. Exit 0 when no check failed
- * (warnings allowed), 1 otherwise.
+ * Every account (or --account A). For each private certificate the key store
+ * is opened through the backend interface, as the module does, and probed
+ * safely: a random digest is signed remotely and verified locally with the
+ * certificate's public key; random bytes are encrypted locally and decrypted
+ * remotely (RSA). Every certificate, partner ones included, is checked for
+ * its validity: a warning within --warn-days (default 30) of its end, a
+ * failure once it ended. Each check is one row (ACCOUNT, CERT, STORE, CHECK,
+ * RESULT, DETAIL); a failure's detail is the reason the backend recorded
+ * (core/status.h); a Key Vault permission that is missing comes with the
+ * commands that grant it. Exit 0 all ok, 1 a check failed, 2 usage, 3
+ * warnings only.
  */
 #include <getopt.h>
 #include <stdarg.h>
@@ -29,6 +33,7 @@
 #include "backend/keyvault/keyvault.h"
 #include "core/cert.h"
 #include "core/p11names.h"
+#include "core/status.h"
 #include "core/util.h"
 #include "tool.h"
 
@@ -39,7 +44,7 @@ enum { R_OK = 0, R_WARN, R_FAIL };
 static const char *const result_names[] = {"ok", "warn", "fail"};
 
 typedef struct chk_row {
-  char *cert, *store, *check, *detail;
+  char *account, *cert, *store, *check, *detail;
   int result;
   char *fix[CHK_NFIX]; /* NULL when none */
 } chk_row;
@@ -49,10 +54,12 @@ typedef struct chk_ctx {
   chk_row *rows;
   size_t n, cap;
   int oom;
+  int warn_days;
 } chk_ctx;
 
 static void row_free(chk_row *r)
 {
+  free(r->account);
   free(r->cert);
   free(r->store);
   free(r->check);
@@ -62,8 +69,8 @@ static void row_free(chk_row *r)
 }
 
 /* Add a row; fix is NULL or CHK_NFIX commands (copied). */
-static void add_res(chk_ctx *c, int result, const char *cert, const char *store,
-                    const char *check, char *const *fix, const char *detail)
+static void add_res(chk_ctx *c, int result, const char *account, const char *cert,
+                    const char *store, const char *check, char *const *fix, const char *detail)
 {
   if (c->n == c->cap) {
     size_t cap = c->cap ? 2 * c->cap : 16;
@@ -78,11 +85,12 @@ static void add_res(chk_ctx *c, int result, const char *cert, const char *store,
   chk_row *r = &c->rows[c->n];
   memset(r, 0, sizeof(*r));
   r->result = result;
+  r->account = strdup(account);
   r->cert = strdup(cert);
   r->store = strdup(store);
   r->check = strdup(check);
   r->detail = strdup(detail);
-  int bad = !r->cert || !r->store || !r->check || !r->detail;
+  int bad = !r->account || !r->cert || !r->store || !r->check || !r->detail;
   for (int i = 0; fix && i < CHK_NFIX; i++)
     if (fix[i] && !(r->fix[i] = strdup(fix[i])))
       bad = 1;
@@ -125,7 +133,8 @@ __attribute__((format(printf, 1, 2))) static char *fmtdup(const char *fmt, ...)
   return s;
 }
 
-/* The three commands that grant get, list, sign and decrypt on the vault. */
+/* The three commands that grant what kvp11 uses on the vault: sign and decrypt at run
+ * time, get to register (list is never needed). */
 static int make_fixes(const kvp_vault_conf *vc, const kvp_cert_rec *rec, char *fix[CHK_NFIX])
 {
   char vault[128];
@@ -136,9 +145,9 @@ static int make_fixes(const kvp_vault_conf *vc, const kvp_cert_rec *rec, char *f
                                                                : "<resource group>";
   vault_name(vc->url, vault, sizeof(vault));
   fix[0] = fmtdup("Set-AzKeyVaultAccessPolicy -VaultName %s -ServicePrincipalName %s "
-                  "-PermissionsToKeys decrypt,sign,get,list",
+                  "-PermissionsToKeys decrypt,sign,get",
                   vault, who);
-  fix[1] = fmtdup("az keyvault set-policy --name %s --spn %s --key-permissions decrypt sign get list",
+  fix[1] = fmtdup("az keyvault set-policy --name %s --spn %s --key-permissions decrypt sign get",
                   vault, who);
   fix[2] = fmtdup("az role assignment create --role \"Key Vault Crypto User\" --assignee %s "
                   "--scope /subscriptions/<subscription>/resourceGroups/%s"
@@ -204,7 +213,8 @@ static void row(chk_cert *k, int result, const char *check, int with_fix, const 
   va_start(ap, fmt);
   vsnprintf(detail, sizeof(detail), fmt, ap);
   va_end(ap);
-  add_res(k->c, result, k->rec->name, k->store, check, with_fix && k->vc ? k->fix : NULL, detail);
+  add_res(k->c, result, k->rec->account, k->rec->name, k->store, check,
+          with_fix && k->vc ? k->fix : NULL, detail);
 }
 
 static void check_sign(chk_cert *k)
@@ -232,6 +242,7 @@ static void check_sign(chk_cert *k)
     row(k, R_FAIL, "sign", 0, "no random digest (OpenSSL RAND_bytes failed)");
     return;
   }
+  kvp_status_clear();
   CK_RV rv = k->be->ops->sign(k->be, key, &alg, dg, dlen, sig, &sig_len);
   if (rv == CKR_OK) {
     if (verify_local(k->cpub, key->type, dg, dlen, sig, sig_len))
@@ -242,16 +253,18 @@ static void check_sign(chk_cert *k)
       row(k, R_FAIL, "sign", 0,
           "the key store signed, but the signature does not verify with the certificate's "
           "public key");
-  } else if (rv == CKR_KEY_FUNCTION_NOT_PERMITTED && k->vc && key->can_sign) {
+  } else if (rv == CKR_KEY_FUNCTION_NOT_PERMITTED && k->vc &&
+             (kvp_status_reason() ? strstr(kvp_status_reason(), "lacks the 'sign' permission") != NULL
+                                  : key->can_sign)) {
     row(k, R_FAIL, "sign", 1, "refused: the application lacks the 'sign' permission on the vault");
   } else if (rv == CKR_KEY_FUNCTION_NOT_PERMITTED) {
-    row(k, R_FAIL, "sign", 0,
-        "refused: the key does not allow signing: %s%s",
-        k->vc ? "disabled, outside its validity period, or no 'sign' in its key_ops"
-              : "CKA_SIGN is false",
-        kvp_tool_loghint(k->c->t));
+    row(k, R_FAIL, "sign", 0, "refused: %s",
+        kvp_status_reason() ? kvp_status_reason()
+        : k->vc ? "the key does not allow signing: disabled, outside its validity period, or "
+                  "no 'sign' in its key_ops"
+                : "the key does not allow signing: CKA_SIGN is false");
   } else {
-    row(k, R_FAIL, "sign", 0, "failed: %s%s", kvp_ckr_name(rv), kvp_tool_loghint(k->c->t));
+    row(k, R_FAIL, "sign", 0, "failed: %s", kvp_tool_reason(k->c->t, rv));
   }
 }
 
@@ -280,6 +293,7 @@ static void check_decrypt(chk_cert *k)
         ct_len, n);
     goto out;
   }
+  kvp_status_clear();
   CK_RV rv = k->be->ops->decrypt(k->be, key, &alg, ct, (CK_ULONG)ct_len, out, &out_len);
   if (rv == CKR_OK && out_len == sizeof(plain) && memcmp(out, plain, sizeof(plain)) == 0)
     row(k, R_OK, "decrypt", 0,
@@ -289,17 +303,18 @@ static void check_decrypt(chk_cert *k)
     row(k, R_FAIL, "decrypt", 0, "the key store decrypted something else than was encrypted");
   else if (rv == CKR_ENCRYPTED_DATA_INVALID)
     row(k, R_FAIL, "decrypt", 0,
-        "the key store cannot decrypt what the certificate's public key encrypted (%s)%s",
-        kvp_ckr_name(rv), kvp_tool_loghint(k->c->t));
+        "the key store cannot decrypt what the certificate's public key encrypted: %s",
+        kvp_tool_reason(k->c->t, rv));
   else if (rv == CKR_KEY_FUNCTION_NOT_PERMITTED && k->vc && key->can_decrypt)
     row(k, R_FAIL, "decrypt", 1,
         "refused: the application lacks the 'decrypt' permission on the vault");
   else if (rv == CKR_KEY_FUNCTION_NOT_PERMITTED)
-    row(k, R_FAIL, "decrypt", 0, "refused: the key does not allow decryption: %s%s",
-        k->vc ? "disabled, or no 'decrypt' in its key_ops" : "CKA_DECRYPT is false",
-        kvp_tool_loghint(k->c->t));
+    row(k, R_FAIL, "decrypt", 0, "refused: %s",
+        kvp_status_reason() ? kvp_status_reason()
+        : k->vc ? "the key does not allow decryption: disabled, or no 'decrypt' in its key_ops"
+                : "the key does not allow decryption: CKA_DECRYPT is false");
   else
-    row(k, R_FAIL, "decrypt", 0, "failed: %s%s", kvp_ckr_name(rv), kvp_tool_loghint(k->c->t));
+    row(k, R_FAIL, "decrypt", 0, "failed: %s", kvp_tool_reason(k->c->t, rv));
 out:
   OPENSSL_cleanse(plain, sizeof(plain));
   if (out)
@@ -309,51 +324,45 @@ out:
   EVP_PKEY_CTX_free(ctx);
 }
 
-/* Backends opened during this run, one per key store. */
-typedef struct chk_store {
-  char *ref; /* "hsm:NAME" / "keyvault:NAME" */
-  kvp_backend *be;
-} chk_store;
-
+/* Key stores opened during this run, one per store (store.c). */
 typedef struct chk_stores {
-  chk_store *v;
+  kvp_tool_store *v;
   size_t n;
 } chk_stores;
 
-static kvp_backend *store_get(chk_stores *s, const char *ref, const kvp_hsm_conf *hc,
-                              const kvp_vault_conf *vc, CK_RV *rv)
+/* The opened store of this kind and name; NULL with the failure's text in why. */
+static kvp_backend *store_get(kvp_tool *t, chk_stores *s, int is_hsm, const char *name, char *why,
+                              size_t len)
 {
   for (size_t i = 0; i < s->n; i++)
-    if (strcmp(s->v[i].ref, ref) == 0)
+    if (s->v[i].is_hsm == is_hsm && strcmp(s->v[i].name, name) == 0)
       return s->v[i].be;
-  kvp_backend *be = NULL;
-  chk_store *v = realloc(s->v, (s->n + 1) * sizeof(*v));
+  kvp_tool_store *v = realloc(s->v, (s->n + 1) * sizeof(*v));
   if (!v) {
-    *rv = CKR_HOST_MEMORY;
+    snprintf(why, len, "out of memory");
     return NULL;
   }
   s->v = v;
-  *rv = hc ? kvp_hsm_backend_new(hc, &be) : kvp_keyvault_backend_new(vc, &be);
-  if (*rv != CKR_OK || !be) {
-    if (*rv == CKR_OK)
-      *rv = CKR_GENERAL_ERROR;
+  kvp_tool_store *st = &v[s->n];
+  kvp_status_clear();
+  if (kvp_tool_store_find(t, is_hsm, name, st) != KVP_EXIT_OK) {
+    snprintf(why, len, "not configured");
     return NULL;
   }
-  if (!(v[s->n].ref = strdup(ref))) {
-    be->ops->destroy(be, 0);
-    *rv = CKR_HOST_MEMORY;
+  /* the tool's own error line is not wanted here: the reason goes into the row */
+  CK_RV rv = is_hsm ? kvp_hsm_backend_new(st->hc, &st->be) : kvp_keyvault_backend_new(st->vc, &st->be);
+  if (rv != CKR_OK || !st->be) {
+    snprintf(why, len, "%s", kvp_tool_reason(t, rv != CKR_OK ? rv : CKR_GENERAL_ERROR));
     return NULL;
   }
-  v[s->n++].be = be;
-  return be;
+  s->n++;
+  return st->be;
 }
 
 static void stores_free(chk_stores *s)
 {
-  for (size_t i = 0; i < s->n; i++) {
-    s->v[i].be->ops->destroy(s->v[i].be, 0);
-    free(s->v[i].ref);
-  }
+  for (size_t i = 0; i < s->n; i++)
+    kvp_tool_store_close(&s->v[i]);
   free(s->v);
 }
 
@@ -368,8 +377,13 @@ static void check_validity(chk_cert *k)
     row(k, R_FAIL, "cert-validity", 0, "the certificate is not valid before %s", when);
   } else if (now > rec->not_after) {
     kvp_tool_isotime(rec->not_after, when);
-    row(k, R_FAIL, "cert-validity", 0, "the certificate expired on %s", when);
-  } else if (rec->not_after - now < (int64_t)CHK_WARN_DAYS * 86400) {
+    if (rec->state == KVP_STATE_RETIRED)
+      row(k, R_WARN, "cert-validity", 0, "the retired certificate expired on %s (kvp11 cert "
+          "remove it once no message encrypted to it is expected)", when);
+    else
+      row(k, R_FAIL, "cert-validity", 0, "the certificate expired on %s", when);
+  } else if (rec->not_after - now < (int64_t)k->c->warn_days * 86400 &&
+             rec->state != KVP_STATE_RETIRED) {
     kvp_tool_isotime(rec->not_after, when);
     row(k, R_WARN, "cert-validity", 0, "the certificate expires on %s (in %lld days)", when,
         (long long)((rec->not_after - now) / 86400));
@@ -385,14 +399,15 @@ static void check_validity(chk_cert *k)
 static int check_open(chk_cert *k, const char *kname)
 {
   kvp_tool *t = k->c->t;
-  const char *hint = kvp_tool_loghint(t);
-  unsigned long tok_before = k->vc ? kvp_keyvault_token_requests(k->be) : 0;
-  CK_RV rv = k->be->ops->open_key(k->be, kname, &k->key);
   const char *kind = k->vc ? "vault" : "hsm";
+  const char *tok_ok = k->vc ? "the vault answers; an access token was obtained"
+                             : "the token answers; the session is open";
+  unsigned long tok_before = k->vc ? kvp_keyvault_token_requests(k->be) : 0;
+  kvp_status_clear();
+  CK_RV rv = k->be->ops->open_key(k->be, kname, &k->key);
 
   if (rv == CKR_OK && k->key && k->key->pub) {
-    row(k, R_OK, "token", 0, k->vc ? "the vault answers; an access token was obtained"
-                                   : "the token answers; the session is open");
+    row(k, R_OK, "token", 0, "%s", tok_ok);
     if (k->vc)
       row(k, R_OK, "get", 0, "read key '%s' (version %s)", kname,
           k->key->version ? k->key->version : "-");
@@ -405,57 +420,127 @@ static int check_open(chk_cert *k, const char *kname)
     k->be->ops->close_key(k->be, k->key);
     k->key = NULL;
   }
-  if (rv == CKR_OK) { /* a key without a public part: treat as a store failure */
+  if (rv == CKR_OK) /* a key without a public part: treat as a store failure */
     rv = CKR_GENERAL_ERROR;
-  }
   if (rv == CKR_KEY_HANDLE_INVALID) {
-    row(k, R_OK, "token", 0, k->vc ? "the vault answers; an access token was obtained"
-                                   : "the token answers; the session is open");
+    row(k, R_OK, "token", 0, "%s", tok_ok);
     row(k, R_FAIL, k->vc ? "get" : "key", 0, "%s '%s' has no key '%s'", kind, k->be->name, kname);
     return 0;
-  } else if (rv == CKR_KEY_FUNCTION_NOT_PERMITTED && k->vc) {
-    row(k, R_OK, "token", 0, "the vault answers; an access token was obtained");
-    row(k, R_FAIL, "get", 1,
-        "refused reading key '%s': the application lacks the 'get' permission, or the vault's "
-        "firewall refuses it%s",
-        kname, hint);
-    return 0;
-  } else if (k->vc && rv == CKR_DEVICE_ERROR &&
-             kvp_keyvault_token_requests(k->be) == tok_before) {
-    row(k, R_FAIL, "token", 0, "the vault %s is unreachable or answered with an error%s",
-        k->vc->url, hint);
-  } else if (k->vc && rv == CKR_DEVICE_ERROR) {
-    row(k, R_FAIL, "token", 0,
-        "no access token could be obtained for client '%s', or the vault refused it%s",
-        k->vc->client_id ? k->vc->client_id : "-", hint);
-  } else if (k->vc) {
-    row(k, R_FAIL, "token", 0, "cannot read key '%s': %s%s", kname, kvp_ckr_name(rv), hint);
-  } else {
-    row(k, R_FAIL, "token", 0, "cannot use the HSM (module, token or PIN): %s%s",
-        kvp_ckr_name(rv), hint);
   }
+  if (rv == CKR_KEY_FUNCTION_NOT_PERMITTED && k->vc) {
+    /* the vault answered with a token accepted: only reading the key was refused */
+    row(k, R_OK, "token", 0, "%s", tok_ok);
+    row(k, R_FAIL, "get", 1, "refused reading key '%s': %s", kname,
+        kvp_status_reason() ? kvp_status_reason()
+                            : "the application lacks the 'get' permission, or the vault's "
+                              "firewall refuses it");
+    return 0;
+  }
+  /* the store itself is not usable: the backend's reason says why (no
+   * answer, no token, wrong secret, module, token or PIN) */
+  if (!kvp_status_reason() && k->vc && rv == CKR_DEVICE_ERROR) {
+    /* a backend that records no reason yet: tell token from transport */
+    if (kvp_keyvault_token_requests(k->be) == tok_before)
+      row(k, R_FAIL, "token", 0, "the vault %s is unreachable or answered with an error%s",
+          k->vc->url, kvp_tool_loghint(t));
+    else
+      row(k, R_FAIL, "token", 0, "no access token could be obtained for client '%s', or the "
+          "vault refused it%s", k->vc->client_id ? k->vc->client_id : "-", kvp_tool_loghint(t));
+    return -1;
+  }
+  row(k, R_FAIL, "token", 0, "%s: %s",
+      k->vc ? "cannot use the vault" : "cannot use the HSM (module, token or PIN)",
+      kvp_tool_reason(t, rv));
   return -1;
 }
 
+/* 'list' is not needed at run time (the module never lists): probed for the
+ * record, a refusal is not a failure. */
 static void check_list(chk_cert *k)
 {
   char **names = NULL;
   size_t n = 0;
+  kvp_status_clear();
   CK_RV rv = kvp_keyvault_list_keys(k->be, &names, &n);
   kvp_keyvault_free_names(names, n);
   if (rv == CKR_OK)
     row(k, R_OK, "list", 0, "listed the vault's keys (%zu)", n);
   else if (rv == CKR_KEY_FUNCTION_NOT_PERMITTED)
-    row(k, R_FAIL, "list", 1, "refused: the application lacks the 'list' permission on the vault");
+    row(k, R_OK, "list", 0, "no 'list' permission: not needed (kvp11 never lists at run time)");
   else
-    row(k, R_FAIL, "list", 0, "failed: %s%s", kvp_ckr_name(rv), kvp_tool_loghint(k->c->t));
+    row(k, R_WARN, "list", 0, "failed: %s (not needed at run time)", kvp_tool_reason(k->c->t, rv));
+}
+
+/* Key Vault: a version of the key newer than the registered one exists (a
+ * rotation in the vault whose certificate is not registered yet). */
+static void check_version(chk_cert *k, const char *kname)
+{
+  kvp_key_info info = {0};
+  char base[256], when[32];
+  const char *reg = k->rec->key_version;
+  snprintf(base, sizeof(base), "%.*s", (int)strcspn(kname, "/"), kname);
+  if (!reg && strchr(kname, '/'))
+    reg = strchr(kname, '/') + 1;
+  if (!reg || !k->be->ops->key_info)
+    return;
+  kvp_status_clear();
+  CK_RV rv = k->be->ops->key_info(k->be, base, &info);
+  if (rv == CKR_OK && info.version && strcmp(info.version, reg) != 0) {
+    kvp_tool_isotime(info.created, when);
+    row(k, R_WARN, "key-version", 0,
+        "a newer version of key %s exists (created %s); its certificate is not registered "
+        "(registered: version %s)",
+        base, info.created ? when : "at an unknown time", reg);
+  } else if (rv == CKR_OK) {
+    row(k, R_OK, "key-version", 0, "the registered version %s is the key's current one", reg);
+  }
+  kvp_key_info_clear(&info);
+}
+
+/* Key Vault: the registered version's attributes as the vault reports them
+ * (opening a registered key reads nothing: the state is checked live at each
+ * operation). Returns 0 when reported, -1 when the vault gave no answer. */
+static int check_vault_key_state(chk_cert *k, const char *kname)
+{
+  kvp_key_info info = {0};
+  char ref[300];
+  const int rsa = k->key->type == KVP_KEY_RSA;
+  const char *ver = k->rec->key_version;
+
+  if (!k->be->ops->key_info)
+    return -1;
+  /* key_info reads the current version: it speaks for the registered one only
+   * when they are the same (check_version reports the other case) */
+  snprintf(ref, sizeof(ref), "%.*s", (int)strcspn(kname, "/"), kname);
+  if (ver == NULL && strchr(kname, '/') != NULL)
+    ver = strchr(kname, '/') + 1;
+  kvp_status_clear();
+  if (k->be->ops->key_info(k->be, ref, &info) != CKR_OK ||
+      (ver != NULL && (info.version == NULL || strcmp(info.version, ver) != 0))) {
+    kvp_key_info_clear(&info);
+    return -1;
+  }
+  if (!info.enabled)
+    row(k, R_FAIL, "key-state", 0,
+        "the vault does not let this key be used: disabled, outside its validity period "
+        "(nbf/exp)");
+  else if (!(info.ops & KVP_KEYOP_SIGN))
+    row(k, R_FAIL, "key-state", 0, "the key cannot sign: no 'sign' in its key_ops");
+  else if (rsa && !(info.ops & KVP_KEYOP_DECRYPT))
+    row(k, R_WARN, "key-state", 0, "the key can sign but not decrypt (no 'decrypt' in its key_ops)");
+  else
+    row(k, R_OK, "key-state", 0, "enabled and within its validity period");
+  kvp_key_info_clear(&info);
+  return 0;
 }
 
 /* The key store's view of the key: enabled, within its validity, usable. */
-static void check_key_state(chk_cert *k)
+static void check_key_state(chk_cert *k, const char *kname)
 {
   const kvp_key *key = k->key;
   int rsa = key->type == KVP_KEY_RSA;
+  if (k->vc && check_vault_key_state(k, kname) == 0)
+    return;
   if (k->vc) {
     /* The backend's can_sign is "enabled, within nbf/exp, key_ops has sign";
      * can_decrypt is "enabled, key_ops has decrypt". */
@@ -499,86 +584,102 @@ static void check_match(chk_cert *k)
       k->rec->key_ref, fk);
 }
 
+/* The public key the checks compare with: the certificate's, or for a key
+ * registered without certificate its recorded one. NULL with a row on failure. */
+static EVP_PKEY *cert_pub(chk_cert *k)
+{
+  const kvp_cert_rec *rec = k->rec;
+  EVP_PKEY *pk = NULL;
+  if (rec->der_len == 0) {
+    kvp_spki sk;
+    if (kvp_spki_from_der(rec->spki, rec->spki_len, &sk) == KVP_OK)
+      pk = kvp_spki_pubkey(&sk);
+    kvp_spki_clear(&sk);
+  } else {
+    const unsigned char *p = rec->der;
+    X509 *x = d2i_X509(NULL, &p, (long)rec->der_len);
+    if (x && (pk = X509_get0_pubkey(x)) != NULL)
+      EVP_PKEY_up_ref(pk);
+    X509_free(x);
+  }
+  if (!pk)
+    row(k, R_FAIL, "cert-key", 0, rec->der_len ? "cannot read the certificate's public key"
+                                               : "cannot read the registered public key");
+  return pk;
+}
+
+/* The key of a private certificate: store, key, permissions, a signature, a decryption. */
+static void check_private(chk_cert *k, chk_stores *stores, const char *kname, int is_hsm,
+                          const char *store)
+{
+  const kvp_cert_rec *rec = k->rec;
+  kvp_tool *t = k->c->t;
+  char why[KVP_STATUS_MSGLEN + 64];
+  const kvp_hsm_conf *hc = is_hsm ? kvp_config_find_hsm(t->cfg, store) : NULL;
+  k->vc = is_hsm ? NULL : kvp_config_find_vault(t->cfg, store);
+  if (!hc && !k->vc) {
+    row(k, R_FAIL, "store", 0, "%s '%s' is not configured in %s", is_hsm ? "hsm" : "vault", store,
+        t->cfg->path);
+    return;
+  }
+  if (k->vc && make_fixes(k->vc, rec, k->fix) != 0) {
+    k->c->oom = 1;
+    return;
+  }
+  if (!(k->be = store_get(t, stores, is_hsm, store, why, sizeof(why)))) {
+    row(k, R_FAIL, "store", 0, "cannot use this key store: %s", why);
+    return;
+  }
+  if (!(k->cpub = cert_pub(k)))
+    return;
+  int opened = check_open(k, kname);
+  if (k->vc && opened >= 0)
+    check_list(k); /* the token works: 'list' is a permission of its own */
+  if (opened <= 0)
+    return;
+  if (k->vc)
+    check_version(k, kname);
+  check_key_state(k, kname);
+  check_match(k);
+  if (k->be->ops->needs_login && k->be->ops->needs_login(k->be)) {
+    row(k, R_WARN, "sign", 0,
+        "not checked: the HSM has no pin_file or pin_env (applications give their PIN)");
+    return;
+  }
+  if (rec->state == KVP_STATE_RETIRED)
+    row(k, R_OK, "sign", 0, "retired: decrypts only, never signs (not checked)");
+  else
+    check_sign(k);
+  if (k->key->type == KVP_KEY_RSA)
+    check_decrypt(k);
+}
+
 static void check_cert(chk_ctx *c, chk_stores *stores, const kvp_cert_rec *rec)
 {
   chk_cert k = {.c = c, .rec = rec, .store = "-"};
   char err[KVP_ERRLEN] = "", sref[300];
   char *scheme = NULL, *store = NULL, *kname = NULL;
-  X509 *x = NULL;
-  EVP_PKEY *keyonly_pub = NULL;
-  const unsigned char *p = rec->der;
-  CK_RV rv = CKR_OK;
 
-  if (rec->type != KVP_CERT_PRIVATE) {
-    row(&k, R_OK, "key", 0, "public certificate: no key needed, not checked");
-    return;
-  }
-  if (!rec->key_ref ||
-      kvp_keyref_parse(rec->key_ref, &scheme, &store, &kname, err, sizeof(err)) != KVP_OK) {
-    row(&k, R_FAIL, "store", 0, "bad key reference '%s': %s", rec->key_ref ? rec->key_ref : "",
-        err);
-    goto validity;
-  }
-  snprintf(sref, sizeof(sref), "%s:%s", scheme, store);
-  k.store = sref;
-  int is_hsm = strcmp(scheme, "hsm") == 0;
-  const kvp_hsm_conf *hc = is_hsm ? kvp_config_find_hsm(c->t->cfg, store) : NULL;
-  k.vc = is_hsm ? NULL : kvp_config_find_vault(c->t->cfg, store);
-  if (!hc && !k.vc) {
-    row(&k, R_FAIL, "store", 0, "%s '%s' is not configured in %s", is_hsm ? "hsm" : "vault",
-        store, c->t->cfg->path);
-    goto validity;
-  }
-  if (k.vc && make_fixes(k.vc, rec, k.fix) != 0) {
-    c->oom = 1;
-    goto validity;
-  }
-  if (!(k.be = store_get(stores, sref, hc, k.vc, &rv))) {
-    row(&k, R_FAIL, "store", 0, "cannot use this key store: %s%s", kvp_ckr_name(rv),
-        kvp_tool_loghint(c->t));
-    goto validity;
-  }
-  if (rec->der_len == 0) {
-    /* a key registered without certificate: its recorded public key stands in */
-    kvp_spki sk;
-    if (kvp_spki_from_der(rec->spki, rec->spki_len, &sk) != KVP_OK ||
-        !(keyonly_pub = kvp_spki_pubkey(&sk))) {
-      kvp_spki_clear(&sk);
-      row(&k, R_FAIL, "cert-key", 0, "cannot read the registered public key");
-      goto validity;
+  if (rec->type == KVP_CERT_PRIVATE) {
+    if (!rec->key_ref ||
+        kvp_keyref_parse(rec->key_ref, &scheme, &store, &kname, err, sizeof(err)) != KVP_OK) {
+      row(&k, R_FAIL, "store", 0, "bad key reference '%s': %s", rec->key_ref ? rec->key_ref : "",
+          err);
+    } else {
+      snprintf(sref, sizeof(sref), "%s:%s", scheme, store);
+      k.store = sref;
+      check_private(&k, stores, kname, strcmp(scheme, "hsm") == 0, store);
     }
-    kvp_spki_clear(&sk);
-    k.cpub = keyonly_pub;
-  } else if (!(x = d2i_X509(NULL, &p, (long)rec->der_len)) || !(k.cpub = X509_get0_pubkey(x))) {
-    row(&k, R_FAIL, "cert-key", 0, "cannot read the certificate's public key");
-    goto validity;
   }
-  int opened = check_open(&k, kname);
-  if (k.vc && opened >= 0)
-    check_list(&k); /* the token works: 'list' is a permission of its own */
-  if (opened <= 0)
-    goto validity;
-  check_key_state(&k);
-  check_match(&k);
-  if (k.be->ops->needs_login && k.be->ops->needs_login(k.be)) {
-    row(&k, R_WARN, "sign", 0,
-        "not checked: the HSM has no pin_file or pin_env (applications give their PIN)");
-  } else {
-    check_sign(&k);
-    if (k.key->type == KVP_KEY_RSA)
-      check_decrypt(&k);
-  }
-validity:
   if (rec->der_len == 0)
     row(&k, R_WARN, "cert-validity", 0,
         "no certificate yet: kvp11 csr --cert-name %s, then kvp11 cert add --name %s", rec->name,
         rec->name);
   else
     check_validity(&k);
-  EVP_PKEY_free(keyonly_pub);
+  EVP_PKEY_free(k.cpub);
   if (k.key)
     k.be->ops->close_key(k.be, k.key);
-  X509_free(x);
   for (int i = 0; i < CHK_NFIX; i++)
     free(k.fix[i]);
   free(scheme);
@@ -599,7 +700,8 @@ static int print_json(const chk_ctx *c)
     for (int f = 0; !bad && f < CHK_NFIX; f++)
       if (r->fix[f])
         bad = json_array_append_new(fix, json_string(r->fix[f])) != 0;
-    bad = bad || json_object_set_new(o, "cert", json_string(r->cert)) ||
+    bad = bad || json_object_set_new(o, "account", json_string(r->account)) ||
+          json_object_set_new(o, "cert", json_string(r->cert)) ||
           json_object_set_new(o, "store", json_string(r->store)) ||
           json_object_set_new(o, "check", json_string(r->check)) ||
           json_object_set_new(o, "result", json_string(result_names[r->result])) ||
@@ -622,8 +724,8 @@ static int col_width(const chk_ctx *c, size_t off, const char *head)
   size_t w = strlen(head);
   for (size_t i = 0; i < c->n; i++) {
     const char *s = *(char *const *)((const char *)&c->rows[i] + off);
-    if (strlen(s) > w)
-      w = strlen(s);
+    if ((size_t)kvp_tool_width(s) > w)
+      w = (size_t)kvp_tool_width(s);
   }
   return (int)w;
 }
@@ -639,14 +741,18 @@ static int same_fix(const chk_row *a, const chk_row *b)
 
 static void print_table(const chk_ctx *c)
 {
+  int wa = col_width(c, offsetof(chk_row, account), "ACCOUNT");
   int wc = col_width(c, offsetof(chk_row, cert), "CERT");
   int ws = col_width(c, offsetof(chk_row, store), "STORE");
   int wk = col_width(c, offsetof(chk_row, check), "CHECK");
-  printf("%-*s  %-*s  %-*s  %-6s  %s\n", wc, "CERT", ws, "STORE", wk, "CHECK", "RESULT", "DETAIL");
+  printf("%-*s  %-*s  %-*s  %-*s  %-6s  %s\n", wa, "ACCOUNT", wc, "CERT", ws, "STORE", wk, "CHECK",
+         "RESULT", "DETAIL");
   for (size_t i = 0; i < c->n; i++) {
     const chk_row *r = &c->rows[i];
-    printf("%-*s  %-*s  %-*s  %-6s  %s\n", wc, r->cert, ws, r->store, wk, r->check,
-           result_names[r->result], r->detail);
+    kvp_tool_cell(stdout, r->account, wa + 2);
+    kvp_tool_cell(stdout, r->cert, wc + 2);
+    printf("%-*s  %-*s  %-6s  %s\n", ws, r->store, wk, r->check, result_names[r->result],
+           r->detail);
   }
   /* The grant commands, once per distinct set, after the rows that need them. */
   for (size_t i = 0; i < c->n; i++) {
@@ -677,78 +783,121 @@ static void print_table(const chk_ctx *c)
 
 void kvp_tool_check_usage(FILE *f)
 {
-  fprintf(f, "  kvp11 [-c FILE] check [--account A] [--json]\n");
+  fprintf(f, "  kvp11 [-c FILE] check [--account A] [--warn-days N] [--json]\n");
 }
 
 static void check_help(FILE *f)
 {
   fprintf(f,
-          "usage: kvp11 [-c FILE] check [--account A] [--json]\n"
+          "usage: kvp11 [-c FILE] check [--account A] [--warn-days N] [--json]\n"
           "\n"
-          "For every private certificate of the account: the key store answers and a token\n"
-          "is obtained, the key exists and can be read (Key Vault: get, list), a random\n"
-          "digest is signed and verified with the certificate, random bytes encrypted with\n"
-          "the certificate are decrypted (RSA), the key is enabled and within its validity,\n"
-          "the certificate matches the key and is valid (a warning within %d days of its\n"
-          "end). A missing Key Vault permission is shown with the commands that grant it.\n"
+          "Every account (or --account A). For every private certificate: the key store\n"
+          "answers and a token is obtained, the key exists and can be read (Key Vault: get;\n"
+          "a missing 'list' is reported as not needed; a newer key version whose\n"
+          "certificate is not registered is a warning), a random digest is signed and\n"
+          "verified with the certificate, random bytes encrypted with the certificate are\n"
+          "decrypted (RSA), the key is enabled and within its validity, the certificate\n"
+          "matches the key. For every certificate, partners' included: a warning within N\n"
+          "days of its end, a failure once it ended. A missing Key Vault permission is\n"
+          "shown with the commands that grant it.\n"
           "\n"
-          "  --account A   default: the first configured account\n"
-          "  --json        a JSON array of {cert, store, check, result, detail, fix}\n"
+          "  --account A     only this account\n"
+          "  --warn-days N   warn this many days before a certificate ends (default %d)\n"
+          "  --json          a JSON array of {account, cert, store, check, result, detail, fix}\n"
           "\n"
-          "Exit status: 0 when no check failed (warnings allowed), 1 otherwise.\n",
+          "Exit status (for monitoring): 0 every check ok, 1 a check failed, 2 usage error,\n"
+          "3 warnings only.\n",
           CHK_WARN_DAYS);
 }
 
-int kvp_tool_check(kvp_tool *t, int argc, char **argv)
+static int check_args(kvp_tool *t, int argc, char **argv, const char **account, int *warn_days,
+                      int *json)
 {
   static const struct option opts[] = {
       {"account", required_argument, NULL, 'a'},
       {"json", no_argument, NULL, 'j'},
+      {"warn-days", required_argument, NULL, 'w'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
   };
-  const char *account_opt = NULL, *account = NULL;
-  int json = 0, o;
-  char err[KVP_ERRLEN] = "";
-  kvp_cert_rec *recs = NULL;
-  size_t n = 0;
-  chk_ctx c = {.t = t};
-  chk_stores stores = {0};
-  int rc = KVP_EXIT_ERROR;
-
-  t->cmd = "check";
+  const char *wd = NULL;
+  char *end = NULL;
+  int o;
   opterr = 0;
   optind = 0;
   while ((o = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
-    switch (o) {
-    case 'a':
-      if (account_opt)
-        return kvp_tool_fail(t, KVP_EXIT_USAGE, "option '--account' given twice");
-      account_opt = optarg;
-      break;
-    case 'j':
-      json = 1;
-      break;
-    case 'h':
+    if ((o == 'a' && *account) || (o == 'w' && wd))
+      return kvp_tool_fail(t, KVP_EXIT_USAGE, "option '--%s' given twice",
+                           o == 'a' ? "account" : "warn-days");
+    if (o == 'a')
+      *account = optarg;
+    else if (o == 'w')
+      wd = optarg;
+    else if (o == 'j')
+      *json = 1;
+    else if (o == 'h') {
       check_help(stdout);
       return KVP_EXIT_OK;
-    default:
+    } else
       return kvp_tool_badopt(t, o, argv, "kvp11 check --help");
-    }
   }
   if (optind < argc)
     return kvp_tool_fail(t, KVP_EXIT_USAGE, "unexpected argument '%s' (see kvp11 check --help)",
                          argv[optind]);
+  long v = wd ? strtol(wd, &end, 10) : CHK_WARN_DAYS;
+  if (wd && (!*wd || *end || v < 0 || v > 3650))
+    return kvp_tool_fail(t, KVP_EXIT_USAGE, "bad --warn-days '%s': a number of days (0 to 3650)",
+                         wd);
+  *warn_days = (int)v;
+  return -1;
+}
 
-  if (kvp_tool_load_config(t) || kvp_tool_account(t, account_opt, &account) ||
-      kvp_tool_open_registry_ro(t))
-    return KVP_EXIT_ERROR;
-  if (t->reg && kvp_registry_list(t->reg, account, &recs, &n, err, sizeof(err)) != KVP_OK)
+/* The rows of every configured account (or one), in configuration order. */
+static int check_rows(kvp_tool *t, const char *account, kvp_cert_rec **recs, size_t *n)
+{
+  char err[KVP_ERRLEN] = "";
+  kvp_cert_rec *all = NULL;
+  size_t na = 0, k = 0;
+  *recs = NULL;
+  *n = 0;
+  if (!t->reg)
+    return KVP_EXIT_OK;
+  if (kvp_registry_list(t->reg, account, &all, &na, err, sizeof(err)) != KVP_OK)
     return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", err);
+  /* rows of accounts no longer configured are not checked */
+  for (size_t i = 0; i < na; i++)
+    if (account || kvp_config_find_account(t->cfg, all[i].account) || t->cfg->n_accounts == 0)
+      all[k++] = all[i];
+    else
+      kvp_cert_rec_clear(&all[i]);
+  *recs = all;
+  *n = k;
+  return KVP_EXIT_OK;
+}
+
+int kvp_tool_check(kvp_tool *t, int argc, char **argv)
+{
+  const char *account_opt = NULL, *account = NULL;
+  int json = 0, warn_days = CHK_WARN_DAYS;
+  kvp_cert_rec *recs = NULL;
+  size_t n = 0;
+  chk_ctx c = {.t = t};
+  chk_stores stores = {0};
+  int rc;
+
+  t->cmd = "check";
+  if ((rc = check_args(t, argc, argv, &account_opt, &warn_days, &json)) >= 0)
+    return rc;
+  c.warn_days = warn_days;
+  rc = KVP_EXIT_ERROR;
+  if (kvp_tool_load_config(t) || (account_opt && kvp_tool_account(t, account_opt, &account)) ||
+      kvp_tool_open_registry_ro(t) || check_rows(t, account, &recs, &n))
+    return KVP_EXIT_ERROR;
 
   for (size_t i = 0; i < n && !c.oom; i++)
     check_cert(&c, &stores, &recs[i]);
   stores_free(&stores);
+  kvp_status_clear();
   if (c.oom) {
     kvp_tool_fail(t, KVP_EXIT_ERROR, "out of memory");
     goto out;
@@ -765,7 +914,10 @@ int kvp_tool_check(kvp_tool *t, int argc, char **argv)
       goto out;
     }
   } else if (n == 0) {
-    printf("account '%s' has no certificates\n", account);
+    if (account)
+      printf("account '%s' has no certificates\n", account);
+    else
+      printf("no certificates registered\n");
   } else {
     print_table(&c);
   }
@@ -775,9 +927,11 @@ int kvp_tool_check(kvp_tool *t, int argc, char **argv)
                   kvp_tool_loghint(t));
     goto out;
   }
-  if (nwarn)
-    kvp_tool_warn(t, "%zu of %zu checks gave a warning", nwarn, c.n);
   rc = KVP_EXIT_OK;
+  if (nwarn) {
+    kvp_tool_warn(t, "%zu of %zu checks gave a warning", nwarn, c.n);
+    rc = KVP_EXIT_WARN;
+  }
 out:
   for (size_t i = 0; i < c.n; i++)
     row_free(&c.rows[i]);

@@ -2,13 +2,12 @@
  * kvp11 csr / kvp11 cert selfsign: a PKCS#10 certificate request, or a
  * self-signed X.509 v3 certificate, signed by a key that stays in its store.
  *
- * The signature is made through libkvp11.so (engine.h): the OpenSSL pkcs11
- * engine loads the module into this process and the module signs in Key
- * Vault or the HSM. The key is chosen by a registry entry (--cert-name: a
- * private certificate, or a key-only entry), or by its store and name
- * (--vault/--hsm --key): an entry of the account with that key reference, or
- * else a temporary registry holding one key-only entry for the key, which the
- * module is pointed at with KVP11_REGISTRY and which is removed afterwards.
+ * The signature is made through the backend interface, as the module makes
+ * it: the tool opens the key's store (store.c), hashes the to-be-signed DER
+ * and asks the store to sign the digest with the key. The key is chosen by a
+ * registry entry (--cert-name: a private certificate, or a key-only entry),
+ * or by its store and name (--vault/--hsm --key; an entry of the account with
+ * that key reference names it in messages). Nothing is registered.
  *
  * The public key written into the request or certificate is the key's as the
  * registry or the key store knows it, never the engine's; the signature is
@@ -43,6 +42,7 @@
 #include "backend/backend.h"
 #include "core/cert.h"
 #include "core/p11names.h"
+#include "core/status.h"
 #include "core/util.h"
 #include "engine.h"
 #include "tool.h"
@@ -97,11 +97,12 @@ typedef struct csr_args {
 
 /* The key to sign with, as resolved from the command line. */
 typedef struct csr_key {
-  char *label;    /* object label in the module: the registry entry's name */
-  char what[600]; /* "certificate 'NAME'", "entry 'NAME'" (key-only), "keyvault:V/K" */
-  EVP_PKEY *pub;  /* the key's public key, from the registry or the key store */
-  char *ref;      /* its key reference "hsm:H/K", "keyvault:V/K[/VER]" */
-  char *tmpdir;   /* the temporary registry's directory, or NULL */
+  char *label;          /* the registry entry's name, or NULL */
+  char what[600];       /* "certificate 'NAME'", "entry 'NAME'" (key-only), "keyvault:V/K" */
+  EVP_PKEY *pub;        /* the key's public key, from the registry or the key store */
+  char *ref;            /* its key reference "hsm:H/K", "keyvault:V/K[/VER]" */
+  kvp_tool_store store; /* the key's store, opened (store.c) */
+  kvp_key *key;         /* the key, opened in it */
 } csr_key;
 
 static const char *const csr_synopsis =
@@ -141,14 +142,14 @@ static void csr_help(FILE *f, int selfsign)
           "  --digest D        sha256 (default), sha384, sha512\n"
           "  --pss             RSASSA-PSS signature (RSA keys; salt = digest length)\n"
           "  --account A       default: the first configured account\n"
-          "  --module SO       libkvp11.so (default: $KVP11_MODULE, else the installed one)\n"
+          "  --module SO       accepted for compatibility; the key store signs directly\n"
           "  --pin-file F      HSM user PIN when the key's [hsm] has no pin_file/pin_env\n"
           "                    (else $KVP11_PIN); the file must be private (0600)\n"
           "  --out FILE        write the PEM there instead of stdout\n"
           "\n"
-          "The key signs inside its store, through libkvp11.so. A key named by --vault\n"
-          "or --hsm that no registry entry of the account points at is shown to the\n"
-          "module through a temporary registry, removed afterwards.\n",
+          "The key signs inside its store: the tool hashes what is signed and the key\n"
+          "store signs the digest, as for libkvp11.so. The signature is verified with\n"
+          "the key's public key (the registry's, else the store's) before it is written.\n",
           selfsign ? "Writes a self-signed X.509 v3 certificate (PEM): basicConstraints CA:FALSE,\n"
                      "keyUsage, subjectKeyIdentifier, the SANs; serial of 16 random bytes.\n\n"
                    : "Writes a PKCS#10 certificate request (PEM) for the key.\n\n",
@@ -363,72 +364,11 @@ out:
 
 /* ------------------------------------------------------------- the key */
 
-/* Remove the temporary registry directory and what is in it. */
-static void remove_tmpdir(const char *dir)
-{
-  DIR *d = opendir(dir);
-  struct dirent *de;
-  if (d) {
-    while ((de = readdir(d)) != NULL) {
-      if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
-        continue;
-      unlinkat(dirfd(d), de->d_name, 0);
-    }
-    closedir(d);
-  }
-  rmdir(dir);
-}
-
-/*
- * Interrupted (Ctrl-C, kill) while the temporary registry exists: remove it
- * (SQLite's files, then the directory; async-signal-safe calls only), then
- * die of the signal as the default action would.
- */
-enum { TMP_FILES = 5 };
-static char tmp_paths[TMP_FILES][PATH_MAX]; /* the files, then the directory */
-static const int tmp_signals[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT};
-static struct sigaction tmp_saved[KVP_ARRAY_SIZE(tmp_signals)];
-
-static void tmp_on_signal(int sig)
-{
-  for (int i = 0; i < TMP_FILES - 1; i++)
-    unlink(tmp_paths[i]);
-  rmdir(tmp_paths[TMP_FILES - 1]);
-  signal(sig, SIG_DFL);
-  raise(sig);
-}
-
-static void tmp_guard(const char *dir)
-{
-  static const char *const files[TMP_FILES - 1] = {"registry.db", "registry.db-wal",
-                                                   "registry.db-shm", "registry.db-journal"};
-  struct sigaction sa;
-  for (int i = 0; i < TMP_FILES - 1; i++)
-    snprintf(tmp_paths[i], sizeof(tmp_paths[i]), "%s/%s", dir, files[i]);
-  snprintf(tmp_paths[TMP_FILES - 1], sizeof(tmp_paths[0]), "%s", dir);
-  memset(&sa, 0, sizeof(sa));
-  sa.sa_handler = tmp_on_signal;
-  sigemptyset(&sa.sa_mask);
-  for (size_t i = 0; i < KVP_ARRAY_SIZE(tmp_signals); i++)
-    sigaddset(&sa.sa_mask, tmp_signals[i]);
-  for (size_t i = 0; i < KVP_ARRAY_SIZE(tmp_signals); i++)
-    sigaction(tmp_signals[i], &sa, &tmp_saved[i]);
-}
-
-static void tmp_unguard(void)
-{
-  for (size_t i = 0; i < KVP_ARRAY_SIZE(tmp_signals); i++)
-    sigaction(tmp_signals[i], &tmp_saved[i], NULL);
-}
-
 static void csr_key_clear(csr_key *k)
 {
-  if (k->tmpdir) {
-    unsetenv("KVP11_REGISTRY");
-    remove_tmpdir(k->tmpdir);
-    tmp_unguard();
-    free(k->tmpdir);
-  }
+  if (k->key)
+    k->store.be->ops->close_key(k->store.be, k->key);
+  kvp_tool_store_close(&k->store);
   free(k->label);
   free(k->ref);
   EVP_PKEY_free(k->pub);
@@ -530,154 +470,221 @@ static int key_in_registry(kvp_tool *t, const csr_args *a, const char *ref, int 
   return rc;
 }
 
-/*
- * No registry entry points at the key: a temporary registry with one
- * key-only entry for it, named after the key, and KVP11_REGISTRY naming it
- * for the module.
- */
-static int key_temporary(kvp_tool *t, const csr_args *a, const char *ref, const char *kind,
-                         const char *store, const char *kname, const kvp_hsm_conf *hc,
-                         const kvp_vault_conf *vc, csr_key *k)
-{
-  kvp_backend *be = NULL;
-  kvp_key *key = NULL;
-  kvp_registry *treg = NULL;
-  kvp_cert_rec rec = {0};
-  unsigned char *spki = NULL;
-  char err[KVP_ERRLEN] = "", path[PATH_MAX];
-  int rc = KVP_EXIT_ERROR;
-  CK_RV rv;
-
-  rv = hc ? kvp_hsm_backend_new(hc, &be) : kvp_keyvault_backend_new(vc, &be);
-  if (rv != CKR_OK || !be) {
-    kvp_tool_fail(t, rc, "%s '%s': cannot use this key store: %s%s", kind, store, kvp_ckr_name(rv),
-                  kvp_tool_loghint(t));
-    goto out;
-  }
-  rv = be->ops->open_key(be, kname, &key);
-  if (rv == CKR_KEY_HANDLE_INVALID) {
-    kvp_tool_fail(t, rc, "%s '%s' has no key '%s'", kind, store, kname);
-    goto out;
-  }
-  if (rv != CKR_OK || !key || !key->pub) {
-    kvp_tool_fail(t, rc, "%s '%s': cannot read key '%s': %s%s", kind, store, kname,
-                  kvp_ckr_name(rv), kvp_tool_loghint(t));
-    goto out;
-  }
-  int spki_len = i2d_PUBKEY(key->pub, &spki);
-  if (spki_len <= 0 || !EVP_PKEY_up_ref(key->pub)) {
-    kvp_tool_fail(t, rc, "%s '%s': cannot encode the public key of '%s'", kind, store, kname);
-    goto out;
-  }
-  k->pub = key->pub;
-
-  const char *tmp = kvp_getenv("TMPDIR");
-  /* Absolute: the module refuses a relative KVP11_REGISTRY. */
-  snprintf(path, sizeof(path), "%s/kvp11-csr.XXXXXX", tmp && *tmp == '/' ? tmp : "/tmp");
-  if (!mkdtemp(path)) {
-    kvp_tool_fail(t, rc, "cannot create a temporary directory %s: %s", path, strerror(errno));
-    goto out;
-  }
-  if (!(k->tmpdir = strdup(path))) {
-    remove_tmpdir(path);
-    nomem(t);
-    goto out;
-  }
-  tmp_guard(k->tmpdir);
-  snprintf(path, sizeof(path), "%s/registry.db", k->tmpdir);
-  if (kvp_registry_open(path, 0, &treg, err, sizeof(err)) != KVP_OK) {
-    kvp_tool_fail(t, rc, "temporary registry: %s", err);
-    goto out;
-  }
-  rec.account = (char *)a->account;
-  rec.name = (char *)kname;
-  rec.type = KVP_CERT_PRIVATE;
-  rec.subject = rec.issuer = rec.serial = (char *)"";
-  rec.key_ref = (char *)ref;
-  rec.key_version = key->version;
-  rec.spki = spki;
-  rec.spki_len = (size_t)spki_len;
-  if (kvp_registry_add(treg, &rec, 0, err, sizeof(err)) != KVP_OK) {
-    kvp_tool_fail(t, rc, "temporary registry: %s", err);
-    goto out;
-  }
-  if (setenv("KVP11_REGISTRY", path, 1) != 0 || !(k->label = strdup(kname)) ||
-      !(k->ref = strdup(ref))) {
-    nomem(t);
-    goto out;
-  }
-  snprintf(k->what, sizeof(k->what), "%s", ref);
-  rc = KVP_EXIT_OK;
-out:
-  if (treg)
-    kvp_registry_close(treg);
-  OPENSSL_free(spki);
-  if (key)
-    be->ops->close_key(be, key);
-  if (be)
-    be->ops->destroy(be, 0);
-  return rc;
-}
-
-/* --vault V --key K / --hsm H --key K */
+/* --vault V --key K / --hsm H --key K: an entry of the account pointing at the
+ * key names it in messages; without one the key store's public key is used. */
 static int key_by_store(kvp_tool *t, const csr_args *a, csr_key *k)
 {
   const int is_hsm = a->v[C_HSM] != NULL;
-  const char *kind = is_hsm ? "hsm" : "vault";
   const char *store = is_hsm ? a->v[C_HSM] : a->v[C_VAULT];
   char err[KVP_ERRLEN] = "";
-  char *ref = NULL, *scheme = NULL, *pstore = NULL, *pname = NULL;
+  char *scheme = NULL, *pstore = NULL, *pname = NULL;
   int rc = KVP_EXIT_ERROR, found = 0;
-
   size_t n = strlen("keyvault:/") + strlen(store) + strlen(a->v[C_KEY]) + 1;
-  if (!(ref = malloc(n))) {
-    rc = nomem(t);
-    goto out;
-  }
-  snprintf(ref, n, "%s:%s/%s", is_hsm ? "hsm" : "keyvault", store, a->v[C_KEY]);
-  if (kvp_keyref_parse(ref, &scheme, &pstore, &pname, err, sizeof(err)) != KVP_OK) {
+
+  if (!(k->ref = malloc(n)))
+    return nomem(t);
+  snprintf(k->ref, n, "%s:%s/%s", is_hsm ? "hsm" : "keyvault", store, a->v[C_KEY]);
+  if (kvp_keyref_parse(k->ref, &scheme, &pstore, &pname, err, sizeof(err)) != KVP_OK) {
     rc = kvp_tool_fail(t, KVP_EXIT_USAGE, "%s", err);
     goto out;
   }
-  const kvp_hsm_conf *hc = is_hsm ? kvp_config_find_hsm(t->cfg, pstore) : NULL;
-  const kvp_vault_conf *vc = is_hsm ? NULL : kvp_config_find_vault(t->cfg, pstore);
-  if (!hc && !vc) {
-    rc = kvp_tool_fail(t, KVP_EXIT_ERROR, "%s '%s' is not configured in %s", kind, pstore,
-                       t->cfg->path);
-    goto out;
+  char *ref = k->ref;
+  k->ref = NULL;
+  rc = key_in_registry(t, a, ref, !is_hsm, k, &found);
+  if (rc == KVP_EXIT_OK && !found) {
+    snprintf(k->what, sizeof(k->what), "%s", ref);
+    k->ref = ref;
+    ref = NULL;
   }
-  if ((rc = key_in_registry(t, a, ref, !is_hsm, k, &found)) != KVP_EXIT_OK || found)
-    goto out;
-  rc = key_temporary(t, a, ref, kind, pstore, pname, hc, vc, k);
-out:
   free(ref);
+out:
   free(scheme);
   free(pstore);
   free(pname);
   return rc;
 }
 
+/* Open the key's store and the key (the one way the tool opens a store). */
+static int open_signer(kvp_tool *t, const csr_args *a, csr_key *k)
+{
+  char *kname = NULL;
+  int rc = kvp_tool_store_find_ref(t, k->ref, &k->store, &kname);
+  if (rc == KVP_EXIT_OK)
+    rc = kvp_tool_store_open(t, &k->store, a->v[C_PINFILE], 1);
+  if (rc == KVP_EXIT_OK)
+    rc = kvp_tool_store_key(t, &k->store, kname, &k->key);
+  free(kname);
+  if (rc != KVP_EXIT_OK)
+    return rc;
+  if (!k->pub) { /* no registry entry: the key store's public key */
+    if (!EVP_PKEY_up_ref(k->key->pub))
+      return nomem(t);
+    k->pub = k->key->pub;
+  }
+  return KVP_EXIT_OK;
+}
+
 /* ------------------------------------------------------------- signing */
 
-/* A signing context on the engine key; PSS through the engine's own method,
- * which asks the module for CKM_RSA_PKCS_PSS. */
-static int sign_ctx(kvp_tool *t, const csr_args *a, kvp_engine_key *ek, EVP_MD_CTX **out)
+/* The AlgorithmIdentifier of the signature: RSA PKCS#1 v1.5, RSASSA-PSS
+ * (MGF1 with the same digest, salt = digest length) or ECDSA. */
+static X509_ALGOR *sig_alg(const csr_args *a, int ec)
 {
-  EVP_MD_CTX *mctx = EVP_MD_CTX_new();
-  EVP_PKEY_CTX *pctx = NULL;
-  if (!mctx)
-    return nomem(t);
-  ERR_clear_error();
-  if (EVP_DigestSignInit(mctx, &pctx, a->md, NULL, ek->pkey) <= 0 ||
-      (a->v[C_PSS] && (EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) <= 0 ||
-                       EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) <= 0 ||
-                       EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, a->md) <= 0))) {
-    EVP_MD_CTX_free(mctx);
-    return kvp_tool_fail(t, KVP_EXIT_ERROR, "cannot set up the signature: %s",
-                         kvp_engine_ossl_reason());
+  X509_ALGOR *alg = X509_ALGOR_new(), *mgf_md = NULL;
+  RSA_PSS_PARAMS *pss = NULL;
+  ASN1_STRING *params = NULL, *mdstr = NULL;
+  int sig_nid = NID_undef, ok = 0;
+
+  if (!alg)
+    return NULL;
+  if (!a->v[C_PSS]) {
+    ok = OBJ_find_sigid_by_algs(&sig_nid, EVP_MD_get_type(a->md),
+                                ec ? NID_X9_62_id_ecPublicKey : NID_rsaEncryption) &&
+         X509_ALGOR_set0(alg, OBJ_nid2obj(sig_nid), ec ? V_ASN1_UNDEF : V_ASN1_NULL, NULL);
+  } else if ((pss = RSA_PSS_PARAMS_new()) && (pss->hashAlgorithm = X509_ALGOR_new()) &&
+             (pss->maskGenAlgorithm = X509_ALGOR_new()) && (mgf_md = X509_ALGOR_new()) &&
+             (pss->saltLength = ASN1_INTEGER_new())) {
+    X509_ALGOR_set_md(pss->hashAlgorithm, a->md);
+    X509_ALGOR_set_md(mgf_md, a->md);
+    ok = (mdstr = ASN1_item_pack(mgf_md, ASN1_ITEM_rptr(X509_ALGOR), NULL)) != NULL &&
+         X509_ALGOR_set0(pss->maskGenAlgorithm, OBJ_nid2obj(NID_mgf1), V_ASN1_SEQUENCE, mdstr) &&
+         ASN1_INTEGER_set(pss->saltLength, EVP_MD_get_size(a->md)) &&
+         (params = ASN1_item_pack(pss, ASN1_ITEM_rptr(RSA_PSS_PARAMS), NULL)) != NULL &&
+         X509_ALGOR_set0(alg, OBJ_nid2obj(NID_rsassaPss), V_ASN1_SEQUENCE, params);
+    if (ok)
+      params = NULL; /* owned by alg */
+    mdstr = ok ? NULL : mdstr;
   }
-  *out = mctx;
+  if (!ok && mdstr && pss && pss->maskGenAlgorithm && pss->maskGenAlgorithm->parameter == NULL)
+    ASN1_STRING_free(mdstr);
+  ASN1_STRING_free(params);
+  X509_ALGOR_free(mgf_md);
+  RSA_PSS_PARAMS_free(pss);
+  if (!ok) {
+    X509_ALGOR_free(alg);
+    return NULL;
+  }
+  return alg;
+}
+
+static kvp_hash md_hash(const EVP_MD *md)
+{
+  switch (EVP_MD_get_type(md)) {
+  case NID_sha384: return KVP_HASH_SHA384;
+  case NID_sha512: return KVP_HASH_SHA512;
+  default: return KVP_HASH_SHA256;
+  }
+}
+
+/*
+ * Sign tbs (the DER to be signed) with the key in its store, through the
+ * backend interface ("sign this digest with this key"): hash it here, the
+ * store signs the digest. The signature is a BIT STRING as X.509 carries it
+ * (ECDSA: DER of r and s).
+ */
+static int sign_tbs(kvp_tool *t, const csr_args *a, csr_key *k, const unsigned char *tbs,
+                    size_t tbs_len, ASN1_BIT_STRING **out)
+{
+  unsigned char dg[EVP_MAX_MD_SIZE], sig[1100], *der = NULL;
+  unsigned int dlen = 0;
+  CK_ULONG slen = sizeof(sig);
+  int ec = k->key->type == KVP_KEY_EC, der_len = 0;
+  kvp_sig_alg alg = {.scheme = ec ? KVP_SIG_ECDSA : a->v[C_PSS] ? KVP_SIG_RSA_PSS : KVP_SIG_RSA_PKCS1,
+                     .hash = ec ? KVP_HASH_NONE : md_hash(a->md),
+                     .mgf1 = md_hash(a->md),
+                     .salt_len = (size_t)EVP_MD_get_size(a->md)};
+
+  if (!EVP_Digest(tbs, tbs_len, dg, &dlen, a->md, NULL))
+    return kvp_tool_fail(t, KVP_EXIT_ERROR, "cannot hash: %s", kvp_engine_ossl_reason());
+  if (ec && dlen > (k->key->bits + 7) / 8)
+    dlen = (k->key->bits + 7) / 8; /* ECDSA takes the digest's leftmost field-size bits */
+  kvp_status_clear();
+  CK_RV rv = k->store.be->ops->sign(k->store.be, k->key, &alg, dg, dlen, sig, &slen);
+  if (rv != CKR_OK)
+    return kvp_tool_fail(t, KVP_EXIT_ERROR, "cannot sign with %s: %s", k->what,
+                         kvp_tool_reason(t, rv));
+  if (ec) { /* r||s to the DER SEQUENCE X.509 carries */
+    ECDSA_SIG *es = ECDSA_SIG_new();
+    BIGNUM *r = BN_bin2bn(sig, (int)(slen / 2), NULL), *s = BN_bin2bn(sig + slen / 2, (int)(slen / 2), NULL);
+    if (!es || !r || !s || !ECDSA_SIG_set0(es, r, s)) {
+      BN_free(r);
+      BN_free(s);
+      ECDSA_SIG_free(es);
+      return nomem(t);
+    }
+    der_len = i2d_ECDSA_SIG(es, &der);
+    ECDSA_SIG_free(es);
+  }
+  ASN1_BIT_STRING *bs = ASN1_BIT_STRING_new();
+  int ok = bs && (ec ? der_len > 0 && ASN1_BIT_STRING_set(bs, der, der_len)
+                     : ASN1_BIT_STRING_set(bs, sig, (int)slen));
+  OPENSSL_free(der);
+  if (!ok) {
+    ASN1_BIT_STRING_free(bs);
+    return nomem(t);
+  }
+  /* no unused bits */
+  bs->flags &= ~(ASN1_STRING_FLAG_BITS_LEFT | 0x07);
+  bs->flags |= ASN1_STRING_FLAG_BITS_LEFT;
+  *out = bs;
   return KVP_EXIT_OK;
+}
+
+/* Sign the request: its info is the TBS, algorithm and signature set after. */
+static int sign_req(kvp_tool *t, const csr_args *a, csr_key *k, X509_REQ *req)
+{
+  unsigned char *tbs = NULL;
+  ASN1_BIT_STRING *sig = NULL;
+  X509_ALGOR *alg = sig_alg(a, k->key->type == KVP_KEY_EC);
+  int n = i2d_re_X509_REQ_tbs(req, &tbs);
+  int rc = !alg || n <= 0 ? nomem(t) : sign_tbs(t, a, k, tbs, (size_t)n, &sig);
+  if (rc == KVP_EXIT_OK) {
+    if (X509_REQ_set1_signature_algo(req, alg))
+      X509_REQ_set0_signature(req, sig);
+    else
+      rc = nomem(t), ASN1_BIT_STRING_free(sig);
+  }
+  OPENSSL_free(tbs);
+  X509_ALGOR_free(alg);
+  return rc;
+}
+
+/* Sign the certificate: the algorithm goes into the TBS and beside it. OpenSSL
+ * has no setter for a certificate's signature outside X509_sign, so the
+ * certificate's own algorithm and signature fields are filled in place. */
+static int sign_cert(kvp_tool *t, const csr_args *a, csr_key *k, X509 *x)
+{
+  unsigned char *tbs = NULL;
+  ASN1_BIT_STRING *sig = NULL;
+  const ASN1_BIT_STRING *psig = NULL;
+  const X509_ALGOR *palg = NULL;
+  X509_ALGOR *alg = sig_alg(a, k->key->type == KVP_KEY_EC);
+  int rc = KVP_EXIT_ERROR;
+
+  X509_get0_signature(&psig, &palg, x);
+  if (!alg || !X509_ALGOR_copy((X509_ALGOR *)X509_get0_tbs_sigalg(x), alg) ||
+      !X509_ALGOR_copy((X509_ALGOR *)palg, alg)) {
+    rc = nomem(t);
+    goto out;
+  }
+  int n = i2d_re_X509_tbs(x, &tbs);
+  if (n <= 0) {
+    rc = kvp_tool_fail(t, rc, "cannot encode the certificate: %s", kvp_engine_ossl_reason());
+    goto out;
+  }
+  if ((rc = sign_tbs(t, a, k, tbs, (size_t)n, &sig)) != KVP_EXIT_OK)
+    goto out;
+  if (!ASN1_STRING_copy((ASN1_BIT_STRING *)psig, sig)) {
+    rc = nomem(t);
+    goto out;
+  }
+  ((ASN1_BIT_STRING *)psig)->flags = sig->flags;
+  rc = KVP_EXIT_OK;
+out:
+  ASN1_BIT_STRING_free(sig);
+  OPENSSL_free(tbs);
+  X509_ALGOR_free(alg);
+  return rc;
 }
 
 static int add_san_req(STACK_OF(X509_EXTENSION) * *exts, GENERAL_NAMES *san)
@@ -755,70 +762,15 @@ static int emit(kvp_tool *t, const csr_args *a, BIO *mem)
   return KVP_EXIT_OK;
 }
 
-/* Overwrite an environment variable's value in place, then remove it. */
-static void env_wipe(const char *var, char *value)
-{
-  kvp_wipe(value, strlen(value));
-  unsetenv(var);
-}
-
-/*
- * The user PIN the engine logs in with, for a key in an [hsm] without
- * pin_file/pin_env (the module passes the application's PIN through):
- * --pin-file, else $KVP11_PIN. *pin stays NULL for other keys.
- */
-static int get_pin(kvp_tool *t, const csr_args *a, const csr_key *k, char **pin)
-{
-  char err[KVP_ERRLEN] = "";
-  char *scheme = NULL, *store = NULL, *name = NULL;
-  size_t len = 0;
-  int rc = KVP_EXIT_OK;
-
-  *pin = NULL;
-  if (!k->ref || kvp_keyref_parse(k->ref, &scheme, &store, &name, err, sizeof(err)) != KVP_OK)
-    goto out;
-  const kvp_hsm_conf *hc = strcmp(scheme, "hsm") == 0 ? kvp_config_find_hsm(t->cfg, store) : NULL;
-  if (!hc || hc->pin_file || hc->pin_env) {
-    if (a->v[C_PINFILE])
-      kvp_tool_warn(t, "--pin-file ignored: %s needs no PIN from the tool", k->what);
-    goto out;
-  }
-  if (a->v[C_PINFILE]) {
-    if (kvp_secret_read_file(a->v[C_PINFILE], pin, &len, err, sizeof(err)) != KVP_OK)
-      rc = kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", err);
-    goto out;
-  }
-  char *env = getenv("KVP11_PIN");
-  if (!env || !*env) {
-    rc = kvp_tool_fail(t, KVP_EXIT_ERROR,
-                       "hsm '%s' has no pin_file or pin_env: give the user PIN with --pin-file F "
-                       "or KVP11_PIN",
-                       store);
-    goto out;
-  }
-  *pin = strdup(env);
-  env_wipe("KVP11_PIN", env);
-  if (!*pin)
-    rc = nomem(t);
-out:
-  free(scheme);
-  free(store);
-  free(name);
-  return rc;
-}
-
 static int run(kvp_tool *t, csr_args *a)
 {
   X509_NAME *subject = NULL;
   GENERAL_NAMES *san = NULL;
   csr_key key = {0};
-  kvp_engine_key ek = {0};
-  EVP_MD_CTX *mctx = NULL;
   X509_REQ *req = NULL;
   X509 *x = NULL;
   STACK_OF(X509_EXTENSION) *exts = NULL;
   BIO *mem = NULL;
-  char *pin = NULL;
   int rc;
 
   /* What to sign first: a bad subject or SAN needs no key store. */
@@ -830,7 +782,7 @@ static int run(kvp_tool *t, csr_args *a)
       (rc = kvp_tool_open_registry_ro(t)) != KVP_EXIT_OK)
     goto out;
   rc = a->v[C_CERTNAME] ? key_by_name(t, a, &key) : key_by_store(t, a, &key);
-  if (rc != KVP_EXIT_OK)
+  if (rc != KVP_EXIT_OK || (rc = open_signer(t, a, &key)) != KVP_EXIT_OK)
     goto out;
   rc = KVP_EXIT_ERROR;
   int ktype = EVP_PKEY_get_base_id(key.pub);
@@ -862,30 +814,17 @@ static int run(kvp_tool *t, csr_args *a)
     }
   }
 
-  /* Sign through the module. */
-  const kvp_account_conf *ac = kvp_config_find_account(t->cfg, a->account);
-  const char *token = ac && ac->label ? ac->label : a->account;
-  if ((rc = get_pin(t, a, &key, &pin)) != KVP_EXIT_OK ||
-      (rc = kvp_engine_load_key(t, kvp_engine_module(a->v[C_MODULE]), token, key.label, key.what,
-                                pin, &ek)) != KVP_EXIT_OK ||
-      (rc = sign_ctx(t, a, &ek, &mctx)) != KVP_EXIT_OK)
+  /* Sign in the key store. */
+  rc = a->selfsign ? sign_cert(t, a, &key, x) : sign_req(t, a, &key, req);
+  if (rc != KVP_EXIT_OK)
     goto out;
   rc = KVP_EXIT_ERROR;
-  ERR_clear_error();
-  int q = kvp_engine_quiet_begin(t);
-  int ok = a->selfsign ? X509_sign_ctx(x, mctx) > 0 : X509_REQ_sign_ctx(req, mctx) > 0;
-  kvp_engine_quiet_end(q);
-  if (!ok) {
-    kvp_tool_fail(t, rc, "cannot sign with %s: %s%s", key.what, kvp_engine_ossl_reason(),
-                  kvp_tool_loghint(t));
-    goto out;
-  }
   /* The signature must verify with the key's public key as we know it. */
   ERR_clear_error();
-  ok = a->selfsign ? X509_verify(x, key.pub) > 0 : X509_REQ_verify(req, key.pub) > 0;
+  int ok = a->selfsign ? X509_verify(x, key.pub) > 0 : X509_REQ_verify(req, key.pub) > 0;
   if (!ok) {
     kvp_tool_fail(t, rc,
-                  "the signature made through the module does not verify with the public key "
+                  "the signature made in the key store does not verify with the public key "
                   "of %s: refused",
                   key.what);
     goto out;
@@ -901,9 +840,6 @@ out:
   sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
   X509_free(x);
   X509_REQ_free(req);
-  EVP_MD_CTX_free(mctx);
-  kvp_engine_key_free(&ek);
-  kvp_free_secret(pin);
   csr_key_clear(&key);
   GENERAL_NAMES_free(san);
   X509_NAME_free(subject);

@@ -31,8 +31,10 @@
 #include <openssl/x509.h>
 
 #include "backend/backend.h"
+#include "backend/provision.h"
 #include "core/cert.h"
 #include "core/p11names.h"
+#include "core/status.h"
 #include "core/util.h"
 #include "tool.h"
 
@@ -109,26 +111,26 @@ static int key_delete(kvp_tool *t, key_args *a);
 static const key_cmd key_cmds[] = {
     {"key create",
      STORE_OPTS | OPT(O_KEY) | OPT(O_TYPE) | OPT(O_SIZE) | OPT(O_CURVE) | OPT(O_HSMPROT) |
-         OPT(O_OPS) | OPT(O_NAME) | OPT(O_ACCOUNT) | OPT(O_NOREG),
+         OPT(O_OPS) | OPT(O_NAME) | OPT(O_ACCOUNT) | OPT(O_NOREG) | OPT(O_JSON),
      key_create,
      "key create (--vault V | --hsm H) --key NAME\n"
      "(--type rsa --size 2048|3072|4096 | --type ec --curve p256|p384|p521)\n"
      "[--hsm-protected] [--ops sign,decrypt] [--name CERTNAME] [--account A]\n"
-     "[--no-register] [--pin-file F]"},
+     "[--no-register] [--pin-file F] [--json]"},
     {"key import",
      STORE_OPTS | OPT(O_KEY) | OPT(O_PFX) | OPT(O_PASSFILE) | OPT(O_KEYFILE) | OPT(O_CERT) |
-         OPT(O_NAME) | OPT(O_ACCOUNT) | OPT(O_HSMPROT) | OPT(O_OPS),
+         OPT(O_NAME) | OPT(O_ACCOUNT) | OPT(O_HSMPROT) | OPT(O_OPS) | OPT(O_JSON),
      key_import,
      "key import (--vault V | --hsm H) --key NAME\n"
      "(--pfx FILE | --key-file KEY.pem --cert CERT.pem) [--pass-file F]\n"
      "[--name CERTNAME] [--account A] [--hsm-protected] [--ops sign,decrypt]\n"
-     "[--pin-file F]"},
+     "[--pin-file F] [--json]"},
     {"key list", STORE_OPTS | OPT(O_JSON), key_list,
      "key list (--vault V | --hsm H) [--json] [--pin-file F]"},
     {"key show", STORE_OPTS | OPT(O_KEY) | OPT(O_JSON) | OPT(O_PEM), key_show,
      "key show (--vault V | --hsm H) --key NAME [--json | --pem] [--pin-file F]"},
-    {"key delete", STORE_OPTS | OPT(O_KEY) | OPT(O_YES), key_delete,
-     "key delete (--vault V | --hsm H) --key NAME --yes [--pin-file F]"},
+    {"key delete", STORE_OPTS | OPT(O_KEY) | OPT(O_YES) | OPT(O_JSON), key_delete,
+     "key delete (--vault V | --hsm H) --key NAME --yes [--pin-file F] [--json]"},
 };
 
 static void synopsis(FILE *f, const char *prefix, const key_cmd *c)
@@ -146,10 +148,12 @@ static void key_cmd_usage(FILE *f, const key_cmd *c)
 {
   synopsis(f, "usage: kvp11 [-c FILE] ", c);
   fprintf(f, "\n"
-             "  --vault V | --hsm H  the configured key store ([vault V] / [hsm H])\n"
-             "  --key NAME           the key's name in the store (HSM: CKA_LABEL)\n"
-             "  --pin-file F         HSM user PIN when [hsm H] has no pin_file/pin_env\n"
-             "                       (else $KVP11_PIN); the file must be private (0600)\n");
+             "  --vault V | --hsm H  the configured key store ([vault V] / [hsm H])\n");
+  if (c->allowed & OPT(O_KEY))
+    fprintf(f, "  --key NAME           the key's name in the store (HSM: CKA_LABEL)\n");
+  fprintf(f, "  --pin-file F         HSM user PIN when [hsm H] has no pin_file/pin_env\n"
+             "                       (else $KVP11_PIN); the file must be private (0600)\n"
+             "  --json               print the result as JSON\n");
   if (c->run == key_create)
     fprintf(f, "  --hsm-protected      Key Vault: RSA-HSM / EC-HSM key\n"
                "  --ops sign,decrypt   allowed operations (default: sign,decrypt for RSA,\n"
@@ -170,34 +174,21 @@ static void key_cmd_usage(FILE *f, const key_cmd *c)
                "                       registered certificate points at the key.\n");
 }
 
-/* Certificate names: printable, no control characters, at most 255 bytes. */
-static int name_ok(const char *s)
-{
-  size_t n = strlen(s);
-  if (n == 0 || n > 255)
-    return 0;
-  for (const unsigned char *p = (const unsigned char *)s; *p; p++)
-    if (*p < 0x20 || *p == 0x7f)
-      return 0;
-  return 1;
-}
-
 /* ---- the key store ------------------------------------------------------- */
 
+/* A configured store (store.c) and the key reference built from --key. */
 typedef struct store {
+  kvp_tool_store ts;
   int is_hsm;
   const char *kind; /* "vault" / "hsm" */
   const char *name; /* the store's name */
   char *ref;        /* "keyvault:V/KEY" / "hsm:H/KEY" (when --key given) */
-  const kvp_hsm_conf *hc;
-  const kvp_vault_conf *vc;
   kvp_backend *be;
 } store;
 
 static void store_close(store *s)
 {
-  if (s->be)
-    s->be->ops->destroy(s->be, 0);
+  kvp_tool_store_close(&s->ts);
   free(s->ref);
   memset(s, 0, sizeof(*s));
 }
@@ -240,75 +231,15 @@ static int store_find(kvp_tool *t, const key_args *a, store *s)
     if (bad)
       return kvp_tool_fail(t, KVP_EXIT_USAGE, "bad --key '%s' (a key name, no '/')", a->v[O_KEY]);
   }
-  s->hc = s->is_hsm ? kvp_config_find_hsm(t->cfg, s->name) : NULL;
-  s->vc = s->is_hsm ? NULL : kvp_config_find_vault(t->cfg, s->name);
-  if (!s->hc && !s->vc)
-    return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s '%s' is not configured in %s", s->kind, s->name,
-                         t->cfg->path);
-  return KVP_EXIT_OK;
+  return kvp_tool_store_find(t, s->is_hsm, s->name, &s->ts);
 }
 
-/* A secret taken from the environment: overwrite it in place (the process's
- * environment block would keep it to the end) and drop the variable. */
-static void env_wipe(const char *var, char *value)
-{
-  if (value == NULL)
-    return;
-  kvp_wipe(value, strlen(value));
-  unsetenv(var);
-}
-
-/* The user PIN for an HSM without pin_file/pin_env: --pin-file, else $KVP11_PIN. */
-static int store_login(kvp_tool *t, const key_args *a, store *s)
-{
-  char err[KVP_ERRLEN] = "";
-  char *pin = NULL;
-  size_t pin_len = 0;
-  int rc = KVP_EXIT_ERROR;
-
-  if (!s->be->ops->needs_login || !s->be->ops->needs_login(s->be)) {
-    if (a->v[O_PINFILE])
-      kvp_tool_warn(t, "--pin-file ignored: [hsm %s] has its own pin_file/pin_env", s->name);
-    return KVP_EXIT_OK;
-  }
-  if (a->v[O_PINFILE]) {
-    if (kvp_secret_read_file(a->v[O_PINFILE], &pin, &pin_len, err, sizeof(err)) != KVP_OK)
-      return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", err);
-  } else {
-    char *env = getenv("KVP11_PIN");
-    if (!env || !*env)
-      return kvp_tool_fail(t, KVP_EXIT_ERROR,
-                           "hsm '%s' has no pin_file or pin_env: give the user PIN with "
-                           "--pin-file F or KVP11_PIN",
-                           s->name);
-    pin_len = strlen(env);
-    pin = strdup(env);
-    env_wipe("KVP11_PIN", env);
-    if (!pin)
-      return kvp_tool_fail(t, KVP_EXIT_ERROR, "out of memory");
-  }
-  CK_RV rv = s->be->ops->login(s->be, (const CK_UTF8CHAR *)pin, (CK_ULONG)pin_len);
-  if (rv != CKR_OK) {
-    kvp_tool_fail(t, KVP_EXIT_ERROR, "hsm '%s': login failed: %s%s", s->name, kvp_ckr_name(rv),
-                  kvp_tool_loghint(t));
-    goto out;
-  }
-  rc = KVP_EXIT_OK;
-out:
-  kvp_free_secret(pin);
-  return rc;
-}
-
-/* Create the backend and log in when the tool has to. */
+/* Create the backend and log in when the tool has to (store.c). */
 static int store_open(kvp_tool *t, const key_args *a, store *s)
 {
-  CK_RV rv = s->hc ? kvp_hsm_backend_new(s->hc, &s->be) : kvp_keyvault_backend_new(s->vc, &s->be);
-  if (rv != CKR_OK || !s->be) {
-    s->be = NULL;
-    return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s '%s': cannot use this key store: %s%s", s->kind,
-                         s->name, kvp_ckr_name(rv), kvp_tool_loghint(t));
-  }
-  return store_login(t, a, s);
+  int rc = kvp_tool_store_open(t, &s->ts, a->v[O_PINFILE], 1);
+  s->be = s->ts.be;
+  return rc;
 }
 
 /* A provisioning op the backend does not have (yet). */
@@ -321,8 +252,7 @@ static int unsupported(kvp_tool *t, const store *s, const char *what)
 /* A failure of the store, in one line. */
 static int store_fail(kvp_tool *t, const store *s, const char *what, CK_RV rv)
 {
-  return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s '%s': %s failed: %s%s", s->kind, s->name, what,
-                       kvp_ckr_name(rv), kvp_tool_loghint(t));
+  return kvp_tool_store_fail(t, &s->ts, what, rv);
 }
 
 /*
@@ -390,6 +320,8 @@ static json_t *users_of(const store *s, const kvp_cert_rec *recs, size_t n, cons
   return arr;
 }
 
+static int dump(json_t *j);
+
 /* ---- option values ------------------------------------------------------- */
 
 static int parse_ops(kvp_tool *t, const char *s, unsigned *ops)
@@ -442,24 +374,49 @@ static void type_text(kvp_key_type type, unsigned bits, int curve_nid, char out[
   }
 }
 
+/*
+ * The result of create / import / delete: "field: value" lines (the first
+ * one "created key REF"), or with --json one object ("action", "key_ref",
+ * then the fields; NULL values are left out in text and null in JSON).
+ */
+static int print_result(const key_args *a, const char *f[][2], size_t n)
+{
+  if (!a->v[O_JSON]) {
+    printf("%s %s\n", f[0][0], f[0][1]);
+    for (size_t i = 1; i < n; i++)
+      if (f[i][1] || strcmp(f[i][0], "version") == 0)
+        printf("%s: %s\n", f[i][0], f[i][1] ? f[i][1] : "-");
+    return 0;
+  }
+  json_t *o = json_object();
+  char action[32];
+  snprintf(action, sizeof(action), "%.*s", (int)strcspn(f[0][0], " "), f[0][0]);
+  int bad = !o || json_object_set_new(o, "action", json_string(action)) ||
+            json_object_set_new(o, "key_ref", json_string(f[0][1]));
+  for (size_t i = 1; !bad && i < n; i++)
+    bad = json_object_set_new(o, f[i][0], f[i][1] ? json_string(f[i][1]) : json_null());
+  if (bad) {
+    json_decref(o);
+    return -1;
+  }
+  return dump(o);
+}
+
 /* ---- key create ---------------------------------------------------------- */
 
 /* The registry name is free in the account (1), taken (0, printed), error (-1, printed). */
 static int reg_name_free(kvp_tool *t, const char *account, const char *name)
 {
-  char err[KVP_ERRLEN] = "";
-  kvp_cert_rec old = {0};
-  int g = kvp_registry_get(t->reg, account, name, &old, err, sizeof(err));
-  kvp_cert_rec_clear(&old);
-  if (g == KVP_ENOTFOUND)
+  CK_RV rv = kvp_prov_name_free(t->reg, account, name);
+  if (rv == CKR_OK)
     return 1;
-  if (g == KVP_OK) {
+  if (rv == CKR_ATTRIBUTE_VALUE_INVALID) {
     kvp_tool_fail(t, KVP_EXIT_ERROR,
                   "account '%s' has a certificate named '%s' already (choose another --name)",
                   account, name);
     return 0;
   }
-  kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", err);
+  kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", kvp_tool_reason(t, rv));
   return -1;
 }
 
@@ -469,15 +426,15 @@ static int reg_name_free(kvp_tool *t, const char *account, const char *name)
  */
 static int undo_key(kvp_tool *t, const store *s, const char *key, const char *why)
 {
-  CK_RV rv =
-      s->be->ops->delete_key ? s->be->ops->delete_key(s->be, key) : CKR_FUNCTION_NOT_SUPPORTED;
+  CK_RV rv = kvp_prov_undo(s->be, key);
+  kvp_status_clear(); /* why is the registration's reason; the delete's is asked below */
   if (rv == CKR_OK)
     return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s; the new key %s was deleted again%s", why, s->ref,
                          s->is_hsm ? "" : " (Key Vault keeps it soft-deleted until it is purged)");
   return kvp_tool_fail(t, KVP_EXIT_ERROR,
                        "%s; the new key %s could not be deleted (%s) and is left behind: remove it "
                        "with 'kvp11 key delete --%s %s --key %s --yes'",
-                       why, s->ref, kvp_ckr_name(rv), s->kind, s->name, key);
+                       why, s->ref, kvp_tool_reason(t, rv), s->kind, s->name, key);
 }
 
 static int key_create(kvp_tool *t, key_args *a)
@@ -487,7 +444,7 @@ static int key_create(kvp_tool *t, key_args *a)
   store s = {0};
   kvp_key *key = NULL;
   kvp_cert_rec rec = {0};
-  char err[KVP_ERRLEN] = "", fp[72] = "", what[32];
+  char fp[72] = "", what[32];
   const char *regname = a->v[O_NAME] ? a->v[O_NAME] : keyname;
   const int reg = a->v[O_NOREG] == NULL;
   int rc;
@@ -539,7 +496,7 @@ static int key_create(kvp_tool *t, key_args *a)
     kvp_tool_fail(t, rc, "--no-register takes no --name or --account");
     goto out;
   }
-  if (!name_ok(regname)) {
+  if (!kvp_tool_name_ok(regname)) {
     kvp_tool_fail(t, rc, "bad --name '%s': 1 to 255 bytes, no control characters", regname);
     goto out;
   }
@@ -566,10 +523,9 @@ static int key_create(kvp_tool *t, key_args *a)
     goto out;
   CK_RV rv = s.be->ops->create_key(s.be, keyname, &spec, &key);
   if (rv == CKR_ATTRIBUTE_VALUE_INVALID) {
-    kvp_tool_fail(t, rc,
-                  "%s '%s' refused to create key '%s' (a key of that name exists, or the "
-                  "key type is not allowed)%s",
-                  s.kind, s.name, keyname, kvp_tool_loghint(t));
+    kvp_tool_fail(t, rc, "%s '%s' refused to create key '%s': %s", s.kind, s.name, keyname,
+                  kvp_status_reason() ? kvp_status_reason()
+                                      : "a key of that name exists, or the key type is not allowed");
     goto out;
   }
   if (rv != CKR_OK || !key || !key->pub) {
@@ -579,50 +535,31 @@ static int key_create(kvp_tool *t, key_args *a)
   kvp_pubkey_fingerprint(key->pub, fp);
 
   if (reg) {
-    unsigned char *spki = NULL;
-    int spki_len = i2d_PUBKEY(key->pub, &spki);
-    rec.account = strdup(a->account);
-    rec.name = strdup(regname);
-    rec.type = KVP_CERT_PRIVATE;
-    rec.subject = strdup("");
-    rec.issuer = strdup("");
-    rec.serial = strdup("");
-    rec.key_ref = strdup(s.ref);
-    rec.key_version = kvp_strdup0(key->version);
-    if (spki_len > 0 && (rec.spki = malloc((size_t)spki_len)) != NULL) {
-      memcpy(rec.spki, spki, (size_t)spki_len);
-      rec.spki_len = (size_t)spki_len;
-    }
-    OPENSSL_free(spki);
-    if (!rec.account || !rec.name || !rec.subject || !rec.issuer || !rec.serial || !rec.key_ref ||
-        (key->version && !rec.key_version) || !rec.spki) {
-      rc = undo_key(t, &s, keyname, "out of memory");
-      goto out;
-    }
-    int r = kvp_registry_add(t->reg, &rec, 0, err, sizeof(err));
-    if (r != KVP_OK) {
-      char why[2 * KVP_ERRLEN];
-      if (r == KVP_EEXISTS)
-        snprintf(why, sizeof(why), "account '%s' has a certificate named '%s' already", a->account,
-                 regname);
-      else
-        snprintf(why, sizeof(why), "registering '%s' failed: %s", regname, err);
+    char why[KVP_STATUS_MSGLEN];
+    rv = kvp_prov_key_row(key, a->account, regname, s.ref, NULL, 0, &rec);
+    if (rv == CKR_OK)
+      rv = kvp_prov_register(t->reg, &rec, NULL);
+    if (rv != CKR_OK) {
+      snprintf(why, sizeof(why), "%s", kvp_tool_reason(t, rv));
       rc = undo_key(t, &s, keyname, why);
       goto out;
     }
   }
   type_text(key->type, key->bits, key->curve_nid, what);
-  printf("created key %s\n", s.ref);
   kvp_audit_change("key create", a->account, NULL, s.ref, NULL, NULL);
-  printf("type: %s\n", what);
-  printf("version: %s\n", key->version ? key->version : "-");
-  printf("ops: %s\n", ops_text((key->can_sign ? KVP_KEYOP_SIGN : 0) |
-                               (key->can_decrypt ? KVP_KEYOP_DECRYPT : 0)));
-  printf("spki: %s\n", fp);
-  if (reg)
-    printf("registered: '%s' in account '%s' (a key pair; no certificate yet)\n", regname,
-           a->account);
-  rc = KVP_EXIT_OK;
+  {
+    char regd[600] = "";
+    if (reg)
+      snprintf(regd, sizeof(regd), "'%s' in account '%s' (a key pair; no certificate yet)",
+               regname, a->account);
+    const char *ops = ops_text((key->can_sign ? KVP_KEYOP_SIGN : 0) |
+                               (key->can_decrypt ? KVP_KEYOP_DECRYPT : 0));
+    const char *f[][2] = {{"created key", s.ref}, {"type", what},   {"version", key->version},
+                          {"ops", ops},           {"spki", fp},     {"registered", reg ? regd : NULL}};
+    rc = print_result(a, f, KVP_ARRAY_SIZE(f)) ? kvp_tool_fail(t, KVP_EXIT_ERROR, "cannot format "
+                                                               "the output")
+                                               : KVP_EXIT_OK;
+  }
 out:
   if (key)
     s.be->ops->close_key(s.be, key);
@@ -758,6 +695,66 @@ out:
   return rc;
 }
 
+/* The key (pub) is in the store as key name already: the one error line. */
+static int key_present(kvp_tool *t, const store *s, EVP_PKEY *pub, const char *name,
+                       const char *where)
+{
+  char fp[72] = "?";
+  kvp_pubkey_fingerprint(pub, fp);
+  return kvp_tool_fail(t, KVP_EXIT_ERROR,
+                       "this key (%s) is in %s '%s' already, as key '%s'%s; register its "
+                       "certificate with kvp11 cert add --%s %s --key %s",
+                       fp, s->kind, s->name, name, where, s->kind, s->name, name);
+}
+
+/*
+ * The key being imported must not be in the store already under another
+ * name: the same public key twice would be two keys for one certificate.
+ * The registry's entries of this store are compared first; an HSM's keys are
+ * then listed (one local search). A vault is not listed: that costs one
+ * request per key. Prints the error naming the existing key.
+ */
+static int key_not_present(kvp_tool *t, const store *s, EVP_PKEY *pub)
+{
+  kvp_cert_rec *recs = NULL;
+  kvp_key_info *infos = NULL;
+  size_t n = 0, ni = 0;
+  char err[KVP_ERRLEN] = "";
+  int rc = KVP_EXIT_OK;
+  if (kvp_registry_list(t->reg, NULL, &recs, &n, err, sizeof(err)) != KVP_OK)
+    return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", err);
+  for (size_t i = 0; i < n && rc == KVP_EXIT_OK; i++) {
+    char *scheme = NULL, *pstore = NULL, *pname = NULL;
+    if (recs[i].type != KVP_CERT_PRIVATE ||
+        kvp_keyref_parse(recs[i].key_ref, &scheme, &pstore, &pname, err, sizeof(err)) != KVP_OK)
+      continue;
+    EVP_PKEY *pk = NULL;
+    if (strcmp(scheme, s->is_hsm ? "hsm" : "keyvault") == 0 && strcmp(pstore, s->name) == 0 &&
+        (pk = kvp_tool_rec_pubkey(&recs[i])) != NULL && kvp_pubkey_equal(pk, pub)) {
+      char where[600];
+      snprintf(where, sizeof(where), " (registered as '%s' in account '%s')", recs[i].name,
+               recs[i].account);
+      pname[strcspn(pname, "/")] = '\0';
+      rc = key_present(t, s, pub, pname, where);
+    }
+    EVP_PKEY_free(pk);
+    free(scheme);
+    free(pstore);
+    free(pname);
+  }
+  kvp_cert_rec_free_array(recs, n);
+  if (rc != KVP_EXIT_OK || !s->is_hsm || !s->be->ops->list_keys)
+    return rc;
+  CK_RV rv = s->be->ops->list_keys(s->be, &infos, &ni);
+  if (rv != CKR_OK)
+    return kvp_tool_store_fail(t, &s->ts, "listing the keys (to look for this key)", rv);
+  for (size_t i = 0; i < ni && rc == KVP_EXIT_OK; i++)
+    if (infos[i].pub && kvp_pubkey_equal(infos[i].pub, pub))
+      rc = key_present(t, s, pub, infos[i].name ? infos[i].name : "?", "");
+  kvp_key_info_free_array(infos, ni);
+  return rc;
+}
+
 /* RSA 2048/3072/4096 or EC P-256/384/521; prints the error. */
 static int check_key_type(kvp_tool *t, const char *file, EVP_PKEY *pkey, kvp_spki *sp)
 {
@@ -811,7 +808,7 @@ static int key_import(kvp_tool *t, key_args *a)
                   "key import --help)");
     goto out;
   }
-  if (!name_ok(regname)) {
+  if (!kvp_tool_name_ok(regname)) {
     kvp_tool_fail(t, rc, "bad --name '%s': 1 to 255 bytes, no control characters", regname);
     goto out;
   }
@@ -836,7 +833,7 @@ static int key_import(kvp_tool *t, key_args *a)
   } else {
     char *env = getenv("KVP11_PFX_PASS");
     pass = strdup(env ? env : "");
-    env_wipe("KVP11_PFX_PASS", env);
+    kvp_tool_env_wipe("KVP11_PFX_PASS", env);
     if (!pass) {
       kvp_tool_fail(t, rc, "out of memory");
       goto out;
@@ -903,7 +900,7 @@ static int key_import(kvp_tool *t, key_args *a)
     unsupported(t, &s, "importing keys");
     goto out;
   }
-  if (store_name_free(t, &s, keyname) != KVP_EXIT_OK)
+  if (store_name_free(t, &s, keyname) != KVP_EXIT_OK || key_not_present(t, &s, cpub) != KVP_EXIT_OK)
     goto out;
 
   CK_RV rv = s.be->ops->import_key(s.be, keyname, src.pkey, &spec, &key);
@@ -911,10 +908,9 @@ static int key_import(kvp_tool *t, key_args *a)
   EVP_PKEY_free(src.pkey);
   src.pkey = NULL;
   if (rv == CKR_ATTRIBUTE_VALUE_INVALID) {
-    kvp_tool_fail(t, rc,
-                  "%s '%s' refused to import key '%s' (a key of that name exists, or the "
-                  "key is not allowed)%s",
-                  s.kind, s.name, keyname, kvp_tool_loghint(t));
+    kvp_tool_fail(t, rc, "%s '%s' refused to import key '%s': %s", s.kind, s.name, keyname,
+                  kvp_status_reason() ? kvp_status_reason()
+                                      : "a key of that name exists, or the key is not allowed");
     goto out;
   }
   if (rv != CKR_OK || !key) {
@@ -929,14 +925,9 @@ static int key_import(kvp_tool *t, key_args *a)
     rc = undo_key(t, &s, keyname, "out of memory");
     goto out;
   }
-  int r = kvp_registry_add(t->reg, &rec, 0, err, sizeof(err));
-  if (r != KVP_OK) {
-    char why[2 * KVP_ERRLEN];
-    if (r == KVP_EEXISTS)
-      snprintf(why, sizeof(why), "account '%s' has a certificate named '%s' already", a->account,
-               regname);
-    else
-      snprintf(why, sizeof(why), "registering '%s' failed: %s", regname, err);
+  if ((rv = kvp_prov_register(t->reg, &rec, NULL)) != CKR_OK) {
+    char why[KVP_STATUS_MSGLEN];
+    snprintf(why, sizeof(why), "%s", kvp_tool_reason(t, rv));
     rc = undo_key(t, &s, keyname, why);
     goto out;
   }
@@ -946,15 +937,16 @@ static int key_import(kvp_tool *t, key_args *a)
     char what[32], fp[72] = "";
     type_text(sp.type, sp.bits, sp.curve_nid, what);
     kvp_pubkey_fingerprint(cpub, fp);
-    printf("imported key %s\n", s.ref);
     kvp_audit_change("key import", a->account, NULL, s.ref, NULL, fp);
-    printf("type: %s\n", what);
-    printf("version: %s\n", key->version ? key->version : "-");
-    printf("spki: %s\n", fp);
-    printf("registered: private certificate '%s' in account '%s' (%s)\n", regname, a->account,
-           rec.subject);
+    char regd[1200];
+    snprintf(regd, sizeof(regd), "private certificate '%s' in account '%s' (%s)", regname,
+             a->account, rec.subject);
+    const char *f[][2] = {{"imported key", s.ref}, {"type", what}, {"version", key->version},
+                          {"spki", fp}, {"registered", regd}};
+    rc = print_result(a, f, KVP_ARRAY_SIZE(f)) ? kvp_tool_fail(t, KVP_EXIT_ERROR, "cannot format "
+                                                               "the output")
+                                               : KVP_EXIT_OK;
   }
-  rc = KVP_EXIT_OK;
 out:
   if (key)
     s.be->ops->close_key(s.be, key);
@@ -1277,10 +1269,19 @@ static int key_delete(kvp_tool *t, key_args *a)
     store_fail(t, &s, "deleting the key", rv);
     goto out;
   }
-  printf("deleted key %s%s\n", s.ref,
-         s.is_hsm ? "" : " (Key Vault keeps it soft-deleted, recoverable, until it is purged)");
   kvp_audit_change("key delete", a->account, NULL, s.ref, NULL, NULL);
-  rc = KVP_EXIT_OK;
+  {
+    const char *f[][2] = {{"deleted key", s.ref},
+                          {"note", s.is_hsm ? NULL : "Key Vault keeps it soft-deleted, recoverable, "
+                                                     "until it is purged"}};
+    if (a->v[O_JSON])
+      rc = print_result(a, f, 2) ? KVP_EXIT_ERROR : KVP_EXIT_OK;
+    else {
+      printf("deleted key %s%s\n", s.ref,
+             s.is_hsm ? "" : " (Key Vault keeps it soft-deleted, recoverable, until it is purged)");
+      rc = KVP_EXIT_OK;
+    }
+  }
 out:
   json_decref(users);
   kvp_cert_rec_free_array(recs, nrecs);

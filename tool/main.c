@@ -10,6 +10,8 @@
 #include <sys/stat.h>
 
 #include "core/log.h"
+#include "core/p11names.h"
+#include "core/status.h"
 #include "core/util.h"
 #include "kvp11/kvp11.h"
 #include "tool.h"
@@ -115,6 +117,28 @@ const char *kvp_tool_loghint(const kvp_tool *t)
     return hint;
   }
   return t->verbose ? "" : " (kvp11 -v shows why)";
+}
+
+const char *kvp_tool_reason(const kvp_tool *t, CK_RV rv)
+{
+  static char buf[KVP_STATUS_MSGLEN + 64];
+  const char *r = kvp_status_reason();
+  if (r)
+    snprintf(buf, sizeof(buf), "%s", r);
+  else
+    snprintf(buf, sizeof(buf), "%s%s", kvp_ckr_name(rv), kvp_tool_loghint(t));
+  return buf;
+}
+
+int kvp_tool_name_ok(const char *s)
+{
+  size_t n = strlen(s);
+  if (n == 0 || n > 255)
+    return 0;
+  for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+    if (*p < 0x20 || *p == 0x7f)
+      return 0;
+  return 1;
 }
 
 int kvp_tool_account(kvp_tool *t, const char *name, const char **account)
@@ -223,7 +247,10 @@ static void usage(FILE *f)
   kvp_tool_check_usage(f);
   kvp_tool_sync_usage(f);
   kvp_tool_audit_usage(f);
-  fprintf(f, "\nExit status: 0 success, 1 error (nothing changed), 2 usage error.\n");
+  kvp_tool_registry_usage(f);
+  fprintf(f, "\nExit status: 0 success, 1 error (nothing changed), 2 usage error;\n"
+             "kvp11 check: 3 warnings only (see kvp11 check --help).\n"
+             "kvp11 help COMMAND (or kvp11 COMMAND --help) shows a command group's help.\n");
 }
 
 int main(int argc, char **argv)
@@ -262,44 +289,38 @@ int main(int argc, char **argv)
   if (optind >= argc)
     return kvp_tool_fail(NULL, KVP_EXIT_USAGE, "no command given (see kvp11 --help)");
 
+  static const struct {
+    const char *name;
+    int (*run)(kvp_tool *, int, char **);
+  } cmds[] = {
+      {"cert", kvp_tool_cert},   {"smime", kvp_tool_smime}, {"key", kvp_tool_key},
+      {"csr", kvp_tool_csr},     {"check", kvp_tool_check}, {"registry", kvp_tool_registry},
+      {"sync", kvp_tool_sync},   {"publish", kvp_tool_sync}, {"unpublish", kvp_tool_sync},
+      {"audit", kvp_tool_audit},
+  };
   const char *cmd = argv[optind];
+  char *help_argv[3];
   if (strcmp(cmd, "help") == 0) {
-    usage(stdout);
-    return KVP_EXIT_OK;
+    if (optind + 1 >= argc) {
+      usage(stdout);
+      return KVP_EXIT_OK;
+    }
+    /* kvp11 help GROUP: the group's own help */
+    help_argv[0] = argv[optind + 1];
+    help_argv[1] = "--help";
+    help_argv[2] = NULL;
+    cmd = help_argv[0];
+    argv = help_argv;
+    argc = 2;
+    optind = 0;
   }
-  if (strcmp(cmd, "cert") == 0) {
-    int rc = kvp_tool_cert(&t, argc - optind, argv + optind);
-    kvp_tool_done(&t);
-    return rc;
-  }
-  if (strcmp(cmd, "smime") == 0) {
-    int rc = kvp_tool_smime(&t, argc - optind, argv + optind);
-    kvp_tool_done(&t);
-    return rc;
-  }
-  if (strcmp(cmd, "key") == 0) {
-    int rc = kvp_tool_key(&t, argc - optind, argv + optind);
-    kvp_tool_done(&t);
-    return rc;
-  }
-  if (strcmp(cmd, "csr") == 0) {
-    t.cmd = "csr";
-    int rc = kvp_tool_csr(&t, argc - optind, argv + optind);
-    kvp_tool_done(&t);
-    return rc;
-  }
-  if (strcmp(cmd, "audit") == 0) {
-    int rc = kvp_tool_audit(&t, argc - optind, argv + optind);
-    kvp_tool_done(&t);
-    return rc;
-  }
-  if (strcmp(cmd, "sync") == 0 || strcmp(cmd, "publish") == 0 || strcmp(cmd, "unpublish") == 0) {
-    int rc = kvp_tool_sync(&t, argc - optind, argv + optind);
-    kvp_tool_done(&t);
-    return rc;
-  }
-  if (strcmp(cmd, "check") == 0) {
-    int rc = kvp_tool_check(&t, argc - optind, argv + optind);
+  for (size_t i = 0; i < KVP_ARRAY_SIZE(cmds); i++) {
+    if (strcmp(cmd, cmds[i].name) != 0)
+      continue;
+    kvp_status_clear();
+    if (cmds[i].run == kvp_tool_csr)
+      t.cmd = "csr";
+    int rc = cmds[i].run(&t, argc - optind, argv + optind);
     kvp_tool_done(&t);
     return rc;
   }

@@ -89,6 +89,8 @@ static json_t *rec_json(const kvp_cert_rec *r, int with_pem)
             json_object_set_new(o, "account", jstr(r->account)) ||
             json_object_set_new(o, "type",
                                 json_string(r->type == KVP_CERT_PRIVATE ? "private" : "public")) ||
+            json_object_set_new(o, "state",
+                                json_string(r->state == KVP_STATE_RETIRED ? "retired" : "active")) ||
             json_object_set_new(o, "subject", jstr(r->subject)) ||
             json_object_set_new(o, "issuer", jstr(r->issuer)) ||
             json_object_set_new(o, "serial", jstr(r->serial)) ||
@@ -128,29 +130,33 @@ static int dump(FILE *f, json_t *j)
  * first pass (kvp_tool_list_measure over every row), the JSON array is written
  * element by element in the layout json_dumpf gives a whole array.
  */
-static const char *const list_head[] = {"NAME", "TYPE", "SUBJECT", "NOT-AFTER", "KEY"};
+static const char *const list_head[] = {"NAME", "TYPE", "STATE", "SUBJECT", "NOT-AFTER", "KEY"};
+#define LIST_COLS 6
 
 void kvp_tool_list_init(kvp_list_out *o, FILE *f, int json)
 {
   memset(o, 0, sizeof(*o));
   o->f = f;
   o->json = json;
-  for (size_t c = 0; c < 5; c++)
+  for (size_t c = 0; c < LIST_COLS; c++)
     o->w[c] = (int)strlen(list_head[c]);
   if (o->w[1] < 7)
     o->w[1] = 7; /* "private" */
-  if (o->w[3] < 20)
-    o->w[3] = 20; /* ISO 8601 time */
+  if (o->w[2] < 7)
+    o->w[2] = 7; /* "retired" */
+  if (o->w[4] < 20)
+    o->w[4] = 20; /* ISO 8601 time */
 }
 
+/* Columns by display width: a UTF-8 name takes the columns it shows. */
 void kvp_tool_list_measure(kvp_list_out *o, const kvp_cert_rec *r)
 {
   const char *cell[3] = {r->name, r->der_len ? r->subject : "(no certificate yet)",
                          r->key_ref ? r->key_ref : "-"};
-  static const int idx[3] = {0, 2, 4};
+  static const int idx[3] = {0, 3, 5};
   for (size_t c = 0; c < 3; c++)
-    if ((int)strlen(cell[c]) > o->w[idx[c]])
-      o->w[idx[c]] = (int)strlen(cell[c]);
+    if (kvp_tool_width(cell[c]) > o->w[idx[c]])
+      o->w[idx[c]] = kvp_tool_width(cell[c]);
 }
 
 /* One element of the JSON array, indented as inside json_dumpf's array. */
@@ -173,6 +179,12 @@ static int json_element(kvp_list_out *o, const kvp_cert_rec *r)
   return rc;
 }
 
+static void list_header(kvp_list_out *o)
+{
+  fprintf(o->f, "%-*s  %-*s  %-*s  %-*s  %-*s  %s\n", o->w[0], list_head[0], o->w[1], list_head[1],
+          o->w[2], list_head[2], o->w[3], list_head[3], o->w[4], list_head[4], list_head[5]);
+}
+
 int kvp_tool_list_row(kvp_list_out *o, const kvp_cert_rec *r)
 {
   char when[32];
@@ -184,16 +196,17 @@ int kvp_tool_list_row(kvp_list_out *o, const kvp_cert_rec *r)
     return 0;
   }
   if (o->n++ == 0)
-    fprintf(o->f, "%-*s  %-*s  %-*s  %-*s  %s\n", o->w[0], list_head[0], o->w[1], list_head[1],
-            o->w[2], list_head[2], o->w[3], list_head[3], list_head[4]);
+    list_header(o);
   if (r->der_len > 0)
     kvp_tool_isotime(r->not_after, when);
   else
     snprintf(when, sizeof(when), "-");
-  fprintf(o->f, "%-*s  %-*s  %-*s  %-*s  %s\n", o->w[0], r->name, o->w[1],
+  kvp_tool_cell(o->f, r->name, o->w[0] + 2);
+  fprintf(o->f, "%-*s  %-*s  ", o->w[1],
           r->der_len == 0 ? "key" : r->type == KVP_CERT_PRIVATE ? "private" : "public", o->w[2],
-          r->der_len ? r->subject : "(no certificate yet)", o->w[3], when,
-          r->key_ref ? r->key_ref : "-");
+          r->state == KVP_STATE_RETIRED ? "retired" : "active");
+  kvp_tool_cell(o->f, r->der_len ? r->subject : "(no certificate yet)", o->w[3] + 2);
+  fprintf(o->f, "%-*s  %s\n", o->w[4], when, r->key_ref ? r->key_ref : "-");
   return 0;
 }
 
@@ -202,8 +215,7 @@ int kvp_tool_list_end(kvp_list_out *o)
   if (o->json)
     fputs(o->n == 0 ? "[]\n" : "\n]\n", o->f);
   else if (o->n == 0) /* the header alone */
-    fprintf(o->f, "%-*s  %-*s  %-*s  %-*s  %s\n", o->w[0], list_head[0], o->w[1], list_head[1],
-            o->w[2], list_head[2], o->w[3], list_head[3], list_head[4]);
+    list_header(o);
   return ferror(o->f) ? -1 : 0;
 }
 
@@ -228,7 +240,11 @@ int kvp_tool_print_rec(FILE *f, const kvp_cert_rec *rec, int how)
   {
     if (json_is_integer(v))
       fprintf(f, "%s: %lld\n", key, (long long)json_integer_value(v));
-    else
+    else if (strcmp(key, "sha256") == 0 && json_is_string(v)) {
+      char fp[112]; /* OpenSSL's form in text, the hex in JSON */
+      kvp_tool_fingerprint(json_string_value(v), fp);
+      fprintf(f, "%s: %s\n", key, fp);
+    } else
       fprintf(f, "%s: %s\n", key, json_is_string(v) ? json_string_value(v) : "-");
   }
   json_decref(o);

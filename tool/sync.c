@@ -51,6 +51,7 @@ typedef struct plan_item {
   char *reason;      /* skip / keep: why */
   kvp_cert_rec rec;  /* add / replace: the new row */
   char sha256[65];   /* of the certificate concerned */
+  char old_sha256[65]; /* replace / remove: of the row before */
 } plan_item;
 
 typedef struct plan {
@@ -333,6 +334,8 @@ static int plan_entry(sync_ctx *s, plan *p, const ia_cert *e, const kvp_cert_rec
     kvp_cert_rec_clear(&rec);
     return -1;
   }
+  if (old != NULL)
+    snprintf(it->old_sha256, sizeof(it->old_sha256), "%s", old->sha256);
   it->rec = rec;
   return 0;
 }
@@ -387,9 +390,14 @@ static int apply_plan(kvp_tool *t, const plan *p)
     return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s (registry unchanged)", err);
   for (size_t i = 0; i < p->n; i++) {
     const plan_item *it = &p->items[i];
-    if (it->kind == P_ADD || it->kind == P_REPLACE || it->kind == P_REMOVE)
-      KVP_INFO("sync %s -> account %s: %s '%s' (sha256 %s)", p->ia->cred.name, p->account,
-               plan_names[it->kind], it->name, it->sha256);
+    if (it->kind != P_ADD && it->kind != P_REPLACE && it->kind != P_REMOVE)
+      continue;
+    KVP_INFO("sync %s -> account %s: %s '%s' (sha256 %s)", p->ia->cred.name, p->account,
+             plan_names[it->kind], it->name, it->sha256);
+    kvp_audit_change(it->kind == P_ADD ? "sync add" : it->kind == P_REPLACE ? "sync replace" : "sync remove",
+                     p->account, it->name, it->rec.key_ref,
+                     it->kind == P_ADD ? NULL : it->kind == P_REPLACE ? it->old_sha256 : it->sha256,
+                     it->kind == P_REMOVE ? NULL : it->sha256);
   }
   return KVP_EXIT_OK;
 }

@@ -10,6 +10,9 @@
 #include <getopt.h>
 #include <stdio.h>
 
+#include <jansson.h>
+
+#include "backend/backend.h"
 #include "core/audit.h"
 #include "core/config.h"
 #include "core/registry.h"
@@ -18,6 +21,7 @@ enum {
   KVP_EXIT_OK = 0,
   KVP_EXIT_ERROR = 1, /* the command failed; nothing was changed */
   KVP_EXIT_USAGE = 2, /* bad command line */
+  KVP_EXIT_WARN = 3,  /* kvp11 check: warnings only (e.g. a certificate expires soon) */
 };
 
 /* State shared by all commands. */
@@ -59,6 +63,16 @@ typedef struct kvp_tool_opts {
 int kvp_tool_parse_opts(kvp_tool *t, const kvp_tool_opts *o, int argc, char **argv, const char **v,
                         const char **operand);
 
+/* Registry and key names: 1 to 255 bytes, no control characters. */
+int kvp_tool_name_ok(const char *s);
+
+/*
+ * Why a lower layer failed, for the one-line error: the reason it recorded
+ * (module/core/status.h), else the CK_RV's name and where the log went.
+ * The text lives in a static buffer until the next call.
+ */
+const char *kvp_tool_reason(const kvp_tool *t, CK_RV rv);
+
 /* Load the configuration and set up logging. Returns an exit code. */
 int kvp_tool_load_config(kvp_tool *t);
 /* " (details in LOGFILE)" or " (kvp11 -v shows why)": where a lower layer logged its reason. */
@@ -85,8 +99,6 @@ void kvp_tool_done(kvp_tool *t);
 /* The "cert" command group: argv[0] is "cert". Returns an exit code. */
 int kvp_tool_cert(kvp_tool *t, int argc, char **argv);
 void kvp_tool_cert_usage(FILE *f);
-/* A name cert add accepts: 1 to 255 bytes, no control characters. */
-int kvp_tool_cert_name_ok(const char *s);
 /* cert add --cert-dir (cert_bulk.c); other_options: an option --cert-dir does not take. */
 int kvp_tool_cert_add_dir(kvp_tool *t, const char *dir, const char *type, int other_options,
                           const char *account, int replace);
@@ -115,6 +127,72 @@ int kvp_tool_cert_selfsign(kvp_tool *t, int argc, char **argv);
 /* "kvp11 sync", "publish", "unpublish" (sync.c): argv[0] is the command. */
 int kvp_tool_sync(kvp_tool *t, int argc, char **argv);
 void kvp_tool_sync_usage(FILE *f);
+/* ---- key stores (store.c): the one way the tool opens a configured store ---- */
+typedef struct kvp_tool_store {
+  int is_hsm;
+  const char *kind; /* "hsm" / "vault": as in messages and options */
+  const char *name; /* the [hsm NAME] / [vault NAME] */
+  const kvp_hsm_conf *hc;
+  const kvp_vault_conf *vc;
+  kvp_backend *be; /* set by kvp_tool_store_open */
+} kvp_tool_store;
+/* Resolve --hsm NAME / --vault NAME in the configuration (no I/O). Prints the error. */
+int kvp_tool_store_find(kvp_tool *t, int is_hsm, const char *name, kvp_tool_store *s);
+/* The same from a key reference "hsm:H/KEY" / "keyvault:V/KEY[/VER]"; *key gets KEY[/VER]
+ * (malloc'd). Prints the error. */
+int kvp_tool_store_find_ref(kvp_tool *t, const char *ref, kvp_tool_store *s, char **key);
+/*
+ * Create the backend (no I/O yet) and, for an HSM without pin_file/pin_env,
+ * log in with pin_file (a 0600 file) or else $KVP11_PIN (wiped from the
+ * environment). pin_file NULL and no $KVP11_PIN: no login (the caller's
+ * operations then fail with the HSM's reason). Prints the error.
+ */
+int kvp_tool_store_open(kvp_tool *t, kvp_tool_store *s, const char *pin_file, int need_login);
+void kvp_tool_store_close(kvp_tool_store *s);
+/* A secret taken from the environment: overwrite it in place and unset the variable. */
+void kvp_tool_env_wipe(const char *var, char *value);
+/* "<kind> '<name>': <what> failed: <reason>"; returns KVP_EXIT_ERROR. */
+int kvp_tool_store_fail(kvp_tool *t, const kvp_tool_store *s, const char *what, CK_RV rv);
+/* Open key name of the store (its public part is read); prints the error naming the cause. */
+int kvp_tool_store_key(kvp_tool *t, kvp_tool_store *s, const char *name, kvp_key **key);
+
+/* ---- lifecycle commands (cert_life.c) and the registry group (registry_cmd.c) ---- */
+int kvp_tool_cert_renew(kvp_tool *t, const char *name, const char *account_opt, const char *file,
+                        int allow_expired, int json);
+int kvp_tool_cert_rotate(kvp_tool *t, const char *name, const char *account_opt, const char *file,
+                         int is_hsm, const char *store, const char *key, int allow_expired,
+                         int json);
+int kvp_tool_cert_retire(kvp_tool *t, const char *name, const char *account_opt, int json);
+/* Validity of a certificate record against now: NULL when valid, else a message in buf. */
+const char *kvp_tool_validity(const kvp_cert_rec *rec, const char *file, char *buf, size_t len);
+/* A refusal shared by cert add / renew / rotate: the same certificate (SHA-256) registered
+ * in the account under another name than except. Prints the error; KVP_EXIT_OK when free. */
+int kvp_tool_no_duplicate(kvp_tool *t, const kvp_cert_rec *rec, const char *except);
+/* A partner certificate (public key pub, from file) must not carry one of our private keys. */
+int kvp_tool_not_our_key(kvp_tool *t, const char *file, EVP_PKEY *pub, const char *account,
+                         const char *except);
+/* Open key keyname of the store (--hsm / --vault), check its public key is rec's certificate's,
+ * set rec->key_ref and rec->key_version. Prints the error. */
+int kvp_tool_check_key(kvp_tool *t, int is_hsm, const char *store, const char *keyname,
+                       const char *file, kvp_cert_rec *rec);
+/* The error line for a certificate file the parser refused (err): a directory or a PFX
+ * are named as such. */
+const char *kvp_tool_cert_file_error(const char *file, const char *err);
+/* The public key of a row: its certificate's, else its recorded SPKI; NULL if none. */
+EVP_PKEY *kvp_tool_rec_pubkey(const kvp_cert_rec *r);
+/* rec->spki from rec->der; 0 or -1. */
+int kvp_tool_rec_spki(kvp_cert_rec *rec);
+/* "SHA256:AB:CD:..." (OpenSSL's form) of a hex SHA-256 (out: 112 bytes). */
+void kvp_tool_fingerprint(const char *hex, char out[112]);
+/* Print a JSON object built by the caller (consumed). Returns 0 or -1. */
+int kvp_tool_print_json(FILE *f, json_t *j);
+
+int kvp_tool_registry(kvp_tool *t, int argc, char **argv);
+void kvp_tool_registry_usage(FILE *f);
+
+/* Display width of UTF-8 text (text.c), and s padded to width columns. */
+int kvp_tool_width(const char *s);
+void kvp_tool_cell(FILE *f, const char *s, int width);
 
 /* Output helpers (output.c). */
 /* prefix, "CMD", then the synopsis text; its continuation lines ('\n' in text)
@@ -130,7 +208,8 @@ typedef struct kvp_list_out {
   FILE *f;
   int json;
   size_t n;  /* rows printed */
-  int w[5];  /* column widths */
+  int w[6];  /* column widths */
+  int64_t expiring_before; /* > 0: only certificates whose validity ends before (cert list --expiring) */
 } kvp_list_out;
 void kvp_tool_list_init(kvp_list_out *o, FILE *f, int json);
 void kvp_tool_list_measure(kvp_list_out *o, const kvp_cert_rec *r);

@@ -1202,3 +1202,201 @@ void kvp_registry_abandon(kvp_registry *reg)
   free(reg->path);
   free(reg);
 }
+
+/* ==== lifecycle and maintenance ============================================
+ * kvp11 cert rotate (several rows in one transaction) and kvp11 registry
+ * backup / restore / check. Kept apart from the rest of this file.
+ */
+
+int kvp_registry_add_all(kvp_registry *reg, const kvp_cert_rec *recs, const int *replace, size_t n,
+                         char *err, size_t errlen)
+{
+  int rc = KVP_OK;
+
+  for (size_t i = 0; i < n && rc == KVP_OK; i++)
+    rc = check_rec(&recs[i], err, errlen);
+  if (rc != KVP_OK || (rc = begin(reg, err, errlen)) != KVP_OK)
+    return rc;
+  for (size_t i = 0; i < n && rc == KVP_OK; i++) {
+    sqlite3_stmt *st = NULL;
+    int rep = replace != NULL && replace[i];
+    if (sqlite3_prepare_v2(reg->db, rep ? UPSERT_SQL : INSERT_SQL, -1, &st, NULL) != SQLITE_OK ||
+        bind_rec(st, &recs[i], (int64_t)time(NULL)) != SQLITE_OK)
+      rc = db_err(reg, "cannot add", err, errlen);
+    else if (sqlite3_step(st) != SQLITE_DONE)
+      rc = sqlite3_extended_errcode(reg->db) == SQLITE_CONSTRAINT_UNIQUE
+               ? kvp_seterr(err, errlen, KVP_EEXISTS,
+                            "a certificate named '%s' exists already in account '%s'",
+                            recs[i].name, recs[i].account)
+               : db_err(reg, "cannot add", err, errlen);
+    sqlite3_finalize(st);
+  }
+  return end(reg, rc, err, errlen);
+}
+
+/* Copy every page of src_db into dst_db's main database in one step. */
+static int copy_db(sqlite3 *dst_db, sqlite3 *src_db, const char *what, char *err, size_t errlen)
+{
+  sqlite3_backup *b = sqlite3_backup_init(dst_db, "main", src_db, "main");
+  int step;
+
+  if (b == NULL)
+    return kvp_seterr(err, errlen, KVP_EIO, "%s: %s", what, sqlite3_errmsg(dst_db));
+  /* -1: all pages at once, under one read transaction of the source (a
+   * consistent snapshot) and one write transaction of the destination */
+  for (int waited = 0; (step = sqlite3_backup_step(b, -1)) == SQLITE_BUSY || step == SQLITE_LOCKED;
+       waited += 20) {
+    if (waited >= WRITER_BUSY_MS)
+      break;
+    sqlite3_sleep(20);
+  }
+  sqlite3_backup_finish(b);
+  if (step != SQLITE_DONE)
+    return kvp_seterr(err, errlen, step == SQLITE_READONLY ? KVP_EPERM : KVP_EIO, "%s: %s", what,
+                      sqlite3_errstr(step));
+  return KVP_OK;
+}
+
+int kvp_registry_backup(kvp_registry *reg, const char *dest, char *err, size_t errlen)
+{
+  size_t n = strlen(dest) + 32;
+  char *tmp = malloc(n);
+  sqlite3 *db = NULL;
+  int rc, fd;
+
+  if (tmp == NULL)
+    return kvp_seterr(err, errlen, KVP_ENOMEM, "out of memory");
+  snprintf(tmp, n, "%s.tmp-%ld", dest, (long)getpid());
+  fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOCTTY, 0644);
+  if (fd < 0) {
+    rc = kvp_seterr(err, errlen, errno == ENOENT ? KVP_ENOTFOUND : KVP_EIO, "%s: cannot create: %s",
+                    tmp, strerror(errno));
+    free(tmp);
+    return rc;
+  }
+  close(fd);
+  if (sqlite3_open_v2(tmp, &db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
+    rc = kvp_seterr(err, errlen, KVP_EIO, "%s: cannot open: %s", tmp,
+                    db ? sqlite3_errmsg(db) : "out of memory");
+    goto out;
+  }
+  sqlite3_busy_timeout(reg->db, WRITER_BUSY_MS);
+  rc = copy_db(db, reg->db, "backup", err, errlen);
+  /* a file of its own: no -wal beside it */
+  if (rc == KVP_OK && sqlite3_exec(db, "PRAGMA journal_mode = DELETE", NULL, NULL, NULL) != SQLITE_OK)
+    rc = kvp_seterr(err, errlen, KVP_EIO, "%s: %s", tmp, sqlite3_errmsg(db));
+  if (sqlite3_close(db) != SQLITE_OK && rc == KVP_OK)
+    rc = kvp_seterr(err, errlen, KVP_EIO, "%s: cannot close", tmp);
+  db = NULL;
+  if (rc == KVP_OK && rename(tmp, dest) != 0)
+    rc = kvp_seterr(err, errlen, KVP_EIO, "%s: cannot rename into place: %s", dest,
+                    strerror(errno));
+out:
+  sqlite3_close(db);
+  if (rc != KVP_OK)
+    unlink(tmp);
+  free(tmp);
+  return rc;
+}
+
+/* One text result of a statement on db ("" when none); -1 on failure. */
+static int db_text(sqlite3 *db, const char *sql, char *out, size_t len)
+{
+  sqlite3_stmt *st = NULL;
+  int rc = -1;
+
+  out[0] = '\0';
+  if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK) {
+    int step = sqlite3_step(st);
+    if (step == SQLITE_ROW || step == SQLITE_DONE) {
+      if (step == SQLITE_ROW)
+        snprintf(out, len, "%s", col_cstr(st, 0));
+      rc = 0;
+    }
+  }
+  sqlite3_finalize(st);
+  return rc;
+}
+
+int kvp_registry_check_file(const char *src, int64_t *schema, char *err, size_t errlen)
+{
+  sqlite3 *db = NULL;
+  char buf[256];
+  int rc = KVP_OK;
+  struct stat sb;
+
+  if (stat(src, &sb) != 0)
+    return kvp_seterr(err, errlen, errno == ENOENT ? KVP_ENOTFOUND : KVP_EIO, "%s: %s", src,
+                      strerror(errno));
+  if (!S_ISREG(sb.st_mode))
+    return kvp_seterr(err, errlen, KVP_EINVAL, "%s: not a regular file", src);
+  if (sqlite3_open_v2(src, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
+    rc = kvp_seterr(err, errlen, KVP_EINVAL, "%s: cannot open: %s", src,
+                    db ? sqlite3_errmsg(db) : "out of memory");
+    goto out;
+  }
+  if (db_text(db, "PRAGMA user_version", buf, sizeof(buf)) != 0) {
+    rc = kvp_seterr(err, errlen, KVP_EINVAL, "%s: not an SQLite database (%s)", src,
+                    sqlite3_errmsg(db));
+    goto out;
+  }
+  *schema = strtoll(buf, NULL, 10);
+  if (*schema < 1 || *schema > SCHEMA_VERSION ||
+      db_text(db, "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'certs'", buf,
+              sizeof(buf)) != 0 ||
+      strcmp(buf, "certs") != 0) {
+    rc = kvp_seterr(err, errlen, KVP_EINVAL,
+                    *schema > SCHEMA_VERSION
+                        ? "%s: registry schema version %lld is newer than this kvp11 knows (%d)"
+                        : "%s: not a kvp11 registry (schema version %lld, this kvp11 reads 1 to %d)",
+                    src, (long long)*schema, SCHEMA_VERSION);
+    goto out;
+  }
+  if (db_text(db, "PRAGMA integrity_check(1)", buf, sizeof(buf)) != 0 || strcmp(buf, "ok") != 0)
+    rc = kvp_seterr(err, errlen, KVP_EIO, "%s: damaged: %s", src,
+                    buf[0] ? buf : sqlite3_errmsg(db));
+out:
+  sqlite3_close(db);
+  return rc;
+}
+
+int kvp_registry_restore(kvp_registry *reg, const char *src, char *err, size_t errlen)
+{
+  sqlite3 *db = NULL;
+  int64_t schema = 0;
+  int rc;
+
+  if (reg->readonly)
+    return kvp_seterr(err, errlen, KVP_EPERM, "registry %s: opened read-only", reg->path);
+  if ((rc = kvp_registry_check_file(src, &schema, err, errlen)) != KVP_OK)
+    return rc;
+  if (sqlite3_open_v2(src, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
+    rc = kvp_seterr(err, errlen, KVP_EIO, "%s: cannot open", src);
+    sqlite3_close(db);
+    return rc;
+  }
+  rc = copy_db(reg->db, db, "restore", err, errlen);
+  sqlite3_close(db);
+  if (rc != KVP_OK)
+    return rc;
+  KVP_INFO("registry %s: restored from %s (schema version %lld)", reg->path, src,
+           (long long)schema);
+  /* the copy brought the source's journal mode and schema: make it ours again */
+  rc = set_wal(reg, err, errlen);
+  if (rc == KVP_OK)
+    rc = migrate(reg, err, errlen);
+  if (rc == KVP_OK)
+    rc = check_health(reg, err, errlen);
+  return rc;
+}
+
+int kvp_registry_integrity(kvp_registry *reg, char *err, size_t errlen)
+{
+  char buf[256];
+
+  if (db_text(reg->db, "PRAGMA integrity_check(1)", buf, sizeof(buf)) != 0)
+    return db_err(reg, "integrity check", err, errlen);
+  if (strcmp(buf, "ok") != 0)
+    return kvp_seterr(err, errlen, KVP_EIO, "registry %s: damaged: %s", reg->path, buf);
+  return KVP_OK;
+}

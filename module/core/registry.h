@@ -168,4 +168,39 @@ void kvp_registry_key_stores_free(char **stores, size_t n);
  */
 void kvp_registry_abandon(kvp_registry *reg);
 
+/* ---- lifecycle and maintenance (kvp11 cert rotate, kvp11 registry) -------- */
+
+/*
+ * Write n rows in one transaction: all or none. replace[i] as for
+ * kvp_registry_add (NULL: insert only). KVP_EEXISTS names the taken name.
+ */
+int kvp_registry_add_all(kvp_registry *reg, const kvp_cert_rec *recs, const int *replace, size_t n,
+                         char *err, size_t errlen);
+
+/*
+ * A consistent copy of the registry into dest (SQLite online backup API: one
+ * snapshot, while modules read and other kvp11 processes write). dest is
+ * written to a temporary file beside it and renamed into place; it is a
+ * self-contained rollback-journal database.
+ */
+int kvp_registry_backup(kvp_registry *reg, const char *dest, char *err, size_t errlen);
+
+/*
+ * Check that src is a kvp11 registry of a supported schema (1 to current) that
+ * passes SQLite's integrity check; *schema gets its version. Opens src
+ * read-only, changes nothing.
+ */
+int kvp_registry_check_file(const char *src, int64_t *schema, char *err, size_t errlen);
+
+/*
+ * Replace the content of reg (a writer) with src in one write transaction
+ * (online backup API into the live file), after kvp_registry_check_file().
+ * Readers (running modules) see a new data_version and reload; an older
+ * schema is migrated afterwards.
+ */
+int kvp_registry_restore(kvp_registry *reg, const char *src, char *err, size_t errlen);
+
+/* SQLite's integrity check of the open registry; KVP_EIO with its first finding. */
+int kvp_registry_integrity(kvp_registry *reg, char *err, size_t errlen);
+
 #endif

@@ -372,6 +372,16 @@ static CK_RV check_key(const kvp_object *o, const mech_desc *m, kvp_op_kind kind
     return CKR_KEY_TYPE_INCONSISTENT;
   if (o->cls != want)
     return CKR_KEY_FUNCTION_NOT_PERMITTED;
+  /* the object's own usage flag: a retired certificate's key has CKA_SIGN false */
+  CK_ATTRIBUTE_TYPE use = kind == KVP_OP_SIGN      ? CKA_SIGN
+                          : kind == KVP_OP_DECRYPT ? CKA_DECRYPT
+                          : kind == KVP_OP_VERIFY  ? CKA_VERIFY
+                                                   : CKA_ENCRYPT;
+  const kvp_attr *a = kvp_object_attr(o, use);
+  if (a != NULL && a->len == sizeof(CK_BBOOL) && *(const CK_BBOOL *)a->value == CK_FALSE)
+    return kvp_fail_at(KVP_LOG_WARN, CKR_KEY_FUNCTION_NOT_PERMITTED,
+                       "'%s': the key's %s is false%s", o->label, kvp_cka_name(use),
+                       use == CKA_SIGN ? " (a retired certificate decrypts only)" : "");
   return CKR_OK;
 }
 

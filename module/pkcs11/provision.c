@@ -30,6 +30,7 @@
 
 #include <p11-kit/pkcs11x.h>
 
+#include "backend/provision.h"
 #include "core/cert.h"
 #include "core/audit.h"
 #include "core/log.h"
@@ -750,13 +751,12 @@ CK_RV kvp_generate_key_pair(kvp_session *s, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_
                             CK_OBJECT_HANDLE_PTR ph_pub, CK_OBJECT_HANDLE_PTR ph_priv)
 {
   char *account = NULL, *default_store = NULL, *scheme = NULL, *name = NULL;
-  char keyname[256], ref[600], err[KVP_ERRLEN] = "", dflt[32];
+  char keyname[256], ref[600], dflt[32];
   kvp_backend *be;
   kvp_registry *reg = NULL;
   kvp_key *key = NULL;
-  kvp_cert_rec rec = {0}, got = {0};
-  unsigned char *spki = NULL;
-  int spki_len, rc;
+  kvp_cert_rec rec = {0};
+  int64_t id = 0;
   gen_req g;
   CK_RV rv;
 
@@ -812,54 +812,23 @@ CK_RV kvp_generate_key_pair(kvp_session *s, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_
     snprintf(keyname, sizeof(keyname), "%s", name);
 
   /* the registry name must be free before the key store is touched */
-  if ((rv = open_writer(&reg)) != CKR_OK)
-    goto out;
-  rc = kvp_registry_get(reg, account, name, &got, err, sizeof(err));
-  if (rc == KVP_OK) {
-    KVP_ERROR("C_GenerateKeyPair: account '%s' has an entry named '%s' already (choose another "
-              "CKA_LABEL)",
-              account, name);
-    rv = CKR_ATTRIBUTE_VALUE_INVALID;
-    goto out;
-  }
-  if (rc != KVP_ENOTFOUND && (rv = reg_rv(rc, err)) != CKR_OK)
+  if ((rv = open_writer(&reg)) != CKR_OK || (rv = kvp_prov_name_free(reg, account, name)) != CKR_OK)
     goto out;
 
   rv = be->ops->create_key(be, keyname, &g.spec, &key);
   if (rv != CKR_OK)
     goto out; /* the backend logged why */
 
-  spki_len = i2d_PUBKEY(key->pub, &spki);
-  if (spki_len <= 0) {
-    rv = CKR_HOST_MEMORY;
-    goto undo;
-  }
   snprintf(ref, sizeof(ref), "%s:%s/%s", scheme, be->name, keyname);
-  rec.account = account;
-  rec.name = name;
-  rec.type = KVP_CERT_PRIVATE;
-  rec.der = NULL;
-  rec.der_len = 0;
-  rec.subject = rec.issuer = rec.serial = "";
-  rec.key_ref = ref;
-  rec.key_version = key->version;
-  rec.spki = spki;
-  rec.spki_len = (size_t)spki_len;
-  rec.ckid = g.spec.id != NULL ? (unsigned char *)g.spec.id : NULL;
-  rec.ckid_len = g.spec.id_len;
-  rc = kvp_registry_add(reg, &rec, 0, err, sizeof(err));
-  if (rc == KVP_OK) {
-    kvp_cert_rec_clear(&got);
-    rc = kvp_registry_get(reg, account, name, &got, err, sizeof(err));
-  }
-  if ((rv = reg_rv(rc, err)) != CKR_OK)
+  if ((rv = kvp_prov_key_row(key, account, name, ref, g.spec.id, g.spec.id_len, &rec)) != CKR_OK ||
+      (rv = kvp_prov_register(reg, &rec, &id)) != CKR_OK)
     goto undo;
   KVP_INFO("account %s: generated %s key '%s' in %s%s%s through PKCS#11", account,
            g.spec.type == KVP_KEY_RSA ? "RSA" : "EC", name, default_store,
            key->version ? " version " : "", key->version ? key->version : "");
   kvp_audit_change("C_GenerateKeyPair", account, name, ref, NULL, NULL);
-  *ph_pub = ((CK_OBJECT_HANDLE)got.id << 2) | KVP_OBJ_PUBKEY;
-  *ph_priv = ((CK_OBJECT_HANDLE)got.id << 2) | KVP_OBJ_PRIVKEY;
+  *ph_pub = ((CK_OBJECT_HANDLE)id << 2) | KVP_OBJ_PUBKEY;
+  *ph_priv = ((CK_OBJECT_HANDLE)id << 2) | KVP_OBJ_PRIVKEY;
   kvp_registry_close(reg);
   reg = NULL;
   (void)kvp_refresh();
@@ -867,15 +836,11 @@ CK_RV kvp_generate_key_pair(kvp_session *s, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_
 
 undo:
   /* registration failed: do not leave a key nobody knows about */
-  if (be->ops->delete_key == NULL || be->ops->delete_key(be, keyname) != CKR_OK)
-    KVP_ERROR("C_GenerateKeyPair: key '%s' was created in %s but could not be registered nor "
-              "deleted; remove it with `kvp11 key delete`",
-              keyname, default_store);
+  (void)kvp_prov_undo(be, keyname);
 out:
   if (key != NULL)
     key->backend->ops->close_key(key->backend, key);
-  OPENSSL_free(spki);
-  kvp_cert_rec_clear(&got);
+  kvp_cert_rec_clear(&rec);
   kvp_registry_close(reg);
   free(account);
   free(default_store);

@@ -38,7 +38,7 @@ mkcert() { # mkcert NAME: a self-signed partner certificate in NAME.pem
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout /dev/null \
     -out "$1.pem" -days 30 -subj "/CN=$1/O=partner" 2>/dev/null
 }
-for p in partner-a partner-b partner-c partner-d partner-a2 manual1 manual2 clash; do mkcert "$p"; done
+for p in partner-a partner-b partner-c partner-d partner-e partner-a2 manual1 manual2 clash; do mkcert "$p"; done
 b64() { openssl x509 -in "$1" -outform DER | base64 -w0; }
 VID=/subscriptions/sub1/resourceGroups/rg1/providers/Microsoft.KeyVault/vaults/kvemu
 IAID=/subscriptions/sub1/resourceGroups/rg1/providers/Microsoft.Logic/integrationAccounts/ia1
@@ -172,7 +172,7 @@ emu uncert '{"account":"ia1","name":"other-vault"}' >/dev/null
 emu uncert '{"account":"ia1","name":"manual1"}' >/dev/null
 
 # ---- 4. dry run and JSON ----
-emu cert "{\"account\":\"ia1\",\"name\":\"partner-e\",\"properties\":{\"publicCertificate\":\"$(b64 manual2.pem)\"}}" >/dev/null
+emu cert "{\"account\":\"ia1\",\"name\":\"partner-e\",\"properties\":{\"publicCertificate\":\"$(b64 partner-e.pem)\"}}" >/dev/null
 before=$(K cert list --account kv)
 out=$(K sync --dry-run --json) || fail "dry run failed"
 echo "$out" | node -e "let s='';process.stdin.on('data',d=>s+=d).on('end',()=>{const j=JSON.parse(s)[0];

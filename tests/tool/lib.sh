@@ -124,3 +124,44 @@ CNF
 
 # der_of FILE: the certificate in FILE as DER on stdout.
 der_of() { openssl x509 -in "$1" -outform DER; }
+
+# reissue SRC NAME START END: a certificate for SRC's public key (the key
+# stays where it is, e.g. in an HSM), issued by a throwaway test CA with the
+# validity START..END (YYYYMMDDHHMMSSZ), as $T/NAME.pem.
+reissue() {
+  local d=$T/reissue-ca
+  if [ ! -f "$d/ca.key" ]; then
+    mkdir -p "$d"
+    : >"$d/index.txt"
+    echo 2000 >"$d/serial"
+    printf '[ca]\ndefault_ca = d\n[d]\ndatabase = %s/index.txt\nnew_certs_dir = %s\nserial = %s/serial\ndefault_md = sha256\npolicy = p\nunique_subject = no\n[p]\ncommonName = supplied\norganizationName = optional\n' \
+      "$d" "$d" "$d" >"$d/ca.cnf"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$d/ca.key" \
+      -out "$d/ca.pem" -days 3650 -subj "/CN=kvp11 test CA" 2>/dev/null || fail "reissue: CA"
+  fi
+  openssl ca -batch -notext -config "$d/ca.cnf" -cert "$d/ca.pem" -keyfile "$d/ca.key" \
+    -ss_cert "$1" -subj "/CN=$2" -startdate "$3" -enddate "$4" -out "$T/$2.pem" >/dev/null 2>&1 ||
+    fail "reissue $2"
+}
+# when OFFSET: a date as openssl ca takes it, OFFSET from now ('-1 day', '+10 days').
+when() { date -u -d "$1" +%Y%m%d%H%M%SZ; }
+
+# watch_start TOKEN: a running PKCS#11 application ($KVP11_P11WATCH, see
+# p11watch.c) with libkvp11.so ($KVP11_MODULE) loaded on $CONF, token TOKEN.
+watch_start() {
+  coproc WATCH { KVP11_CONF=$CONF exec "$KVP11_P11WATCH" "$KVP11_MODULE" "$1" 2>"$T/watch.err"; }
+  local line
+  read -r -t 30 line <&"${WATCH[0]}" && [ "$line" = READY ] || fail "p11watch did not start: $(cat "$T/watch.err")"
+  trap 'echo quit >&"${WATCH[1]}" 2>/dev/null || true' EXIT
+}
+# watch CMD...: send a command to it; the answer lines (without END) in $T/watch.out
+watch() {
+  local line
+  echo "$*" >&"${WATCH[1]}"
+  : >"$T/watch.out"
+  while read -r -t 30 line <&"${WATCH[0]}"; do
+    [ "$line" = END ] && return 0
+    echo "$line" >>"$T/watch.out"
+  done
+  fail "p11watch: no answer to '$*'"
+}

@@ -33,7 +33,7 @@ expect_fail "no cert command" 2 'no cert command' cert
 expect_fail "unknown cert command" 2 "kvp11: cert: unknown command 'frob'" cert frob
 expect_fail "unknown cert option" 2 "kvp11: cert list: unknown option '--frob'" cert list --frob
 expect_fail "option missing its value" 2 "option '--name' needs an argument" cert add --name
-expect_fail "option not for this command" 2 "option '--json' does not apply" cert add --json "${P[@]}"
+expect_fail "option not for this command" 2 "option '--pem' does not apply" cert add --pem "${P[@]}"
 expect_fail "option given twice" 2 "option '--name' given twice" cert add "${P[@]}" --name q
 expect_fail "add without --name" 2 'are required' cert add --type public --cert "$T/pub.pem"
 expect_fail "add without --type" 2 'are required' cert add --name p --cert "$T/pub.pem"

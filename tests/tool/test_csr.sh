@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # kvp11 csr and kvp11 cert selfsign on the SoftHSM2 fixture (tests/fixtures/
 # mkenv.sh) and, when it runs, the Key Vault emulator of the kv tests: the
-# request / certificate is signed through the built libkvp11.so ($KVP11_MODULE)
-# and checked with openssl (signature, subject, SANs, public key = the key's,
-# RSASSA-PSS), a self-signed certificate is registered with cert add and then
-# shown by the module, keys named by --hsm/--vault without a registry entry go
-# through a temporary registry that is removed afterwards; then every error.
+# request / certificate is signed in the key store through the backend
+# interface and checked with openssl (signature, subject, SANs, public key =
+# the key's, RSASSA-PSS), a self-signed certificate is registered with cert add
+# and then shown by the built libkvp11.so ($KVP11_MODULE), keys named by
+# --hsm/--vault without a registry entry are signed without any registry
+# change, a store that signs with another key is caught; then every error.
 . "$(dirname "$0")/lib.sh"
 
 MKENV=$(cd "$(dirname "$0")/../fixtures" && pwd)/mkenv.sh
@@ -182,7 +183,7 @@ expect_ok "cert add the certificate of the key-only entry" cert add --name made 
 expect_ok "csr of made, now a certificate" csr --cert-name made --subject "$SUBJ" --san "$SAN"
 check_req "$OUT" "$T/made.pub" pub sha256WithRSAEncryption "csr of made with its certificate"
 
-# --- a key in the HSM with no registry entry: the temporary registry ---
+# --- a key in the HSM with no registry entry: signed in the store, nothing registered ---
 pkcs11-tool --module "$SOFTHSM" --token-label kvp11-test --login --pin 1234 --keypairgen \
   --key-type EC:prime256v1 --label fresh --id 0f --sensitive --usage-sign >"$T/p11.log" 2>&1 ||
   { cat "$T/p11.log" >&2; fail "pkcs11-tool --keypairgen fresh"; }
@@ -190,7 +191,7 @@ pkcs11-tool --module "$SOFTHSM" --token-label kvp11-test --read-object --type pu
   -o "$T/fresh.der" >"$T/p11.log" 2>&1 || { cat "$T/p11.log" >&2; fail "read the public key of fresh"; }
 openssl pkey -pubin -inform DER -in "$T/fresh.der" -out "$T/fresh.pub" || fail "fresh public key"
 before=$(snapshot)
-expect_ok "csr --hsm test --key fresh (temporary registry)" csr --hsm test --key fresh \
+expect_ok "csr --hsm test --key fresh (not registered)" csr --hsm test --key fresh \
   --subject "$SUBJ" --san "$SAN"
 cp "$OUT" "$T/fresh.csr"
 check_req "$T/fresh.csr" "$T/fresh.pub" pub ecdsa-with-SHA256 "csr of an unregistered HSM key"
@@ -199,29 +200,8 @@ expect_ok "selfsign --hsm test --key fresh" cert selfsign --hsm test --key fresh
 cp "$OUT" "$T/fresh.pem"
 check_cert "$T/fresh.pem" "$T/fresh.pub" pub 'Digital Signature' "selfsign of an unregistered HSM key"
 no_temp "selfsign --hsm test --key fresh"
-expect_fail "temporary registry, then no module" 1 "kvp11 module $T/none.so" \
-  csr --hsm test --key fresh --subject "/CN=x" --module "$T/none.so"
-no_temp "a failure after the temporary registry was made"
-expect_fail "temporary registry, then the wrong module" 1 "the key of hsm:test/fresh is not available through $SOFTHSM" \
-  csr --hsm test --key fresh --subject "/CN=x" --module "$SOFTHSM"
-no_temp "a failure in the engine after the temporary registry was made"
-# Killed while the temporary registry exists: it is removed all the same. The
-# "module" is a FIFO, so loading it blocks until the signal comes.
-mkfifo "$T/hang.so"
-"$KVP11_TOOL" -c "$CONF" csr --hsm test --key fresh --subject "/CN=x" --module "$T/hang.so" \
-  >"$OUT" 2>"$ERR" &
-pid=$!
-for _ in $(seq 50); do [ -n "$(ls -A "$TMPDIR")" ] && break; sleep 0.1; done
-[ -n "$(ls -A "$TMPDIR")" ] || { kill -KILL $pid; fail "SIGTERM: no temporary registry appeared"; }
-kill -TERM $pid
-RC=0
-wait $pid || RC=$?
-rm -f "$T/hang.so"
-[ "$RC" -eq 143 ] || fail "SIGTERM: exit $RC (want 143)"
-no_temp "killed with SIGTERM while the temporary registry exists"
-ok "killed with SIGTERM: the temporary registry is removed"
-[ "$before" = "$(snapshot)" ] || fail "the temporary registry changed the registry"
-ok "the registry did not change"
+[ "$before" = "$(snapshot)" ] || fail "a csr of an unregistered key changed the registry"
+ok "the registry did not change (the key store signs directly: nothing is registered, even for a while)"
 expect_ok "cert add the fresh certificate" cert add --name fresh --type private --cert "$T/fresh.pem" \
   --hsm test --key fresh
 
@@ -267,48 +247,28 @@ expect_fail "--pss with an EC key" 1 "--pss: certificate 'p256' is not an RSA ke
   csr --cert-name p256 --subject "/CN=x" --pss
 expect_fail "unknown account" 1 "account 'nope' is not configured" \
   csr --cert-name rsa2048 --subject "/CN=x" --account nope
-expect_fail "no such module" 1 "kvp11 module $T/none.so" \
-  csr --cert-name rsa2048 --subject "/CN=x" --module "$T/none.so"
-expect_fail "not the kvp11 module" 1 "the key of certificate 'rsa2048' is not available through $SOFTHSM" \
-  csr --cert-name rsa2048 --subject "/CN=x" --module "$SOFTHSM"
+expect_ok "--module is accepted and not needed" csr --cert-name rsa2048 --subject "/CN=x" --module "$T/none.so"
 expect_fail "--out in a missing directory" 1 "cannot create $T/no/dir.pem" \
   csr --cert-name p256 --subject "/CN=x" --out "$T/no/dir.pem"
 
-# A module that signs with another key than the registry names is caught: the
-# pkcs11 engine, configured by OPENSSL_CONF with the PIN, loads SoftHSM2 itself
-# (--module), where the object "rsa3072" of account "other" (label = the
-# token's) is the rsa3072 key, while the registry entry rsa3072 of that
-# account holds the certificate of rsa2048.
+# A key store that signs with another key than the registry names is caught:
+# the entry rsa3072 of account other holds rsa2048's certificate, and its key
+# reference is then pointed at the rsa3072 key behind the tool's back.
 cp "$CONF" "$T/other.conf"
-printf '\n[account other]\nlabel = kvp11-test\n' >>"$T/other.conf"
-sed -e "s|@ENGINE@|$ENGDIR/pkcs11.so|" -e "s|@SOFTHSM@|$SOFTHSM|" >"$T/engine.cnf" <<'CNF'
-openssl_conf = openssl_init
-[openssl_init]
-engines = engine_section
-[engine_section]
-pkcs11 = pkcs11_section
-[pkcs11_section]
-engine_id = pkcs11
-dynamic_path = @ENGINE@
-MODULE_PATH = @SOFTHSM@
-PIN = 1234
-init = 0
-CNF
+printf '\n[account other]\nlabel = other\n' >>"$T/other.conf"
 SAVED_CONF=$CONF
 CONF=$T/other.conf
 expect_ok "register rsa2048's certificate as 'rsa3072' in account other" cert add --account other \
   --name rsa3072 --type private --cert "$C/rsa2048.pem" --hsm test --key rsa2048
-OPENSSL_CONF=$T/engine.cnf expect_fail "a signature by another key" 1 \
-  "the signature made through the module does not verify with the public key of certificate 'rsa3072': refused" \
-  csr --account other --cert-name rsa3072 --subject "/CN=x" --module "$SOFTHSM"
-OPENSSL_CONF=$T/engine.cnf expect_ok "the same through libkvp11.so signs with the right key" \
-  csr --account other --cert-name rsa3072 --subject "/CN=x" --module "$KVP11_MODULE"
-openssl req -verify -noout -in "$OUT" 2>/dev/null || fail "account other: the request does not verify"
-[ "$(spki_of req "$OUT")" = "$(key_spki x509 "$C/rsa2048.pem")" ] || fail "account other: not rsa2048's key"
+python3 -c "import sqlite3,sys; d=sqlite3.connect(sys.argv[1]); d.execute(\"UPDATE certs SET key_ref = 'hsm:test/rsa3072' WHERE account = 'other' AND name = 'rsa3072'\"); d.commit()" \
+  "$E/registry.db" || fail "registry change"
+expect_fail "a signature by another key" 1 \
+  "the signature made in the key store does not verify with the public key of certificate 'rsa3072': refused" \
+  csr --account other --cert-name rsa3072 --subject "/CN=x"
 CONF=$SAVED_CONF
 
 # An [hsm] without pin_file/pin_env (applications give their PIN): the tool
-# passes --pin-file or $KVP11_PIN to the engine, which logs in through the module.
+# logs in to the HSM with --pin-file or $KVP11_PIN.
 grep -v '^pin_file' "$CONF" >"$T/nopin.conf"
 umask 077
 printf '9999' >"$T/bad.pin"
@@ -323,13 +283,13 @@ expect_ok "--pin-file" csr --cert-name rsa2048 --subject "/CN=x" --pin-file "$E/
 openssl req -verify -noout -in "$OUT" 2>/dev/null || fail "--pin-file: the request does not verify"
 KVP11_PIN=1234 expect_ok "KVP11_PIN" cert selfsign --cert-name p256 --subject "/CN=x"
 openssl verify -CAfile "$OUT" "$OUT" >/dev/null 2>&1 || fail "KVP11_PIN: the certificate does not verify"
-expect_fail "wrong PIN" 1 "the key of certificate 'rsa2048' is not available through" \
+expect_fail "wrong PIN" 1 "hsm 'test': login failed: .*CKR_PIN_INCORRECT" \
   csr --cert-name rsa2048 --subject "/CN=x" --pin-file "$T/bad.pin"
 expect_fail "PIN file readable by others" 1 "open.pin" \
   csr --cert-name rsa2048 --subject "/CN=x" --pin-file "$T/open.pin"
 CONF=$SAVED_CONF
 kvp csr --cert-name p256 --subject "/CN=x" --pin-file "$T/bad.pin"
-[ "$RC" -eq 0 ] && grep -q "warning: --pin-file ignored: certificate 'p256' needs no PIN from the tool" "$ERR" ||
+[ "$RC" -eq 0 ] && grep -q "warning: --pin-file ignored: \[hsm test\] has its own pin_file/pin_env" "$ERR" ||
   { cat "$ERR" >&2; fail "--pin-file with a configured PIN: rc $RC"; }
 ok "--pin-file is ignored, with a warning, when the [hsm] has its PIN"
 

@@ -28,6 +28,9 @@ expect_fail "unknown hsm" 1 "hsm 'nope' is not configured in $CONF" key create -
 expect_fail "unknown vault" 1 "vault 'nope' is not configured in $CONF" key list --vault nope
 expect_ok "help" key --help
 grep -q 'key import (--vault V | --hsm H) --key NAME' "$OUT" || fail "key --help: $(cat "$OUT")"
+expect_ok "key list --help" key list --help
+grep -q -- '--key' "$OUT" && fail "key list --help lists --key: $(cat "$OUT")"
+ok "key list --help does not list --key"
 
 TESTED=0
 for S in "${STORES[@]}"; do
@@ -50,6 +53,10 @@ for S in "${STORES[@]}"; do
   expect_ok "$S create ec" key create "$@" --key "$KE" --type ec --curve p384 --ops sign --name "ec name $R$tag" --account other
   grep -qx 'type: EC P-384' "$OUT" || fail "create ec type: $(cat "$OUT")"
   SPKI_E=$(sed -n 's/^spki: //p' "$OUT")
+  expect_ok "$S create --json" key create "$@" --key "kj$R$tag" --type ec --curve p256 --no-register --json
+  json "j['action'] == 'created' and j['key_ref'] == '$(ref_of "$S" "kj$R$tag")' and j['type'] == 'EC P-256' and j['registered'] is None and j['spki'].startswith('sha256:')"
+  expect_ok "$S delete --json" key delete "$@" --key "kj$R$tag" --yes --json
+  json "j['action'] == 'deleted' and j['key_ref'] == '$(ref_of "$S" "kj$R$tag")'"
 
   expect_ok "$S registry row" cert list --json
   # a key-only row: private, no certificate (shown as type "key" by cert list)
@@ -100,7 +107,9 @@ for S in "${STORES[@]}"; do
   expect_fail "$S delete while registered" 1 "registered certificates point at $(ref_of "$S" "$KR"): default/$KR \(remove them first" \
     key delete "$@" --key "$KR" --yes
   expect_ok "$S still there" key show "$@" --key "$KR"
-  expect_ok "$S cert remove" cert remove "$KR"
+  expect_fail "$S cert remove of a private certificate needs --yes" 2 \
+    "'$KR' is a private certificate: .*its key .* stays in its store.*confirm with --yes" cert remove "$KR"
+  expect_ok "$S cert remove" cert remove "$KR" --yes
   expect_ok "$S delete" key delete "$@" --key "$KR" --yes
   grep -q "^deleted key $(ref_of "$S" "$KR")" "$OUT" || fail "delete message: $(cat "$OUT")"
   expect_fail "$S deleted" 1 "has no key '$KR'" key show "$@" --key "$KR"

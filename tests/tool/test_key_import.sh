@@ -30,6 +30,9 @@ mkpfx() {
 mkpfx rsa -algorithm RSA -pkeyopt rsa_keygen_bits:2048
 mkpfx ec -algorithm EC -pkeyopt ec_paramgen_curve:P-384
 mkpfx pem -algorithm EC -pkeyopt ec_paramgen_curve:P-256
+mkpfx reg -algorithm RSA -pkeyopt rsa_keygen_bits:2048
+mkpfx fault -algorithm RSA -pkeyopt rsa_keygen_bits:2048
+mkpfx left -algorithm RSA -pkeyopt rsa_keygen_bits:2048
 mkpfx rsa1024 -algorithm RSA -pkeyopt rsa_keygen_bits:1024
 mkpfx ed -algorithm ED25519
 mkpfx k1 -algorithm EC -pkeyopt ec_paramgen_curve:secp256k1
@@ -118,6 +121,12 @@ for S in "${STORES[@]}"; do
   json "j['type'] == 'ec' and j['curve'] == 'P-384'"
   [ "$is_kv" = 1 ] && { [ "$(emu_count import)" = "$n0" ] || fail "$S: an import request reached the vault"; }
 
+  # --- the same key imported a second time, under another name: refused, naming the key ---
+  expect_fail "$S same PFX imported twice" 1 \
+    "this key \(sha256:[0-9a-f]{64}\) is in (hsm|vault) '[^']+' already, as key 'irsa$R$tag'" \
+    key import "$@" --key "iagain$R$tag" --name "again$R$tag" --pfx "$T/rsa.pfx" --pass-file "$T/pass"
+  absent "$S" "iagain$R$tag"
+
   # --- the registration fails after the import: the key is deleted again ---
   python3 - "$T/registry.db" "regfail$R$tag" <<'PY' || fail "registry trigger"
 import sqlite3, sys
@@ -128,14 +137,14 @@ db.commit()
 PY
   expect_fail "$S registration fails after the import" 1 \
     "registering 'regfail$R$tag' failed: .*injected by test_key_import.*; the new key $(ref_of "$S" "ireg$R$tag") was deleted again" \
-    key import "$@" --key "ireg$R$tag" --name "regfail$R$tag" --pfx "$T/rsa.pfx" --pass-file "$T/pass"
+    key import "$@" --key "ireg$R$tag" --name "regfail$R$tag" --pfx "$T/reg.pfx" --pass-file "$T/pass"
   absent "$S" "ireg$R$tag"
   python3 -c "import sqlite3,sys; d=sqlite3.connect(sys.argv[1]); d.execute('DROP TRIGGER kvp11_test_fail'); d.commit()" \
     "$T/registry.db" || fail "drop trigger"
 
   # --- delete: refused while registered, then works ---
   expect_fail "$S delete imported key while registered" 1 "default/ipem$R$tag" key delete "$@" --key "ipem$R$tag" --yes
-  expect_ok "$S cert remove" cert remove "ipem$R$tag"
+  expect_ok "$S cert remove" cert remove "ipem$R$tag" --yes
   expect_ok "$S delete imported key" key delete "$@" --key "ipem$R$tag" --yes
   absent "$S" "ipem$R$tag"
 done
@@ -146,13 +155,13 @@ if [ "$HAVE_KV" = 1 ] && supported "--vault emu0"; then
     fail "emulator: set the import fault"
   n0=$(emu_count import)
   expect_fail "import during an emulator fault" 1 "vault 'emu0': importing the key failed" \
-    key import --vault emu0 --key "ifault$R" --pfx "$T/rsa.pfx" --pass-file "$T/pass"
+    key import --vault emu0 --key "ifault$R" --pfx "$T/fault.pfx" --pass-file "$T/pass"
   [ "$(emu_count import)" -gt "$n0" ] || fail "the import request did not reach the emulator"
   emu_delete /_emu/faults >/dev/null || fail "emulator: clear the faults"
   expect_ok "no row after the fault" cert list --json
   json "'ifault$R' not in [r['name'] for r in j]"
   absent "--vault emu" "ifault$R"
-  expect_ok "import works again" key import --vault emu --key "ifault$R" --pfx "$T/rsa.pfx" --pass-file "$T/pass"
+  expect_ok "import works again" key import --vault emu --key "ifault$R" --pfx "$T/fault.pfx" --pass-file "$T/pass"
 
   # the registration fails and so does the delete that would undo the import: the one
   # error line names the key left behind and the command that removes it
@@ -166,8 +175,8 @@ PY
   emu_post /_emu/faults '{"faults":[{"endpoint":"delete","action":"status","status":500,"times":-1}]}' >/dev/null ||
     fail "emulator: set the delete fault"
   expect_fail "registration and undo both fail" 1 \
-    "registering 'regfail$R' failed: .*; the new key keyvault:emu0/ileft$R could not be deleted \(CKR_[A-Z_]+\) and is left behind: remove it with 'kvp11 key delete --vault emu0 --key ileft$R --yes'" \
-    key import --vault emu0 --key "ileft$R" --name "regfail$R" --pfx "$T/rsa.pfx" --pass-file "$T/pass"
+    "registering 'regfail$R' failed: .*; the new key keyvault:emu0/ileft$R could not be deleted \(.+\) and is left behind: remove it with 'kvp11 key delete --vault emu0 --key ileft$R --yes'" \
+    key import --vault emu0 --key "ileft$R" --name "regfail$R" --pfx "$T/left.pfx" --pass-file "$T/pass"
   emu_delete /_emu/faults >/dev/null || fail "emulator: clear the faults"
   expect_ok "the key left behind is there" key show --vault emu0 --key "ileft$R" --json
   json "j['certificates'] == []"

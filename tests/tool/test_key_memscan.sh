@@ -137,6 +137,15 @@ KVP11_TEST_NO_WIPE=1 gdb -nx -batch -q -ex 'set breakpoint pending on' -ex 'brea
 grep -q 'in wipe_free\|wipe_free (' "$T/gdb.log" && fail "KVP11_TEST_NO_WIPE=1 did not switch tool/wipe.c off"
 ok "OpenSSL frees through tool/wipe.c (and KVP11_TEST_NO_WIPE=1 switches it off)"
 
+# forget STORE-OPTS KEY: remove an imported key and its entry, so that the same
+# key can be imported again (a key already in the store is refused).
+forget() {
+  local store=$1 key=$2
+  "$KVP11_TOOL" -c "$CONF" cert remove "$key" --yes >/dev/null 2>&1 || true
+  # shellcheck disable=SC2086
+  "$KVP11_TOOL" -c "$CONF" key delete $store --key "$key" --yes >/dev/null 2>&1 || true
+}
+
 TESTED=0
 for S in "${STORES[@]}"; do
   supported "$S" || continue
@@ -151,6 +160,7 @@ for S in "${STORES[@]}"; do
   found_in "$T/core.way" "$need" || fail "$S: no $need in the $n cores taken at $brk: the scan cannot see the key"
   ok "$S: the scan finds the key as $need at $brk ($n cores)"
   rm -f "$T"/core.way.*
+  forget "$S" "mway$R$tag"
 
   # after a complete import: nothing
   core_at _exit "$T/core.exit" key import "$@" --key "mscan$R$tag" --pfx "$T/k.pfx" --pass-file "$T/pass"
@@ -161,6 +171,7 @@ for S in "${STORES[@]}"; do
     fail "$S: the imported key's bytes are in the core at exit: $(tr '\n' ' ' <"$T/hits.exit")"
   fi
   rm -f "$T/core.exit"
+  forget "$S" "mscan$R$tag"
 
   # a PEM key file (not encrypted): its text goes through OpenSSL's PEM and DER decoders
   core_at _exit "$T/core.exit" key import "$@" --key "mpem$R$tag" --key-file "$T/k.key" --cert "$T/k.pem" --name "mpem$R$tag"
@@ -171,12 +182,14 @@ for S in "${STORES[@]}"; do
     fail "$S: the imported PEM key's bytes are in the core at exit: $(tr '\n' ' ' <"$T/hits.exit")"
   fi
   rm -f "$T/core.exit"
+  forget "$S" "mpem$R$tag"
 
   # without the wiping allocator (information only)
   KVP11_TEST_NO_WIPE=1 core_at _exit "$T/core.nowipe" key import "$@" --key "mnowipe$R$tag" --pfx "$T/k.pfx" --pass-file "$T/pass"
   scan "$T/core.nowipe" >"$T/hits.nowipe" && echo "info: $S: without tool/wipe.c: no hits" ||
     echo "info: $S: without tool/wipe.c the core at exit holds: $(tr '\n' ' ' <"$T/hits.nowipe")"
   rm -f "$T/core.nowipe"
+  forget "$S" "mnowipe$R$tag"
 done
 [ "$TESTED" -gt 0 ] || skip "no key store supports importing yet"
 

@@ -22,7 +22,7 @@ expect_ok "add PEM with leading text" cert add --name bob-text --type public --c
 
 # --- list ---
 expect_ok "list" cert list
-head -1 "$OUT" | grep -Eq '^NAME +TYPE +SUBJECT +NOT-AFTER +KEY$' || fail "list header: $(head -1 "$OUT")"
+head -1 "$OUT" | grep -Eq '^NAME +TYPE +STATE +SUBJECT +NOT-AFTER +KEY$' || fail "list header: $(head -1 "$OUT")"
 [ "$(wc -l <"$OUT")" -eq 3 ] || fail "list: want 2 rows: $(cat "$OUT")"
 grep -Eq '^alice +public +.*CN=alice.* +[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:]{8}Z +-$' "$OUT" ||
   fail "list row: $(cat "$OUT")"
@@ -42,7 +42,7 @@ json "j[0]['account'] == 'default' and j[0]['resource_group'] == 'rg1' and j[0][
 json "j[0]['key_version'] is None and 'CN=alice' in j[0]['subject'] and 'CN=alice' in j[0]['issuer']"
 json "isinstance(j[0]['id'], int) and 'der' not in j[0] and 'pem' not in j[0]"
 json "all(r[k].endswith('Z') and len(r[k]) == 20 for r in j for k in ('created', 'updated'))"
-json "set(j[0]) == {'id','name','account','type','subject','issuer','serial','not_before','not_after','sha1','sha256','key_ref','key_version','resource_group','created','updated'}"
+json "set(j[0]) == {'id','name','account','type','state','subject','issuer','serial','not_before','not_after','sha1','sha256','key_ref','key_version','resource_group','created','updated'}"
 expect_ok "list --json --account b2b" cert list --json --account b2b
 json "[r['name'] for r in j] == ['bob'] and j[0]['account'] == 'b2b' and j[0]['resource_group'] is None"
 
@@ -50,7 +50,8 @@ json "[r['name'] for r in j] == ['bob'] and j[0]['account'] == 'b2b' and j[0]['r
 expect_ok "show" cert show alice
 grep -q '^name: alice$' "$OUT" || fail "show name: $(cat "$OUT")"
 grep -q '^type: public$' "$OUT" || fail "show type"
-grep -q "^sha256: $fp\$" "$OUT" || fail "show sha256"
+fpo=$(openssl x509 -in "$T/alice.pem" -noout -fingerprint -sha256 | sed 's/.*=//')
+grep -q "^sha256: SHA256:$fpo\$" "$OUT" || fail "show sha256 (OpenSSL's form): $(grep sha256 "$OUT")"
 grep -q '^key_ref: -$' "$OUT" || fail "show key_ref"
 grep -q '^resource_group: rg1$' "$OUT" || fail "show resource_group"
 grep -q "^not_after: $end\$" "$OUT" || fail "show not_after"
@@ -83,20 +84,28 @@ for c in "garbage.bin:neither a PEM nor a DER" "garbage.txt:neither a PEM nor a 
   expect_fail "bad file $f" 1 "^kvp11: cert add: $T/$f: .*${c#*:}" cert add --name bad --type public --cert "$T/$f"
 done
 expect_fail "missing file" 1 "nonexistent.pem" cert add --name bad --type public --cert "$T/nonexistent.pem"
-expect_fail "directory as file" 1 "cert add: " cert add --name bad --type public --cert "$T"
+expect_fail "directory as file" 1 "cert add: $T: is a directory, not a certificate file" cert add --name bad --type public --cert "$T"
+openssl pkcs12 -export -nokeys -in "$T/alice.pem" -passout pass:x -out "$T/alice.pfx" 2>/dev/null || fail "pfx"
+expect_fail "PFX given to cert add" 1 "alice.pfx: a PKCS#12 \(PFX\) file, not a certificate: import its key and certificate with kvp11 key import --pfx" \
+  cert add --name bad --type public --cert "$T/alice.pfx"
 
 # --- duplicates and --replace ---
 id=$("$KVP11_TOOL" -c "$CONF" cert show alice --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 expect_fail "duplicate name" 1 "account 'default' has a certificate named 'alice' already" \
   cert add --name alice --type public --cert "$T/bob.pem"
-expect_ok "same name in another account" cert add --name alice --type public --cert "$T/bob.pem" --account b2b
+expect_fail "same certificate under a second name" 1 \
+  "this certificate \(SHA256:([0-9A-F]{2}:){31}[0-9A-F]{2}\) is registered in account 'b2b' already, as 'bob' \(--alias" \
+  cert add --name alice --type public --cert "$T/bob.pem" --account b2b
+expect_ok "same name in another account (--alias)" cert add --name alice --type public --cert "$T/bob.pem" --account b2b --alias
 sleep 1
-expect_ok "--replace" cert add --name alice --type public --cert "$T/bob.pem" --replace
+expect_fail "--replace with a certificate registered under another name" 1 "registered in account 'default' already, as 'bob-text'" \
+  cert add --name alice --type public --cert "$T/bob.pem" --replace
+expect_ok "--replace" cert add --name alice --type public --cert "$T/bob.pem" --replace --alias
 grep -q "^replaced public certificate 'alice'" "$OUT" || fail "replace message: $(cat "$OUT")"
 expect_ok "show after replace" cert show alice --json
 json "j['id'] == $id and 'CN=bob' in j['subject'] and j['resource_group'] is None"
 json "j['updated'] > j['created']"
-expect_ok "--replace of a new name adds" cert add --name carol --type public --cert "$T/bob.pem" --replace
+expect_ok "--replace of a new name adds" cert add --name carol --type public --cert "$T/bob.pem" --replace --alias
 grep -q "^added" "$OUT" || fail "replace of a new name: $(cat "$OUT")"
 
 # --- validity ---
@@ -180,7 +189,7 @@ expect_ok "--strict with a valid certificate" cert add --name strict-ok --type p
 # Concurrent writers never lose a row.
 pids=()
 for i in 1 2 3 4 5 6 7 8; do
-  "$KVP11_TOOL" -c "$CONF" cert add --name "par$i" --type public --cert "$T/alice.pem" --account b2b \
+  "$KVP11_TOOL" -c "$CONF" cert add --name "par$i" --type public --cert "$T/alice.pem" --account b2b --alias \
     >"$T/par$i.out" 2>&1 &
   pids+=($!)
 done

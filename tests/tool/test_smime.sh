@@ -8,23 +8,7 @@
 # unknown signer, expired certificate, public certificate as signer.
 . "$(dirname "$0")/lib.sh"
 
-MKENV=$(cd "$(dirname "$0")/../fixtures" && pwd)/mkenv.sh
-[ -f "$MKENV" ] || skip "tests/fixtures/mkenv.sh not found"
-SOFTHSM=${KVP11_SOFTHSM_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
-[ -f "$SOFTHSM" ] || skip "SoftHSM2 module not found at $SOFTHSM"
-for t in softhsm2-util pkcs11-tool; do command -v $t >/dev/null 2>&1 || skip "$t not found"; done
-ENGDIR=$(openssl version -e | sed -n 's/^ENGINESDIR: "\(.*\)"$/\1/p')
-[ -f "$ENGDIR/pkcs11.so" ] || skip "OpenSSL pkcs11 engine not found (libengine-pkcs11-openssl)"
-[ -n "${KVP11_MODULE:-}" ] && [ -f "$KVP11_MODULE" ] || fail "KVP11_MODULE is not set to the built libkvp11.so"
-
-E=$T/env
-KVP11_TOOL="$KVP11_TOOL" SOFTHSM2_MODULE="$SOFTHSM" bash "$MKENV" "$E" >"$T/mkenv.log" 2>&1 ||
-  { cat "$T/mkenv.log" >&2; fail "mkenv.sh failed"; }
-export SOFTHSM2_CONF=$E/softhsm2.conf
-C=$E/certs
-CONF=$E/kvp11.conf
-PK=$C/partner.key
-PC=$C/partner.pem
+. "$(dirname "$0")/smime_env.sh"
 
 printf 'Subject: order 4711\n\nline one\nline two\n' >"$T/msg.txt"
 # openssl cms -verify/-decrypt of a text message gives CRLF line ends, as kvp11 does.
@@ -174,6 +158,16 @@ expect_ok "seal --binary --detached" smime seal --cert rsa3072 --to rsa2048 --bi
 cp "$OUT" "$T/self-bin.sealed"
 expect_ok "open our own --binary --detached" smime open --cert rsa2048 --from rsa3072 --binary <"$T/self-bin.sealed"
 same "$OUT" "$T/lf.txt" "open own binary detached"
+# OpenSSL 3.0 peers open it too (its reader keeps the CR of a CRLF before the
+# boundary in binary content: seal writes that MIME structure with LF)
+expect_ok "seal --binary --detached to the partner" smime seal --cert rsa3072 --to partner --binary --detached \
+  --in "$T/msg.bin"
+openssl cms -decrypt -binary -inkey "$PK" -in "$OUT" -out "$T/bin.inner" 2>"$T/ossl.err" ||
+  { cat "$T/ossl.err" >&2; fail "openssl decrypt seal --binary --detached"; }
+openssl cms -verify -binary -CAfile "$C/rsa3072.pem" -purpose any -in "$T/bin.inner" -out "$T/v.out" 2>"$T/ossl.err" ||
+  { cat "$T/ossl.err" >&2; fail "openssl verify seal --binary --detached"; }
+same "$T/v.out" "$T/msg.bin" "openssl opens seal --binary --detached"
+ok "openssl opens kvp11's seal --binary --detached"
 # the pkcs11 engine already loaded by OPENSSL_CONF is used as it is
 sed -e "s|@PKCS11_ENGINE@|$(openssl version -e | sed 's/.*"\(.*\)"/\1/')/pkcs11.so|" \
     -e "s|@KVP11_MODULE@|$KVP11_MODULE|" "$(cd "$(dirname "$0")/../.." && pwd)/hsm-config/openssl-engine.cnf" >"$T/engine.cnf"
@@ -183,6 +177,93 @@ expect_ok "seal to ourselves" smime seal --cert rsa3072 --to rsa2048 <"$T/msg.tx
 cp "$OUT" "$T/self.sealed"
 expect_ok "open our own" smime open --cert rsa2048 <"$T/self.sealed"
 same "$OUT" "$T/msg.crlf" "open own"
+
+# --- --in / --out on every command: the file appears only when the command succeeded ---
+expect_ok "sign --in --out" smime sign --cert rsa2048 --in "$T/msg.txt" --out "$T/io.signed"
+[ -s "$T/io.signed" ] || fail "sign --out: no file"
+expect_ok "verify --in --out" smime verify --in "$T/io.signed" --out "$T/io.out"
+same "$T/io.out" "$T/msg.crlf" "verify --out"
+expect_ok "encrypt --in --out" smime encrypt --to rsa2048 --in "$T/msg.txt" --out "$T/io.enc"
+expect_ok "decrypt --in --out" smime decrypt --cert rsa2048 --in "$T/io.enc" --out "$T/io.out2"
+same "$T/io.out2" "$T/msg.crlf" "decrypt --out"
+expect_ok "seal --in --out" smime seal --cert rsa2048 --to rsa3072 --in "$T/msg.txt" --out "$T/io.sealed"
+expect_ok "open --in --out" smime open --cert rsa3072 --in "$T/io.sealed" --out "$T/io.out3"
+same "$T/io.out3" "$T/msg.crlf" "open --out"
+sed 's/^line two/line 2wo/' "$T/detached.smime" >"$T/io.tampered"
+expect_fail "verify: tampered, --out" 1 "the signature does not verify" \
+  smime verify --in "$T/io.tampered" --out "$T/io.nothing"
+[ ! -e "$T/io.nothing" ] || fail "verify: a failed verify left its --out file"
+ls -A "$T" | grep -q '^\.io\.nothing\.' && fail "verify: a temporary file was left behind"
+cp "$T/io.out" "$T/io.keep"
+expect_fail "verify: tampered, --out over an existing file" 1 "the signature does not verify" \
+  smime verify --in "$T/io.tampered" --out "$T/io.keep"
+same "$T/io.keep" "$T/io.out" "a failed verify kept the file it would have replaced"
+expect_fail "--in: no such file" 1 "cannot open $T/none: No such file" smime verify --in "$T/none"
+expect_fail "--in: a directory" 1 "--in $T: is a directory" smime decrypt --in "$T"
+expect_fail "--out: no such directory" 1 "cannot create a temporary file beside $T/no/x" \
+  smime sign --cert rsa2048 --in "$T/msg.txt" --out "$T/no/x"
+
+# --- an empty message: OpenSSL's streaming writers cannot write one; it is finished whole ---
+: >"$T/empty"
+for d in "" --detached; do
+  expect_ok "sign an empty message $d" smime sign --cert rsa2048 $d --in "$T/empty"
+  openssl cms -verify -CAfile "$C/rsa2048.pem" -purpose any -in "$OUT" -out "$T/v.out" 2>"$T/ossl.err" ||
+    { cat "$T/ossl.err" >&2; fail "openssl verify of an empty message $d"; }
+  [ ! -s "$T/v.out" ] || fail "sign empty $d: content not empty"
+  cp "$OUT" "$T/empty.signed"
+  expect_ok "verify an empty message $d" smime verify --in "$T/empty.signed"
+  [ ! -s "$OUT" ] || fail "verify empty $d: content not empty"
+done
+expect_ok "encrypt an empty message" smime encrypt --to partner --outform der --in "$T/empty"
+openssl cms -decrypt -inform DER -inkey "$PK" -in "$OUT" -out "$T/v.out" 2>"$T/ossl.err" ||
+  { cat "$T/ossl.err" >&2; fail "openssl decrypt of an empty message"; }
+[ ! -s "$T/v.out" ] || fail "encrypt empty: content not empty"
+expect_ok "seal an empty message" smime seal --cert rsa3072 --to rsa2048 --in "$T/empty" --out "$T/empty.sealed"
+expect_ok "open an empty message" smime open --in "$T/empty.sealed"
+[ ! -s "$OUT" ] || fail "open empty: content not empty"
+
+# --- recipient-driven decryption: without --cert, the certificate the message is
+# for, among two active (rsa2048, rsa3072) and one retired (rsaold) certificate ---
+mkcert rsaold
+expect_ok "import a third RSA key" key import --hsm test --key rsaold --key-file "$T/rsaold.key" \
+  --cert "$T/rsaold.pem" --name rsaold
+python3 - "$E/registry.db" <<'PY' || fail "retire rsaold"
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+assert db.execute("UPDATE certs SET state = 'retired' WHERE name = 'rsaold'").rowcount == 1
+db.commit()
+PY
+openssl cms -encrypt -aes-256-cbc -in "$T/msg.txt" -out "$T/r.2048" "$C/rsa2048.pem" || fail "encrypt r.2048"
+openssl cms -encrypt -aes-256-gcm -keyid -in "$T/msg.txt" -out "$T/r.3072" "$C/rsa3072.pem" || fail "encrypt r.3072"
+openssl cms -cmsout -print -in "$T/r.3072" | grep -q 'subjectKeyIdentifier' || fail "r.3072: no subject key id"
+mkcert stranger2
+openssl cms -encrypt -aes-256-cbc -in "$T/msg.txt" -out "$T/r.old" "$T/stranger2.pem" "$T/rsaold.pem" ||
+  fail "encrypt r.old"
+# decrypt_by FILE CERT [retired]: kvp11 -v smime CMD without --cert used CERT
+decrypt_by() {
+  local f=$1 want=$2 note=${3:-} cmd=${4:-decrypt}
+  RC=0
+  "$KVP11_TOOL" -v -c "$CONF" smime $cmd --in "$f" --out "$T/r.out" 2>"$ERR" || RC=$?
+  [ "$RC" -eq 0 ] || { cat "$ERR" >&2; fail "$cmd $f: exit $RC"; }
+  grep -q "^kvp11: smime $cmd: decrypting with certificate '$want'$note\$" "$ERR" ||
+    { cat "$ERR" >&2; fail "$cmd $f: -v does not say it used '$want'$note"; }
+  same "$T/r.out" "$T/msg.crlf" "$cmd $f"
+  ok "$cmd without --cert: '$want'$note (issuer+serial or subject key id)"
+}
+decrypt_by "$T/r.2048" rsa2048
+decrypt_by "$T/r.3072" rsa3072
+decrypt_by "$T/r.old" rsaold " (retired)"
+openssl cms -sign -signer "$PC" -inkey "$PK" -in "$T/msg.txt" |
+  openssl cms -encrypt -aes-256-cbc -out "$T/r.sealed" "$T/rsaold.pem" || fail "seal to rsaold"
+decrypt_by "$T/r.sealed" rsaold " (retired)" open
+expect_ok "open without --cert and without -v says nothing" smime open --in "$T/r.sealed"
+same "$OUT" "$T/msg.crlf" "open quiet"
+openssl cms -encrypt -aes-256-cbc -in "$T/msg.txt" -out "$T/r.none" "$T/stranger2.pem" || fail "encrypt r.none"
+expect_fail "decrypt: for none of ours" 1 \
+  "the message is for none of the private certificates of account 'default' \(1 recipient; the first: issuer .*CN=stranger2.* serial [0-9A-F]+\)" \
+  smime decrypt --in "$T/r.none"
+expect_fail "sign: a retired certificate" 1 "certificate 'rsaold' is retired: it decrypts" \
+  smime sign --cert rsaold --in "$T/msg.txt"
 
 # --- bad input: one line, exit 1, nothing on stdout ---
 printf 'this is not a message\n' >"$T/garbage.txt"

@@ -47,7 +47,7 @@ grep -Eq '^rsa2048 +private +.* keyvault:emu/rsa2048$' "$OUT" || fail "list row:
 
 # A pinned version is kept in the key reference and recorded.
 ver=$(shown key_version p256)
-expect_ok "add with a key version" cert add --name p256v --type private --cert "$C/p256.pem" \
+expect_ok "add with a key version" cert add --name p256v --alias --type private --cert "$C/p256.pem" \
   --account kv --vault emu --key "p256/$ver"
 expect_ok "show pinned" cert show p256v --account kv --json
 json "j['key_ref'] == 'keyvault:emu/p256/$ver' and j['key_version'] == '$ver'"
@@ -67,7 +67,7 @@ expect_fail "duplicate vault certificate" 1 "has a certificate named 'p256' alre
   cert add --name p256 --type private --cert "$C/p256.pem" --account kv --vault emu --key p256
 expect_ok "--replace vault to HSM-less public" cert add --name p384 --type public --cert "$C/p384.pem" \
   --account kv --replace
-expect_ok "remove vault certificate" cert remove rsa2048 --account kv
+expect_ok "remove vault certificate" cert remove rsa2048 --account kv --yes
 expect_ok "list after" cert list --account kv --json
 json "[(r['name'], r['type']) for r in j] == [('p256', 'private'), ('p256v', 'private'), ('p384', 'public')]"
 echo "all vault certificate tests passed"

@@ -233,6 +233,10 @@ static CK_RV load_module(kvp_hsm_backend *be)
   ERR_pop_to_mark();
   if (be->dl == NULL) {
     const char *e = dlerror();
+    size_t ml = strlen(be->module);
+    /* dlerror() says "PATH: why": keep only the why, the path is named once */
+    if (e != NULL && strncmp(e, be->module, ml) == 0 && strncmp(e + ml, ": ", 2) == 0)
+      e += ml + 2;
     return kvp_fail(CKR_DEVICE_ERROR, "hsm %s: cannot load module %s: %s", be->base.name,
                     be->module, e ? e : "?");
   }

@@ -99,3 +99,19 @@ key_id() {
   "${@:1:$#-1}" -O --type privkey 2>/dev/null |
     awk -v l="$l" '$1 == "label:" { f = ($2 == l) } f && $1 == "ID:" { print $2; exit }'
 }
+
+# verify_p256 RAWSIG CERT.pem DIGEST: a PKCS#11 ECDSA signature (r||s) of DIGEST
+# verifies with the certificate's public key (openssl wants DER).
+verify_p256() {
+  python3 - "$1" "$T/sig.der" <<'PY'
+import sys
+raw = open(sys.argv[1], "rb").read(); n = len(raw) // 2
+def i(b):
+    b = b.lstrip(b"\0") or b"\0"
+    if b[0] & 0x80: b = b"\0" + b
+    return b"\x02" + bytes([len(b)]) + b
+s = i(raw[:n]) + i(raw[n:]); open(sys.argv[2], "wb").write(b"\x30" + bytes([len(s)]) + s)
+PY
+  openssl x509 -in "$2" -pubkey -noout >"$T/verify.pub" &&
+    openssl pkeyutl -verify -pubin -inkey "$T/verify.pub" -in "$3" -sigfile "$T/sig.der" >/dev/null
+}

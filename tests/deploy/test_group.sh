@@ -36,17 +36,7 @@ mkdir -p "$T/out"; chmod 1777 "$T/out"   # where the service users write their r
 
 run as_user kvp11-test-svc "${ENVV[@]}" "${P11[@]}" --sign --id "$ID" -m ECDSA -i "$T/dg" -o "$T/out/sig"
 [ "$RC" -eq 0 ] || { cat "$ERR"; fail "a member of kvp11 cannot sign"; }
-openssl x509 -in "$E/certs/p256.pem" -pubkey -noout >"$T/p256.pub"
-python3 - "$T/out/sig" "$T/sig.der" <<'PY'
-import sys
-raw = open(sys.argv[1], "rb").read(); n = len(raw) // 2
-def i(b):
-    b = b.lstrip(b"\0") or b"\0"
-    if b[0] & 0x80: b = b"\0" + b
-    return b"\x02" + bytes([len(b)]) + b
-s = i(raw[:n]) + i(raw[n:]); open(sys.argv[2], "wb").write(b"\x30" + bytes([len(s)]) + s)
-PY
-openssl pkeyutl -verify -pubin -inkey "$T/p256.pub" -in "$T/dg" -sigfile "$T/sig.der" >/dev/null ||
+verify_p256 "$T/out/sig" "$E/certs/p256.pem" "$T/dg" ||
   fail "the signature does not verify"
 ok "kvp11-test-svc (group kvp11) signs in-process with 0640 root:kvp11 files; the signature verifies"
 

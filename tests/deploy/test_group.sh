@@ -55,4 +55,13 @@ grep -q "hsm.pin: mode 0660 lets the group write this secret; fix: chmod 600" "$
   { cat "$ERR"; fail "a group-writable PIN file is not refused with its fix"; }
 chmod 0640 "$E/hsm.pin"
 ok "a group-writable PIN file is refused: $(grep -o 'hsm.pin: mode 0660[^;]*' "$ERR" | head -1)"
+
+# a token directory the service user may not read: the reason, not "no token with label"
+find "$E/tokens" -mindepth 1 -maxdepth 1 -type d -exec chmod g-rwx {} +
+run as_user kvp11-test-svc "${ENVV[@]}" KVP11_DEBUG=error "${P11[@]}" --sign --id "$ID" -m ECDSA -i "$T/dg" -o "$T/out/sig3"
+find "$E/tokens" -mindepth 1 -maxdepth 1 -type d -exec chmod g+rwx {} +
+[ "$RC" -ne 0 ] || fail "signed without access to the token directory"
+grep -q "shows no initialized token to this process" "$ERR" && ! grep -q "no token with label" "$ERR" ||
+  { cat "$ERR"; fail "an unreadable token directory is not reported as such"; }
+ok "an unreadable token directory is named as the cause"
 echo PASS

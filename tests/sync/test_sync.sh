@@ -85,7 +85,7 @@ counter() { emu counters | node -e "let s='';process.stdin.on('data',d=>s+=d).on
 mkconf() { # mkconf DIR CLIENT [extra ia lines]
   local d=$1
   mkdir -p "$1"
-  sed "s|^registry = .*|registry = $1/registry.db|; s|^log_file = .*|log_file = $1/kvp11.log|" \
+  sed "s|^registry = .*|registry = $1/registry.db|; s|^log_file = .*|log_file = $1/kvp11.log\naudit = $1/audit.log|" \
     "$KVD/kvp11.conf" > "$1/kvp11.conf"
   cat >> "$1/kvp11.conf" <<EOF
 
@@ -131,6 +131,14 @@ KVP11_CONF=$A/kvp11.conf SIGN=as2-ec "$P11OBJS" "$MODULE" "kvp11 kv" as2-ec | gr
 KVP11_CONF=$A/kvp11.conf SIGN=as2-rsa "$P11OBJS" "$MODULE" "kvp11 kv" as2-rsa | grep -q '^signed 256$' \
   || fail "as2-rsa does not sign through the module"
 ok "the module shows the synchronized certificates and signs with a private one"
+node -e '
+const recs = require("fs").readFileSync(process.argv[1], "utf8").trim().split("\n").map(JSON.parse);
+const adds = recs.filter(r => r.event === "change" && r.action === "sync add");
+const sign = recs.find(r => r.event === "sign" && r.cert === "as2-ec");
+if (adds.length !== 5 || !adds.every(r => r.new_sha256 && r.new_sha256.length === 64)) process.exit(1);
+if (!sign || sign.result !== "CKR_OK" || !sign.request_id || sign.request_id === "-") process.exit(2);
+' "$A/audit.log" || fail "audit records of the sync and of a Key Vault sign: $(cat "$A/audit.log")"
+ok "audit: one record per row the sync added, and the Key Vault sign names its request id"
 out=$(K sync) || fail "second sync failed"
 echo "$out" | grep -q "0 added, 0 replaced, 0 removed, 0 skipped, 0 kept, 5 unchanged" || fail "resync: $out"
 ok "a second sync changes nothing"

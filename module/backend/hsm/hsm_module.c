@@ -143,6 +143,13 @@ static CK_RV module_initialize(kvp_hsm_backend *be)
     (void)KVP_HSM_CALL(be, C_Finalize, NULL);
     rv = KVP_HSM_CALL(be, C_Initialize, &args);
   }
+  if (rv == CKR_GENERAL_ERROR)
+    /* SoftHSM2's answer when this user cannot read softhsm2.conf or the token store */
+    return kvp_fail(CKR_DEVICE_ERROR,
+                    "hsm %s: C_Initialize (%s): %s: the module could not set itself up for this "
+                    "process (uid %ld); with SoftHSM2, check that this user can read its "
+                    "configuration file and token directory (see docs/deployment.md)",
+                    be->base.name, be->module, kvp_ckr_name(rv), (long)getuid());
   if (rv != CKR_OK)
     return kvp_fail(CKR_DEVICE_ERROR, "hsm %s: C_Initialize (%s): %s", be->base.name, be->module,
                     kvp_ckr_name(rv));
@@ -207,10 +214,12 @@ static CK_RV find_slot(kvp_hsm_backend *be)
     return kvp_fail(mapped == CKR_FUNCTION_FAILED ? CKR_DEVICE_ERROR : mapped,
                     "hsm %s: C_GetSlotList: %s", be->base.name, kvp_ckr_name(rv));
   }
+  CK_ULONG initialized = 0;
   for (CK_ULONG i = 0; i < n; i++) {
     CK_TOKEN_INFO ti;
     if (KVP_HSM_CALL(be, C_GetTokenInfo, slots[i], &ti) != CKR_OK)
       continue;
+    initialized += (ti.flags & CKF_TOKEN_INITIALIZED) != 0;
     if ((be->token_label && padded_eq(ti.label, sizeof(ti.label), be->token_label)) ||
         (be->serial && padded_eq(ti.serialNumber, sizeof(ti.serialNumber), be->serial))) {
       be->slot = slots[i];
@@ -220,6 +229,14 @@ static CK_RV find_slot(kvp_hsm_backend *be)
       return CKR_OK;
     }
   }
+  if (initialized == 0)
+    /* SoftHSM2 shows only an empty slot to a user who cannot read its token store */
+    return kvp_fail(CKR_TOKEN_NOT_PRESENT,
+                    "hsm %s: %s shows no initialized token to this process (uid %ld): its token "
+                    "store is probably not readable by this user (SoftHSM2: directories.tokendir "
+                    "and each token's directory must be readable and writable by it, e.g. through "
+                    "the group softhsm; see docs/deployment.md)",
+                    be->base.name, be->module, (long)getuid());
   return kvp_fail(CKR_TOKEN_NOT_PRESENT, "hsm %s: no token with %s '%s' in %s", be->base.name,
                   be->token_label ? "label" : "serial", kvp_hsm_token(be), be->module);
 }

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "core/audit.h"
 #include "core/log.h"
 #include "core/status.h"
 #include "core/util.h"
@@ -298,6 +299,9 @@ CK_RV kv_call(kv_backend *b, kv_call_kind kind, const char *key, const char *met
   }
   rv = kv_map_error(b, kind, key, resp);
 out:
+  /* the audit record of this operation names the vault's request */
+  if ((kind == KV_CALL_SIGN || kind == KV_CALL_DECRYPT) && strcmp(resp->request_id, "-") != 0)
+    kvp_audit_request_id(resp->request_id);
   kv_free_wipe(hdr);
   kv_free_wipe(stale);
   free(resource);

@@ -1,0 +1,435 @@
+/*
+ * Session objects (issue 10 item 7): a template without CKA_TOKEN, or with
+ * CKA_TOKEN false, makes a session object, never a registry row or a
+ * permanent key:
+ *  - C_CreateObject(CKO_CERTIFICATE): a certificate (and its public key
+ *    object) kept in memory, visible to every session of the application on
+ *    that token, CKA_TOKEN false, gone with C_DestroyObject or when its
+ *    session closes; allowed in a read-only session;
+ *  - C_GenerateKeyPair on a Key Vault default store: CKR_TEMPLATE_INCONSISTENT
+ *    (no ephemeral keys in a vault), also in a read-only session;
+ *  - C_GenerateKeyPair on an HSM default store: HSM session objects that sign
+ *    through kvp11 and are gone when the kvp11 session closes.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <CUnit/Basic.h>
+#include <openssl/ec.h>
+#include <openssl/evp.h>
+#include <openssl/objects.h>
+#include <openssl/x509.h>
+
+#include "core/cert.h"
+#include "core/registry.h"
+#include "core/util.h"
+#include "core/status.h"
+#include "pkcs11/internal.h"
+
+#define TOKEN "kvp11-prov"
+#define PIN "1234"
+
+static char dir[512], regpath[600];
+static const char *softhsm;
+static CK_FUNCTION_LIST_PTR f;
+static CK_SLOT_ID slot_keys, slot_plain, slot_vault;
+
+static int run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int run(const char *fmt, ...)
+{
+  char cmd[2048];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(cmd, sizeof(cmd), fmt, ap);
+  va_end(ap);
+  return system(cmd) == 0;
+}
+
+/* A certificate (DER) for pub, signed by a throwaway issuer key: kvp11 does
+ * not check who signed a certificate, only whose key it certifies. */
+static unsigned char *make_cert_for(EVP_PKEY *pub, const char *cn, size_t *len)
+{
+  EVP_PKEY *ca = EVP_EC_gen("P-256");
+  X509 *x = X509_new();
+  unsigned char *der = NULL;
+  int n;
+
+  X509_set_version(x, 2);
+  ASN1_INTEGER_set(X509_get_serialNumber(x), 77);
+  X509_gmtime_adj(X509_getm_notBefore(x), 0);
+  X509_gmtime_adj(X509_getm_notAfter(x), 86400);
+  X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
+                             (const unsigned char *)cn, -1, -1, 0);
+  X509_NAME_add_entry_by_txt(X509_get_issuer_name(x), "CN", MBSTRING_ASC,
+                             (const unsigned char *)"Test CA", -1, -1, 0);
+  X509_set_pubkey(x, pub);
+  X509_sign(x, ca, EVP_sha256());
+  n = i2d_X509(x, &der);
+  *len = n > 0 ? (size_t)n : 0;
+  X509_free(x);
+  EVP_PKEY_free(ca);
+  return der;
+}
+
+static int count_rows(void)
+{
+  char err[KVP_ERRLEN];
+  kvp_registry *reg = NULL;
+  kvp_cert_rec *recs = NULL;
+  size_t n = 0;
+
+  if (kvp_registry_open(regpath, 1, &reg, err, sizeof(err)) != KVP_OK)
+    return 0;
+  if (kvp_registry_list(reg, NULL, &recs, &n, err, sizeof(err)) != KVP_OK)
+    n = 0;
+  kvp_cert_rec_free_array(recs, n);
+  kvp_registry_close(reg);
+  return (int)n;
+}
+
+static CK_ULONG find(CK_SESSION_HANDLE s, CK_ATTRIBUTE *tmpl, CK_ULONG n, CK_OBJECT_HANDLE *out,
+                     CK_ULONG max)
+{
+  CK_ULONG count = 0;
+  CU_ASSERT_EQUAL_FATAL(f->C_FindObjectsInit(s, tmpl, n), CKR_OK);
+  CU_ASSERT_EQUAL(f->C_FindObjects(s, out, max, &count), CKR_OK);
+  CU_ASSERT_EQUAL(f->C_FindObjectsFinal(s), CKR_OK);
+  return count;
+}
+
+static CK_SLOT_ID slot_by_label(const char *label)
+{
+  CK_SLOT_ID slots[8];
+  CK_ULONG n = 8;
+  /* also used by suite_init: no CUnit asserts here */
+  if (f->C_GetSlotList(CK_TRUE, slots, &n) != CKR_OK)
+    return (CK_SLOT_ID)-1;
+  for (CK_ULONG i = 0; i < n; i++) {
+    CK_TOKEN_INFO ti;
+    char padded[32];
+    memset(padded, ' ', 32);
+    memcpy(padded, label, strlen(label));
+    if (f->C_GetTokenInfo(slots[i], &ti) == CKR_OK && memcmp(ti.label, padded, 32) == 0)
+      return slots[i];
+  }
+  return (CK_SLOT_ID)-1;
+}
+
+static int suite_init(void)
+{
+  const char *tmp = getenv("KVP11_TEST_TMP");
+  char path[600];
+  FILE *fp;
+
+  softhsm = getenv("KVP11_SOFTHSM_MODULE");
+  if (softhsm == NULL || access(softhsm, R_OK) != 0)
+    exit(77);
+  mkdir(tmp ? tmp : "/tmp", 0755);
+  snprintf(dir, sizeof(dir), "%s/front_sessobj.%d", tmp ? tmp : "/tmp", (int)getpid());
+  if (mkdir(dir, 0700) != 0)
+    return 1;
+  snprintf(path, sizeof(path), "%s/softhsm2.conf", dir);
+  fp = fopen(path, "w");
+  if (fp == NULL)
+    return 1;
+  fprintf(fp, "directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n", dir);
+  fclose(fp);
+  setenv("SOFTHSM2_CONF", path, 1);
+  if (!run("softhsm2-util --init-token --free --label " TOKEN " --pin " PIN
+           " --so-pin 12345678 >/dev/null"))
+    return 1;
+  snprintf(path, sizeof(path), "%s/pin", dir);
+  fp = fopen(path, "w");
+  if (fp == NULL)
+    return 1;
+  fputs(PIN "\n", fp);
+  fclose(fp);
+  chmod(path, 0600);
+  snprintf(regpath, sizeof(regpath), "%s/registry.db", dir);
+  snprintf(path, sizeof(path), "%s/kvp11.conf", dir);
+  fp = fopen(path, "w");
+  if (fp == NULL)
+    return 1;
+  fprintf(fp,
+          "[global]\nregistry = %s\nlog_level = error\n\n"
+          "[hsm box]\nmodule = %s\ntoken_label = " TOKEN "\npin_file = %s/pin\n\n"
+          "[account keys]\nlabel = keys\ndefault_store = hsm:box\n\n"
+          "[account plain]\nlabel = plain\n\n"
+          "[vault kv]\nurl = https://127.0.0.1:1/\nauth = managed-identity\n\n"
+          "[account vkeys]\nlabel = vkeys\ndefault_store = vault:kv\n",
+          regpath, softhsm, dir);
+  fclose(fp);
+  setenv("KVP11_CONF", path, 1);
+  unsetenv("KVP11_REGISTRY");
+  if (C_GetFunctionList(&f) != CKR_OK || f->C_Initialize(NULL) != CKR_OK)
+    return 1;
+  slot_keys = slot_by_label("keys");
+  slot_plain = slot_by_label("plain");
+  slot_vault = slot_by_label("vkeys");
+  return slot_keys == (CK_SLOT_ID)-1 || slot_plain == (CK_SLOT_ID)-1 ||
+         slot_vault == (CK_SLOT_ID)-1;
+}
+
+static int suite_clean(void)
+{
+  f->C_Finalize(NULL);
+  run("rm -rf '%s'", dir);
+  return 0;
+}
+
+
+static EVP_PKEY *public_of(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h)
+{
+  CK_BYTE buf[1024];
+  CK_ATTRIBUTE a = {CKA_PUBLIC_KEY_INFO, buf, sizeof(buf)};
+  const unsigned char *p = buf;
+  if (f->C_GetAttributeValue(s, h, &a, 1) != CKR_OK)
+    return NULL;
+  return d2i_PUBKEY(NULL, &p, (long)a.ulValueLen);
+}
+
+static void sign_and_verify(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE priv, CK_OBJECT_HANDLE pub,
+                            CK_MECHANISM_TYPE mt, const EVP_MD *md)
+{
+  CK_MECHANISM m = {mt, NULL, 0};
+  CK_BYTE data[] = "an EDI message", sig[1024];
+  CK_ULONG sig_len = sizeof(sig);
+  EVP_PKEY *k = public_of(s, pub);
+  EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+  unsigned char der_sig[1100];
+  size_t der_len = 0;
+
+  CU_ASSERT_FATAL(k != NULL);
+  CU_ASSERT_EQUAL_FATAL(f->C_SignInit(s, &m, priv), CKR_OK);
+  CU_ASSERT_EQUAL_FATAL(f->C_Sign(s, data, sizeof(data) - 1, sig, &sig_len), CKR_OK);
+  if (EVP_PKEY_get_base_id(k) == EVP_PKEY_EC) {
+    /* r||s to DER for OpenSSL */
+    ECDSA_SIG *es = ECDSA_SIG_new();
+    unsigned char *p = der_sig;
+    ECDSA_SIG_set0(es, BN_bin2bn(sig, (int)sig_len / 2, NULL),
+                   BN_bin2bn(sig + sig_len / 2, (int)sig_len / 2, NULL));
+    der_len = (size_t)i2d_ECDSA_SIG(es, &p);
+    ECDSA_SIG_free(es);
+  } else {
+    memcpy(der_sig, sig, sig_len);
+    der_len = sig_len;
+  }
+  CU_ASSERT_EQUAL(EVP_DigestVerifyInit(ctx, NULL, md, NULL, k), 1);
+  CU_ASSERT_EQUAL(EVP_DigestVerify(ctx, der_sig, der_len, data, sizeof(data) - 1), 1);
+  EVP_MD_CTX_free(ctx);
+  EVP_PKEY_free(k);
+}
+
+
+static CK_OBJECT_CLASS c_cert = CKO_CERTIFICATE, c_pub = CKO_PUBLIC_KEY;
+static CK_CERTIFICATE_TYPE x509 = CKC_X_509;
+static CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+
+static CK_BBOOL get_bool(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE t)
+{
+  CK_BBOOL b = 0xff;
+  CK_ATTRIBUTE a = {t, &b, sizeof(b)};
+  CU_ASSERT_EQUAL(f->C_GetAttributeValue(s, h, &a, 1), CKR_OK);
+  return b;
+}
+
+/* Private key objects of the HSM token that are token objects (pkcs11-tool). */
+static int hsm_token_keys(void)
+{
+  char cmd[1200], line[256];
+  FILE *p;
+  int n = 0;
+
+  snprintf(cmd, sizeof(cmd),
+           "pkcs11-tool --module '%s' --token-label " TOKEN " --login --pin " PIN
+           " --list-objects --type privkey 2>/dev/null",
+           softhsm);
+  if ((p = popen(cmd, "r")) == NULL)
+    return -1;
+  while (fgets(line, sizeof(line), p) != NULL)
+    n += strncmp(line, "Private Key Object", 18) == 0;
+  return pclose(p) == 0 ? n : -1;
+}
+
+static void test_session_certificate(void)
+{
+  EVP_PKEY *k = EVP_EC_gen("P-256");
+  size_t len = 0;
+  unsigned char *der = make_cert_for(k, "Session Partner", &len);
+  CK_SESSION_HANDLE ro, other, rw_keys;
+  CK_OBJECT_HANDLE h = 0, h2 = 0, found[8];
+  CK_ATTRIBUTE t[] = {
+      {CKA_CLASS, &c_cert, sizeof(c_cert)},
+      {CKA_CERTIFICATE_TYPE, &x509, sizeof(x509)},
+      {CKA_LABEL, "sess1", 5},
+      {CKA_VALUE, der, (CK_ULONG)len},
+      {CKA_TOKEN, &no, sizeof(no)},
+  };
+  CK_ATTRIBUTE by_label = {CKA_LABEL, "sess1", 5};
+  CK_ATTRIBUTE label_token[] = {{CKA_LABEL, "sess1", 5}, {CKA_TOKEN, &yes, sizeof(yes)}};
+  CK_ATTRIBUTE label_session[] = {{CKA_LABEL, "sess1", 5}, {CKA_TOKEN, &no, sizeof(no)}};
+  CK_ATTRIBUTE label_pub[] = {{CKA_LABEL, "sess1", 5}, {CKA_CLASS, &c_pub, sizeof(c_pub)}};
+  int rows = count_rows();
+
+  CU_ASSERT_EQUAL_FATAL(f->C_OpenSession(slot_plain, CKF_SERIAL_SESSION, NULL, NULL, &ro), CKR_OK);
+  CU_ASSERT_EQUAL_FATAL(f->C_OpenSession(slot_plain, CKF_SERIAL_SESSION, NULL, NULL, &other),
+                        CKR_OK);
+  CU_ASSERT_EQUAL_FATAL(
+      f->C_OpenSession(slot_keys, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &rw_keys),
+      CKR_OK);
+  /* CKA_TOKEN absent (4 attributes) and false: a session object, in a R/O session */
+  CU_ASSERT_EQUAL_FATAL(f->C_CreateObject(ro, t, 4, &h), CKR_OK);
+  CU_ASSERT_EQUAL(count_rows(), rows);
+  CU_ASSERT((h & ((CK_OBJECT_HANDLE)1 << (sizeof(CK_OBJECT_HANDLE) * 8 - 1))) != 0);
+  CU_ASSERT_EQUAL(get_bool(ro, h, CKA_TOKEN), CK_FALSE);
+  CU_ASSERT_EQUAL(get_bool(ro, h, CKA_DESTROYABLE), CK_TRUE);
+  {
+    unsigned char buf[2048];
+    CK_ATTRIBUTE a = {CKA_VALUE, buf, sizeof(buf)};
+    CU_ASSERT_EQUAL(f->C_GetAttributeValue(other, h, &a, 1), CKR_OK);
+    CU_ASSERT_EQUAL(a.ulValueLen, len);
+    CU_ASSERT(a.ulValueLen == len && memcmp(buf, der, len) == 0);
+  }
+  /* visible to every session of the application on this token: certificate + public key */
+  CU_ASSERT_EQUAL(find(other, &by_label, 1, found, 8), 2);
+  CU_ASSERT_EQUAL(find(other, label_session, 2, found, 8), 2);
+  CU_ASSERT_EQUAL(find(other, label_token, 2, found, 8), 0);
+  CU_ASSERT_EQUAL_FATAL(find(other, label_pub, 2, found, 8), 1);
+  CU_ASSERT_EQUAL(get_bool(other, found[0], CKA_TOKEN), CK_FALSE);
+  CU_ASSERT_NOT_EQUAL(found[0], h);
+  /* the public key object is not destroyable (as a token certificate's) */
+  CU_ASSERT_EQUAL(f->C_DestroyObject(other, found[0]), CKR_ACTION_PROHIBITED);
+  /* not another token's */
+  {
+    CK_ATTRIBUTE a = {CKA_TOKEN, NULL, 0};
+    CU_ASSERT_EQUAL(f->C_GetAttributeValue(rw_keys, h, &a, 1), CKR_OBJECT_HANDLE_INVALID);
+    CU_ASSERT_EQUAL(find(rw_keys, &by_label, 1, found, 8), 0);
+  }
+  /* destroyed from another (R/O) session: gone, handle invalid */
+  CU_ASSERT_EQUAL(f->C_DestroyObject(other, h), CKR_OK);
+  CU_ASSERT_EQUAL(find(ro, &by_label, 1, found, 8), 0);
+  {
+    CK_ATTRIBUTE a = {CKA_TOKEN, NULL, 0};
+    CU_ASSERT_EQUAL(f->C_GetAttributeValue(ro, h, &a, 1), CKR_OBJECT_HANDLE_INVALID);
+  }
+  CU_ASSERT_EQUAL(f->C_DestroyObject(ro, h), CKR_OBJECT_HANDLE_INVALID);
+
+  /* CKA_TOKEN false explicitly; a new handle, never the old one; gone with its session */
+  CU_ASSERT_EQUAL_FATAL(f->C_CreateObject(ro, t, 5, &h2), CKR_OK);
+  CU_ASSERT_NOT_EQUAL(h2, h);
+  CU_ASSERT_EQUAL(count_rows(), rows);
+  CU_ASSERT_EQUAL(find(other, &by_label, 1, found, 8), 2);
+  CU_ASSERT_EQUAL(f->C_CloseSession(ro), CKR_OK);
+  CU_ASSERT_EQUAL(find(other, &by_label, 1, found, 8), 0);
+  {
+    CK_ATTRIBUTE a = {CKA_TOKEN, NULL, 0};
+    CU_ASSERT_EQUAL(f->C_GetAttributeValue(other, h2, &a, 1), CKR_OBJECT_HANDLE_INVALID);
+  }
+  /* C_CloseAllSessions takes them too */
+  CU_ASSERT_EQUAL_FATAL(f->C_CreateObject(other, t, 4, &h), CKR_OK);
+  CU_ASSERT_EQUAL(f->C_CloseAllSessions(slot_plain), CKR_OK);
+  CU_ASSERT_EQUAL_FATAL(f->C_OpenSession(slot_plain, CKF_SERIAL_SESSION, NULL, NULL, &other),
+                        CKR_OK);
+  CU_ASSERT_EQUAL(find(other, &by_label, 1, found, 8), 0);
+  /* bad session templates are refused as token ones are */
+  t[3].ulValueLen = 5;
+  CU_ASSERT_EQUAL(f->C_CreateObject(other, t, 4, &h), CKR_ATTRIBUTE_VALUE_INVALID);
+  CU_ASSERT_EQUAL(count_rows(), rows);
+  f->C_CloseSession(other);
+  f->C_CloseSession(rw_keys);
+  OPENSSL_free(der);
+  EVP_PKEY_free(k);
+}
+
+static void test_generate_session_vault(void)
+{
+  CK_SESSION_HANDLE ro, rw;
+  CK_MECHANISM m = {CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0};
+  CK_ULONG bits = 2048;
+  CK_ATTRIBUTE pub[] = {{CKA_MODULUS_BITS, &bits, sizeof(bits)}, {CKA_TOKEN, &no, sizeof(no)}};
+  CK_ATTRIBUTE priv[] = {{CKA_SIGN, &yes, sizeof(yes)}, {CKA_TOKEN, &yes, sizeof(yes)}};
+  CK_OBJECT_HANDLE hp = 0, hk = 0;
+  int rows = count_rows();
+
+  CU_ASSERT_EQUAL_FATAL(f->C_OpenSession(slot_vault, CKF_SERIAL_SESSION, NULL, NULL, &ro), CKR_OK);
+  CU_ASSERT_EQUAL_FATAL(
+      f->C_OpenSession(slot_vault, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &rw), CKR_OK);
+  /* no CKA_TOKEN at all; CKA_TOKEN false in one template: refused before the vault is asked */
+  CU_ASSERT_EQUAL(f->C_GenerateKeyPair(rw, &m, pub, 1, priv, 1, &hp, &hk),
+                  CKR_TEMPLATE_INCONSISTENT);
+  CU_ASSERT(strstr(kvp_status_reason(), "CKA_TOKEN") != NULL);
+  CU_ASSERT_EQUAL(f->C_GenerateKeyPair(rw, &m, pub, 2, priv, 2, &hp, &hk),
+                  CKR_TEMPLATE_INCONSISTENT);
+  /* the template check comes before the read-only check */
+  CU_ASSERT_EQUAL(f->C_GenerateKeyPair(ro, &m, pub, 1, priv, 1, &hp, &hk),
+                  CKR_TEMPLATE_INCONSISTENT);
+  CU_ASSERT_EQUAL(count_rows(), rows);
+  f->C_CloseSession(ro);
+  f->C_CloseSession(rw);
+}
+
+static void test_generate_session_hsm(void)
+{
+  CK_SESSION_HANDLE ro, other;
+  CK_MECHANISM ec = {CKM_EC_KEY_PAIR_GEN, NULL, 0}, rsa = {CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0};
+  unsigned char p256[16], *pp = p256;
+  int p256_len = i2d_ASN1_OBJECT(OBJ_nid2obj(NID_X9_62_prime256v1), &pp);
+  CK_ULONG bits = 2048;
+  CK_ATTRIBUTE ec_pub[] = {{CKA_EC_PARAMS, p256, (CK_ULONG)p256_len}, {CKA_LABEL, "sess-ec", 7}};
+  CK_ATTRIBUTE ec_priv[] = {{CKA_SIGN, &yes, sizeof(yes)}};
+  CK_ATTRIBUTE rsa_pub[] = {{CKA_MODULUS_BITS, &bits, sizeof(bits)}, {CKA_TOKEN, &no, sizeof(no)}};
+  CK_ATTRIBUTE rsa_priv[] = {{CKA_TOKEN, &no, sizeof(no)}};
+  CK_ATTRIBUTE by_label = {CKA_LABEL, "sess-ec", 7};
+  CK_OBJECT_HANDLE hp = 0, hk = 0, rp = 0, rk = 0, found[8];
+  int rows = count_rows(), keys = hsm_token_keys();
+
+  CU_ASSERT_EQUAL_FATAL(f->C_OpenSession(slot_keys, CKF_SERIAL_SESSION, NULL, NULL, &ro), CKR_OK);
+  CU_ASSERT_EQUAL_FATAL(f->C_OpenSession(slot_keys, CKF_SERIAL_SESSION, NULL, NULL, &other),
+                        CKR_OK);
+  CU_ASSERT_EQUAL_FATAL(f->C_GenerateKeyPair(ro, &ec, ec_pub, 2, ec_priv, 1, &hp, &hk), CKR_OK);
+  CU_ASSERT_EQUAL(count_rows(), rows);
+  CU_ASSERT_EQUAL(hsm_token_keys(), keys);
+  CU_ASSERT((hk & ((CK_OBJECT_HANDLE)1 << (sizeof(CK_OBJECT_HANDLE) * 8 - 1))) != 0);
+  CU_ASSERT_EQUAL(get_bool(ro, hk, CKA_TOKEN), CK_FALSE);
+  CU_ASSERT_EQUAL(get_bool(ro, hp, CKA_TOKEN), CK_FALSE);
+  CU_ASSERT_EQUAL(find(other, &by_label, 1, found, 8), 2);
+  sign_and_verify(other, hk, hp, CKM_ECDSA_SHA256, EVP_sha256());
+  sign_and_verify(ro, hk, hp, CKM_ECDSA_SHA256, EVP_sha256());
+  /* RSA, CKA_TOKEN false in both templates */
+  CU_ASSERT_EQUAL_FATAL(f->C_GenerateKeyPair(ro, &rsa, rsa_pub, 2, rsa_priv, 1, &rp, &rk), CKR_OK);
+  sign_and_verify(ro, rk, rp, CKM_SHA256_RSA_PKCS, EVP_sha256());
+  CU_ASSERT_EQUAL(hsm_token_keys(), keys);
+  /* gone with the session that made them */
+  CU_ASSERT_EQUAL(f->C_CloseSession(ro), CKR_OK);
+  CU_ASSERT_EQUAL(find(other, &by_label, 1, found, 8), 0);
+  {
+    CK_MECHANISM m = {CKM_ECDSA_SHA256, NULL, 0};
+    CU_ASSERT_EQUAL(f->C_SignInit(other, &m, hk), CKR_KEY_HANDLE_INVALID);
+  }
+  CU_ASSERT_EQUAL(count_rows(), rows);
+  CU_ASSERT_EQUAL(hsm_token_keys(), keys);
+  f->C_CloseSession(other);
+}
+
+int main(void)
+{
+  CU_pSuite s;
+  int failed;
+
+  if (CU_initialize_registry() != CUE_SUCCESS)
+    return 1;
+  s = CU_add_suite("front session objects", suite_init, suite_clean);
+  CU_add_test(s, "session certificate: create, find, destroy, session close",
+              test_session_certificate);
+  CU_add_test(s, "C_GenerateKeyPair session keys on Key Vault: refused", test_generate_session_vault);
+  CU_add_test(s, "C_GenerateKeyPair session keys in the HSM", test_generate_session_hsm);
+  CU_basic_set_mode(CU_BRM_VERBOSE);
+  CU_basic_run_tests();
+  failed = (int)(CU_get_number_of_failures() + CU_get_number_of_suites_failed());
+  CU_cleanup_registry();
+  return failed != 0;
+}

@@ -288,8 +288,10 @@ static void test_bad_templates(void)
   memcpy(t, base, sizeof(t));
   t[1].pValue = &attr_cert;
   CU_ASSERT_EQUAL(f->C_CreateObject(rw, t, 5, &h), CKR_ATTRIBUTE_VALUE_INVALID);
+  /* (CKA_TOKEN false makes a session object: test_front_sessobj.c) */
   memcpy(t, base, sizeof(t));
-  t[4].pValue = &no;
+  t[4].type = CKA_PRIVATE;
+  t[4].pValue = &yes;
   CU_ASSERT_EQUAL(f->C_CreateObject(rw, t, 5, &h), CKR_ATTRIBUTE_VALUE_INVALID);
   memcpy(t, base, sizeof(t));
   t[4].type = CKA_TRUSTED;
@@ -360,6 +362,7 @@ static void test_key_then_certificate(void)
       {CKA_LABEL, "whatever", 8},
       {CKA_ID, id, sizeof(id)},
       {CKA_VALUE, der_other, (CK_ULONG)len2},
+      {CKA_TOKEN, &yes, sizeof(yes)},
   };
   kvp_cert_rec rec;
 
@@ -383,12 +386,12 @@ static void test_key_then_certificate(void)
     CU_ASSERT_EQUAL(a.ulValueLen, 256);
   }
   /* a certificate of another key with the key's CKA_ID: inconsistent */
-  CU_ASSERT_EQUAL(f->C_CreateObject(rw, t, 5, &h), CKR_TEMPLATE_INCONSISTENT);
+  CU_ASSERT_EQUAL(f->C_CreateObject(rw, t, 6, &h), CKR_TEMPLATE_INCONSISTENT);
   /* the key's certificate with another CKA_ID: no key matches, so it would be a
    * partner's certificate; without CKA_ID the public key decides */
   t[4].pValue = der;
   t[4].ulValueLen = (CK_ULONG)len;
-  CU_ASSERT_EQUAL_FATAL(f->C_CreateObject(rw, t, 5, &h), CKR_OK);
+  CU_ASSERT_EQUAL_FATAL(f->C_CreateObject(rw, t, 6, &h), CKR_OK);
   memset(&rec, 0, sizeof(rec));
   CU_ASSERT_EQUAL_FATAL(get_row("plain", "pending", &rec), KVP_OK);
   CU_ASSERT_EQUAL(rec.der_len, len); /* filled in place, under the key's name */
@@ -416,7 +419,7 @@ static void test_key_then_certificate(void)
   t[3].pValue = wrong_id;
   t[4].pValue = der_other;
   t[4].ulValueLen = (CK_ULONG)len2;
-  CU_ASSERT_EQUAL_FATAL(f->C_CreateObject(rw, t, 5, &h), CKR_OK);
+  CU_ASSERT_EQUAL_FATAL(f->C_CreateObject(rw, t, 6, &h), CKR_OK);
   memset(&rec, 0, sizeof(rec));
   CU_ASSERT_EQUAL_FATAL(get_row("plain", "whatever", &rec), KVP_OK);
   CU_ASSERT_EQUAL(rec.type, KVP_CERT_PUBLIC);
@@ -524,8 +527,9 @@ static void test_generate_in_hsm(void)
       {CKA_SIGN, &yes, sizeof(yes)},        {CKA_DECRYPT, &yes, sizeof(yes)},
       {CKA_LABEL, "gen-rsa", 7},            {CKA_ID, id, sizeof(id)},
   };
-  CK_ATTRIBUTE ec_pub[] = {{CKA_EC_PARAMS, p256, (CK_ULONG)p256_len}, {CKA_LABEL, "gen-ec", 6}};
-  CK_ATTRIBUTE ec_priv[] = {{CKA_SIGN, &yes, sizeof(yes)}};
+  CK_ATTRIBUTE ec_pub[] = {{CKA_EC_PARAMS, p256, (CK_ULONG)p256_len}, {CKA_LABEL, "gen-ec", 6},
+                           {CKA_TOKEN, &yes, sizeof(yes)}};
+  CK_ATTRIBUTE ec_priv[] = {{CKA_SIGN, &yes, sizeof(yes)}, {CKA_TOKEN, &yes, sizeof(yes)}};
   CK_ATTRIBUTE by_id = {CKA_ID, id, sizeof(id)};
   CK_OBJECT_HANDLE hp = 0, hk = 0, found[8];
   kvp_cert_rec rec;
@@ -588,7 +592,7 @@ static void test_generate_in_hsm(void)
   CU_ASSERT_EQUAL(count_rows(), rows + 1);
 
   /* EC P-256 with a minimal template: default CKA_ID, signs */
-  CU_ASSERT_EQUAL_FATAL(f->C_GenerateKeyPair(rw, &ec, ec_pub, 2, ec_priv, 1, &hp, &hk), CKR_OK);
+  CU_ASSERT_EQUAL_FATAL(f->C_GenerateKeyPair(rw, &ec, ec_pub, 3, ec_priv, 2, &hp, &hk), CKR_OK);
   sign_and_verify(rw, hk, hp, CKM_ECDSA_SHA256, EVP_sha256());
   {
     EVP_PKEY *k = public_of(rw, hp);
@@ -603,10 +607,10 @@ static void test_generate_in_hsm(void)
     EVP_PKEY_free(k);
   }
   {
-    CK_ATTRIBUTE ec_dec[] = {{CKA_DECRYPT, &yes, sizeof(yes)}};
+    CK_ATTRIBUTE ec_dec[] = {{CKA_DECRYPT, &yes, sizeof(yes)}, {CKA_TOKEN, &yes, sizeof(yes)}};
     ec_pub[1].pValue = "gen-ec2";
     ec_pub[1].ulValueLen = 7;
-    CU_ASSERT_EQUAL(f->C_GenerateKeyPair(rw, &ec, ec_pub, 2, ec_dec, 1, &hp, &hk),
+    CU_ASSERT_EQUAL(f->C_GenerateKeyPair(rw, &ec, ec_pub, 3, ec_dec, 2, &hp, &hk),
                     CKR_TEMPLATE_INCONSISTENT);
   }
   CU_ASSERT_EQUAL(count_rows(), rows + 2);
@@ -625,6 +629,7 @@ static void test_write_protected(void)
       {CKA_CLASS, &c_cert, sizeof(c_cert)},
       {CKA_CERTIFICATE_TYPE, &x509, sizeof(x509)},
       {CKA_VALUE, der, (CK_ULONG)len},
+      {CKA_TOKEN, &yes, sizeof(yes)},
   };
   CK_TOKEN_INFO ti;
   CK_SESSION_HANDLE rw;
@@ -641,7 +646,10 @@ static void test_write_protected(void)
   CU_ASSERT_NOT_EQUAL(ti.flags & CKF_WRITE_PROTECTED, 0);
   CU_ASSERT_EQUAL_FATAL(
       f->C_OpenSession(slot_plain, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &rw), CKR_OK);
-  CU_ASSERT_EQUAL(f->C_CreateObject(rw, t, 3, &h), CKR_TOKEN_WRITE_PROTECTED);
+  CU_ASSERT_EQUAL(f->C_CreateObject(rw, t, 4, &h), CKR_TOKEN_WRITE_PROTECTED);
+  /* a session certificate writes nothing: it is made all the same */
+  CU_ASSERT_EQUAL(f->C_CreateObject(rw, t, 3, &h), CKR_OK);
+  CU_ASSERT_EQUAL(f->C_DestroyObject(rw, h), CKR_OK);
   f->C_CloseSession(rw);
   unsetenv("KVP11_REGISTRY");
   f->C_Finalize(NULL);

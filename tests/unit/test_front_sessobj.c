@@ -11,6 +11,7 @@
  *  - C_GenerateKeyPair on an HSM default store: HSM session objects that sign
  *    through kvp11 and are gone when the kvp11 session closes.
  */
+#include <dlfcn.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -255,6 +256,42 @@ static int hsm_token_keys(void)
   return pclose(p) == 0 ? n : -1;
 }
 
+/* Private keys that are HSM session objects, seen through the HSM module kvp11
+ * loaded in this process (session objects are visible to all its sessions). */
+static int hsm_session_keys(void)
+{
+  void *dl = dlopen(softhsm, RTLD_NOW | RTLD_NOLOAD);
+  void *sym = dl != NULL ? dlsym(dl, "C_GetFunctionList") : NULL;
+  CK_C_GetFunctionList get = NULL;
+  CK_FUNCTION_LIST_PTR h = NULL;
+  CK_SLOT_ID slots[8];
+  CK_ULONG n = 8, count = 0;
+  CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+  CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_TOKEN, &no, sizeof(no)}};
+  CK_OBJECT_HANDLE objs[16];
+  int total = -1;
+
+  memcpy(&get, &sym, sizeof(get)); /* object pointer -> function pointer */
+  if (get == NULL || get(&h) != CKR_OK || h->C_GetSlotList(CK_TRUE, slots, &n) != CKR_OK) {
+    if (dl != NULL)
+      dlclose(dl);
+    return -1;
+  }
+  for (CK_ULONG i = 0; i < n && total < 0; i++) {
+    CK_TOKEN_INFO ti;
+    CK_SESSION_HANDLE s;
+    if (h->C_GetTokenInfo(slots[i], &ti) != CKR_OK || memcmp(ti.label, TOKEN, strlen(TOKEN)) != 0 ||
+        h->C_OpenSession(slots[i], CKF_SERIAL_SESSION, NULL, NULL, &s) != CKR_OK)
+      continue;
+    if (h->C_FindObjectsInit(s, t, 2) == CKR_OK && h->C_FindObjects(s, objs, 16, &count) == CKR_OK)
+      total = (int)count;
+    h->C_FindObjectsFinal(s);
+    h->C_CloseSession(s);
+  }
+  dlclose(dl);
+  return total;
+}
+
 static void test_session_certificate(void)
 {
   EVP_PKEY *k = EVP_EC_gen("P-256");
@@ -390,9 +427,11 @@ static void test_generate_session_hsm(void)
   CU_ASSERT_EQUAL_FATAL(f->C_OpenSession(slot_keys, CKF_SERIAL_SESSION, NULL, NULL, &ro), CKR_OK);
   CU_ASSERT_EQUAL_FATAL(f->C_OpenSession(slot_keys, CKF_SERIAL_SESSION, NULL, NULL, &other),
                         CKR_OK);
+  CU_ASSERT(keys >= 0);
   CU_ASSERT_EQUAL_FATAL(f->C_GenerateKeyPair(ro, &ec, ec_pub, 2, ec_priv, 1, &hp, &hk), CKR_OK);
   CU_ASSERT_EQUAL(count_rows(), rows);
   CU_ASSERT_EQUAL(hsm_token_keys(), keys);
+  CU_ASSERT_EQUAL(hsm_session_keys(), 1);
   CU_ASSERT((hk & ((CK_OBJECT_HANDLE)1 << (sizeof(CK_OBJECT_HANDLE) * 8 - 1))) != 0);
   CU_ASSERT_EQUAL(get_bool(ro, hk, CKA_TOKEN), CK_FALSE);
   CU_ASSERT_EQUAL(get_bool(ro, hp, CKA_TOKEN), CK_FALSE);
@@ -403,6 +442,11 @@ static void test_generate_session_hsm(void)
   CU_ASSERT_EQUAL_FATAL(f->C_GenerateKeyPair(ro, &rsa, rsa_pub, 2, rsa_priv, 1, &rp, &rk), CKR_OK);
   sign_and_verify(ro, rk, rp, CKM_SHA256_RSA_PKCS, EVP_sha256());
   CU_ASSERT_EQUAL(hsm_token_keys(), keys);
+  CU_ASSERT_EQUAL(hsm_session_keys(), 2);
+  /* a session key pair object may be destroyed on its own: the HSM objects go with the last */
+  CU_ASSERT_EQUAL(f->C_DestroyObject(other, rk), CKR_OK);
+  CU_ASSERT_EQUAL(hsm_session_keys(), 1);
+  CU_ASSERT_EQUAL(f->C_DestroyObject(other, rp), CKR_OK);
   /* gone with the session that made them */
   CU_ASSERT_EQUAL(f->C_CloseSession(ro), CKR_OK);
   CU_ASSERT_EQUAL(find(other, &by_label, 1, found, 8), 0);
@@ -412,6 +456,7 @@ static void test_generate_session_hsm(void)
   }
   CU_ASSERT_EQUAL(count_rows(), rows);
   CU_ASSERT_EQUAL(hsm_token_keys(), keys);
+  CU_ASSERT_EQUAL(hsm_session_keys(), 0);
   f->C_CloseSession(other);
 }
 

@@ -66,6 +66,14 @@ static CK_RV insert(kvp_session *s, kvp_object **objs, size_t n, CK_OBJECT_HANDL
       return CKR_HOST_MEMORY;
     }
   pthread_mutex_lock(&so_lock);
+  if (__atomic_load_n(&s->closed, __ATOMIC_ACQUIRE)) {
+    /* closed by another thread meanwhile: its objects were dropped (under
+     * so_lock, after closed was set), these would outlive it */
+    pthread_mutex_unlock(&so_lock);
+    for (size_t i = 0; i < n; i++)
+      free(e[i]);
+    return CKR_SESSION_CLOSED;
+  }
   group = KVP_SESSOBJ_BIT | (so_next++ << 2);
   for (size_t i = 0; i < n; i++) {
     kvp_object *o = objs[i];
@@ -157,8 +165,10 @@ CK_RV kvp_sessobj_add_keypair(kvp_session *s, kvp_key *key, const char *account,
   }
   /* the private key object owns the key: closing it ends the HSM session objects */
   objs[1]->key = key;
-  for (size_t i = 0; i < n; i++)
+  for (size_t i = 0; i < n; i++) {
     set_bool(objs[i], CKA_DESTROYABLE, CK_TRUE);
+    set_bool(objs[i], CKA_LOCAL, CK_TRUE); /* generated in the store */
+  }
   if ((rv = insert(s, objs, n, h)) != CKR_OK)
     free_objects(objs, n);
   if (rv == CKR_OK) {

@@ -205,7 +205,10 @@ static void test_generate_session_vault(void)
   /* no CKA_TOKEN at all; CKA_TOKEN false in one template: refused before the vault is asked */
   CU_ASSERT_EQUAL(f->C_GenerateKeyPair(rw, &m, pub, 1, priv, 1, &hp, &hk),
                   CKR_TEMPLATE_INCONSISTENT);
-  CU_ASSERT(strstr(kvp_status_reason(), "CKA_TOKEN") != NULL);
+  {
+    const char *why = kvp_status_reason();
+    CU_ASSERT(why != NULL && strstr(why, "CKA_TOKEN") != NULL);
+  }
   CU_ASSERT_EQUAL(f->C_GenerateKeyPair(rw, &m, pub, 2, priv, 2, &hp, &hk),
                   CKR_TEMPLATE_INCONSISTENT);
   /* the template check comes before the read-only check */

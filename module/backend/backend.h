@@ -171,6 +171,14 @@ typedef struct kvp_backend_ops {
    * On success *out is the opened key (as open_key would return it). */
   CK_RV (*create_key)(kvp_backend *be, const char *name, const kvp_key_spec *spec, kvp_key **out);
 
+  /* Optional (NULL: the store has no session keys; the front answers
+   * CKR_TEMPLATE_INCONSISTENT, as for Key Vault). Create a key pair that lives
+   * only while *out is open: HSM session objects (CKA_TOKEN false) under a
+   * label of the backend's choosing (key->name), held in an HSM session kept
+   * out of the pool; close_key destroys them and closes that session. Nothing
+   * is written to the store's token. */
+  CK_RV (*create_session_key)(kvp_backend *be, const kvp_key_spec *spec, kvp_key **out);
+
   /* Import an existing private key (RSA or EC, from a PFX) under name (Key
    * Vault: PUT /keys/NAME with the private JWK; HSM: C_CreateObject of the
    * private key, sensitive and non-extractable, and of its public key). Same

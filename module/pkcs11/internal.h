@@ -220,6 +220,33 @@ CK_RV kvp_generate_key_pair(kvp_session *s, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_
 /* 1 when this process may write the registry (drives CKF_WRITE_PROTECTED). */
 int kvp_registry_writable(void);
 
+/* sessobj.c: session objects (CKA_TOKEN false or absent), in memory, owned
+ * by the session that made them, seen by every session of the token. Their
+ * handles have KVP_SESSOBJ_BIT set; token handles never do. */
+#define KVP_SESSOBJ_BIT ((CK_OBJECT_HANDLE)1 << (sizeof(CK_OBJECT_HANDLE) * 8 - 1))
+static inline int kvp_is_sessobj(CK_OBJECT_HANDLE h)
+{
+  return (h & KVP_SESSOBJ_BIT) != 0;
+}
+/* A session certificate from a checked template (CKA_VALUE, optional CKA_LABEL / CKA_ID). */
+CK_RV kvp_sessobj_add_cert(kvp_session *s, const CK_ATTRIBUTE *value, const CK_ATTRIBUTE *label,
+                           const CK_ATTRIBUTE *id, CK_OBJECT_HANDLE *ph);
+/* A session key pair over key (a session key of its backend; taken over, also on failure). */
+CK_RV kvp_sessobj_add_keypair(kvp_session *s, kvp_key *key, const char *account,
+                              const char *key_ref, const char *label, const unsigned char *ckid,
+                              size_t ckid_len, CK_OBJECT_HANDLE *ph_pub, CK_OBJECT_HANDLE *ph_priv);
+/* Look up and reference a session object visible to s. */
+CK_RV kvp_sessobj_get(kvp_session *s, CK_OBJECT_HANDLE h, kvp_object **out);
+CK_RV kvp_sessobj_destroy(kvp_session *s, CK_OBJECT_HANDLE h);
+/* The first session object with a handle above after that s sees and tmpl
+ * matches; CK_INVALID_HANDLE when none. */
+CK_OBJECT_HANDLE kvp_sessobj_next(kvp_session *s, const CK_ATTRIBUTE *tmpl, CK_ULONG n,
+                                  CK_OBJECT_HANDLE after);
+/* The session closed: its objects go (no lock of the front held). */
+void kvp_sessobj_session_closed(CK_SESSION_HANDLE owner);
+/* C_Finalize, or a forked child (forked: no call into any backend). */
+void kvp_sessobj_clear(int forked);
+
 /* mech.c */
 CK_RV kvp_mechanism_list(const kvp_slot *slot, CK_MECHANISM_TYPE_PTR list, CK_ULONG_PTR count);
 CK_RV kvp_mechanism_info(const kvp_slot *slot, CK_MECHANISM_TYPE type, CK_MECHANISM_INFO_PTR info);

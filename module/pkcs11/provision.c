@@ -12,6 +12,12 @@
  *  C_GenerateKeyPair                creates the key in the account's
  *      default_store (Key Vault or HSM) and registers it as a key pair.
  *
+ * CKA_TOKEN false or absent (its default) asks for session objects
+ * (sessobj.c): a certificate kept in memory, a key pair made as session
+ * objects of the store (HSM; Key Vault has none: CKR_TEMPLATE_INCONSISTENT).
+ * Neither writes the registry, so a read-only session may make them; the
+ * read-only check applies to token objects only, after the template's.
+ *
  * The module reads the registry through a read-only connection; each change
  * opens a writer connection for its duration. No lock of the front is held
  * during the key store call or the registry write; the new objects appear
@@ -283,17 +289,21 @@ static CK_RV cert_from_template(const CK_ATTRIBUTE *t, CK_ULONG n, X509 **x, kvp
       CKA_JAVA_MIDP_SECURITY_DOMAIN, CKA_CHECK_VALUE, CKA_HASH_OF_SUBJECT_PUBLIC_KEY,
       CKA_HASH_OF_ISSUER_PUBLIC_KEY, CKA_NAME_HASH_ALGORITHM};
   static const CK_ATTRIBUTE_TYPE must_false[] = {CKA_PRIVATE, CKA_TRUSTED};
-  static const CK_ATTRIBUTE_TYPE must_true[] = {CKA_TOKEN};
   const CK_ATTRIBUTE *value = tmpl_find(t, n, CKA_VALUE), *label = tmpl_find(t, n, CKA_LABEL);
+  const CK_ATTRIBUTE *id = tmpl_find(t, n, CKA_ID);
   const unsigned char *p;
   CK_ULONG ctype = 0;
   int present;
   CK_RV rv;
 
   rv = tmpl_check("C_CreateObject(CKO_CERTIFICATE)", t, n, allowed, KVP_ARRAY_SIZE(allowed),
-                  must_false, KVP_ARRAY_SIZE(must_false), must_true, KVP_ARRAY_SIZE(must_true));
+                  must_false, KVP_ARRAY_SIZE(must_false), NULL, 0);
   if (rv != CKR_OK)
     return rv;
+  if (id != NULL && (id->ulValueLen == 0 || id->ulValueLen > 255)) {
+    KVP_ERROR("C_CreateObject(CKO_CERTIFICATE): CKA_ID must be 1 to 255 bytes");
+    return CKR_ATTRIBUTE_VALUE_INVALID;
+  }
   if ((rv = tmpl_ulong(t, n, CKA_CERTIFICATE_TYPE, &ctype, &present)) != CKR_OK)
     return rv;
   if (!present || value == NULL) {
@@ -349,10 +359,6 @@ static CK_RV create_certificate(kvp_session *s, const CK_ATTRIBUTE *t, CK_ULONG 
   int rc;
 
   memset(&k, 0, sizeof(k));
-  if (id != NULL && (id->ulValueLen == 0 || id->ulValueLen > 255)) {
-    KVP_ERROR("C_CreateObject(CKO_CERTIFICATE): CKA_ID must be 1 to 255 bytes");
-    return CKR_ATTRIBUTE_VALUE_INVALID;
-  }
   rv = cert_from_template(t, n, &x, &k, &pub);
   if (rv != CKR_OK)
     goto out;
@@ -448,15 +454,38 @@ out:
   return rv;
 }
 
+/* A session certificate (CKA_TOKEN false or absent): checked as a token one, kept in memory. */
+static CK_RV create_session_certificate(kvp_session *s, const CK_ATTRIBUTE *t, CK_ULONG n,
+                                        CK_OBJECT_HANDLE *ph)
+{
+  X509 *x = NULL;
+  EVP_PKEY *pub = NULL;
+  kvp_spki k;
+  CK_RV rv;
+
+  memset(&k, 0, sizeof(k));
+  rv = cert_from_template(t, n, &x, &k, &pub);
+  if (rv == CKR_OK)
+    rv = kvp_sessobj_add_cert(s, tmpl_find(t, n, CKA_VALUE), tmpl_find(t, n, CKA_LABEL),
+                              tmpl_find(t, n, CKA_ID), ph);
+  EVP_PKEY_free(pub);
+  kvp_spki_clear(&k);
+  X509_free(x);
+  return rv;
+}
+
 CK_RV kvp_create_object(kvp_session *s, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR ph)
 {
   CK_ULONG cls = 0;
-  int present;
+  int present, token;
   CK_RV rv;
 
   if ((t == NULL && n != 0) || ph == NULL)
     return CKR_ARGUMENTS_BAD;
-  if (!(s->flags & CKF_RW_SESSION))
+  if ((rv = tmpl_bool(t, n, CKA_TOKEN, &token)) != CKR_OK)
+    return rv;
+  /* a session object writes nothing: a read-only session may make it */
+  if (token == 1 && !(s->flags & CKF_RW_SESSION))
     return CKR_SESSION_READ_ONLY;
   if ((rv = tmpl_ulong(t, n, CKA_CLASS, &cls, &present)) != CKR_OK)
     return rv;
@@ -478,7 +507,7 @@ CK_RV kvp_create_object(kvp_session *s, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJEC
                     : cls == CKO_SECRET_KEY ? "CKO_SECRET_KEY"
                     : cls == CKO_DATA       ? "CKO_DATA"
                                             : "other");
-  return create_certificate(s, t, n, ph);
+  return token == 1 ? create_certificate(s, t, n, ph) : create_session_certificate(s, t, n, ph);
 }
 
 /* ---- C_DestroyObject ---------------------------------------------------- */
@@ -489,9 +518,11 @@ CK_RV kvp_destroy_object(kvp_session *s, CK_OBJECT_HANDLE h)
   kvp_registry *reg = NULL;
   kvp_cert_rec rec = {0};
   char err[KVP_ERRLEN] = "";
-  CK_RV rv = kvp_object_get(s, h, &o);
+  CK_RV rv;
 
-  if (rv != CKR_OK)
+  if (kvp_is_sessobj(h))
+    return kvp_sessobj_destroy(s, h); /* no registry write: R/O sessions too */
+  if ((rv = kvp_object_get(s, h, &o)) != CKR_OK)
     return rv;
   if (o->cls != CKO_CERTIFICATE) {
     KVP_ERROR("C_DestroyObject: '%s': keys are not destroyed through PKCS#11 (use `kvp11 key "
@@ -696,16 +727,14 @@ static CK_RV parse_gen(CK_MECHANISM_TYPE mech, const CK_ATTRIBUTE *pub, CK_ULONG
       CKA_SIGN_RECOVER, CKA_ALWAYS_AUTHENTICATE, CKA_WRAP_WITH_TRUSTED};
   static const CK_ATTRIBUTE_TYPE priv_false[] = {CKA_EXTRACTABLE, CKA_UNWRAP, CKA_SIGN_RECOVER,
                                                  CKA_DERIVE, CKA_ALWAYS_AUTHENTICATE};
-  static const CK_ATTRIBUTE_TYPE both_true[] = {CKA_TOKEN};
-  static const CK_ATTRIBUTE_TYPE priv_true[] = {CKA_TOKEN, CKA_SENSITIVE};
+  static const CK_ATTRIBUTE_TYPE priv_true[] = {CKA_SENSITIVE};
   CK_ULONG v = 0;
   int present, sign, decrypt;
   CK_RV rv;
 
   memset(g, 0, sizeof(*g));
   rv = tmpl_check("C_GenerateKeyPair public key template", pub, n_pub, pub_allowed,
-                  KVP_ARRAY_SIZE(pub_allowed), pub_false, KVP_ARRAY_SIZE(pub_false), both_true,
-                  KVP_ARRAY_SIZE(both_true));
+                  KVP_ARRAY_SIZE(pub_allowed), pub_false, KVP_ARRAY_SIZE(pub_false), NULL, 0);
   if (rv == CKR_OK)
     rv = tmpl_check("C_GenerateKeyPair private key template", priv, n_priv, priv_allowed,
                     KVP_ARRAY_SIZE(priv_allowed), priv_false, KVP_ARRAY_SIZE(priv_false),
@@ -766,7 +795,7 @@ static CK_RV parse_gen(CK_MECHANISM_TYPE mech, const CK_ATTRIBUTE *pub, CK_ULONG
 
 /* May this session generate a key pair with mech on the account's default_store? */
 static CK_RV gen_allowed(const kvp_session *s, const CK_MECHANISM *mech, const char *account,
-                         const char *default_store)
+                         const char *default_store, int session_keys)
 {
   if (mech->mechanism != CKM_RSA_PKCS_KEY_PAIR_GEN && mech->mechanism != CKM_EC_KEY_PAIR_GEN)
     return CKR_MECHANISM_INVALID;
@@ -778,9 +807,58 @@ static CK_RV gen_allowed(const kvp_session *s, const CK_MECHANISM *mech, const c
   }
   if (mech->pParameter != NULL || mech->ulParameterLen != 0)
     return CKR_MECHANISM_PARAM_INVALID;
-  if (!(s->flags & CKF_RW_SESSION))
+  if (!session_keys && !(s->flags & CKF_RW_SESSION))
     return CKR_SESSION_READ_ONLY;
   return CKR_OK;
+}
+
+/* A token key pair needs CKA_TOKEN true in both templates; otherwise a session one. */
+static CK_RV gen_session_keys(const CK_ATTRIBUTE *pub, CK_ULONG n_pub, const CK_ATTRIBUTE *priv,
+                              CK_ULONG n_priv, int *session_keys)
+{
+  int tp, tk;
+  CK_RV rv;
+
+  if ((rv = tmpl_bool(pub, n_pub, CKA_TOKEN, &tp)) != CKR_OK ||
+      (rv = tmpl_bool(priv, n_priv, CKA_TOKEN, &tk)) != CKR_OK)
+    return rv;
+  *session_keys = !(tp == 1 && tk == 1);
+  return CKR_OK;
+}
+
+/* A key pair of session objects in the store (gone with the session s). */
+static CK_RV generate_session_pair(kvp_session *s, kvp_backend *be, const char *scheme,
+                                   const char *account, const gen_req *g,
+                                   CK_OBJECT_HANDLE_PTR ph_pub, CK_OBJECT_HANDLE_PTR ph_priv)
+{
+  kvp_key *key = NULL;
+  char ref[600], *label;
+  CK_RV rv;
+
+  if (be->ops->create_session_key == NULL)
+    return kvp_fail(CKR_TEMPLATE_INCONSISTENT,
+                    "C_GenerateKeyPair: CKA_TOKEN is false or absent (a session key pair), but "
+                    "key store %s:%s keeps no session keys%s; set CKA_TOKEN = CK_TRUE in both "
+                    "templates for a token key",
+                    scheme, be->name,
+                    strcmp(scheme, "keyvault") == 0 ? " (every key in a vault is permanent)" : "");
+  if ((rv = be->ops->create_session_key(be, &g->spec, &key)) != CKR_OK)
+    return rv; /* the backend recorded why */
+  snprintf(ref, sizeof(ref), "%s:%s/%s", scheme, be->name, key->name);
+  label = g->label != NULL ? label_dup(g->label) : strdup("");
+  if (label == NULL) {
+    key->backend->ops->close_key(key->backend, key);
+    return CKR_HOST_MEMORY;
+  }
+  rv = kvp_sessobj_add_keypair(s, key, account, ref, label, g->spec.id, g->spec.id_len, ph_pub,
+                               ph_priv);
+  if (rv == CKR_OK)
+    KVP_INFO("session %lu: generated %s session key pair '%s' in %s:%s (gone when the session "
+             "closes)",
+             (unsigned long)s->handle, g->spec.type == KVP_KEY_RSA ? "RSA" : "EC", label, scheme,
+             be->name);
+  free(label);
+  return rv;
 }
 
 CK_RV kvp_generate_key_pair(kvp_session *s, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_PTR pub,
@@ -795,6 +873,7 @@ CK_RV kvp_generate_key_pair(kvp_session *s, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_
   kvp_cert_rec rec = {0};
   int64_t id = 0;
   gen_req g;
+  int session_keys = 0;
   CK_RV rv;
 
   if (mech == NULL || (pub == NULL && n_pub != 0) || (priv == NULL && n_priv != 0) ||
@@ -802,7 +881,8 @@ CK_RV kvp_generate_key_pair(kvp_session *s, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_
     return CKR_ARGUMENTS_BAD;
   if ((rv = slot_account(s, &account, &default_store)) != CKR_OK)
     goto out;
-  if ((rv = gen_allowed(s, mech, account, default_store)) != CKR_OK ||
+  if ((rv = gen_session_keys(pub, n_pub, priv, n_priv, &session_keys)) != CKR_OK ||
+      (rv = gen_allowed(s, mech, account, default_store, session_keys)) != CKR_OK ||
       (rv = parse_gen(mech->mechanism, pub, n_pub, priv, n_priv, &g)) != CKR_OK)
     goto out;
   be = find_store(default_store, &scheme);
@@ -810,6 +890,10 @@ CK_RV kvp_generate_key_pair(kvp_session *s, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_
     KVP_ERROR("C_GenerateKeyPair: account '%s': default_store '%s' is not a configured key store",
               account, default_store);
     rv = CKR_DEVICE_ERROR;
+    goto out;
+  }
+  if (session_keys) {
+    rv = generate_session_pair(s, be, scheme, account, &g, ph_pub, ph_priv);
     goto out;
   }
   if (be->ops->create_key == NULL) {

@@ -308,6 +308,7 @@ static void teardown(int forked)
   free(kvp_g.sessions);
   kvp_g.sessions = NULL;
   kvp_g.sess_cap = kvp_g.sess_count = kvp_g.sess_used = 0;
+  kvp_sessobj_clear(forked); /* before the backends go: session keys close there */
   {
     kvp_object *garbage = NULL;
     kvp_cache_invalidate_locked(NULL, 0, 1, &garbage);
@@ -556,8 +557,10 @@ CK_RV kvp_session_close(CK_SESSION_HANDLE h)
   pthread_rwlock_unlock(&kvp_g.lock);
   if (logout)
     backends_logout();
-  if (s != NULL)
+  if (s != NULL) {
+    kvp_sessobj_session_closed(s->handle);
     kvp_session_put(s);
+  }
   return rv;
 }
 
@@ -590,8 +593,10 @@ out:
   pthread_rwlock_unlock(&kvp_g.lock);
   if (logout)
     backends_logout();
-  for (size_t i = 0; i < n; i++)
+  for (size_t i = 0; i < n; i++) {
+    kvp_sessobj_session_closed(closing[i]->handle);
     kvp_session_put(closing[i]);
+  }
   free(closing);
   return rv;
 }
@@ -658,6 +663,8 @@ CK_RV kvp_object_get(kvp_session *s, CK_OBJECT_HANDLE h, kvp_object **out)
   kvp_object *o;
   int miss = 0;
 
+  if (kvp_is_sessobj(h))
+    return kvp_sessobj_get(s, h, out);
   pthread_rwlock_rdlock(&kvp_g.lock);
   o = kvp_cache_lookup_locked(h);
   if (o == NULL) {

@@ -9,84 +9,7 @@
  *    a SoftHSM2 token of the test's own) and shows it as a key pair that signs.
  * Template errors get the PKCS#11 return codes; the registry is unchanged.
  */
-#include <stdarg.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include <CUnit/Basic.h>
-#include <openssl/ec.h>
-#include <openssl/evp.h>
-#include <openssl/objects.h>
-#include <openssl/x509.h>
-
-#include "core/cert.h"
-#include "core/registry.h"
-#include "core/util.h"
-#include "pkcs11/internal.h"
-
-#define TOKEN "kvp11-prov"
-#define PIN "1234"
-
-static char dir[512], regpath[600];
-static const char *softhsm;
-static CK_FUNCTION_LIST_PTR f;
-static CK_SLOT_ID slot_keys, slot_plain;
-
-static int run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int run(const char *fmt, ...)
-{
-  char cmd[2048];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(cmd, sizeof(cmd), fmt, ap);
-  va_end(ap);
-  return system(cmd) == 0;
-}
-
-/* A certificate (DER) for pub, signed by a throwaway issuer key: kvp11 does
- * not check who signed a certificate, only whose key it certifies. */
-static unsigned char *make_cert_for(EVP_PKEY *pub, const char *cn, size_t *len)
-{
-  EVP_PKEY *ca = EVP_EC_gen("P-256");
-  X509 *x = X509_new();
-  unsigned char *der = NULL;
-  int n;
-
-  X509_set_version(x, 2);
-  ASN1_INTEGER_set(X509_get_serialNumber(x), 77);
-  X509_gmtime_adj(X509_getm_notBefore(x), 0);
-  X509_gmtime_adj(X509_getm_notAfter(x), 86400);
-  X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
-                             (const unsigned char *)cn, -1, -1, 0);
-  X509_NAME_add_entry_by_txt(X509_get_issuer_name(x), "CN", MBSTRING_ASC,
-                             (const unsigned char *)"Test CA", -1, -1, 0);
-  X509_set_pubkey(x, pub);
-  X509_sign(x, ca, EVP_sha256());
-  n = i2d_X509(x, &der);
-  *len = n > 0 ? (size_t)n : 0;
-  X509_free(x);
-  EVP_PKEY_free(ca);
-  return der;
-}
-
-static int count_rows(void)
-{
-  char err[KVP_ERRLEN];
-  kvp_registry *reg = NULL;
-  kvp_cert_rec *recs = NULL;
-  size_t n = 0;
-
-  if (kvp_registry_open(regpath, 1, &reg, err, sizeof(err)) != KVP_OK)
-    return 0;
-  if (kvp_registry_list(reg, NULL, &recs, &n, err, sizeof(err)) != KVP_OK)
-    n = 0;
-  kvp_cert_rec_free_array(recs, n);
-  kvp_registry_close(reg);
-  return (int)n;
-}
+#include "front_fixture.h"
 
 static int get_row(const char *account, const char *name, kvp_cert_rec *rec)
 {
@@ -101,90 +24,14 @@ static int get_row(const char *account, const char *name, kvp_cert_rec *rec)
   return rc;
 }
 
-static CK_ULONG find(CK_SESSION_HANDLE s, CK_ATTRIBUTE *tmpl, CK_ULONG n, CK_OBJECT_HANDLE *out,
-                     CK_ULONG max)
-{
-  CK_ULONG count = 0;
-  CU_ASSERT_EQUAL_FATAL(f->C_FindObjectsInit(s, tmpl, n), CKR_OK);
-  CU_ASSERT_EQUAL(f->C_FindObjects(s, out, max, &count), CKR_OK);
-  CU_ASSERT_EQUAL(f->C_FindObjectsFinal(s), CKR_OK);
-  return count;
-}
-
-static CK_SLOT_ID slot_by_label(const char *label)
-{
-  CK_SLOT_ID slots[8];
-  CK_ULONG n = 8;
-  /* also used by suite_init: no CUnit asserts here */
-  if (f->C_GetSlotList(CK_TRUE, slots, &n) != CKR_OK)
-    return (CK_SLOT_ID)-1;
-  for (CK_ULONG i = 0; i < n; i++) {
-    CK_TOKEN_INFO ti;
-    char padded[32];
-    memset(padded, ' ', 32);
-    memcpy(padded, label, strlen(label));
-    if (f->C_GetTokenInfo(slots[i], &ti) == CKR_OK && memcmp(ti.label, padded, 32) == 0)
-      return slots[i];
-  }
-  return (CK_SLOT_ID)-1;
-}
-
 static int suite_init(void)
 {
-  const char *tmp = getenv("KVP11_TEST_TMP");
-  char path[600];
-  FILE *fp;
-
-  softhsm = getenv("KVP11_SOFTHSM_MODULE");
-  if (softhsm == NULL || access(softhsm, R_OK) != 0)
-    exit(77);
-  mkdir(tmp ? tmp : "/tmp", 0755);
-  snprintf(dir, sizeof(dir), "%s/front_provision.%d", tmp ? tmp : "/tmp", (int)getpid());
-  if (mkdir(dir, 0700) != 0)
-    return 1;
-  snprintf(path, sizeof(path), "%s/softhsm2.conf", dir);
-  fp = fopen(path, "w");
-  if (fp == NULL)
-    return 1;
-  fprintf(fp, "directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n", dir);
-  fclose(fp);
-  setenv("SOFTHSM2_CONF", path, 1);
-  if (!run("softhsm2-util --init-token --free --label " TOKEN " --pin " PIN
-           " --so-pin 12345678 >/dev/null"))
-    return 1;
-  snprintf(path, sizeof(path), "%s/pin", dir);
-  fp = fopen(path, "w");
-  if (fp == NULL)
-    return 1;
-  fputs(PIN "\n", fp);
-  fclose(fp);
-  chmod(path, 0600);
-  snprintf(regpath, sizeof(regpath), "%s/registry.db", dir);
-  snprintf(path, sizeof(path), "%s/kvp11.conf", dir);
-  fp = fopen(path, "w");
-  if (fp == NULL)
-    return 1;
-  fprintf(fp,
-          "[global]\nregistry = %s\nlog_level = error\n\n"
-          "[hsm box]\nmodule = %s\ntoken_label = " TOKEN "\npin_file = %s/pin\n\n"
-          "[account keys]\nlabel = keys\ndefault_store = hsm:box\n\n"
-          "[account plain]\nlabel = plain\n",
-          regpath, softhsm, dir);
-  fclose(fp);
-  setenv("KVP11_CONF", path, 1);
-  unsetenv("KVP11_REGISTRY");
-  if (C_GetFunctionList(&f) != CKR_OK || f->C_Initialize(NULL) != CKR_OK)
-    return 1;
-  slot_keys = slot_by_label("keys");
-  slot_plain = slot_by_label("plain");
-  return slot_keys == (CK_SLOT_ID)-1 || slot_plain == (CK_SLOT_ID)-1;
+  return fixture_init("front_provision", "");
 }
 
 static int suite_clean(void)
 {
-  f->C_Finalize(NULL);
-  run("rm -rf '%s'", dir);
-  return 0;
+  return fixture_clean();
 }
 
 static CK_OBJECT_CLASS c_cert = CKO_CERTIFICATE, c_priv = CKO_PRIVATE_KEY, c_pub = CKO_PUBLIC_KEY;
@@ -288,8 +135,10 @@ static void test_bad_templates(void)
   memcpy(t, base, sizeof(t));
   t[1].pValue = &attr_cert;
   CU_ASSERT_EQUAL(f->C_CreateObject(rw, t, 5, &h), CKR_ATTRIBUTE_VALUE_INVALID);
+  /* (CKA_TOKEN false makes a session object: test_front_sessobj.c) */
   memcpy(t, base, sizeof(t));
-  t[4].pValue = &no;
+  t[4].type = CKA_PRIVATE;
+  t[4].pValue = &yes;
   CU_ASSERT_EQUAL(f->C_CreateObject(rw, t, 5, &h), CKR_ATTRIBUTE_VALUE_INVALID);
   memcpy(t, base, sizeof(t));
   t[4].type = CKA_TRUSTED;
@@ -360,6 +209,7 @@ static void test_key_then_certificate(void)
       {CKA_LABEL, "whatever", 8},
       {CKA_ID, id, sizeof(id)},
       {CKA_VALUE, der_other, (CK_ULONG)len2},
+      {CKA_TOKEN, &yes, sizeof(yes)},
   };
   kvp_cert_rec rec;
 
@@ -383,12 +233,12 @@ static void test_key_then_certificate(void)
     CU_ASSERT_EQUAL(a.ulValueLen, 256);
   }
   /* a certificate of another key with the key's CKA_ID: inconsistent */
-  CU_ASSERT_EQUAL(f->C_CreateObject(rw, t, 5, &h), CKR_TEMPLATE_INCONSISTENT);
+  CU_ASSERT_EQUAL(f->C_CreateObject(rw, t, 6, &h), CKR_TEMPLATE_INCONSISTENT);
   /* the key's certificate with another CKA_ID: no key matches, so it would be a
    * partner's certificate; without CKA_ID the public key decides */
   t[4].pValue = der;
   t[4].ulValueLen = (CK_ULONG)len;
-  CU_ASSERT_EQUAL_FATAL(f->C_CreateObject(rw, t, 5, &h), CKR_OK);
+  CU_ASSERT_EQUAL_FATAL(f->C_CreateObject(rw, t, 6, &h), CKR_OK);
   memset(&rec, 0, sizeof(rec));
   CU_ASSERT_EQUAL_FATAL(get_row("plain", "pending", &rec), KVP_OK);
   CU_ASSERT_EQUAL(rec.der_len, len); /* filled in place, under the key's name */
@@ -416,7 +266,7 @@ static void test_key_then_certificate(void)
   t[3].pValue = wrong_id;
   t[4].pValue = der_other;
   t[4].ulValueLen = (CK_ULONG)len2;
-  CU_ASSERT_EQUAL_FATAL(f->C_CreateObject(rw, t, 5, &h), CKR_OK);
+  CU_ASSERT_EQUAL_FATAL(f->C_CreateObject(rw, t, 6, &h), CKR_OK);
   memset(&rec, 0, sizeof(rec));
   CU_ASSERT_EQUAL_FATAL(get_row("plain", "whatever", &rec), KVP_OK);
   CU_ASSERT_EQUAL(rec.type, KVP_CERT_PUBLIC);
@@ -444,47 +294,6 @@ static int has_mech(CK_SLOT_ID slot, CK_MECHANISM_TYPE m)
   return 0;
 }
 
-static EVP_PKEY *public_of(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h)
-{
-  CK_BYTE buf[1024];
-  CK_ATTRIBUTE a = {CKA_PUBLIC_KEY_INFO, buf, sizeof(buf)};
-  const unsigned char *p = buf;
-  if (f->C_GetAttributeValue(s, h, &a, 1) != CKR_OK)
-    return NULL;
-  return d2i_PUBKEY(NULL, &p, (long)a.ulValueLen);
-}
-
-static void sign_and_verify(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE priv, CK_OBJECT_HANDLE pub,
-                            CK_MECHANISM_TYPE mt, const EVP_MD *md)
-{
-  CK_MECHANISM m = {mt, NULL, 0};
-  CK_BYTE data[] = "an EDI message", sig[1024];
-  CK_ULONG sig_len = sizeof(sig);
-  EVP_PKEY *k = public_of(s, pub);
-  EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-  unsigned char der_sig[1100];
-  size_t der_len = 0;
-
-  CU_ASSERT_FATAL(k != NULL);
-  CU_ASSERT_EQUAL_FATAL(f->C_SignInit(s, &m, priv), CKR_OK);
-  CU_ASSERT_EQUAL_FATAL(f->C_Sign(s, data, sizeof(data) - 1, sig, &sig_len), CKR_OK);
-  if (EVP_PKEY_get_base_id(k) == EVP_PKEY_EC) {
-    /* r||s to DER for OpenSSL */
-    ECDSA_SIG *es = ECDSA_SIG_new();
-    unsigned char *p = der_sig;
-    ECDSA_SIG_set0(es, BN_bin2bn(sig, (int)sig_len / 2, NULL),
-                   BN_bin2bn(sig + sig_len / 2, (int)sig_len / 2, NULL));
-    der_len = (size_t)i2d_ECDSA_SIG(es, &p);
-    ECDSA_SIG_free(es);
-  } else {
-    memcpy(der_sig, sig, sig_len);
-    der_len = sig_len;
-  }
-  CU_ASSERT_EQUAL(EVP_DigestVerifyInit(ctx, NULL, md, NULL, k), 1);
-  CU_ASSERT_EQUAL(EVP_DigestVerify(ctx, der_sig, der_len, data, sizeof(data) - 1), 1);
-  EVP_MD_CTX_free(ctx);
-  EVP_PKEY_free(k);
-}
 
 static void test_generate_no_default_store(void)
 {
@@ -524,8 +333,9 @@ static void test_generate_in_hsm(void)
       {CKA_SIGN, &yes, sizeof(yes)},        {CKA_DECRYPT, &yes, sizeof(yes)},
       {CKA_LABEL, "gen-rsa", 7},            {CKA_ID, id, sizeof(id)},
   };
-  CK_ATTRIBUTE ec_pub[] = {{CKA_EC_PARAMS, p256, (CK_ULONG)p256_len}, {CKA_LABEL, "gen-ec", 6}};
-  CK_ATTRIBUTE ec_priv[] = {{CKA_SIGN, &yes, sizeof(yes)}};
+  CK_ATTRIBUTE ec_pub[] = {{CKA_EC_PARAMS, p256, (CK_ULONG)p256_len}, {CKA_LABEL, "gen-ec", 6},
+                           {CKA_TOKEN, &yes, sizeof(yes)}};
+  CK_ATTRIBUTE ec_priv[] = {{CKA_SIGN, &yes, sizeof(yes)}, {CKA_TOKEN, &yes, sizeof(yes)}};
   CK_ATTRIBUTE by_id = {CKA_ID, id, sizeof(id)};
   CK_OBJECT_HANDLE hp = 0, hk = 0, found[8];
   kvp_cert_rec rec;
@@ -588,7 +398,7 @@ static void test_generate_in_hsm(void)
   CU_ASSERT_EQUAL(count_rows(), rows + 1);
 
   /* EC P-256 with a minimal template: default CKA_ID, signs */
-  CU_ASSERT_EQUAL_FATAL(f->C_GenerateKeyPair(rw, &ec, ec_pub, 2, ec_priv, 1, &hp, &hk), CKR_OK);
+  CU_ASSERT_EQUAL_FATAL(f->C_GenerateKeyPair(rw, &ec, ec_pub, 3, ec_priv, 2, &hp, &hk), CKR_OK);
   sign_and_verify(rw, hk, hp, CKM_ECDSA_SHA256, EVP_sha256());
   {
     EVP_PKEY *k = public_of(rw, hp);
@@ -603,10 +413,10 @@ static void test_generate_in_hsm(void)
     EVP_PKEY_free(k);
   }
   {
-    CK_ATTRIBUTE ec_dec[] = {{CKA_DECRYPT, &yes, sizeof(yes)}};
+    CK_ATTRIBUTE ec_dec[] = {{CKA_DECRYPT, &yes, sizeof(yes)}, {CKA_TOKEN, &yes, sizeof(yes)}};
     ec_pub[1].pValue = "gen-ec2";
     ec_pub[1].ulValueLen = 7;
-    CU_ASSERT_EQUAL(f->C_GenerateKeyPair(rw, &ec, ec_pub, 2, ec_dec, 1, &hp, &hk),
+    CU_ASSERT_EQUAL(f->C_GenerateKeyPair(rw, &ec, ec_pub, 3, ec_dec, 2, &hp, &hk),
                     CKR_TEMPLATE_INCONSISTENT);
   }
   CU_ASSERT_EQUAL(count_rows(), rows + 2);
@@ -625,6 +435,7 @@ static void test_write_protected(void)
       {CKA_CLASS, &c_cert, sizeof(c_cert)},
       {CKA_CERTIFICATE_TYPE, &x509, sizeof(x509)},
       {CKA_VALUE, der, (CK_ULONG)len},
+      {CKA_TOKEN, &yes, sizeof(yes)},
   };
   CK_TOKEN_INFO ti;
   CK_SESSION_HANDLE rw;
@@ -641,7 +452,10 @@ static void test_write_protected(void)
   CU_ASSERT_NOT_EQUAL(ti.flags & CKF_WRITE_PROTECTED, 0);
   CU_ASSERT_EQUAL_FATAL(
       f->C_OpenSession(slot_plain, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &rw), CKR_OK);
-  CU_ASSERT_EQUAL(f->C_CreateObject(rw, t, 3, &h), CKR_TOKEN_WRITE_PROTECTED);
+  CU_ASSERT_EQUAL(f->C_CreateObject(rw, t, 4, &h), CKR_TOKEN_WRITE_PROTECTED);
+  /* a session certificate writes nothing: it is made all the same */
+  CU_ASSERT_EQUAL(f->C_CreateObject(rw, t, 3, &h), CKR_OK);
+  CU_ASSERT_EQUAL(f->C_DestroyObject(rw, h), CKR_OK);
   f->C_CloseSession(rw);
   unsetenv("KVP11_REGISTRY");
   f->C_Finalize(NULL);

@@ -258,6 +258,7 @@ static const kvp_backend_ops hsm_ops = {
     .login = hsm_login,
     .logout = hsm_logout,
     .create_key = kvp_hsm_create_key,
+    .create_session_key = kvp_hsm_create_session_key,
     .import_key = kvp_hsm_import_key,
     .delete_key = kvp_hsm_delete_key,
     .list_keys = kvp_hsm_list_keys,

@@ -16,6 +16,7 @@
 #include <openssl/ec.h>
 #include <openssl/evp.h>
 #include <openssl/objects.h>
+#include <openssl/rand.h>
 #include <openssl/x509.h>
 
 #include "backend/backend.h"
@@ -29,8 +30,10 @@
 
 /* ---------- create ---------- */
 
-CK_RV kvp_hsm_create_key(kvp_backend *bep, const char *name, const kvp_key_spec *spec,
-                         kvp_key **out)
+/* Generate the pair: token objects, or (token false) session objects kept in
+ * the session returned in *keep, which the caller closes to destroy them. */
+static CK_RV generate_pair(kvp_backend *bep, const char *name, const kvp_key_spec *spec,
+                           CK_BBOOL token, CK_SESSION_HANDLE *keep)
 {
   kvp_hsm_backend *be = kvp_hsm_of(bep);
   CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
@@ -50,8 +53,6 @@ CK_RV kvp_hsm_create_key(kvp_backend *bep, const char *name, const kvp_key_spec 
 
   if (bep == NULL || name == NULL || spec == NULL)
     return CKR_ARGUMENTS_BAD;
-  if (out != NULL)
-    *out = NULL;
   rv = kvp_hsm_check_name(be, name);
   if (rv != CKR_OK)
     return rv;
@@ -90,12 +91,12 @@ CK_RV kvp_hsm_create_key(kvp_backend *bep, const char *name, const kvp_key_spec 
 
   kvp_hsm_t_add(&pt, CKA_CLASS, &pub_cls, sizeof(pub_cls));
   kvp_hsm_t_add(&pt, CKA_KEY_TYPE, &kt, sizeof(kt));
-  kvp_hsm_t_add(&pt, CKA_TOKEN, &yes, sizeof(yes));
+  kvp_hsm_t_add(&pt, CKA_TOKEN, &token, sizeof(token));
   kvp_hsm_t_add(&pt, CKA_PRIVATE, &no, sizeof(no));
   kvp_hsm_t_add(&pt, CKA_LABEL, (void *)name, strlen(name));
   kvp_hsm_t_add(&kt_priv, CKA_CLASS, &priv_cls, sizeof(priv_cls));
   kvp_hsm_t_add(&kt_priv, CKA_KEY_TYPE, &kt, sizeof(kt));
-  kvp_hsm_t_add(&kt_priv, CKA_TOKEN, &yes, sizeof(yes));
+  kvp_hsm_t_add(&kt_priv, CKA_TOKEN, &token, sizeof(token));
   kvp_hsm_t_add(&kt_priv, CKA_PRIVATE, &yes, sizeof(yes));
   kvp_hsm_t_add(&kt_priv, CKA_SENSITIVE, &yes, sizeof(yes));
   kvp_hsm_t_add(&kt_priv, CKA_EXTRACTABLE, &no, sizeof(no));
@@ -133,17 +134,66 @@ CK_RV kvp_hsm_create_key(kvp_backend *bep, const char *name, const kvp_key_spec 
   rv = kvp_hsm_finish_pair(be, s, name, hpriv, hpub, spec->id == NULL, NULL);
   if (rv != CKR_OK)
     goto out;
-  KVP_INFO("hsm %s: created key %s (%s) in token '%s'", be->base.name, name, what,
-           kvp_hsm_token(be));
+  KVP_INFO("hsm %s: created %skey %s (%s) in token '%s'", be->base.name,
+           token ? "" : "session ", name, what, kvp_hsm_token(be));
+  if (keep != NULL) {
+    *keep = s; /* its session objects live as long as it does */
+    s = CK_INVALID_HANDLE;
+  }
 out:
   if (s != CK_INVALID_HANDLE)
     kvp_hsm_session_close(be, s);
   if (locked)
     pthread_mutex_unlock(&be->prov_lock);
   OPENSSL_free(params);
+  return rv;
+}
+
+CK_RV kvp_hsm_create_key(kvp_backend *bep, const char *name, const kvp_key_spec *spec,
+                         kvp_key **out)
+{
+  CK_RV rv;
+
+  if (out != NULL)
+    *out = NULL;
+  rv = generate_pair(bep, name, spec, CK_TRUE, NULL);
   if (rv == CKR_OK && out != NULL)
     rv = kvp_hsm_open_key(bep, name, out);
   return rv;
+}
+
+/*
+ * A key pair of HSM session objects (CKA_TOKEN false) under a fresh label,
+ * made in an HSM session of its own that never goes to the pool: the
+ * objects live until kvp_hsm_close_key closes that session. The pooled
+ * sessions see them (session objects are visible to all sessions of the
+ * application), so signing and decrypting run as for token keys.
+ */
+CK_RV kvp_hsm_create_session_key(kvp_backend *bep, const kvp_key_spec *spec, kvp_key **out)
+{
+  kvp_hsm_backend *be = kvp_hsm_of(bep);
+  CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
+  unsigned char r[8];
+  char name[40];
+  CK_RV rv;
+
+  if (out == NULL)
+    return CKR_ARGUMENTS_BAD;
+  *out = NULL;
+  if (RAND_bytes(r, sizeof(r)) != 1)
+    return kvp_fail(CKR_FUNCTION_FAILED, "hsm %s: no random label for a session key",
+                    be->base.name);
+  snprintf(name, sizeof(name), "kvp11-session-%02x%02x%02x%02x%02x%02x%02x%02x", r[0], r[1], r[2],
+           r[3], r[4], r[5], r[6], r[7]);
+  rv = generate_pair(bep, name, spec, CK_FALSE, &s);
+  if (rv == CKR_OK)
+    rv = kvp_hsm_open_key(bep, name, out);
+  if (rv != CKR_OK) {
+    kvp_hsm_session_close(be, s); /* takes any session objects made with it */
+    return rv;
+  }
+  ((kvp_hsm_key *)(*out)->impl)->own_session = s;
+  return CKR_OK;
 }
 
 /* ---------- import ---------- */

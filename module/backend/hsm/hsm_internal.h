@@ -115,6 +115,8 @@ typedef struct kvp_hsm_key {
   atomic_int checked;    /* 1: a signature (or decryption) of priv was checked locally */
   CK_ULONG out_len;      /* signature / plaintext buffer size: RSA bits/8, EC 2*field */
   int no_ec_public;      /* open_key: found only an EC private key object */
+  CK_SESSION_HANDLE own_session; /* session key: the HSM session holding its objects, closed
+                                  * (destroying them) by close_key; 0 for token keys */
 } kvp_hsm_key;
 
 static inline kvp_hsm_backend *kvp_hsm_of(kvp_backend *be)
@@ -262,6 +264,7 @@ CK_RV kvp_hsm_decrypt_oaep_local(kvp_hsm_backend *be, kvp_hsm_key *k, const kvp_
 
 CK_RV kvp_hsm_create_key(kvp_backend *bep, const char *name, const kvp_key_spec *spec,
                          kvp_key **out);
+CK_RV kvp_hsm_create_session_key(kvp_backend *bep, const kvp_key_spec *spec, kvp_key **out);
 CK_RV kvp_hsm_import_key(kvp_backend *bep, const char *name, EVP_PKEY *priv,
                          const kvp_key_spec *spec, kvp_key **out);
 CK_RV kvp_hsm_delete_key(kvp_backend *bep, const char *name);

@@ -441,9 +441,11 @@ static void key_free(kvp_hsm_key *k)
 
 void kvp_hsm_close_key(kvp_backend *be, kvp_key *key)
 {
-  (void)be;
-  if (key != NULL)
-    key_free((kvp_hsm_key *)key->impl);
+  kvp_hsm_key *k = key != NULL ? (kvp_hsm_key *)key->impl : NULL;
+
+  if (k != NULL && k->own_session != CK_INVALID_HANDLE)
+    kvp_hsm_session_close(kvp_hsm_of(be), k->own_session); /* the session key goes with it */
+  key_free(k);
 }
 
 CK_RV kvp_hsm_parse_name(kvp_hsm_key *k, const char *name)

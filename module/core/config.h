@@ -24,7 +24,7 @@
  *
  *   [account default]
  *   label = B2B default         ; token label (default: the account name)
- *   default_store = hsm:appliance   ; or vault:prod (key generation, later)
+ *   default_store = hsm:appliance   ; or vault:prod: where new keys are made
  *
  * Without any [account] section there is one account named "default".
  */
@@ -37,22 +37,6 @@
 /* The system group whose members may use the module in-process (docs/deployment.md). */
 #ifndef KVP11_SERVICE_GROUP
 #define KVP11_SERVICE_GROUP "kvp11"
-/* ---- file trust (config_files.c) ---- */
-
-/* The rules for a secret file, on its stat; err gets "PATH: what; fix: ...". */
-int kvp_secret_stat_ok(const char *path, const struct stat *st, char *err, size_t errlen);
-/* Not group/other-writable and owned by root or the euid; what: "configuration", ... */
-int kvp_trust_stat(const char *what, const char *path, const struct stat *st, char *err,
-                   size_t errlen);
-/* kvp_trust_stat() of path; KVP_ENOTFOUND (no message) when it does not exist. */
-int kvp_trust_path(const char *what, const char *path, char *err, size_t errlen);
-/* The registry file (when it exists) and its directory. */
-int kvp_registry_trust(const char *registry, char *err, size_t errlen);
-/* log_file / audit destination: "syslog" or an absolute path to a regular file. */
-int kvp_log_dest_check(const char *path, char *why, size_t whylen);
-/* errno to KVP_E* */
-int kvp_errno_rc(int e);
-
 #endif
 
 typedef struct kvp_hsm_conf {

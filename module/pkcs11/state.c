@@ -358,7 +358,6 @@ CK_RV kvp_initialize(CK_C_INITIALIZE_ARGS_PTR args)
     teardown(0);
     goto out;
   }
-  kvp_g.pid = getpid();
   kvp_g.next_session = 1;
   kvp_g.initialized = 1;
   (void)kvp_refresh();

@@ -59,8 +59,10 @@ const char *kvp_hash_name(kvp_hash h)
 
 EVP_PKEY_CTX *kvp_sig_ctx_new(EVP_PKEY *pub, const kvp_sig_alg *alg)
 {
-  EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, pub, NULL);
+  EVP_PKEY_CTX *ctx;
 
+  ERR_set_mark();
+  ctx = EVP_PKEY_CTX_new_from_pkey(NULL, pub, NULL);
   if (ctx == NULL || EVP_PKEY_verify_init(ctx) != 1)
     goto bad;
   if (alg->scheme == KVP_SIG_RSA_PKCS1 || alg->scheme == KVP_SIG_RSA_PSS) {
@@ -80,23 +82,21 @@ EVP_PKEY_CTX *kvp_sig_ctx_new(EVP_PKEY *pub, const kvp_sig_alg *alg)
   } else if (alg->scheme != KVP_SIG_ECDSA) {
     goto bad;
   }
+  ERR_pop_to_mark();
   return ctx;
 bad:
   EVP_PKEY_CTX_free(ctx);
+  ERR_pop_to_mark();
   return NULL;
 }
 
-int kvp_sig_check(EVP_PKEY_CTX *ctx, const kvp_sig_alg *alg, const unsigned char *digest,
-                  size_t dlen, const unsigned char *sig, size_t slen)
+/* r||s -> DER ECDSA-Sig-Value (OPENSSL_malloc'd); its length, <= 0 on failure. */
+static int ecdsa_der(const unsigned char *sig, size_t slen, unsigned char **der)
 {
-  unsigned char *der = NULL;
-  int derlen, ok = 0;
   ECDSA_SIG *es;
   BIGNUM *r, *s;
+  int n;
 
-  if (alg->scheme != KVP_SIG_ECDSA)
-    return EVP_PKEY_verify(ctx, sig, slen, digest, dlen) == 1;
-  /* r||s -> DER ECDSA-Sig-Value */
   if (slen == 0 || slen % 2 != 0)
     return 0;
   r = BN_bin2bn(sig, (int)(slen / 2), NULL);
@@ -108,25 +108,36 @@ int kvp_sig_check(EVP_PKEY_CTX *ctx, const kvp_sig_alg *alg, const unsigned char
     ECDSA_SIG_free(es);
     return 0;
   }
-  derlen = i2d_ECDSA_SIG(es, &der);
-  if (derlen > 0)
-    ok = EVP_PKEY_verify(ctx, der, (size_t)derlen, digest, dlen) == 1;
+  n = i2d_ECDSA_SIG(es, der);
   ECDSA_SIG_free(es);
-  OPENSSL_free(der);
+  return n;
+}
+
+int kvp_sig_check(EVP_PKEY_CTX *ctx, const kvp_sig_alg *alg, const unsigned char *digest,
+                  size_t dlen, const unsigned char *sig, size_t slen)
+{
+  unsigned char *der = NULL;
+  int n, ok;
+
+  ERR_set_mark();
+  if (alg->scheme != KVP_SIG_ECDSA) {
+    ok = EVP_PKEY_verify(ctx, sig, slen, digest, dlen) == 1;
+  } else {
+    n = ecdsa_der(sig, slen, &der);
+    ok = n > 0 && EVP_PKEY_verify(ctx, der, (size_t)n, digest, dlen) == 1;
+    OPENSSL_free(der);
+  }
+  ERR_pop_to_mark();
   return ok;
 }
 
 int kvp_sig_verify(EVP_PKEY *pub, const kvp_sig_alg *alg, const unsigned char *digest,
                    size_t dlen, const unsigned char *sig, size_t slen)
 {
-  EVP_PKEY_CTX *ctx;
-  int ok;
+  EVP_PKEY_CTX *ctx = kvp_sig_ctx_new(pub, alg);
+  int ok = ctx != NULL && kvp_sig_check(ctx, alg, digest, dlen, sig, slen);
 
-  ERR_set_mark();
-  ctx = kvp_sig_ctx_new(pub, alg);
-  ok = ctx != NULL && kvp_sig_check(ctx, alg, digest, dlen, sig, slen);
   EVP_PKEY_CTX_free(ctx);
-  ERR_pop_to_mark();
   return ok;
 }
 

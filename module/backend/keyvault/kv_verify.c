@@ -117,18 +117,11 @@ static void kv_vctx_give(kv_verifier *v, const kvp_sig_alg *alg, EVP_PKEY_CTX *c
 int kv_verifier_check(kv_verifier *v, const kvp_sig_alg *alg, const unsigned char *digest,
                       size_t dlen, const unsigned char *sig, size_t slen)
 {
-  EVP_PKEY_CTX *ctx;
-  int ok;
-
   /* a signature that does not verify leaves the caller's error queue as it was */
-  ERR_set_mark();
-  ctx = kv_vctx_take(v, alg);
-  if (ctx == NULL) {
-    ERR_pop_to_mark();
-    return 0;
-  }
-  ok = kvp_sig_check(ctx, alg, digest, dlen, sig, slen);
-  ERR_pop_to_mark();
-  kv_vctx_give(v, alg, ctx);
+  EVP_PKEY_CTX *ctx = kv_vctx_take(v, alg);
+  int ok = ctx != NULL && kvp_sig_check(ctx, alg, digest, dlen, sig, slen);
+
+  if (ctx != NULL)
+    kv_vctx_give(v, alg, ctx);
   return ok;
 }

@@ -90,14 +90,8 @@ void kvp_tool_sync_usage(FILE *f)
 static plan_item *plan_add(plan *p, plan_kind kind, const char *name, const char *sha256,
                            const char *reason)
 {
-  if (p->n == p->cap) {
-    size_t cap = p->cap ? 2 * p->cap : 16;
-    plan_item *it = realloc(p->items, cap * sizeof(*it));
-    if (it == NULL)
-      return NULL;
-    p->items = it;
-    p->cap = cap;
-  }
+  if (kvp_grow(&p->items, p->n, &p->cap, sizeof(*p->items), 16) != 0)
+    return NULL;
   plan_item *it = &p->items[p->n];
   memset(it, 0, sizeof(*it));
   it->kind = kind;

@@ -34,15 +34,9 @@ static void add_attr(attr_list *l, CK_ATTRIBUTE_TYPE t, const void *v, CK_ULONG 
 {
   if (l->failed)
     return;
-  if (l->n == l->cap) {
-    size_t cap = l->cap ? l->cap * 2 : 32;
-    kvp_attr *na = realloc(l->a, cap * sizeof(*na));
-    if (na == NULL) {
-      l->failed = 1;
-      return;
-    }
-    l->a = na;
-    l->cap = cap;
+  if (kvp_grow(&l->a, l->n, &l->cap, sizeof(*l->a), 32) != 0) {
+    l->failed = 1;
+    return;
   }
   kvp_attr *at = &l->a[l->n];
   at->type = t;

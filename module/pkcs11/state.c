@@ -155,14 +155,8 @@ static int push_id(void *ctx, int64_t id)
 {
   id_list *l = ctx;
 
-  if (l->n == l->cap) {
-    size_t cap = l->cap ? 2 * l->cap : 64;
-    int64_t *p = realloc(l->ids, cap * sizeof(*p));
-    if (p == NULL)
-      return KVP_ENOMEM;
-    l->ids = p;
-    l->cap = cap;
-  }
+  if (kvp_grow(&l->ids, l->n, &l->cap, sizeof(*l->ids), 64) != 0)
+    return KVP_ENOMEM;
   l->ids[l->n++] = id;
   return KVP_OK;
 }

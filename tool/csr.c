@@ -851,26 +851,16 @@ out:
 static int parse_args(kvp_tool *t, int argc, char **argv, csr_args *a)
 {
   const char *help = a->selfsign ? "kvp11 cert selfsign --help" : "kvp11 csr --help";
-  int o;
-  opterr = 0;
-  optind = 0;
-  while ((o = getopt_long(argc, argv, ":h", csr_longopts, NULL)) != -1) {
-    if (o == 'h') {
-      csr_help(stdout, a->selfsign);
-      return KVP_EXIT_OK;
-    }
-    if (o < C_BASE || o >= C_BASE + C_COUNT)
-      return kvp_tool_badopt(t, o, argv, help);
-    o -= C_BASE;
-    if (o == C_DAYS && !a->selfsign)
-      return kvp_tool_fail(t, KVP_EXIT_USAGE, "option '--days' does not apply here (see %s)", help);
-    if (a->v[o])
-      return kvp_tool_fail(t, KVP_EXIT_USAGE, "option '--%s' given twice", csr_longopts[o].name);
-    a->v[o] = optarg ? optarg : "";
+  /* --days: a certificate's validity, selfsign only */
+  const kvp_tool_opts o = {csr_longopts, C_COUNT, a->selfsign ? ~0u : ~COPT(C_DAYS), 0,
+                           a->selfsign ? "cert selfsign" : "csr", help};
+  int rc = kvp_tool_parse_opts(t, &o, argc, argv, a->v, NULL);
+  if (rc == KVP_TOOL_HELP) {
+    csr_help(stdout, a->selfsign);
+    return KVP_EXIT_OK;
   }
-  if (optind < argc)
-    return kvp_tool_fail(t, KVP_EXIT_USAGE, "unexpected argument '%s' (see %s)", argv[optind],
-                         help);
+  if (rc >= 0)
+    return rc;
   int sel = (a->v[C_CERTNAME] != NULL) + (a->v[C_VAULT] != NULL) + (a->v[C_HSM] != NULL);
   if (sel != 1)
     return kvp_tool_fail(t, KVP_EXIT_USAGE,
@@ -883,15 +873,8 @@ static int parse_args(kvp_tool *t, int argc, char **argv, csr_args *a)
                          a->v[C_VAULT] ? "vault" : "hsm", help);
   if (!a->v[C_SUBJECT])
     return kvp_tool_fail(t, KVP_EXIT_USAGE, "--subject is required (see %s)", help);
-  const char *d = a->v[C_DIGEST] ? a->v[C_DIGEST] : "sha256";
-  if (!strcmp(d, "sha256"))
-    a->md = EVP_sha256();
-  else if (!strcmp(d, "sha384"))
-    a->md = EVP_sha384();
-  else if (!strcmp(d, "sha512"))
-    a->md = EVP_sha512();
-  else
-    return kvp_tool_fail(t, KVP_EXIT_USAGE, "bad --digest '%s': sha256, sha384 or sha512", d);
+  if ((rc = kvp_tool_digest(t, a->v[C_DIGEST], &a->md)) >= 0)
+    return rc;
   a->days = DEFAULT_DAYS;
   if (a->v[C_DAYS]) {
     char *end = NULL;

@@ -569,15 +569,8 @@ static int parse_args(kvp_tool *t, const smime_cmd *c, int argc, char **argv, sm
     return kvp_tool_fail(t, KVP_EXIT_USAGE, "--cert is required (see kvp11 %s --help)", c->cmd);
   if ((c->allowed & SOPT(S_TO)) && a->n_to == 0)
     return kvp_tool_fail(t, KVP_EXIT_USAGE, "--to is required (see kvp11 %s --help)", c->cmd);
-  const char *d = a->v[S_DIGEST] ? a->v[S_DIGEST] : "sha256";
-  if (!strcmp(d, "sha256"))
-    a->md = EVP_sha256();
-  else if (!strcmp(d, "sha384"))
-    a->md = EVP_sha384();
-  else if (!strcmp(d, "sha512"))
-    a->md = EVP_sha512();
-  else
-    return kvp_tool_fail(t, KVP_EXIT_USAGE, "bad --digest '%s': sha256, sha384 or sha512", d);
+  if ((rc = kvp_tool_digest(t, a->v[S_DIGEST], &a->md)) >= 0)
+    return rc;
   const char *ci = a->v[S_CIPHER] ? a->v[S_CIPHER] : "aes-256-cbc";
   if (!strcmp(ci, "aes-256-cbc"))
     a->cipher = EVP_aes_256_cbc();

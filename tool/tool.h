@@ -11,6 +11,7 @@
 #include <stdio.h>
 
 #include <jansson.h>
+#include <openssl/evp.h>
 
 #include "backend/backend.h"
 #include "core/audit.h"
@@ -62,6 +63,9 @@ typedef struct kvp_tool_opts {
  */
 int kvp_tool_parse_opts(kvp_tool *t, const kvp_tool_opts *o, int argc, char **argv, const char **v,
                         const char **operand);
+/* --digest NAME (NULL: sha256) of csr, cert selfsign and smime: sha256, sha384 or
+ * sha512 into *md. Returns -1 to go on, else the usage exit code (one line said). */
+int kvp_tool_digest(kvp_tool *t, const char *name, const EVP_MD **md);
 
 /* Registry and key names: 1 to 255 bytes, no control characters. */
 int kvp_tool_name_ok(const char *s);

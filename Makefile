@@ -91,7 +91,7 @@ fuzz: deps
 	$(CTEST) --test-dir $(BUILD_DIR)-fuzz --output-on-failure -j$(JOBS) -L '^fuzz$$'
 
 install: build
-	$(CMAKE) --install $(BUILD_DIR)
+	KVP11_CREATE_ACCOUNTS=1 $(CMAKE) --install $(BUILD_DIR)
 
 uninstall:
 	$(CMAKE) --build $(BUILD_DIR) --target uninstall

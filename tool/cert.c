@@ -214,69 +214,48 @@ static int duplicate(const kvp_tool *t, const char *account, const char *name)
                        account, name);
 }
 
-static int cert_add(kvp_tool *t, cert_args *a)
+/* The command line of cert add: usage errors need no configuration. -1: go on. */
+static int add_usage(kvp_tool *t, const cert_args *a, int priv, int from_row)
 {
-  const char *type = a->v[O_TYPE], *file = a->v[O_CERT];
-  const int priv = type && strcmp(type, "private") == 0;
+  const char *type = a->v[O_TYPE];
   const int has_store = a->v[O_HSM] || a->v[O_VAULT];
-  kvp_cert_rec rec = {0}, old = {0};
+  const int rc = KVP_EXIT_USAGE;
+  if (!a->v[O_NAME] || !type || !a->v[O_CERT])
+    return kvp_tool_fail(t, rc, "--name, --type and --cert are required (see kvp11 cert add --help)");
+  if (!kvp_tool_name_ok(a->v[O_NAME]))
+    return kvp_tool_fail(t, rc, "bad --name '%s': 1 to 255 bytes, no control characters",
+                         a->v[O_NAME]);
+  if (!priv && strcmp(type, "public") != 0)
+    return kvp_tool_fail(t, rc, "bad --type '%s': public or private", type);
+  if (!priv && (has_store || a->v[O_KEY]))
+    return kvp_tool_fail(t, rc, "a public certificate takes no --hsm, --vault or --key");
+  if (priv && !from_row && (!has_store || (a->v[O_HSM] && a->v[O_VAULT]) || !a->v[O_KEY]))
+    return kvp_tool_fail(t, rc, "a private certificate needs --key and exactly one of --hsm or --vault");
+  if (a->v[O_STRICT] && a->v[O_ALLOW_EXPIRED])
+    return kvp_tool_fail(t, rc, "--strict and --allow-expired exclude each other");
+  return -1;
+}
+
+/* The certificate file into rec, with its validity (warn: the warning to print
+ * on success) and public key. Prints the error. */
+static int add_load(kvp_tool *t, cert_args *a, int priv, kvp_cert_rec *rec, char warn[KVP_ERRLEN])
+{
+  const char *file = a->v[O_CERT];
   unsigned char *der = NULL;
   size_t der_len = 0;
-  char err[KVP_ERRLEN] = "", warn[KVP_ERRLEN] = "";
-  char *o_scheme = NULL, *o_store = NULL, *o_name = NULL;
-  int rc = KVP_EXIT_USAGE, exists = 0, completes = 0;
-  /* a private certificate without --hsm/--vault/--key: for a key registered
-   * without certificate (kvp11 key create, C_GenerateKeyPair) */
-  const int from_row = priv && !has_store && !a->v[O_KEY];
+  char err[KVP_ERRLEN] = "";
+  int rc = KVP_EXIT_ERROR;
 
-  if (a->v[O_CERT_DIR] != NULL) /* partner onboarding: tool/cert_bulk.c */
-    return kvp_tool_cert_add_dir(t, a->v[O_CERT_DIR], type,
-                                 a->v[O_NAME] || file || has_store || a->v[O_KEY] || a->v[O_RG] ||
-                                     a->v[O_STRICT],
-                                 a->v[O_ACCOUNT], a->v[O_REPLACE] != NULL);
-
-  /* The command line first: usage errors need no configuration. */
-  if (!a->v[O_NAME] || !type || !file) {
-    kvp_tool_fail(t, rc, "--name, --type and --cert are required (see kvp11 cert add --help)");
-    goto out;
-  }
-  if (!kvp_tool_name_ok(a->v[O_NAME])) {
-    kvp_tool_fail(t, rc, "bad --name '%s': 1 to 255 bytes, no control characters", a->v[O_NAME]);
-    goto out;
-  }
-  if (!priv && strcmp(type, "public") != 0) {
-    kvp_tool_fail(t, rc, "bad --type '%s': public or private", type);
-    goto out;
-  }
-  if (!priv && (has_store || a->v[O_KEY])) {
-    kvp_tool_fail(t, rc, "a public certificate takes no --hsm, --vault or --key");
-    goto out;
-  }
-  if (priv && !from_row && (!has_store || (a->v[O_HSM] && a->v[O_VAULT]) || !a->v[O_KEY])) {
-    kvp_tool_fail(t, rc, "a private certificate needs --key and exactly one of --hsm or --vault");
-    goto out;
-  }
-
-  rc = KVP_EXIT_ERROR;
-  if (kvp_tool_load_config(t) != KVP_EXIT_OK || kvp_tool_account(t, a->v[O_ACCOUNT], &a->account))
-    goto out;
-
-  /* The certificate. */
   if (kvp_cert_load_file(file, &der, &der_len, err, sizeof(err)) != KVP_OK) {
     kvp_tool_fail(t, rc, "%s", kvp_tool_cert_file_error(file, err));
     goto out;
   }
-  if (kvp_cert_fill_rec(der, der_len, &rec, err, sizeof(err)) != KVP_OK) {
+  if (kvp_cert_fill_rec(der, der_len, rec, err, sizeof(err)) != KVP_OK) {
     kvp_tool_fail(t, rc, "%s: %s", file, err);
     goto out;
   }
-  if (kvp_tool_validity(&rec, file, warn, sizeof(warn)) == NULL)
+  if (kvp_tool_validity(rec, file, warn, KVP_ERRLEN) == NULL)
     warn[0] = '\0';
-  if (a->v[O_STRICT] && a->v[O_ALLOW_EXPIRED]) {
-    kvp_tool_fail(t, KVP_EXIT_USAGE, "--strict and --allow-expired exclude each other");
-    rc = KVP_EXIT_USAGE;
-    goto out;
-  }
   if (warn[0] && (a->v[O_STRICT] || (priv && !a->v[O_ALLOW_EXPIRED]))) {
     kvp_tool_fail(t, rc, "%s (%s)", warn,
                   a->v[O_STRICT] ? "refused with --strict"
@@ -284,19 +263,86 @@ static int cert_add(kvp_tool *t, cert_args *a)
                                    "it anyway");
     goto out;
   }
-  if (kvp_tool_rec_spki(&rec) != 0) {
+  if (kvp_tool_rec_spki(rec) != 0) {
     kvp_tool_fail(t, rc, "%s: unsupported public key (RSA of 1024 to 8192 bits, or EC on P-256, "
                   "P-384, P-521, secp256k1)", file);
     goto out;
   }
-  rec.account = strdup(a->account);
-  rec.name = strdup(a->v[O_NAME]);
-  rec.resource_group = kvp_strdup0(a->v[O_RG]);
-  rec.type = priv ? KVP_CERT_PRIVATE : KVP_CERT_PUBLIC;
-  if (!rec.account || !rec.name || (a->v[O_RG] && !rec.resource_group)) {
+  rec->account = strdup(a->account);
+  rec->name = strdup(a->v[O_NAME]);
+  rec->resource_group = kvp_strdup0(a->v[O_RG]);
+  rec->type = priv ? KVP_CERT_PRIVATE : KVP_CERT_PUBLIC;
+  if (!rec->account || !rec->name || (a->v[O_RG] && !rec->resource_group)) {
     kvp_tool_fail(t, rc, "out of memory");
     goto out;
   }
+  rc = KVP_EXIT_OK;
+out:
+  free(der);
+  return rc;
+}
+
+/* The same certificate under a second name (unless --alias); a partner
+ * certificate carrying one of our keys. Prints the error. */
+static int add_refusals(kvp_tool *t, const cert_args *a, const kvp_cert_rec *rec, int replacing)
+{
+  if (!a->v[O_ALIAS] &&
+      kvp_tool_no_duplicate(t, rec, replacing ? rec->name : NULL) != KVP_EXIT_OK)
+    return KVP_EXIT_ERROR;
+  if (rec->type == KVP_CERT_PRIVATE)
+    return KVP_EXIT_OK;
+  EVP_PKEY *pub = kvp_tool_rec_pubkey(rec);
+  int rc = pub ? kvp_tool_not_our_key(t, a->v[O_CERT], pub, a->account,
+                                      replacing ? rec->name : NULL)
+               : KVP_EXIT_OK;
+  EVP_PKEY_free(pub);
+  return rc;
+}
+
+/* What cert add did: one line, or the entry as JSON. */
+static int add_report(kvp_tool *t, const cert_args *a, const kvp_cert_rec *rec, int completes,
+                      int exists)
+{
+  char err[KVP_ERRLEN] = "";
+  if (a->v[O_JSON]) {
+    kvp_cert_rec got = {0};
+    int bad = kvp_registry_get(t->reg, rec->account, rec->name, &got, err, sizeof(err)) != KVP_OK ||
+              kvp_tool_print_rec(stdout, &got, KVP_SHOW_JSON) != 0;
+    kvp_cert_rec_clear(&got);
+    return bad ? kvp_tool_fail(t, KVP_EXIT_ERROR, "cannot format the output") : KVP_EXIT_OK;
+  }
+  printf("%s %s certificate '%s' in account '%s'%s%s\n",
+         completes ? "added the" : exists ? "replaced" : "added",
+         rec->type == KVP_CERT_PRIVATE ? "private" : "public", rec->name, rec->account,
+         rec->key_ref ? ", key " : "", rec->key_ref ? rec->key_ref : "");
+  return KVP_EXIT_OK;
+}
+
+static int cert_add(kvp_tool *t, cert_args *a)
+{
+  const char *type = a->v[O_TYPE], *file = a->v[O_CERT];
+  const int priv = type && strcmp(type, "private") == 0;
+  kvp_cert_rec rec = {0}, old = {0};
+  char err[KVP_ERRLEN] = "", warn[KVP_ERRLEN] = "";
+  char *o_scheme = NULL, *o_store = NULL, *o_name = NULL;
+  int rc, exists = 0, completes = 0;
+  /* a private certificate without --hsm/--vault/--key: for a key registered
+   * without certificate (kvp11 key create, C_GenerateKeyPair) */
+  const int from_row = priv && !a->v[O_HSM] && !a->v[O_VAULT] && !a->v[O_KEY];
+
+  if (a->v[O_CERT_DIR] != NULL) /* partner onboarding: tool/cert_bulk.c */
+    return kvp_tool_cert_add_dir(t, a->v[O_CERT_DIR], type,
+                                 a->v[O_NAME] || file || a->v[O_HSM] || a->v[O_VAULT] ||
+                                     a->v[O_KEY] || a->v[O_RG] || a->v[O_STRICT] ||
+                                     a->v[O_ALIAS] || a->v[O_ALLOW_EXPIRED] || a->v[O_JSON],
+                                 a->v[O_ACCOUNT], a->v[O_REPLACE] != NULL);
+  if ((rc = add_usage(t, a, priv, from_row)) >= 0)
+    return rc;
+  rc = KVP_EXIT_ERROR;
+  if (kvp_tool_load_config(t) != KVP_EXIT_OK ||
+      kvp_tool_account(t, a->v[O_ACCOUNT], &a->account) != KVP_EXIT_OK ||
+      add_load(t, a, priv, &rec, warn) != KVP_EXIT_OK)
+    goto out;
 
   /* A duplicate name fails before the key store is asked. */
   if (kvp_tool_open_registry(t) != KVP_EXIT_OK)
@@ -315,10 +361,9 @@ static int cert_add(kvp_tool *t, cert_args *a)
     goto out;
   }
   if (from_row && !completes) {
-    kvp_tool_fail(t, KVP_EXIT_USAGE,
-                  "a private certificate needs --key and exactly one of --hsm or --vault (they "
-                  "may be left out only for a key registered without certificate)");
-    rc = KVP_EXIT_USAGE;
+    rc = kvp_tool_fail(t, KVP_EXIT_USAGE,
+                       "a private certificate needs --key and exactly one of --hsm or --vault "
+                       "(they may be left out only for a key registered without certificate)");
     goto out;
   }
   if (exists && !completes && !a->v[O_REPLACE]) {
@@ -343,59 +388,28 @@ static int cert_add(kvp_tool *t, cert_args *a)
       rec.ckid_len = old.ckid_len;
     }
   }
-
   if (priv && (rc = kvp_tool_check_key(t, a->v[O_HSM] != NULL,
                                        a->v[O_HSM] ? a->v[O_HSM] : a->v[O_VAULT], a->v[O_KEY],
                                        file, &rec)) != KVP_EXIT_OK)
     goto out;
-  rc = KVP_EXIT_ERROR;
-  /* the same certificate under a second name, a partner certificate for our own key */
-  if (!a->v[O_ALIAS] &&
-      kvp_tool_no_duplicate(t, &rec, exists && !completes ? rec.name : NULL) != KVP_EXIT_OK)
+  if ((rc = add_refusals(t, a, &rec, exists && !completes)) != KVP_EXIT_OK)
     goto out;
-  if (!priv) {
-    EVP_PKEY *pub = NULL;
-    kvp_spki sk;
-    if (kvp_spki_from_der(rec.spki, rec.spki_len, &sk) == KVP_OK)
-      pub = kvp_spki_pubkey(&sk);
-    kvp_spki_clear(&sk);
-    int mine = pub ? kvp_tool_not_our_key(t, file, pub, a->account,
-                                                 a->v[O_REPLACE] ? rec.name : NULL) : KVP_EXIT_OK;
-    EVP_PKEY_free(pub);
-    if (mine != KVP_EXIT_OK)
-      goto out;
-  }
   rc = KVP_EXIT_ERROR;
-
   int r = kvp_registry_add(t->reg, &rec, a->v[O_REPLACE] != NULL || completes, err, sizeof(err));
-  if (r == KVP_EEXISTS) {
-    duplicate(t, a->account, rec.name);
-    goto out;
-  }
   if (r != KVP_OK) {
-    kvp_tool_fail(t, rc, "%s", err);
+    if (r == KVP_EEXISTS)
+      duplicate(t, a->account, rec.name);
+    else
+      kvp_tool_fail(t, rc, "%s", err);
     goto out;
   }
   if (warn[0])
     kvp_tool_warn(t, "%s", warn);
-  if (a->v[O_JSON]) {
-    kvp_cert_rec got = {0};
-    if (kvp_registry_get(t->reg, rec.account, rec.name, &got, err, sizeof(err)) != KVP_OK ||
-        kvp_tool_print_rec(stdout, &got, KVP_SHOW_JSON) != 0)
-      kvp_tool_fail(t, rc, "cannot format the output");
-    else
-      rc = KVP_EXIT_OK;
-    kvp_cert_rec_clear(&got);
-    goto out;
-  }
-  printf("%s %s certificate '%s' in account '%s'%s%s\n",
-         completes ? "added the" : exists ? "replaced" : "added",
-         priv ? "private" : "public", rec.name, rec.account, rec.key_ref ? ", key " : "",
-         rec.key_ref ? rec.key_ref : "");
-  kvp_audit_change(exists && !completes ? "cert replace" : "cert add", rec.account, rec.name, rec.key_ref, old.sha256, rec.sha256);
-  rc = KVP_EXIT_OK;
+  rc = add_report(t, a, &rec, completes, exists);
+  if (rc == KVP_EXIT_OK)
+    kvp_audit_change(exists && !completes ? "cert replace" : "cert add", rec.account, rec.name,
+                     rec.key_ref, old.sha256, rec.sha256);
 out:
-  free(der);
   free(o_scheme);
   free(o_store);
   free(o_name);

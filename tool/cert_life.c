@@ -109,8 +109,7 @@ int kvp_tool_no_duplicate(kvp_tool *t, const kvp_cert_rec *rec, const char *exce
   return rc;
 }
 
-/* A partner's certificate must not carry one of our private keys (the row
- * named except, which the certificate replaces, does not count). */
+/* A partner's certificate must not carry one of our private keys. */
 int kvp_tool_not_our_key(kvp_tool *t, const char *file, EVP_PKEY *pub, const char *account,
                          const char *except)
 {
@@ -459,7 +458,12 @@ int kvp_tool_cert_rotate(kvp_tool *t, const char *name, const char *account_opt,
   }
   kvp_audit_change("cert rotate", account, name, nw->key_ref, old->sha256, nw->sha256);
   kvp_audit_change("cert retire", account, old->name, old->key_ref, old->sha256, old->sha256);
-  kvp_registry_get(t->reg, account, name, nw, err, sizeof(err)); /* for its id */
+  {
+    kvp_cert_rec got = {0}; /* for its id */
+    if (kvp_registry_get(t->reg, account, name, &got, err, sizeof(err)) == KVP_OK)
+      nw->id = got.id;
+    kvp_cert_rec_clear(&got);
+  }
   if (warn[0])
     kvp_tool_warn(t, "%s", warn);
   rc = report("rotated", nw, rname, json) == 0 ? KVP_EXIT_OK

@@ -344,9 +344,9 @@ static kvp_backend *store_get(kvp_tool *t, chk_stores *s, int is_hsm, const char
     return NULL;
   }
   /* the tool's own error line is not wanted here: the reason goes into the row */
-  CK_RV rv = is_hsm ? kvp_hsm_backend_new(st->hc, &st->be) : kvp_keyvault_backend_new(st->vc, &st->be);
-  if (rv != CKR_OK || !st->be) {
-    snprintf(why, len, "%s", kvp_tool_reason(t, rv != CKR_OK ? rv : CKR_GENERAL_ERROR));
+  CK_RV rv = kvp_tool_store_backend(st);
+  if (rv != CKR_OK) {
+    snprintf(why, len, "%s", kvp_tool_reason(t, rv));
     return NULL;
   }
   s->n++;

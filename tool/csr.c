@@ -61,6 +61,7 @@ enum {
   C_MODULE,
   C_OUT,
   C_PINFILE,
+  C_JSON,
   C_COUNT,
   C_BASE = 256,
 };
@@ -80,6 +81,7 @@ static const struct option csr_longopts[] = {
     {"module", required_argument, NULL, C_BASE + C_MODULE},
     {"out", required_argument, NULL, C_BASE + C_OUT},
     {"pin-file", required_argument, NULL, C_BASE + C_PINFILE},
+    {"json", no_argument, NULL, C_BASE + C_JSON},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -109,11 +111,12 @@ static const char *const csr_synopsis =
     "csr (--cert-name NAME | --vault V --key K | --hsm H --key K)\n"
     "--subject /CN=.../O=... [--san DNS:a.example,email:x@y,IP:127.0.0.1]\n"
     "[--digest sha256|sha384|sha512] [--pss] [--account A] [--module SO]\n"
-    "[--pin-file F] [--out FILE]";
+    "[--pin-file F] [--out FILE] [--json]";
 static const char *const selfsign_synopsis =
     "cert selfsign (--cert-name NAME | --vault V --key K | --hsm H --key K)\n"
     "--subject /CN=.../O=... [--san ...] [--days N] [--digest D]\n"
-    "[--pss] [--account A] [--module SO] [--pin-file F] [--out FILE]";
+    "[--pss] [--account A] [--module SO] [--pin-file F] [--out FILE]\n"
+    "[--json]";
 
 
 void kvp_tool_csr_usage(FILE *f)
@@ -146,6 +149,8 @@ static void csr_help(FILE *f, int selfsign)
           "  --pin-file F      HSM user PIN when the key's [hsm] has no pin_file/pin_env\n"
           "                    (else $KVP11_PIN); the file must be private (0600)\n"
           "  --out FILE        write the PEM there instead of stdout\n"
+          "  --json            print {type, key, key_ref, subject, signature, spki, pem}\n"
+          "                    (with --out: the file gets the PEM, stdout the JSON)\n"
           "\n"
           "The key signs inside its store: the tool hashes what is signed and the key\n"
           "store signs the digest, as for libkvp11.so. The signature is verified with\n"
@@ -762,6 +767,33 @@ static int emit(kvp_tool *t, const csr_args *a, BIO *mem)
   return KVP_EXIT_OK;
 }
 
+/* --json: what was made, for scripts. */
+static int emit_json(kvp_tool *t, const csr_args *a, const csr_key *k, BIO *mem,
+                     const X509_NAME *subject, const X509_ALGOR *calg, X509_REQ *req)
+{
+  char *data = NULL, subj[1024] = "", alg[80] = "", fp[72] = "";
+  long n = BIO_get_mem_data(mem, &data);
+  const X509_ALGOR *ralg = NULL;
+  BIO *b = BIO_new(BIO_s_mem());
+  char *pem = n > 0 ? strndup(data, (size_t)n) : NULL;
+
+  if (req)
+    X509_REQ_get0_signature(req, NULL, &ralg);
+  OBJ_obj2txt(alg, sizeof(alg), (calg ? calg : ralg)->algorithm, 0);
+  if (b && X509_NAME_print_ex(b, subject, 0, XN_FLAG_RFC2253) >= 0) {
+    int m = BIO_read(b, subj, (int)sizeof(subj) - 1);
+    subj[m > 0 ? m : 0] = '\0';
+  }
+  BIO_free(b);
+  kvp_pubkey_fingerprint(k->pub, fp);
+  json_t *o = json_pack("{s:s, s:s, s:s?, s:s, s:s, s:s, s:s?}", "type",
+                        a->selfsign ? "certificate" : "request", "key", k->what, "key_ref", k->ref,
+                        "subject", subj, "signature", alg, "spki", fp, "pem", pem);
+  free(pem);
+  return kvp_tool_print_json(stdout, o) ? kvp_tool_fail(t, KVP_EXIT_ERROR, "cannot format the output")
+                                        : KVP_EXIT_OK;
+}
+
 static int run(kvp_tool *t, csr_args *a)
 {
   X509_NAME *subject = NULL;
@@ -834,7 +866,9 @@ static int run(kvp_tool *t, csr_args *a)
     kvp_tool_fail(t, rc, "cannot write the PEM: %s", kvp_engine_ossl_reason());
     goto out;
   }
-  rc = emit(t, a, mem);
+  rc = a->v[C_JSON] && !a->v[C_OUT] ? KVP_EXIT_OK : emit(t, a, mem);
+  if (rc == KVP_EXIT_OK && a->v[C_JSON])
+    rc = emit_json(t, a, &key, mem, subject, a->selfsign ? X509_get0_tbs_sigalg(x) : NULL, req);
 out:
   BIO_free(mem);
   sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);

@@ -59,6 +59,7 @@ enum {
   O_JSON,
   O_PEM,
   O_YES,
+  O_ALLOW_EXPIRED,
   O_COUNT,
   O_BASE = KVP_TOOL_OPT_BASE,
 };
@@ -84,6 +85,7 @@ static const struct option key_longopts[] = {
     {"json", no_argument, NULL, O_BASE + O_JSON},
     {"pem", no_argument, NULL, O_BASE + O_PEM},
     {"yes", no_argument, NULL, O_BASE + O_YES},
+    {"allow-expired", no_argument, NULL, O_BASE + O_ALLOW_EXPIRED},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -119,12 +121,13 @@ static const key_cmd key_cmds[] = {
      "[--no-register] [--pin-file F] [--json]"},
     {"key import",
      STORE_OPTS | OPT(O_KEY) | OPT(O_PFX) | OPT(O_PASSFILE) | OPT(O_KEYFILE) | OPT(O_CERT) |
-         OPT(O_NAME) | OPT(O_ACCOUNT) | OPT(O_HSMPROT) | OPT(O_OPS) | OPT(O_JSON),
+         OPT(O_NAME) | OPT(O_ACCOUNT) | OPT(O_HSMPROT) | OPT(O_OPS) | OPT(O_JSON) |
+         OPT(O_ALLOW_EXPIRED),
      key_import,
      "key import (--vault V | --hsm H) --key NAME\n"
      "(--pfx FILE | --key-file KEY.pem --cert CERT.pem) [--pass-file F]\n"
      "[--name CERTNAME] [--account A] [--hsm-protected] [--ops sign,decrypt]\n"
-     "[--pin-file F] [--json]"},
+     "[--allow-expired] [--pin-file F] [--json]"},
     {"key list", STORE_OPTS | OPT(O_JSON), key_list,
      "key list (--vault V | --hsm H) [--json] [--pin-file F]"},
     {"key show", STORE_OPTS | OPT(O_KEY) | OPT(O_JSON) | OPT(O_PEM), key_show,
@@ -167,6 +170,8 @@ static void key_cmd_usage(FILE *f, const key_cmd *c)
                "  --key-file, --cert   PEM private key (may be encrypted) and its certificate\n"
                "  --pass-file F        password file (0600); else $KVP11_PFX_PASS; else empty\n"
                "  --name CERTNAME      registry name of the certificate (default: the key name)\n"
+               "  --allow-expired      import a key whose certificate expired or is not yet\n"
+               "                       valid (refused otherwise)\n"
                "The certificate is registered as a private certificate pointing at the key.\n"
                "If that fails, the imported key is deleted again.\n");
   if (c->run == key_delete)
@@ -437,9 +442,49 @@ static int undo_key(kvp_tool *t, const store *s, const char *key, const char *wh
                        why, s->ref, kvp_tool_reason(t, rv), s->kind, s->name, key);
 }
 
+/* The key create command line: type, size or curve, ops, names. -1: go on. */
+static int parse_spec(kvp_tool *t, const key_args *a, kvp_key_spec *spec)
+{
+  const char *type = a->v[O_TYPE];
+  const char *regname = a->v[O_NAME] ? a->v[O_NAME] : a->v[O_KEY];
+  const int rc = KVP_EXIT_USAGE;
+  if (!type)
+    return kvp_tool_fail(t, rc, "--type rsa or --type ec is required (see kvp11 key create --help)");
+  if (strcmp(type, "rsa") == 0) {
+    char *end = NULL;
+    unsigned long bits = a->v[O_SIZE] ? strtoul(a->v[O_SIZE], &end, 10) : 0;
+    if (a->v[O_CURVE])
+      return kvp_tool_fail(t, rc, "--curve applies to --type ec only");
+    if (!a->v[O_SIZE] || *end != '\0' || (bits != 2048 && bits != 3072 && bits != 4096))
+      return kvp_tool_fail(t, rc, "--type rsa needs --size 2048, 3072 or 4096");
+    spec->type = KVP_KEY_RSA;
+    spec->bits = (unsigned)bits;
+  } else if (strcmp(type, "ec") == 0) {
+    int nid = a->v[O_CURVE] ? kvp_curve_nid(a->v[O_CURVE]) : NID_undef;
+    if (a->v[O_SIZE])
+      return kvp_tool_fail(t, rc, "--size applies to --type rsa only");
+    if (nid != NID_X9_62_prime256v1 && nid != NID_secp384r1 && nid != NID_secp521r1)
+      return kvp_tool_fail(t, rc, "--type ec needs --curve p256, p384 or p521");
+    spec->type = KVP_KEY_EC;
+    spec->curve_nid = nid;
+    spec->bits = nid == NID_X9_62_prime256v1 ? 256 : nid == NID_secp384r1 ? 384 : 521;
+  } else {
+    return kvp_tool_fail(t, rc, "bad --type '%s': rsa or ec", type);
+  }
+  if (parse_ops(t, a->v[O_OPS], &spec->ops) != KVP_EXIT_OK)
+    return rc;
+  if (spec->type == KVP_KEY_EC && (spec->ops & KVP_KEYOP_DECRYPT))
+    return kvp_tool_fail(t, rc, "an EC key cannot decrypt: --ops sign");
+  if (a->v[O_NOREG] && (a->v[O_NAME] || a->v[O_ACCOUNT]))
+    return kvp_tool_fail(t, rc, "--no-register takes no --name or --account");
+  if (!kvp_tool_name_ok(regname))
+    return kvp_tool_fail(t, rc, "bad --name '%s': 1 to 255 bytes, no control characters", regname);
+  return -1;
+}
+
 static int key_create(kvp_tool *t, key_args *a)
 {
-  const char *type = a->v[O_TYPE], *keyname = a->v[O_KEY];
+  const char *keyname = a->v[O_KEY];
   kvp_key_spec spec = {0};
   store s = {0};
   kvp_key *key = NULL;
@@ -451,55 +496,8 @@ static int key_create(kvp_tool *t, key_args *a)
 
   if ((rc = store_args(t, a, 1)) != KVP_EXIT_OK)
     return rc;
-  rc = KVP_EXIT_USAGE;
-  if (!type) {
-    kvp_tool_fail(t, rc, "--type rsa or --type ec is required (see kvp11 key create --help)");
+  if ((rc = parse_spec(t, a, &spec)) >= 0)
     goto out;
-  }
-  if (strcmp(type, "rsa") == 0) {
-    char *end = NULL;
-    unsigned long bits = a->v[O_SIZE] ? strtoul(a->v[O_SIZE], &end, 10) : 0;
-    if (a->v[O_CURVE]) {
-      kvp_tool_fail(t, rc, "--curve applies to --type ec only");
-      goto out;
-    }
-    if (!a->v[O_SIZE] || *end != '\0' || (bits != 2048 && bits != 3072 && bits != 4096)) {
-      kvp_tool_fail(t, rc, "--type rsa needs --size 2048, 3072 or 4096");
-      goto out;
-    }
-    spec.type = KVP_KEY_RSA;
-    spec.bits = (unsigned)bits;
-  } else if (strcmp(type, "ec") == 0) {
-    int nid = a->v[O_CURVE] ? kvp_curve_nid(a->v[O_CURVE]) : NID_undef;
-    if (a->v[O_SIZE]) {
-      kvp_tool_fail(t, rc, "--size applies to --type rsa only");
-      goto out;
-    }
-    if (nid != NID_X9_62_prime256v1 && nid != NID_secp384r1 && nid != NID_secp521r1) {
-      kvp_tool_fail(t, rc, "--type ec needs --curve p256, p384 or p521");
-      goto out;
-    }
-    spec.type = KVP_KEY_EC;
-    spec.curve_nid = nid;
-    spec.bits = nid == NID_X9_62_prime256v1 ? 256 : nid == NID_secp384r1 ? 384 : 521;
-  } else {
-    kvp_tool_fail(t, rc, "bad --type '%s': rsa or ec", type);
-    goto out;
-  }
-  if (parse_ops(t, a->v[O_OPS], &spec.ops) != KVP_EXIT_OK)
-    goto out;
-  if (spec.type == KVP_KEY_EC && (spec.ops & KVP_KEYOP_DECRYPT)) {
-    kvp_tool_fail(t, rc, "an EC key cannot decrypt: --ops sign");
-    goto out;
-  }
-  if (!reg && (a->v[O_NAME] || a->v[O_ACCOUNT])) {
-    kvp_tool_fail(t, rc, "--no-register takes no --name or --account");
-    goto out;
-  }
-  if (!kvp_tool_name_ok(regname)) {
-    kvp_tool_fail(t, rc, "bad --name '%s': 1 to 255 bytes, no control characters", regname);
-    goto out;
-  }
   spec.hsm_protected = a->v[O_HSMPROT] != NULL;
 
   rc = KVP_EXIT_ERROR;
@@ -781,11 +779,94 @@ static int check_key_type(kvp_tool *t, const char *file, EVP_PKEY *pkey, kvp_spk
   return KVP_EXIT_OK;
 }
 
+/* The PFX / PEM password: --pass-file, else $KVP11_PFX_PASS (wiped), else empty. */
+static int read_pass(kvp_tool *t, const key_args *a, char **pass, size_t *len)
+{
+  char err[KVP_ERRLEN] = "";
+  if (a->v[O_PASSFILE]) {
+    if (kvp_secret_read_file(a->v[O_PASSFILE], pass, len, err, sizeof(err)) != KVP_OK)
+      return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", err);
+    return KVP_EXIT_OK;
+  }
+  char *env = getenv("KVP11_PFX_PASS");
+  *pass = strdup(env ? env : "");
+  kvp_tool_env_wipe("KVP11_PFX_PASS", env);
+  if (!*pass)
+    return kvp_tool_fail(t, KVP_EXIT_ERROR, "out of memory");
+  *len = strlen(*pass);
+  return KVP_EXIT_OK;
+}
+
+/*
+ * The key and certificate read: a supported key type, the certificate's
+ * public key is the private key's, the certificate valid (an expired one is
+ * refused unless --allow-expired: it would be a private certificate); fills
+ * rec (but key_ref) and *x. Prints the error.
+ */
+static int import_rec(kvp_tool *t, const key_args *a, const import_src *src, kvp_spki *sp,
+                      const kvp_key_spec *spec, X509 **x, kvp_cert_rec *rec, char warn[KVP_ERRLEN])
+{
+  const char *file = a->v[O_PFX] ? a->v[O_PFX] : a->v[O_KEYFILE];
+  const char *certfile = a->v[O_PFX] ? a->v[O_PFX] : a->v[O_CERT];
+  const char *regname = a->v[O_NAME] ? a->v[O_NAME] : a->v[O_KEY];
+  const unsigned char *p = src->der;
+  char err[KVP_ERRLEN] = "";
+  const int rc = KVP_EXIT_ERROR;
+
+  if (check_key_type(t, file, src->pkey, sp) != KVP_EXIT_OK)
+    return rc;
+  if (sp->type == KVP_KEY_EC && (spec->ops & KVP_KEYOP_DECRYPT))
+    return kvp_tool_fail(t, KVP_EXIT_USAGE, "an EC key cannot decrypt: --ops sign");
+  EVP_PKEY *cpub = (*x = d2i_X509(NULL, &p, (long)src->der_len)) ? X509_get0_pubkey(*x) : NULL;
+  if (!cpub)
+    return kvp_tool_fail(t, rc, "%s: cannot read the certificate's public key", certfile);
+  if (!kvp_pubkey_equal(cpub, src->pkey)) {
+    char fc[72] = "?", fk[72] = "?";
+    kvp_pubkey_fingerprint(cpub, fc);
+    kvp_pubkey_fingerprint(src->pkey, fk);
+    return kvp_tool_fail(t, rc, "%s: the certificate's public key (%s) is not the private key's (%s)",
+                         certfile, fc, fk);
+  }
+  if (kvp_cert_fill_rec(src->der, src->der_len, rec, err, sizeof(err)) != KVP_OK)
+    return kvp_tool_fail(t, rc, "%s: %s", certfile, err);
+  if (kvp_tool_validity(rec, certfile, warn, KVP_ERRLEN) == NULL)
+    warn[0] = '\0';
+  else if (!a->v[O_ALLOW_EXPIRED])
+    return kvp_tool_fail(t, rc, "%s (refused for a private certificate; --allow-expired imports "
+                         "it anyway)", warn);
+  rec->account = strdup(a->account);
+  rec->name = strdup(regname);
+  rec->type = KVP_CERT_PRIVATE;
+  if (sp->der_len > 0 && (rec->spki = malloc((size_t)sp->der_len)) != NULL) {
+    memcpy(rec->spki, sp->der, (size_t)sp->der_len);
+    rec->spki_len = (size_t)sp->der_len;
+  }
+  if (!rec->account || !rec->name || !rec->spki)
+    return kvp_tool_fail(t, rc, "out of memory");
+  return KVP_EXIT_OK;
+}
+
+/* Register the imported key's certificate; a failure deletes the key again. */
+static int import_register(kvp_tool *t, const store *s, const char *keyname, const kvp_key *key,
+                           EVP_PKEY *cpub, kvp_cert_rec *rec)
+{
+  CK_RV rv;
+  if (key->pub && !kvp_pubkey_equal(key->pub, cpub))
+    return undo_key(t, s, keyname, "the key store reports another public key than the imported one");
+  if (key->version && !(rec->key_version = strdup(key->version)))
+    return undo_key(t, s, keyname, "out of memory");
+  if ((rv = kvp_prov_register(t->reg, rec, NULL)) != CKR_OK) {
+    char why[KVP_STATUS_MSGLEN];
+    snprintf(why, sizeof(why), "%s", kvp_tool_reason(t, rv));
+    return undo_key(t, s, keyname, why);
+  }
+  return KVP_EXIT_OK;
+}
+
 static int key_import(kvp_tool *t, key_args *a)
 {
   const char *keyname = a->v[O_KEY];
   const char *regname = a->v[O_NAME] ? a->v[O_NAME] : keyname;
-  const char *file = a->v[O_PFX] ? a->v[O_PFX] : a->v[O_KEYFILE];
   char *pass = NULL;
   size_t pass_len = 0;
   import_src src = {0};
@@ -795,7 +876,7 @@ static int key_import(kvp_tool *t, key_args *a)
   store s = {0};
   kvp_key *key = NULL;
   X509 *x = NULL;
-  char err[KVP_ERRLEN] = "", warn[KVP_ERRLEN] = "", when[32];
+  char warn[KVP_ERRLEN] = "";
   int rc;
 
   if ((rc = store_args(t, a, 1)) != KVP_EXIT_OK)
@@ -824,69 +905,16 @@ static int key_import(kvp_tool *t, key_args *a)
     goto out;
   rc = KVP_EXIT_ERROR;
 
-  /* The password: --pass-file, else $KVP11_PFX_PASS, else empty. */
-  if (a->v[O_PASSFILE]) {
-    if (kvp_secret_read_file(a->v[O_PASSFILE], &pass, &pass_len, err, sizeof(err)) != KVP_OK) {
-      kvp_tool_fail(t, rc, "%s", err);
-      goto out;
-    }
-  } else {
-    char *env = getenv("KVP11_PFX_PASS");
-    pass = strdup(env ? env : "");
-    kvp_tool_env_wipe("KVP11_PFX_PASS", env);
-    if (!pass) {
-      kvp_tool_fail(t, rc, "out of memory");
-      goto out;
-    }
-    pass_len = strlen(pass);
-  }
-
   /* Everything about the key and its certificate, before the store is asked. */
-  if (read_source(t, a, pass, &src) != KVP_EXIT_OK)
+  if (read_pass(t, a, &pass, &pass_len) != KVP_EXIT_OK || read_source(t, a, pass, &src) != KVP_EXIT_OK)
     goto out;
   kvp_wipe(pass, pass_len);
-  if (check_key_type(t, file, src.pkey, &sp) != KVP_EXIT_OK)
+  if ((rc = import_rec(t, a, &src, &sp, &spec, &x, &rec, warn)) != KVP_EXIT_OK)
     goto out;
-  if (sp.type == KVP_KEY_EC && (spec.ops & KVP_KEYOP_DECRYPT)) {
-    rc = kvp_tool_fail(t, KVP_EXIT_USAGE, "an EC key cannot decrypt: --ops sign");
-    goto out;
-  }
-  const char *certfile = a->v[O_PFX] ? a->v[O_PFX] : a->v[O_CERT];
-  const unsigned char *p = src.der;
-  EVP_PKEY *cpub = (x = d2i_X509(NULL, &p, (long)src.der_len)) ? X509_get0_pubkey(x) : NULL;
-  if (!cpub) {
-    kvp_tool_fail(t, rc, "%s: cannot read the certificate's public key", certfile);
-    goto out;
-  }
-  if (!kvp_pubkey_equal(cpub, src.pkey)) {
-    char fc[72] = "?", fk[72] = "?";
-    kvp_pubkey_fingerprint(cpub, fc);
-    kvp_pubkey_fingerprint(src.pkey, fk);
-    kvp_tool_fail(t, rc, "%s: the certificate's public key (%s) is not the private key's (%s)",
-                  certfile, fc, fk);
-    goto out;
-  }
-  if (kvp_cert_fill_rec(src.der, src.der_len, &rec, err, sizeof(err)) != KVP_OK) {
-    kvp_tool_fail(t, rc, "%s: %s", certfile, err);
-    goto out;
-  }
-  time_t now = time(NULL);
-  if (now < rec.not_before) {
-    kvp_tool_isotime(rec.not_before, when);
-    snprintf(warn, sizeof(warn), "%s: the certificate is not valid before %s", certfile, when);
-  } else if (now > rec.not_after) {
-    kvp_tool_isotime(rec.not_after, when);
-    snprintf(warn, sizeof(warn), "%s: the certificate expired on %s", certfile, when);
-  }
-  rec.account = strdup(a->account);
-  rec.name = strdup(regname);
-  rec.type = KVP_CERT_PRIVATE;
+  rc = KVP_EXIT_ERROR;
+  EVP_PKEY *cpub = X509_get0_pubkey(x);
   rec.key_ref = strdup(s.ref);
-  if (sp.der_len > 0 && (rec.spki = malloc((size_t)sp.der_len)) != NULL) {
-    memcpy(rec.spki, sp.der, (size_t)sp.der_len);
-    rec.spki_len = (size_t)sp.der_len;
-  }
-  if (!rec.account || !rec.name || !rec.key_ref || !rec.spki) {
+  if (!rec.key_ref) {
     kvp_tool_fail(t, rc, "out of memory");
     goto out;
   }
@@ -917,20 +945,8 @@ static int key_import(kvp_tool *t, key_args *a)
     store_fail(t, &s, "importing the key", rv != CKR_OK ? rv : CKR_GENERAL_ERROR);
     goto out;
   }
-  if (key->pub && !kvp_pubkey_equal(key->pub, cpub)) {
-    rc = undo_key(t, &s, keyname, "the key store reports another public key than the imported one");
+  if ((rc = import_register(t, &s, keyname, key, cpub, &rec)) != KVP_EXIT_OK)
     goto out;
-  }
-  if (key->version && !(rec.key_version = strdup(key->version))) {
-    rc = undo_key(t, &s, keyname, "out of memory");
-    goto out;
-  }
-  if ((rv = kvp_prov_register(t->reg, &rec, NULL)) != CKR_OK) {
-    char why[KVP_STATUS_MSGLEN];
-    snprintf(why, sizeof(why), "%s", kvp_tool_reason(t, rv));
-    rc = undo_key(t, &s, keyname, why);
-    goto out;
-  }
   if (warn[0])
     kvp_tool_warn(t, "%s", warn);
   {
@@ -1100,10 +1116,10 @@ static int key_list(kvp_tool *t, key_args *a)
       goto out;
     }
   } else {
-    int w = 4;
+    int w = 4; /* by display width: HSM labels may be UTF-8 */
     for (size_t i = 0; i < n; i++)
-      if (infos[i].name && (int)strlen(infos[i].name) > w)
-        w = (int)strlen(infos[i].name);
+      if (infos[i].name && kvp_tool_width(infos[i].name) > w)
+        w = kvp_tool_width(infos[i].name);
     printf("%-*s  %-7s  %-10s  %-12s  %-7s  %-32s  %s\n", w, "NAME", "KTY", "SIZE", "OPS",
            "ENABLED", "VERSION", "CERTIFICATES");
     for (size_t i = 0; i < n; i++) {
@@ -1115,8 +1131,8 @@ static int key_list(kvp_tool *t, key_args *a)
       else
         snprintf(what, sizeof(what), "%u", k->bits);
       users_text(json_object_get(json_array_get(arr, i), "certificates"), users, sizeof(users));
-      printf("%-*s  %-7s  %-10s  %-12s  %-7s  %-32s  %s\n", w, k->name ? k->name : "?",
-             k->kty ? k->kty : "-", what, ops_text(k->ops), k->enabled ? "yes" : "no",
+      kvp_tool_cell(stdout, k->name ? k->name : "?", w + 2);
+      printf("%-7s  %-10s  %-12s  %-7s  %-32s  %s\n", k->kty ? k->kty : "-", what, ops_text(k->ops), k->enabled ? "yes" : "no",
              k->version ? k->version : "-", users);
     }
   }

@@ -170,10 +170,14 @@ static int json_element(kvp_list_out *o, const kvp_cert_rec *r)
   if (text == NULL)
     return -1;
   fputs(o->n == 0 ? "[\n  " : ",\n  ", o->f);
-  for (const char *p = text; *p; p++) {
-    fputc(*p, o->f);
-    if (*p == '\n') /* formatting only: a newline inside a string is escaped */
-      fputs("  ", o->f);
+  /* every line one level deeper; a newline inside a string is escaped */
+  for (const char *p = text, *nl; *p; p = nl + 1) {
+    if ((nl = strchr(p, '\n')) == NULL) {
+      fputs(p, o->f);
+      break;
+    }
+    fwrite(p, 1, (size_t)(nl - p) + 1, o->f);
+    fputs("  ", o->f);
   }
   free(text);
   return rc;

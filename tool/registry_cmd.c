@@ -154,7 +154,9 @@ static int reg_check(kvp_tool *t, const char *file, int json)
     return KVP_EXIT_ERROR;
   if (!t->reg)
     return kvp_tool_fail(t, KVP_EXIT_ERROR, "registry %s does not exist yet", reg_path(t));
-  if (kvp_registry_integrity(t->reg, err, sizeof(err)) != KVP_OK ||
+  int64_t schema = 0;
+  /* SQLite's integrity check, on a connection of its own (read-only) */
+  if (kvp_registry_check_file(reg_path(t), &schema, err, sizeof(err)) != KVP_OK ||
       kvp_registry_list(t->reg, NULL, &recs, &n, err, sizeof(err)) != KVP_OK)
     return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", err);
   json_t *arr = json ? json_array() : NULL;

@@ -22,6 +22,7 @@ int kvp_tool_store_find(kvp_tool *t, int is_hsm, const char *name, kvp_tool_stor
   if (!s->hc && !s->vc)
     return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s '%s' is not configured in %s", s->kind, name,
                          t->cfg->path);
+  s->name = s->hc ? s->hc->name : s->vc->name; /* lives as long as the configuration */
   return KVP_EXIT_OK;
 }
 
@@ -97,14 +98,22 @@ static int store_login(kvp_tool *t, kvp_tool_store *s, const char *pin_file, int
   return KVP_EXIT_OK;
 }
 
-int kvp_tool_store_open(kvp_tool *t, kvp_tool_store *s, const char *pin_file, int need_login)
+CK_RV kvp_tool_store_backend(kvp_tool_store *s)
 {
   CK_RV rv = s->hc ? kvp_hsm_backend_new(s->hc, &s->be) : kvp_keyvault_backend_new(s->vc, &s->be);
-  if (rv != CKR_OK || !s->be) {
+  if (rv == CKR_OK && !s->be)
+    rv = CKR_GENERAL_ERROR;
+  if (rv != CKR_OK)
     s->be = NULL;
+  return rv;
+}
+
+int kvp_tool_store_open(kvp_tool *t, kvp_tool_store *s, const char *pin_file, int need_login)
+{
+  CK_RV rv = kvp_tool_store_backend(s);
+  if (rv != CKR_OK)
     return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s '%s': cannot use this key store: %s", s->kind,
-                         s->name, kvp_tool_reason(t, rv != CKR_OK ? rv : CKR_GENERAL_ERROR));
-  }
+                         s->name, kvp_tool_reason(t, rv));
   return store_login(t, s, pin_file, need_login);
 }
 

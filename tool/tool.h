@@ -153,6 +153,9 @@ int kvp_tool_store_find_ref(kvp_tool *t, const char *ref, kvp_tool_store *s, cha
  */
 int kvp_tool_store_open(kvp_tool *t, kvp_tool_store *s, const char *pin_file, int need_login);
 void kvp_tool_store_close(kvp_tool_store *s);
+/* Only create the backend (no I/O, nothing printed): for kvp11 check, which
+ * shows a failure as a row. */
+CK_RV kvp_tool_store_backend(kvp_tool_store *s);
 /* A secret taken from the environment: overwrite it in place and unset the variable. */
 void kvp_tool_env_wipe(const char *var, char *value);
 /* "<kind> '<name>': <what> failed: <reason>"; returns KVP_EXIT_ERROR. */
@@ -172,7 +175,8 @@ const char *kvp_tool_validity(const kvp_cert_rec *rec, const char *file, char *b
 /* A refusal shared by cert add / renew / rotate: the same certificate (SHA-256) registered
  * in the account under another name than except. Prints the error; KVP_EXIT_OK when free. */
 int kvp_tool_no_duplicate(kvp_tool *t, const kvp_cert_rec *rec, const char *except);
-/* A partner certificate (public key pub, from file) must not carry one of our private keys. */
+/* A partner certificate (public key pub, from file) must not carry one of our private keys
+ * (the entry except, which it replaces, left out). */
 int kvp_tool_not_our_key(kvp_tool *t, const char *file, EVP_PKEY *pub, const char *account,
                          const char *except);
 /* Open key keyname of the store (--hsm / --vault), check its public key is rec's certificate's,

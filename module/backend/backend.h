@@ -115,8 +115,8 @@ struct kvp_key {
   kvp_key_type type;
   unsigned bits;       /* RSA modulus bits, or EC field bits (256, 384, 521) */
   int curve_nid;       /* EC only: NID_X9_62_prime256v1, NID_secp384r1, NID_secp521r1, NID_secp256k1 */
-  int can_sign;        /* what the key store allows; Key Vault: what the key type and its */
-  int can_decrypt;     /* key_ops allow (enabled, nbf, exp are checked at each operation) */
+  int can_sign;        /* what the key store allows (Key Vault, opened with a hint: what the */
+  int can_decrypt;     /* key type and key_ops allow; enabled/nbf/exp checked at each operation) */
   int private_obj;     /* 1 when using the key needs C_Login (PIN passed through) */
   char *version;       /* Key Vault key version in use, NULL for HSM */
   void *impl;          /* backend-specific */

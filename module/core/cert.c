@@ -206,28 +206,62 @@ static char *serial_hex(const ASN1_INTEGER *serial)
   return out;
 }
 
+/* The two times of a DER Validity. */
+static int validity_unix(const unsigned char *v, long len, int64_t *nb, int64_t *na)
+{
+  const unsigned char *p = v, *end = v + len;
+  ASN1_TIME *t0 = NULL, *t1 = NULL;
+  long clen = 0;
+  int tag = 0, xclass = 0, ok;
+
+  ok = !(ASN1_get_object(&p, &clen, &tag, &xclass, len) & 0x80) && tag == V_ASN1_SEQUENCE &&
+       (t0 = d2i_ASN1_TIME(NULL, &p, end - p)) != NULL &&
+       (t1 = d2i_ASN1_TIME(NULL, &p, end - p)) != NULL && p == end &&
+       asn1_time_unix(t0, nb) && asn1_time_unix(t1, na);
+  ASN1_TIME_free(t0);
+  ASN1_TIME_free(t1);
+  return ok;
+}
+
+/*
+ * From the certificate's parts (kvp_cert_split): d2i_X509 would also decode
+ * the public key through OpenSSL's decoders, the bulk of a registration's CPU
+ * (cert add --cert-dir). The callers have read the file with
+ * kvp_cert_load_file, which parses it whole.
+ */
 int kvp_cert_fill_rec(const unsigned char *der, size_t der_len, kvp_cert_rec *rec, char *err,
                       size_t errlen)
 {
-  const unsigned char *p = der;
-  X509 *x = d2i_X509(NULL, &p, (long)der_len);
+  kvp_cert_parts c;
+  const unsigned char *p;
+  X509_NAME *subject = NULL, *issuer = NULL;
+  ASN1_INTEGER *serial = NULL;
   unsigned char md[SHA256_DIGEST_LENGTH];
   int rc = KVP_OK;
 
-  if (x == NULL)
+  if (kvp_cert_split(der, der_len, &c) != KVP_OK)
     return kvp_seterr(err, errlen, KVP_EINVAL, "not a DER X.509 certificate");
+  p = c.subject;
+  subject = d2i_X509_NAME(NULL, &p, c.subject_len);
+  p = c.issuer;
+  issuer = d2i_X509_NAME(NULL, &p, c.issuer_len);
+  p = c.serial;
+  serial = d2i_ASN1_INTEGER(NULL, &p, c.serial_len);
+  if (subject == NULL || issuer == NULL || serial == NULL) {
+    rc = kvp_seterr(err, errlen, KVP_EINVAL, "not a DER X.509 certificate");
+    goto out;
+  }
   rec->der = malloc(der_len);
-  rec->subject = name_text(X509_get_subject_name(x));
-  rec->issuer = name_text(X509_get_issuer_name(x));
-  rec->serial = serial_hex(X509_get0_serialNumber(x));
+  rec->subject = name_text(subject);
+  rec->issuer = name_text(issuer);
+  rec->serial = serial_hex(serial);
   if (rec->der == NULL || rec->subject == NULL || rec->issuer == NULL || rec->serial == NULL) {
     rc = kvp_seterr(err, errlen, KVP_ENOMEM, "out of memory");
     goto out;
   }
   memcpy(rec->der, der, der_len);
   rec->der_len = der_len;
-  if (!asn1_time_unix(X509_get0_notBefore(x), &rec->not_before) ||
-      !asn1_time_unix(X509_get0_notAfter(x), &rec->not_after)) {
+  if (!validity_unix(c.validity, c.validity_len, &rec->not_before, &rec->not_after)) {
     rc = kvp_seterr(err, errlen, KVP_EINVAL, "certificate has an unreadable validity period");
     goto out;
   }
@@ -236,7 +270,9 @@ int kvp_cert_fill_rec(const unsigned char *der, size_t der_len, kvp_cert_rec *re
   SHA256(der, der_len, md);
   kvp_hex(md, SHA256_DIGEST_LENGTH, rec->sha256);
 out:
-  X509_free(x);
+  X509_NAME_free(subject);
+  X509_NAME_free(issuer);
+  ASN1_INTEGER_free(serial);
   return rc;
 }
 
@@ -536,17 +572,19 @@ static int tlv(const unsigned char **p, const unsigned char *end, int want_tag, 
 
 int kvp_cert_split(const unsigned char *der, size_t der_len, kvp_cert_parts *c)
 {
-  const unsigned char *p = der, *end = der + der_len;
+  const unsigned char *p = der, *end = der + der_len, *whole = NULL;
+  long whole_len = 0;
 
-  if (tlv(&p, end, V_ASN1_SEQUENCE, 1, NULL, NULL) != 0 ||   /* Certificate */
-      tlv(&p, end, V_ASN1_SEQUENCE, 1, NULL, NULL) != 0)     /* TBSCertificate */
+  if (tlv(&p, end, V_ASN1_SEQUENCE, 1, &whole, &whole_len) != 0 || /* Certificate */
+      whole_len != (long)der_len ||                                 /* and nothing after it */
+      tlv(&p, end, V_ASN1_SEQUENCE, 1, NULL, NULL) != 0)            /* TBSCertificate */
     return KVP_EINVAL;
   if (p < end && *p == 0xa0 && tlv(&p, end, -1, 0, NULL, NULL) != 0) /* [0] version */
     return KVP_EINVAL;
   if (tlv(&p, end, V_ASN1_INTEGER, 0, &c->serial, &c->serial_len) != 0 ||
       tlv(&p, end, V_ASN1_SEQUENCE, 0, NULL, NULL) != 0 || /* signature */
       tlv(&p, end, V_ASN1_SEQUENCE, 0, &c->issuer, &c->issuer_len) != 0 ||
-      tlv(&p, end, V_ASN1_SEQUENCE, 0, NULL, NULL) != 0 || /* validity */
+      tlv(&p, end, V_ASN1_SEQUENCE, 0, &c->validity, &c->validity_len) != 0 ||
       tlv(&p, end, V_ASN1_SEQUENCE, 0, &c->subject, &c->subject_len) != 0 ||
       tlv(&p, end, V_ASN1_SEQUENCE, 0, &c->spki, &c->spki_len) != 0)
     return KVP_EINVAL;

@@ -32,15 +32,15 @@ int kvp_cert_fill_rec(const unsigned char *der, size_t der_len, kvp_cert_rec *re
 
 /*
  * The parts of a certificate PKCS#11 objects show, as DER slices of der
- * (serial INTEGER, issuer and subject Names, SubjectPublicKeyInfo), found by
+ * (serial INTEGER, issuer Name, Validity, subject Name, SubjectPublicKeyInfo), found by
  * walking the TBSCertificate's TLVs without decoding anything. d2i_X509 also
  * decodes the public key through OpenSSL's decoders, which costs a hundred
  * times more (the module makes objects lazily; the registry fills its CKA_ID
  * index at every add). KVP_EINVAL if der is not that shape.
  */
 typedef struct kvp_cert_parts {
-  const unsigned char *serial, *issuer, *subject, *spki;
-  long serial_len, issuer_len, subject_len, spki_len;
+  const unsigned char *serial, *issuer, *validity, *subject, *spki;
+  long serial_len, issuer_len, validity_len, subject_len, spki_len;
 } kvp_cert_parts;
 int kvp_cert_split(const unsigned char *der, size_t der_len, kvp_cert_parts *out);
 

@@ -40,7 +40,7 @@
 #define LABEL_MAX_LEN 32  /* CK_TOKEN_INFO.label */
 #define SERIAL_MAX_LEN 16 /* CK_TOKEN_INFO.serialNumber */
 #define SECRET_MAX_LEN 65536
-#define MAX_KEYS 24
+#define MAX_KEYS 24 /* the longest section ([vault]) has 17 keys */
 
 typedef enum { SEC_NONE, SEC_GLOBAL, SEC_HSM, SEC_VAULT, SEC_ACCOUNT, SEC_IA } sec_kind;
 
@@ -390,6 +390,7 @@ static const key_def vault_keys[] = {
     KEY(kvp_vault_conf, attempt_timeout_ms, set_timeout),
     KEY(kvp_vault_conf, key_cache_s, set_seconds),
 };
+_Static_assert(sizeof(vault_keys) / sizeof(vault_keys[0]) <= MAX_KEYS, "MAX_KEYS too small");
 
 #define IAKEY(name, field, set) {#name, offsetof(kvp_ia_conf, field), set}
 static const key_def ia_keys[] = {

@@ -180,7 +180,8 @@ int kvp_secret_stat_ok(const char *path, const struct stat *st, char *err, size_
 /* Not group/other-writable and owned by root or the euid; what: "configuration", ... */
 int kvp_trust_stat(const char *what, const char *path, const struct stat *st, char *err,
                    size_t errlen);
-/* kvp_trust_stat() of path; KVP_ENOTFOUND (no message) when it does not exist. */
+/* kvp_trust_stat() of path; KVP_ENOTFOUND (no message) when it does not exist or
+ * this process may not look at it (then it cannot open it either). */
 int kvp_trust_path(const char *what, const char *path, char *err, size_t errlen);
 /* The registry file (when it exists) and its directory. */
 int kvp_registry_trust(const char *registry, char *err, size_t errlen);

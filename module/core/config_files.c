@@ -92,8 +92,10 @@ int kvp_trust_path(const char *what, const char *path, char *err, size_t errlen)
 {
   struct stat st;
 
+  /* A file this process cannot even look at (a user outside the group kvp11)
+   * cannot be read either: nothing to trust, and opening it fails later. */
   if (stat(path, &st) != 0)
-    return errno == ENOENT ? KVP_ENOTFOUND
+    return errno == ENOENT || errno == EACCES ? KVP_ENOTFOUND
                            : kvp_seterr(err, errlen, kvp_errno_rc(errno), "%s: %s: %s", path, what,
                                         strerror(errno));
   return kvp_trust_stat(what, path, &st, err, errlen);

@@ -188,7 +188,7 @@ int kvp_registry_backup(kvp_registry *reg, const char *dest, char *err, size_t e
 /*
  * Check that src is a kvp11 registry of a supported schema (1 to current) that
  * passes SQLite's integrity check; *schema gets its version. Opens src
- * read-only, changes nothing.
+ * read-only, changes nothing (registry_file.c).
  */
 int kvp_registry_check_file(const char *src, int64_t *schema, char *err, size_t errlen);
 
@@ -200,7 +200,7 @@ int kvp_registry_check_file(const char *src, int64_t *schema, char *err, size_t 
  */
 int kvp_registry_restore(kvp_registry *reg, const char *src, char *err, size_t errlen);
 
-/* SQLite's integrity check of the open registry; KVP_EIO with its first finding. */
-int kvp_registry_integrity(kvp_registry *reg, char *err, size_t errlen);
+/* The schema version this kvp11 writes (and the newest it reads). */
+int kvp_registry_schema_max(void);
 
 #endif

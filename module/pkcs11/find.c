@@ -349,17 +349,29 @@ static const CK_ATTRIBUTE *tmpl_attr(const CK_ATTRIBUTE *t, CK_ULONG n, CK_ATTRI
   return NULL;
 }
 
+/* No attribute value is longer (a certificate is at most 1 MiB): a longer one
+ * in a template matches nothing, and is not copied. */
+#define MAX_VALUE (16UL * 1024 * 1024)
+
+static int copied(const CK_ATTRIBUTE *a)
+{
+  return a->pValue != NULL && a->ulValueLen <= MAX_VALUE;
+}
+
 /* Copy the template into one block with the search state. */
 static kvp_find *find_new(const CK_ATTRIBUTE *tmpl, CK_ULONG n)
 {
-  size_t size = sizeof(kvp_find) + n * sizeof(CK_ATTRIBUTE);
+  size_t size = sizeof(kvp_find);
   const CK_ATTRIBUTE *label = tmpl_attr(tmpl, n, CKA_LABEL);
   kvp_find *f;
   unsigned char *p;
 
+  if (n > (SIZE_MAX - size) / (sizeof(CK_ATTRIBUTE) + MAX_VALUE + 1))
+    return NULL;
+  size += n * sizeof(CK_ATTRIBUTE);
   for (CK_ULONG i = 0; i < n; i++)
-    size += tmpl[i].pValue != NULL ? tmpl[i].ulValueLen : 0;
-  if (label != NULL)
+    size += copied(&tmpl[i]) ? tmpl[i].ulValueLen : 0;
+  if (label != NULL && copied(label))
     size += label->ulValueLen + 1; /* the NUL-terminated name of the query */
   if ((f = calloc(1, size)) == NULL)
     return NULL;
@@ -368,13 +380,14 @@ static kvp_find *find_new(const CK_ATTRIBUTE *tmpl, CK_ULONG n)
   p = (unsigned char *)(f->tmpl + n);
   for (CK_ULONG i = 0; i < n; i++) {
     f->tmpl[i] = tmpl[i];
-    if (tmpl[i].pValue != NULL) {
+    f->tmpl[i].pValue = NULL;
+    if (copied(&tmpl[i])) {
       f->tmpl[i].pValue = p;
       memcpy(p, tmpl[i].pValue, tmpl[i].ulValueLen);
       p += tmpl[i].ulValueLen;
     }
   }
-  if (label != NULL && label->pValue != NULL) {
+  if (label != NULL && copied(label)) {
     memcpy(p, label->pValue, label->ulValueLen);
     f->q.name = (const char *)p;
   }
@@ -392,6 +405,7 @@ static void find_plan(kvp_find *f, const char *account)
   f->q.account = account;
   f->q.limit = FIND_BATCH;
   if (label != NULL && (label->pValue == NULL || label->ulValueLen == 0 ||
+                        label->ulValueLen > 255 ||
                         memchr(label->pValue, 0, label->ulValueLen) != NULL))
     f->done = 1; /* no registered name is empty or holds a NUL */
   if (id != NULL && id->pValue != NULL && id->ulValueLen > 0) {

@@ -615,6 +615,70 @@ static CK_RV both(const CK_ATTRIBUTE *pub, CK_ULONG n_pub, const CK_ATTRIBUTE *p
   return CKR_OK;
 }
 
+/* CKA_MODULUS_BITS (2048, 3072, 4096) and CKA_PUBLIC_EXPONENT (65537) of an RSA key to make. */
+static CK_RV gen_rsa_spec(const CK_ATTRIBUTE *pub, CK_ULONG n_pub, kvp_key_spec *spec)
+{
+  const CK_ATTRIBUTE *e = tmpl_find(pub, n_pub, CKA_PUBLIC_EXPONENT);
+  CK_ULONG v = 0;
+  int present;
+  CK_RV rv;
+
+  if ((rv = tmpl_ulong(pub, n_pub, CKA_MODULUS_BITS, &v, &present)) != CKR_OK)
+    return rv;
+  if (!present) {
+    KVP_ERROR("C_GenerateKeyPair: CKA_MODULUS_BITS is required for RSA");
+    return CKR_TEMPLATE_INCOMPLETE;
+  }
+  if (v != 2048 && v != 3072 && v != 4096) {
+    /* CKR_KEY_SIZE_RANGE is not a return value of C_GenerateKeyPair (PKCS#11 2.40) */
+    return kvp_fail(CKR_ATTRIBUTE_VALUE_INVALID,
+                    "C_GenerateKeyPair: RSA keys of %lu bits are not supported (2048, 3072, "
+                    "4096)",
+                    (unsigned long)v);
+  }
+  if (e != NULL) {
+    /* 65537, big-endian, leading zeros allowed */
+    const unsigned char *b = e->pValue;
+    unsigned long ev = 0;
+    for (CK_ULONG i = 0; i < e->ulValueLen; i++)
+      ev = ev > 0xffffff ? ~0UL : (ev << 8) | b[i];
+    if (ev != 65537) {
+      KVP_ERROR("C_GenerateKeyPair: only the public exponent 65537 is supported");
+      return CKR_ATTRIBUTE_VALUE_INVALID;
+    }
+  }
+  spec->type = KVP_KEY_RSA;
+  spec->bits = (unsigned)v;
+  return CKR_OK;
+}
+
+/* CKA_EC_PARAMS (the OID of P-256, P-384 or P-521) of an EC key to make. */
+static CK_RV gen_ec_spec(const CK_ATTRIBUTE *pub, CK_ULONG n_pub, kvp_key_spec *spec)
+{
+  const CK_ATTRIBUTE *params = tmpl_find(pub, n_pub, CKA_EC_PARAMS);
+  const unsigned char *p;
+  ASN1_OBJECT *oid;
+  int nid;
+
+  if (params == NULL) {
+    KVP_ERROR("C_GenerateKeyPair: CKA_EC_PARAMS is required for EC");
+    return CKR_TEMPLATE_INCOMPLETE;
+  }
+  p = params->pValue;
+  oid = params->ulValueLen > 0 ? d2i_ASN1_OBJECT(NULL, &p, (long)params->ulValueLen) : NULL;
+  nid = oid != NULL && p == (const unsigned char *)params->pValue + params->ulValueLen
+            ? OBJ_obj2nid(oid)
+            : NID_undef;
+  ASN1_OBJECT_free(oid);
+  if (nid != NID_X9_62_prime256v1 && nid != NID_secp384r1 && nid != NID_secp521r1) {
+    KVP_ERROR("C_GenerateKeyPair: CKA_EC_PARAMS must name P-256, P-384 or P-521 by OID");
+    return CKR_CURVE_NOT_SUPPORTED;
+  }
+  spec->type = KVP_KEY_EC;
+  spec->curve_nid = nid;
+  return CKR_OK;
+}
+
 static CK_RV parse_gen(CK_MECHANISM_TYPE mech, const CK_ATTRIBUTE *pub, CK_ULONG n_pub,
                        const CK_ATTRIBUTE *priv, CK_ULONG n_priv, gen_req *g)
 {
@@ -675,56 +739,10 @@ static CK_RV parse_gen(CK_MECHANISM_TYPE mech, const CK_ATTRIBUTE *pub, CK_ULONG
     return CKR_ATTRIBUTE_VALUE_INVALID;
   }
 
-  if (mech == CKM_RSA_PKCS_KEY_PAIR_GEN) {
-    const CK_ATTRIBUTE *e = tmpl_find(pub, n_pub, CKA_PUBLIC_EXPONENT);
-    if ((rv = tmpl_ulong(pub, n_pub, CKA_MODULUS_BITS, &v, &present)) != CKR_OK)
-      return rv;
-    if (!present) {
-      KVP_ERROR("C_GenerateKeyPair: CKA_MODULUS_BITS is required for RSA");
-      return CKR_TEMPLATE_INCOMPLETE;
-    }
-    if (v != 2048 && v != 3072 && v != 4096) {
-      /* CKR_KEY_SIZE_RANGE is not a return value of C_GenerateKeyPair (PKCS#11 2.40) */
-      return kvp_fail(CKR_ATTRIBUTE_VALUE_INVALID,
-                      "C_GenerateKeyPair: CKA_MODULUS_BITS %lu: RSA keys of 2048, 3072 or 4096 "
-                      "bits only",
-                      (unsigned long)v);
-    }
-    if (e != NULL) {
-      /* 65537, big-endian, leading zeros allowed */
-      const unsigned char *b = e->pValue;
-      unsigned long ev = 0;
-      for (CK_ULONG i = 0; i < e->ulValueLen; i++)
-        ev = ev > 0xffffff ? ~0UL : (ev << 8) | b[i];
-      if (ev != 65537) {
-        KVP_ERROR("C_GenerateKeyPair: only the public exponent 65537 is supported");
-        return CKR_ATTRIBUTE_VALUE_INVALID;
-      }
-    }
-    g->spec.type = KVP_KEY_RSA;
-    g->spec.bits = (unsigned)v;
-  } else {
-    const CK_ATTRIBUTE *params = tmpl_find(pub, n_pub, CKA_EC_PARAMS);
-    const unsigned char *p;
-    ASN1_OBJECT *oid;
-    int nid;
-    if (params == NULL) {
-      KVP_ERROR("C_GenerateKeyPair: CKA_EC_PARAMS is required for EC");
-      return CKR_TEMPLATE_INCOMPLETE;
-    }
-    p = params->pValue;
-    oid = params->ulValueLen > 0 ? d2i_ASN1_OBJECT(NULL, &p, (long)params->ulValueLen) : NULL;
-    nid = oid != NULL && p == (const unsigned char *)params->pValue + params->ulValueLen
-              ? OBJ_obj2nid(oid)
-              : NID_undef;
-    ASN1_OBJECT_free(oid);
-    if (nid != NID_X9_62_prime256v1 && nid != NID_secp384r1 && nid != NID_secp521r1) {
-      KVP_ERROR("C_GenerateKeyPair: CKA_EC_PARAMS must name P-256, P-384 or P-521 by OID");
-      return CKR_CURVE_NOT_SUPPORTED;
-    }
-    g->spec.type = KVP_KEY_EC;
-    g->spec.curve_nid = nid;
-  }
+  rv = mech == CKM_RSA_PKCS_KEY_PAIR_GEN ? gen_rsa_spec(pub, n_pub, &g->spec)
+                                        : gen_ec_spec(pub, n_pub, &g->spec);
+  if (rv != CKR_OK)
+    return rv;
 
   if ((rv = tmpl_bool(priv, n_priv, CKA_SIGN, &sign)) != CKR_OK ||
       (rv = tmpl_bool(priv, n_priv, CKA_DECRYPT, &decrypt)) != CKR_OK)
@@ -743,6 +761,25 @@ static CK_RV parse_gen(CK_MECHANISM_TYPE mech, const CK_ATTRIBUTE *pub, CK_ULONG
     g->spec.id = g->id->pValue;
     g->spec.id_len = g->id->ulValueLen;
   }
+  return CKR_OK;
+}
+
+/* May this session generate a key pair with mech on the account's default_store? */
+static CK_RV gen_allowed(const kvp_session *s, const CK_MECHANISM *mech, const char *account,
+                         const char *default_store)
+{
+  if (mech->mechanism != CKM_RSA_PKCS_KEY_PAIR_GEN && mech->mechanism != CKM_EC_KEY_PAIR_GEN)
+    return CKR_MECHANISM_INVALID;
+  if (default_store == NULL) {
+    KVP_ERROR("C_GenerateKeyPair: account '%s' has no default_store (set default_store = "
+              "vault:NAME or hsm:NAME in its [account] section)",
+              account);
+    return CKR_MECHANISM_INVALID;
+  }
+  if (mech->pParameter != NULL || mech->ulParameterLen != 0)
+    return CKR_MECHANISM_PARAM_INVALID;
+  if (!(s->flags & CKF_RW_SESSION))
+    return CKR_SESSION_READ_ONLY;
   return CKR_OK;
 }
 
@@ -765,26 +802,8 @@ CK_RV kvp_generate_key_pair(kvp_session *s, CK_MECHANISM_PTR mech, CK_ATTRIBUTE_
     return CKR_ARGUMENTS_BAD;
   if ((rv = slot_account(s, &account, &default_store)) != CKR_OK)
     goto out;
-  if (mech->mechanism != CKM_RSA_PKCS_KEY_PAIR_GEN && mech->mechanism != CKM_EC_KEY_PAIR_GEN) {
-    rv = CKR_MECHANISM_INVALID;
-    goto out;
-  }
-  if (default_store == NULL) {
-    KVP_ERROR("C_GenerateKeyPair: account '%s' has no default_store (set default_store = "
-              "vault:NAME or hsm:NAME in its [account] section)",
-              account);
-    rv = CKR_MECHANISM_INVALID;
-    goto out;
-  }
-  if (mech->pParameter != NULL || mech->ulParameterLen != 0) {
-    rv = CKR_MECHANISM_PARAM_INVALID;
-    goto out;
-  }
-  if (!(s->flags & CKF_RW_SESSION)) {
-    rv = CKR_SESSION_READ_ONLY;
-    goto out;
-  }
-  if ((rv = parse_gen(mech->mechanism, pub, n_pub, priv, n_priv, &g)) != CKR_OK)
+  if ((rv = gen_allowed(s, mech, account, default_store)) != CKR_OK ||
+      (rv = parse_gen(mech->mechanism, pub, n_pub, priv, n_priv, &g)) != CKR_OK)
     goto out;
   be = find_store(default_store, &scheme);
   if (be == NULL) {

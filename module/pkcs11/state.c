@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -167,6 +168,9 @@ static int cmp_id(const void *a, const void *b)
   return x < y ? -1 : x > y;
 }
 
+/* A reload failed: the next refresh tries again although data_version stays. */
+static int reload_pending;
+
 /*
  * With reg_lock held: the rows changed since the last look (only their ids
  * are read) and the key types of every account, by indexed queries; then,
@@ -179,6 +183,7 @@ static CK_RV apply_changes(void)
   id_list changed = {0};
   int *types = calloc(2 * (kvp_g.n_slots ? kvp_g.n_slots : 1), sizeof(*types));
   kvp_object *garbage = NULL;
+  struct timespec held[2];
   int full = 0;
   int rc = types == NULL ? KVP_ENOMEM : KVP_OK;
 
@@ -190,22 +195,28 @@ static CK_RV apply_changes(void)
                                 &types[2 * s + 1], err, sizeof(err));
   if (rc != KVP_OK) {
     kvp_g.reg_rev = -1; /* look at everything again next time */
+    reload_pending = 1;
     free(changed.ids);
     free(types);
     return rc == KVP_ENOMEM ? CKR_HOST_MEMORY : kvp_fail(CKR_DEVICE_ERROR, "%s", err);
   }
   if (changed.n > 1)
     qsort(changed.ids, changed.n, sizeof(*changed.ids), cmp_id);
-  KVP_DEBUG("registry: %s, %zu row(s) changed", full ? "reloaded" : "changed", changed.n);
-
   pthread_rwlock_wrlock(&kvp_g.lock);
+  clock_gettime(CLOCK_MONOTONIC, &held[0]);
   kvp_cache_invalidate_locked(changed.ids, changed.n, full, &garbage);
   for (size_t s = 0; s < kvp_g.n_slots; s++) {
     kvp_g.slots[s].has_rsa = types[2 * s];
     kvp_g.slots[s].has_ec = types[2 * s + 1];
   }
   atomic_fetch_add(&kvp_g.generation, 1);
+  clock_gettime(CLOCK_MONOTONIC, &held[1]);
   pthread_rwlock_unlock(&kvp_g.lock);
+  /* what a reload can cost a signer on another session: the write lock */
+  KVP_DEBUG("registry: %s, %zu row(s) changed; table lock held %.1f us",
+            full ? "reloaded" : "changed", changed.n,
+            (double)(held[1].tv_sec - held[0].tv_sec) * 1e6 +
+                (double)(held[1].tv_nsec - held[0].tv_nsec) / 1e3);
   kvp_cache_release(garbage);
   free(changed.ids);
   free(types);
@@ -230,13 +241,17 @@ static CK_RV refresh_locked(void)
       return rc == KVP_ENOTFOUND ? CKR_OK : CKR_DEVICE_ERROR;
     }
     kvp_g.reg_rev = -1;
+    reload_pending = 0;
   }
   rc = kvp_registry_changed(kvp_g.reg, &changed, err, sizeof(err));
   if (rc != KVP_OK) {
     KVP_ERROR("registry: %s", err);
     return CKR_DEVICE_ERROR;
   }
-  return changed ? apply_changes() : CKR_OK;
+  if (!changed && !reload_pending)
+    return CKR_OK;
+  reload_pending = 0;
+  return apply_changes();
 }
 
 CK_RV kvp_refresh(void)

@@ -19,7 +19,9 @@
 #   reload     a signer thread signs on another session (p256, CKM_ECDSA)
 #              while `kvp11 cert add` registers one more certificate; the time
 #              from the tool's exit until the running process finds it, and
-#              the signer's worst sign meanwhile (and before, for comparison)
+#              the signer's worst sign meanwhile (and before, for comparison);
+#              then again with the module's debug log, for how long the reload
+#              held the table write lock (all a signer on another session can wait for)
 #   list       `kvp11 cert list` and `cert list --json`: time and peak RSS
 #
 # Environment: REPEAT=3, SOFTHSM2_MODULE (default /usr/lib/softhsm/libsofthsm2.so).
@@ -60,8 +62,11 @@ restore() {
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 field() { sed -n "s/\(^\|.* \)$1=\([0-9.]*\).*/\2/p" <<<"$2"; }
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
-# timed CMD...: "SECONDS PEAK_RSS_KB" of one run, output discarded
-timed() { /usr/bin/time -f "%e %M" -o "$OUT/time.out" "$@" >/dev/null || die "failed: $*"; cat "$OUT/time.out"; }
+# timed CMD...: "WALL_S PEAK_RSS_KB CPU_S" of one run (CPU: user + system), output discarded
+timed() {
+  /usr/bin/time -f "%e %M %U %S" -o "$OUT/time.out" "$@" >/dev/null || die "failed: $*"
+  awk '{ printf "%s %s %.2f\n", $1, $2, $3 + $4 }' "$OUT/time.out"
+}
 
 rows=()
 for n in 0 $SIZES; do
@@ -73,7 +78,8 @@ for n in 0 $SIZES; do
       rm -rf "$dir" && mkdir -p "$dir"
       "$GEN" "$dir" "$n" partner || die "certificate generation"
     fi
-    read -r add_s _ < <(timed "$TOOL" -c "$CONF" cert add --type public --cert-dir "$dir")
+    read -r add_s _ add_cpu < <(timed "$TOOL" -c "$CONF" cert add --type public --cert-dir "$dir")
+    add_s="$add_s ($add_cpu)"
   fi
   init=() sess=() rss=() added=()
   for _ in $(seq "$REPEAT"); do
@@ -95,15 +101,21 @@ for n in 0 $SIZES; do
   rm -rf "$extra" && mkdir -p "$extra" && "$GEN" "$extra" 1 "newcomer$n-" >/dev/null
   line=$("$PROBE" reload "$SO" "$TOKEN" 1234 p256 "newcomer$n-0" \
     "'$TOOL' -c '$CONF' cert add --name 'newcomer$n-0' --type public --cert '$extra/newcomer$n-0.pem' >/dev/null")
-  reload_cols="$(field tool_ms "$line") | $(field visible_ms "$line") | $(field sign_max_ms "$line") ($(field sign_max_before_ms "$line"))"
-  read -r ls lk < <(timed "$TOOL" -c "$CONF" cert list)
-  read -r js jk < <(timed "$TOOL" -c "$CONF" cert list --json)
-  rows+=("| $n | $init_ms | $sess_ms | $(mib "$rss_kb") | $(mib "$added_kb") | $find_cols | $add_s | $reload_cols | $ls / $(mib "$lk") | $js / $(mib "$jk") |")
+  # the same with the module's debug log: how long each reload held the table write lock
+  rm -rf "$extra" && mkdir -p "$extra" && "$GEN" "$extra" 1 "late$n-" >/dev/null
+  KVP11_DEBUG=debug:$OUT/reload-$n.log "$PROBE" reload "$SO" "$TOKEN" 1234 p256 "late$n-0" \
+    "'$TOOL' -c '$CONF' cert add --name 'late$n-0' --type public --cert '$extra/late$n-0.pem' >/dev/null" >/dev/null
+  held=$(sed -n 's/.*table lock held \([0-9.]*\) us.*/\1/p' "$OUT/reload-$n.log" | sort -n | tail -1)
+  reload_cols="$(field tool_ms "$line") | $(field visible_ms "$line") | $(field sign_max_ms "$line") ($(field sign_max_before_ms "$line")) | ${held:--}"
+  read -r ls lk lc < <(timed "$TOOL" -c "$CONF" cert list)
+  read -r js jk jc < <(timed "$TOOL" -c "$CONF" cert list --json)
+  rows+=("| $n | $init_ms | $sess_ms | $(mib "$rss_kb") | $(mib "$added_kb") | $find_cols | $add_s | $reload_cols | $ls ($lc) / $(mib "$lk") | $js ($jc) / $(mib "$jk") |")
   echo "scale.sh: N=$n done" >&2
 done
 
-echo "kvp11 scale benchmark: $(nproc) CPUs, $(date -u +%Y-%m-%d), REPEAT=$REPEAT; times in ms unless marked s, RSS in MiB"
+echo "kvp11 scale benchmark: $(nproc) CPUs, $(date -u +%Y-%m-%d), REPEAT=$REPEAT, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "times in ms unless marked s; (s) columns: wall (CPU user + system); RSS in MiB"
 echo
-echo "| registered | C_Initialize | dlopen → first session | RSS after init | RSS added by libkvp11 | find by label (median / worst) | find by CKA_ID | find by class + label | cert add --cert-dir (s) | cert add of one more (tool) | visible after the tool's exit | worst sign during it (before) | cert list (s / MiB) | cert list --json (s / MiB) |"
-echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| registered | C_Initialize | dlopen → first session | RSS after init | RSS added by libkvp11 | find by label (median / worst) | find by CKA_ID | find by class + label | cert add --cert-dir (s) | cert add of one more (tool) | visible after the tool's exit | worst sign during it (before) | table lock held by a reload (µs) | cert list (s / MiB) | cert list --json (s / MiB) |"
+echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 printf '%s\n' "${rows[@]}"

@@ -85,6 +85,7 @@ grep -q "# edited" /etc/kvp11/kvp11.conf 2>/dev/null || fail "dpkg -r removed th
 [ ! -e "$MODDIR/libkvp11.so" ] && [ ! -e /usr/share/p11-kit/modules/kvp11.module ] && [ ! -e /usr/bin/kvp11 ] ||
   fail "dpkg -r left the module, its p11-kit registration or the tool"
 ok "dpkg -r: program files gone, the edited /etc/kvp11/kvp11.conf kept"
+cleanup_accounts; CREATED_USERS=""   # the test's own user, before comparing
 run dpkg --purge kvp11
 [ "$RC" -eq 0 ] || { cat "$OUT" "$ERR"; fail "dpkg --purge"; }
 state >"$T/state.after"

@@ -43,6 +43,14 @@ grep -q "kvp11\[[0-9]*\] INFO .*initialized" "$SINK" || { cat "$SINK"; fail "log
 [ ! -e "$T/syslog" ] || fail "a file named syslog was created"
 ok "log_file = syslog"
 
+# a user outside the group kvp11 (registry directory root:kvp11 0750): the
+# module loads with an empty token, quietly (p11-kit list-modules as nobody)
+mkdir -p "$T/lib"; chmod 0750 "$T/lib"
+sed -i "s|^registry = .*|registry = $T/lib/registry.db|" "$T/kvp11.conf"
+run as_user nobody env KVP11_CONF="$T/kvp11.conf" pkcs11-tool --module "$KVP11_MODULE_SO" -L
+[ "$RC" -eq 0 ] && [ ! -s "$ERR" ] || { cat "$ERR"; fail "a user who cannot read the registry's directory gets stderr output or an error"; }
+ok "nobody, registry directory closed to it: the module loads quietly"
+
 # the default level is warn: no INFO line without log_level
 sed -i '/^log_level/d' "$T/kvp11.conf"
 : >"$SINK"

@@ -48,7 +48,7 @@ AS_SRV=(setpriv --reuid=kvp11-test-srv --regid=kvp11-test-srv --groups="$(getent
 # shellcheck disable=SC2086
 "${AS_SRV[@]}" $START >"$T/server.out" 2>&1 &
 SRV_PID=$!
-eval "${AS_SRV[*]} $POST" || { cat "$T/server.out"; fail "ExecStartPost failed"; }
+eval "timeout 20 ${AS_SRV[*]} $POST" || { cat "$T/server.out"; fail "ExecStartPost failed"; }
 [ "$(stat -c '%U:%G %a' "$RUN")" = "kvp11-test-srv:kvp11-test-clients 750" ] || fail "runtime directory: $(stat -c '%U:%G %a' "$RUN")"
 [ "$(stat -c '%G %a' "$RUN/pkcs11.sock")" = "kvp11-test-clients 660" ] || fail "socket: $(stat -c '%G %a' "$RUN/pkcs11.sock")"
 ok "the unit's commands: $RUN 0750 and the socket 0660, group kvp11-test-clients"

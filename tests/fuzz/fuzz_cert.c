@@ -152,7 +152,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
   }
   kvp_cert_rec_clear(&rec);
 
-  /* what the module does with a registered certificate */
+  /* how the module makes objects: the parts as DER slices, the key read part by part */
+  {
+    kvp_cert_parts parts;
+    if (kvp_cert_split(der, der_len, &parts) == KVP_OK) {
+      FUZZ_CHECK(parts.spki > der && parts.spki + parts.spki_len <= der + der_len);
+      FUZZ_CHECK(parts.subject_len > 0 && parts.issuer_len > 0 && parts.serial_len > 0);
+      if (kvp_spki_from_der(parts.spki, (size_t)parts.spki_len, &spki) == KVP_OK)
+        FUZZ_CHECK(spki.type == 1 || spki.type == 2);
+      kvp_spki_clear(&spki);
+    }
+  }
+
+  /* what the module did before: the key through d2i_X509 */
   p = der;
   x = d2i_X509(NULL, &p, (long)der_len);
   if (x != NULL) {

@@ -6,7 +6,7 @@
  * JSON decode and base64url decode of the answer), and reports the client's CPU
  * time per sign in the same RESULT format as kvp11-bench.
  *
- *   kv-curl-loop -d FIXTURE_DIR -k KEY [-T THREADS] [-s SECONDS]
+ *   kv-curl-loop -d FIXTURE_DIR -k KEY [-T THREADS] [-s SECONDS | -n SIGNS]
  *
  * FIXTURE_DIR is the directory made by fixture-setup.sh (port, ca.pem,
  * app-full.secret). Not a test: no assertions, exit 0 when every request
@@ -29,6 +29,7 @@
 
 static char g_url[128], g_ca[1024], g_auth[4096], g_sign_url[512], g_body[256];
 static double g_seconds = 3;
+static long g_iterations; /* -n: this many signs per thread instead of -s (callgrind runs) */
 static atomic_long g_ops, g_fail;
 static atomic_int g_stop;
 
@@ -94,7 +95,8 @@ static void *worker(void *arg)
   h = curl_slist_append(h, g_auth);
   h = curl_slist_append(h, "Accept: application/json");
   h = curl_slist_append(h, "Expect:");
-  while (!atomic_load(&g_stop)) {
+  long done = 0;
+  while (!atomic_load(&g_stop) && (g_iterations == 0 || done++ < g_iterations)) {
     json_t *j = request(c, g_sign_url, g_body, "application/json", h);
     const char *v = json_string_value(json_object_get(j, "value"));
     unsigned char sig[1024];
@@ -147,17 +149,19 @@ int main(int argc, char **argv)
   unsigned char digest[32];
   char b64[64];
 
-  while ((opt = getopt(argc, argv, "d:k:T:s:")) != -1) {
+  while ((opt = getopt(argc, argv, "d:k:T:s:n:")) != -1) {
     switch (opt) {
     case 'd': dir = optarg; break;
     case 'k': key = optarg; break;
     case 'T': threads = atoi(optarg); break;
     case 's': g_seconds = atof(optarg); break;
+    case 'n': g_iterations = atol(optarg); break;
     default: return 2;
     }
   }
   if (dir == NULL || key == NULL || threads < 1 || threads > MAX_THREADS) {
-    fprintf(stderr, "usage: kv-curl-loop -d FIXTURE_DIR -k KEY [-T THREADS] [-s SECONDS]\n");
+    fprintf(stderr, "usage: kv-curl-loop -d FIXTURE_DIR -k KEY [-T THREADS] [-s SECONDS | -n "
+                    "SIGNS]\n");
     return 2;
   }
   snprintf(path, sizeof(path), "%s/port", dir);
@@ -224,9 +228,10 @@ int main(int argc, char **argv)
   c0 = cpu_s();
   for (i = 0; i < threads; i++)
     pthread_create(&th[i], NULL, worker, NULL);
-  while (now_s() - t0 < g_seconds)
+  while (g_iterations == 0 && now_s() - t0 < g_seconds)
     usleep(10000);
-  atomic_store(&g_stop, 1);
+  if (g_iterations == 0)
+    atomic_store(&g_stop, 1);
   for (i = 0; i < threads; i++)
     pthread_join(th[i], NULL);
   el = now_s() - t0;

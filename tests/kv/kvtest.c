@@ -36,31 +36,44 @@ static size_t kvt_sink(char *p, size_t s, size_t n, void *u)
   return len;
 }
 
-json_t *kvt_emu(const char *method, const char *path, const char *body)
+json_t *kvt_http(const char *method, const char *path, const char *body, const char *auth,
+                 long *status)
 {
   CURL *c = curl_easy_init();
   char url[512], *buf = NULL;
   json_t *out = NULL;
+  long st = 0;
   struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
+  if (auth != NULL)
+    h = curl_slist_append(h, auth);
   snprintf(url, sizeof(url), "%s%s", kvt_url, path);
   curl_easy_setopt(c, CURLOPT_URL, url);
   curl_easy_setopt(c, CURLOPT_CAINFO, kvt_ca);
   curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
   curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
   curl_easy_setopt(c, CURLOPT_NOPROXY, "*");
+  curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
   if (body != NULL)
     curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
   curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, kvt_sink);
   curl_easy_setopt(c, CURLOPT_WRITEDATA, &buf);
   curl_easy_setopt(c, CURLOPT_TIMEOUT, 10L);
   if (curl_easy_perform(c) != CURLE_OK)
-    fprintf(stderr, "emulator control %s %s failed\n", method, path);
+    fprintf(stderr, "%s %s failed\n", method, path);
+  curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &st);
+  if (status != NULL)
+    *status = st;
   if (buf != NULL)
     out = json_loads(buf, 0, NULL);
   free(buf);
   curl_slist_free_all(h);
   curl_easy_cleanup(c);
   return out;
+}
+
+json_t *kvt_emu(const char *method, const char *path, const char *body)
+{
+  return kvt_http(method, path, body, NULL, NULL);
 }
 
 void kvt_emu_reset(void)
@@ -260,7 +273,7 @@ double kvt_now(void)
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-int kvt_init(const char *logname)
+int kvt_fixture(const char *logname)
 {
   const char *d = getenv("KVP11_KV_DIR");
   char path[1000], port[32] = "";
@@ -287,6 +300,14 @@ int kvt_init(const char *logname)
   snprintf(kvt_log, sizeof(kvt_log), "%s/%s", kvt_dir, logname);
   unlink(kvt_log);
   kvp_log_setup(KVP_LOG_DEBUG, kvt_log);
+  return 0;
+}
+
+int kvt_init(const char *logname)
+{
+  int rc = kvt_fixture(logname);
+  if (rc != 0)
+    return rc;
   curl_global_init(CURL_GLOBAL_DEFAULT);
   kvt_emu_reset();
   return 0;

@@ -24,8 +24,15 @@ extern const char *kvt_tenant;
 /* Read the fixture (77 when KVP11_KV_DIR is unset: the caller returns it), start logging at
  * debug level into DIR/<logname>, reset the emulator. 0: ready. */
 int kvt_init(const char *logname);
+/* Only read the fixture and start the log (no libcurl call: a test that needs kvp11 to be
+ * the first to initialise libcurl creates its backends first). */
+int kvt_fixture(const char *logname);
 void kvt_done(void);
 
+/* One request to the emulator (auth: "Authorization: ..." or NULL); the parsed JSON answer or
+ * NULL, *status the HTTP status (status may be NULL). */
+json_t *kvt_http(const char *method, const char *path, const char *body, const char *auth,
+                 long *status);
 /* The emulator's control API (no token needed). emu() returns the parsed answer or NULL. */
 json_t *kvt_emu(const char *method, const char *path, const char *body);
 void kvt_emu_reset(void);             /* counters, faults, limits, request log */

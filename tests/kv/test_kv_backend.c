@@ -27,18 +27,12 @@
 #include "backend/keyvault/keyvault.h"
 #include "core/log.h"
 #include "core/util.h"
-
-static char g_dir[900];
-static char g_url[128];
-static char g_ca[1000];
-static char g_secret[1000];
-static const char *g_tenant = "7c3a4b1e-0d52-4a8e-9f61-5b2e8c1d4f00";
+#include "kvtest.h"
 
 static const char *RSA_KEYS[] = {"rsa2048", "rsa3072", "rsa4096"};
 static const char *EC_KEYS[] = {"p256", "p384", "p521"};
 
-/* ---- emulator control ---- */
-
+/* a JSON answer of a hand-made request (test_deleted_key) */
 static size_t sink(char *p, size_t s, size_t n, void *u)
 {
   json_t **out = u;
@@ -51,79 +45,7 @@ static size_t sink(char *p, size_t s, size_t n, void *u)
   return len;
 }
 
-static json_t *emu(const char *method, const char *path, const char *body)
-{
-  CURL *c = curl_easy_init();
-  char url[512];
-  json_t *out = NULL;
-  struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
-  snprintf(url, sizeof(url), "%s%s", g_url, path);
-  curl_easy_setopt(c, CURLOPT_URL, url);
-  curl_easy_setopt(c, CURLOPT_CAINFO, g_ca);
-  curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-  curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-  if (body != NULL)
-    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, sink);
-  curl_easy_setopt(c, CURLOPT_WRITEDATA, &out);
-  curl_easy_setopt(c, CURLOPT_TIMEOUT, 10L);
-  if (curl_easy_perform(c) != CURLE_OK)
-    fprintf(stderr, "emulator control %s %s failed\n", method, path);
-  curl_slist_free_all(h);
-  curl_easy_cleanup(c);
-  return out;
-}
-
-static void emu_reset(void)
-{
-  json_decref(emu("POST", "/_emu/reset", "{}"));
-}
-
-static void emu_fault(const char *json)
-{
-  json_decref(emu("POST", "/_emu/faults", json));
-}
-
-static long emu_count(const char *ep)
-{
-  json_t *j = emu("GET", "/_emu/counters", NULL);
-  long n = (long)json_integer_value(json_object_get(json_object_get(j, "counters"), ep));
-  json_decref(j);
-  return n;
-}
-
-static long emu_total(void)
-{
-  json_t *j = emu("GET", "/_emu/counters", NULL);
-  long n = (long)json_integer_value(json_object_get(j, "total"));
-  json_decref(j);
-  return n;
-}
-
-static double now_s(void)
-{
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* ---- backends ---- */
-
-static void conf_init(kvp_vault_conf *c, const char *name)
-{
-  memset(c, 0, sizeof(*c));
-  c->name = (char *)name;
-  c->url = g_url;
-  c->api_version = "7.5";
-  c->auth = KVP_AUTH_CLIENT_SECRET;
-  c->tenant_id = (char *)g_tenant;
-  c->client_id = "app-full";
-  c->client_secret_file = g_secret;
-  c->authority_host = g_url;
-  c->ca_file = g_ca;
-  c->timeout_ms = 20000;
-  c->max_retries = 5;
-}
 
 static kvp_backend *backend(const kvp_vault_conf *c)
 {
@@ -141,37 +63,6 @@ static void digest(const char *md, const void *msg, size_t len, unsigned char *o
   unsigned int n = 0;
   EVP_Digest(msg, len, out, &n, EVP_get_digestbyname(md), NULL);
   *olen = n;
-}
-
-static int ossl_verify(EVP_PKEY *pub, const kvp_sig_alg *alg, const unsigned char *d, size_t dl,
-                       const unsigned char *sig, size_t sl)
-{
-  EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new(pub, NULL);
-  int ok = 0;
-  unsigned char *der = NULL;
-  int derlen;
-  EVP_PKEY_verify_init(ctx);
-  if (alg->scheme == KVP_SIG_ECDSA) {
-    ECDSA_SIG *es = ECDSA_SIG_new();
-    ECDSA_SIG_set0(es, BN_bin2bn(sig, (int)sl / 2, NULL), BN_bin2bn(sig + sl / 2, (int)sl / 2, NULL));
-    derlen = i2d_ECDSA_SIG(es, &der);
-    ok = EVP_PKEY_verify(ctx, der, (size_t)derlen, d, dl) == 1;
-    ECDSA_SIG_free(es);
-    OPENSSL_free(der);
-  } else {
-    const EVP_MD *md = kvp_hash_md(alg->hash);
-    EVP_PKEY_CTX_set_signature_md(ctx, md);
-    if (alg->scheme == KVP_SIG_RSA_PSS) {
-      EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PSS_PADDING);
-      EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, md);
-      EVP_PKEY_CTX_set_rsa_pss_saltlen(ctx, (int)alg->salt_len);
-    } else {
-      EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING);
-    }
-    ok = EVP_PKEY_verify(ctx, sig, sl, d, dl) == 1;
-  }
-  EVP_PKEY_CTX_free(ctx);
-  return ok;
 }
 
 static size_t ossl_encrypt(EVP_PKEY *pub, const kvp_dec_alg *alg, const unsigned char *in,
@@ -209,27 +100,12 @@ static CK_RV sign_once(kvp_backend *be, kvp_key *k, int check)
   digest(k->bits == 384 ? "SHA384" : k->bits == 521 ? "SHA512" : "SHA256", "msg", 3, d, &dl);
   rv = be->ops->sign(be, k, &alg, d, dl, sig, &sl);
   if (rv == CKR_OK && check)
-    CU_ASSERT(ossl_verify(k->pub, &alg, d, dl, sig, sl));
+    CU_ASSERT(kvt_verify(k->pub, &alg, d, dl, sig, sl));
   return rv;
 }
 
 /* ---- tests ---- */
 
-static int log_contains(const char *needle)
-{
-  char path[1000], line[2048];
-  FILE *f;
-  int found = 0;
-  snprintf(path, sizeof(path), "%s/backend-test.log", g_dir);
-  f = fopen(path, "r");
-  if (f == NULL)
-    return 0;
-  while (fgets(line, sizeof(line), f) != NULL)
-    if (strstr(line, needle) != NULL)
-      found = 1;
-  fclose(f);
-  return found;
-}
 
 
 static void test_rsa_keys(void)
@@ -255,7 +131,7 @@ static void test_rsa_keys(void)
         alg.salt_len = dl;
         CU_ASSERT_EQUAL(g_be->ops->sign(g_be, k, &alg, d, dl, sig, &sl), CKR_OK);
         CU_ASSERT_EQUAL(sl, k->bits / 8);
-        CU_ASSERT(ossl_verify(k->pub, &alg, d, dl, sig, sl));
+        CU_ASSERT(kvt_verify(k->pub, &alg, d, dl, sig, sl));
       }
     }
     {
@@ -309,7 +185,7 @@ static void test_ec_keys(void)
       digest(mds[m], "hello", 5, d, &dl);
       CU_ASSERT_EQUAL(g_be->ops->sign(g_be, k, &alg, d, dl, sig, &sl), CKR_OK);
       CU_ASSERT_EQUAL(sl, siglen[i]);
-      CU_ASSERT(ossl_verify(k->pub, &alg, d, dl, sig, sl));
+      CU_ASSERT(kvt_verify(k->pub, &alg, d, dl, sig, sl));
     }
     {
       kvp_sig_alg alg = {KVP_SIG_RSA_PKCS1, KVP_HASH_SHA256, KVP_HASH_NONE, 0};
@@ -331,7 +207,7 @@ static void test_mechanism_params(void)
   CK_ULONG ol = sizeof(out);
   long before;
   CU_ASSERT_EQUAL_FATAL(g_be->ops->open_key(g_be, "rsa2048", &k), CKR_OK);
-  before = emu_total();
+  before = kvt_emu_total();
   {
     kvp_sig_alg a = {KVP_SIG_RSA_PKCS1, KVP_HASH_NONE, KVP_HASH_NONE, 0};
     CU_ASSERT_EQUAL(g_be->ops->sign(g_be, k, &a, d, 51, out, &ol), CKR_DATA_INVALID);
@@ -364,7 +240,7 @@ static void test_mechanism_params(void)
                     CKR_ENCRYPTED_DATA_LEN_RANGE);
   }
   /* none of these reached the vault */
-  CU_ASSERT_EQUAL(emu_total(), before);
+  CU_ASSERT_EQUAL(kvt_emu_total(), before);
   g_be->ops->close_key(g_be, k);
 }
 
@@ -378,7 +254,7 @@ static void test_warm_counts(void)
   CK_ULONG ol;
 
   CU_ASSERT_EQUAL_FATAL(g_be->ops->open_key(g_be, "rsa2048", &k), CKR_OK);
-  emu_reset();
+  kvt_emu_reset();
   /* opening again within the TTL is free */
   CU_ASSERT_EQUAL_FATAL(g_be->ops->open_key(g_be, "rsa2048", &k2), CKR_OK);
   CU_ASSERT_STRING_EQUAL(k2->version, k->version);
@@ -390,11 +266,11 @@ static void test_warm_counts(void)
     ol = sizeof(out);
     CU_ASSERT_EQUAL(g_be->ops->decrypt(g_be, k, &dec, ct, cl, out, &ol), CKR_OK);
   }
-  CU_ASSERT_EQUAL(emu_count("sign"), 10);
-  CU_ASSERT_EQUAL(emu_count("decrypt"), 5);
-  CU_ASSERT_EQUAL(emu_count("token"), 0);
-  CU_ASSERT_EQUAL(emu_count("get"), 0);
-  CU_ASSERT_EQUAL(emu_total(), 15);
+  CU_ASSERT_EQUAL(kvt_emu_count("sign"), 10);
+  CU_ASSERT_EQUAL(kvt_emu_count("decrypt"), 5);
+  CU_ASSERT_EQUAL(kvt_emu_count("token"), 0);
+  CU_ASSERT_EQUAL(kvt_emu_count("get"), 0);
+  CU_ASSERT_EQUAL(kvt_emu_total(), 15);
   g_be->ops->close_key(g_be, k);
 }
 
@@ -403,34 +279,34 @@ static void test_key_cache_ttl(void)
   kvp_vault_conf c;
   kvp_backend *be;
   kvp_key *k = NULL;
-  conf_init(&c, "ttl");
+  kvt_conf(&c, "ttl");
   c.timeout_ms = 1000;
   be = backend(&c);
   CU_ASSERT_EQUAL_FATAL(be->ops->open_key(be, "p384", &k), CKR_OK);
   be->ops->close_key(be, k);
-  emu_reset();
+  kvt_emu_reset();
   /* within the TTL: no request */
   CU_ASSERT_EQUAL_FATAL(be->ops->open_key(be, "p384", &k), CKR_OK);
   be->ops->close_key(be, k);
-  CU_ASSERT_EQUAL(emu_total(), 0);
+  CU_ASSERT_EQUAL(kvt_emu_total(), 0);
   /* TTL over: one GET */
   kvp_keyvault_set_key_ttl(be, 0);
   CU_ASSERT_EQUAL_FATAL(be->ops->open_key(be, "p384", &k), CKR_OK);
   be->ops->close_key(be, k);
-  CU_ASSERT_EQUAL(emu_count("get"), 1);
-  CU_ASSERT_EQUAL(emu_total(), 1);
+  CU_ASSERT_EQUAL(kvt_emu_count("get"), 1);
+  CU_ASSERT_EQUAL(kvt_emu_total(), 1);
   /* TTL over and the vault unavailable: the cached public key is used */
-  emu_fault("{\"endpoint\":\"get\",\"status\":503,\"times\":-1}");
+  kvt_emu_fault("{\"endpoint\":\"get\",\"status\":503,\"times\":-1}");
   k = NULL;
   CU_ASSERT_EQUAL(be->ops->open_key(be, "p384", &k), CKR_OK);
   CU_ASSERT(k != NULL && k->type == KVP_KEY_EC && k->bits == 384);
   if (k != NULL)
     be->ops->close_key(be, k);
-  CU_ASSERT(log_contains("vault ttl: key p384: using the cached public key"));
+  CU_ASSERT(kvt_log_contains("vault ttl: key p384: using the cached public key"));
   /* but a key never opened before cannot be */
   k = NULL;
   CU_ASSERT_EQUAL(be->ops->open_key(be, "p256", &k), CKR_DEVICE_ERROR);
-  json_decref(emu("DELETE", "/_emu/faults", NULL));
+  json_decref(kvt_emu("DELETE", "/_emu/faults", NULL));
   be->ops->destroy(be, 0);
 }
 
@@ -460,17 +336,17 @@ static void test_deleted_key(void)
 {
   /* a key deleted after it was opened: sign answers CKR_KEY_HANDLE_INVALID */
   kvp_key *k = NULL;
-  json_t *j = emu("POST", "/_emu/reset", "{}");
+  json_t *j = kvt_emu("POST", "/_emu/reset", "{}");
   json_decref(j);
   CU_ASSERT_EQUAL_FATAL(g_be->ops->open_key(g_be, "page-24", &k), CKR_OK);
-  json_decref(emu("POST", "/_emu/policy",
+  json_decref(kvt_emu("POST", "/_emu/policy",
                   "{\"clientId\":\"app-full\",\"permissions\":[\"get\",\"list\",\"sign\","
                   "\"decrypt\",\"delete\"]}"));
   {
     /* delete it through the data plane with a token of our own */
     CURL *c = curl_easy_init();
     char url[300], body[4096], *sec = NULL;
-    FILE *f = fopen(g_secret, "r");
+    FILE *f = fopen(kvt_secret, "r");
     char line[200] = "";
     json_t *tok = NULL;
     struct curl_slist *h = NULL;
@@ -481,14 +357,14 @@ static void test_deleted_key(void)
     }
     line[strcspn(line, "\r\n")] = '\0';
     sec = curl_easy_escape(c, line, 0);
-    snprintf(url, sizeof(url), "%s/%s/oauth2/v2.0/token", g_url, g_tenant);
+    snprintf(url, sizeof(url), "%s/%s/oauth2/v2.0/token", kvt_url, kvt_tenant);
     snprintf(body, sizeof(body),
              "grant_type=client_credentials&client_id=app-full&scope=https%%3A%%2F%%2F127.0.0.1%%2F."
              "default&client_secret=%s",
              sec);
     curl_free(sec);
     curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_CAINFO, g_ca);
+    curl_easy_setopt(c, CURLOPT_CAINFO, kvt_ca);
     curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, sink);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &tok);
@@ -496,10 +372,10 @@ static void test_deleted_key(void)
     snprintf(body, sizeof(body), "Authorization: Bearer %s",
              json_string_value(json_object_get(tok, "access_token")));
     h = curl_slist_append(NULL, body);
-    snprintf(url, sizeof(url), "%s/keys/page-24?api-version=7.5", g_url);
+    snprintf(url, sizeof(url), "%s/keys/page-24?api-version=7.5", kvt_url);
     curl_easy_reset(c);
     curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_CAINFO, g_ca);
+    curl_easy_setopt(c, CURLOPT_CAINFO, kvt_ca);
     curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, "DELETE");
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, sink);
@@ -509,7 +385,7 @@ static void test_deleted_key(void)
     json_decref(tok);
     curl_easy_cleanup(c);
   }
-  json_decref(emu("POST", "/_emu/policy",
+  json_decref(kvt_emu("POST", "/_emu/policy",
                   "{\"clientId\":\"app-full\",\"permissions\":[\"get\",\"list\",\"sign\","
                   "\"decrypt\"]}"));
   CU_ASSERT_EQUAL(sign_once(g_be, k, 0), CKR_KEY_HANDLE_INVALID);
@@ -517,7 +393,7 @@ static void test_deleted_key(void)
   /* the cache entry was dropped: opening again asks the vault (and fails) */
   k = NULL;
   CU_ASSERT_EQUAL(g_be->ops->open_key(g_be, "page-24", &k), CKR_KEY_HANDLE_INVALID);
-  json_decref(emu("POST", "/_emu/reset", "{}"));
+  json_decref(kvt_emu("POST", "/_emu/reset", "{}"));
 }
 
 static void test_paging(void)
@@ -525,7 +401,7 @@ static void test_paging(void)
   char **names = NULL;
   size_t n = 0, i;
   int seen_rsa = 0, seen_page = 0;
-  emu_reset();
+  kvt_emu_reset();
   CU_ASSERT_EQUAL_FATAL(kvp_keyvault_list_keys(g_be, &names, &n), CKR_OK);
   CU_ASSERT(n > 25);
   for (i = 0; i < n; i++) {
@@ -536,7 +412,7 @@ static void test_paging(void)
   }
   CU_ASSERT_EQUAL(seen_rsa, 1);
   CU_ASSERT_EQUAL(seen_page, 1);
-  CU_ASSERT_EQUAL(emu_count("list"), (long)((n + 24) / 25));
+  CU_ASSERT_EQUAL(kvt_emu_count("list"), (long)((n + 24) / 25));
   kvp_keyvault_free_names(names, n);
 }
 
@@ -552,24 +428,26 @@ static void test_key_states(void)
   CU_ASSERT_EQUAL_FATAL(g_be->ops->open_key(g_be, "verifyonly", &k), CKR_OK);
   CU_ASSERT(!k->can_sign);
   CU_ASSERT(!k->can_decrypt);
-  before = emu_total();
+  before = kvt_emu_total();
   CU_ASSERT_EQUAL(sign_once(g_be, k, 0), CKR_KEY_FUNCTION_NOT_PERMITTED);
-  CU_ASSERT_EQUAL(emu_total(), before);
+  CU_ASSERT_EQUAL(kvt_emu_total(), before);
   g_be->ops->close_key(g_be, k);
 
-  /* disabled / expired are live state (checked at each sign), refused locally */
+  /* disabled / expired: refused locally, the cause named */
   CU_ASSERT_EQUAL_FATAL(g_be->ops->open_key(g_be, "disabled", &k), CKR_OK);
-  before = emu_total();
+  CU_ASSERT(!k->can_sign);
+  before = kvt_emu_total();
   CU_ASSERT_EQUAL(sign_once(g_be, k, 0), CKR_KEY_FUNCTION_NOT_PERMITTED);
-  CU_ASSERT_EQUAL(emu_total(), before);
-  CU_ASSERT(log_contains("key disabled: sign refused: the key is disabled"));
+  CU_ASSERT_EQUAL(kvt_emu_total(), before);
+  CU_ASSERT(kvt_log_contains("key disabled: sign refused: the key is disabled"));
   g_be->ops->close_key(g_be, k);
 
   /* expired: no signing, but decryption still works (as on the service) */
   CU_ASSERT_EQUAL_FATAL(g_be->ops->open_key(g_be, "expired", &k), CKR_OK);
+  CU_ASSERT(!k->can_sign);
   CU_ASSERT(k->can_decrypt);
   CU_ASSERT_EQUAL(sign_once(g_be, k, 0), CKR_KEY_FUNCTION_NOT_PERMITTED);
-  CU_ASSERT(log_contains("key expired: sign refused: the key expired at "));
+  CU_ASSERT(kvt_log_contains("key expired: sign refused: the key expired at "));
   cl = ossl_encrypt(k->pub, &dec, pt, sizeof(pt), ct);
   CU_ASSERT_EQUAL(g_be->ops->decrypt(g_be, k, &dec, ct, cl, out, &ol), CKR_OK);
   CU_ASSERT(ol == sizeof(pt) && memcmp(out, pt, sizeof(pt)) == 0);
@@ -586,21 +464,21 @@ static void test_no_permission(void)
   CK_ULONG ol = sizeof(out);
   kvp_dec_alg dec = {KVP_DEC_RSA_PKCS1, KVP_HASH_NONE, KVP_HASH_NONE};
 
-  snprintf(sec, sizeof(sec), "%s/app-nosign.secret", g_dir);
-  conf_init(&c, "nosign");
+  snprintf(sec, sizeof(sec), "%s/app-nosign.secret", kvt_dir);
+  kvt_conf(&c, "nosign");
   c.client_id = "app-nosign";
   c.client_secret_file = sec;
   be = backend(&c);
   CU_ASSERT_PTR_NOT_NULL_FATAL(be);
   CU_ASSERT_EQUAL_FATAL(be->ops->open_key(be, "p256", &k), CKR_OK);
   CU_ASSERT_EQUAL(sign_once(be, k, 0), CKR_KEY_FUNCTION_NOT_PERMITTED);
-  CU_ASSERT(log_contains("vault nosign: key p256: the application lacks the 'sign' permission"));
-  CU_ASSERT(log_contains("ForbiddenByPolicy"));
+  CU_ASSERT(kvt_log_contains("vault nosign: key p256: the application lacks the 'sign' permission"));
+  CU_ASSERT(kvt_log_contains("ForbiddenByPolicy"));
   CU_ASSERT_EQUAL_FATAL(be->ops->open_key(be, "rsa2048", &r), CKR_OK);
   CU_ASSERT_EQUAL(be->ops->decrypt(be, r, &dec, ct, 256, out, &ol),
                   CKR_KEY_FUNCTION_NOT_PERMITTED);
   CU_ASSERT(
-      log_contains("vault nosign: key rsa2048: the application lacks the 'decrypt' permission"));
+      kvt_log_contains("vault nosign: key rsa2048: the application lacks the 'decrypt' permission"));
   be->ops->close_key(be, k);
   be->ops->close_key(be, r);
   be->ops->destroy(be, 0);
@@ -613,18 +491,18 @@ static void test_bad_secret(void)
   kvp_backend *be;
   kvp_key *k = NULL;
   FILE *f;
-  snprintf(sec, sizeof(sec), "%s/wrong.secret", g_dir);
+  snprintf(sec, sizeof(sec), "%s/wrong.secret", kvt_dir);
   f = fopen(sec, "w");
   CU_ASSERT_PTR_NOT_NULL_FATAL(f);
   fputs("not-the-secret\n", f);
   fclose(f);
   chmod(sec, 0600);
-  conf_init(&c, "badsecret");
+  kvt_conf(&c, "badsecret");
   c.client_secret_file = sec;
   be = backend(&c);
   CU_ASSERT_EQUAL(be->ops->open_key(be, "p256", &k), CKR_DEVICE_ERROR);
-  CU_ASSERT(log_contains("invalid_client"));
-  CU_ASSERT(!log_contains("not-the-secret"));
+  CU_ASSERT(kvt_log_contains("invalid_client"));
+  CU_ASSERT(!kvt_log_contains("not-the-secret"));
   be->ops->destroy(be, 0);
   /* a secret file readable by others is refused */
   chmod(sec, 0644);
@@ -641,16 +519,16 @@ static void auth_roundtrip_fault(kvp_vault_conf *c, const char *counter, const c
   kvp_backend *be;
   kvp_key *k = NULL;
   int i;
-  emu_reset();
+  kvt_emu_reset();
   if (fault != NULL)
-    emu_fault(fault);
+    kvt_emu_fault(fault);
   be = backend(c);
   CU_ASSERT_PTR_NOT_NULL_FATAL(be);
   CU_ASSERT_EQUAL_FATAL(be->ops->open_key(be, "p384", &k), CKR_OK);
   for (i = 0; i < 3; i++)
     CU_ASSERT_EQUAL(sign_once(be, k, 1), CKR_OK);
-  CU_ASSERT_EQUAL(emu_count(counter), calls);
-  CU_ASSERT_EQUAL(emu_count("sign"), 3);
+  CU_ASSERT_EQUAL(kvt_emu_count(counter), calls);
+  CU_ASSERT_EQUAL(kvt_emu_count("sign"), 3);
   CU_ASSERT_EQUAL(kvp_keyvault_token_requests(be), 1);
   be->ops->close_key(be, k);
   be->ops->destroy(be, 0);
@@ -665,14 +543,14 @@ static void test_auth_client_secret_env(void)
 {
   kvp_vault_conf c;
   char line[200] = "";
-  FILE *f = fopen(g_secret, "r");
+  FILE *f = fopen(kvt_secret, "r");
   CU_ASSERT_PTR_NOT_NULL_FATAL(f);
   if (fgets(line, sizeof(line), f) == NULL)
     line[0] = '\0';
   fclose(f);
   line[strcspn(line, "\r\n")] = '\0';
   setenv("KVP11_TEST_KV_SECRET", line, 1);
-  conf_init(&c, "envsecret");
+  kvt_conf(&c, "envsecret");
   c.client_secret_file = NULL;
   c.client_secret_env = "KVP11_TEST_KV_SECRET";
   auth_roundtrip(&c, "token");
@@ -683,9 +561,9 @@ static void test_auth_client_certificate(void)
 {
   kvp_vault_conf c;
   char cert[1000], key[1000];
-  snprintf(cert, sizeof(cert), "%s/client.pem", g_dir);
-  snprintf(key, sizeof(key), "%s/client.key", g_dir);
-  conf_init(&c, "cert");
+  snprintf(cert, sizeof(cert), "%s/client.pem", kvt_dir);
+  snprintf(key, sizeof(key), "%s/client.key", kvt_dir);
+  kvt_conf(&c, "cert");
   c.auth = KVP_AUTH_CLIENT_CERTIFICATE;
   c.client_id = "app-cert";
   c.client_secret_file = NULL;
@@ -706,12 +584,12 @@ static void test_auth_client_certificate(void)
 static void test_auth_managed_identity_imds(void)
 {
   kvp_vault_conf c;
-  conf_init(&c, "imds");
+  kvt_conf(&c, "imds");
   c.auth = KVP_AUTH_MANAGED_IDENTITY;
   c.client_id = NULL;
   c.tenant_id = NULL;
   c.client_secret_file = NULL;
-  c.imds_endpoint = g_url;
+  c.imds_endpoint = kvt_url;
   unsetenv("IDENTITY_ENDPOINT");
   unsetenv("IDENTITY_HEADER");
   auth_roundtrip(&c, "imds");
@@ -728,17 +606,17 @@ static void test_auth_managed_identity_app_service(void)
   kvp_vault_conf c;
   char ep[300], hdr[100] = "", path[1000];
   FILE *f;
-  snprintf(path, sizeof(path), "%s/identity-header", g_dir);
+  snprintf(path, sizeof(path), "%s/identity-header", kvt_dir);
   f = fopen(path, "r");
   CU_ASSERT_PTR_NOT_NULL_FATAL(f);
   if (fgets(hdr, sizeof(hdr), f) == NULL)
     hdr[0] = '\0';
   fclose(f);
   hdr[strcspn(hdr, "\r\n")] = '\0';
-  snprintf(ep, sizeof(ep), "%s/msi/token", g_url);
+  snprintf(ep, sizeof(ep), "%s/msi/token", kvt_url);
   setenv("IDENTITY_ENDPOINT", ep, 1);
   setenv("IDENTITY_HEADER", hdr, 1);
-  conf_init(&c, "appservice");
+  kvt_conf(&c, "appservice");
   c.auth = KVP_AUTH_MANAGED_IDENTITY;
   c.client_id = "mi-1";
   c.tenant_id = NULL;
@@ -752,16 +630,16 @@ static void test_auth_workload_identity(void)
 {
   kvp_vault_conf c;
   char path[1000];
-  json_t *j = emu("POST", "/_emu/federated-token", "{\"subject\":\"system:serviceaccount:b2b:app\"}");
+  json_t *j = kvt_emu("POST", "/_emu/federated-token", "{\"subject\":\"system:serviceaccount:b2b:app\"}");
   FILE *f;
-  snprintf(path, sizeof(path), "%s/federated-token", g_dir);
+  snprintf(path, sizeof(path), "%s/federated-token", kvt_dir);
   f = fopen(path, "w");
   CU_ASSERT_PTR_NOT_NULL_FATAL(f);
   fprintf(f, "%s\n", json_string_value(json_object_get(j, "token")));
   fclose(f);
   json_decref(j);
   setenv("AZURE_FEDERATED_TOKEN_FILE", path, 1);
-  conf_init(&c, "workload");
+  kvt_conf(&c, "workload");
   c.auth = KVP_AUTH_WORKLOAD_IDENTITY;
   c.client_id = "app-wl";
   c.client_secret_file = NULL;
@@ -777,27 +655,27 @@ static void test_token_expiry(void)
   int n = 0;
   double t0, el;
   long tokens;
-  json_decref(emu("POST", "/_emu/config", "{\"tokenLifetime\":3}"));
-  conf_init(&c, "shortlived");
+  json_decref(kvt_emu("POST", "/_emu/config", "{\"tokenLifetime\":3}"));
+  kvt_conf(&c, "shortlived");
   be = backend(&c);
   CU_ASSERT_EQUAL_FATAL(be->ops->open_key(be, "p256", &k), CKR_OK);
-  emu_reset();
-  t0 = now_s();
-  while (now_s() - t0 < 5.0) {
+  kvt_emu_reset();
+  t0 = kvt_now();
+  while (kvt_now() - t0 < 5.0) {
     CU_ASSERT_EQUAL(sign_once(be, k, 0), CKR_OK);
     n++;
     usleep(50000);
   }
-  el = now_s() - t0;
-  tokens = emu_count("token");
+  el = kvt_now() - t0;
+  tokens = kvt_emu_count("token");
   /* refreshed ahead of expiry (after half of the 3 s lifetime): never a 401 */
-  if (emu_count("sign") != n)
+  if (kvt_emu_count("sign") != n)
     fprintf(stderr, "token expiry: %d signs, %ld sign requests, %ld tokens\n", n,
-            emu_count("sign"), tokens);
-  CU_ASSERT_EQUAL(emu_count("sign"), n);
+            kvt_emu_count("sign"), tokens);
+  CU_ASSERT_EQUAL(kvt_emu_count("sign"), n);
   CU_ASSERT(tokens >= 2);
   CU_ASSERT(tokens <= (long)(el / 1.4) + 1);
-  json_decref(emu("POST", "/_emu/config", "{\"tokenLifetime\":3600}"));
+  json_decref(kvt_emu("POST", "/_emu/config", "{\"tokenLifetime\":3600}"));
   be->ops->close_key(be, k);
   be->ops->destroy(be, 0);
 }
@@ -807,15 +685,15 @@ static void test_revoked_token(void)
   kvp_key *k = NULL;
   CU_ASSERT_EQUAL_FATAL(g_be->ops->open_key(g_be, "p256", &k), CKR_OK);
   CU_ASSERT_EQUAL(sign_once(g_be, k, 0), CKR_OK);
-  emu_reset();
-  json_decref(emu("POST", "/_emu/revoke", "{}"));
+  kvt_emu_reset();
+  json_decref(kvt_emu("POST", "/_emu/revoke", "{}"));
   /* 401 -> one new token -> the same request again */
   CU_ASSERT_EQUAL(sign_once(g_be, k, 1), CKR_OK);
-  CU_ASSERT_EQUAL(emu_count("sign"), 2);
-  CU_ASSERT_EQUAL(emu_count("token"), 1);
+  CU_ASSERT_EQUAL(kvt_emu_count("sign"), 2);
+  CU_ASSERT_EQUAL(kvt_emu_count("token"), 1);
   /* and then one request per operation again */
   CU_ASSERT_EQUAL(sign_once(g_be, k, 1), CKR_OK);
-  CU_ASSERT_EQUAL(emu_count("sign"), 3);
+  CU_ASSERT_EQUAL(kvt_emu_count("sign"), 3);
   g_be->ops->close_key(g_be, k);
 }
 
@@ -828,7 +706,7 @@ static CK_RV fault_sign(const char *rule, long timeout_ms, int max_retries, doub
   kvp_key *k = NULL;
   CK_RV rv;
   double t0;
-  conf_init(&c, "faults");
+  kvt_conf(&c, "faults");
   c.timeout_ms = timeout_ms;
   c.max_retries = max_retries;
   be = backend(&c);
@@ -837,14 +715,14 @@ static CK_RV fault_sign(const char *rule, long timeout_ms, int max_retries, doub
     return CKR_GENERAL_ERROR;
   }
   CU_ASSERT_EQUAL(sign_once(be, k, 0), CKR_OK); /* warm: token and key cached */
-  emu_reset();
+  kvt_emu_reset();
   if (rule != NULL)
-    emu_fault(rule);
-  t0 = now_s();
+    kvt_emu_fault(rule);
+  t0 = kvt_now();
   rv = sign_once(be, k, 1);
-  *elapsed = now_s() - t0;
-  *signs = emu_count("sign");
-  json_decref(emu("DELETE", "/_emu/faults", NULL));
+  *elapsed = kvt_now() - t0;
+  *signs = kvt_emu_count("sign");
+  json_decref(kvt_emu("DELETE", "/_emu/faults", NULL));
   be->ops->close_key(be, k);
   be->ops->destroy(be, 0);
   return rv;
@@ -921,7 +799,7 @@ static void test_faults_given_up(void)
   CU_ASSERT_EQUAL(signs, 1);
   /* give the emulator time to finish the delayed requests */
   sleep(3);
-  json_decref(emu("DELETE", "/_emu/faults", NULL));
+  json_decref(kvt_emu("DELETE", "/_emu/faults", NULL));
 }
 
 static void test_token_endpoint_faults(void)
@@ -929,28 +807,28 @@ static void test_token_endpoint_faults(void)
   kvp_vault_conf c;
   kvp_backend *be;
   kvp_key *k = NULL;
-  conf_init(&c, "tokenfault");
+  kvt_conf(&c, "tokenfault");
   c.timeout_ms = 4000;
-  emu_reset();
-  emu_fault("{\"faults\":[{\"endpoint\":\"token\",\"status\":503},"
+  kvt_emu_reset();
+  kvt_emu_fault("{\"faults\":[{\"endpoint\":\"token\",\"status\":503},"
             "{\"endpoint\":\"token\",\"action\":\"nonjson\"},"
             "{\"endpoint\":\"get\",\"status\":429}]}");
   be = backend(&c);
   CU_ASSERT_EQUAL(be->ops->open_key(be, "p256", &k), CKR_OK);
-  CU_ASSERT_EQUAL(emu_count("token"), 3);
+  CU_ASSERT_EQUAL(kvt_emu_count("token"), 3);
   /* challenge (401) + 429 + the good one */
-  CU_ASSERT_EQUAL(emu_count("get"), 3);
+  CU_ASSERT_EQUAL(kvt_emu_count("get"), 3);
   if (k != NULL)
     be->ops->close_key(be, k);
   be->ops->destroy(be, 0);
   /* the token endpoint is down: CKR_DEVICE_ERROR within the limit */
-  emu_fault("{\"endpoint\":\"token\",\"status\":500,\"times\":-1}");
+  kvt_emu_fault("{\"endpoint\":\"token\",\"status\":500,\"times\":-1}");
   c.timeout_ms = 1000;
   be = backend(&c);
   k = NULL;
   CU_ASSERT_EQUAL(be->ops->open_key(be, "p256", &k), CKR_DEVICE_ERROR);
   be->ops->destroy(be, 0);
-  json_decref(emu("DELETE", "/_emu/faults", NULL));
+  json_decref(kvt_emu("DELETE", "/_emu/faults", NULL));
 }
 
 struct thr {
@@ -983,9 +861,9 @@ static void test_threads(void)
   pthread_t th[4];
   struct thr t[4];
   int i, ok = 0;
-  conf_init(&c, "threads");
+  kvt_conf(&c, "threads");
   be = backend(&c);
-  emu_reset();
+  kvt_emu_reset();
   /* cold start from 4 threads at once: one token request (the others wait for it) */
   for (i = 0; i < 4; i++) {
     t[i].be = be;
@@ -998,11 +876,11 @@ static void test_threads(void)
     ok += t[i].ok;
   }
   CU_ASSERT_EQUAL(ok, 40);
-  CU_ASSERT_EQUAL(emu_count("token"), 1);
+  CU_ASSERT_EQUAL(kvt_emu_count("token"), 1);
   CU_ASSERT_EQUAL(kvp_keyvault_token_requests(be), 1);
   /* warm: 4 threads share one key object, one request per signature */
   ok = 0;
-  emu_reset();
+  kvt_emu_reset();
   CU_ASSERT_EQUAL_FATAL(be->ops->open_key(be, "rsa2048", &k), CKR_OK);
   for (i = 0; i < 4; i++) {
     t[i].be = be;
@@ -1015,9 +893,9 @@ static void test_threads(void)
     ok += t[i].ok;
   }
   CU_ASSERT_EQUAL(ok, 40);
-  CU_ASSERT_EQUAL(emu_count("sign"), 40);
-  CU_ASSERT_EQUAL(emu_count("token"), 0);
-  CU_ASSERT_EQUAL(emu_total(), 40);
+  CU_ASSERT_EQUAL(kvt_emu_count("sign"), 40);
+  CU_ASSERT_EQUAL(kvt_emu_count("token"), 0);
+  CU_ASSERT_EQUAL(kvt_emu_total(), 40);
   be->ops->close_key(be, k);
   be->ops->destroy(be, 0);
 }
@@ -1040,9 +918,9 @@ static void test_fork(void)
   waitpid(pid, &st, 0);
   CU_ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
   /* the parent's kept-alive connection still works */
-  emu_reset();
+  kvt_emu_reset();
   CU_ASSERT_EQUAL(sign_once(g_be, k, 1), CKR_OK);
-  CU_ASSERT_EQUAL(emu_count("sign"), 1);
+  CU_ASSERT_EQUAL(kvt_emu_count("sign"), 1);
   g_be->ops->close_key(g_be, k);
 }
 
@@ -1053,71 +931,49 @@ static void test_wrong_ca(void)
   kvp_key *k = NULL;
   char other[1000];
   /* the client certificate is not a CA for the server: TLS must fail */
-  snprintf(other, sizeof(other), "%s/client.pem", g_dir);
-  conf_init(&c, "wrongca");
+  snprintf(other, sizeof(other), "%s/client.pem", kvt_dir);
+  kvt_conf(&c, "wrongca");
   c.ca_file = other;
   c.timeout_ms = 1500;
   c.max_retries = 1;
-  emu_reset();
+  kvt_emu_reset();
   be = backend(&c);
   CU_ASSERT_EQUAL(be->ops->open_key(be, "p256", &k), CKR_DEVICE_ERROR);
   be->ops->destroy(be, 0);
   /* no request reached the emulator, and a TLS failure is not retried */
-  CU_ASSERT_EQUAL(emu_total(), 0);
-  CU_ASSERT(log_contains("vault wrongca: key p256: get: SSL certificate problem"));
+  CU_ASSERT_EQUAL(kvt_emu_total(), 0);
+  CU_ASSERT(kvt_log_contains("vault wrongca: key p256: get: SSL certificate problem"));
 }
 
 static void test_no_secrets_logged(void)
 {
   char line[200] = "";
-  FILE *f = fopen(g_secret, "r");
+  FILE *f = fopen(kvt_secret, "r");
   CU_ASSERT_PTR_NOT_NULL_FATAL(f);
   if (fgets(line, sizeof(line), f) == NULL)
     line[0] = '\0';
   fclose(f);
   line[strcspn(line, "\r\n")] = '\0';
   CU_ASSERT(strlen(line) > 10);
-  CU_ASSERT(!log_contains(line));
+  CU_ASSERT(!kvt_log_contains(line));
   /* access tokens and client assertions are JWTs: base64url of '{"' */
-  CU_ASSERT(!log_contains("eyJ"));
-  CU_ASSERT(!log_contains("Bearer"));
+  CU_ASSERT(!kvt_log_contains("eyJ"));
+  CU_ASSERT(!kvt_log_contains("Bearer"));
   /* but the log did record the run */
-  CU_ASSERT(log_contains("x-ms-request-id"));
+  CU_ASSERT(kvt_log_contains("x-ms-request-id"));
 }
 
 int main(void)
 {
-  const char *d = getenv("KVP11_KV_DIR");
-  char path[1000], port[32] = "";
-  FILE *f;
+  int rc = kvt_init("backend-test.log");
   CU_pSuite s;
   unsigned fails;
   kvp_vault_conf c;
 
-  if (d == NULL || d[0] == '\0') {
-    fprintf(stderr, "KVP11_KV_DIR not set: skipped\n");
-    return 77;
-  }
-  snprintf(g_dir, sizeof(g_dir), "%s", d);
-  snprintf(path, sizeof(path), "%s/port", g_dir);
-  f = fopen(path, "r");
-  if (f == NULL || fgets(port, sizeof(port), f) == NULL) {
-    fprintf(stderr, "%s: no emulator port (fixture not set up)\n", path);
-    return 1;
-  }
-  fclose(f);
-  port[strcspn(port, "\r\n")] = '\0';
-  snprintf(g_url, sizeof(g_url), "https://127.0.0.1:%s", port);
-  snprintf(g_ca, sizeof(g_ca), "%s/ca.pem", g_dir);
-  snprintf(g_secret, sizeof(g_secret), "%s/app-full.secret", g_dir);
-  snprintf(path, sizeof(path), "%s/backend-test.log", g_dir);
-  unlink(path);
-  kvp_log_setup(KVP_LOG_DEBUG, path);
-  curl_global_init(CURL_GLOBAL_DEFAULT);
-  emu_reset();
-  json_decref(emu("DELETE", "/_emu/faults", NULL));
-
-  conf_init(&c, "emu");
+  if (rc != 0)
+    return rc;
+  kvt_emu_clear_faults();
+  kvt_conf(&c, "emu");
   if (kvp_keyvault_backend_new(&c, &g_be) != CKR_OK)
     return 1;
   if (CU_initialize_registry() != CUE_SUCCESS)
@@ -1154,6 +1010,6 @@ int main(void)
   fails = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
   CU_cleanup_registry();
   g_be->ops->destroy(g_be, 0);
-  curl_global_cleanup();
+  kvt_done();
   return fails == 0 ? 0 : 1;
 }

@@ -477,7 +477,7 @@ static void test_authority_host_env(void)
   f = fopen(conf, "w");
   CU_ASSERT_PTR_NOT_NULL_FATAL(f);
   fprintf(f, "[vault wl]\nurl = %s\nauth = workload-identity\ntenant_id = %s\nclient_id = app-wl\n"
-             "ca_file = %s\nresource = %s\n",
+             "ca_file = %s\nresource = %s\nattempt_timeout_ms = 2500\nkey_cache_s = 7\n",
           kvt_url, kvt_tenant, kvt_ca, EMU_RESOURCE);
   fclose(f);
   chmod(conf, 0600);
@@ -485,6 +485,9 @@ static void test_authority_host_env(void)
   vc = kvp_config_find_vault(cfg, "wl");
   CU_ASSERT_PTR_NOT_NULL_FATAL(vc);
   CU_ASSERT_PTR_NULL(vc->authority_host);
+  CU_ASSERT_STRING_EQUAL(vc->resource, EMU_RESOURCE);
+  CU_ASSERT_EQUAL(vc->attempt_timeout_ms, 2500);
+  CU_ASSERT_EQUAL(vc->key_cache_s, 7);
   setenv("AZURE_AUTHORITY_HOST", kvt_url, 1);
   setenv("AZURE_FEDERATED_TOKEN_FILE", tok, 1);
   CU_ASSERT_EQUAL_FATAL(kvp_keyvault_backend_new(vc, &be), CKR_OK);

@@ -244,6 +244,40 @@ static void test_errors(void)
   CU_ASSERT_STRING_EQUAL(ei.message, "empty body");
 }
 
+/* 403 answers classified by cause (issue 11: KeyNotYetValid was "lacks the 'sign' permission") */
+static void test_forbidden_causes(void)
+{
+  static const struct {
+    const char *inner, *message;
+    kv_cause want;
+  } cases[] = {
+      {"KeyNotYetValid", "Operation sign is not allowed on a key that is not yet valid.",
+       KV_CAUSE_NOT_YET_VALID},
+      {"KeyExpired", "Operation sign is not allowed on an expired key.", KV_CAUSE_EXPIRED},
+      {"KeyDisabled", "Operation sign is not allowed on a disabled key.", KV_CAUSE_DISABLED},
+      {"KeyOperationForbidden", "Operation sign is not permitted on this key.", KV_CAUSE_KEY_OPS},
+      {"ForbiddenByPolicy", "does not have keys sign permission", KV_CAUSE_PERMISSION},
+      {"ForbiddenByRbac", "Caller is not authorized", KV_CAUSE_PERMISSION},
+      {"ForbiddenByFirewall", "Client address is not authorized", KV_CAUSE_FIREWALL},
+      {"", "The key is not yet valid", KV_CAUSE_NOT_YET_VALID},
+      {"", "Operation not allowed on a disabled key", KV_CAUSE_DISABLED},
+  };
+  size_t i;
+  char buf[160];
+  for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    kv_error_info ei;
+    memset(&ei, 0, sizeof(ei));
+    snprintf(ei.code, sizeof(ei.code), "Forbidden");
+    snprintf(ei.inner, sizeof(ei.inner), "%s", cases[i].inner);
+    snprintf(ei.message, sizeof(ei.message), "%s", cases[i].message);
+    CU_ASSERT_EQUAL(kv_forbidden_cause(&ei), cases[i].want);
+  }
+  kv_cause_text(KV_CAUSE_NOT_YET_VALID, "sign", 1796000000, buf, sizeof(buf));
+  CU_ASSERT_STRING_EQUAL(buf, "the key is not valid before 2026-11-30T00:53:20Z (nbf)");
+  kv_cause_text(KV_CAUSE_PERMISSION, "decrypt", 0, buf, sizeof(buf));
+  CU_ASSERT_STRING_EQUAL(buf, "the application lacks the 'decrypt' permission");
+}
+
 static void test_challenge(void)
 {
   kv_challenge c;
@@ -389,6 +423,7 @@ int main(void)
   CU_add_test(s, "list pages", test_lists);
   CU_add_test(s, "operation results", test_op_results);
   CU_add_test(s, "error bodies", test_errors);
+  CU_add_test(s, "403 causes", test_forbidden_causes);
   CU_add_test(s, "WWW-Authenticate and resource check", test_challenge);
   CU_add_test(s, "url host", test_url_host);
   CU_add_test(s, "token responses", test_tokens);

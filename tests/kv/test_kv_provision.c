@@ -31,13 +31,8 @@
 #include "core/cert.h"
 #include "core/log.h"
 #include "core/util.h"
+#include "kvtest.h"
 
-static char g_dir[900];
-static char g_url[128];
-static char g_ca[1000];
-static char g_secret[1000];
-static char g_log[1000];
-static const char *g_tenant = "7c3a4b1e-0d52-4a8e-9f61-5b2e8c1d4f00";
 
 #define PERMS_SEED "[\"get\",\"list\",\"sign\",\"decrypt\"]"
 #define PERMS_PROV                                                                                 \
@@ -55,88 +50,6 @@ static kvp_backend *g_fast; /* short deadline: fault tests give up quickly */
 
 /* ---- emulator control and data plane ---- */
 
-static size_t sink(char *p, size_t s, size_t n, void *u)
-{
-  json_t **out = u;
-  size_t len = s * n;
-  json_t *j = json_loadb(p, len, 0, NULL);
-  if (j != NULL) {
-    json_decref(*out);
-    *out = j;
-  }
-  return len;
-}
-
-/* One request; auth: "Authorization: ..." or NULL. Returns the JSON answer
- * (or NULL); *status the HTTP status. */
-static json_t *http(const char *method, const char *path, const char *body, const char *auth,
-                    long *status)
-{
-  CURL *c = curl_easy_init();
-  char url[512];
-  json_t *out = NULL;
-  struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
-  long st = 0;
-  if (auth != NULL)
-    h = curl_slist_append(h, auth);
-  snprintf(url, sizeof(url), "%s%s", g_url, path);
-  curl_easy_setopt(c, CURLOPT_URL, url);
-  curl_easy_setopt(c, CURLOPT_CAINFO, g_ca);
-  curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-  curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-  if (body != NULL)
-    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, sink);
-  curl_easy_setopt(c, CURLOPT_WRITEDATA, &out);
-  curl_easy_setopt(c, CURLOPT_TIMEOUT, 10L);
-  if (curl_easy_perform(c) != CURLE_OK)
-    fprintf(stderr, "%s %s failed\n", method, path);
-  curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &st);
-  if (status != NULL)
-    *status = st;
-  curl_slist_free_all(h);
-  curl_easy_cleanup(c);
-  return out;
-}
-
-static json_t *emu(const char *method, const char *path, const char *body)
-{
-  return http(method, path, body, NULL, NULL);
-}
-
-static void emu_fault(const char *json)
-{
-  json_decref(emu("POST", "/_emu/faults", json));
-}
-
-static void emu_clear_faults(void)
-{
-  json_decref(emu("DELETE", "/_emu/faults", NULL));
-}
-
-static void emu_policy(const char *perms)
-{
-  char body[300];
-  snprintf(body, sizeof(body), "{\"clientId\":\"app-full\",\"permissions\":%s}", perms);
-  json_decref(emu("POST", "/_emu/policy", body));
-}
-
-static long emu_count(const char *ep)
-{
-  json_t *j = emu("GET", "/_emu/counters", NULL);
-  long n = (long)json_integer_value(json_object_get(json_object_get(j, "counters"), ep));
-  json_decref(j);
-  return n;
-}
-
-static long emu_total(void)
-{
-  json_t *j = emu("GET", "/_emu/counters", NULL);
-  long n = (long)json_integer_value(json_object_get(j, "total"));
-  json_decref(j);
-  return n;
-}
-
 /* "Authorization: Bearer <token of app-full>" (fetched once) */
 static char g_auth[4096];
 
@@ -149,7 +62,7 @@ static const char *auth(void)
 
   if (g_auth[0] != '\0')
     return g_auth;
-  f = fopen(g_secret, "r");
+  f = fopen(kvt_secret, "r");
   if (f != NULL) {
     if (fgets(line, sizeof(line), f) == NULL)
       line[0] = '\0';
@@ -164,20 +77,9 @@ static const char *auth(void)
            "default&client_secret=%s",
            sec);
   curl_free(sec);
-  snprintf(line, sizeof(line), "/%s/oauth2/v2.0/token", g_tenant);
-  {
-    CURL *t = curl_easy_init();
-    char url[512];
-    tok = NULL;
-    snprintf(url, sizeof(url), "%s%s", g_url, line);
-    curl_easy_setopt(t, CURLOPT_URL, url);
-    curl_easy_setopt(t, CURLOPT_CAINFO, g_ca);
-    curl_easy_setopt(t, CURLOPT_POSTFIELDS, body);
-    curl_easy_setopt(t, CURLOPT_WRITEFUNCTION, sink);
-    curl_easy_setopt(t, CURLOPT_WRITEDATA, &tok);
-    curl_easy_perform(t);
-    curl_easy_cleanup(t);
-  }
+  snprintf(line, sizeof(line), "/%s/oauth2/v2.0/token", kvt_tenant);
+  /* the token endpoint reads the form whatever the content type */
+  tok = kvt_http("POST", line, body, NULL, NULL);
   if (json_string_value(json_object_get(tok, "access_token")) != NULL)
     snprintf(g_auth, sizeof(g_auth), "Authorization: Bearer %s",
              json_string_value(json_object_get(tok, "access_token")));
@@ -192,7 +94,7 @@ static long versions(const char *name)
   long st = 0, n;
   json_t *j;
   snprintf(path, sizeof(path), "/keys/%s/versions?api-version=7.5", name);
-  j = http("GET", path, NULL, auth(), &st);
+  j = kvt_http("GET", path, NULL, auth(), &st);
   n = st == 200 ? (long)json_array_size(json_object_get(j, "value")) : -1;
   json_decref(j);
   return n;
@@ -203,7 +105,7 @@ static long purge(const char *name)
   char path[300];
   long st = 0;
   snprintf(path, sizeof(path), "/deletedkeys/%s?api-version=7.5", name);
-  json_decref(http("DELETE", path, NULL, auth(), &st));
+  json_decref(kvt_http("DELETE", path, NULL, auth(), &st));
   return st;
 }
 
@@ -214,19 +116,6 @@ static void remove_key(const char *name)
   purge(name);
 }
 
-static int log_contains(const char *needle)
-{
-  char line[4096];
-  FILE *f = fopen(g_log, "r");
-  int found = 0;
-  if (f == NULL)
-    return 0;
-  while (fgets(line, sizeof(line), f) != NULL)
-    if (strstr(line, needle) != NULL)
-      found = 1;
-  fclose(f);
-  return found;
-}
 
 /* ---- backends and local crypto ---- */
 
@@ -235,14 +124,14 @@ static CK_RV new_backend(const char *name, long timeout_ms, int retries, kvp_bac
   kvp_vault_conf c;
   memset(&c, 0, sizeof(c));
   c.name = (char *)name;
-  c.url = g_url;
+  c.url = kvt_url;
   c.api_version = "7.5";
   c.auth = KVP_AUTH_CLIENT_SECRET;
-  c.tenant_id = (char *)g_tenant;
+  c.tenant_id = (char *)kvt_tenant;
   c.client_id = "app-full";
-  c.client_secret_file = g_secret;
-  c.authority_host = g_url;
-  c.ca_file = g_ca;
+  c.client_secret_file = kvt_secret;
+  c.authority_host = kvt_url;
+  c.ca_file = kvt_ca;
   c.timeout_ms = timeout_ms;
   c.max_retries = retries;
   return kvp_keyvault_backend_new(&c, out);
@@ -301,13 +190,13 @@ static CK_RV sign_verify(kvp_backend *be, kvp_key *k, EVP_PKEY *check)
 
 static void setup(void)
 {
-  json_decref(emu("POST", "/_emu/reset", "{}"));
+  json_decref(kvt_emu("POST", "/_emu/reset", "{}"));
 }
 
 static void teardown(void)
 {
-  emu_clear_faults();
-  emu_policy(PERMS_PROV);
+  kvt_emu_clear_faults();
+  kvt_emu_policy("app-full", PERMS_PROV);
 }
 
 /* ---- tests ---- */
@@ -363,7 +252,7 @@ static void test_create_and_sign(void)
     g_be->ops->close_key(g_be, k);
     remove_key(cases[i].name);
   }
-  CU_ASSERT(log_contains("vault emu: key kvprov-p521 created (P-521"));
+  CU_ASSERT(kvt_log_contains("vault emu: key kvprov-p521 created (P-521"));
   /* ops: sign only */
   {
     kvp_key_spec spec = {KVP_KEY_RSA, 2048, NID_undef, KVP_KEYOP_SIGN, 0, NULL, 0};
@@ -384,20 +273,20 @@ static void test_create_existing(void)
   kvp_key_spec spec = {KVP_KEY_EC, 0, NID_X9_62_prime256v1, 0, 0, NULL, 0};
   kvp_key *k = NULL, *k2 = NULL;
   CU_ASSERT_EQUAL_FATAL(g_be->ops->create_key(g_be, "kvprov-dup", &spec, &k), CKR_OK);
-  CU_ASSERT_EQUAL(emu_count("create"), 1);
+  CU_ASSERT_EQUAL(kvt_emu_count("create"), 1);
   CU_ASSERT_EQUAL(g_be->ops->create_key(g_be, "kvprov-dup", &spec, &k2),
                   CKR_ATTRIBUTE_VALUE_INVALID);
   CU_ASSERT_PTR_NULL(k2);
-  CU_ASSERT(log_contains("vault emu: key kvprov-dup exists already; kvp11 does not replace keys"));
+  CU_ASSERT(kvt_log_contains("vault emu: key kvprov-dup exists already; kvp11 does not replace keys"));
   /* names are case-insensitive in Key Vault */
   CU_ASSERT_EQUAL(g_be->ops->create_key(g_be, "KVPROV-DUP", &spec, &k2),
                   CKR_ATTRIBUTE_VALUE_INVALID);
-  CU_ASSERT_EQUAL(emu_count("create"), 1);
+  CU_ASSERT_EQUAL(kvt_emu_count("create"), 1);
   CU_ASSERT_EQUAL(versions("kvprov-dup"), 1);
   /* a seeded key is not touched either */
   spec.curve_nid = NID_secp384r1;
   CU_ASSERT_EQUAL(g_be->ops->create_key(g_be, "p384", &spec, &k2), CKR_ATTRIBUTE_VALUE_INVALID);
-  CU_ASSERT_EQUAL(emu_count("create"), 1);
+  CU_ASSERT_EQUAL(kvt_emu_count("create"), 1);
   CU_ASSERT_EQUAL(versions("p384"), 1);
   g_be->ops->close_key(g_be, k);
   remove_key("kvprov-dup");
@@ -423,7 +312,7 @@ static void test_bad_names_and_specs(void)
   CU_ASSERT_PTR_NOT_NULL_FATAL(small);
   memset(long_name, 'a', 128);
   long_name[128] = '\0';
-  total = emu_total();
+  total = kvt_emu_total();
   for (i = 0; i < KVP_ARRAY_SIZE(bad); i++) {
     CU_ASSERT_EQUAL(g_be->ops->create_key(g_be, bad[i], &spec, &k), CKR_ATTRIBUTE_VALUE_INVALID);
     CU_ASSERT_EQUAL(g_be->ops->import_key(g_be, bad[i], small, &spec, &k),
@@ -433,18 +322,18 @@ static void test_bad_names_and_specs(void)
   }
   CU_ASSERT_EQUAL(g_be->ops->create_key(g_be, NULL, &spec, &k), CKR_ATTRIBUTE_VALUE_INVALID);
   CU_ASSERT_EQUAL(g_be->ops->create_key(g_be, long_name, &spec, &k), CKR_ATTRIBUTE_VALUE_INVALID);
-  CU_ASSERT(log_contains("'bad_name' is not a valid Key Vault key name"));
+  CU_ASSERT(kvt_log_contains("'bad_name' is not a valid Key Vault key name"));
   /* specs refused before any request */
   spec.ops = KVP_KEYOP_SIGN | KVP_KEYOP_DECRYPT;
   CU_ASSERT_EQUAL(g_be->ops->create_key(g_be, "kvprov-x", &spec, &k), CKR_TEMPLATE_INCONSISTENT);
-  CU_ASSERT(log_contains("vault emu: key kvprov-x: an EC key cannot decrypt"));
+  CU_ASSERT(kvt_log_contains("vault emu: key kvprov-x: an EC key cannot decrypt"));
   spec.ops = 0;
   spec.curve_nid = NID_secp256k1;
   CU_ASSERT_EQUAL(g_be->ops->create_key(g_be, "kvprov-x", &spec, &k), CKR_CURVE_NOT_SUPPORTED);
   spec.type = KVP_KEY_RSA;
   spec.bits = 1024;
   CU_ASSERT_EQUAL(g_be->ops->create_key(g_be, "kvprov-x", &spec, &k), CKR_KEY_SIZE_RANGE);
-  CU_ASSERT(log_contains("RSA keys of 1024 bits cannot be created"));
+  CU_ASSERT(kvt_log_contains("RSA keys of 1024 bits cannot be created"));
   spec.bits = 2047;
   CU_ASSERT_EQUAL(g_be->ops->create_key(g_be, "kvprov-x", &spec, &k), CKR_KEY_SIZE_RANGE);
   spec.bits = 2048;
@@ -453,23 +342,23 @@ static void test_bad_names_and_specs(void)
   spec.type = KVP_KEY_RSA;
   spec.ops = 0;
   CU_ASSERT_EQUAL(g_be->ops->import_key(g_be, "kvprov-x", small, &spec, &k), CKR_KEY_SIZE_RANGE);
-  CU_ASSERT(log_contains("an RSA key of 1024 bits cannot be imported"));
+  CU_ASSERT(kvt_log_contains("an RSA key of 1024 bits cannot be imported"));
   if (k1 != NULL) {
     CU_ASSERT_EQUAL(g_be->ops->import_key(g_be, "kvprov-x", k1, &spec, &k),
                     CKR_KEY_TYPE_INCONSISTENT);
-    CU_ASSERT(log_contains("an EC key on curve secp256k1 cannot be imported"));
+    CU_ASSERT(kvt_log_contains("an EC key on curve secp256k1 cannot be imported"));
   }
   if (ed != NULL) {
     CU_ASSERT_EQUAL(g_be->ops->import_key(g_be, "kvprov-x", ed, &spec, &k),
                     CKR_KEY_TYPE_INCONSISTENT);
-    CU_ASSERT(log_contains("a ED25519 key cannot be imported"));
+    CU_ASSERT(kvt_log_contains("a ED25519 key cannot be imported"));
   }
   CU_ASSERT_PTR_NULL(k);
-  CU_ASSERT_EQUAL(emu_total(), total);
+  CU_ASSERT_EQUAL(kvt_emu_total(), total);
   /* the longest valid name passes the check (and is looked up) */
   long_name[127] = '\0';
   CU_ASSERT_EQUAL(g_be->ops->key_info(g_be, long_name, &info), CKR_KEY_HANDLE_INVALID);
-  CU_ASSERT_EQUAL(emu_count("get"), 1);
+  CU_ASSERT_EQUAL(kvt_emu_count("get"), 1);
   EVP_PKEY_free(small);
   EVP_PKEY_free(k1);
   EVP_PKEY_free(ed);
@@ -565,7 +454,7 @@ static void test_import(void)
     }
     CU_ASSERT_EQUAL(g_be->ops->import_key(g_be, cases[i].name, priv, &spec, &k), CKR_OK);
     /* no key material in the log, nor (as JWK text) left in the heap */
-    CU_ASSERT(!log_contains(secret));
+    CU_ASSERT(!kvt_log_contains(secret));
     if (heap_scan_possible())
       CU_ASSERT(!heap_contains(secret));
     if (k != NULL) {
@@ -587,7 +476,7 @@ static void test_import(void)
     remove_key(cases[i].name);
     EVP_PKEY_free(priv);
   }
-  CU_ASSERT_EQUAL(emu_count("import"), 3);
+  CU_ASSERT_EQUAL(kvt_emu_count("import"), 3);
   /* over a seeded key */
   {
     EVP_PKEY *priv = EVP_RSA_gen(2048);
@@ -596,7 +485,7 @@ static void test_import(void)
     CU_ASSERT_EQUAL(g_be->ops->import_key(g_be, "rsa2048", priv, &spec, &k),
                     CKR_ATTRIBUTE_VALUE_INVALID);
     CU_ASSERT_EQUAL(versions("rsa2048"), 1);
-    CU_ASSERT_EQUAL(emu_count("import"), 3);
+    CU_ASSERT_EQUAL(kvt_emu_count("import"), 3);
     /* EC with decrypt */
     EVP_PKEY_free(priv);
     priv = EVP_EC_gen("P-384");
@@ -614,12 +503,12 @@ static void test_import_fault_500(void)
   kvp_key *k = NULL;
   kvp_key_info info;
   CU_ASSERT_PTR_NOT_NULL_FATAL(priv);
-  emu_fault("{\"endpoint\":\"import\",\"status\":500,\"times\":-1}");
+  kvt_emu_fault("{\"endpoint\":\"import\",\"status\":500,\"times\":-1}");
   CU_ASSERT_EQUAL(g_fast->ops->import_key(g_fast, "kvprov-imp-500", priv, &spec, &k),
                   CKR_DEVICE_ERROR);
   CU_ASSERT_PTR_NULL(k);
-  CU_ASSERT(emu_count("import") >= 1);
-  emu_clear_faults();
+  CU_ASSERT(kvt_emu_count("import") >= 1);
+  kvt_emu_clear_faults();
   CU_ASSERT_EQUAL(g_be->ops->key_info(g_be, "kvprov-imp-500", &info), CKR_KEY_HANDLE_INVALID);
   CU_ASSERT_EQUAL(versions("kvprov-imp-500"), -1);
   EVP_PKEY_free(priv);
@@ -633,11 +522,11 @@ static void test_import_unknown_outcome(void)
   CU_ASSERT_PTR_NOT_NULL_FATAL(priv);
   /* every import is stored, and its answer lost (times -1: libcurl's own
    * resend on a reused connection is lost as well) */
-  emu_fault("{\"endpoint\":\"import\",\"action\":\"after\",\"times\":-1}");
+  kvt_emu_fault("{\"endpoint\":\"import\",\"action\":\"after\",\"times\":-1}");
   CU_ASSERT_EQUAL(g_fast->ops->import_key(g_fast, "kvprov-imp-after", priv, &spec, &k), CKR_OK);
-  emu_clear_faults();
-  CU_ASSERT(emu_count("import") >= 1);
-  CU_ASSERT(log_contains("vault fast: key kvprov-imp-after: the answer to import was lost, but "
+  kvt_emu_clear_faults();
+  CU_ASSERT(kvt_emu_count("import") >= 1);
+  CU_ASSERT(kvt_log_contains("vault fast: key kvprov-imp-after: the answer to import was lost, but "
                          "the key exists now with the imported public key"));
   if (k != NULL) {
     CU_ASSERT(kvp_pubkey_equal(k->pub, priv));
@@ -647,11 +536,11 @@ static void test_import_unknown_outcome(void)
   remove_key("kvprov-imp-after");
   /* a lost answer for a key that did not land is a failure */
   k = NULL;
-  emu_fault("{\"endpoint\":\"import\",\"action\":\"drop\",\"times\":-1}");
+  kvt_emu_fault("{\"endpoint\":\"import\",\"action\":\"drop\",\"times\":-1}");
   CU_ASSERT_EQUAL(g_fast->ops->import_key(g_fast, "kvprov-imp-after", priv, &spec, &k),
                   CKR_DEVICE_ERROR);
-  CU_ASSERT(log_contains("the import's outcome was unknown and the key is not in the vault"));
-  emu_clear_faults();
+  CU_ASSERT(kvt_log_contains("the import's outcome was unknown and the key is not in the vault"));
+  kvt_emu_clear_faults();
   CU_ASSERT_EQUAL(versions("kvprov-imp-after"), -1);
   EVP_PKEY_free(priv);
 }
@@ -660,11 +549,11 @@ static void test_create_unknown_outcome(void)
 {
   kvp_key_spec spec = {KVP_KEY_EC, 0, NID_secp384r1, 0, 0, NULL, 0};
   kvp_key *k = NULL;
-  emu_fault("{\"endpoint\":\"create\",\"action\":\"after\",\"times\":-1}");
+  kvt_emu_fault("{\"endpoint\":\"create\",\"action\":\"after\",\"times\":-1}");
   CU_ASSERT_EQUAL(g_fast->ops->create_key(g_fast, "kvprov-cre-after", &spec, &k), CKR_OK);
-  emu_clear_faults();
-  CU_ASSERT(emu_count("create") >= 1);
-  CU_ASSERT(log_contains("vault fast: key kvprov-cre-after: the answer to create was lost, but "
+  kvt_emu_clear_faults();
+  CU_ASSERT(kvt_emu_count("create") >= 1);
+  CU_ASSERT(kvt_log_contains("vault fast: key kvprov-cre-after: the answer to create was lost, but "
                          "the key exists now; using it"));
   if (k != NULL) {
     CU_ASSERT_EQUAL(k->curve_nid, NID_secp384r1);
@@ -674,10 +563,10 @@ static void test_create_unknown_outcome(void)
   remove_key("kvprov-cre-after");
   /* nothing stored: the failure stands */
   k = NULL;
-  emu_fault("{\"endpoint\":\"create\",\"action\":\"truncate\",\"times\":-1}");
+  kvt_emu_fault("{\"endpoint\":\"create\",\"action\":\"truncate\",\"times\":-1}");
   CU_ASSERT_EQUAL(g_fast->ops->create_key(g_fast, "kvprov-cre-after", &spec, &k), CKR_DEVICE_ERROR);
   CU_ASSERT_PTR_NULL(k);
-  emu_clear_faults();
+  kvt_emu_clear_faults();
   CU_ASSERT_EQUAL(versions("kvprov-cre-after"), -1);
 }
 
@@ -689,20 +578,20 @@ static void test_no_permission(void)
   CU_ASSERT_EQUAL_FATAL(g_be->ops->create_key(g_be, "kvprov-perm", &spec, &k), CKR_OK);
   g_be->ops->close_key(g_be, k);
   k = NULL;
-  emu_policy(PERMS_NOPROV);
+  kvt_emu_policy("app-full", PERMS_NOPROV);
   CU_ASSERT_EQUAL(g_be->ops->create_key(g_be, "kvprov-x", &spec, &k),
                   CKR_KEY_FUNCTION_NOT_PERMITTED);
-  CU_ASSERT(log_contains("vault emu: key kvprov-x: the application lacks the 'create' permission"));
+  CU_ASSERT(kvt_log_contains("vault emu: key kvprov-x: the application lacks the 'create' permission"));
   CU_ASSERT_EQUAL(g_be->ops->import_key(g_be, "kvprov-x", priv, &spec, &k),
                   CKR_KEY_FUNCTION_NOT_PERMITTED);
-  CU_ASSERT(log_contains("vault emu: key kvprov-x: the application lacks the 'import' permission"));
+  CU_ASSERT(kvt_log_contains("vault emu: key kvprov-x: the application lacks the 'import' permission"));
   CU_ASSERT_EQUAL(g_be->ops->delete_key(g_be, "kvprov-perm"), CKR_KEY_FUNCTION_NOT_PERMITTED);
   CU_ASSERT(
-      log_contains("vault emu: key kvprov-perm: the application lacks the 'delete' permission"));
+      kvt_log_contains("vault emu: key kvprov-perm: the application lacks the 'delete' permission"));
   CU_ASSERT_PTR_NULL(k);
   CU_ASSERT_EQUAL(versions("kvprov-perm"), 1);
   CU_ASSERT_EQUAL(versions("kvprov-x"), -1);
-  emu_policy(PERMS_PROV);
+  kvt_emu_policy("app-full", PERMS_PROV);
   remove_key("kvprov-perm");
   EVP_PKEY_free(priv);
 }
@@ -722,7 +611,7 @@ static void test_delete(void)
   /* the name stays taken until the deleted key is purged */
   CU_ASSERT_EQUAL(g_be->ops->create_key(g_be, "kvprov-del", &spec, &k2),
                   CKR_ATTRIBUTE_VALUE_INVALID);
-  CU_ASSERT(log_contains("ObjectIsDeletedButRecoverable"));
+  CU_ASSERT(kvt_log_contains("ObjectIsDeletedButRecoverable"));
   CU_ASSERT_EQUAL(purge("kvprov-del"), 204);
   CU_ASSERT_EQUAL(g_be->ops->create_key(g_be, "kvprov-del", &spec, &k2), CKR_OK);
   CU_ASSERT(k2 != NULL && !kvp_pubkey_equal(k2->pub, k->pub));
@@ -740,12 +629,12 @@ static void test_undo_foreign_version(void)
   json_t *j;
   CU_ASSERT_EQUAL_FATAL(g_be->ops->create_key(g_be, "kvprov-undo", &spec, &k), CKR_OK);
   /* another creator adds a version at the same moment */
-  j = emu("POST", "/_emu/rotate", "{\"name\":\"kvprov-undo\"}");
+  j = kvt_emu("POST", "/_emu/rotate", "{\"name\":\"kvprov-undo\"}");
   json_decref(j);
   CU_ASSERT_EQUAL(versions("kvprov-undo"), 2);
   /* the undo (delete by the backend that created it) refuses */
   CU_ASSERT_EQUAL(g_be->ops->delete_key(g_be, "kvprov-undo"), CKR_ATTRIBUTE_VALUE_INVALID);
-  CU_ASSERT(log_contains("key kvprov-undo has versions kvp11 did not create"));
+  CU_ASSERT(kvt_log_contains("key kvprov-undo has versions kvp11 did not create"));
   CU_ASSERT_EQUAL(versions("kvprov-undo"), 2);
   g_be->ops->close_key(g_be, k);
   /* an admin's `kvp11 key delete` (a fresh backend) deletes it */
@@ -783,7 +672,7 @@ static void test_list(void)
 
   CU_ASSERT_EQUAL_FATAL(g_be->ops->list_keys(g_be, &infos, &n), CKR_OK);
   CU_ASSERT(n > 25); /* more than one page */
-  CU_ASSERT_EQUAL(emu_count("get"), (long)n);
+  CU_ASSERT_EQUAL(kvt_emu_count("get"), (long)n);
   for (i = 0; i < KVP_ARRAY_SIZE(seeded); i++) {
     int found = 0;
     for (j = 0; j < n; j++) {
@@ -826,41 +715,20 @@ static void test_list(void)
 
 int main(void)
 {
-  const char *d = getenv("KVP11_KV_DIR");
-  char path[1000], port[32] = "";
-  FILE *f;
+  int rc = kvt_fixture("provision-test.log");
   CU_pSuite s;
   unsigned fails;
   size_t i;
 
-  if (d == NULL || d[0] == '\0') {
-    fprintf(stderr, "KVP11_KV_DIR not set: skipped\n");
-    return 77;
-  }
-  snprintf(g_dir, sizeof(g_dir), "%s", d);
-  snprintf(path, sizeof(path), "%s/port", g_dir);
-  f = fopen(path, "r");
-  if (f == NULL || fgets(port, sizeof(port), f) == NULL) {
-    fprintf(stderr, "%s: no emulator port (fixture not set up)\n", path);
-    if (f != NULL)
-      fclose(f);
-    return 1;
-  }
-  fclose(f);
-  port[strcspn(port, "\r\n")] = '\0';
-  snprintf(g_url, sizeof(g_url), "https://127.0.0.1:%s", port);
-  snprintf(g_ca, sizeof(g_ca), "%s/ca.pem", g_dir);
-  snprintf(g_secret, sizeof(g_secret), "%s/app-full.secret", g_dir);
-  snprintf(g_log, sizeof(g_log), "%s/provision-test.log", g_dir);
-  unlink(g_log);
-  kvp_log_setup(KVP_LOG_DEBUG, g_log);
+  if (rc != 0)
+    return rc;
   /* the backends first: kvp11 initialises libcurl with its wiping allocator */
   if (new_backend("emu", 20000, 5, &g_be) != CKR_OK ||
       new_backend("fast", 3100, 1, &g_fast) != CKR_OK)
     return 1;
   curl_global_init(CURL_GLOBAL_DEFAULT);
-  json_decref(emu("POST", "/_emu/reset", "{}"));
-  emu_policy(PERMS_PROV);
+  json_decref(kvt_emu("POST", "/_emu/reset", "{}"));
+  kvt_emu_policy("app-full", PERMS_PROV);
   for (i = 0; i < KVP_ARRAY_SIZE(MY_KEYS); i++) {
     if (versions(MY_KEYS[i]) >= 0)
       remove_key(MY_KEYS[i]);
@@ -884,9 +752,9 @@ int main(void)
   CU_basic_run_tests();
   fails = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
   CU_cleanup_registry();
-  emu_clear_faults();
-  emu_policy(PERMS_SEED);
-  json_decref(emu("POST", "/_emu/reset", "{}"));
+  kvt_emu_clear_faults();
+  kvt_emu_policy("app-full", PERMS_SEED);
+  json_decref(kvt_emu("POST", "/_emu/reset", "{}"));
   g_be->ops->destroy(g_be, 0);
   g_fast->ops->destroy(g_fast, 0);
   OPENSSL_cleanse(g_auth, sizeof(g_auth));

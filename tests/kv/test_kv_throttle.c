@@ -40,58 +40,18 @@
 #include "backend/keyvault/kv.h"
 #include "core/log.h"
 #include "core/util.h"
+#include "kvtest.h"
 
 #define MAX_THREADS 64
 #define MAX_LAT 200000
 
-static char g_dir[900];
-static char g_url[128];
-static char g_ca[1000];
-static char g_secret[1000];
-static const char *g_tenant = "7c3a4b1e-0d52-4a8e-9f61-5b2e8c1d4f00";
 
 static long p_window = 2000, p_limit = 200, p_warmup = -1;
 static int p_threads = 16, p_windows = 3;
 static double p_min_fraction = 0.90, p_max_429 = 0.10;
 static const char *p_key = "rsa2048";
 
-/* ---- emulator control ---- */
-
-static size_t sink(char *p, size_t s, size_t n, void *u)
-{
-  json_t **out = u;
-  size_t len = s * n;
-  json_t *j = json_loadb(p, len, 0, NULL);
-  if (j != NULL) {
-    json_decref(*out);
-    *out = j;
-  }
-  return len;
-}
-
-static json_t *emu(const char *method, const char *path, const char *body)
-{
-  CURL *c = curl_easy_init();
-  char url[512];
-  json_t *out = NULL;
-  struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
-  snprintf(url, sizeof(url), "%s%s", g_url, path);
-  curl_easy_setopt(c, CURLOPT_URL, url);
-  curl_easy_setopt(c, CURLOPT_CAINFO, g_ca);
-  curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-  curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-  curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-  if (body != NULL)
-    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, sink);
-  curl_easy_setopt(c, CURLOPT_WRITEDATA, &out);
-  curl_easy_setopt(c, CURLOPT_TIMEOUT, 10L);
-  if (curl_easy_perform(c) != CURLE_OK)
-    fprintf(stderr, "emulator control %s %s failed\n", method, path);
-  curl_slist_free_all(h);
-  curl_easy_cleanup(c);
-  return out;
-}
+/* ---- emulator control (tests/kv/kvtest.c) ---- */
 
 typedef struct {
   double accepted; /* weighted */
@@ -102,7 +62,7 @@ typedef struct {
 static limits_t emu_limits(void)
 {
   limits_t l = {0, 0, 0};
-  json_t *j = emu("GET", "/_emu/limits", NULL);
+  json_t *j = kvt_emu("GET", "/_emu/limits", NULL);
   l.accepted = json_number_value(json_object_get(j, "acceptedWeight"));
   l.throttled = (long)json_integer_value(json_object_get(j, "throttled"));
   l.requests = (long)json_integer_value(json_object_get(j, "accepted"));
@@ -110,12 +70,6 @@ static limits_t emu_limits(void)
   return l;
 }
 
-static double now_s(void)
-{
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 /* ---- the load ---- */
 
@@ -130,31 +84,14 @@ static atomic_long g_ok, g_err;
 static lat_t *g_lat;
 static atomic_long g_nlat;
 
-static CK_RV sign_once(kvp_backend *be, kvp_key *k)
-{
-  kvp_sig_alg alg = {0};
-  unsigned char d[64], sig[600];
-  unsigned int dl = 0;
-  CK_ULONG sl = sizeof(sig);
-  const char *md = k->bits == 384 ? "SHA384" : k->bits == 521 ? "SHA512" : "SHA256";
-  if (k->type == KVP_KEY_RSA) {
-    alg.scheme = KVP_SIG_RSA_PKCS1;
-    alg.hash = KVP_HASH_SHA256;
-    md = "SHA256";
-  } else {
-    alg.scheme = KVP_SIG_ECDSA;
-  }
-  EVP_Digest("throttle", 8, d, &dl, EVP_get_digestbyname(md), NULL);
-  return be->ops->sign(be, k, &alg, d, dl, sig, &sl);
-}
 
 static void *worker(void *arg)
 {
   (void)arg;
   while (!atomic_load(&g_stop)) {
-    double t0 = now_s();
-    CK_RV rv = sign_once(g_be, g_key);
-    double t1 = now_s();
+    double t0 = kvt_now();
+    CK_RV rv = kvt_sign(g_be, g_key, NULL, 0);
+    double t1 = kvt_now();
     long i;
     if (rv == CKR_OK) {
       atomic_fetch_add(&g_ok, 1);
@@ -190,7 +127,7 @@ static void test_throttled_load(void)
   /* the warm-up sign in main() is not part of the load's busy period */
   usleep(300000);
   snprintf(cfg, sizeof(cfg), "{\"windowMs\":%ld,\"limit\":%ld}", p_window, p_limit);
-  json_decref(emu("POST", "/_emu/limits", cfg));
+  json_decref(kvt_emu("POST", "/_emu/limits", cfg));
   g_lat = calloc(MAX_LAT, sizeof(*g_lat));
   CU_ASSERT_PTR_NOT_NULL_FATAL(g_lat);
   for (k = 0; k < p_threads; k++)
@@ -198,10 +135,10 @@ static void test_throttled_load(void)
   /* warm-up: the first burst meets the limit, the vault pauses everyone once */
   usleep((useconds_t)p_warmup * 1000);
   l0 = emu_limits();
-  t0 = now_s();
+  t0 = kvt_now();
   usleep((useconds_t)(p_window * p_windows) * 1000);
   l1 = emu_limits();
-  t1 = now_s();
+  t1 = kvt_now();
   atomic_store(&g_stop, 1);
   for (k = 0; k < p_threads; k++)
     pthread_join(th[k], NULL);
@@ -244,7 +181,7 @@ static void test_throttled_load(void)
   free(lats);
   free(g_lat);
   g_lat = NULL;
-  json_decref(emu("POST", "/_emu/limits", "{\"limit\":0}"));
+  json_decref(kvt_emu("POST", "/_emu/limits", "{\"limit\":0}"));
 }
 
 static long env_long(const char *name, long def)
@@ -262,8 +199,7 @@ static double env_double(const char *name, double def)
 int main(void)
 {
   const char *d = getenv("KVP11_KV_DIR");
-  char path[1000], port[32] = "";
-  FILE *f;
+  int rc;
   CU_pSuite s;
   unsigned fails;
   kvp_vault_conf c;
@@ -287,40 +223,16 @@ int main(void)
     return 2;
   }
 
-  snprintf(g_dir, sizeof(g_dir), "%s", d);
-  snprintf(path, sizeof(path), "%s/port", g_dir);
-  f = fopen(path, "r");
-  if (f == NULL || fgets(port, sizeof(port), f) == NULL) {
-    fprintf(stderr, "%s: no emulator port (fixture not set up)\n", path);
-    return 1;
-  }
-  fclose(f);
-  port[strcspn(port, "\r\n")] = '\0';
-  snprintf(g_url, sizeof(g_url), "https://127.0.0.1:%s", port);
-  snprintf(g_ca, sizeof(g_ca), "%s/ca.pem", g_dir);
-  snprintf(g_secret, sizeof(g_secret), "%s/app-full.secret", g_dir);
-  snprintf(path, sizeof(path), "%s/throttle-test.log", g_dir);
-  unlink(path);
-  kvp_log_setup(KVP_LOG_INFO, path);
-  curl_global_init(CURL_GLOBAL_DEFAULT);
-  json_decref(emu("POST", "/_emu/reset", "{}"));
-
-  memset(&c, 0, sizeof(c));
-  c.name = "throttle";
-  c.url = g_url;
-  c.api_version = "7.5";
-  c.auth = KVP_AUTH_CLIENT_SECRET;
-  c.tenant_id = (char *)g_tenant;
-  c.client_id = "app-full";
-  c.client_secret_file = g_secret;
-  c.authority_host = g_url;
-  c.ca_file = g_ca;
+  rc = kvt_init("throttle-test.log");
+  if (rc != 0)
+    return rc;
+  kvp_log_setup(KVP_LOG_INFO, kvt_log); /* 16 threads: no debug lines */
+  kvt_conf(&c, "throttle");
   c.timeout_ms = 30000; /* the default */
-  c.max_retries = 5;
   if (kvp_keyvault_backend_new(&c, &g_be) != CKR_OK)
     return 1;
   rv = g_be->ops->open_key(g_be, p_key, &g_key);
-  if (rv != CKR_OK || sign_once(g_be, g_key) != CKR_OK) {
+  if (rv != CKR_OK || kvt_sign(g_be, g_key, NULL, 0) != CKR_OK) {
     fprintf(stderr, "cannot open or sign with key %s (CK_RV 0x%lx)\n", p_key, (unsigned long)rv);
     return 1;
   }
@@ -334,7 +246,7 @@ int main(void)
   CU_basic_run_tests();
   fails = CU_get_number_of_failures();
   CU_cleanup_registry();
-  json_decref(emu("POST", "/_emu/reset", "{}"));
+  json_decref(kvt_emu("POST", "/_emu/reset", "{}"));
   g_be->ops->close_key(g_be, g_key);
   g_be->ops->destroy(g_be, 0);
   curl_global_cleanup();

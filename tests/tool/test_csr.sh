@@ -118,6 +118,11 @@ check_req "$T/pss512.csr" "$C/rsa2048.pem" x509 rsassaPss "csr --pss --digest sh
 grep -A6 'Signature Algorithm: rsassaPss' "$T/req.txt" | grep -q 'Hash Algorithm: sha512' ||
   fail "--pss --digest sha512: not PSS with SHA-512"
 # without SANs: no extension request at all
+expect_ok "csr --json" csr --cert-name rsa2048 --subject "$SUBJ" --json
+json "j['type'] == 'request' and j['key'] == \"certificate 'rsa2048'\" and j['key_ref'] == 'hsm:test/rsa2048' and j['signature'] == 'sha256WithRSAEncryption' and j['pem'].startswith('-----BEGIN CERTIFICATE REQUEST-----') and j['spki'].startswith('sha256:')"
+expect_ok "selfsign --json --out" cert selfsign --cert-name p256 --subject "$SUBJ" --json --out "$T/json-self.pem"
+json "j['type'] == 'certificate' and j['signature'] == 'ecdsa-with-SHA256'"
+openssl x509 -in "$T/json-self.pem" -noout || fail "selfsign --json --out: no certificate in the file"
 expect_ok "csr without --san" csr --cert-name rsa2048 --subject "/CN=plain"
 openssl req -verify -noout -in "$OUT" 2>/dev/null || fail "csr without --san: does not verify"
 openssl req -text -noout -in "$OUT" | grep -q 'Subject Alternative Name' && fail "csr without --san: has SANs"

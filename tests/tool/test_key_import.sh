@@ -32,6 +32,9 @@ mkpfx ec -algorithm EC -pkeyopt ec_paramgen_curve:P-384
 mkpfx pem -algorithm EC -pkeyopt ec_paramgen_curve:P-256
 mkpfx reg -algorithm RSA -pkeyopt rsa_keygen_bits:2048
 mkpfx fault -algorithm RSA -pkeyopt rsa_keygen_bits:2048
+mkcert oldk 20200101000000Z 20200201000000Z
+openssl pkcs12 -export -inkey "$T/oldk.key" -in "$T/oldk.pem" -passout "file:$T/pass" -out "$T/oldk.pfx" \
+  2>/dev/null || fail "pkcs12 of an expired certificate"
 mkpfx left -algorithm RSA -pkeyopt rsa_keygen_bits:2048
 mkpfx rsa1024 -algorithm RSA -pkeyopt rsa_keygen_bits:1024
 mkpfx ed -algorithm ED25519
@@ -120,6 +123,11 @@ for S in "${STORES[@]}"; do
   expect_ok "$S existing key unchanged" key show "$@" --key "iec$R$tag" --json
   json "j['type'] == 'ec' and j['curve'] == 'P-384'"
   [ "$is_kv" = 1 ] && { [ "$(emu_count import)" = "$n0" ] || fail "$S: an import request reached the vault"; }
+
+  # --- an expired certificate: a private certificate is refused unless --allow-expired ---
+  expect_fail "$S expired certificate" 1 "oldk.pfx: the certificate expired on 2020-02-01T00:00:00Z \(refused for a private certificate; --allow-expired imports it anyway\)" \
+    key import "$@" --key "iold$R$tag" --pfx "$T/oldk.pfx" --pass-file "$T/pass"
+  absent "$S" "iold$R$tag"
 
   # --- the same key imported a second time, under another name: refused, naming the key ---
   expect_fail "$S same PFX imported twice" 1 \

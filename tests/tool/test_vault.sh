@@ -47,8 +47,8 @@ grep -Eq '^rsa2048 +private +.* keyvault:emu/rsa2048$' "$OUT" || fail "list row:
 
 # A pinned version is kept in the key reference and recorded.
 ver=$(shown key_version p256)
-expect_ok "add with a key version" cert add --name p256v --alias --type private --cert "$C/p256.pem" \
-  --account kv --vault emu --key "p256/$ver"
+expect_ok "add with a key version" cert add --name p256v --type private --cert "$C/p256.pem" \
+  --account kv --vault emu --key "p256/$ver" --alias
 expect_ok "show pinned" cert show p256v --account kv --json
 json "j['key_ref'] == 'keyvault:emu/p256/$ver' and j['key_version'] == '$ver'"
 

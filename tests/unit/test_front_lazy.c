@@ -407,6 +407,33 @@ static void test_enumerate_while_changing(void)
   CU_ASSERT_EQUAL(f->C_Finalize(NULL), CKR_OK);
 }
 
+/* A retired certificate decrypts only: its private key shows CKA_SIGN false. */
+static void test_retired_sign(void)
+{
+  kvp_cert_rec rec;
+  kvp_object *objs[3];
+  size_t n = 0;
+
+  make_rec("partners", "ours", 77, &rec);
+  rec.type = KVP_CERT_PRIVATE;
+  rec.key_ref = strdup("hsm:nowhere/ours");
+  rec.id = 9;
+  for (int retired = 0; retired < 2; retired++) {
+    CK_BBOOL sign = 2, decrypt = 2;
+    CK_ATTRIBUTE a[] = {{CKA_SIGN, &sign, sizeof(sign)}, {CKA_DECRYPT, &decrypt, sizeof(decrypt)}};
+    rec.state = retired ? KVP_STATE_RETIRED : KVP_STATE_ACTIVE;
+    CU_ASSERT_EQUAL_FATAL(kvp_objects_from_rec(&rec, 1, NULL, 0, objs, &n), CKR_OK);
+    CU_ASSERT_EQUAL_FATAL(n, 3);
+    CU_ASSERT_EQUAL(objs[2]->handle, (9 << 2) | KVP_OBJ_PRIVKEY);
+    CU_ASSERT_EQUAL(kvp_object_get_attributes(objs[2], a, 2), CKR_OK);
+    CU_ASSERT_EQUAL(sign, retired ? CK_FALSE : CK_TRUE);
+    CU_ASSERT_EQUAL(decrypt, CK_FALSE); /* an EC key does not decrypt */
+    for (size_t i = 0; i < n; i++)
+      kvp_object_free(objs[i]);
+  }
+  kvp_cert_rec_clear(&rec);
+}
+
 static int push_id(void *ctx, int64_t id)
 {
   int64_t *ids = ctx;
@@ -541,6 +568,7 @@ int main(void)
   CU_add_test(suite, "5,000 rows: lazy start, indexed finds, batches", test_many_rows);
   CU_add_test(suite, "enumeration while another process changes rows", test_enumerate_while_changing);
   CU_add_test(suite, "registry change counter and tombstones", test_changes);
+  CU_add_test(suite, "a retired certificate's private key does not sign", test_retired_sign);
   CU_add_test(suite, "v2 registry read-only, then migrated under a running module", test_v2_registry);
   CU_basic_set_mode(CU_BRM_VERBOSE);
   CU_basic_run_tests();

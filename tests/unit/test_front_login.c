@@ -139,7 +139,8 @@ static int suite_init(void)
   setenv("SOFTHSM2_CONF", path, 1);
   if (!make_token(TOKEN, PIN, "pub.der") || !make_token(TOKEN_B, PIN_B, "pub_b.der") ||
       !register_hsm_cert("pub.der", "default", "hsm:pass/app") ||
-      !register_hsm_cert("pub_b.der", "beta", "hsm:other/app"))
+      !register_hsm_cert("pub_b.der", "beta", "hsm:other/app") ||
+      !register_hsm_cert("pub.der", "gamma", "hsm:pass/app"))
     return 1;
   snprintf(path, sizeof(path), "%s/kvp11.conf", dir);
   fp = fopen(path, "w");
@@ -150,7 +151,7 @@ static int suite_init(void)
           "[global]\nregistry = %s/registry.db\nlog_level = error\n\n"
           "[hsm pass]\nmodule = %s\ntoken_label = " TOKEN "\n\n"
           "[hsm other]\nmodule = %s\ntoken_label = " TOKEN_B "\n\n"
-          "[account default]\n\n[account beta]\n",
+          "[account default]\n\n[account beta]\n\n[account gamma]\n",
           dir, softhsm, softhsm);
   fclose(fp);
   setenv("KVP11_CONF", path, 1);
@@ -321,6 +322,47 @@ static void test_two_tokens(void)
   CU_ASSERT_EQUAL(f->C_Login(sb, CKU_USER, (CK_UTF8CHAR_PTR)PIN, 4), CKR_PIN_INCORRECT);
   CU_ASSERT_EQUAL(session_state(sb), CKS_RO_PUBLIC_SESSION);
   sign_ok(sa);
+
+  /* B logged in again, then its last session closes while A stays logged in: a new
+   * session of B is public, and a wrong PIN is still refused */
+  CU_ASSERT_EQUAL(f->C_Login(sb, CKU_USER, (CK_UTF8CHAR_PTR)PIN_B, 4), CKR_OK);
+  CU_ASSERT_EQUAL(f->C_CloseSession(sb), CKR_OK);
+  CU_ASSERT_EQUAL_FATAL(f->C_OpenSession(b, CKF_SERIAL_SESSION, NULL, NULL, &sb), CKR_OK);
+  CU_ASSERT_EQUAL(session_state(sb), CKS_RO_PUBLIC_SESSION);
+  CU_ASSERT_EQUAL(f->C_Login(sb, CKU_USER, (CK_UTF8CHAR_PTR) "0000", 4), CKR_PIN_INCORRECT);
+  CU_ASSERT_EQUAL(session_state(sb), CKS_RO_PUBLIC_SESSION);
+  CU_ASSERT_EQUAL(f->C_Login(sb, CKU_USER, (CK_UTF8CHAR_PTR)PIN_B, 4), CKR_OK);
+  sign_ok(sb);
+  CU_ASSERT_EQUAL(pin_count_low(TOKEN), 0);
+  CU_ASSERT_EQUAL(f->C_Finalize(NULL), CKR_OK);
+}
+
+/*
+ * Two accounts whose keys are on the same HSM (the issue's first case): once
+ * one token is logged in, the other's C_Login with a wrong PIN is refused (the
+ * HSM session is logged in already; the backend compares the PIN with the one
+ * that logged it in) and gives no user functions; the right PIN is accepted.
+ */
+static void test_shared_hsm(void)
+{
+  CK_SESSION_HANDLE sa, sg;
+  CK_OBJECT_HANDLE key;
+
+  CU_ASSERT_EQUAL_FATAL(f->C_Initialize(NULL), CKR_OK);
+  CU_ASSERT_EQUAL_FATAL(f->C_OpenSession(slot_of("default"), CKF_SERIAL_SESSION, NULL, NULL, &sa),
+                        CKR_OK);
+  CU_ASSERT_EQUAL_FATAL(f->C_OpenSession(slot_of("gamma"), CKF_SERIAL_SESSION, NULL, NULL, &sg),
+                        CKR_OK);
+  CU_ASSERT_EQUAL_FATAL(f->C_Login(sa, CKU_USER, (CK_UTF8CHAR_PTR)PIN, 4), CKR_OK);
+  CU_ASSERT_EQUAL(f->C_Login(sg, CKU_USER, (CK_UTF8CHAR_PTR) "0000", 4), CKR_PIN_INCORRECT);
+  CU_ASSERT_EQUAL(session_state(sg), CKS_RO_PUBLIC_SESSION);
+  CU_ASSERT_EQUAL(count_private_keys(sg, &key), 0);
+  CU_ASSERT_EQUAL(f->C_Login(sg, CKU_USER, (CK_UTF8CHAR_PTR)PIN, 4), CKR_OK);
+  sign_ok(sg);
+  /* A logs out: the HSM stays logged in for gamma */
+  CU_ASSERT_EQUAL(f->C_Logout(sa), CKR_OK);
+  sign_ok(sg);
+  CU_ASSERT_EQUAL(count_private_keys(sa, &key), 0);
   CU_ASSERT_EQUAL(f->C_Finalize(NULL), CKR_OK);
 }
 
@@ -351,6 +393,7 @@ int main(void)
   suite = CU_add_suite("front login", suite_init, NULL);
   CU_add_test(suite, "PIN passed through to the HSM", test_pin_passthrough);
   CU_add_test(suite, "two tokens, two PINs: each PIN reaches its own HSM only", test_two_tokens);
+  CU_add_test(suite, "two accounts on one HSM: a wrong PIN is refused", test_shared_hsm);
   CU_add_test(suite, "a repeated C_Login is checked", test_repeated_login);
   CU_basic_set_mode(CU_BRM_VERBOSE);
   CU_basic_run_tests();

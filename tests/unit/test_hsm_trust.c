@@ -183,7 +183,8 @@ static CK_RV sign_ec(kvp_backend *be, kvp_key *k) {
 /* A wrong pin_file: one C_Login, then none until the file changes. */
 static void test_wrong_pin_file(void) {
   kvp_key *k = NULL;
-  CU_ASSERT_EQUAL_FATAL(write_file(g_pin_var, "9999\n"), 0);
+  /* the right PIN has another size: the file's mtime may not move within a clock tick */
+  CU_ASSERT_EQUAL_FATAL(write_file(g_pin_var, "999999\n"), 0);
   kvp_backend *be = shim_backend("wrongpin", TOK_PIN, g_pin_var);
   long l0 = g_ctl->logins;
   for (int i = 0; i < 5; i++) {
@@ -286,7 +287,31 @@ static void test_ambiguous_label(void) {
   CU_ASSERT(reason_has("ambiguous") && reason_has("CKA_ID 21") && reason_has("CKA_ID 22"));
   CU_ASSERT_EQUAL_FATAL(be->ops->open_key(be, "id:22", &k), CKR_OK);
   CU_ASSERT_EQUAL(sign_ec(be, k), CKR_OK);
+  /* the registered certificate's public key picks one of the two */
+  unsigned char *spki = NULL;
+  int spki_len = i2d_PUBKEY(k->pub, &spki);
+  CU_ASSERT_FATAL(spki_len > 0);
+  kvp_key_ref_hint hint = {NULL, spki, (size_t)spki_len};
+  kvp_key *picked = NULL;
+  CU_ASSERT_EQUAL_FATAL(kvp_backend_open_key(be, "twin", &hint, &picked), CKR_OK);
+  CU_ASSERT_EQUAL(EVP_PKEY_eq(picked->pub, k->pub), 1);
+  CU_ASSERT_EQUAL(sign_ec(be, picked), CKR_OK);
+  be->ops->close_key(be, picked);
+  OPENSSL_free(spki);
   be->ops->close_key(be, k);
+  /* a registered key that is neither of them: refused */
+  EVP_PKEY *stranger = EVP_EC_gen("P-256");
+  spki = NULL;
+  spki_len = i2d_PUBKEY(stranger, &spki);
+  hint.spki = spki;
+  hint.spki_len = (size_t)spki_len;
+  picked = NULL;
+  kvp_status_clear();
+  CU_ASSERT_EQUAL(kvp_backend_open_key(be, "twin", &hint, &picked), CKR_KEY_HANDLE_INVALID);
+  CU_ASSERT_PTR_NULL(picked);
+  CU_ASSERT(reason_has("none is the registered certificate's key"));
+  OPENSSL_free(spki);
+  EVP_PKEY_free(stranger);
   be->ops->destroy(be, 0);
 }
 

@@ -35,6 +35,7 @@
 #include <string.h>
 
 #include <openssl/err.h>
+#include <openssl/x509.h>
 
 #include "backend/backend.h"
 #include "backend/hsm/hsm_internal.h"
@@ -171,6 +172,27 @@ static CK_RV hsm_open_key(kvp_backend *bep, const char *name, kvp_key **out)
   return rv;
 }
 
+/* The front passes the registered certificate's public key: it picks the
+ * key pair among objects that share a label, and refuses a pair that is
+ * another key (hsm_key.c). */
+static CK_RV hsm_open_key_hint(kvp_backend *bep, const char *name, const kvp_key_ref_hint *hint,
+                               kvp_key **out)
+{
+  EVP_PKEY *want = NULL;
+  ERR_set_mark();
+  if (hint != NULL && hint->spki != NULL && hint->spki_len > 0) {
+    const unsigned char *p = hint->spki;
+    want = d2i_PUBKEY(NULL, &p, (long)hint->spki_len);
+    if (want == NULL || p != hint->spki + hint->spki_len)
+      KVP_WARN("hsm %s: key '%s': the registered public key does not parse; not compared",
+               bep->name, name ? name : "?");
+  }
+  CK_RV rv = kvp_hsm_open_key_want(bep, name, want, out);
+  EVP_PKEY_free(want);
+  ERR_pop_to_mark();
+  return rv;
+}
+
 static int hsm_needs_login(kvp_backend *bep)
 {
   return kvp_hsm_of(bep)->has_pin ? 0 : 1;
@@ -229,6 +251,7 @@ static const kvp_backend_ops hsm_ops = {
     .scheme = "hsm",
     .open_key = hsm_open_key,
     .close_key = kvp_hsm_close_key,
+    .open_key_hint = hsm_open_key_hint,
     .sign = hsm_sign,
     .decrypt = hsm_decrypt,
     .needs_login = hsm_needs_login,

@@ -197,19 +197,30 @@ static void describe(kvp_hsm_backend *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE 
   free(id);
 }
 
-static CK_RV ambiguous(kvp_hsm_backend *be, CK_SESSION_HANDLE s, const kvp_hsm_key *k,
-                       CK_OBJECT_CLASS cls, const CK_OBJECT_HANDLE *h, CK_ULONG n)
+/* Refuse a name that several objects carry (none_wanted: none of them is
+ * the registered key), naming two of them. */
+static CK_RV refuse_candidates(kvp_hsm_backend *be, CK_SESSION_HANDLE s, const kvp_hsm_key *k,
+                               CK_OBJECT_CLASS cls, const CK_OBJECT_HANDLE *h, CK_ULONG n,
+                               int none_wanted)
 {
   char a[80], b[80];
   describe(be, s, h[0], a, sizeof(a));
   describe(be, s, h[1], b, sizeof(b));
   (void)kvp_fail(CKR_KEY_HANDLE_INVALID,
                  "hsm %s: key '%s' is ambiguous in token '%s': %s%lu %s key objects match "
-                 "(%s and %s); refer to one as id:<hex>, or relabel the other",
+                 "(%s and %s)%s",
                  be->base.name, kvp_hsm_key_desc(k), kvp_hsm_token(be),
                  n >= KVP_HSM_MAX_CANDIDATES ? "at least " : "", (unsigned long)n,
-                 cls == CKO_PRIVATE_KEY ? "private" : "public", a, b);
+                 cls == CKO_PRIVATE_KEY ? "private" : "public", a, b,
+                 none_wanted ? " and none is the registered certificate's key"
+                             : "; refer to one as id:<hex>, or relabel the other");
   return KVP_HSM_KEY_REFUSED;
+}
+
+static CK_RV ambiguous(kvp_hsm_backend *be, CK_SESSION_HANDLE s, const kvp_hsm_key *k,
+                       CK_OBJECT_CLASS cls, const CK_OBJECT_HANDLE *h, CK_ULONG n)
+{
+  return refuse_candidates(be, s, k, cls, h, n, 0);
 }
 
 CK_RV kvp_hsm_find_object(kvp_hsm_backend *be, CK_SESSION_HANDLE s, const kvp_hsm_key *k,
@@ -286,6 +297,8 @@ static CK_RV pick_private(kvp_hsm_backend *be, CK_SESSION_HANDLE s, const kvp_hs
       *out = h[pick];
       return CKR_OK;
     }
+    if (n > 1 && match == 0 && known == n) /* none of them is the registered key */
+      return refuse_candidates(be, s, k, CKO_PRIVATE_KEY, h, n, 1);
     if (n > 1)
       return ambiguous(be, s, k, CKO_PRIVATE_KEY, h, n);
     if (known == 1) { /* the one candidate is another key */

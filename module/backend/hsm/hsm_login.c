@@ -338,7 +338,9 @@ CK_RV kvp_hsm_relogin(kvp_hsm_backend *be)
     be->anchor = CK_INVALID_HANDLE;
     kvp_hsm_session_lost(be);
   }
-  if (!atomic_load(&be->logged_in) || st != 1) {
+  if (st == 1) { /* logged in (by us, or by someone else in the process) */
+    atomic_store(&be->logged_in, 1);
+  } else {
     atomic_store(&be->logged_in, 0);
     if (!be->pin_guard.blocked)
       KVP_WARN("hsm %s: token '%s' is not logged in; logging in with the configured PIN",

@@ -25,7 +25,8 @@ void kvp_keyvault_free_names(char **names, size_t n);
  * open_key asks the vault again (default 10 minutes; tests use 0). */
 void kvp_keyvault_set_key_ttl(kvp_backend *be, long ttl_ms);
 
-/* Token requests this backend made so far. */
+/* Attempts to get a token this backend made so far (a refused credential's attempts within
+ * 30 s, answered without a request, included). */
 unsigned long kvp_keyvault_token_requests(kvp_backend *be);
 
 #endif

@@ -170,7 +170,8 @@ void kv_auth_free(kv_auth *a, int forked);
  */
 CK_RV kv_auth_header(kv_auth *a, const char *resource, const char *stale, const kv_retry *rt,
                      char **hdr);
-/* Token requests made so far (tests, debug). */
+/* Attempts to get a token so far (tests, debug, kvp11 check): requests made, and attempts
+ * answered at once because the token endpoint refused the credential moments ago. */
 unsigned long kv_auth_token_requests(kv_auth *a);
 
 /* ---- the backend (keyvault.c) ---- */

@@ -677,6 +677,7 @@ CK_RV kv_auth_header(kv_auth *a, const char *resource, const char *stale, const 
   if (a->refused_until > now && a->refused_stamp == stamp &&
       !(t->token != NULL && now < t->expires_ms)) {
     int64_t left = (a->refused_until - now + 999) / 1000;
+    a->requests++; /* an attempt, answered from the last refusal */
     pthread_mutex_unlock(&a->lock);
     return kvp_fail(CKR_DEVICE_ERROR,
                     "vault %s: the token endpoint refused this credential; not asked again for "

@@ -44,6 +44,7 @@ typedef struct kv_pace {
   int64_t decreased_ms;  /* last rate decrease (429s of requests sent before are old news) */
   int64_t last429_ms;
   int decreases;         /* rate decreases in this episode */
+  int64_t window_ms;     /* the service's window as learnt at an episode's first 429 */
   int long_episode;      /* the client is at the limit (see kv_pace_rate) */
   int64_t slot; /* index (ms / KV_PACE_SLOT_MS) of the newest bucket */
   uint32_t acc[KV_PACE_SLOTS];
@@ -492,6 +493,43 @@ static void kv_request_id(char *out)
   o[17] = '\0';
 }
 
+/* A handle from this pool keeps its fixed options: set them once per handle
+ * (marked with CURLOPT_PRIVATE), not once per request. */
+static void kv_handle_fixed(kv_http *h, CURL *c)
+{
+  void *owner = NULL;
+  curl_easy_getinfo(c, CURLINFO_PRIVATE, &owner);
+  if (owner != (void *)h) {
+    curl_easy_reset(c);
+    curl_easy_setopt(c, CURLOPT_PRIVATE, (void *)h);
+    curl_easy_setopt(c, CURLOPT_SHARE, h->share);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+#if CURL_AT_LEAST_VERSION(7, 85, 0)
+    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https,http");
+#endif
+    curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
+    if (h->ca_file != NULL)
+      curl_easy_setopt(c, CURLOPT_CAINFO, h->ca_file);
+    curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
+    /* the shared connection cache keeps one idle connection per pooled handle
+     * (libcurl's default of 5 would close and reopen connections under load) */
+    curl_easy_setopt(c, CURLOPT_MAXCONNECTS, (long)(2 * KV_POOL_MAX));
+    curl_easy_setopt(c, CURLOPT_USERAGENT, "kvp11/" "0.1");
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, kv_write_cb);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, kv_header_cb);
+    /* libcurl allocates its receive buffer (16 KiB by default) and its
+     * upload buffer (64 KiB) for every transfer, and every block it frees
+     * is wiped (kv_mem_free): Key Vault's answers are small, so smaller
+     * buffers save wiping 60 KiB per request */
+    curl_easy_setopt(c, CURLOPT_BUFFERSIZE, 4096L);
+#if CURL_AT_LEAST_VERSION(7, 62, 0)
+    curl_easy_setopt(c, CURLOPT_UPLOAD_BUFFERSIZE, 16384L); /* libcurl's minimum */
+#endif
+  }
+}
+
 int kv_http_do(kv_http *h, const kv_req *req, long timeout_ms, kv_resp *resp)
 {
   /* The header list lives on the stack: libcurl only reads it during the
@@ -513,41 +551,7 @@ int kv_http_do(kv_http *h, const kv_req *req, long timeout_ms, kv_resp *resp)
     snprintf(resp->curl_err, sizeof(resp->curl_err), "out of memory");
     return -1;
   }
-  {
-    /* A handle from this pool keeps its fixed options: set them once per
-     * handle (marked with CURLOPT_PRIVATE), not once per request. */
-    void *owner = NULL;
-    curl_easy_getinfo(c, CURLINFO_PRIVATE, &owner);
-    if (owner != (void *)h) {
-      curl_easy_reset(c);
-      curl_easy_setopt(c, CURLOPT_PRIVATE, (void *)h);
-      curl_easy_setopt(c, CURLOPT_SHARE, h->share);
-      curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-#if CURL_AT_LEAST_VERSION(7, 85, 0)
-      curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https,http");
-#endif
-      curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
-      curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
-      curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
-      if (h->ca_file != NULL)
-        curl_easy_setopt(c, CURLOPT_CAINFO, h->ca_file);
-      curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
-      /* the shared connection cache keeps one idle connection per pooled handle
-       * (libcurl's default of 5 would close and reopen connections under load) */
-      curl_easy_setopt(c, CURLOPT_MAXCONNECTS, (long)(2 * KV_POOL_MAX));
-      curl_easy_setopt(c, CURLOPT_USERAGENT, "kvp11/" "0.1");
-      curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, kv_write_cb);
-      curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, kv_header_cb);
-      /* libcurl allocates its receive buffer (16 KiB by default) and its
-       * upload buffer (64 KiB) for every transfer, and every block it frees
-       * is wiped (kv_mem_free): Key Vault's answers are small, so smaller
-       * buffers save wiping 60 KiB per request */
-      curl_easy_setopt(c, CURLOPT_BUFFERSIZE, 4096L);
-#if CURL_AT_LEAST_VERSION(7, 62, 0)
-      curl_easy_setopt(c, CURLOPT_UPLOAD_BUFFERSIZE, 16384L); /* libcurl's minimum */
-#endif
-    }
-  }
+  kv_handle_fixed(h, c);
   /* Per request: everything that differs between requests is set every time. */
   curl_easy_setopt(c, CURLOPT_URL, req->url);
   if (timeout_ms < 1)
@@ -666,8 +670,10 @@ static int kv_status_transient(long status)
  *    episode: 5 s after it, without another 429, the limiter is dropped and
  *    the client is back at its full pace.
  *  - a 429 after a short burst (s < W / 2), or a second 429 within an
- *    episode, means the client really is at the limit: a long episode. The
- *    second 429 measures r again; later ones set r to 0.95 times the rate in
+ *    episode (or within 30 s of the last one), means the client really is at
+ *    the limit: a long episode. The second 429 measures r again, over the
+ *    window W learnt at the first one, which was full when it came: r = 0.95
+ *    (accepted in the last W) / W; later ones set r to 0.95 times the rate in
  *    force. The rate grows slowly after the pause, 0.2 %/s while the last
  *    429 is under 30 s old, 1 %/s after that, so it keeps probing for more
  *    without meeting the limit more often than every ~25 s. A long episode
@@ -730,6 +736,19 @@ static double kv_pace_measure(kv_pace *p, int64_t now, int64_t *span)
     n += a;
   }
   *span = start < 0 ? 0 : now - start * KV_PACE_SLOT_MS;
+  return n;
+}
+
+/* Accepted requests in the last ms milliseconds (at most the measured ~10 s). */
+static double kv_pace_count(kv_pace *p, int64_t now, int64_t ms)
+{
+  int64_t i, slots = ms / KV_PACE_SLOT_MS;
+  double n = 0;
+  kv_pace_roll(p, now);
+  if (slots > KV_PACE_SLOTS - 24)
+    slots = KV_PACE_SLOTS - 24;
+  for (i = p->slot; i > p->slot - slots && i >= 0; i--)
+    n += p->acc[i % KV_PACE_SLOTS];
   return n;
 }
 
@@ -813,8 +832,10 @@ static void kv_pace_throttled(kv_http *h, int64_t sent_ms, int64_t delay_ms, con
   /* requests sent before the last decrease went at the old rate: their 429s
    * are old news */
   if (sent_ms > p->decreased_ms || old <= 0) {
+    /* a 429 within 30 s of the last one continues its episode, even a forgotten one */
+    int again = p->last429_ms > 0 && now - p->last429_ms < 30000;
     if (old <= 0)
-      p->decreases = 0;
+      p->decreases = again ? 1 : 0;
     if (p->decreases < 2) {
       n = kv_pace_measure(p, now, &span);
       w = (span + delay_ms) / 1000 * 1000; /* whole seconds in (s + R - 1 s, s + R] */
@@ -822,7 +843,16 @@ static void kv_pace_throttled(kv_http *h, int64_t sent_ms, int64_t delay_ms, con
         w = span;
       if (w < 1000)
         w = 1000;
+      if (p->decreases > 0 && p->window_ms > 0) {
+        /* the window learnt at the first 429 was full when this one came: what it
+         * accepted (pauses included) is the limit */
+        w = p->window_ms;
+        n = kv_pace_count(p, now, w);
+        span = w;
+      }
       p->rate = 0.95 * n * 1000.0 / (double)w;
+      if (p->decreases == 0)
+        p->window_ms = w;
       /* a burst that met the limit, or a second 429: the client is at the limit */
       if (p->decreases > 0 || span * 2 < w)
         p->long_episode = 1;

@@ -179,9 +179,20 @@ static void kv_entry_insert(kv_backend *b, kv_cached_key *c)
   b->keys = c;
 }
 
-/* The kvp_key handed to the front, holding a reference to c (lock held). */
-static CK_RV kv_make_key(kv_backend *b, const char *ref, kv_cached_key *c, kvp_key **out)
+static kv_cause kv_state_cause(const kv_cached_key *c, unsigned op, int64_t now_s, int64_t *t);
+
+/*
+ * The kvp_key handed to the front, holding a reference to c (lock held).
+ * live: opened by the module (with the registry's hint): can_sign/can_decrypt
+ * say what the key type and key_ops allow, and enabled/nbf/exp are checked at
+ * each operation, so that a key refused now signs once it is allowed again.
+ * Opened without a hint (the tool: cert add, check): they say what the vault
+ * allows at this moment.
+ */
+static CK_RV kv_make_key(kv_backend *b, const char *ref, kv_cached_key *c, int live,
+                         kvp_key **out)
 {
+  int64_t t;
   kvp_key *k = calloc(1, sizeof(*k));
   if (k == NULL || (k->name = strdup(ref)) == NULL || (k->version = strdup(c->version)) == NULL ||
       EVP_PKEY_up_ref(c->pub) != 1) {
@@ -202,6 +213,11 @@ static CK_RV kv_make_key(kv_backend *b, const char *ref, kv_cached_key *c, kvp_k
    * it is enabled again */
   k->can_sign = !c->state_known || (c->ops & KV_OP_SIGN) != 0;
   k->can_decrypt = c->type == KVP_KEY_RSA && (!c->state_known || (c->ops & KV_OP_DECRYPT) != 0);
+  if (!live) {
+    k->can_sign = kv_state_cause(c, KV_OP_SIGN, kv_wall_s(), &t) == KV_CAUSE_NONE;
+    k->can_decrypt = c->type == KVP_KEY_RSA &&
+                     kv_state_cause(c, KV_OP_DECRYPT, kv_wall_s(), &t) == KV_CAUSE_NONE;
+  }
   k->private_obj = 0;
   c->refs++;
   k->impl = c;
@@ -332,7 +348,7 @@ CK_RV kv_open_key_hint(kvp_backend *be, const char *ref, const kvp_key_ref_hint 
   pthread_mutex_lock(&b->lock);
   c = kv_cache_find(b, ckey, version != NULL, 0);
   if (c != NULL) {
-    rv = kv_make_key(b, ref, c, out);
+    rv = kv_make_key(b, ref, c, hint != NULL, out);
     pthread_mutex_unlock(&b->lock);
     goto out;
   }
@@ -353,10 +369,10 @@ CK_RV kv_open_key_hint(kvp_backend *be, const char *ref, const kvp_key_ref_hint 
      * best one (a version's key material does not change) */
     KVP_WARN("vault %s: key %s: using the cached public key (%lld s old)", b->conf.name, ref,
              (long long)((kv_now_ms() - c->fetched_ms) / 1000));
-    rv = kv_make_key(b, ref, c, out);
+    rv = kv_make_key(b, ref, c, hint != NULL, out);
   } else if (rv == CKR_OK) {
     kv_entry_insert(b, c);
-    rv = kv_make_key(b, ref, c, out);
+    rv = kv_make_key(b, ref, c, hint != NULL, out);
   }
   pthread_mutex_unlock(&b->lock);
   if (rv == CKR_KEY_HANDLE_INVALID)

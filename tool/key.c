@@ -38,57 +38,7 @@
 #include "core/util.h"
 #include "tool.h"
 
-/* Options of the key commands; long only, values index key_args.v. */
-enum {
-  O_VAULT = 0,
-  O_HSM,
-  O_KEY,
-  O_TYPE,
-  O_SIZE,
-  O_CURVE,
-  O_HSMPROT,
-  O_OPS,
-  O_NAME,
-  O_ACCOUNT,
-  O_NOREG,
-  O_PFX,
-  O_PASSFILE,
-  O_KEYFILE,
-  O_CERT,
-  O_PINFILE,
-  O_JSON,
-  O_PEM,
-  O_YES,
-  O_ALLOW_EXPIRED,
-  O_COUNT,
-  O_BASE = KVP_TOOL_OPT_BASE,
-};
-#define OPT(o) (1u << (o))
 
-static const struct option key_longopts[] = {
-    {"vault", required_argument, NULL, O_BASE + O_VAULT},
-    {"hsm", required_argument, NULL, O_BASE + O_HSM},
-    {"key", required_argument, NULL, O_BASE + O_KEY},
-    {"type", required_argument, NULL, O_BASE + O_TYPE},
-    {"size", required_argument, NULL, O_BASE + O_SIZE},
-    {"curve", required_argument, NULL, O_BASE + O_CURVE},
-    {"hsm-protected", no_argument, NULL, O_BASE + O_HSMPROT},
-    {"ops", required_argument, NULL, O_BASE + O_OPS},
-    {"name", required_argument, NULL, O_BASE + O_NAME},
-    {"account", required_argument, NULL, O_BASE + O_ACCOUNT},
-    {"no-register", no_argument, NULL, O_BASE + O_NOREG},
-    {"pfx", required_argument, NULL, O_BASE + O_PFX},
-    {"pass-file", required_argument, NULL, O_BASE + O_PASSFILE},
-    {"key-file", required_argument, NULL, O_BASE + O_KEYFILE},
-    {"cert", required_argument, NULL, O_BASE + O_CERT},
-    {"pin-file", required_argument, NULL, O_BASE + O_PINFILE},
-    {"json", no_argument, NULL, O_BASE + O_JSON},
-    {"pem", no_argument, NULL, O_BASE + O_PEM},
-    {"yes", no_argument, NULL, O_BASE + O_YES},
-    {"allow-expired", no_argument, NULL, O_BASE + O_ALLOW_EXPIRED},
-    {"help", no_argument, NULL, 'h'},
-    {NULL, 0, NULL, 0},
-};
 
 typedef struct key_args {
   const char *v[O_COUNT]; /* option values; flags are "" when given, NULL when not */
@@ -97,7 +47,7 @@ typedef struct key_args {
 
 typedef struct key_cmd {
   const char *cmd; /* "key create": also the message prefix */
-  unsigned allowed;
+  uint64_t allowed;
   int (*run)(kvp_tool *t, key_args *a);
   const char *synopsis;
 } key_cmd;
@@ -136,20 +86,15 @@ static const key_cmd key_cmds[] = {
      "key delete (--vault V | --hsm H) --key NAME --yes [--pin-file F] [--json]"},
 };
 
-static void synopsis(FILE *f, const char *prefix, const key_cmd *c)
-{
-  kvp_tool_synopsis(f, prefix, c->cmd, c->synopsis);
-}
-
 void kvp_tool_key_usage(FILE *f)
 {
   for (size_t i = 0; i < KVP_ARRAY_SIZE(key_cmds); i++)
-    synopsis(f, "  kvp11 [-c FILE] ", &key_cmds[i]);
+    kvp_tool_synopsis(f, "  kvp11 [-c FILE] ", key_cmds[i].cmd, key_cmds[i].synopsis);
 }
 
 static void key_cmd_usage(FILE *f, const key_cmd *c)
 {
-  synopsis(f, "usage: kvp11 [-c FILE] ", c);
+  kvp_tool_synopsis(f, "usage: kvp11 [-c FILE] ", c->cmd, c->synopsis);
   fprintf(f, "\n"
              "  --vault V | --hsm H  the configured key store ([vault V] / [hsm H])\n");
   if (c->allowed & OPT(O_KEY))
@@ -1310,7 +1255,7 @@ out:
 /* Parse the options of one key command into a; returns -1 to go on, else an exit code. */
 static int parse_args(kvp_tool *t, const key_cmd *c, int argc, char **argv, key_args *a)
 {
-  const kvp_tool_opts o = {key_longopts, O_COUNT, c->allowed, 0, c->cmd, "kvp11 key --help"};
+  const kvp_tool_opts o = {c->allowed, 0, c->cmd, "kvp11 key --help"};
   int rc = kvp_tool_parse_opts(t, &o, argc, argv, a->v, NULL);
   if (rc == KVP_TOOL_HELP) {
     key_cmd_usage(stdout, c);

@@ -26,31 +26,12 @@
 #include "engine.h"
 #include "tool.h"
 
-enum {
-  S_CERT = 0,
-  S_TO,
-  S_FROM,
-  S_DETACHED,
-  S_DIGEST,
-  S_CIPHER,
-  S_OAEP,
-  S_BINARY,
-  S_ACCOUNT,
-  S_INFORM,
-  S_OUTFORM,
-  S_CONTENT,
-  S_MODULE,
-  S_IN,
-  S_OUT,
-  S_COUNT,
-  S_BASE = 256,
-};
 #define MAX_TO 16
 
 enum { F_AUTO = 0, F_SMIME, F_PEM, F_DER };
 
 typedef struct smime_args {
-  const char *v[S_COUNT]; /* option values; flags are "" when given */
+  const char *v[O_COUNT]; /* option values; flags are "" when given */
   const char *to[MAX_TO]; /* every --to */
   size_t n_to;
   const char *account; /* resolved account */

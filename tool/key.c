@@ -990,6 +990,15 @@ static int dump(json_t *j)
   return rc;
 }
 
+/* Print *j (taken: *j becomes NULL) as JSON; the one-line error when that fails. */
+static int print_json(kvp_tool *t, json_t **j)
+{
+  json_t *x = *j;
+  *j = NULL;
+  return dump(x) != 0 ? kvp_tool_fail(t, KVP_EXIT_ERROR, "cannot format the output")
+                      : KVP_EXIT_OK;
+}
+
 /* Every registered row (all accounts), read-only; prints the error. */
 static int all_recs(kvp_tool *t, kvp_cert_rec **recs, size_t *n)
 {
@@ -1000,6 +1009,15 @@ static int all_recs(kvp_tool *t, kvp_cert_rec **recs, size_t *n)
     return KVP_EXIT_ERROR;
   if (t->reg && kvp_registry_list(t->reg, NULL, recs, n, err, sizeof(err)) != KVP_OK)
     return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", err);
+  return KVP_EXIT_OK;
+}
+
+/* The store of --vault / --hsm opened, and every registered row (who uses which key). */
+static int open_with_recs(kvp_tool *t, key_args *a, store *s, kvp_cert_rec **recs, size_t *nrecs)
+{
+  if (kvp_tool_load_config(t) != KVP_EXIT_OK || store_find(t, a, s) != KVP_EXIT_OK ||
+      all_recs(t, recs, nrecs) != KVP_EXIT_OK || store_open(t, a, s) != KVP_EXIT_OK)
+    return KVP_EXIT_ERROR;
   return KVP_EXIT_OK;
 }
 
@@ -1030,8 +1048,7 @@ static int key_list(kvp_tool *t, key_args *a)
   if ((rc = store_args(t, a, 0)) != KVP_EXIT_OK)
     return rc;
   rc = KVP_EXIT_ERROR;
-  if (kvp_tool_load_config(t) != KVP_EXIT_OK || store_find(t, a, &s) != KVP_EXIT_OK ||
-      all_recs(t, &recs, &nrecs) != KVP_EXIT_OK || store_open(t, a, &s) != KVP_EXIT_OK)
+  if (open_with_recs(t, a, &s, &recs, &nrecs) != KVP_EXIT_OK)
     goto out;
   if (!s.be->ops->list_keys) {
     unsupported(t, &s, "listing keys");
@@ -1054,12 +1071,8 @@ static int key_list(kvp_tool *t, key_args *a)
     }
   }
   if (a->v[O_JSON]) {
-    json_t *j = arr;
-    arr = NULL;
-    if (dump(j) != 0) {
-      kvp_tool_fail(t, rc, "cannot format the output");
+    if (print_json(t, &arr) != KVP_EXIT_OK)
       goto out;
-    }
   } else {
     int w = 4; /* by display width: HSM labels may be UTF-8 */
     for (size_t i = 0; i < n; i++)
@@ -1104,8 +1117,7 @@ static int key_show(kvp_tool *t, key_args *a)
   if (a->v[O_JSON] && a->v[O_PEM])
     return kvp_tool_fail(t, KVP_EXIT_USAGE, "--json and --pem exclude each other");
   rc = KVP_EXIT_ERROR;
-  if (kvp_tool_load_config(t) != KVP_EXIT_OK || store_find(t, a, &s) != KVP_EXIT_OK ||
-      all_recs(t, &recs, &nrecs) != KVP_EXIT_OK || store_open(t, a, &s) != KVP_EXIT_OK)
+  if (open_with_recs(t, a, &s, &recs, &nrecs) != KVP_EXIT_OK)
     goto out;
   if (!s.be->ops->key_info) {
     unsupported(t, &s, "showing keys");
@@ -1136,12 +1148,8 @@ static int key_show(kvp_tool *t, key_args *a)
     json_object_set_new(o, "name", json_string(a->v[O_KEY]));
   json_object_set_new(o, "key_ref", json_string(s.ref));
   if (a->v[O_JSON]) {
-    json_t *j = o;
-    o = NULL;
-    if (dump(j) != 0) {
-      kvp_tool_fail(t, rc, "cannot format the output");
+    if (print_json(t, &o) != KVP_EXIT_OK)
       goto out;
-    }
   } else {
     const char *k;
     json_t *v;

@@ -325,6 +325,29 @@ CK_RV kvp_hsm_label_free(kvp_hsm_backend *be, CK_SESSION_HANDLE s, const char *n
   return CKR_OK;
 }
 
+CK_RV kvp_hsm_prov_begin(kvp_hsm_backend *be, const char *what, const char *label,
+                         CK_SESSION_HANDLE *s)
+{
+  CK_RV rv;
+
+  pthread_mutex_lock(&be->prov_lock);
+  rv = kvp_hsm_prov_session(be, what, 1, s);
+  if (rv == CKR_OK && label != NULL)
+    rv = kvp_hsm_label_free(be, *s, label);
+  if (rv != CKR_OK) {
+    kvp_hsm_prov_end(be, *s);
+    *s = CK_INVALID_HANDLE;
+  }
+  return rv;
+}
+
+void kvp_hsm_prov_end(kvp_hsm_backend *be, CK_SESSION_HANDLE s)
+{
+  if (s != CK_INVALID_HANDLE)
+    kvp_hsm_session_close(be, s);
+  pthread_mutex_unlock(&be->prov_lock);
+}
+
 void kvp_hsm_destroy_obj(kvp_hsm_backend *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h,
                          const char *name)
 {

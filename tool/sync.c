@@ -63,15 +63,33 @@ typedef struct sync_ctx {
   size_t n_vaults;
 } sync_ctx;
 
+static const struct {
+  const char *cmd, *synopsis, *what;
+} sync_cmds[] = {
+    {"sync", "sync [--account A | --ia NAME] [--dry-run] [--json] [--prune]",
+     "Make the account's registry match its integration account, in one transaction;\n"
+     "rows registered by hand are never touched.\n"
+     "Exit status: 0 in sync, 1 failure (registry unchanged), 2 usage, 3 entries skipped\n"
+     "(each named with its reason).\n"},
+    {"publish", "publish NAME [--account A] [--ia NAME] [--vault-id ID]",
+     "Create or update NAME in the integration account from its registry entry.\n"},
+    {"unpublish", "unpublish NAME [--account A] [--ia NAME]",
+     "Delete NAME from the integration account (the registry keeps it).\n"},
+};
+
 void kvp_tool_sync_usage(FILE *f)
 {
-  kvp_tool_synopsis(f, "  ", "sync",
-                    "[--account A | --ia NAME] [--dry-run] [--json] [--prune]\n"
-                    "make the account's registry match its integration account");
-  kvp_tool_synopsis(f, "  ", "publish", "NAME [--account A] [--ia NAME] [--vault-id ID]\n"
-                                        "create or update NAME in the integration account");
-  kvp_tool_synopsis(f, "  ", "unpublish", "NAME [--account A] [--ia NAME]\n"
-                                          "delete NAME from the integration account (not locally)");
+  for (size_t i = 0; i < KVP_ARRAY_SIZE(sync_cmds); i++)
+    kvp_tool_synopsis(f, "  kvp11 [-c FILE] ", sync_cmds[i].cmd, sync_cmds[i].synopsis);
+}
+
+static void sync_help(const char *cmd)
+{
+  for (size_t i = 0; i < KVP_ARRAY_SIZE(sync_cmds); i++)
+    if (strcmp(cmd, sync_cmds[i].cmd) == 0) {
+      kvp_tool_synopsis(stdout, "usage: kvp11 [-c FILE] ", sync_cmds[i].cmd, sync_cmds[i].synopsis);
+      printf("\n%s", sync_cmds[i].what);
+    }
 }
 
 /* ---- plan ---- */
@@ -659,10 +677,7 @@ int kvp_tool_sync(kvp_tool *t, int argc, char **argv)
                                                 : OPT(O_ACCOUNT) | OPT(O_IA);
   rc = kvp_tool_parse_opts(t, &o, argc, argv, v, &name);
   if (rc == KVP_TOOL_HELP) {
-    printf("usage:\n");
-    kvp_tool_sync_usage(stdout);
-    printf("\nExit status: 0 success (sync: in sync), 1 failure (registry unchanged), 2 usage,\n"
-           "3 sync skipped entries (each named with its reason).\n");
+    sync_help(argv[0]);
     return KVP_EXIT_OK;
   }
   if (rc != -1)

@@ -25,7 +25,7 @@ while read -r group sub; do
 done <"$T/commands"
 
 # the parser's keys, per section: it names them for an unknown key
-for sec in global "hsm h" "vault v" "account a"; do
+for sec in global "hsm h" "vault v" "account a" "integration-account i"; do
   printf '[%s]\nzz_unknown = 1\n' "$sec" >"$T/probe.conf"
   "$K" -c "$T/probe.conf" cert list >/dev/null 2>"$T/keys.${sec%% *}" && fail "an unknown key was accepted"
 done
@@ -69,7 +69,7 @@ for s in secs:
         bad.append("kvp11(1) documents 'kvp11 %s', which --help does not list" % s)
 # kvp11.conf(5) and docs/configuration.md against the parser
 parser = {}
-for sec in ("global", "hsm", "vault", "account"):
+for sec in ("global", "hsm", "vault", "account", "integration-account"):
     p = open(os.path.join(t, "keys." + sec)).read()
     m = re.search(r"unknown key \(known: ([^)]*)\)", p)
     if not m:

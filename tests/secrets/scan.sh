@@ -278,7 +278,7 @@ perm_case() { # perm_case KEY MODE
 for m in 0660 0604; do perm_case pin_file $m; perm_case client_secret_file $m; done
 # control: the same files with mode 0600 are accepted
 chmod 600 "$PRIV"/perm-*.secret
-"$TOOL" -c "$PRIV/perm-pin_file-0640.conf" check --warn-days 0 >"$OUT/perm-control.out" 2>"$OUT/perm-control.err" &&
+"$TOOL" -c "$PRIV/perm-pin_file-0660.conf" check --warn-days 0 >"$OUT/perm-control.out" 2>"$OUT/perm-control.err" &&
   ok "mode 0600 accepted (control)" || bad "mode 0600 refused: $(head -2 "$OUT/perm-control.err")"
 
 # ------------------------------------------------------------------ needles

@@ -11,6 +11,7 @@
 #ifndef KVP_TOOL_SMIME_H
 #define KVP_TOOL_SMIME_H
 
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <sys/types.h>
@@ -46,6 +47,9 @@ typedef struct smime_args {
 /* ------------------------------------------------------------ smime.c */
 
 int sm_nomem(const kvp_tool *t);
+/* Format into err unless it holds a message already (the first failure is the one told). */
+void sm_first_err(char *err, size_t len, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
 /* Configuration, account, registry. */
 int sm_setup(kvp_tool *t, smime_args *a);
 /* The registered certificate name (need_private: with a key); *x its X509. */

@@ -54,16 +54,16 @@ char *kvp_strdup0(const char *s)
 
 int kvp_grow(void *arr, size_t n, size_t *cap, size_t elem, size_t first)
 {
-  void **p = arr;
   size_t c;
-  void *q;
+  void *p, *q;
 
   if (n < *cap)
     return 0;
   c = *cap ? 2 * *cap : first;
-  if (c > SIZE_MAX / elem || (q = realloc(*p, c * elem)) == NULL)
+  memcpy(&p, arr, sizeof(p)); /* the T * behind arr, without reading it as a void * */
+  if (c > SIZE_MAX / elem || (q = realloc(p, c * elem)) == NULL)
     return -1;
-  *p = q;
+  memcpy(arr, &q, sizeof(q));
   *cap = c;
   return 0;
 }

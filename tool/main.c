@@ -88,20 +88,6 @@ int kvp_tool_parse_opts(kvp_tool *t, const kvp_tool_opts *o, int argc, char **ar
   return -1;
 }
 
-int kvp_tool_digest(kvp_tool *t, const char *name, const EVP_MD **md)
-{
-  const char *d = name ? name : "sha256";
-  if (!strcmp(d, "sha256"))
-    *md = EVP_sha256();
-  else if (!strcmp(d, "sha384"))
-    *md = EVP_sha384();
-  else if (!strcmp(d, "sha512"))
-    *md = EVP_sha512();
-  else
-    return kvp_tool_fail(t, KVP_EXIT_USAGE, "bad --digest '%s': sha256, sha384 or sha512", d);
-  return -1;
-}
-
 int kvp_tool_load_config(kvp_tool *t)
 {
   char err[KVP_ERRLEN] = "";

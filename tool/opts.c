@@ -1,8 +1,11 @@
 /*
  * The long options of the kvp11 commands, one table: a command says which of
- * them apply to it (kvp_tool_opts.allowed) and finds each value at v[O_X]
- * (see tool.h). An option of another command is refused as not applying.
+ * them apply to it (its allowed set) and finds each value at v[O_X] (see
+ * tool.h). An option of another command is refused as not applying. Also the
+ * option values more than one command reads.
  */
+#include <string.h>
+
 #include "tool.h"
 
 #define ARG(name, o) {name, required_argument, NULL, KVP_TOOL_OPT_BASE + (o)}
@@ -60,3 +63,17 @@ const struct option kvp_tool_longopts[O_COUNT + 2] = {
     [O_COUNT] = {"help", no_argument, NULL, 'h'},
     [O_COUNT + 1] = {NULL, 0, NULL, 0},
 };
+
+int kvp_tool_digest(kvp_tool *t, const char *name, const EVP_MD **md)
+{
+  const char *d = name ? name : "sha256";
+  if (!strcmp(d, "sha256"))
+    *md = EVP_sha256();
+  else if (!strcmp(d, "sha384"))
+    *md = EVP_sha384();
+  else if (!strcmp(d, "sha512"))
+    *md = EVP_sha512();
+  else
+    return kvp_tool_fail(t, KVP_EXIT_USAGE, "bad --digest '%s': sha256, sha384 or sha512", d);
+  return -1;
+}

@@ -24,51 +24,7 @@
 #include "core/util.h"
 #include "tool.h"
 
-/* Options of the cert commands; long only, values index cert_args.v. */
-enum {
-  O_NAME = 0,
-  O_TYPE,
-  O_CERT,
-  O_ACCOUNT,
-  O_HSM,
-  O_VAULT,
-  O_KEY,
-  O_RG,
-  O_REPLACE,
-  O_STRICT,
-  O_JSON,
-  O_PEM,
-  O_CERT_DIR,
-  O_ALIAS,
-  O_ALLOW_EXPIRED,
-  O_YES,
-  O_EXPIRING,
-  O_COUNT,
-  O_BASE = KVP_TOOL_OPT_BASE, /* getopt values are O_BASE + index, clear of short letters */
-};
-#define OPT(o) (1u << (o))
 
-static const struct option cert_longopts[] = {
-    {"name", required_argument, NULL, O_BASE + O_NAME},
-    {"type", required_argument, NULL, O_BASE + O_TYPE},
-    {"cert", required_argument, NULL, O_BASE + O_CERT},
-    {"account", required_argument, NULL, O_BASE + O_ACCOUNT},
-    {"hsm", required_argument, NULL, O_BASE + O_HSM},
-    {"vault", required_argument, NULL, O_BASE + O_VAULT},
-    {"key", required_argument, NULL, O_BASE + O_KEY},
-    {"resource-group", required_argument, NULL, O_BASE + O_RG},
-    {"replace", no_argument, NULL, O_BASE + O_REPLACE},
-    {"strict", no_argument, NULL, O_BASE + O_STRICT},
-    {"json", no_argument, NULL, O_BASE + O_JSON},
-    {"pem", no_argument, NULL, O_BASE + O_PEM},
-    {"cert-dir", required_argument, NULL, O_BASE + O_CERT_DIR},
-    {"alias", no_argument, NULL, O_BASE + O_ALIAS},
-    {"allow-expired", no_argument, NULL, O_BASE + O_ALLOW_EXPIRED},
-    {"yes", no_argument, NULL, O_BASE + O_YES},
-    {"expiring", required_argument, NULL, O_BASE + O_EXPIRING},
-    {"help", no_argument, NULL, 'h'},
-    {NULL, 0, NULL, 0},
-};
 
 typedef struct cert_args {
   const char *v[O_COUNT]; /* option values; flags are "" when given, NULL when not */
@@ -78,7 +34,7 @@ typedef struct cert_args {
 
 typedef struct cert_cmd {
   const char *cmd; /* "cert add": also the message prefix */
-  unsigned allowed;
+  uint64_t allowed;
   int operand; /* 1: takes the NAME operand */
   int (*run)(kvp_tool *t, cert_args *a);
   const char *synopsis;
@@ -122,22 +78,16 @@ static const cert_cmd cert_cmds[] = {
 };
 
 
-/* prefix, then the synopsis; its continuation lines aligned after "cert CMD ". */
-static void synopsis(FILE *f, const char *prefix, const cert_cmd *c)
-{
-  kvp_tool_synopsis(f, prefix, c->cmd, c->synopsis);
-}
-
 void kvp_tool_cert_usage(FILE *f)
 {
   for (size_t i = 0; i < KVP_ARRAY_SIZE(cert_cmds); i++)
-    synopsis(f, "  kvp11 [-c FILE] ", &cert_cmds[i]);
+    kvp_tool_synopsis(f, "  kvp11 [-c FILE] ", cert_cmds[i].cmd, cert_cmds[i].synopsis);
   fprintf(f, "  kvp11 [-c FILE] cert selfsign ... (see kvp11 cert selfsign --help)\n");
 }
 
 static void cert_cmd_usage(FILE *f, const cert_cmd *c)
 {
-  synopsis(f, "usage: kvp11 [-c FILE] ", c);
+  kvp_tool_synopsis(f, "usage: kvp11 [-c FILE] ", c->cmd, c->synopsis);
   if (c->run == cert_add)
     fprintf(f, "\n"
                "  --type public    a partner's certificate (no key)\n"
@@ -568,7 +518,7 @@ static int cert_retire(kvp_tool *t, cert_args *a)
 /* Parse the options of one cert command into a; returns -1 to go on, else an exit code. */
 static int parse_args(kvp_tool *t, const cert_cmd *c, int argc, char **argv, cert_args *a)
 {
-  const kvp_tool_opts o = {cert_longopts, O_COUNT, c->allowed, c->operand, c->cmd,
+  const kvp_tool_opts o = {c->allowed, c->operand, c->cmd,
                            "kvp11 cert --help"};
   int rc = kvp_tool_parse_opts(t, &o, argc, argv, a->v, &a->operand);
   if (rc == KVP_TOOL_HELP) {

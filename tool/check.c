@@ -72,15 +72,9 @@ static void row_free(chk_row *r)
 static void add_res(chk_ctx *c, int result, const char *account, const char *cert,
                     const char *store, const char *check, char *const *fix, const char *detail)
 {
-  if (c->n == c->cap) {
-    size_t cap = c->cap ? 2 * c->cap : 16;
-    chk_row *r = realloc(c->rows, cap * sizeof(*r));
-    if (!r) {
-      c->oom = 1;
-      return;
-    }
-    c->rows = r;
-    c->cap = cap;
+  if (kvp_grow(&c->rows, c->n, &c->cap, sizeof(*c->rows), 16) != 0) {
+    c->oom = 1;
+    return;
   }
   chk_row *r = &c->rows[c->n];
   memset(r, 0, sizeof(*r));

@@ -47,50 +47,13 @@
 #include "engine.h"
 #include "tool.h"
 
-enum {
-  C_CERTNAME = 0,
-  C_VAULT,
-  C_HSM,
-  C_KEY,
-  C_SUBJECT,
-  C_SAN,
-  C_DIGEST,
-  C_PSS,
-  C_DAYS,
-  C_ACCOUNT,
-  C_MODULE,
-  C_OUT,
-  C_PINFILE,
-  C_JSON,
-  C_COUNT,
-  C_BASE = 256,
-};
-#define COPT(o) (1u << (o))
 
-static const struct option csr_longopts[] = {
-    {"cert-name", required_argument, NULL, C_BASE + C_CERTNAME},
-    {"vault", required_argument, NULL, C_BASE + C_VAULT},
-    {"hsm", required_argument, NULL, C_BASE + C_HSM},
-    {"key", required_argument, NULL, C_BASE + C_KEY},
-    {"subject", required_argument, NULL, C_BASE + C_SUBJECT},
-    {"san", required_argument, NULL, C_BASE + C_SAN},
-    {"digest", required_argument, NULL, C_BASE + C_DIGEST},
-    {"pss", no_argument, NULL, C_BASE + C_PSS},
-    {"days", required_argument, NULL, C_BASE + C_DAYS},
-    {"account", required_argument, NULL, C_BASE + C_ACCOUNT},
-    {"module", required_argument, NULL, C_BASE + C_MODULE},
-    {"out", required_argument, NULL, C_BASE + C_OUT},
-    {"pin-file", required_argument, NULL, C_BASE + C_PINFILE},
-    {"json", no_argument, NULL, C_BASE + C_JSON},
-    {"help", no_argument, NULL, 'h'},
-    {NULL, 0, NULL, 0},
-};
 
 #define DEFAULT_DAYS 365
 #define MAX_DAYS 36500
 
 typedef struct csr_args {
-  const char *v[C_COUNT]; /* option values; flags are "" when given */
+  const char *v[O_COUNT]; /* option values; flags are "" when given */
   int selfsign;           /* cert selfsign, else csr */
   const EVP_MD *md;
   long days;
@@ -405,7 +368,7 @@ static int rec_pub(kvp_tool *t, const kvp_cert_rec *rec, EVP_PKEY **out)
 /* --cert-name NAME */
 static int key_by_name(kvp_tool *t, const csr_args *a, csr_key *k)
 {
-  const char *name = a->v[C_CERTNAME];
+  const char *name = a->v[O_CERTNAME];
   kvp_cert_rec rec = {0};
   char err[KVP_ERRLEN] = "";
   int rc;
@@ -479,16 +442,16 @@ static int key_in_registry(kvp_tool *t, const csr_args *a, const char *ref, int 
  * key names it in messages; without one the key store's public key is used. */
 static int key_by_store(kvp_tool *t, const csr_args *a, csr_key *k)
 {
-  const int is_hsm = a->v[C_HSM] != NULL;
-  const char *store = is_hsm ? a->v[C_HSM] : a->v[C_VAULT];
+  const int is_hsm = a->v[O_HSM] != NULL;
+  const char *store = is_hsm ? a->v[O_HSM] : a->v[O_VAULT];
   char err[KVP_ERRLEN] = "";
   char *scheme = NULL, *pstore = NULL, *pname = NULL;
   int rc = KVP_EXIT_ERROR, found = 0;
-  size_t n = strlen("keyvault:/") + strlen(store) + strlen(a->v[C_KEY]) + 1;
+  size_t n = strlen("keyvault:/") + strlen(store) + strlen(a->v[O_KEY]) + 1;
 
   if (!(k->ref = malloc(n)))
     return nomem(t);
-  snprintf(k->ref, n, "%s:%s/%s", is_hsm ? "hsm" : "keyvault", store, a->v[C_KEY]);
+  snprintf(k->ref, n, "%s:%s/%s", is_hsm ? "hsm" : "keyvault", store, a->v[O_KEY]);
   if (kvp_keyref_parse(k->ref, &scheme, &pstore, &pname, err, sizeof(err)) != KVP_OK) {
     rc = kvp_tool_fail(t, KVP_EXIT_USAGE, "%s", err);
     goto out;
@@ -515,7 +478,7 @@ static int open_signer(kvp_tool *t, const csr_args *a, csr_key *k)
   char *kname = NULL;
   int rc = kvp_tool_store_find_ref(t, k->ref, &k->store, &kname);
   if (rc == KVP_EXIT_OK)
-    rc = kvp_tool_store_open(t, &k->store, a->v[C_PINFILE], 1);
+    rc = kvp_tool_store_open(t, &k->store, a->v[O_PINFILE], 1);
   if (rc == KVP_EXIT_OK)
     rc = kvp_tool_store_key(t, &k->store, kname, &k->key);
   free(kname);
@@ -542,7 +505,7 @@ static X509_ALGOR *sig_alg(const csr_args *a, int ec)
 
   if (!alg)
     return NULL;
-  if (!a->v[C_PSS]) {
+  if (!a->v[O_PSS]) {
     ok = OBJ_find_sigid_by_algs(&sig_nid, EVP_MD_get_type(a->md),
                                 ec ? NID_X9_62_id_ecPublicKey : NID_rsaEncryption) &&
          X509_ALGOR_set0(alg, OBJ_nid2obj(sig_nid), ec ? V_ASN1_UNDEF : V_ASN1_NULL, NULL);
@@ -594,7 +557,7 @@ static int sign_tbs(kvp_tool *t, const csr_args *a, csr_key *k, const unsigned c
   unsigned int dlen = 0;
   CK_ULONG slen = sizeof(sig);
   int ec = k->key->type == KVP_KEY_EC, der_len = 0;
-  kvp_sig_alg alg = {.scheme = ec ? KVP_SIG_ECDSA : a->v[C_PSS] ? KVP_SIG_RSA_PSS : KVP_SIG_RSA_PKCS1,
+  kvp_sig_alg alg = {.scheme = ec ? KVP_SIG_ECDSA : a->v[O_PSS] ? KVP_SIG_RSA_PSS : KVP_SIG_RSA_PKCS1,
                      .hash = ec ? KVP_HASH_NONE : md_hash(a->md),
                      .mgf1 = md_hash(a->md),
                      .salt_len = (size_t)EVP_MD_get_size(a->md)};
@@ -742,7 +705,7 @@ static int emit(kvp_tool *t, const csr_args *a, BIO *mem)
 {
   char *data = NULL;
   long n = BIO_get_mem_data(mem, &data);
-  const char *file = a->v[C_OUT];
+  const char *file = a->v[O_OUT];
   if (n <= 0)
     return kvp_tool_fail(t, KVP_EXIT_ERROR, "nothing to write");
   if (!file) {
@@ -806,14 +769,14 @@ static int run(kvp_tool *t, csr_args *a)
   int rc;
 
   /* What to sign first: a bad subject or SAN needs no key store. */
-  if ((rc = parse_subject(t, a->v[C_SUBJECT], &subject)) != KVP_EXIT_OK ||
-      (a->v[C_SAN] && (rc = parse_san(t, a->v[C_SAN], &san)) != KVP_EXIT_OK))
+  if ((rc = parse_subject(t, a->v[O_SUBJECT], &subject)) != KVP_EXIT_OK ||
+      (a->v[O_SAN] && (rc = parse_san(t, a->v[O_SAN], &san)) != KVP_EXIT_OK))
     goto out;
   if ((rc = kvp_tool_load_config(t)) != KVP_EXIT_OK ||
-      (rc = kvp_tool_account(t, a->v[C_ACCOUNT], &a->account)) != KVP_EXIT_OK ||
+      (rc = kvp_tool_account(t, a->v[O_ACCOUNT], &a->account)) != KVP_EXIT_OK ||
       (rc = kvp_tool_open_registry_ro(t)) != KVP_EXIT_OK)
     goto out;
-  rc = a->v[C_CERTNAME] ? key_by_name(t, a, &key) : key_by_store(t, a, &key);
+  rc = a->v[O_CERTNAME] ? key_by_name(t, a, &key) : key_by_store(t, a, &key);
   if (rc != KVP_EXIT_OK || (rc = open_signer(t, a, &key)) != KVP_EXIT_OK)
     goto out;
   rc = KVP_EXIT_ERROR;
@@ -822,7 +785,7 @@ static int run(kvp_tool *t, csr_args *a)
     kvp_tool_fail(t, rc, "%s: RSA or EC keys only", key.what);
     goto out;
   }
-  if (a->v[C_PSS] && ktype != EVP_PKEY_RSA) {
+  if (a->v[O_PSS] && ktype != EVP_PKEY_RSA) {
     kvp_tool_fail(t, rc, "--pss: %s is not an RSA key", key.what);
     goto out;
   }
@@ -866,8 +829,8 @@ static int run(kvp_tool *t, csr_args *a)
     kvp_tool_fail(t, rc, "cannot write the PEM: %s", kvp_engine_ossl_reason());
     goto out;
   }
-  rc = a->v[C_JSON] && !a->v[C_OUT] ? KVP_EXIT_OK : emit(t, a, mem);
-  if (rc == KVP_EXIT_OK && a->v[C_JSON])
+  rc = a->v[O_JSON] && !a->v[O_OUT] ? KVP_EXIT_OK : emit(t, a, mem);
+  if (rc == KVP_EXIT_OK && a->v[O_JSON])
     rc = emit_json(t, a, &key, mem, subject, a->selfsign ? X509_get0_tbs_sigalg(x) : NULL, req);
 out:
   BIO_free(mem);
@@ -885,57 +848,44 @@ out:
 static int parse_args(kvp_tool *t, int argc, char **argv, csr_args *a)
 {
   const char *help = a->selfsign ? "kvp11 cert selfsign --help" : "kvp11 csr --help";
-  int o;
-  opterr = 0;
-  optind = 0;
-  while ((o = getopt_long(argc, argv, ":h", csr_longopts, NULL)) != -1) {
-    if (o == 'h') {
-      csr_help(stdout, a->selfsign);
-      return KVP_EXIT_OK;
-    }
-    if (o < C_BASE || o >= C_BASE + C_COUNT)
-      return kvp_tool_badopt(t, o, argv, help);
-    o -= C_BASE;
-    if (o == C_DAYS && !a->selfsign)
-      return kvp_tool_fail(t, KVP_EXIT_USAGE, "option '--days' does not apply here (see %s)", help);
-    if (a->v[o])
-      return kvp_tool_fail(t, KVP_EXIT_USAGE, "option '--%s' given twice", csr_longopts[o].name);
-    a->v[o] = optarg ? optarg : "";
+  /* --days: a certificate's validity, selfsign only */
+  const uint64_t csr_opts = OPT(O_CERTNAME) | OPT(O_VAULT) | OPT(O_HSM) | OPT(O_KEY) |
+                            OPT(O_SUBJECT) | OPT(O_SAN) | OPT(O_DIGEST) | OPT(O_PSS) |
+                            OPT(O_ACCOUNT) | OPT(O_MODULE) | OPT(O_OUT) | OPT(O_PINFILE) |
+                            OPT(O_JSON);
+  const kvp_tool_opts o = {a->selfsign ? csr_opts | OPT(O_DAYS) : csr_opts, 0,
+                           a->selfsign ? "cert selfsign" : "csr", help};
+  int rc = kvp_tool_parse_opts(t, &o, argc, argv, a->v, NULL);
+  if (rc == KVP_TOOL_HELP) {
+    csr_help(stdout, a->selfsign);
+    return KVP_EXIT_OK;
   }
-  if (optind < argc)
-    return kvp_tool_fail(t, KVP_EXIT_USAGE, "unexpected argument '%s' (see %s)", argv[optind],
-                         help);
-  int sel = (a->v[C_CERTNAME] != NULL) + (a->v[C_VAULT] != NULL) + (a->v[C_HSM] != NULL);
+  if (rc >= 0)
+    return rc;
+  int sel = (a->v[O_CERTNAME] != NULL) + (a->v[O_VAULT] != NULL) + (a->v[O_HSM] != NULL);
   if (sel != 1)
     return kvp_tool_fail(t, KVP_EXIT_USAGE,
                          "exactly one of --cert-name, --vault or --hsm names the key (see %s)",
                          help);
-  if (a->v[C_CERTNAME] && a->v[C_KEY])
+  if (a->v[O_CERTNAME] && a->v[O_KEY])
     return kvp_tool_fail(t, KVP_EXIT_USAGE, "--key goes with --vault or --hsm, not --cert-name");
-  if (!a->v[C_CERTNAME] && (!a->v[C_KEY] || !*a->v[C_KEY]))
+  if (!a->v[O_CERTNAME] && (!a->v[O_KEY] || !*a->v[O_KEY]))
     return kvp_tool_fail(t, KVP_EXIT_USAGE, "--%s needs --key (see %s)",
-                         a->v[C_VAULT] ? "vault" : "hsm", help);
-  if (!a->v[C_SUBJECT])
+                         a->v[O_VAULT] ? "vault" : "hsm", help);
+  if (!a->v[O_SUBJECT])
     return kvp_tool_fail(t, KVP_EXIT_USAGE, "--subject is required (see %s)", help);
-  const char *d = a->v[C_DIGEST] ? a->v[C_DIGEST] : "sha256";
-  if (!strcmp(d, "sha256"))
-    a->md = EVP_sha256();
-  else if (!strcmp(d, "sha384"))
-    a->md = EVP_sha384();
-  else if (!strcmp(d, "sha512"))
-    a->md = EVP_sha512();
-  else
-    return kvp_tool_fail(t, KVP_EXIT_USAGE, "bad --digest '%s': sha256, sha384 or sha512", d);
+  if ((rc = kvp_tool_digest(t, a->v[O_DIGEST], &a->md)) >= 0)
+    return rc;
   a->days = DEFAULT_DAYS;
-  if (a->v[C_DAYS]) {
+  if (a->v[O_DAYS]) {
     char *end = NULL;
     errno = 0;
-    long v = strtol(a->v[C_DAYS], &end, 10);
-    if (errno || !end || *end || end == a->v[C_DAYS] || v < 1 || v > MAX_DAYS)
-      return kvp_tool_fail(t, KVP_EXIT_USAGE, "bad --days '%s': 1 to %d", a->v[C_DAYS], MAX_DAYS);
+    long v = strtol(a->v[O_DAYS], &end, 10);
+    if (errno || !end || *end || end == a->v[O_DAYS] || v < 1 || v > MAX_DAYS)
+      return kvp_tool_fail(t, KVP_EXIT_USAGE, "bad --days '%s': 1 to %d", a->v[O_DAYS], MAX_DAYS);
     a->days = v;
   }
-  if (a->v[C_OUT] && !*a->v[C_OUT])
+  if (a->v[O_OUT] && !*a->v[O_OUT])
     return kvp_tool_fail(t, KVP_EXIT_USAGE, "--out needs a file name");
   return -1;
 }

@@ -38,57 +38,7 @@
 #include "core/util.h"
 #include "tool.h"
 
-/* Options of the key commands; long only, values index key_args.v. */
-enum {
-  O_VAULT = 0,
-  O_HSM,
-  O_KEY,
-  O_TYPE,
-  O_SIZE,
-  O_CURVE,
-  O_HSMPROT,
-  O_OPS,
-  O_NAME,
-  O_ACCOUNT,
-  O_NOREG,
-  O_PFX,
-  O_PASSFILE,
-  O_KEYFILE,
-  O_CERT,
-  O_PINFILE,
-  O_JSON,
-  O_PEM,
-  O_YES,
-  O_ALLOW_EXPIRED,
-  O_COUNT,
-  O_BASE = KVP_TOOL_OPT_BASE,
-};
-#define OPT(o) (1u << (o))
 
-static const struct option key_longopts[] = {
-    {"vault", required_argument, NULL, O_BASE + O_VAULT},
-    {"hsm", required_argument, NULL, O_BASE + O_HSM},
-    {"key", required_argument, NULL, O_BASE + O_KEY},
-    {"type", required_argument, NULL, O_BASE + O_TYPE},
-    {"size", required_argument, NULL, O_BASE + O_SIZE},
-    {"curve", required_argument, NULL, O_BASE + O_CURVE},
-    {"hsm-protected", no_argument, NULL, O_BASE + O_HSMPROT},
-    {"ops", required_argument, NULL, O_BASE + O_OPS},
-    {"name", required_argument, NULL, O_BASE + O_NAME},
-    {"account", required_argument, NULL, O_BASE + O_ACCOUNT},
-    {"no-register", no_argument, NULL, O_BASE + O_NOREG},
-    {"pfx", required_argument, NULL, O_BASE + O_PFX},
-    {"pass-file", required_argument, NULL, O_BASE + O_PASSFILE},
-    {"key-file", required_argument, NULL, O_BASE + O_KEYFILE},
-    {"cert", required_argument, NULL, O_BASE + O_CERT},
-    {"pin-file", required_argument, NULL, O_BASE + O_PINFILE},
-    {"json", no_argument, NULL, O_BASE + O_JSON},
-    {"pem", no_argument, NULL, O_BASE + O_PEM},
-    {"yes", no_argument, NULL, O_BASE + O_YES},
-    {"allow-expired", no_argument, NULL, O_BASE + O_ALLOW_EXPIRED},
-    {"help", no_argument, NULL, 'h'},
-    {NULL, 0, NULL, 0},
-};
 
 typedef struct key_args {
   const char *v[O_COUNT]; /* option values; flags are "" when given, NULL when not */
@@ -97,7 +47,7 @@ typedef struct key_args {
 
 typedef struct key_cmd {
   const char *cmd; /* "key create": also the message prefix */
-  unsigned allowed;
+  uint64_t allowed;
   int (*run)(kvp_tool *t, key_args *a);
   const char *synopsis;
 } key_cmd;
@@ -136,20 +86,15 @@ static const key_cmd key_cmds[] = {
      "key delete (--vault V | --hsm H) --key NAME --yes [--pin-file F] [--json]"},
 };
 
-static void synopsis(FILE *f, const char *prefix, const key_cmd *c)
-{
-  kvp_tool_synopsis(f, prefix, c->cmd, c->synopsis);
-}
-
 void kvp_tool_key_usage(FILE *f)
 {
   for (size_t i = 0; i < KVP_ARRAY_SIZE(key_cmds); i++)
-    synopsis(f, "  kvp11 [-c FILE] ", &key_cmds[i]);
+    kvp_tool_synopsis(f, "  kvp11 [-c FILE] ", key_cmds[i].cmd, key_cmds[i].synopsis);
 }
 
 static void key_cmd_usage(FILE *f, const key_cmd *c)
 {
-  synopsis(f, "usage: kvp11 [-c FILE] ", c);
+  kvp_tool_synopsis(f, "usage: kvp11 [-c FILE] ", c->cmd, c->synopsis);
   fprintf(f, "\n"
              "  --vault V | --hsm H  the configured key store ([vault V] / [hsm H])\n");
   if (c->allowed & OPT(O_KEY))
@@ -1045,6 +990,15 @@ static int dump(json_t *j)
   return rc;
 }
 
+/* Print *j (taken: *j becomes NULL) as JSON; the one-line error when that fails. */
+static int print_json(kvp_tool *t, json_t **j)
+{
+  json_t *x = *j;
+  *j = NULL;
+  return dump(x) != 0 ? kvp_tool_fail(t, KVP_EXIT_ERROR, "cannot format the output")
+                      : KVP_EXIT_OK;
+}
+
 /* Every registered row (all accounts), read-only; prints the error. */
 static int all_recs(kvp_tool *t, kvp_cert_rec **recs, size_t *n)
 {
@@ -1055,6 +1009,15 @@ static int all_recs(kvp_tool *t, kvp_cert_rec **recs, size_t *n)
     return KVP_EXIT_ERROR;
   if (t->reg && kvp_registry_list(t->reg, NULL, recs, n, err, sizeof(err)) != KVP_OK)
     return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", err);
+  return KVP_EXIT_OK;
+}
+
+/* The store of --vault / --hsm opened, and every registered row (who uses which key). */
+static int open_with_recs(kvp_tool *t, key_args *a, store *s, kvp_cert_rec **recs, size_t *nrecs)
+{
+  if (kvp_tool_load_config(t) != KVP_EXIT_OK || store_find(t, a, s) != KVP_EXIT_OK ||
+      all_recs(t, recs, nrecs) != KVP_EXIT_OK || store_open(t, a, s) != KVP_EXIT_OK)
+    return KVP_EXIT_ERROR;
   return KVP_EXIT_OK;
 }
 
@@ -1085,8 +1048,7 @@ static int key_list(kvp_tool *t, key_args *a)
   if ((rc = store_args(t, a, 0)) != KVP_EXIT_OK)
     return rc;
   rc = KVP_EXIT_ERROR;
-  if (kvp_tool_load_config(t) != KVP_EXIT_OK || store_find(t, a, &s) != KVP_EXIT_OK ||
-      all_recs(t, &recs, &nrecs) != KVP_EXIT_OK || store_open(t, a, &s) != KVP_EXIT_OK)
+  if (open_with_recs(t, a, &s, &recs, &nrecs) != KVP_EXIT_OK)
     goto out;
   if (!s.be->ops->list_keys) {
     unsupported(t, &s, "listing keys");
@@ -1109,12 +1071,8 @@ static int key_list(kvp_tool *t, key_args *a)
     }
   }
   if (a->v[O_JSON]) {
-    json_t *j = arr;
-    arr = NULL;
-    if (dump(j) != 0) {
-      kvp_tool_fail(t, rc, "cannot format the output");
+    if (print_json(t, &arr) != KVP_EXIT_OK)
       goto out;
-    }
   } else {
     int w = 4; /* by display width: HSM labels may be UTF-8 */
     for (size_t i = 0; i < n; i++)
@@ -1159,8 +1117,7 @@ static int key_show(kvp_tool *t, key_args *a)
   if (a->v[O_JSON] && a->v[O_PEM])
     return kvp_tool_fail(t, KVP_EXIT_USAGE, "--json and --pem exclude each other");
   rc = KVP_EXIT_ERROR;
-  if (kvp_tool_load_config(t) != KVP_EXIT_OK || store_find(t, a, &s) != KVP_EXIT_OK ||
-      all_recs(t, &recs, &nrecs) != KVP_EXIT_OK || store_open(t, a, &s) != KVP_EXIT_OK)
+  if (open_with_recs(t, a, &s, &recs, &nrecs) != KVP_EXIT_OK)
     goto out;
   if (!s.be->ops->key_info) {
     unsupported(t, &s, "showing keys");
@@ -1191,12 +1148,8 @@ static int key_show(kvp_tool *t, key_args *a)
     json_object_set_new(o, "name", json_string(a->v[O_KEY]));
   json_object_set_new(o, "key_ref", json_string(s.ref));
   if (a->v[O_JSON]) {
-    json_t *j = o;
-    o = NULL;
-    if (dump(j) != 0) {
-      kvp_tool_fail(t, rc, "cannot format the output");
+    if (print_json(t, &o) != KVP_EXIT_OK)
       goto out;
-    }
   } else {
     const char *k;
     json_t *v;
@@ -1310,7 +1263,7 @@ out:
 /* Parse the options of one key command into a; returns -1 to go on, else an exit code. */
 static int parse_args(kvp_tool *t, const key_cmd *c, int argc, char **argv, key_args *a)
 {
-  const kvp_tool_opts o = {key_longopts, O_COUNT, c->allowed, 0, c->cmd, "kvp11 key --help"};
+  const kvp_tool_opts o = {c->allowed, 0, c->cmd, "kvp11 key --help"};
   int rc = kvp_tool_parse_opts(t, &o, argc, argv, a->v, NULL);
   if (rc == KVP_TOOL_HELP) {
     key_cmd_usage(stdout, c);

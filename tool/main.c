@@ -63,18 +63,18 @@ int kvp_tool_parse_opts(kvp_tool *t, const kvp_tool_opts *o, int argc, char **ar
   int c;
   opterr = 0;
   optind = 0; /* GNU: full re-initialisation; argv[0] is the command word */
-  while ((c = getopt_long(argc, argv, ":h", o->longopts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, ":h", kvp_tool_longopts, NULL)) != -1) {
     if (c == 'h')
       return KVP_TOOL_HELP;
-    if (c < KVP_TOOL_OPT_BASE || c >= KVP_TOOL_OPT_BASE + o->n)
+    if (c < KVP_TOOL_OPT_BASE || c >= KVP_TOOL_OPT_BASE + O_COUNT)
       return kvp_tool_badopt(t, c, argv, o->help);
     c -= KVP_TOOL_OPT_BASE;
-    if (!(o->allowed & (1u << c)))
+    if (!(o->allowed & OPT(c)))
       return kvp_tool_fail(t, KVP_EXIT_USAGE,
                            "option '--%s' does not apply here (see kvp11 %s --help)",
-                           o->longopts[c].name, o->cmd);
+                           kvp_tool_longopts[c].name, o->cmd);
     if (v[c])
-      return kvp_tool_fail(t, KVP_EXIT_USAGE, "option '--%s' given twice", o->longopts[c].name);
+      return kvp_tool_fail(t, KVP_EXIT_USAGE, "option '--%s' given twice", kvp_tool_longopts[c].name);
     v[c] = optarg ? optarg : "";
   }
   int left = argc - optind;

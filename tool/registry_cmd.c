@@ -16,17 +16,10 @@
 #include "kvp11/kvp11.h"
 #include "tool.h"
 
-enum { R_JSON = 0, R_COUNT, R_BASE = KVP_TOOL_OPT_BASE };
-
-static const struct option reg_longopts[] = {
-    {"json", no_argument, NULL, R_BASE + R_JSON},
-    {"help", no_argument, NULL, 'h'},
-    {NULL, 0, NULL, 0},
-};
 
 typedef struct reg_cmd {
   const char *cmd;
-  unsigned allowed;
+  uint64_t allowed;
   int operand;
   int (*run)(kvp_tool *t, const char *file, int json);
   const char *synopsis;
@@ -38,14 +31,14 @@ static int reg_restore(kvp_tool *t, const char *file, int json);
 static int reg_check(kvp_tool *t, const char *file, int json);
 
 static const reg_cmd reg_cmds[] = {
-    {"registry backup", 1u << R_JSON, 1, reg_backup, "registry backup FILE [--json]",
+    {"registry backup", OPT(O_JSON), 1, reg_backup, "registry backup FILE [--json]",
      "A consistent copy of the registry into FILE (written beside it, then renamed),\n"
      "taken while modules read and other kvp11 commands write.\n"},
-    {"registry restore", 1u << R_JSON, 1, reg_restore, "registry restore FILE [--json]",
+    {"registry restore", OPT(O_JSON), 1, reg_restore, "registry restore FILE [--json]",
      "Replace the registry's content with FILE, a kvp11 registry (schema 1 to current)\n"
      "that passes SQLite's integrity check, in one transaction; running modules pick\n"
      "the change up at their next object search. An older schema is migrated.\n"},
-    {"registry check", 1u << R_JSON, 0, reg_check, "registry check [--json]",
+    {"registry check", OPT(O_JSON), 0, reg_check, "registry check [--json]",
      "SQLite's integrity check, then every entry: its certificate parses, a private\n"
      "entry's key reference names a configured key store. Exit 1 on any problem.\n"},
 };
@@ -188,8 +181,8 @@ int kvp_tool_registry(kvp_tool *t, int argc, char **argv)
                                          &rc);
   if (c == NULL)
     return rc;
-  const char *v[R_COUNT] = {NULL}, *operand = NULL;
-  const kvp_tool_opts o = {reg_longopts, R_COUNT, c->allowed, c->operand, c->cmd,
+  const char *v[O_COUNT] = {NULL}, *operand = NULL;
+  const kvp_tool_opts o = {c->allowed, c->operand, c->cmd,
                            "kvp11 registry --help"};
   rc = kvp_tool_parse_opts(t, &o, argc - 1, argv + 1, v, &operand);
   if (rc == KVP_TOOL_HELP) {
@@ -197,5 +190,5 @@ int kvp_tool_registry(kvp_tool *t, int argc, char **argv)
     printf("\n%s", c->help);
     return KVP_EXIT_OK;
   }
-  return rc >= 0 ? rc : c->run(t, operand, v[R_JSON] != NULL);
+  return rc >= 0 ? rc : c->run(t, operand, v[O_JSON] != NULL);
 }

@@ -47,64 +47,44 @@
 #define KVP11_MODULE_INSTALLED "/usr/lib/x86_64-linux-gnu/pkcs11/libkvp11.so"
 #endif
 
-#define SOPT(o) (1u << (o))
 
-static const struct option smime_longopts[] = {
-    {"cert", required_argument, NULL, S_BASE + S_CERT},
-    {"to", required_argument, NULL, S_BASE + S_TO},
-    {"from", required_argument, NULL, S_BASE + S_FROM},
-    {"detached", no_argument, NULL, S_BASE + S_DETACHED},
-    {"digest", required_argument, NULL, S_BASE + S_DIGEST},
-    {"cipher", required_argument, NULL, S_BASE + S_CIPHER},
-    {"oaep", no_argument, NULL, S_BASE + S_OAEP},
-    {"binary", no_argument, NULL, S_BASE + S_BINARY},
-    {"account", required_argument, NULL, S_BASE + S_ACCOUNT},
-    {"inform", required_argument, NULL, S_BASE + S_INFORM},
-    {"outform", required_argument, NULL, S_BASE + S_OUTFORM},
-    {"content", required_argument, NULL, S_BASE + S_CONTENT},
-    {"module", required_argument, NULL, S_BASE + S_MODULE},
-    {"in", required_argument, NULL, S_BASE + S_IN},
-    {"out", required_argument, NULL, S_BASE + S_OUT},
-    {"help", no_argument, NULL, 'h'},
-    {NULL, 0, NULL, 0},
-};
 
 typedef struct smime_cmd {
   const char *cmd;
-  unsigned allowed;
+  uint64_t allowed;
   int (*run)(kvp_tool *t, smime_args *a);
   const char *synopsis;
 } smime_cmd;
 
-#define SIGN_OPTS (SOPT(S_DETACHED) | SOPT(S_DIGEST) | SOPT(S_BINARY))
-#define ENC_OPTS (SOPT(S_CIPHER) | SOPT(S_OAEP) | SOPT(S_BINARY))
-#define IO_OPTS (SOPT(S_IN) | SOPT(S_OUT) | SOPT(S_ACCOUNT))
+#define SIGN_OPTS (OPT(O_DETACHED) | OPT(O_DIGEST) | OPT(O_BINARY))
+#define ENC_OPTS (OPT(O_CIPHER) | OPT(O_OAEP) | OPT(O_BINARY))
+#define IO_OPTS (OPT(O_IN) | OPT(O_OUT) | OPT(O_ACCOUNT))
 
 static const smime_cmd smime_cmds[] = {
-    {"smime sign", SOPT(S_CERT) | SIGN_OPTS | IO_OPTS | SOPT(S_OUTFORM) | SOPT(S_MODULE),
+    {"smime sign", OPT(O_CERT) | SIGN_OPTS | IO_OPTS | OPT(O_OUTFORM) | OPT(O_MODULE),
      sm_cmd_sign,
      "smime sign --cert NAME [--detached] [--digest sha256|sha384|sha512]\n"
      "[--binary] [--outform smime|pem|der] [--account A]\n"
      "[--module SO] [--in FILE] [--out FILE]"},
-    {"smime verify", SOPT(S_CERT) | IO_OPTS | SOPT(S_INFORM) | SOPT(S_CONTENT) | SOPT(S_BINARY),
+    {"smime verify", OPT(O_CERT) | IO_OPTS | OPT(O_INFORM) | OPT(O_CONTENT) | OPT(O_BINARY),
      sm_cmd_verify,
      "smime verify [--cert PARTNER] [--inform smime|pem|der]\n"
      "[--content FILE] [--binary] [--account A] [--in FILE] [--out FILE]"},
-    {"smime encrypt", SOPT(S_TO) | ENC_OPTS | IO_OPTS | SOPT(S_OUTFORM), sm_cmd_encrypt,
+    {"smime encrypt", OPT(O_TO) | ENC_OPTS | IO_OPTS | OPT(O_OUTFORM), sm_cmd_encrypt,
      "smime encrypt --to PARTNER [--to PARTNER2 ...]\n"
      "[--cipher aes-256-cbc|aes-256-gcm] [--oaep] [--binary]\n"
      "[--outform smime|pem|der] [--account A] [--in FILE] [--out FILE]"},
-    {"smime decrypt", SOPT(S_CERT) | IO_OPTS | SOPT(S_INFORM) | SOPT(S_MODULE), sm_cmd_decrypt,
+    {"smime decrypt", OPT(O_CERT) | IO_OPTS | OPT(O_INFORM) | OPT(O_MODULE), sm_cmd_decrypt,
      "smime decrypt [--cert NAME] [--inform smime|pem|der] [--account A]\n"
      "[--module SO] [--in FILE] [--out FILE]"},
     {"smime seal",
-     SOPT(S_CERT) | SOPT(S_TO) | SIGN_OPTS | ENC_OPTS | IO_OPTS | SOPT(S_OUTFORM) | SOPT(S_MODULE),
+     OPT(O_CERT) | OPT(O_TO) | SIGN_OPTS | ENC_OPTS | IO_OPTS | OPT(O_OUTFORM) | OPT(O_MODULE),
      sm_cmd_seal,
      "smime seal --cert NAME --to PARTNER [--to PARTNER2 ...] [--detached]\n"
      "[--digest D] [--cipher C] [--oaep] [--binary] [--outform F]\n"
      "[--account A] [--module SO] [--in FILE] [--out FILE]"},
     {"smime open",
-     SOPT(S_CERT) | SOPT(S_FROM) | IO_OPTS | SOPT(S_INFORM) | SOPT(S_MODULE) | SOPT(S_BINARY),
+     OPT(O_CERT) | OPT(O_FROM) | IO_OPTS | OPT(O_INFORM) | OPT(O_MODULE) | OPT(O_BINARY),
      sm_cmd_open,
      "smime open [--cert NAME] [--from PARTNER] [--inform smime|pem|der]\n"
      "[--binary] [--account A] [--module SO] [--in FILE] [--out FILE]"},
@@ -112,49 +92,44 @@ static const smime_cmd smime_cmds[] = {
 
 /* ------------------------------------------------------------------ usage */
 
-static void synopsis(FILE *f, const char *prefix, const smime_cmd *c)
-{
-  kvp_tool_synopsis(f, prefix, c->cmd, c->synopsis);
-}
-
 void kvp_tool_smime_usage(FILE *f)
 {
   for (size_t i = 0; i < KVP_ARRAY_SIZE(smime_cmds); i++)
-    synopsis(f, "  kvp11 [-c FILE] ", &smime_cmds[i]);
+    kvp_tool_synopsis(f, "  kvp11 [-c FILE] ", smime_cmds[i].cmd, smime_cmds[i].synopsis);
 }
 
 /* One help line per option; only those of the command. */
-static const char *const opt_help[S_COUNT] = {
-    [S_CERT] = "  --cert NAME      our private certificate to sign with (its key is used\n"
+static const char *const opt_help[O_COUNT] = {
+    [O_CERT] = "  --cert NAME      our private certificate to sign with (its key is used\n"
                "                   through libkvp11.so)\n",
-    [S_TO] = "  --to PARTNER     a registered recipient certificate (repeatable)\n",
-    [S_FROM] = "  --from PARTNER   the only accepted signer\n",
-    [S_DETACHED] = "  --detached       multipart/signed (content in clear beside the signature)\n",
-    [S_DIGEST] = "  --digest D       sha256 (default), sha384, sha512\n",
-    [S_CIPHER] = "  --cipher C       aes-256-cbc (default), aes-256-gcm (AuthEnvelopedData)\n",
-    [S_OAEP] = "  --oaep           RSA-OAEP key transport (default: RSA PKCS#1 v1.5)\n",
-    [S_BINARY] = "  --binary         the content is bytes as they are (default: text, line ends\n"
+    [O_TO] = "  --to PARTNER     a registered recipient certificate (repeatable)\n",
+    [O_FROM] = "  --from PARTNER   the only accepted signer\n",
+    [O_DETACHED] = "  --detached       multipart/signed (content in clear beside the signature)\n",
+    [O_DIGEST] = "  --digest D       sha256 (default), sha384, sha512\n",
+    [O_CIPHER] = "  --cipher C       aes-256-cbc (default), aes-256-gcm (AuthEnvelopedData)\n",
+    [O_OAEP] = "  --oaep           RSA-OAEP key transport (default: RSA PKCS#1 v1.5)\n",
+    [O_BINARY] = "  --binary         the content is bytes as they are (default: text, line ends\n"
                  "                   made CRLF as S/MIME requires)\n",
-    [S_ACCOUNT] = "  --account A      default: the first configured account\n",
-    [S_INFORM] = "  --inform F       input form: smime, pem or der (default: detected)\n",
-    [S_OUTFORM] = "  --outform F      output form: smime (default), pem or der\n",
-    [S_CONTENT] = "  --content FILE   the content of a detached pem/der signature\n",
-    [S_MODULE] = "  --module SO      libkvp11.so (default: $KVP11_MODULE, else " KVP11_MODULE_INSTALLED ")\n",
-    [S_IN] = "  --in FILE        read the message from FILE (default: stdin)\n",
-    [S_OUT] = "  --out FILE       write to FILE, only if the command succeeds (default: stdout)\n",
+    [O_ACCOUNT] = "  --account A      default: the first configured account\n",
+    [O_INFORM] = "  --inform F       input form: smime, pem or der (default: detected)\n",
+    [O_OUTFORM] = "  --outform F      output form: smime (default), pem or der\n",
+    [O_CONTENT] = "  --content FILE   the content of a detached pem/der signature\n",
+    [O_MODULE] = "  --module SO      libkvp11.so (default: $KVP11_MODULE, else " KVP11_MODULE_INSTALLED ")\n",
+    [O_IN] = "  --in FILE        read the message from FILE (default: stdin)\n",
+    [O_OUT] = "  --out FILE       write to FILE, only if the command succeeds (default: stdout)\n",
 };
 
 /* The options that mean something else on the receiving side. */
 static const char *recv_help(const smime_cmd *c, int o)
 {
-  if (o == S_CERT && c->run == sm_cmd_verify)
+  if (o == O_CERT && c->run == sm_cmd_verify)
     return "  --cert PARTNER   the only accepted signer\n";
-  if (o == S_CERT)
+  if (o == O_CERT)
     return "  --cert NAME      our certificate to decrypt with (its key is used through\n"
            "                   libkvp11.so); default: the one the message is for, among\n"
            "                   the account's private certificates, active or retired\n"
            "                   (-v says which)\n";
-  if (o == S_BINARY)
+  if (o == O_BINARY)
     return "  --binary         the detached content was signed as bytes as they are\n"
            "                   (default: as canonical text, CRLF line ends)\n";
   return opt_help[o];
@@ -163,16 +138,16 @@ static const char *recv_help(const smime_cmd *c, int o)
 static void smime_cmd_usage(FILE *f, const smime_cmd *c)
 {
   int recv = c->run == sm_cmd_verify || c->run == sm_cmd_decrypt || c->run == sm_cmd_open;
-  synopsis(f, "usage: kvp11 [-c FILE] ", c);
+  kvp_tool_synopsis(f, "usage: kvp11 [-c FILE] ", c->cmd, c->synopsis);
   fputc('\n', f);
-  for (int o = 0; o < S_COUNT; o++)
-    if ((c->allowed & SOPT(o)) && opt_help[o])
+  for (int o = 0; o < O_COUNT; o++)
+    if ((c->allowed & OPT(o)) && opt_help[o])
       fputs(recv ? recv_help(c, o) : opt_help[o], f);
   fputs("\nThe message streams: read once, written as it is processed. On stdout a\n"
         "failed verify, decrypt or open may have written part of the content: check\n"
         "the exit status, or use --out FILE (written only when the command succeeds).\n",
         f);
-  if (c->allowed & (SOPT(S_FROM) | SOPT(S_CONTENT)))
+  if (c->allowed & (OPT(O_FROM) | OPT(O_CONTENT)))
     fputs("Signers are trusted when their certificate is registered in the account\n"
           "and valid at the signing time.\n",
           f);
@@ -223,7 +198,7 @@ X509 *sm_rec_x509(const kvp_cert_rec *rec)
 int sm_setup(kvp_tool *t, smime_args *a)
 {
   if (kvp_tool_load_config(t) != KVP_EXIT_OK ||
-      kvp_tool_account(t, a->v[S_ACCOUNT], &a->account) != KVP_EXIT_OK ||
+      kvp_tool_account(t, a->v[O_ACCOUNT], &a->account) != KVP_EXIT_OK ||
       kvp_tool_open_registry(t) != KVP_EXIT_OK)
     return KVP_EXIT_ERROR;
   return KVP_EXIT_OK;
@@ -279,7 +254,7 @@ int sm_check_valid(kvp_tool *t, const kvp_cert_rec *rec, int64_t at, const char 
 int sm_load_key(kvp_tool *t, const smime_args *a, const kvp_cert_rec *rec, X509 *x,
                 kvp_engine_key *k)
 {
-  const char *module = kvp_engine_module(a->v[S_MODULE]);
+  const char *module = kvp_engine_module(a->v[O_MODULE]);
   const kvp_account_conf *ac = kvp_config_find_account(t->cfg, a->account);
   const char *label = ac && ac->label ? ac->label : a->account;
   char what[400];
@@ -333,16 +308,16 @@ static int add_recipient(kvp_tool *t, const smime_args *a, const char *name, int
     kvp_tool_fail(t, rc, "certificate '%s': RSA or EC recipients only", name);
     goto out;
   }
-  if (a->v[S_OAEP] && kt != EVP_PKEY_RSA) {
+  if (a->v[O_OAEP] && kt != EVP_PKEY_RSA) {
     kvp_tool_fail(t, rc, "--oaep: certificate '%s' has no RSA key", name);
     goto out;
   }
-  CMS_RecipientInfo *ri = CMS_add1_recipient_cert(cms, x, flags | (a->v[S_OAEP] ? CMS_KEY_PARAM : 0));
+  CMS_RecipientInfo *ri = CMS_add1_recipient_cert(cms, x, flags | (a->v[O_OAEP] ? CMS_KEY_PARAM : 0));
   if (!ri) {
     kvp_tool_fail(t, rc, "cannot add recipient '%s': %s", name, ossl_reason());
     goto out;
   }
-  if (a->v[S_OAEP]) {
+  if (a->v[O_OAEP]) {
     EVP_PKEY_CTX *pctx = CMS_RecipientInfo_get0_pkey_ctx(ri);
     if (!pctx || EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_OAEP_PADDING) <= 0) {
       kvp_tool_fail(t, rc, "cannot set RSA-OAEP for '%s': %s", name, ossl_reason());
@@ -414,10 +389,10 @@ static int send_begin(kvp_tool *t, smime_args *a, int sign, send_ctx *s)
   int rc;
   memset(s, 0, sizeof(*s));
   if ((rc = sm_setup(t, a)) != KVP_EXIT_OK ||
-      (sign && (rc = sm_get_rec(t, a, a->v[S_CERT], 2, &s->rec, &s->x)) != KVP_EXIT_OK) ||
-      (rc = sm_in_open(t, a->v[S_IN], &s->in, &s->what)) != KVP_EXIT_OK)
+      (sign && (rc = sm_get_rec(t, a, a->v[O_CERT], 2, &s->rec, &s->x)) != KVP_EXIT_OK) ||
+      (rc = sm_in_open(t, a->v[O_IN], &s->in, &s->what)) != KVP_EXIT_OK)
     return rc;
-  return sm_out_open(t, a->v[S_OUT], &s->out);
+  return sm_out_open(t, a->v[O_OUT], &s->out);
 }
 
 static int send_end(kvp_tool *t, send_ctx *s, int rc)
@@ -437,7 +412,7 @@ static int send_end(kvp_tool *t, send_ctx *s, int rc)
 
 static int sign_flags(const smime_args *a)
 {
-  return (a->v[S_BINARY] ? CMS_BINARY : 0) | (a->v[S_DETACHED] ? CMS_DETACHED : 0) | CMS_STREAM;
+  return (a->v[O_BINARY] ? CMS_BINARY : 0) | (a->v[O_DETACHED] ? CMS_DETACHED : 0) | CMS_STREAM;
 }
 
 int sm_cmd_sign(kvp_tool *t, smime_args *a)
@@ -450,7 +425,7 @@ int sm_cmd_sign(kvp_tool *t, smime_args *a)
   int q = quiet_begin(t), ok;
   ERR_clear_error();
   /* detached pem/der: the content is only digested */
-  if ((a->v[S_DETACHED] && a->outform != F_SMIME) || sm_in_empty(s.in))
+  if ((a->v[O_DETACHED] && a->outform != F_SMIME) || sm_in_empty(s.in))
     ok = write_final(a->outform, s.sig, s.in, flags, s.out.bio);
   else
     ok = write_stream(a->outform, s.sig, s.in, flags, s.out.bio);
@@ -464,7 +439,7 @@ int sm_cmd_sign(kvp_tool *t, smime_args *a)
 int sm_cmd_encrypt(kvp_tool *t, smime_args *a)
 {
   send_ctx s;
-  int flags = a->v[S_BINARY] ? CMS_BINARY : 0;
+  int flags = a->v[O_BINARY] ? CMS_BINARY : 0;
   int rc = send_begin(t, a, 0, &s);
   if (rc == KVP_EXIT_OK && (rc = make_envelope(t, a, flags, &s.env)) == KVP_EXIT_OK &&
       !(sm_in_empty(s.in) ? write_final(a->outform, s.env, s.in, flags, s.out.bio)
@@ -500,7 +475,7 @@ int sm_cmd_seal(kvp_tool *t, smime_args *a)
   /* CRLF line ends for the MIME structure, as S/MIME wants; but not around
    * binary detached content: OpenSSL 3.0's reader then keeps the CR before
    * the boundary in the content and the signature fails for such peers. */
-  int eol = a->v[S_BINARY] && a->v[S_DETACHED] ? 0 : CMS_CRLFEOL;
+  int eol = a->v[O_BINARY] && a->v[O_DETACHED] ? 0 : CMS_CRLFEOL;
   int ok = sm_in_empty(s.in) ? write_final(F_SMIME, s.sig, s.in, flags | eol, bar)
                              : SMIME_write_CMS(bar, s.sig, s.in, flags | eol);
   quiet_end(q);
@@ -538,19 +513,19 @@ static int parse_args(kvp_tool *t, const smime_cmd *c, int argc, char **argv, sm
   int o, rc;
   opterr = 0;
   optind = 0;
-  while ((o = getopt_long(argc, argv, ":h", smime_longopts, NULL)) != -1) {
+  while ((o = getopt_long(argc, argv, ":h", kvp_tool_longopts, NULL)) != -1) {
     if (o == 'h') {
       smime_cmd_usage(stdout, c);
       return KVP_EXIT_OK;
     }
-    if (o < S_BASE || o >= S_BASE + S_COUNT)
+    if (o < KVP_TOOL_OPT_BASE || o >= KVP_TOOL_OPT_BASE + O_COUNT)
       return kvp_tool_badopt(t, o, argv, "kvp11 smime --help");
-    o -= S_BASE;
-    if (!(c->allowed & SOPT(o)))
+    o -= KVP_TOOL_OPT_BASE;
+    if (!(c->allowed & OPT(o)))
       return kvp_tool_fail(t, KVP_EXIT_USAGE,
                            "option '--%s' does not apply here (see kvp11 %s --help)",
-                           smime_longopts[o].name, c->cmd);
-    if (o == S_TO) {
+                           kvp_tool_longopts[o].name, c->cmd);
+    if (o == O_TO) {
       if (a->n_to == MAX_TO)
         return kvp_tool_fail(t, KVP_EXIT_USAGE, "at most %d --to", MAX_TO);
       a->to[a->n_to++] = optarg;
@@ -558,27 +533,20 @@ static int parse_args(kvp_tool *t, const smime_cmd *c, int argc, char **argv, sm
       continue;
     }
     if (a->v[o])
-      return kvp_tool_fail(t, KVP_EXIT_USAGE, "option '--%s' given twice", smime_longopts[o].name);
+      return kvp_tool_fail(t, KVP_EXIT_USAGE, "option '--%s' given twice", kvp_tool_longopts[o].name);
     a->v[o] = optarg ? optarg : "";
   }
   if (optind < argc)
     return kvp_tool_fail(t, KVP_EXIT_USAGE, "unexpected argument '%s' (see kvp11 %s --help)",
                          argv[optind], c->cmd);
-  if ((c->allowed & SOPT(S_CERT)) && c->run != sm_cmd_verify && c->run != sm_cmd_decrypt &&
-      c->run != sm_cmd_open && !a->v[S_CERT])
+  if ((c->allowed & OPT(O_CERT)) && c->run != sm_cmd_verify && c->run != sm_cmd_decrypt &&
+      c->run != sm_cmd_open && !a->v[O_CERT])
     return kvp_tool_fail(t, KVP_EXIT_USAGE, "--cert is required (see kvp11 %s --help)", c->cmd);
-  if ((c->allowed & SOPT(S_TO)) && a->n_to == 0)
+  if ((c->allowed & OPT(O_TO)) && a->n_to == 0)
     return kvp_tool_fail(t, KVP_EXIT_USAGE, "--to is required (see kvp11 %s --help)", c->cmd);
-  const char *d = a->v[S_DIGEST] ? a->v[S_DIGEST] : "sha256";
-  if (!strcmp(d, "sha256"))
-    a->md = EVP_sha256();
-  else if (!strcmp(d, "sha384"))
-    a->md = EVP_sha384();
-  else if (!strcmp(d, "sha512"))
-    a->md = EVP_sha512();
-  else
-    return kvp_tool_fail(t, KVP_EXIT_USAGE, "bad --digest '%s': sha256, sha384 or sha512", d);
-  const char *ci = a->v[S_CIPHER] ? a->v[S_CIPHER] : "aes-256-cbc";
+  if ((rc = kvp_tool_digest(t, a->v[O_DIGEST], &a->md)) >= 0)
+    return rc;
+  const char *ci = a->v[O_CIPHER] ? a->v[O_CIPHER] : "aes-256-cbc";
   if (!strcmp(ci, "aes-256-cbc"))
     a->cipher = EVP_aes_256_cbc();
   else if (!strcmp(ci, "aes-256-gcm"))
@@ -587,10 +555,10 @@ static int parse_args(kvp_tool *t, const smime_cmd *c, int argc, char **argv, sm
     return kvp_tool_fail(t, KVP_EXIT_USAGE, "bad --cipher '%s': aes-256-cbc or aes-256-gcm", ci);
   a->inform = F_AUTO;
   a->outform = F_SMIME;
-  if ((rc = parse_form(t, "--inform", a->v[S_INFORM], &a->inform)) >= 0 ||
-      (rc = parse_form(t, "--outform", a->v[S_OUTFORM], &a->outform)) >= 0)
+  if ((rc = parse_form(t, "--inform", a->v[O_INFORM], &a->inform)) >= 0 ||
+      (rc = parse_form(t, "--outform", a->v[O_OUTFORM], &a->outform)) >= 0)
     return rc;
-  if (a->v[S_CONTENT] && a->inform == F_SMIME)
+  if (a->v[O_CONTENT] && a->inform == F_SMIME)
     return kvp_tool_fail(
         t, KVP_EXIT_USAGE,
         "--content goes with --inform pem or der (an S/MIME message has its content)");

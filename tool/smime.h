@@ -11,6 +11,7 @@
 #ifndef KVP_TOOL_SMIME_H
 #define KVP_TOOL_SMIME_H
 
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <sys/types.h>
@@ -26,31 +27,12 @@
 #include "engine.h"
 #include "tool.h"
 
-enum {
-  S_CERT = 0,
-  S_TO,
-  S_FROM,
-  S_DETACHED,
-  S_DIGEST,
-  S_CIPHER,
-  S_OAEP,
-  S_BINARY,
-  S_ACCOUNT,
-  S_INFORM,
-  S_OUTFORM,
-  S_CONTENT,
-  S_MODULE,
-  S_IN,
-  S_OUT,
-  S_COUNT,
-  S_BASE = 256,
-};
 #define MAX_TO 16
 
 enum { F_AUTO = 0, F_SMIME, F_PEM, F_DER };
 
 typedef struct smime_args {
-  const char *v[S_COUNT]; /* option values; flags are "" when given */
+  const char *v[O_COUNT]; /* option values; flags are "" when given */
   const char *to[MAX_TO]; /* every --to */
   size_t n_to;
   const char *account; /* resolved account */
@@ -65,6 +47,9 @@ typedef struct smime_args {
 /* ------------------------------------------------------------ smime.c */
 
 int sm_nomem(const kvp_tool *t);
+/* Format into err unless it holds a message already (the first failure is the one told). */
+void sm_first_err(char *err, size_t len, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
 /* Configuration, account, registry. */
 int sm_setup(kvp_tool *t, smime_args *a);
 /* The registered certificate name (need_private: with a key); *x its X509. */

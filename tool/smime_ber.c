@@ -103,14 +103,18 @@ void sm_der_free(sm_der *d)
 }
 
 static void der_err(sm_der *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void sm_first_err(char *err, size_t len, const char *fmt, va_list ap)
+{
+  if (!err[0])
+    vsnprintf(err, len, fmt, ap);
+}
+
 static void der_err(sm_der *d, const char *fmt, ...)
 {
-  if (!d->err[0]) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(d->err, sizeof(d->err), fmt, ap);
-    va_end(ap);
-  }
+  va_list ap;
+  va_start(ap, fmt);
+  sm_first_err(d->err, sizeof(d->err), fmt, ap);
+  va_end(ap);
 }
 
 /* The base64 ended (EOF, or a line starting with '-'). */

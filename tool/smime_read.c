@@ -30,12 +30,10 @@
 static int merr(sm_msg *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int merr(sm_msg *m, const char *fmt, ...)
 {
-  if (!m->err[0]) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(m->err, sizeof(m->err), fmt, ap);
-    va_end(ap);
-  }
+  va_list ap;
+  va_start(ap, fmt);
+  sm_first_err(m->err, sizeof(m->err), fmt, ap);
+  va_end(ap);
   return -1;
 }
 

@@ -180,7 +180,7 @@ static int recv_begin(kvp_tool *t, smime_args *a, int expect, recv_ctx *r)
   int rc;
   memset(r, 0, sizeof(*r));
   if ((rc = sm_setup(t, a)) != KVP_EXIT_OK ||
-      (rc = sm_in_open(t, a->v[S_IN], &r->in, &r->what)) != KVP_EXIT_OK)
+      (rc = sm_in_open(t, a->v[O_IN], &r->in, &r->what)) != KVP_EXIT_OK)
     return rc;
   if (!(r->m = malloc(sizeof(*r->m))))
     return sm_nomem(t);
@@ -217,9 +217,9 @@ static int recv_end(kvp_tool *t, recv_ctx *r, int rc)
 /* verify after the output is open: the content streamed, then the signers. */
 static int verify_rest(kvp_tool *t, const smime_args *a, recv_ctx *r)
 {
-  if (sm_signed_stream(r->m, r->content, a->v[S_BINARY] != NULL, r->out.bio, &r->md) != 0)
+  if (sm_signed_stream(r->m, r->content, a->v[O_BINARY] != NULL, r->out.bio, &r->md) != 0)
     return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", r->m->err);
-  return verify_signers(t, a, a->v[S_CERT], r->m, r->md);
+  return verify_signers(t, a, a->v[O_CERT], r->m, r->md);
 }
 
 int sm_cmd_verify(kvp_tool *t, smime_args *a)
@@ -228,10 +228,10 @@ int sm_cmd_verify(kvp_tool *t, smime_args *a)
   int rc = recv_begin(t, a, NID_pkcs7_signed, &r);
   if (rc != KVP_EXIT_OK)
     return recv_end(t, &r, rc);
-  if (a->v[S_CONTENT] && !(r.content = BIO_new_file(a->v[S_CONTENT], "rb")))
-    return recv_end(t, &r, kvp_tool_fail(t, KVP_EXIT_ERROR, "cannot open %s: %s", a->v[S_CONTENT],
+  if (a->v[O_CONTENT] && !(r.content = BIO_new_file(a->v[O_CONTENT], "rb")))
+    return recv_end(t, &r, kvp_tool_fail(t, KVP_EXIT_ERROR, "cannot open %s: %s", a->v[O_CONTENT],
                                          strerror(errno)));
-  if ((rc = sm_out_open(t, a->v[S_OUT], &r.out)) != KVP_EXIT_OK)
+  if ((rc = sm_out_open(t, a->v[O_OUT], &r.out)) != KVP_EXIT_OK)
     return recv_end(t, &r, rc);
   return recv_end(t, &r, verify_rest(t, a, &r));
 }
@@ -326,7 +326,7 @@ static int find_recipient(kvp_tool *t, const smime_args *a, CMS_ContentInfo *cms
 static int pick_cert(kvp_tool *t, const smime_args *a, recv_ctx *r)
 {
   int agree = 0, rc;
-  const char *name = a->v[S_CERT];
+  const char *name = a->v[O_CERT];
   if (name) {
     if ((rc = sm_get_rec(t, a, name, 1, &r->rec, &r->x)) != KVP_EXIT_OK)
       return rc;
@@ -405,7 +405,7 @@ int sm_cmd_decrypt(kvp_tool *t, smime_args *a)
   recv_ctx r;
   int rc = recv_begin(t, a, NID_pkcs7_enveloped, &r);
   if (rc != KVP_EXIT_OK || (rc = decrypt_begin(t, a, &r)) != KVP_EXIT_OK ||
-      (rc = sm_out_open(t, a->v[S_OUT], &r.out)) != KVP_EXIT_OK)
+      (rc = sm_out_open(t, a->v[O_OUT], &r.out)) != KVP_EXIT_OK)
     return recv_end(t, &r, rc);
   return recv_end(t, &r, decrypt_end(t, &r, r.out.bio));
 }
@@ -418,7 +418,7 @@ static int open_rest(kvp_tool *t, const smime_args *a, recv_ctx *r)
   if (!(r->inner = malloc(sizeof(*r->inner))))
     return sm_nomem(t);
   if (sm_msg_begin(r->inner, r->plain, F_AUTO, NID_pkcs7_signed, "the decrypted content") != 0 ||
-      sm_signed_stream(r->inner, NULL, a->v[S_BINARY] != NULL, r->out.bio, &r->md) != 0) {
+      sm_signed_stream(r->inner, NULL, a->v[O_BINARY] != NULL, r->out.bio, &r->md) != 0) {
     /* a damaged envelope says so before its content does */
     if ((rc = decrypt_end(t, r, NULL)) == KVP_EXIT_OK)
       rc = kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", r->inner->err);
@@ -426,7 +426,7 @@ static int open_rest(kvp_tool *t, const smime_args *a, recv_ctx *r)
   }
   if ((rc = decrypt_end(t, r, NULL)) != KVP_EXIT_OK)
     return rc;
-  return verify_signers(t, a, a->v[S_FROM], r->inner, r->md);
+  return verify_signers(t, a, a->v[O_FROM], r->inner, r->md);
 }
 
 int sm_cmd_open(kvp_tool *t, smime_args *a)
@@ -434,7 +434,7 @@ int sm_cmd_open(kvp_tool *t, smime_args *a)
   recv_ctx r;
   int rc = recv_begin(t, a, NID_pkcs7_enveloped, &r);
   if (rc != KVP_EXIT_OK || (rc = decrypt_begin(t, a, &r)) != KVP_EXIT_OK ||
-      (rc = sm_out_open(t, a->v[S_OUT], &r.out)) != KVP_EXIT_OK)
+      (rc = sm_out_open(t, a->v[O_OUT], &r.out)) != KVP_EXIT_OK)
     return recv_end(t, &r, rc);
   return recv_end(t, &r, open_rest(t, a, &r));
 }

@@ -30,18 +30,6 @@
 
 #define EXIT_SKIPPED 3
 
-enum { S_ACCOUNT, S_IA, S_DRY, S_JSON, S_PRUNE, S_VAULT_ID, S_N };
-static const struct option sync_longopts[] = {
-    {"account", required_argument, NULL, KVP_TOOL_OPT_BASE + S_ACCOUNT},
-    {"ia", required_argument, NULL, KVP_TOOL_OPT_BASE + S_IA},
-    {"dry-run", no_argument, NULL, KVP_TOOL_OPT_BASE + S_DRY},
-    {"json", no_argument, NULL, KVP_TOOL_OPT_BASE + S_JSON},
-    {"prune", no_argument, NULL, KVP_TOOL_OPT_BASE + S_PRUNE},
-    {"vault-id", required_argument, NULL, KVP_TOOL_OPT_BASE + S_VAULT_ID},
-    {"help", no_argument, NULL, 'h'},
-    {NULL, 0, NULL, 0},
-};
-#define BIT(o) (1u << (o))
 
 typedef enum { P_SAME, P_ADD, P_REPLACE, P_REMOVE, P_KEEP, P_SKIP } plan_kind;
 static const char *const plan_names[] = {"unchanged", "add", "replace", "remove", "keep", "skip"};
@@ -109,14 +97,8 @@ static void sync_help(const char *cmd)
 static plan_item *plan_add(plan *p, plan_kind kind, const char *name, const char *sha256,
                            const char *reason)
 {
-  if (p->n == p->cap) {
-    size_t cap = p->cap ? 2 * p->cap : 16;
-    plan_item *it = realloc(p->items, cap * sizeof(*it));
-    if (it == NULL)
-      return NULL;
-    p->items = it;
-    p->cap = cap;
-  }
+  if (kvp_grow(&p->items, p->n, &p->cap, sizeof(*p->items), 16) != 0)
+    return NULL;
   plan_item *it = &p->items[p->n];
   memset(it, 0, sizeof(*it));
   it->kind = kind;
@@ -468,7 +450,7 @@ static int sync_one(sync_ctx *s, const kvp_ia_conf *ia, const char **v, json_t *
   kvp_cert_rec *rows = NULL;
   size_t n = 0, n_rows = 0;
   char err[KVP_ERRLEN] = "";
-  int rc = KVP_EXIT_ERROR, dry = v[S_DRY] != NULL;
+  int rc = KVP_EXIT_ERROR, dry = v[O_DRY] != NULL;
 
   p.ia = ia;
   if (kvp_tool_account(t, ia->account, &p.account) != KVP_EXIT_OK)
@@ -485,7 +467,7 @@ static int sync_one(sync_ctx *s, const kvp_ia_conf *ia, const char **v, json_t *
     kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", err);
     goto done;
   }
-  if (make_plan(s, &p, certs, n, rows, n_rows, v[S_PRUNE] != NULL) != 0) {
+  if (make_plan(s, &p, certs, n, rows, n_rows, v[O_PRUNE] != NULL) != 0) {
     kvp_tool_fail(t, KVP_EXIT_ERROR, "out of memory (registry unchanged)");
     goto done;
   }
@@ -511,13 +493,13 @@ done:
 static int cmd_sync(sync_ctx *s, const char **v)
 {
   kvp_tool *t = s->t;
-  json_t *out = v[S_JSON] ? json_array() : NULL;
+  json_t *out = v[O_JSON] ? json_array() : NULL;
   int rc = KVP_EXIT_OK, any = 0;
 
   for (size_t i = 0; i < t->cfg->n_ias; i++) {
     const kvp_ia_conf *ia = &t->cfg->ias[i];
     const char *acct = ia->account ? ia->account : (t->cfg->n_accounts ? t->cfg->accounts[0].name : "default");
-    if ((v[S_IA] && strcmp(v[S_IA], ia->cred.name) != 0) || (v[S_ACCOUNT] && strcmp(v[S_ACCOUNT], acct) != 0))
+    if ((v[O_IA] && strcmp(v[O_IA], ia->cred.name) != 0) || (v[O_ACCOUNT] && strcmp(v[O_ACCOUNT], acct) != 0))
       continue;
     any = 1;
     int r = sync_one(s, ia, v, out);
@@ -526,8 +508,8 @@ static int cmd_sync(sync_ctx *s, const char **v)
   }
   if (!any)
     rc = kvp_tool_fail(t, KVP_EXIT_USAGE, "no [integration-account] section%s%s%s%s in %s",
-                       v[S_IA] ? " named " : "", v[S_IA] ? v[S_IA] : "",
-                       v[S_ACCOUNT] ? " fills account " : "", v[S_ACCOUNT] ? v[S_ACCOUNT] : "",
+                       v[O_IA] ? " named " : "", v[O_IA] ? v[O_IA] : "",
+                       v[O_ACCOUNT] ? " fills account " : "", v[O_ACCOUNT] ? v[O_ACCOUNT] : "",
                        t->cfg->path);
   if (out != NULL) {
     json_dumpf(out, stdout, JSON_INDENT(2));
@@ -545,9 +527,9 @@ static const kvp_ia_conf *pick_ia(kvp_tool *t, const char **v, const char *accou
 {
   const kvp_ia_conf *found = NULL;
 
-  if (v[S_IA] != NULL) {
-    if ((found = kvp_config_find_ia(t->cfg, v[S_IA])) == NULL)
-      *rc = kvp_tool_fail(t, KVP_EXIT_USAGE, "no [integration-account %s] in %s", v[S_IA],
+  if (v[O_IA] != NULL) {
+    if ((found = kvp_config_find_ia(t->cfg, v[O_IA])) == NULL)
+      *rc = kvp_tool_fail(t, KVP_EXIT_USAGE, "no [integration-account %s] in %s", v[O_IA],
                           t->cfg->path);
     return found;
   }
@@ -615,7 +597,7 @@ static int cmd_publish(kvp_tool *t, const char **v, const char *name, int publis
   int rc = KVP_EXIT_ERROR, flag = 0;
   const kvp_ia_conf *ia;
 
-  if (kvp_tool_account(t, v[S_ACCOUNT], &account) != KVP_EXIT_OK)
+  if (kvp_tool_account(t, v[O_ACCOUNT], &account) != KVP_EXIT_OK)
     return KVP_EXIT_ERROR;
   if ((ia = pick_ia(t, v, account, &rc)) == NULL)
     return rc;
@@ -655,7 +637,7 @@ static int cmd_publish(kvp_tool *t, const char **v, const char *name, int publis
                     name, store);
       goto out;
     }
-    if ((vid = vault_arm_id(t, ia, store, v[S_VAULT_ID])) == NULL) {
+    if ((vid = vault_arm_id(t, ia, store, v[O_VAULT_ID])) == NULL) {
       kvp_tool_fail(t, rc, "vault '%s': cannot tell its Azure resource id; give --vault-id", store);
       goto out;
     }
@@ -680,9 +662,9 @@ out:
 /* argv[0] is "sync", "publish" or "unpublish". */
 int kvp_tool_sync(kvp_tool *t, int argc, char **argv)
 {
-  const char *v[S_N] = {NULL}, *name = NULL;
+  const char *v[O_COUNT] = {NULL}, *name = NULL;
   const int is_sync = strcmp(argv[0], "sync") == 0;
-  kvp_tool_opts o = {sync_longopts, S_N, 0, !is_sync, argv[0], NULL};
+  kvp_tool_opts o = {0, !is_sync, argv[0], NULL};
   char help[64];
   sync_ctx s = {t, NULL, 0};
   int rc;
@@ -690,9 +672,9 @@ int kvp_tool_sync(kvp_tool *t, int argc, char **argv)
   t->cmd = argv[0];
   snprintf(help, sizeof(help), "kvp11 %s --help", argv[0]);
   o.help = help;
-  o.allowed = is_sync ? BIT(S_ACCOUNT) | BIT(S_IA) | BIT(S_DRY) | BIT(S_JSON) | BIT(S_PRUNE)
-              : strcmp(argv[0], "publish") == 0 ? BIT(S_ACCOUNT) | BIT(S_IA) | BIT(S_VAULT_ID)
-                                                : BIT(S_ACCOUNT) | BIT(S_IA);
+  o.allowed = is_sync ? OPT(O_ACCOUNT) | OPT(O_IA) | OPT(O_DRY) | OPT(O_JSON) | OPT(O_PRUNE)
+              : strcmp(argv[0], "publish") == 0 ? OPT(O_ACCOUNT) | OPT(O_IA) | OPT(O_VAULT_ID)
+                                                : OPT(O_ACCOUNT) | OPT(O_IA);
   rc = kvp_tool_parse_opts(t, &o, argc, argv, v, &name);
   if (rc == KVP_TOOL_HELP) {
     sync_help(argv[0]);
@@ -700,15 +682,15 @@ int kvp_tool_sync(kvp_tool *t, int argc, char **argv)
   }
   if (rc != -1)
     return rc;
-  if (v[S_ACCOUNT] && v[S_IA])
+  if (v[O_ACCOUNT] && v[O_IA])
     return kvp_tool_fail(t, KVP_EXIT_USAGE, "give --account or --ia, not both");
   if (kvp_tool_load_config(t) != KVP_EXIT_OK)
     return KVP_EXIT_ERROR;
   if (!is_sync)
     return cmd_publish(t, v, name, strcmp(argv[0], "publish") == 0);
-  if (!v[S_DRY] && kvp_tool_open_registry(t) != KVP_EXIT_OK)
+  if (!v[O_DRY] && kvp_tool_open_registry(t) != KVP_EXIT_OK)
     return KVP_EXIT_ERROR;
-  if (v[S_DRY] && kvp_tool_open_registry_ro(t) != KVP_EXIT_OK)
+  if (v[O_DRY] && kvp_tool_open_registry_ro(t) != KVP_EXIT_OK)
     return KVP_EXIT_ERROR;
   if (t->reg == NULL) { /* dry run, no registry yet: plan against nothing */
     if (kvp_tool_open_registry(t) != KVP_EXIT_OK)

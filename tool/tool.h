@@ -8,9 +8,11 @@
 #define KVP_TOOL_TOOL_H
 
 #include <getopt.h>
+#include <stdint.h>
 #include <stdio.h>
 
 #include <jansson.h>
+#include <openssl/evp.h>
 
 #include "backend/backend.h"
 #include "core/audit.h"
@@ -43,18 +45,71 @@ void kvp_tool_warn(const kvp_tool *t, const char *fmt, ...) __attribute__((forma
 int kvp_tool_badopt(const kvp_tool *t, int c, char **argv, const char *help);
 
 /* The command line of one sub-command ("cert add", "key create", ...). */
-#define KVP_TOOL_OPT_BASE 256 /* longopts[i].val == KVP_TOOL_OPT_BASE + i */
+#define KVP_TOOL_OPT_BASE 256 /* kvp_tool_longopts[i].val == KVP_TOOL_OPT_BASE + i */
 #define KVP_TOOL_HELP (-2)    /* kvp_tool_parse_opts: -h was given */
+/* Every long option of the commands (opts.c); smime's first, in its --help order. */
+enum {
+  O_CERT = 0,
+  O_TO,
+  O_FROM,
+  O_DETACHED,
+  O_DIGEST,
+  O_CIPHER,
+  O_OAEP,
+  O_BINARY,
+  O_ACCOUNT,
+  O_INFORM,
+  O_OUTFORM,
+  O_CONTENT,
+  O_MODULE,
+  O_IN,
+  O_OUT,
+  O_NAME,
+  O_TYPE,
+  O_HSM,
+  O_VAULT,
+  O_KEY,
+  O_RG,
+  O_REPLACE,
+  O_STRICT,
+  O_JSON,
+  O_PEM,
+  O_CERT_DIR,
+  O_ALIAS,
+  O_ALLOW_EXPIRED,
+  O_YES,
+  O_EXPIRING,
+  O_SIZE,
+  O_CURVE,
+  O_HSMPROT,
+  O_OPS,
+  O_NOREG,
+  O_PFX,
+  O_PASSFILE,
+  O_KEYFILE,
+  O_PINFILE,
+  O_CERTNAME,
+  O_SUBJECT,
+  O_SAN,
+  O_PSS,
+  O_DAYS,
+  O_IA,
+  O_DRY,
+  O_PRUNE,
+  O_VAULT_ID,
+  O_COUNT,
+};
+#define OPT(o) (UINT64_C(1) << (o))
+/* O_COUNT options, "help" ('h'), then a zero entry. */
+extern const struct option kvp_tool_longopts[O_COUNT + 2];
 typedef struct kvp_tool_opts {
-  const struct option *longopts; /* n entries, then a zero entry */
-  int n;
-  unsigned allowed; /* bit i: longopts[i] applies to this command */
+  uint64_t allowed; /* bit O_X: the option applies to this command */
   int operand;      /* 1: the command takes one NAME operand */
   const char *cmd;  /* "cert add": names the command in messages */
   const char *help; /* "kvp11 cert --help" */
 } kvp_tool_opts;
 /*
- * Parse argv (argv[0] is the command word) into v[0..n-1] (flags get "") and
+ * Parse argv (argv[0] is the command word) into v[0..O_COUNT-1] (flags get "") and
  * *operand. Every error is a usage error with one line on stderr: an option
  * that does not apply to the command, given twice, unknown or missing its
  * argument, a missing or unexpected operand. Returns -1 to go on,
@@ -62,6 +117,9 @@ typedef struct kvp_tool_opts {
  */
 int kvp_tool_parse_opts(kvp_tool *t, const kvp_tool_opts *o, int argc, char **argv, const char **v,
                         const char **operand);
+/* --digest NAME (NULL: sha256) of csr, cert selfsign and smime: sha256, sha384 or
+ * sha512 into *md. Returns -1 to go on, else the usage exit code (one line said). */
+int kvp_tool_digest(kvp_tool *t, const char *name, const EVP_MD **md);
 
 /* Registry and key names: 1 to 255 bytes, no control characters. */
 int kvp_tool_name_ok(const char *s);

@@ -57,54 +57,87 @@ const char *kvp_hash_name(kvp_hash h)
   return "none";
 }
 
-int kvp_sig_verify(EVP_PKEY *pub, const kvp_sig_alg *alg, const unsigned char *digest,
-                   size_t dlen, const unsigned char *sig, size_t slen)
+EVP_PKEY_CTX *kvp_sig_ctx_new(EVP_PKEY *pub, const kvp_sig_alg *alg)
 {
-  EVP_PKEY_CTX *ctx = NULL;
-  unsigned char *der = NULL;
-  int derlen = 0, ok = 0;
-  ECDSA_SIG *es = NULL;
+  EVP_PKEY_CTX *ctx;
 
   ERR_set_mark();
   ctx = EVP_PKEY_CTX_new_from_pkey(NULL, pub, NULL);
   if (ctx == NULL || EVP_PKEY_verify_init(ctx) != 1)
-    goto out;
+    goto bad;
   if (alg->scheme == KVP_SIG_RSA_PKCS1 || alg->scheme == KVP_SIG_RSA_PSS) {
     const EVP_MD *md = kvp_hash_md(alg->hash);
     if (EVP_PKEY_CTX_set_rsa_padding(ctx, alg->scheme == KVP_SIG_RSA_PKCS1
                                               ? RSA_PKCS1_PADDING
                                               : RSA_PKCS1_PSS_PADDING) != 1)
-      goto out;
+      goto bad;
     if (md != NULL && EVP_PKEY_CTX_set_signature_md(ctx, md) != 1)
-      goto out;
+      goto bad;
     if (alg->scheme == KVP_SIG_RSA_PSS) {
       const EVP_MD *mgf = kvp_hash_md(alg->mgf1);
       if (md == NULL || mgf == NULL || EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, mgf) != 1 ||
           EVP_PKEY_CTX_set_rsa_pss_saltlen(ctx, (int)alg->salt_len) != 1)
-        goto out;
+        goto bad;
     }
-    ok = EVP_PKEY_verify(ctx, sig, slen, digest, dlen) == 1;
-  } else if (alg->scheme == KVP_SIG_ECDSA) {
-    BIGNUM *r, *s;
-    if (slen == 0 || slen % 2 != 0)
-      goto out;
-    r = BN_bin2bn(sig, (int)(slen / 2), NULL);
-    s = BN_bin2bn(sig + slen / 2, (int)(slen / 2), NULL);
-    es = ECDSA_SIG_new();
-    if (r == NULL || s == NULL || es == NULL || ECDSA_SIG_set0(es, r, s) != 1) {
-      BN_free(r);
-      BN_free(s);
-      goto out;
-    }
-    derlen = i2d_ECDSA_SIG(es, &der);
-    if (derlen > 0)
-      ok = EVP_PKEY_verify(ctx, der, (size_t)derlen, digest, dlen) == 1;
+  } else if (alg->scheme != KVP_SIG_ECDSA) {
+    goto bad;
   }
-out:
-  ECDSA_SIG_free(es);
-  OPENSSL_free(der);
+  ERR_pop_to_mark();
+  return ctx;
+bad:
   EVP_PKEY_CTX_free(ctx);
   ERR_pop_to_mark();
+  return NULL;
+}
+
+/* r||s -> DER ECDSA-Sig-Value (OPENSSL_malloc'd); its length, <= 0 on failure. */
+static int ecdsa_der(const unsigned char *sig, size_t slen, unsigned char **der)
+{
+  ECDSA_SIG *es;
+  BIGNUM *r, *s;
+  int n;
+
+  if (slen == 0 || slen % 2 != 0)
+    return 0;
+  r = BN_bin2bn(sig, (int)(slen / 2), NULL);
+  s = BN_bin2bn(sig + slen / 2, (int)(slen / 2), NULL);
+  es = ECDSA_SIG_new();
+  if (r == NULL || s == NULL || es == NULL || ECDSA_SIG_set0(es, r, s) != 1) {
+    BN_free(r);
+    BN_free(s);
+    ECDSA_SIG_free(es);
+    return 0;
+  }
+  n = i2d_ECDSA_SIG(es, der);
+  ECDSA_SIG_free(es);
+  return n;
+}
+
+int kvp_sig_check(EVP_PKEY_CTX *ctx, const kvp_sig_alg *alg, const unsigned char *digest,
+                  size_t dlen, const unsigned char *sig, size_t slen)
+{
+  unsigned char *der = NULL;
+  int n, ok;
+
+  ERR_set_mark();
+  if (alg->scheme != KVP_SIG_ECDSA) {
+    ok = EVP_PKEY_verify(ctx, sig, slen, digest, dlen) == 1;
+  } else {
+    n = ecdsa_der(sig, slen, &der);
+    ok = n > 0 && EVP_PKEY_verify(ctx, der, (size_t)n, digest, dlen) == 1;
+    OPENSSL_free(der);
+  }
+  ERR_pop_to_mark();
+  return ok;
+}
+
+int kvp_sig_verify(EVP_PKEY *pub, const kvp_sig_alg *alg, const unsigned char *digest,
+                   size_t dlen, const unsigned char *sig, size_t slen)
+{
+  EVP_PKEY_CTX *ctx = kvp_sig_ctx_new(pub, alg);
+  int ok = ctx != NULL && kvp_sig_check(ctx, alg, digest, dlen, sig, slen);
+
+  EVP_PKEY_CTX_free(ctx);
   return ok;
 }
 

@@ -238,6 +238,13 @@ const char *kvp_hash_name(kvp_hash h);
  * caller's OpenSSL error queue is left as it was. */
 int kvp_sig_verify(EVP_PKEY *pub, const kvp_sig_alg *alg, const unsigned char *digest,
                    size_t dlen, const unsigned char *sig, size_t slen);
+/* The two halves of kvp_sig_verify, for callers that keep set-up contexts:
+ * a verify context for alg on pub (NULL when alg does not suit), and the check
+ * with it (ECDSA: r||s; a context may be reused). Both leave the caller's
+ * OpenSSL error queue as it was. */
+EVP_PKEY_CTX *kvp_sig_ctx_new(EVP_PKEY *pub, const kvp_sig_alg *alg);
+int kvp_sig_check(EVP_PKEY_CTX *ctx, const kvp_sig_alg *alg, const unsigned char *digest,
+                  size_t dlen, const unsigned char *sig, size_t slen);
 /* Fill type, bits, curve_nid of key from key->pub. CKR_KEY_TYPE_INCONSISTENT for
  * unsupported key types or curves. */
 CK_RV kvp_key_fill_from_pub(kvp_key *key);

@@ -24,7 +24,7 @@
  *
  *   [account default]
  *   label = B2B default         ; token label (default: the account name)
- *   default_store = hsm:appliance   ; or vault:prod (key generation, later)
+ *   default_store = hsm:appliance   ; or vault:prod: where new keys are made
  *
  * Without any [account] section there is one account named "default".
  */

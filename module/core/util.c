@@ -3,6 +3,7 @@
  */
 #include "util.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,4 +50,20 @@ void kvp_hex(const unsigned char *in, size_t len, char *out)
 char *kvp_strdup0(const char *s)
 {
   return s != NULL ? strdup(s) : NULL;
+}
+
+int kvp_grow(void *arr, size_t n, size_t *cap, size_t elem, size_t first)
+{
+  size_t c;
+  void *p, *q;
+
+  if (n < *cap)
+    return 0;
+  c = *cap ? 2 * *cap : first;
+  memcpy(&p, arr, sizeof(p)); /* the T * behind arr, without reading it as a void * */
+  if (c > SIZE_MAX / elem || (q = realloc(p, c * elem)) == NULL)
+    return -1;
+  memcpy(arr, &q, sizeof(q));
+  *cap = c;
+  return 0;
 }

@@ -38,6 +38,11 @@ void kvp_hex(const unsigned char *in, size_t len, char *out);
 /* strdup that returns NULL for NULL. */
 char *kvp_strdup0(const char *s);
 
+/* Room for one more element in a growable array: *(T **)arr holds n of *cap
+ * elements of elem bytes; when full it doubles (first: the first capacity).
+ * 0, or -1 when out of memory (the array is left as it was). */
+int kvp_grow(void *arr, size_t n, size_t *cap, size_t elem, size_t first);
+
 #define KVP_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
 #endif

@@ -119,7 +119,6 @@ typedef struct kvp_op {
   EVP_MD_CTX *md;             /* when hashing */
   CK_BYTE *buf;               /* accumulated single-part input, or a kept result */
   CK_ULONG buf_len;
-  CK_ULONG buf_cap;
   int have_result;            /* decrypt: buf holds the plaintext for a retry */
   int updated;                /* multi- or single-part steps began: the other kind is refused */
   /* find */
@@ -143,7 +142,6 @@ typedef struct kvp_global {
   pthread_mutex_t reg_lock;
   int initialized;
   atomic_int forked;           /* set in the child by the atfork handler */
-  pid_t pid;
   kvp_config *cfg;
   kvp_backend **backends;
   size_t n_backends;

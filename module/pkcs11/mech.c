@@ -504,12 +504,8 @@ static CK_RV op_absorb(kvp_op *op, const CK_BYTE *data, CK_ULONG len)
     return EVP_DigestUpdate(op->md, data, len) ? CKR_OK : CKR_GENERAL_ERROR;
   if (op->buf_len + len > KVP_MAX_RAW_INPUT)
     return CKR_DATA_LEN_RANGE;
-  if (op->buf == NULL) {
-    op->buf = malloc(KVP_MAX_RAW_INPUT);
-    if (op->buf == NULL)
-      return CKR_HOST_MEMORY;
-    op->buf_cap = KVP_MAX_RAW_INPUT;
-  }
+  if (op->buf == NULL && (op->buf = malloc(KVP_MAX_RAW_INPUT)) == NULL)
+    return CKR_HOST_MEMORY;
   memcpy(op->buf + op->buf_len, data, len);
   op->buf_len += len;
   return CKR_OK;
@@ -637,12 +633,8 @@ static CK_RV do_decrypt(kvp_op *op, const CK_BYTE *in, CK_ULONG in_len)
     return CKR_ENCRYPTED_DATA_LEN_RANGE;
   if ((rv = kvp_object_key(op->obj, &key)) != CKR_OK)
     return rv;
-  if (op->buf == NULL) {
-    op->buf = malloc(KVP_MAX_RAW_INPUT);
-    if (op->buf == NULL)
-      return CKR_HOST_MEMORY;
-    op->buf_cap = KVP_MAX_RAW_INPUT;
-  }
+  if (op->buf == NULL && (op->buf = malloc(KVP_MAX_RAW_INPUT)) == NULL)
+    return CKR_HOST_MEMORY;
   op->buf_len = k;
   uint64_t t0 = kvp_audit_start();
   rv = key->backend->ops->decrypt(key->backend, key, &op->dec, in, in_len, op->buf, &op->buf_len);

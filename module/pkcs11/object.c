@@ -34,15 +34,9 @@ static void add_attr(attr_list *l, CK_ATTRIBUTE_TYPE t, const void *v, CK_ULONG 
 {
   if (l->failed)
     return;
-  if (l->n == l->cap) {
-    size_t cap = l->cap ? l->cap * 2 : 32;
-    kvp_attr *na = realloc(l->a, cap * sizeof(*na));
-    if (na == NULL) {
-      l->failed = 1;
-      return;
-    }
-    l->a = na;
-    l->cap = cap;
+  if (kvp_grow(&l->a, l->n, &l->cap, sizeof(*l->a), 32) != 0) {
+    l->failed = 1;
+    return;
   }
   kvp_attr *at = &l->a[l->n];
   at->type = t;
@@ -210,34 +204,177 @@ static kvp_backend *find_backend(kvp_backend **backends, size_t n, const char *s
   return NULL;
 }
 
+/* What the objects of one registry row share. */
+typedef struct {
+  const kvp_cert_rec *rec;
+  CK_SLOT_ID slot;
+  kvp_spki k;
+  kvp_cert_parts parts;
+  const unsigned char *id; /* CKA_ID */
+  CK_ULONG id_len;
+} row_objects;
+
+static kvp_object *key_object_new(const row_objects *r, CK_OBJECT_CLASS cls, int kind)
+{
+  kvp_object *o = object_new(cls, kind, r->rec, r->slot);
+  if (o == NULL)
+    return NULL;
+  o->key_type = r->k.type;
+  o->bits = r->k.bits;
+  o->curve_nid = r->k.curve_nid;
+  return o;
+}
+
+/* The certificate object of a row that has one. */
+static kvp_object *cert_object(const row_objects *r)
+{
+  const kvp_cert_rec *rec = r->rec;
+  unsigned char sha1[SHA_DIGEST_LENGTH];
+  attr_list l = {0};
+  kvp_object *cert = object_new(CKO_CERTIFICATE, KVP_OBJ_CERT, rec, r->slot);
+
+  if (cert == NULL)
+    return NULL;
+  SHA1(rec->der, rec->der_len, sha1);
+  add_storage(&l, CKO_CERTIFICATE, 0, rec->name);
+  add_ulong(&l, CKA_CERTIFICATE_TYPE, CKC_X_509);
+  add_bool(&l, CKA_TRUSTED, CK_FALSE);
+  add_ulong(&l, CKA_CERTIFICATE_CATEGORY, rec->type == KVP_CERT_PRIVATE ? 1 : 3);
+  add_attr(&l, CKA_CHECK_VALUE, sha1, 3, 0);
+  add_date(&l, CKA_START_DATE, rec->not_before);
+  add_date(&l, CKA_END_DATE, rec->not_after);
+  add_attr(&l, CKA_SUBJECT, r->parts.subject, (CK_ULONG)r->parts.subject_len, 0);
+  add_attr(&l, CKA_ID, r->id, r->id_len, 0);
+  add_attr(&l, CKA_ISSUER, r->parts.issuer, (CK_ULONG)r->parts.issuer_len, 0);
+  add_attr(&l, CKA_SERIAL_NUMBER, r->parts.serial, (CK_ULONG)r->parts.serial_len, 0);
+  add_attr(&l, CKA_VALUE, rec->der, (CK_ULONG)rec->der_len, 0);
+  add_attr(&l, CKA_URL, NULL, 0, 0);
+  add_attr(&l, CKA_HASH_OF_SUBJECT_PUBLIC_KEY, r->k.id, sizeof(r->k.id), 0);
+  add_attr(&l, CKA_HASH_OF_ISSUER_PUBLIC_KEY, NULL, 0, 0);
+  add_ulong(&l, CKA_JAVA_MIDP_SECURITY_DOMAIN, 0);
+  add_ulong(&l, CKA_NAME_HASH_ALGORITHM, CKM_SHA_1);
+  if (finish_attrs(cert, &l) != 0) {
+    kvp_object_free(cert);
+    return NULL;
+  }
+  return cert;
+}
+
+/* The public key object; every row has one. */
+static kvp_object *pub_object(const row_objects *r)
+{
+  attr_list l = {0};
+  kvp_object *pub = key_object_new(r, CKO_PUBLIC_KEY, KVP_OBJ_PUBKEY);
+
+  if (pub == NULL)
+    return NULL;
+  add_storage(&l, CKO_PUBLIC_KEY, 0, r->rec->name);
+  add_common_key(&l, &r->k, r->id, r->id_len, r->parts.subject, (int)r->parts.subject_len);
+  add_bool(&l, CKA_ENCRYPT, r->k.type == KVP_KEY_RSA);
+  add_bool(&l, CKA_VERIFY, CK_TRUE);
+  add_bool(&l, CKA_VERIFY_RECOVER, CK_FALSE);
+  add_bool(&l, CKA_WRAP, CK_FALSE);
+  add_bool(&l, CKA_TRUSTED, CK_FALSE);
+  if (r->k.type == KVP_KEY_RSA)
+    add_ulong(&l, CKA_MODULUS_BITS, r->k.bits);
+  if (finish_attrs(pub, &l) != 0) {
+    kvp_object_free(pub);
+    return NULL;
+  }
+  return pub;
+}
+
+/* The private key's store: the configured backend its key reference names (NULL if none). */
+static void priv_backend(kvp_object *priv, const kvp_cert_rec *rec, kvp_backend **backends,
+                         size_t n_backends)
+{
+  char *scheme = NULL, *store = NULL, *name = NULL;
+  char err[KVP_ERRLEN];
+
+  if (kvp_keyref_parse(rec->key_ref, &scheme, &store, &name, err, sizeof(err)) == KVP_OK) {
+    priv->backend = find_backend(backends, n_backends, scheme, store);
+    priv->key_name = name;
+    name = NULL;
+    if (priv->backend == NULL)
+      KVP_WARN("certificate '%s': key store '%s:%s' is not configured; its key cannot be used",
+               rec->name, scheme, store);
+  } else {
+    KVP_WARN("certificate '%s': %s", rec->name, err);
+  }
+  free(scheme);
+  free(store);
+  free(name);
+}
+
+/* The private key object, for private certificates. */
+static kvp_object *priv_object(const row_objects *r, kvp_backend **backends, size_t n_backends)
+{
+  const kvp_cert_rec *rec = r->rec;
+  static const CK_ATTRIBUTE_TYPE rsa_secret[] = {CKA_PRIVATE_EXPONENT, CKA_PRIME_1, CKA_PRIME_2,
+                                                 CKA_EXPONENT_1, CKA_EXPONENT_2,
+                                                 CKA_COEFFICIENT};
+  attr_list l = {0};
+  kvp_object *priv = key_object_new(r, CKO_PRIVATE_KEY, KVP_OBJ_PRIVKEY);
+
+  if (priv == NULL)
+    return NULL;
+  priv->key_ref = kvp_strdup0(rec->key_ref);
+  priv->key_version = kvp_strdup0(rec->key_version);
+  if (priv->key_ref == NULL || (rec->key_version != NULL && priv->key_version == NULL))
+    goto fail;
+  priv_backend(priv, rec, backends, n_backends);
+  priv->is_private = priv->backend != NULL && priv->backend->ops->needs_login != NULL &&
+                     priv->backend->ops->needs_login(priv->backend);
+
+  add_storage(&l, CKO_PRIVATE_KEY, priv->is_private, rec->name);
+  add_common_key(&l, &r->k, r->id, r->id_len, r->parts.subject, (int)r->parts.subject_len);
+  add_bool(&l, CKA_SENSITIVE, CK_TRUE);
+  add_bool(&l, CKA_DECRYPT, r->k.type == KVP_KEY_RSA);
+  /* a retired certificate (replaced by a rotation) decrypts only */
+  add_bool(&l, CKA_SIGN, rec->state == KVP_STATE_RETIRED ? CK_FALSE : CK_TRUE);
+  add_bool(&l, CKA_SIGN_RECOVER, CK_FALSE);
+  add_bool(&l, CKA_UNWRAP, CK_FALSE);
+  add_bool(&l, CKA_EXTRACTABLE, CK_FALSE);
+  add_bool(&l, CKA_ALWAYS_SENSITIVE, CK_TRUE);
+  add_bool(&l, CKA_NEVER_EXTRACTABLE, CK_TRUE);
+  add_bool(&l, CKA_WRAP_WITH_TRUSTED, CK_FALSE);
+  add_bool(&l, CKA_ALWAYS_AUTHENTICATE, CK_FALSE);
+  if (r->k.type == KVP_KEY_RSA) {
+    for (size_t i = 0; i < KVP_ARRAY_SIZE(rsa_secret); i++)
+      add_attr(&l, rsa_secret[i], NULL, 0, 1);
+  } else {
+    add_attr(&l, CKA_VALUE, NULL, 0, 1);
+  }
+  if (finish_attrs(priv, &l) == 0)
+    return priv;
+fail:
+  kvp_object_free(priv);
+  return NULL;
+}
+
 CK_RV kvp_objects_from_rec(const kvp_cert_rec *rec, CK_SLOT_ID slot, kvp_backend **backends,
                            size_t n_backends, kvp_object **out, size_t *n_out)
 {
   /* der_len == 0: a key without a certificate yet (key pair objects only) */
   int key_only = rec->der_len == 0;
   kvp_object *cert = NULL, *pub = NULL, *priv = NULL;
-  kvp_cert_parts parts;
-  const unsigned char *subject = NULL;
-  int subject_len = 0;
-  const unsigned char *id;
-  CK_ULONG id_len;
-  kvp_spki k;
-  attr_list l = {0};
+  row_objects r;
   CK_RV rv = CKR_HOST_MEMORY;
 
   *n_out = 0;
-  memset(&k, 0, sizeof(k));
-  memset(&parts, 0, sizeof(parts));
+  memset(&r, 0, sizeof(r));
+  r.rec = rec;
+  r.slot = slot;
   if (key_only && rec->type != KVP_CERT_PRIVATE) {
     KVP_ERROR("registry: entry '%s' has neither a certificate nor a key", rec->name);
     return CKR_GENERAL_ERROR;
   }
-  if (!key_only && kvp_cert_split(rec->der, rec->der_len, &parts) != KVP_OK) {
+  if (!key_only && kvp_cert_split(rec->der, rec->der_len, &r.parts) != KVP_OK) {
     KVP_ERROR("registry: certificate '%s': stored DER does not parse", rec->name);
     return CKR_GENERAL_ERROR;
   }
-  if ((key_only ? kvp_spki_from_der(rec->spki, rec->spki_len, &k)
-                : kvp_spki_from_der(parts.spki, (size_t)parts.spki_len, &k)) != KVP_OK) {
+  if ((key_only ? kvp_spki_from_der(rec->spki, rec->spki_len, &r.k)
+                : kvp_spki_from_der(r.parts.spki, (size_t)r.parts.spki_len, &r.k)) != KVP_OK) {
     KVP_WARN("registry: %s '%s': unsupported or missing public key (RSA of 1024 to 8192 bits, "
              "or EC on P-256, P-384, P-521, secp256k1)",
              key_only ? "key" : "certificate", rec->name);
@@ -245,119 +382,15 @@ CK_RV kvp_objects_from_rec(const kvp_cert_rec *rec, CK_SLOT_ID slot, kvp_backend
     goto out;
   }
   /* CKA_ID: the one the application chose, else derived from the key */
-  id = rec->ckid_len > 0 ? rec->ckid : k.id;
-  id_len = rec->ckid_len > 0 ? (CK_ULONG)rec->ckid_len : (CK_ULONG)sizeof(k.id);
-  subject = parts.subject;
-  subject_len = (int)parts.subject_len;
-  if (key_only)
-    goto keys;
+  r.id = rec->ckid_len > 0 ? rec->ckid : r.k.id;
+  r.id_len = rec->ckid_len > 0 ? (CK_ULONG)rec->ckid_len : (CK_ULONG)sizeof(r.k.id);
 
-  /* The certificate. */
-  cert = object_new(CKO_CERTIFICATE, KVP_OBJ_CERT, rec, slot);
-  if (cert == NULL)
+  if (!key_only && (cert = cert_object(&r)) == NULL)
     goto out;
-  {
-    unsigned char sha1[SHA_DIGEST_LENGTH];
-    SHA1(rec->der, rec->der_len, sha1);
-    add_storage(&l, CKO_CERTIFICATE, 0, rec->name);
-    add_ulong(&l, CKA_CERTIFICATE_TYPE, CKC_X_509);
-    add_bool(&l, CKA_TRUSTED, CK_FALSE);
-    add_ulong(&l, CKA_CERTIFICATE_CATEGORY, rec->type == KVP_CERT_PRIVATE ? 1 : 3);
-    add_attr(&l, CKA_CHECK_VALUE, sha1, 3, 0);
-    add_date(&l, CKA_START_DATE, rec->not_before);
-    add_date(&l, CKA_END_DATE, rec->not_after);
-    add_attr(&l, CKA_SUBJECT, subject, (CK_ULONG)subject_len, 0);
-    add_attr(&l, CKA_ID, id, id_len, 0);
-    add_attr(&l, CKA_ISSUER, parts.issuer, (CK_ULONG)parts.issuer_len, 0);
-    add_attr(&l, CKA_SERIAL_NUMBER, parts.serial, (CK_ULONG)parts.serial_len, 0);
-    add_attr(&l, CKA_VALUE, rec->der, (CK_ULONG)rec->der_len, 0);
-    add_attr(&l, CKA_URL, NULL, 0, 0);
-    add_attr(&l, CKA_HASH_OF_SUBJECT_PUBLIC_KEY, k.id, sizeof(k.id), 0);
-    add_attr(&l, CKA_HASH_OF_ISSUER_PUBLIC_KEY, NULL, 0, 0);
-    add_ulong(&l, CKA_JAVA_MIDP_SECURITY_DOMAIN, 0);
-    add_ulong(&l, CKA_NAME_HASH_ALGORITHM, CKM_SHA_1);
-  }
-  if (finish_attrs(cert, &l) != 0)
+  if ((pub = pub_object(&r)) == NULL)
     goto out;
-
-keys:
-  /* The public key. */
-  pub = object_new(CKO_PUBLIC_KEY, KVP_OBJ_PUBKEY, rec, slot);
-  if (pub == NULL)
+  if (rec->type == KVP_CERT_PRIVATE && (priv = priv_object(&r, backends, n_backends)) == NULL)
     goto out;
-  pub->key_type = k.type;
-  pub->bits = k.bits;
-  pub->curve_nid = k.curve_nid;
-  memset(&l, 0, sizeof(l));
-  add_storage(&l, CKO_PUBLIC_KEY, 0, rec->name);
-  add_common_key(&l, &k, id, id_len, subject, subject_len);
-  add_bool(&l, CKA_ENCRYPT, k.type == KVP_KEY_RSA);
-  add_bool(&l, CKA_VERIFY, CK_TRUE);
-  add_bool(&l, CKA_VERIFY_RECOVER, CK_FALSE);
-  add_bool(&l, CKA_WRAP, CK_FALSE);
-  add_bool(&l, CKA_TRUSTED, CK_FALSE);
-  if (k.type == KVP_KEY_RSA)
-    add_ulong(&l, CKA_MODULUS_BITS, k.bits);
-  if (finish_attrs(pub, &l) != 0)
-    goto out;
-
-  /* The private key, for private certificates. */
-  if (rec->type == KVP_CERT_PRIVATE) {
-    char *scheme = NULL, *store = NULL, *name = NULL;
-    char err[KVP_ERRLEN];
-    static const CK_ATTRIBUTE_TYPE rsa_secret[] = {CKA_PRIVATE_EXPONENT, CKA_PRIME_1, CKA_PRIME_2,
-                                                   CKA_EXPONENT_1, CKA_EXPONENT_2,
-                                                   CKA_COEFFICIENT};
-
-    priv = object_new(CKO_PRIVATE_KEY, KVP_OBJ_PRIVKEY, rec, slot);
-    if (priv == NULL)
-      goto out;
-    priv->key_type = k.type;
-    priv->bits = k.bits;
-    priv->curve_nid = k.curve_nid;
-    priv->key_ref = kvp_strdup0(rec->key_ref);
-    priv->key_version = kvp_strdup0(rec->key_version);
-    if (priv->key_ref == NULL || (rec->key_version != NULL && priv->key_version == NULL))
-      goto out;
-    if (kvp_keyref_parse(rec->key_ref, &scheme, &store, &name, err, sizeof(err)) == KVP_OK) {
-      priv->backend = find_backend(backends, n_backends, scheme, store);
-      priv->key_name = name;
-      name = NULL;
-      if (priv->backend == NULL)
-        KVP_WARN("certificate '%s': key store '%s:%s' is not configured; its key cannot be used",
-                 rec->name, scheme, store);
-    } else {
-      KVP_WARN("certificate '%s': %s", rec->name, err);
-    }
-    free(scheme);
-    free(store);
-    free(name);
-    priv->is_private = priv->backend != NULL && priv->backend->ops->needs_login != NULL &&
-                       priv->backend->ops->needs_login(priv->backend);
-
-    memset(&l, 0, sizeof(l));
-    add_storage(&l, CKO_PRIVATE_KEY, priv->is_private, rec->name);
-    add_common_key(&l, &k, id, id_len, subject, subject_len);
-    add_bool(&l, CKA_SENSITIVE, CK_TRUE);
-    add_bool(&l, CKA_DECRYPT, k.type == KVP_KEY_RSA);
-    /* a retired certificate (replaced by a rotation) decrypts only */
-    add_bool(&l, CKA_SIGN, rec->state == KVP_STATE_RETIRED ? CK_FALSE : CK_TRUE);
-    add_bool(&l, CKA_SIGN_RECOVER, CK_FALSE);
-    add_bool(&l, CKA_UNWRAP, CK_FALSE);
-    add_bool(&l, CKA_EXTRACTABLE, CK_FALSE);
-    add_bool(&l, CKA_ALWAYS_SENSITIVE, CK_TRUE);
-    add_bool(&l, CKA_NEVER_EXTRACTABLE, CK_TRUE);
-    add_bool(&l, CKA_WRAP_WITH_TRUSTED, CK_FALSE);
-    add_bool(&l, CKA_ALWAYS_AUTHENTICATE, CK_FALSE);
-    if (k.type == KVP_KEY_RSA) {
-      for (size_t i = 0; i < KVP_ARRAY_SIZE(rsa_secret); i++)
-        add_attr(&l, rsa_secret[i], NULL, 0, 1);
-    } else {
-      add_attr(&l, CKA_VALUE, NULL, 0, 1);
-    }
-    if (finish_attrs(priv, &l) != 0)
-      goto out;
-  }
   if (cert != NULL)
     out[(*n_out)++] = cert;
   out[(*n_out)++] = pub;
@@ -369,7 +402,7 @@ out:
   kvp_object_free(cert);
   kvp_object_free(pub);
   kvp_object_free(priv);
-  kvp_spki_clear(&k);
+  kvp_spki_clear(&r.k);
   return rv;
 }
 

@@ -55,36 +55,66 @@ static const CK_ATTRIBUTE *tmpl_find(const CK_ATTRIBUTE *t, CK_ULONG n, CK_ATTRI
   return NULL;
 }
 
-/* -1 absent, 0/1 the value; CKR_ATTRIBUTE_VALUE_INVALID for a bad length. */
-static CK_RV tmpl_bool(const CK_ATTRIBUTE *t, CK_ULONG n, CK_ATTRIBUTE_TYPE type, int *out)
+/* The attribute type of the template (*out, NULL when absent) when its value
+ * has exactly size bytes; CKR_ATTRIBUTE_VALUE_INVALID (logged) otherwise. */
+static CK_RV tmpl_sized(const CK_ATTRIBUTE *t, CK_ULONG n, CK_ATTRIBUTE_TYPE type, size_t size,
+                        const char *what, const CK_ATTRIBUTE **out)
 {
   const CK_ATTRIBUTE *a = tmpl_find(t, n, type);
 
-  *out = -1;
-  if (a == NULL)
-    return CKR_OK;
-  if (a->pValue == NULL || a->ulValueLen != sizeof(CK_BBOOL)) {
-    KVP_ERROR("template: %s: expected a CK_BBOOL", kvp_cka_name(type));
+  *out = a;
+  if (a != NULL && (a->pValue == NULL || a->ulValueLen != size)) {
+    KVP_ERROR("template: %s: expected a %s", kvp_cka_name(type), what);
     return CKR_ATTRIBUTE_VALUE_INVALID;
   }
-  *out = *(const CK_BBOOL *)a->pValue != CK_FALSE;
   return CKR_OK;
+}
+
+/* -1 absent, 0/1 the value; CKR_ATTRIBUTE_VALUE_INVALID for a bad length. */
+static CK_RV tmpl_bool(const CK_ATTRIBUTE *t, CK_ULONG n, CK_ATTRIBUTE_TYPE type, int *out)
+{
+  const CK_ATTRIBUTE *a;
+  CK_RV rv = tmpl_sized(t, n, type, sizeof(CK_BBOOL), "CK_BBOOL", &a);
+
+  *out = rv == CKR_OK && a != NULL ? *(const CK_BBOOL *)a->pValue != CK_FALSE : -1;
+  return rv;
 }
 
 static CK_RV tmpl_ulong(const CK_ATTRIBUTE *t, CK_ULONG n, CK_ATTRIBUTE_TYPE type, CK_ULONG *out,
                         int *present)
 {
-  const CK_ATTRIBUTE *a = tmpl_find(t, n, type);
+  const CK_ATTRIBUTE *a;
+  CK_RV rv = tmpl_sized(t, n, type, sizeof(CK_ULONG), "CK_ULONG", &a);
 
   *present = a != NULL;
-  if (a == NULL)
-    return CKR_OK;
-  if (a->pValue == NULL || a->ulValueLen != sizeof(CK_ULONG)) {
-    KVP_ERROR("template: %s: expected a CK_ULONG", kvp_cka_name(type));
-    return CKR_ATTRIBUTE_VALUE_INVALID;
-  }
-  memcpy(out, a->pValue, sizeof(*out));
-  return CKR_OK;
+  if (rv == CKR_OK && a != NULL)
+    memcpy(out, a->pValue, sizeof(*out));
+  return rv;
+}
+
+static int type_in(const CK_ATTRIBUTE_TYPE *list, size_t n, CK_ATTRIBUTE_TYPE type)
+{
+  for (size_t k = 0; k < n; k++)
+    if (list[k] == type)
+      return 1;
+  return 0;
+}
+
+/* A boolean attribute that may not be bad (1: CK_TRUE, 0: CK_FALSE). */
+static CK_RV bool_not(const char *what, const CK_ATTRIBUTE *a, int bad)
+{
+  int b;
+  CK_RV rv = tmpl_bool(a, 1, a->type, &b);
+
+  if (rv != CKR_OK || b != bad)
+    return rv;
+  if (bad)
+    KVP_ERROR("%s: %s = CK_TRUE is not supported (kvp11 keys never leave their store "
+              "and only sign and decrypt; trust is the admin's to grant)",
+              what, kvp_cka_name(a->type));
+  else
+    KVP_ERROR("%s: %s = CK_FALSE is not possible here", what, kvp_cka_name(a->type));
+  return CKR_ATTRIBUTE_VALUE_INVALID;
 }
 
 /*
@@ -97,12 +127,10 @@ static CK_RV tmpl_check(const char *what, const CK_ATTRIBUTE *t, CK_ULONG n,
                         const CK_ATTRIBUTE_TYPE *must_false, size_t n_false,
                         const CK_ATTRIBUTE_TYPE *must_true, size_t n_true)
 {
+  CK_RV rv;
+
   for (CK_ULONG i = 0; i < n; i++) {
-    size_t k;
-    int b;
-    for (k = 0; k < n_allowed && allowed[k] != t[i].type; k++)
-      ;
-    if (k == n_allowed) {
+    if (!type_in(allowed, n_allowed, t[i].type)) {
       KVP_ERROR("%s: attribute %s is not supported here", what, kvp_cka_name(t[i].type));
       return CKR_ATTRIBUTE_TYPE_INVALID;
     }
@@ -113,28 +141,10 @@ static CK_RV tmpl_check(const char *what, const CK_ATTRIBUTE *t, CK_ULONG n,
         KVP_ERROR("%s: attribute %s given twice", what, kvp_cka_name(t[i].type));
         return CKR_TEMPLATE_INCONSISTENT;
       }
-    for (k = 0; k < n_false; k++)
-      if (must_false[k] == t[i].type) {
-        CK_RV rv = tmpl_bool(&t[i], 1, t[i].type, &b);
-        if (rv != CKR_OK)
-          return rv;
-        if (b == 1) {
-          KVP_ERROR("%s: %s = CK_TRUE is not supported (kvp11 keys never leave their store "
-                    "and only sign and decrypt; trust is the admin's to grant)",
-                    what, kvp_cka_name(t[i].type));
-          return CKR_ATTRIBUTE_VALUE_INVALID;
-        }
-      }
-    for (k = 0; k < n_true; k++)
-      if (must_true[k] == t[i].type) {
-        CK_RV rv = tmpl_bool(&t[i], 1, t[i].type, &b);
-        if (rv != CKR_OK)
-          return rv;
-        if (b == 0) {
-          KVP_ERROR("%s: %s = CK_FALSE is not possible here", what, kvp_cka_name(t[i].type));
-          return CKR_ATTRIBUTE_VALUE_INVALID;
-        }
-      }
+    if (type_in(must_false, n_false, t[i].type) && (rv = bool_not(what, &t[i], 1)) != CKR_OK)
+      return rv;
+    if (type_in(must_true, n_true, t[i].type) && (rv = bool_not(what, &t[i], 0)) != CKR_OK)
+      return rv;
   }
   return CKR_OK;
 }

@@ -156,14 +156,8 @@ static int push_id(void *ctx, int64_t id)
 {
   id_list *l = ctx;
 
-  if (l->n == l->cap) {
-    size_t cap = l->cap ? 2 * l->cap : 64;
-    int64_t *p = realloc(l->ids, cap * sizeof(*p));
-    if (p == NULL)
-      return KVP_ENOMEM;
-    l->ids = p;
-    l->cap = cap;
-  }
+  if (kvp_grow(&l->ids, l->n, &l->cap, sizeof(*l->ids), 64) != 0)
+    return KVP_ENOMEM;
   l->ids[l->n++] = id;
   return KVP_OK;
 }
@@ -374,7 +368,6 @@ CK_RV kvp_initialize(CK_C_INITIALIZE_ARGS_PTR args)
     teardown(0);
     goto out;
   }
-  kvp_g.pid = getpid();
   kvp_g.next_session = 1;
   kvp_g.initialized = 1;
   (void)kvp_refresh();

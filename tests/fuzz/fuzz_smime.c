@@ -822,14 +822,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
   a.outform = F_SMIME;
   a.md = EVP_sha256();
   a.cipher = EVP_aes_256_cbc();
-  a.v[S_MODULE] = FUZZ_NO_MODULE;
+  a.v[O_MODULE] = FUZZ_NO_MODULE;
   if ((hdr & 4) && cmd != 2)
-    a.v[S_BINARY] = "";
+    a.v[O_BINARY] = "";
   if (cmd == 0 || cmd == 1) {
     /* smime verify [--cert N] [--content FILE] */
     if (cmd == 1) {
       only = hdr & B_EC ? K_EC : K_PARTNER;
-      a.v[S_CERT] = key_names[only];
+      a.v[O_CERT] = key_names[only];
     }
     if (hdr & B_CONTENT) {
       size_t clen;
@@ -848,10 +848,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     tool.cmd = "smime verify";
   } else {
     k = hdr & B_EC ? K_EC : K_ME;
-    a.v[S_CERT] = key_names[k];
+    a.v[O_CERT] = key_names[k];
     if (cmd == 3 && (hdr & B_FROM)) {
       only = hdr & B_FROM_EC ? K_EC : K_PARTNER;
-      a.v[S_FROM] = key_names[only];
+      a.v[O_FROM] = key_names[only];
     }
     tool.cmd = cmd == 2 ? "smime decrypt" : "smime open";
   }

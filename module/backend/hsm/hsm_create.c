@@ -28,6 +28,47 @@
 #include "core/status.h"
 #include "core/util.h"
 
+/* The values the templates of a new key pair point at. */
+typedef struct key_vals {
+  CK_OBJECT_CLASS pub_cls, priv_cls;
+  CK_KEY_TYPE kt;
+  CK_BBOOL yes, no, b_sign, b_dec, token;
+} key_vals;
+
+/* What both objects of a new key pair carry, created or imported: class,
+ * key type, token (or session) object, label; the private key private,
+ * sensitive, not extractable, with the operations ops allows. The templates
+ * point into v. */
+static void key_templates(key_vals *v, kvp_key_type type, unsigned ops, const char *name,
+                          CK_BBOOL token, kvp_hsm_tmpl *kt_priv, kvp_hsm_tmpl *pt)
+{
+  v->token = token;
+  v->priv_cls = CKO_PRIVATE_KEY;
+  v->pub_cls = CKO_PUBLIC_KEY;
+  v->yes = CK_TRUE;
+  v->no = CK_FALSE;
+  v->b_sign = (ops & KVP_KEYOP_SIGN) ? CK_TRUE : CK_FALSE;
+  v->b_dec = (ops & KVP_KEYOP_DECRYPT) ? CK_TRUE : CK_FALSE;
+  v->kt = type == KVP_KEY_RSA ? CKK_RSA : CKK_EC;
+
+  kvp_hsm_t_add(kt_priv, CKA_CLASS, &v->priv_cls, sizeof(v->priv_cls));
+  kvp_hsm_t_add(kt_priv, CKA_KEY_TYPE, &v->kt, sizeof(v->kt));
+  kvp_hsm_t_add(kt_priv, CKA_TOKEN, &v->token, sizeof(v->token));
+  kvp_hsm_t_add(kt_priv, CKA_PRIVATE, &v->yes, sizeof(v->yes));
+  kvp_hsm_t_add(kt_priv, CKA_SENSITIVE, &v->yes, sizeof(v->yes));
+  kvp_hsm_t_add(kt_priv, CKA_EXTRACTABLE, &v->no, sizeof(v->no));
+  kvp_hsm_t_add(kt_priv, CKA_SIGN, &v->b_sign, sizeof(v->b_sign));
+  kvp_hsm_t_add(kt_priv, CKA_DECRYPT, &v->b_dec, sizeof(v->b_dec));
+  kvp_hsm_t_add(kt_priv, CKA_UNWRAP, &v->no, sizeof(v->no));
+  kvp_hsm_t_add(kt_priv, CKA_DERIVE, &v->no, sizeof(v->no));
+  kvp_hsm_t_add(kt_priv, CKA_LABEL, (void *)name, strlen(name));
+  kvp_hsm_t_add(pt, CKA_CLASS, &v->pub_cls, sizeof(v->pub_cls));
+  kvp_hsm_t_add(pt, CKA_KEY_TYPE, &v->kt, sizeof(v->kt));
+  kvp_hsm_t_add(pt, CKA_TOKEN, &v->token, sizeof(v->token));
+  kvp_hsm_t_add(pt, CKA_PRIVATE, &v->no, sizeof(v->no));
+  kvp_hsm_t_add(pt, CKA_LABEL, (void *)name, strlen(name));
+}
+
 /* ---------- create ---------- */
 
 /* Generate the pair: token objects, or (token false) session objects kept in
@@ -39,13 +80,11 @@ static CK_RV generate_pair(kvp_backend *bep, const char *name, const kvp_key_spe
   CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
   CK_OBJECT_HANDLE hpub = CK_INVALID_HANDLE, hpriv = CK_INVALID_HANDLE;
   CK_MECHANISM mech = {CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0};
-  CK_OBJECT_CLASS pub_cls = CKO_PUBLIC_KEY, priv_cls = CKO_PRIVATE_KEY;
-  CK_KEY_TYPE kt = CKK_RSA;
-  CK_BBOOL yes = CK_TRUE, no = CK_FALSE, b_sign, b_dec;
+  key_vals vals;
   CK_ULONG mod_bits = 0;
   CK_BYTE exp65537[] = {0x01, 0x00, 0x01};
   unsigned char *params = NULL;
-  int params_len = 0, locked = 0;
+  int params_len = 0;
   unsigned ops = 0;
   char what[32];
   kvp_hsm_tmpl pt = {.n = 0}, kt_priv = {.n = 0};
@@ -73,7 +112,6 @@ static CK_RV generate_pair(kvp_backend *bep, const char *name, const kvp_key_spe
       return CKR_KEY_TYPE_INCONSISTENT;
     }
     mech.mechanism = CKM_EC_KEY_PAIR_GEN;
-    kt = CKK_EC;
     snprintf(what, sizeof(what), "EC %s", kvp_curve_name(spec->curve_nid));
   } else {
     return kvp_fail(CKR_KEY_TYPE_INCONSISTENT, "hsm %s: key %s: unsupported key type %d",
@@ -86,25 +124,7 @@ static CK_RV generate_pair(kvp_backend *bep, const char *name, const kvp_key_spe
     rv = kvp_fail(CKR_ATTRIBUTE_VALUE_INVALID, "hsm %s: key %s: empty CKA_ID", be->base.name, name);
     goto out;
   }
-  b_sign = (ops & KVP_KEYOP_SIGN) ? CK_TRUE : CK_FALSE;
-  b_dec = (ops & KVP_KEYOP_DECRYPT) ? CK_TRUE : CK_FALSE;
-
-  kvp_hsm_t_add(&pt, CKA_CLASS, &pub_cls, sizeof(pub_cls));
-  kvp_hsm_t_add(&pt, CKA_KEY_TYPE, &kt, sizeof(kt));
-  kvp_hsm_t_add(&pt, CKA_TOKEN, &token, sizeof(token));
-  kvp_hsm_t_add(&pt, CKA_PRIVATE, &no, sizeof(no));
-  kvp_hsm_t_add(&pt, CKA_LABEL, (void *)name, strlen(name));
-  kvp_hsm_t_add(&kt_priv, CKA_CLASS, &priv_cls, sizeof(priv_cls));
-  kvp_hsm_t_add(&kt_priv, CKA_KEY_TYPE, &kt, sizeof(kt));
-  kvp_hsm_t_add(&kt_priv, CKA_TOKEN, &token, sizeof(token));
-  kvp_hsm_t_add(&kt_priv, CKA_PRIVATE, &yes, sizeof(yes));
-  kvp_hsm_t_add(&kt_priv, CKA_SENSITIVE, &yes, sizeof(yes));
-  kvp_hsm_t_add(&kt_priv, CKA_EXTRACTABLE, &no, sizeof(no));
-  kvp_hsm_t_add(&kt_priv, CKA_SIGN, &b_sign, sizeof(b_sign));
-  kvp_hsm_t_add(&kt_priv, CKA_DECRYPT, &b_dec, sizeof(b_dec));
-  kvp_hsm_t_add(&kt_priv, CKA_UNWRAP, &no, sizeof(no));
-  kvp_hsm_t_add(&kt_priv, CKA_DERIVE, &no, sizeof(no));
-  kvp_hsm_t_add(&kt_priv, CKA_LABEL, (void *)name, strlen(name));
+  key_templates(&vals, spec->type, ops, name, token, &kt_priv, &pt);
   if (spec->id != NULL) {
     kvp_hsm_t_add(&pt, CKA_ID, (void *)spec->id, spec->id_len);
     kvp_hsm_t_add(&kt_priv, CKA_ID, (void *)spec->id, spec->id_len);
@@ -116,12 +136,7 @@ static CK_RV generate_pair(kvp_backend *bep, const char *name, const kvp_key_spe
     kvp_hsm_t_add(&pt, CKA_EC_PARAMS, params, (size_t)params_len);
   }
 
-  pthread_mutex_lock(&be->prov_lock);
-  locked = 1;
-  rv = kvp_hsm_prov_session(be, "creating a key", 1, &s);
-  if (rv != CKR_OK)
-    goto out;
-  rv = kvp_hsm_label_free(be, s, name);
+  rv = kvp_hsm_prov_begin(be, "creating a key", name, &s);
   if (rv != CKR_OK)
     goto out;
   rv = KVP_HSM_CALL(be, C_GenerateKeyPair, s, &mech, pt.a, pt.n, kt_priv.a, kt_priv.n, &hpub,
@@ -142,9 +157,7 @@ static CK_RV generate_pair(kvp_backend *bep, const char *name, const kvp_key_spe
   }
 out:
   if (s != CK_INVALID_HANDLE)
-    kvp_hsm_session_close(be, s);
-  if (locked)
-    pthread_mutex_unlock(&be->prov_lock);
+    kvp_hsm_prov_end(be, s);
   OPENSSL_free(params);
   return rv;
 }
@@ -265,10 +278,7 @@ typedef struct {
   secbuf ec_value;         /* EC: private scalar */
   unsigned char *ec_point; /* EC: DER OCTET STRING of the uncompressed point (OPENSSL_free) */
   int ec_point_len;
-  /* values the templates point to */
-  CK_OBJECT_CLASS pub_cls, priv_cls;
-  CK_KEY_TYPE kt;
-  CK_BBOOL yes, no, b_sign, b_dec;
+  key_vals vals; /* what the templates point to */
 } import_parts;
 
 static void import_parts_clear(import_parts *ip)
@@ -390,34 +400,11 @@ static void warn_same_id(kvp_hsm_backend *be, CK_SESSION_HANDLE s, const char *n
 static void import_templates(import_parts *ip, const char *name, const CK_BYTE *id, CK_ULONG id_len,
                              unsigned ops, kvp_hsm_tmpl *kt_priv, kvp_hsm_tmpl *pt)
 {
-  ip->priv_cls = CKO_PRIVATE_KEY;
-  ip->pub_cls = CKO_PUBLIC_KEY;
-  ip->yes = CK_TRUE;
-  ip->no = CK_FALSE;
-  ip->b_sign = (ops & KVP_KEYOP_SIGN) ? CK_TRUE : CK_FALSE;
-  ip->b_dec = (ops & KVP_KEYOP_DECRYPT) ? CK_TRUE : CK_FALSE;
-  ip->kt = ip->type == KVP_KEY_RSA ? CKK_RSA : CKK_EC;
-
-  kvp_hsm_t_add(kt_priv, CKA_CLASS, &ip->priv_cls, sizeof(ip->priv_cls));
-  kvp_hsm_t_add(kt_priv, CKA_KEY_TYPE, &ip->kt, sizeof(ip->kt));
-  kvp_hsm_t_add(kt_priv, CKA_TOKEN, &ip->yes, sizeof(ip->yes));
-  kvp_hsm_t_add(kt_priv, CKA_PRIVATE, &ip->yes, sizeof(ip->yes));
-  kvp_hsm_t_add(kt_priv, CKA_SENSITIVE, &ip->yes, sizeof(ip->yes));
-  kvp_hsm_t_add(kt_priv, CKA_EXTRACTABLE, &ip->no, sizeof(ip->no));
-  kvp_hsm_t_add(kt_priv, CKA_SIGN, &ip->b_sign, sizeof(ip->b_sign));
-  kvp_hsm_t_add(kt_priv, CKA_DECRYPT, &ip->b_dec, sizeof(ip->b_dec));
-  kvp_hsm_t_add(kt_priv, CKA_UNWRAP, &ip->no, sizeof(ip->no));
-  kvp_hsm_t_add(kt_priv, CKA_DERIVE, &ip->no, sizeof(ip->no));
-  kvp_hsm_t_add(kt_priv, CKA_LABEL, (void *)name, strlen(name));
+  key_templates(&ip->vals, ip->type, ops, name, CK_TRUE, kt_priv, pt);
   kvp_hsm_t_add(kt_priv, CKA_ID, (void *)id, id_len);
-  kvp_hsm_t_add(pt, CKA_CLASS, &ip->pub_cls, sizeof(ip->pub_cls));
-  kvp_hsm_t_add(pt, CKA_KEY_TYPE, &ip->kt, sizeof(ip->kt));
-  kvp_hsm_t_add(pt, CKA_TOKEN, &ip->yes, sizeof(ip->yes));
-  kvp_hsm_t_add(pt, CKA_PRIVATE, &ip->no, sizeof(ip->no));
-  kvp_hsm_t_add(pt, CKA_VERIFY, &ip->b_sign, sizeof(ip->b_sign));
-  kvp_hsm_t_add(pt, CKA_ENCRYPT, &ip->b_dec, sizeof(ip->b_dec));
-  kvp_hsm_t_add(pt, CKA_WRAP, &ip->no, sizeof(ip->no));
-  kvp_hsm_t_add(pt, CKA_LABEL, (void *)name, strlen(name));
+  kvp_hsm_t_add(pt, CKA_VERIFY, &ip->vals.b_sign, sizeof(ip->vals.b_sign));
+  kvp_hsm_t_add(pt, CKA_ENCRYPT, &ip->vals.b_dec, sizeof(ip->vals.b_dec));
+  kvp_hsm_t_add(pt, CKA_WRAP, &ip->vals.no, sizeof(ip->vals.no));
   kvp_hsm_t_add(pt, CKA_ID, (void *)id, id_len);
   if (ip->type == KVP_KEY_RSA) {
     for (int i = 0; i < RSA_PARTS; i++)
@@ -445,7 +432,6 @@ CK_RV kvp_hsm_import_key(kvp_backend *bep, const char *name, EVP_PKEY *priv,
   import_parts ip;
   kvp_hsm_tmpl pt = {.n = 0}, kt_priv = {.n = 0};
   unsigned ops = 0;
-  int locked = 0;
   CK_RV rv = CKR_GENERAL_ERROR;
 
   memset(&ip, 0, sizeof(ip));
@@ -478,12 +464,7 @@ CK_RV kvp_hsm_import_key(kvp_backend *bep, const char *name, EVP_PKEY *priv,
   }
   import_templates(&ip, name, id, id_len, ops, &kt_priv, &pt);
 
-  pthread_mutex_lock(&be->prov_lock);
-  locked = 1;
-  rv = kvp_hsm_prov_session(be, "importing a key", 1, &s);
-  if (rv != CKR_OK)
-    goto out;
-  rv = kvp_hsm_label_free(be, s, name);
+  rv = kvp_hsm_prov_begin(be, "importing a key", name, &s);
   if (rv != CKR_OK)
     goto out;
   warn_same_id(be, s, name, id, id_len);
@@ -514,9 +495,7 @@ CK_RV kvp_hsm_import_key(kvp_backend *bep, const char *name, EVP_PKEY *priv,
              kvp_curve_name(ip.curve_nid), kvp_hsm_token(be));
 out:
   if (s != CK_INVALID_HANDLE)
-    kvp_hsm_session_close(be, s);
-  if (locked)
-    pthread_mutex_unlock(&be->prov_lock);
+    kvp_hsm_prov_end(be, s);
   /* the templates only point into ip */
   import_parts_clear(&ip);
   if (rv == CKR_OK && out != NULL)

@@ -50,7 +50,6 @@ CK_RV kvp_hsm_delete_key(kvp_backend *bep, const char *name)
   CK_OBJECT_HANDLE *privs = NULL, *pubs = NULL;
   CK_ULONG n_priv = 0, n_pub = 0;
   kvp_hsm_key ref;
-  int locked = 0;
   CK_RV rv;
 
   if (bep == NULL || name == NULL)
@@ -58,9 +57,7 @@ CK_RV kvp_hsm_delete_key(kvp_backend *bep, const char *name)
   rv = parse_ref(be, name, &ref);
   if (rv != CKR_OK)
     goto out;
-  pthread_mutex_lock(&be->prov_lock);
-  locked = 1;
-  rv = kvp_hsm_prov_session(be, "deleting a key", 1, &s);
+  rv = kvp_hsm_prov_begin(be, "deleting a key", NULL, &s);
   if (rv != CKR_OK)
     goto out;
   rv = kvp_hsm_find_keys(be, s, CKO_PRIVATE_KEY, ref.label, ref.id, ref.id_len, &privs, &n_priv);
@@ -91,9 +88,7 @@ CK_RV kvp_hsm_delete_key(kvp_backend *bep, const char *name)
   rv = CKR_OK;
 out:
   if (s != CK_INVALID_HANDLE)
-    kvp_hsm_session_close(be, s);
-  if (locked)
-    pthread_mutex_unlock(&be->prov_lock);
+    kvp_hsm_prov_end(be, s);
   free(privs);
   free(pubs);
   ref_clear(&ref);

@@ -288,13 +288,18 @@ CK_RV kvp_hsm_find_keys(kvp_hsm_backend *be, CK_SESSION_HANDLE s, CK_OBJECT_CLAS
   return kvp_hsm_find_all(be, s, t.a, t.n, out, count);
 }
 
+/* How many key objects of class cls carry the label; a failed search is logged. */
 static CK_RV count_label(kvp_hsm_backend *be, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls,
                          const char *label, CK_ULONG *count)
 {
   CK_OBJECT_HANDLE *h = NULL;
   CK_RV rv = kvp_hsm_find_keys(be, s, cls, label, NULL, 0, &h, count);
   free(h);
-  return rv;
+  if (rv != CKR_OK) {
+    return kvp_fail(kvp_hsm_prov_map(rv), "hsm %s: C_FindObjects (key %s): %s", be->base.name,
+                    label, kvp_ckr_name(rv));
+  }
+  return CKR_OK;
 }
 
 /* CKR_OK when no key object uses the label; CKR_ATTRIBUTE_VALUE_INVALID (logged) when one does. */
@@ -304,10 +309,8 @@ CK_RV kvp_hsm_label_free(kvp_hsm_backend *be, CK_SESSION_HANDLE s, const char *n
   CK_RV rv = count_label(be, s, CKO_PRIVATE_KEY, name, &n_priv);
   if (rv == CKR_OK)
     rv = count_label(be, s, CKO_PUBLIC_KEY, name, &n_pub);
-  if (rv != CKR_OK) {
-    return kvp_fail(kvp_hsm_prov_map(rv), "hsm %s: C_FindObjects (key %s): %s", be->base.name, name,
-                    kvp_ckr_name(rv));
-  }
+  if (rv != CKR_OK)
+    return rv;
   if (n_priv > 0) {
     return kvp_fail(CKR_ATTRIBUTE_VALUE_INVALID,
                     "hsm %s: a key labelled %s exists already; kvp11 does not replace keys",
@@ -320,6 +323,29 @@ CK_RV kvp_hsm_label_free(kvp_hsm_backend *be, CK_SESSION_HANDLE s, const char *n
                     be->base.name, name);
   }
   return CKR_OK;
+}
+
+CK_RV kvp_hsm_prov_begin(kvp_hsm_backend *be, const char *what, const char *label,
+                         CK_SESSION_HANDLE *s)
+{
+  CK_RV rv;
+
+  pthread_mutex_lock(&be->prov_lock);
+  rv = kvp_hsm_prov_session(be, what, 1, s);
+  if (rv == CKR_OK && label != NULL)
+    rv = kvp_hsm_label_free(be, *s, label);
+  if (rv != CKR_OK) {
+    kvp_hsm_prov_end(be, *s);
+    *s = CK_INVALID_HANDLE;
+  }
+  return rv;
+}
+
+void kvp_hsm_prov_end(kvp_hsm_backend *be, CK_SESSION_HANDLE s)
+{
+  if (s != CK_INVALID_HANDLE)
+    kvp_hsm_session_close(be, s);
+  pthread_mutex_unlock(&be->prov_lock);
 }
 
 void kvp_hsm_destroy_obj(kvp_hsm_backend *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h,
@@ -339,10 +365,8 @@ static CK_RV still_unique(kvp_hsm_backend *be, CK_SESSION_HANDLE s, const char *
 {
   CK_ULONG n = 0;
   CK_RV rv = count_label(be, s, CKO_PRIVATE_KEY, name, &n);
-  if (rv != CKR_OK) {
-    return kvp_fail(kvp_hsm_prov_map(rv), "hsm %s: C_FindObjects (key %s): %s", be->base.name, name,
-                    kvp_ckr_name(rv));
-  }
+  if (rv != CKR_OK)
+    return rv;
   if (n == 0) {
     return kvp_fail(CKR_FUNCTION_FAILED,
                     "hsm %s: the new key labelled %s is gone (deleted by someone else?)",

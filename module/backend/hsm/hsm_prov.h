@@ -38,6 +38,13 @@ CK_RV kvp_hsm_find_keys(kvp_hsm_backend *be, CK_SESSION_HANDLE s, CK_OBJECT_CLAS
                         CK_OBJECT_HANDLE **out, CK_ULONG *count);
 /* CKR_OK when no key object uses the label; CKR_ATTRIBUTE_VALUE_INVALID when one does. */
 CK_RV kvp_hsm_label_free(kvp_hsm_backend *be, CK_SESSION_HANDLE s, const char *name);
+/* A provisioning call that changes the token begins: prov_lock taken, a
+ * read/write session in *s and, when label is not NULL, no key object
+ * labelled so yet. On failure nothing is held (*s is CK_INVALID_HANDLE). */
+CK_RV kvp_hsm_prov_begin(kvp_hsm_backend *be, const char *what, const char *label,
+                         CK_SESSION_HANDLE *s);
+/* ... and ends: the session closed, prov_lock released (nothing when s is invalid). */
+void kvp_hsm_prov_end(kvp_hsm_backend *be, CK_SESSION_HANDLE s);
 void kvp_hsm_destroy_obj(kvp_hsm_backend *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h,
                          const char *name);
 CK_RV kvp_hsm_get_ulong(kvp_hsm_backend *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h,

@@ -28,6 +28,7 @@
 #include "core/log.h"
 #include "core/p11names.h"
 #include "core/status.h"
+#include "core/util.h"
 
 int kvp_hsm_session_gone(CK_RV rv)
 {
@@ -38,14 +39,8 @@ int kvp_hsm_session_gone(CK_RV rv)
 
 static int busy_add_locked(kvp_hsm_backend *be, CK_SESSION_HANDLE s)
 {
-  if (be->n_busy == be->cap_busy) {
-    size_t cap = be->cap_busy ? 2 * be->cap_busy : 16;
-    CK_SESSION_HANDLE *b = realloc(be->busy, cap * sizeof(*b));
-    if (b == NULL)
-      return 0;
-    be->busy = b;
-    be->cap_busy = cap;
-  }
+  if (kvp_grow(&be->busy, be->n_busy, &be->cap_busy, sizeof(*be->busy), 16) != 0)
+    return 0;
   be->busy[be->n_busy++] = s;
   return 1;
 }

@@ -70,35 +70,6 @@ static int kv_alg_same(const kvp_sig_alg *a, const kvp_sig_alg *b)
          (a->scheme != KVP_SIG_RSA_PSS || (a->mgf1 == b->mgf1 && a->salt_len == b->salt_len));
 }
 
-/* A verify context set up for alg (the expensive part, done once per pooled context). */
-static EVP_PKEY_CTX *kv_vctx_new(EVP_PKEY *pub, const kvp_sig_alg *alg)
-{
-  EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, pub, NULL);
-  if (ctx == NULL || EVP_PKEY_verify_init(ctx) != 1)
-    goto bad;
-  if (alg->scheme == KVP_SIG_RSA_PKCS1 || alg->scheme == KVP_SIG_RSA_PSS) {
-    const EVP_MD *md = kvp_hash_md(alg->hash);
-    if (md == NULL || EVP_PKEY_CTX_set_signature_md(ctx, md) != 1)
-      goto bad;
-    if (alg->scheme == KVP_SIG_RSA_PKCS1) {
-      if (EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) != 1)
-        goto bad;
-    } else {
-      const EVP_MD *mgf = kvp_hash_md(alg->mgf1);
-      if (mgf == NULL || EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PSS_PADDING) != 1 ||
-          EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, mgf) != 1 ||
-          EVP_PKEY_CTX_set_rsa_pss_saltlen(ctx, (int)alg->salt_len) != 1)
-        goto bad;
-    }
-  } else if (alg->scheme != KVP_SIG_ECDSA) {
-    goto bad;
-  }
-  return ctx;
-bad:
-  EVP_PKEY_CTX_free(ctx);
-  return NULL;
-}
-
 static EVP_PKEY_CTX *kv_vctx_take(kv_verifier *v, const kvp_sig_alg *alg)
 {
   EVP_PKEY_CTX *ctx = NULL;
@@ -113,7 +84,7 @@ static EVP_PKEY_CTX *kv_vctx_take(kv_verifier *v, const kvp_sig_alg *alg)
     }
   }
   pthread_mutex_unlock(&v->lock);
-  return ctx != NULL ? ctx : kv_vctx_new(v->pub, alg);
+  return ctx != NULL ? ctx : kvp_sig_ctx_new(v->pub, alg);
 }
 
 static void kv_vctx_give(kv_verifier *v, const kvp_sig_alg *alg, EVP_PKEY_CTX *ctx)
@@ -143,51 +114,14 @@ static void kv_vctx_give(kv_verifier *v, const kvp_sig_alg *alg, EVP_PKEY_CTX *c
   EVP_PKEY_CTX_free(ctx);
 }
 
-/* r||s -> DER ECDSA-Sig-Value (malloc'd by OpenSSL). */
-static int kv_ecdsa_der(const unsigned char *sig, size_t slen, unsigned char **der)
-{
-  ECDSA_SIG *es;
-  BIGNUM *r, *s;
-  int n;
-  if (slen == 0 || slen % 2 != 0)
-    return -1;
-  r = BN_bin2bn(sig, (int)(slen / 2), NULL);
-  s = BN_bin2bn(sig + slen / 2, (int)(slen / 2), NULL);
-  es = ECDSA_SIG_new();
-  if (r == NULL || s == NULL || es == NULL || ECDSA_SIG_set0(es, r, s) != 1) {
-    BN_free(r);
-    BN_free(s);
-    ECDSA_SIG_free(es);
-    return -1;
-  }
-  *der = NULL;
-  n = i2d_ECDSA_SIG(es, der);
-  ECDSA_SIG_free(es);
-  return n;
-}
-
 int kv_verifier_check(kv_verifier *v, const kvp_sig_alg *alg, const unsigned char *digest,
                       size_t dlen, const unsigned char *sig, size_t slen)
 {
-  EVP_PKEY_CTX *ctx;
-  unsigned char *der = NULL;
-  int ok = 0, n;
-
   /* a signature that does not verify leaves the caller's error queue as it was */
-  ERR_set_mark();
-  ctx = kv_vctx_take(v, alg);
-  if (ctx == NULL) {
-    ERR_pop_to_mark();
-    return 0;
-  }
-  if (alg->scheme == KVP_SIG_ECDSA) {
-    n = kv_ecdsa_der(sig, slen, &der);
-    ok = n > 0 && EVP_PKEY_verify(ctx, der, (size_t)n, digest, dlen) == 1;
-    OPENSSL_free(der);
-  } else {
-    ok = EVP_PKEY_verify(ctx, sig, slen, digest, dlen) == 1;
-  }
-  ERR_pop_to_mark();
-  kv_vctx_give(v, alg, ctx);
+  EVP_PKEY_CTX *ctx = kv_vctx_take(v, alg);
+  int ok = ctx != NULL && kvp_sig_check(ctx, alg, digest, dlen, sig, slen);
+
+  if (ctx != NULL)
+    kv_vctx_give(v, alg, ctx);
   return ok;
 }

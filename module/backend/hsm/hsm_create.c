@@ -84,7 +84,7 @@ static CK_RV generate_pair(kvp_backend *bep, const char *name, const kvp_key_spe
   CK_ULONG mod_bits = 0;
   CK_BYTE exp65537[] = {0x01, 0x00, 0x01};
   unsigned char *params = NULL;
-  int params_len = 0;
+  int params_len = 0, begun = 0;
   unsigned ops = 0;
   char what[32];
   kvp_hsm_tmpl pt = {.n = 0}, kt_priv = {.n = 0};
@@ -139,6 +139,7 @@ static CK_RV generate_pair(kvp_backend *bep, const char *name, const kvp_key_spe
   rv = kvp_hsm_prov_begin(be, "creating a key", name, &s);
   if (rv != CKR_OK)
     goto out;
+  begun = 1;
   rv = KVP_HSM_CALL(be, C_GenerateKeyPair, s, &mech, pt.a, pt.n, kt_priv.a, kt_priv.n, &hpub,
                     &hpriv);
   if (rv != CKR_OK) {
@@ -158,8 +159,8 @@ static CK_RV generate_pair(kvp_backend *bep, const char *name, const kvp_key_spe
     pthread_mutex_unlock(&be->prov_lock);
   }
 out:
-  if (s != CK_INVALID_HANDLE)
-    kvp_hsm_prov_end(be, s);
+  if (begun)
+    kvp_hsm_prov_end(be, s); /* a kept session stays open; prov_lock is released either way */
   OPENSSL_free(params);
   return rv;
 }

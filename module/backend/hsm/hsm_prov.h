@@ -43,7 +43,8 @@ CK_RV kvp_hsm_label_free(kvp_hsm_backend *be, CK_SESSION_HANDLE s, const char *n
  * labelled so yet. On failure nothing is held (*s is CK_INVALID_HANDLE). */
 CK_RV kvp_hsm_prov_begin(kvp_hsm_backend *be, const char *what, const char *label,
                          CK_SESSION_HANDLE *s);
-/* ... and ends: the session closed, prov_lock released (nothing when s is invalid). */
+/* ... and ends, after every begin that succeeded: prov_lock released, and the
+ * session closed unless s is CK_INVALID_HANDLE (a session the caller keeps). */
 void kvp_hsm_prov_end(kvp_hsm_backend *be, CK_SESSION_HANDLE s);
 void kvp_hsm_destroy_obj(kvp_hsm_backend *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h,
                          const char *name);

@@ -155,8 +155,6 @@ static CK_RV generate_pair(kvp_backend *bep, const char *name, const kvp_key_spe
   if (keep != NULL) {
     *keep = s; /* its session objects live as long as it does */
     s = CK_INVALID_HANDLE;
-    /* kvp_hsm_prov_end without closing the kept session */
-    pthread_mutex_unlock(&be->prov_lock);
   }
 out:
   if (begun)

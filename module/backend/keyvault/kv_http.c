@@ -117,10 +117,17 @@ static void *kv_mem_realloc(void *p, size_t n)
 static void kv_pin_self(void)
 {
   Dl_info di;
-  if (dladdr(&kv_curl_init_rc, &di) != 0 && di.dli_fname != NULL &&
-      dlopen(di.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE) == NULL)
+  const char *e;
+  /* linked into a program (the kvp11 tool, tests) rather than a module: it is
+   * never unloaded, and a program cannot be dlopen()ed */
+  if (dladdr(&kv_curl_init_rc, &di) == 0 || di.dli_fname == NULL ||
+      strstr(di.dli_fname, ".so") == NULL)
+    return;
+  if (dlopen(di.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE) == NULL) {
+    e = dlerror();
     KVP_WARN("libcurl: cannot pin %s in memory (%s); unloading it while the program uses "
-             "libcurl is unsafe", di.dli_fname, dlerror());
+             "libcurl is unsafe", di.dli_fname, e != NULL ? e : "no reason given");
+  }
 }
 
 static void kv_curl_global_init(void)

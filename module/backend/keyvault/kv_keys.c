@@ -81,10 +81,7 @@ static void kv_entry_unref(kv_cached_key *c)
     return;
   kv_verifier_free(c->verifier);
   EVP_PKEY_free(c->pub);
-  free(c->ref);
-  free(c->name);
-  free(c->version);
-  free(c);
+  KVP_FREE_ALL(c->ref, c->name, c->version, c);
 }
 
 /* Take c out of the list (lock held). */

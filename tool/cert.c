@@ -26,19 +26,7 @@
 
 
 
-typedef struct cert_args {
-  const char *v[O_COUNT]; /* option values; flags are "" when given, NULL when not */
-  const char *operand;    /* NAME of show / remove */
-  const char *account;    /* resolved account */
-} cert_args;
-
-typedef struct cert_cmd {
-  const char *cmd; /* "cert add": also the message prefix */
-  uint64_t allowed;
-  int operand; /* 1: takes the NAME operand */
-  int (*run)(kvp_tool *t, cert_args *a);
-  const char *synopsis;
-} cert_cmd;
+typedef kvp_tool_args cert_args;
 
 static int cert_add(kvp_tool *t, cert_args *a);
 static int cert_list(kvp_tool *t, cert_args *a);
@@ -48,7 +36,7 @@ static int cert_renew(kvp_tool *t, cert_args *a);
 static int cert_rotate(kvp_tool *t, cert_args *a);
 static int cert_retire(kvp_tool *t, cert_args *a);
 
-static const cert_cmd cert_cmds[] = {
+static const kvp_tool_cmd cert_cmds[] = {
     {"cert add",
      OPT(O_NAME) | OPT(O_TYPE) | OPT(O_CERT) | OPT(O_ACCOUNT) | OPT(O_HSM) | OPT(O_VAULT) |
          OPT(O_KEY) | OPT(O_RG) | OPT(O_REPLACE) | OPT(O_STRICT) | OPT(O_ALIAS) |
@@ -58,34 +46,33 @@ static const cert_cmd cert_cmds[] = {
      "[--hsm HSM --key LABEL | --vault VAULT --key KEY[/VERSION]]\n"
      "[--resource-group RG] [--replace] [--alias] [--strict | --allow-expired]\n"
      "[--json]\n"
-     "cert add --type public --cert-dir DIR [--account A] [--replace]"},
+     "cert add --type public --cert-dir DIR [--account A] [--replace]", NULL},
     {"cert list", OPT(O_ACCOUNT) | OPT(O_JSON) | OPT(O_EXPIRING), 0, cert_list,
-     "cert list [--account A] [--expiring DAYS] [--json]"},
+     "cert list [--account A] [--expiring DAYS] [--json]", NULL},
     {"cert show", OPT(O_ACCOUNT) | OPT(O_JSON) | OPT(O_PEM), 1, cert_show,
-     "cert show NAME [--account A] [--json | --pem]"},
+     "cert show NAME [--account A] [--json | --pem]", NULL},
     {"cert remove", OPT(O_ACCOUNT) | OPT(O_YES) | OPT(O_JSON), 1, cert_remove,
-     "cert remove NAME [--account A] [--yes] [--json]"},
+     "cert remove NAME [--account A] [--yes] [--json]", NULL},
     {"cert renew", OPT(O_ACCOUNT) | OPT(O_CERT) | OPT(O_ALLOW_EXPIRED) | OPT(O_JSON), 1, cert_renew,
-     "cert renew NAME --cert NEW.pem [--account A] [--allow-expired] [--json]"},
+     "cert renew NAME --cert NEW.pem [--account A] [--allow-expired] [--json]", NULL},
     {"cert rotate",
      OPT(O_ACCOUNT) | OPT(O_CERT) | OPT(O_HSM) | OPT(O_VAULT) | OPT(O_KEY) |
          OPT(O_ALLOW_EXPIRED) | OPT(O_JSON),
      1, cert_rotate,
      "cert rotate NAME --cert NEW.pem (--hsm HSM | --vault VAULT) --key KEY\n"
-     "[--account A] [--allow-expired] [--json]"},
+     "[--account A] [--allow-expired] [--json]", NULL},
     {"cert retire", OPT(O_ACCOUNT) | OPT(O_JSON), 1, cert_retire,
-     "cert retire NAME [--account A] [--json]"},
+     "cert retire NAME [--account A] [--json]", NULL},
 };
 
 
 void kvp_tool_cert_usage(FILE *f)
 {
-  for (size_t i = 0; i < KVP_ARRAY_SIZE(cert_cmds); i++)
-    kvp_tool_synopsis(f, "  kvp11 [-c FILE] ", cert_cmds[i].cmd, cert_cmds[i].synopsis);
+  kvp_tool_cmds_usage(f, cert_cmds, KVP_ARRAY_SIZE(cert_cmds));
   fprintf(f, "  kvp11 [-c FILE] cert selfsign ... (see kvp11 cert selfsign --help)\n");
 }
 
-static void cert_cmd_usage(FILE *f, const cert_cmd *c)
+static void cert_cmd_usage(FILE *f, const kvp_tool_cmd *c)
 {
   kvp_tool_synopsis(f, "usage: kvp11 [-c FILE] ", c->cmd, c->synopsis);
   if (c->run == cert_add)
@@ -515,31 +502,12 @@ static int cert_retire(kvp_tool *t, cert_args *a)
   return kvp_tool_cert_retire(t, a->operand, a->v[O_ACCOUNT], a->v[O_JSON] != NULL);
 }
 
-/* Parse the options of one cert command into a; returns -1 to go on, else an exit code. */
-static int parse_args(kvp_tool *t, const cert_cmd *c, int argc, char **argv, cert_args *a)
-{
-  const kvp_tool_opts o = {c->allowed, c->operand, c->cmd,
-                           "kvp11 cert --help"};
-  int rc = kvp_tool_parse_opts(t, &o, argc, argv, a->v, &a->operand);
-  if (rc == KVP_TOOL_HELP) {
-    cert_cmd_usage(stdout, c);
-    return KVP_EXIT_OK;
-  }
-  return rc;
-}
-
 int kvp_tool_cert(kvp_tool *t, int argc, char **argv)
 {
-  int rc;
   if (argc > 1 && strcmp(argv[1], "selfsign") == 0) {
     t->cmd = "cert selfsign";
     return kvp_tool_cert_selfsign(t, argc - 1, argv + 1);
   }
-  const cert_cmd *c = kvp_tool_subcommand(t, "cert", argc, argv, kvp_tool_cert_usage, cert_cmds,
-                                          sizeof(cert_cmds[0]), KVP_ARRAY_SIZE(cert_cmds), &rc);
-  if (c == NULL)
-    return rc;
-  cert_args a = {0};
-  rc = parse_args(t, c, argc - 1, argv + 1, &a);
-  return rc >= 0 ? rc : c->run(t, &a);
+  return kvp_tool_run_group(t, "cert", argc, argv, kvp_tool_cert_usage, cert_cmds,
+                            KVP_ARRAY_SIZE(cert_cmds), cert_cmd_usage);
 }

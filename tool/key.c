@@ -40,17 +40,7 @@
 
 
 
-typedef struct key_args {
-  const char *v[O_COUNT]; /* option values; flags are "" when given, NULL when not */
-  const char *account;    /* resolved account */
-} key_args;
-
-typedef struct key_cmd {
-  const char *cmd; /* "key create": also the message prefix */
-  uint64_t allowed;
-  int (*run)(kvp_tool *t, key_args *a);
-  const char *synopsis;
-} key_cmd;
+typedef kvp_tool_args key_args;
 
 static int key_create(kvp_tool *t, key_args *a);
 static int key_import(kvp_tool *t, key_args *a);
@@ -60,39 +50,38 @@ static int key_delete(kvp_tool *t, key_args *a);
 
 #define STORE_OPTS (OPT(O_VAULT) | OPT(O_HSM) | OPT(O_PINFILE))
 
-static const key_cmd key_cmds[] = {
+static const kvp_tool_cmd key_cmds[] = {
     {"key create",
      STORE_OPTS | OPT(O_KEY) | OPT(O_TYPE) | OPT(O_SIZE) | OPT(O_CURVE) | OPT(O_HSMPROT) |
          OPT(O_OPS) | OPT(O_NAME) | OPT(O_ACCOUNT) | OPT(O_NOREG) | OPT(O_JSON),
-     key_create,
+     0, key_create,
      "key create (--vault V | --hsm H) --key NAME\n"
      "(--type rsa --size 2048|3072|4096 | --type ec --curve p256|p384|p521)\n"
      "[--hsm-protected] [--ops sign,decrypt] [--name CERTNAME] [--account A]\n"
-     "[--no-register] [--pin-file F] [--json]"},
+     "[--no-register] [--pin-file F] [--json]", NULL},
     {"key import",
      STORE_OPTS | OPT(O_KEY) | OPT(O_PFX) | OPT(O_PASSFILE) | OPT(O_KEYFILE) | OPT(O_CERT) |
          OPT(O_NAME) | OPT(O_ACCOUNT) | OPT(O_HSMPROT) | OPT(O_OPS) | OPT(O_JSON) |
          OPT(O_ALLOW_EXPIRED),
-     key_import,
+     0, key_import,
      "key import (--vault V | --hsm H) --key NAME\n"
      "(--pfx FILE | --key-file KEY.pem --cert CERT.pem) [--pass-file F]\n"
      "[--name CERTNAME] [--account A] [--hsm-protected] [--ops sign,decrypt]\n"
-     "[--allow-expired] [--pin-file F] [--json]"},
-    {"key list", STORE_OPTS | OPT(O_JSON), key_list,
-     "key list (--vault V | --hsm H) [--json] [--pin-file F]"},
-    {"key show", STORE_OPTS | OPT(O_KEY) | OPT(O_JSON) | OPT(O_PEM), key_show,
-     "key show (--vault V | --hsm H) --key NAME [--json | --pem] [--pin-file F]"},
-    {"key delete", STORE_OPTS | OPT(O_KEY) | OPT(O_YES) | OPT(O_JSON), key_delete,
-     "key delete (--vault V | --hsm H) --key NAME --yes [--pin-file F] [--json]"},
+     "[--allow-expired] [--pin-file F] [--json]", NULL},
+    {"key list", STORE_OPTS | OPT(O_JSON), 0, key_list,
+     "key list (--vault V | --hsm H) [--json] [--pin-file F]", NULL},
+    {"key show", STORE_OPTS | OPT(O_KEY) | OPT(O_JSON) | OPT(O_PEM), 0, key_show,
+     "key show (--vault V | --hsm H) --key NAME [--json | --pem] [--pin-file F]", NULL},
+    {"key delete", STORE_OPTS | OPT(O_KEY) | OPT(O_YES) | OPT(O_JSON), 0, key_delete,
+     "key delete (--vault V | --hsm H) --key NAME --yes [--pin-file F] [--json]", NULL},
 };
 
 void kvp_tool_key_usage(FILE *f)
 {
-  for (size_t i = 0; i < KVP_ARRAY_SIZE(key_cmds); i++)
-    kvp_tool_synopsis(f, "  kvp11 [-c FILE] ", key_cmds[i].cmd, key_cmds[i].synopsis);
+  kvp_tool_cmds_usage(f, key_cmds, KVP_ARRAY_SIZE(key_cmds));
 }
 
-static void key_cmd_usage(FILE *f, const key_cmd *c)
+static void key_cmd_usage(FILE *f, const kvp_tool_cmd *c)
 {
   kvp_tool_synopsis(f, "usage: kvp11 [-c FILE] ", c->cmd, c->synopsis);
   fprintf(f, "\n"
@@ -203,6 +192,16 @@ static int unsupported(kvp_tool *t, const store *s, const char *what)
 static int store_fail(kvp_tool *t, const store *s, const char *what, CK_RV rv)
 {
   return kvp_tool_store_fail(t, &s->ts, what, rv);
+}
+
+/* The outcome of a backend call on key name: KVP_EXIT_OK, else the error is printed. */
+static int key_op_rv(kvp_tool *t, const store *s, const char *name, const char *doing, CK_RV rv)
+{
+  if (rv == CKR_KEY_HANDLE_INVALID)
+    return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s '%s' has no key '%s'", s->kind, s->name, name);
+  if (rv != CKR_OK)
+    return store_fail(t, s, doing, rv);
+  return KVP_EXIT_OK;
 }
 
 /*
@@ -1021,7 +1020,7 @@ static int open_with_recs(kvp_tool *t, key_args *a, store *s, kvp_cert_rec **rec
   return KVP_EXIT_OK;
 }
 
-/* Comma-separated text of a JSON array of strings, "-" when empty. */
+/* Comma-separated text of a JSON array of strings (users, ops), "-" when empty. */
 static void users_text(json_t *users, char *out, size_t len)
 {
   size_t i;
@@ -1123,15 +1122,9 @@ static int key_show(kvp_tool *t, key_args *a)
     unsupported(t, &s, "showing keys");
     goto out;
   }
-  CK_RV rv = s.be->ops->key_info(s.be, a->v[O_KEY], &info);
-  if (rv == CKR_KEY_HANDLE_INVALID) {
-    kvp_tool_fail(t, rc, "%s '%s' has no key '%s'", s.kind, s.name, a->v[O_KEY]);
+  if (key_op_rv(t, &s, a->v[O_KEY], "reading the key",
+                s.be->ops->key_info(s.be, a->v[O_KEY], &info)) != KVP_EXIT_OK)
     goto out;
-  }
-  if (rv != CKR_OK) {
-    store_fail(t, &s, "reading the key", rv);
-    goto out;
-  }
   if (a->v[O_PEM]) {
     if (!info.pub || PEM_write_PUBKEY(stdout, info.pub) != 1) {
       kvp_tool_fail(t, rc, "%s '%s': no public key for '%s'", s.kind, s.name, a->v[O_KEY]);
@@ -1157,20 +1150,7 @@ static int key_show(kvp_tool *t, key_args *a)
     {
       if (json_is_array(v)) {
         char buf[1024];
-        if (strcmp(k, "ops") == 0) {
-          size_t i;
-          json_t *e;
-          buf[0] = '\0';
-          json_array_foreach(v, i, e)
-          {
-            size_t used = strlen(buf);
-            snprintf(buf + used, sizeof(buf) - used, "%s%s", i ? "," : "", json_string_value(e));
-          }
-          if (!buf[0])
-            snprintf(buf, sizeof(buf), "-");
-        } else {
-          users_text(v, buf, sizeof(buf));
-        }
+        users_text(v, buf, sizeof(buf)); /* ops or certificates */
         printf("%s: %s\n", k, buf);
       } else if (json_is_integer(v)) {
         printf("%s: %lld\n", k, (long long)json_integer_value(v));
@@ -1229,15 +1209,9 @@ static int key_delete(kvp_tool *t, key_args *a)
     unsupported(t, &s, "deleting keys");
     goto out;
   }
-  CK_RV rv = s.be->ops->delete_key(s.be, a->v[O_KEY]);
-  if (rv == CKR_KEY_HANDLE_INVALID) {
-    kvp_tool_fail(t, rc, "%s '%s' has no key '%s'", s.kind, s.name, a->v[O_KEY]);
+  if (key_op_rv(t, &s, a->v[O_KEY], "deleting the key",
+                s.be->ops->delete_key(s.be, a->v[O_KEY])) != KVP_EXIT_OK)
     goto out;
-  }
-  if (rv != CKR_OK) {
-    store_fail(t, &s, "deleting the key", rv);
-    goto out;
-  }
   kvp_audit_change("key delete", a->account, NULL, s.ref, NULL, NULL);
   {
     const char *f[][2] = {{"deleted key", s.ref},
@@ -1260,26 +1234,8 @@ out:
 
 /* ---- dispatch ------------------------------------------------------------ */
 
-/* Parse the options of one key command into a; returns -1 to go on, else an exit code. */
-static int parse_args(kvp_tool *t, const key_cmd *c, int argc, char **argv, key_args *a)
-{
-  const kvp_tool_opts o = {c->allowed, 0, c->cmd, "kvp11 key --help"};
-  int rc = kvp_tool_parse_opts(t, &o, argc, argv, a->v, NULL);
-  if (rc == KVP_TOOL_HELP) {
-    key_cmd_usage(stdout, c);
-    return KVP_EXIT_OK;
-  }
-  return rc;
-}
-
 int kvp_tool_key(kvp_tool *t, int argc, char **argv)
 {
-  int rc;
-  const key_cmd *c = kvp_tool_subcommand(t, "key", argc, argv, kvp_tool_key_usage, key_cmds,
-                                         sizeof(key_cmds[0]), KVP_ARRAY_SIZE(key_cmds), &rc);
-  if (c == NULL)
-    return rc;
-  key_args a = {0};
-  rc = parse_args(t, c, argc - 1, argv + 1, &a);
-  return rc >= 0 ? rc : c->run(t, &a);
+  return kvp_tool_run_group(t, "key", argc, argv, kvp_tool_key_usage, key_cmds,
+                            KVP_ARRAY_SIZE(key_cmds), key_cmd_usage);
 }

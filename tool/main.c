@@ -186,6 +186,39 @@ const void *kvp_tool_subcommand(kvp_tool *t, const char *group, int argc, char *
   return NULL;
 }
 
+void kvp_tool_cmds_usage(FILE *f, const kvp_tool_cmd *cmds, size_t n)
+{
+  for (size_t i = 0; i < n; i++)
+    kvp_tool_synopsis(f, "  kvp11 [-c FILE] ", cmds[i].cmd, cmds[i].synopsis);
+}
+
+int kvp_tool_run_group(kvp_tool *t, const char *group, int argc, char **argv,
+                       void (*usage)(FILE *), const kvp_tool_cmd *cmds, size_t n,
+                       void (*cmd_usage)(FILE *, const kvp_tool_cmd *))
+{
+  int rc;
+  char help[64];
+  const kvp_tool_cmd *c =
+      kvp_tool_subcommand(t, group, argc, argv, usage, cmds, sizeof(cmds[0]), n, &rc);
+  if (c == NULL)
+    return rc;
+  snprintf(help, sizeof(help), "kvp11 %s --help", group);
+  const kvp_tool_opts o = {c->allowed, c->operand, c->cmd, help};
+  kvp_tool_args a = {{NULL}, NULL, NULL};
+  rc = kvp_tool_parse_opts(t, &o, argc - 1, argv + 1, a.v, &a.operand);
+  if (rc == KVP_TOOL_HELP) {
+    if (cmd_usage) {
+      cmd_usage(stdout, c);
+    } else {
+      kvp_tool_synopsis(stdout, "usage: kvp11 [-c FILE] ", c->cmd, c->synopsis);
+      if (c->help)
+        printf("\n%s", c->help);
+    }
+    return KVP_EXIT_OK;
+  }
+  return rc >= 0 ? rc : c->run(t, &a);
+}
+
 int kvp_tool_open_registry(kvp_tool *t)
 {
   char err[KVP_ERRLEN] = "";

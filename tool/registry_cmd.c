@@ -17,20 +17,11 @@
 #include "tool.h"
 
 
-typedef struct reg_cmd {
-  const char *cmd;
-  uint64_t allowed;
-  int operand;
-  int (*run)(kvp_tool *t, const char *file, int json);
-  const char *synopsis;
-  const char *help;
-} reg_cmd;
+static int reg_backup(kvp_tool *t, kvp_tool_args *a);
+static int reg_restore(kvp_tool *t, kvp_tool_args *a);
+static int reg_check(kvp_tool *t, kvp_tool_args *a);
 
-static int reg_backup(kvp_tool *t, const char *file, int json);
-static int reg_restore(kvp_tool *t, const char *file, int json);
-static int reg_check(kvp_tool *t, const char *file, int json);
-
-static const reg_cmd reg_cmds[] = {
+static const kvp_tool_cmd reg_cmds[] = {
     {"registry backup", OPT(O_JSON), 1, reg_backup, "registry backup FILE [--json]",
      "A consistent copy of the registry into FILE (written beside it, then renamed),\n"
      "taken while modules read and other kvp11 commands write.\n"},
@@ -45,8 +36,7 @@ static const reg_cmd reg_cmds[] = {
 
 void kvp_tool_registry_usage(FILE *f)
 {
-  for (size_t i = 0; i < KVP_ARRAY_SIZE(reg_cmds); i++)
-    kvp_tool_synopsis(f, "  kvp11 [-c FILE] ", reg_cmds[i].cmd, reg_cmds[i].synopsis);
+  kvp_tool_cmds_usage(f, reg_cmds, KVP_ARRAY_SIZE(reg_cmds));
 }
 
 static const char *reg_path(const kvp_tool *t)
@@ -54,8 +44,10 @@ static const char *reg_path(const kvp_tool *t)
   return t->cfg->registry ? t->cfg->registry : KVP11_DEFAULT_REGISTRY;
 }
 
-static int reg_backup(kvp_tool *t, const char *file, int json)
+static int reg_backup(kvp_tool *t, kvp_tool_args *a)
 {
+  const char *file = a->operand;
+  const int json = a->v[O_JSON] != NULL;
   char err[KVP_ERRLEN] = "";
   if (kvp_tool_load_config(t) || kvp_tool_open_registry_ro(t))
     return KVP_EXIT_ERROR;
@@ -73,8 +65,10 @@ static int reg_backup(kvp_tool *t, const char *file, int json)
   return KVP_EXIT_OK;
 }
 
-static int reg_restore(kvp_tool *t, const char *file, int json)
+static int reg_restore(kvp_tool *t, kvp_tool_args *a)
 {
+  const char *file = a->operand;
+  const int json = a->v[O_JSON] != NULL;
   char err[KVP_ERRLEN] = "";
   int64_t schema = 0;
   kvp_cert_rec *recs = NULL;
@@ -137,12 +131,12 @@ static const char *entry_problem(kvp_tool *t, const kvp_cert_rec *r, char *buf, 
   return NULL;
 }
 
-static int reg_check(kvp_tool *t, const char *file, int json)
+static int reg_check(kvp_tool *t, kvp_tool_args *a)
 {
+  const int json = a->v[O_JSON] != NULL;
   char err[KVP_ERRLEN] = "", buf[2 * KVP_ERRLEN];
   kvp_cert_rec *recs = NULL;
   size_t n = 0, bad = 0;
-  (void)file;
   if (kvp_tool_load_config(t) || kvp_tool_open_registry_ro(t))
     return KVP_EXIT_ERROR;
   if (!t->reg)
@@ -175,20 +169,6 @@ static int reg_check(kvp_tool *t, const char *file, int json)
 
 int kvp_tool_registry(kvp_tool *t, int argc, char **argv)
 {
-  int rc;
-  const reg_cmd *c = kvp_tool_subcommand(t, "registry", argc, argv, kvp_tool_registry_usage,
-                                         reg_cmds, sizeof(reg_cmds[0]), KVP_ARRAY_SIZE(reg_cmds),
-                                         &rc);
-  if (c == NULL)
-    return rc;
-  const char *v[O_COUNT] = {NULL}, *operand = NULL;
-  const kvp_tool_opts o = {c->allowed, c->operand, c->cmd,
-                           "kvp11 registry --help"};
-  rc = kvp_tool_parse_opts(t, &o, argc - 1, argv + 1, v, &operand);
-  if (rc == KVP_TOOL_HELP) {
-    kvp_tool_synopsis(stdout, "usage: kvp11 [-c FILE] ", c->cmd, c->synopsis);
-    printf("\n%s", c->help);
-    return KVP_EXIT_OK;
-  }
-  return rc >= 0 ? rc : c->run(t, operand, v[O_JSON] != NULL);
+  return kvp_tool_run_group(t, "registry", argc, argv, kvp_tool_registry_usage, reg_cmds,
+                            KVP_ARRAY_SIZE(reg_cmds), NULL);
 }

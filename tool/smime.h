@@ -114,6 +114,20 @@ void sm_stream_free(sm_stream *s);
 /* A filter BIO that passes writes on and keeps flushes to itself. */
 BIO *sm_flush_barrier(void);
 
+/* The callbacks of one of our BIO types (NULL: not set). */
+typedef struct sm_bio_fns {
+  int type; /* BIO_TYPE_SOURCE_SINK or BIO_TYPE_FILTER */
+  const char *name;
+  int (*read)(BIO *b, char *buf, int len);
+  int (*write)(BIO *b, const char *in, int n);
+  int (*puts)(BIO *b, const char *s);
+  long (*ctrl)(BIO *b, int cmd, long num, void *ptr);
+  int (*create)(BIO *b);
+  int (*destroy)(BIO *b);
+} sm_bio_fns;
+/* *meth, made from f on first use (NULL when that fails). */
+BIO_METHOD *sm_bio_method(BIO_METHOD **meth, const sm_bio_fns *f);
+
 /* ---------------------------------------------------------- smime_ber.c */
 
 /* Pull source with lookahead over a BIO. */

@@ -476,15 +476,10 @@ static int ob_create(BIO *b)
 BIO *sm_octets_bio(sm_octets *o, int (*at_end)(void *arg), void *arg)
 {
   static BIO_METHOD *meth;
-  if (!meth) {
-    meth = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "kvp11 smime content");
-    if (!meth || !BIO_meth_set_read(meth, ob_read) || !BIO_meth_set_ctrl(meth, ob_ctrl) ||
-        !BIO_meth_set_create(meth, ob_create) || !BIO_meth_set_destroy(meth, ob_destroy)) {
-      BIO_meth_free(meth);
-      meth = NULL;
-      return NULL;
-    }
-  }
+  static const sm_bio_fns fns = {BIO_TYPE_SOURCE_SINK, "kvp11 smime content", ob_read, NULL,
+                                 NULL, ob_ctrl, ob_create, ob_destroy};
+  if (!sm_bio_method(&meth, &fns))
+    return NULL;
   oct_bio *c = calloc(1, sizeof(*c));
   BIO *b = c ? BIO_new(meth) : NULL;
   if (!b) {

@@ -258,17 +258,27 @@ static int fb_create(BIO *b)
   return 1;
 }
 
+BIO_METHOD *sm_bio_method(BIO_METHOD **meth, const sm_bio_fns *f)
+{
+  if (*meth)
+    return *meth;
+  BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | f->type, f->name);
+  if (!m || (f->read && !BIO_meth_set_read(m, f->read)) ||
+      (f->write && !BIO_meth_set_write(m, f->write)) ||
+      (f->puts && !BIO_meth_set_puts(m, f->puts)) || (f->ctrl && !BIO_meth_set_ctrl(m, f->ctrl)) ||
+      (f->create && !BIO_meth_set_create(m, f->create)) ||
+      (f->destroy && !BIO_meth_set_destroy(m, f->destroy))) {
+    BIO_meth_free(m);
+    return NULL;
+  }
+  return *meth = m;
+}
+
 BIO *sm_flush_barrier(void)
 {
   static BIO_METHOD *meth;
-  if (!meth) {
-    meth = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_FILTER, "kvp11 flush barrier");
-    if (!meth || !BIO_meth_set_write(meth, fb_write) || !BIO_meth_set_puts(meth, fb_puts) ||
-        !BIO_meth_set_ctrl(meth, fb_ctrl) || !BIO_meth_set_create(meth, fb_create)) {
-      BIO_meth_free(meth);
-      meth = NULL;
-      return NULL;
-    }
-  }
-  return BIO_new(meth);
+  static const sm_bio_fns fns = {BIO_TYPE_FILTER, "kvp11 flush barrier", NULL, fb_write,
+                                 fb_puts, fb_ctrl, fb_create, NULL};
+  BIO_METHOD *m = sm_bio_method(&meth, &fns);
+  return m ? BIO_new(m) : NULL;
 }

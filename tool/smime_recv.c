@@ -400,14 +400,20 @@ static int decrypt_end(kvp_tool *t, recv_ctx *r, BIO *out)
   return status == 0 ? KVP_EXIT_OK : kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", r->m->err);
 }
 
+/* decrypt and open: read the envelope, start its decryption, open the output. */
+static int envelope_begin(kvp_tool *t, smime_args *a, recv_ctx *r)
+{
+  int rc = recv_begin(t, a, NID_pkcs7_enveloped, r);
+  if (rc == KVP_EXIT_OK && (rc = decrypt_begin(t, a, r)) == KVP_EXIT_OK)
+    rc = sm_out_open(t, a->v[O_OUT], &r->out);
+  return rc;
+}
+
 int sm_cmd_decrypt(kvp_tool *t, smime_args *a)
 {
   recv_ctx r;
-  int rc = recv_begin(t, a, NID_pkcs7_enveloped, &r);
-  if (rc != KVP_EXIT_OK || (rc = decrypt_begin(t, a, &r)) != KVP_EXIT_OK ||
-      (rc = sm_out_open(t, a->v[O_OUT], &r.out)) != KVP_EXIT_OK)
-    return recv_end(t, &r, rc);
-  return recv_end(t, &r, decrypt_end(t, &r, r.out.bio));
+  int rc = envelope_begin(t, a, &r);
+  return recv_end(t, &r, rc != KVP_EXIT_OK ? rc : decrypt_end(t, &r, r.out.bio));
 }
 
 /* open after the decryption started and the output is open: the signed
@@ -432,9 +438,6 @@ static int open_rest(kvp_tool *t, const smime_args *a, recv_ctx *r)
 int sm_cmd_open(kvp_tool *t, smime_args *a)
 {
   recv_ctx r;
-  int rc = recv_begin(t, a, NID_pkcs7_enveloped, &r);
-  if (rc != KVP_EXIT_OK || (rc = decrypt_begin(t, a, &r)) != KVP_EXIT_OK ||
-      (rc = sm_out_open(t, a->v[O_OUT], &r.out)) != KVP_EXIT_OK)
-    return recv_end(t, &r, rc);
-  return recv_end(t, &r, open_rest(t, a, &r));
+  int rc = envelope_begin(t, a, &r);
+  return recv_end(t, &r, rc != KVP_EXIT_OK ? rc : open_rest(t, a, &r));
 }

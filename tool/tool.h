@@ -147,6 +147,31 @@ int kvp_tool_account(kvp_tool *t, const char *name, const char **account);
 const void *kvp_tool_subcommand(kvp_tool *t, const char *group, int argc, char **argv,
                                 void (*usage)(FILE *), const void *table, size_t stride, size_t n,
                                 int *rc);
+/* The parsed command line of one group command: options, NAME operand, account. */
+typedef struct kvp_tool_args {
+  const char *v[O_COUNT]; /* option values; flags are "" when given, NULL when not */
+  const char *operand;    /* the NAME / FILE operand of commands that take one */
+  const char *account;    /* resolved account, where the command resolves one */
+} kvp_tool_args;
+/* One row of a command group's table (cert, key, registry). */
+typedef struct kvp_tool_cmd {
+  const char *cmd;  /* "cert add": also the message prefix; first, for kvp_tool_subcommand */
+  uint64_t allowed; /* OPT(O_X) of the options it takes */
+  int operand;      /* 1: takes one operand */
+  int (*run)(kvp_tool *t, kvp_tool_args *a);
+  const char *synopsis;
+  const char *help; /* printed after the synopsis by --help (NULL: nothing more) */
+} kvp_tool_cmd;
+/* "  kvp11 [-c FILE] SYNOPSIS" of every command of a table. */
+void kvp_tool_cmds_usage(FILE *f, const kvp_tool_cmd *cmds, size_t n);
+/*
+ * "kvp11 GROUP SUB [options]": find SUB in cmds (kvp_tool_subcommand), parse its
+ * options, print its help on -h (cmd_usage, NULL: synopsis and help text), else
+ * run it. Returns an exit code.
+ */
+int kvp_tool_run_group(kvp_tool *t, const char *group, int argc, char **argv,
+                       void (*usage)(FILE *), const kvp_tool_cmd *cmds, size_t n,
+                       void (*cmd_usage)(FILE *, const kvp_tool_cmd *));
 int kvp_tool_open_registry(kvp_tool *t);
 /* Read-only, for list and show: a registry that does not exist yet leaves
  * t->reg NULL (nothing registered) instead of creating it. */

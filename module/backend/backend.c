@@ -195,11 +195,8 @@ void kvp_key_info_clear(kvp_key_info *info)
 {
   if (info == NULL)
     return;
-  free(info->name);
-  free(info->version);
-  free(info->kty);
+  KVP_FREE_ALL(info->name, info->version, info->kty, info->id);
   EVP_PKEY_free(info->pub);
-  free(info->id);
   memset(info, 0, sizeof(*info));
 }
 

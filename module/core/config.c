@@ -355,6 +355,23 @@ static int set_store(parse_ctx *c, const key_def *k, void *field, const char *v)
 #name, offsetof(type, name), set                                                               \
   }
 
+/* The credential keys of [vault] and (in its cred) [integration-account], one list. */
+#define CRED_KEYS(X)                                                                               \
+  X(auth, set_auth)                                                                                \
+  X(tenant_id, set_str)                                                                            \
+  X(client_id, set_str)                                                                            \
+  X(client_secret_file, set_secret_path)                                                           \
+  X(client_secret_env, set_env_name)                                                               \
+  X(client_cert_file, set_path)                                                                    \
+  X(client_key_file, set_secret_path)                                                              \
+  X(authority_host, set_https_url)                                                                 \
+  X(imds_endpoint, set_http_url)                                                                   \
+  X(ca_file, set_path)                                                                             \
+  X(timeout_ms, set_timeout)                                                                       \
+  X(max_retries, set_retries)
+#define VAULT_CRED(name, set) KEY(kvp_vault_conf, name, set),
+#define IA_CRED(name, set) IAKEY(name, cred.name, set),
+
 /* clang-format off */
 static const key_def global_keys[] = {
     KEY(kvp_config, registry, set_path),
@@ -374,18 +391,7 @@ static const key_def hsm_keys[] = {
 static const key_def vault_keys[] = {
     KEY(kvp_vault_conf, url, set_https_url),
     KEY(kvp_vault_conf, api_version, set_api_version),
-    KEY(kvp_vault_conf, auth, set_auth),
-    KEY(kvp_vault_conf, tenant_id, set_str),
-    KEY(kvp_vault_conf, client_id, set_str),
-    KEY(kvp_vault_conf, client_secret_file, set_secret_path),
-    KEY(kvp_vault_conf, client_secret_env, set_env_name),
-    KEY(kvp_vault_conf, client_cert_file, set_path),
-    KEY(kvp_vault_conf, client_key_file, set_secret_path),
-    KEY(kvp_vault_conf, authority_host, set_https_url),
-    KEY(kvp_vault_conf, imds_endpoint, set_http_url),
-    KEY(kvp_vault_conf, ca_file, set_path),
-    KEY(kvp_vault_conf, timeout_ms, set_timeout),
-    KEY(kvp_vault_conf, max_retries, set_retries),
+    CRED_KEYS(VAULT_CRED)
     KEY(kvp_vault_conf, resource, set_https_url),
     KEY(kvp_vault_conf, attempt_timeout_ms, set_timeout),
     KEY(kvp_vault_conf, key_cache_s, set_seconds),
@@ -401,20 +407,12 @@ static const key_def ia_keys[] = {
     IAKEY(api_version, cred.api_version, set_str),
     IAKEY(resource, resource, set_https_url),
     IAKEY(page_size, page_size, set_page_size),
-    IAKEY(auth, cred.auth, set_auth),
-    IAKEY(tenant_id, cred.tenant_id, set_str),
-    IAKEY(client_id, cred.client_id, set_str),
-    IAKEY(client_secret_file, cred.client_secret_file, set_secret_path),
-    IAKEY(client_secret_env, cred.client_secret_env, set_env_name),
-    IAKEY(client_cert_file, cred.client_cert_file, set_path),
-    IAKEY(client_key_file, cred.client_key_file, set_secret_path),
-    IAKEY(authority_host, cred.authority_host, set_https_url),
-    IAKEY(imds_endpoint, cred.imds_endpoint, set_http_url),
-    IAKEY(ca_file, cred.ca_file, set_path),
-    IAKEY(timeout_ms, cred.timeout_ms, set_timeout),
-    IAKEY(max_retries, cred.max_retries, set_retries),
+    CRED_KEYS(IA_CRED)
 };
 #undef IAKEY
+#undef IA_CRED
+#undef VAULT_CRED
+#undef CRED_KEYS
 
 static const key_def account_keys[] = {
     KEY(kvp_account_conf, label, set_label),

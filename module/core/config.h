@@ -153,6 +153,8 @@ const char *kvp_config_default_path(void);
  */
 int kvp_config_load(const char *path, kvp_config **out, char *err, size_t errlen);
 void kvp_config_free(kvp_config *cfg);
+/* Free the strings of one [vault] section (not v itself). */
+void kvp_vault_conf_clear(kvp_vault_conf *v);
 
 const kvp_hsm_conf *kvp_config_find_hsm(const kvp_config *cfg, const char *name);
 const kvp_vault_conf *kvp_config_find_vault(const kvp_config *cfg, const char *name);

@@ -13,32 +13,14 @@
 
 static void free_hsm(kvp_hsm_conf *h)
 {
-  free(h->name);
-  free(h->module);
-  free(h->token_label);
-  free(h->serial);
-  free(h->pin_file);
-  free(h->pin_env);
+  KVP_FREE_ALL(h->name, h->module, h->token_label, h->serial, h->pin_file, h->pin_env);
 }
 
-static void free_vault(kvp_vault_conf *v)
+void kvp_vault_conf_clear(kvp_vault_conf *v)
 {
-  char *fields[] = {v->name,
-                    v->url,
-                    v->api_version,
-                    v->tenant_id,
-                    v->client_id,
-                    v->client_secret_file,
-                    v->client_secret_env,
-                    v->client_cert_file,
-                    v->client_key_file,
-                    v->authority_host,
-                    v->imds_endpoint,
-                    v->ca_file,
-                    v->resource};
-
-  for (size_t i = 0; i < KVP_ARRAY_SIZE(fields); i++)
-    free(fields[i]);
+  KVP_FREE_ALL(v->name, v->url, v->api_version, v->tenant_id, v->client_id, v->client_secret_file,
+               v->client_secret_env, v->client_cert_file, v->client_key_file, v->authority_host,
+               v->imds_endpoint, v->ca_file, v->resource);
 }
 
 void kvp_config_free(kvp_config *cfg)
@@ -48,28 +30,16 @@ void kvp_config_free(kvp_config *cfg)
   for (size_t i = 0; i < cfg->n_hsms; i++)
     free_hsm(&cfg->hsms[i]);
   for (size_t i = 0; i < cfg->n_vaults; i++)
-    free_vault(&cfg->vaults[i]);
-  for (size_t i = 0; i < cfg->n_accounts; i++) {
-    free(cfg->accounts[i].name);
-    free(cfg->accounts[i].label);
-    free(cfg->accounts[i].default_store);
-  }
+    kvp_vault_conf_clear(&cfg->vaults[i]);
+  for (size_t i = 0; i < cfg->n_accounts; i++)
+    KVP_FREE_ALL(cfg->accounts[i].name, cfg->accounts[i].label, cfg->accounts[i].default_store);
   for (size_t i = 0; i < cfg->n_ias; i++) {
-    free_vault(&cfg->ias[i].cred);
-    free(cfg->ias[i].resource_id);
-    free(cfg->ias[i].account);
-    free(cfg->ias[i].vault_map);
-    free(cfg->ias[i].resource);
+    kvp_vault_conf_clear(&cfg->ias[i].cred);
+    KVP_FREE_ALL(cfg->ias[i].resource_id, cfg->ias[i].account, cfg->ias[i].vault_map,
+                 cfg->ias[i].resource);
   }
-  free(cfg->ias);
-  free(cfg->hsms);
-  free(cfg->vaults);
-  free(cfg->accounts);
-  free(cfg->path);
-  free(cfg->registry);
-  free(cfg->log_file);
-  free(cfg->audit);
-  free(cfg);
+  KVP_FREE_ALL(cfg->ias, cfg->hsms, cfg->vaults, cfg->accounts, cfg->path, cfg->registry,
+               cfg->log_file, cfg->audit, cfg);
 }
 
 #define FIND_BY_NAME(arr, n, name)                                                                 \

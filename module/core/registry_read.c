@@ -357,19 +357,9 @@ void kvp_cert_rec_clear(kvp_cert_rec *rec)
 {
   if (rec == NULL)
     return;
-  free(rec->account);
-  free(rec->name);
-  free(rec->der);
-  free(rec->subject);
-  free(rec->issuer);
-  free(rec->serial);
-  free(rec->key_ref);
-  free(rec->key_version);
-  free(rec->resource_group);
-  free(rec->spki);
-  free(rec->ckid);
-  free(rec->origin);
-  free(rec->origin_ref);
+  KVP_FREE_ALL(rec->account, rec->name, rec->der, rec->subject, rec->issuer, rec->serial,
+               rec->key_ref, rec->key_version, rec->resource_group, rec->spki, rec->ckid,
+               rec->origin, rec->origin_ref);
   memset(rec, 0, sizeof(*rec));
 }
 

@@ -47,6 +47,12 @@ void kvp_hex(const unsigned char *in, size_t len, char *out)
   out[2 * len] = '\0';
 }
 
+void kvp_free_all(void *const *ptrs, size_t n)
+{
+  for (size_t i = 0; i < n; i++)
+    free(ptrs[i]);
+}
+
 char *kvp_strdup0(const char *s)
 {
   return s != NULL ? strdup(s) : NULL;

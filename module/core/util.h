@@ -45,4 +45,9 @@ int kvp_grow(void *arr, size_t n, size_t *cap, size_t elem, size_t first);
 
 #define KVP_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
+/* free() each of n pointers (NULL ones are fine): a destructor's list of fields. */
+void kvp_free_all(void *const *ptrs, size_t n);
+#define KVP_FREE_ALL(...)                                                                          \
+  kvp_free_all((void *const[]){__VA_ARGS__}, sizeof((void *const[]){__VA_ARGS__}) / sizeof(void *))
+
 #endif

@@ -378,6 +378,18 @@ CK_RV C_WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID_PTR pSlot, CK_VOID_PTR pRese
     return kvp_entry_end(&q_, (fn), rv_);                                                          \
   } while (0)
 
+/* An entry point this module does not offer: CKR_FUNCTION_NOT_SUPPORTED once the
+ * session handle is checked. The parameters after hSession are the standard's. */
+#define UNSUPPORTED(name, fn, ...)                                                                 \
+  CK_RV name(CK_SESSION_HANDLE hSession, __VA_ARGS__)                                              \
+  {                                                                                                \
+    WITH_SESSION(fn, hSession, CKR_FUNCTION_NOT_SUPPORTED);                                        \
+  }
+/* The four dual-function updates share one signature and one FN_ name. */
+#define DUAL_UPDATE(name)                                                                          \
+  UNSUPPORTED(name, FN_DualUpdate, CK_BYTE_PTR pIn, CK_ULONG ulInLen, CK_BYTE_PTR pOut,          \
+              CK_ULONG_PTR pulOutLen)
+
 static CK_RV open_session(CK_SLOT_ID slotID, CK_FLAGS flags, CK_SESSION_HANDLE_PTR phSession)
 {
   CK_RV rv = initialized_and(phSession == NULL);
@@ -422,19 +434,13 @@ CK_RV C_GetSessionInfo(CK_SESSION_HANDLE hSession, CK_SESSION_INFO_PTR pInfo)
   WITH_SESSION(FN_GetSessionInfo, hSession, session_info(s, pInfo));
 }
 
-CK_RV C_GetOperationState(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pOperationState,
-                          CK_ULONG_PTR pulOperationStateLen)
-{
-  /* Operation state could carry key-store context: never saved. */
-  WITH_SESSION(FN_GetOperationState, hSession, CKR_FUNCTION_NOT_SUPPORTED);
-}
+/* Operation state could carry key-store context: never saved. */
+UNSUPPORTED(C_GetOperationState, FN_GetOperationState, CK_BYTE_PTR pOperationState,
+            CK_ULONG_PTR pulOperationStateLen)
 
-CK_RV C_SetOperationState(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pOperationState,
-                          CK_ULONG ulOperationStateLen, CK_OBJECT_HANDLE hEncryptionKey,
-                          CK_OBJECT_HANDLE hAuthenticationKey)
-{
-  WITH_SESSION(FN_SetOperationState, hSession, CKR_FUNCTION_NOT_SUPPORTED);
-}
+UNSUPPORTED(C_SetOperationState, FN_SetOperationState, CK_BYTE_PTR pOperationState,
+            CK_ULONG ulOperationStateLen, CK_OBJECT_HANDLE hEncryptionKey,
+            CK_OBJECT_HANDLE hAuthenticationKey)
 
 CK_RV C_Login(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHAR_PTR pPin,
               CK_ULONG ulPinLen)
@@ -447,16 +453,10 @@ CK_RV C_Logout(CK_SESSION_HANDLE hSession)
   WITH_SESSION(FN_Logout, hSession, kvp_logout(s));
 }
 
-CK_RV C_InitPIN(CK_SESSION_HANDLE hSession, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen)
-{
-  WITH_SESSION(FN_InitPIN, hSession, CKR_FUNCTION_NOT_SUPPORTED);
-}
+UNSUPPORTED(C_InitPIN, FN_InitPIN, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen)
 
-CK_RV C_SetPIN(CK_SESSION_HANDLE hSession, CK_UTF8CHAR_PTR pOldPin, CK_ULONG ulOldLen,
-               CK_UTF8CHAR_PTR pNewPin, CK_ULONG ulNewLen)
-{
-  WITH_SESSION(FN_SetPIN, hSession, CKR_FUNCTION_NOT_SUPPORTED);
-}
+UNSUPPORTED(C_SetPIN, FN_SetPIN, CK_UTF8CHAR_PTR pOldPin, CK_ULONG ulOldLen,
+            CK_UTF8CHAR_PTR pNewPin, CK_ULONG ulNewLen)
 
 /* ---- objects --------------------------------------------------------- */
 
@@ -694,17 +694,11 @@ CK_RV C_SignFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSignature, CK_ULONG_P
                kvp_op_output(s, KVP_OP_SIGN, 1, NULL, 0, pSignature, pulSignatureLen));
 }
 
-CK_RV C_SignRecoverInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
-                        CK_OBJECT_HANDLE hKey)
-{
-  WITH_SESSION(FN_SignRecoverInit, hSession, CKR_FUNCTION_NOT_SUPPORTED);
-}
+UNSUPPORTED(C_SignRecoverInit, FN_SignRecoverInit, CK_MECHANISM_PTR pMechanism,
+            CK_OBJECT_HANDLE hKey)
 
-CK_RV C_SignRecover(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen,
-                    CK_BYTE_PTR pSignature, CK_ULONG_PTR pulSignatureLen)
-{
-  WITH_SESSION(FN_SignRecover, hSession, CKR_FUNCTION_NOT_SUPPORTED);
-}
+UNSUPPORTED(C_SignRecover, FN_SignRecover, CK_BYTE_PTR pData, CK_ULONG ulDataLen,
+            CK_BYTE_PTR pSignature, CK_ULONG_PTR pulSignatureLen)
 
 CK_RV C_VerifyInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey)
 {
@@ -729,51 +723,24 @@ CK_RV C_VerifyFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSignature, CK_ULONG
                kvp_op_verify(s, 1, NULL, 0, pSignature, ulSignatureLen));
 }
 
-CK_RV C_VerifyRecoverInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
-                          CK_OBJECT_HANDLE hKey)
-{
-  WITH_SESSION(FN_VerifyRecoverInit, hSession, CKR_FUNCTION_NOT_SUPPORTED);
-}
+UNSUPPORTED(C_VerifyRecoverInit, FN_VerifyRecoverInit, CK_MECHANISM_PTR pMechanism,
+            CK_OBJECT_HANDLE hKey)
 
-CK_RV C_VerifyRecover(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSignature, CK_ULONG ulSignatureLen,
-                      CK_BYTE_PTR pData, CK_ULONG_PTR pulDataLen)
-{
-  WITH_SESSION(FN_VerifyRecover, hSession, CKR_FUNCTION_NOT_SUPPORTED);
-}
+UNSUPPORTED(C_VerifyRecover, FN_VerifyRecover, CK_BYTE_PTR pSignature, CK_ULONG ulSignatureLen,
+            CK_BYTE_PTR pData, CK_ULONG_PTR pulDataLen)
 
-CK_RV C_DigestEncryptUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, CK_ULONG ulPartLen,
-                            CK_BYTE_PTR pEncryptedPart, CK_ULONG_PTR pulEncryptedPartLen)
-{
-  WITH_SESSION(FN_DualUpdate, hSession, CKR_FUNCTION_NOT_SUPPORTED);
-}
+DUAL_UPDATE(C_DigestEncryptUpdate)
 
-CK_RV C_DecryptDigestUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pEncryptedPart,
-                            CK_ULONG ulEncryptedPartLen, CK_BYTE_PTR pPart,
-                            CK_ULONG_PTR pulPartLen)
-{
-  WITH_SESSION(FN_DualUpdate, hSession, CKR_FUNCTION_NOT_SUPPORTED);
-}
+DUAL_UPDATE(C_DecryptDigestUpdate)
 
-CK_RV C_SignEncryptUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, CK_ULONG ulPartLen,
-                          CK_BYTE_PTR pEncryptedPart, CK_ULONG_PTR pulEncryptedPartLen)
-{
-  WITH_SESSION(FN_DualUpdate, hSession, CKR_FUNCTION_NOT_SUPPORTED);
-}
+DUAL_UPDATE(C_SignEncryptUpdate)
 
-CK_RV C_DecryptVerifyUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pEncryptedPart,
-                            CK_ULONG ulEncryptedPartLen, CK_BYTE_PTR pPart,
-                            CK_ULONG_PTR pulPartLen)
-{
-  WITH_SESSION(FN_DualUpdate, hSession, CKR_FUNCTION_NOT_SUPPORTED);
-}
+DUAL_UPDATE(C_DecryptVerifyUpdate)
 
 /* Key pairs are generated in a key store (provision.c); secret keys, wrapping and derivation
  * never exist here. */
-CK_RV C_GenerateKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
-                    CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount, CK_OBJECT_HANDLE_PTR phKey)
-{
-  WITH_SESSION(FN_GenerateKey, hSession, CKR_FUNCTION_NOT_SUPPORTED);
-}
+UNSUPPORTED(C_GenerateKey, FN_GenerateKey, CK_MECHANISM_PTR pMechanism, CK_ATTRIBUTE_PTR pTemplate,
+            CK_ULONG ulCount, CK_OBJECT_HANDLE_PTR phKey)
 
 CK_RV C_GenerateKeyPair(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
                         CK_ATTRIBUTE_PTR pPublicKeyTemplate, CK_ULONG ulPublicKeyAttributeCount,
@@ -786,27 +753,15 @@ CK_RV C_GenerateKeyPair(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
                                      phPrivateKey));
 }
 
-CK_RV C_WrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
-                CK_OBJECT_HANDLE hWrappingKey, CK_OBJECT_HANDLE hKey, CK_BYTE_PTR pWrappedKey,
-                CK_ULONG_PTR pulWrappedKeyLen)
-{
-  WITH_SESSION(FN_WrapKey, hSession, CKR_FUNCTION_NOT_SUPPORTED);
-}
+UNSUPPORTED(C_WrapKey, FN_WrapKey, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hWrappingKey,
+            CK_OBJECT_HANDLE hKey, CK_BYTE_PTR pWrappedKey, CK_ULONG_PTR pulWrappedKeyLen)
 
-CK_RV C_UnwrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
-                  CK_OBJECT_HANDLE hUnwrappingKey, CK_BYTE_PTR pWrappedKey,
-                  CK_ULONG ulWrappedKeyLen, CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulAttributeCount,
-                  CK_OBJECT_HANDLE_PTR phKey)
-{
-  WITH_SESSION(FN_UnwrapKey, hSession, CKR_FUNCTION_NOT_SUPPORTED);
-}
+UNSUPPORTED(C_UnwrapKey, FN_UnwrapKey, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hUnwrappingKey,
+            CK_BYTE_PTR pWrappedKey, CK_ULONG ulWrappedKeyLen, CK_ATTRIBUTE_PTR pTemplate,
+            CK_ULONG ulAttributeCount, CK_OBJECT_HANDLE_PTR phKey)
 
-CK_RV C_DeriveKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
-                  CK_OBJECT_HANDLE hBaseKey, CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulAttributeCount,
-                  CK_OBJECT_HANDLE_PTR phKey)
-{
-  WITH_SESSION(FN_DeriveKey, hSession, CKR_FUNCTION_NOT_SUPPORTED);
-}
+UNSUPPORTED(C_DeriveKey, FN_DeriveKey, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hBaseKey,
+            CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulAttributeCount, CK_OBJECT_HANDLE_PTR phKey)
 
 /* OpenSSL takes an int length: long requests go in chunks. */
 #define RAND_CHUNK ((CK_ULONG)1 << 30)

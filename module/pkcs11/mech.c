@@ -486,6 +486,25 @@ static CK_RV op_mixed(kvp_op *op, int final)
   return CKR_OK;
 }
 
+/*
+ * What every output step (C_Sign, C_SignFinal, C_Verify, ...) checks first: an
+ * operation of this kind is active, not mixed (op_mixed), and the result
+ * pointer and the input were given. A missing one is CKR_ARGUMENTS_BAD and
+ * ends the operation.
+ */
+static CK_RV op_step(kvp_session *s, kvp_op_kind kind, int final, const void *result,
+                     CK_BYTE_PTR data, CK_ULONG len)
+{
+  CK_RV rv = op_active(s, kind);
+  if (rv != CKR_OK || (rv = op_mixed(op_of(s), final)) != CKR_OK)
+    return rv;
+  if (result == NULL || (!final && data == NULL && len != 0)) {
+    kvp_op_reset(op_of(s));
+    return CKR_ARGUMENTS_BAD;
+  }
+  return CKR_OK;
+}
+
 /* The operation stays active after this call (size query, short buffer). */
 static void op_kept(kvp_op *op, int final)
 {
@@ -692,14 +711,10 @@ CK_RV kvp_op_output(kvp_session *s, kvp_op_kind kind, int final, CK_BYTE_PTR dat
 {
   kvp_op *op = op_of(s);
   CK_ULONG need;
-  CK_RV rv = op_active(s, kind);
+  CK_RV rv = op_step(s, kind, final, out_len, data, len);
 
-  if (rv != CKR_OK || (rv = op_mixed(op, final)) != CKR_OK)
+  if (rv != CKR_OK)
     return rv;
-  if (out_len == NULL || (!final && data == NULL && len != 0)) {
-    rv = CKR_ARGUMENTS_BAD;
-    goto done;
-  }
   need = op_out_len(op);
   if (out == NULL) {
     *out_len = need;
@@ -818,14 +833,10 @@ CK_RV kvp_op_verify(kvp_session *s, int final, CK_BYTE_PTR data, CK_ULONG len, C
   CK_BYTE input[KVP_MAX_RAW_INPUT];
   CK_ULONG input_len = 0, want;
   kvp_sig_alg alg;
-  CK_RV rv = op_active(s, KVP_OP_VERIFY);
+  CK_RV rv = op_step(s, KVP_OP_VERIFY, final, sig, data, len);
 
-  if (rv != CKR_OK || (rv = op_mixed(op, final)) != CKR_OK)
+  if (rv != CKR_OK)
     return rv;
-  if (sig == NULL || (!final && data == NULL && len != 0)) {
-    rv = CKR_ARGUMENTS_BAD;
-    goto done;
-  }
   if (!final && (rv = op_absorb(op, data, len)) != CKR_OK)
     goto done;
   want = op->obj->key_type == KVP_KEY_EC ? 2 * kvp_ec_field_len(op->obj->bits)

@@ -416,10 +416,7 @@ void kvp_object_free(kvp_object *o)
     free(o->attrs[i].value);
   free(o->attrs);
   EVP_PKEY_free(o->pub);
-  free(o->key_ref);
-  free(o->key_name);
-  free(o->key_version);
-  free(o->label);
+  KVP_FREE_ALL(o->key_ref, o->key_name, o->key_version, o->label);
   pthread_mutex_destroy(&o->lock);
   free(o);
 }

@@ -43,6 +43,7 @@
 #include "core/log.h"
 #include "core/p11names.h"
 #include "core/status.h"
+#include "core/util.h"
 
 static CK_RV sign_inner(kvp_hsm_backend *be, kvp_hsm_key *k, const kvp_sig_alg *alg,
                         const CK_BYTE *digest, CK_ULONG digest_len, CK_BYTE *sig, CK_ULONG *sig_len)
@@ -237,14 +238,8 @@ static void hsm_destroy(kvp_backend *bep, int forked)
     pthread_mutex_destroy(&be->init_lock);
     pthread_mutex_destroy(&be->prov_lock);
   }
-  free(be->busy);
-  free(be->base.name);
-  free(be->module);
-  free(be->token_label);
-  free(be->serial);
-  free(be->pin_file);
-  free(be->pin_env);
-  free(be);
+  KVP_FREE_ALL(be->busy, be->base.name, be->module, be->token_label, be->serial, be->pin_file,
+               be->pin_env, be);
 }
 
 static const kvp_backend_ops hsm_ops = {

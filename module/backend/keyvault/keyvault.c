@@ -394,23 +394,6 @@ unsigned long kvp_keyvault_token_requests(kvp_backend *be)
 
 /* ---- lifetime ---- */
 
-static void kv_conf_free(kvp_vault_conf *c)
-{
-  free(c->name);
-  free(c->url);
-  free(c->api_version);
-  free(c->tenant_id);
-  free(c->client_id);
-  free(c->client_secret_file);
-  free(c->client_secret_env);
-  free(c->client_cert_file);
-  free(c->client_key_file);
-  free(c->authority_host);
-  free(c->imds_endpoint);
-  free(c->ca_file);
-  free(c->resource);
-}
-
 static int kv_conf_copy(kvp_vault_conf *d, const kvp_vault_conf *s)
 {
   *d = *s;
@@ -467,7 +450,7 @@ static void kv_destroy(kvp_backend *be, int forked)
   free(b->base_url);
   free(b->host);
   free(b->base.name);
-  kv_conf_free(&b->conf);
+  kvp_vault_conf_clear(&b->conf);
   free(b);
 }
 

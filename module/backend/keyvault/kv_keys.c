@@ -81,10 +81,7 @@ static void kv_entry_unref(kv_cached_key *c)
     return;
   kv_verifier_free(c->verifier);
   EVP_PKEY_free(c->pub);
-  free(c->ref);
-  free(c->name);
-  free(c->version);
-  free(c);
+  KVP_FREE_ALL(c->ref, c->name, c->version, c);
 }
 
 /* Take c out of the list (lock held). */
@@ -417,6 +414,16 @@ static void kv_utc(int64_t t, char *buf, size_t len)
     snprintf(buf, len, "%lld", (long long)t);
 }
 
+/* "the key AT WHEN (CLAIM)" when the time t is known, else "the key PLAIN (CLAIM)". */
+static void time_bound(char *buf, size_t len, int64_t t, const char *when, const char *at,
+                       const char *plain, const char *claim)
+{
+  if (t > 0)
+    snprintf(buf, len, "the key %s %s (%s)", at, when, claim);
+  else
+    snprintf(buf, len, "the key %s (%s)", plain, claim);
+}
+
 void kv_cause_text(kv_cause c, const char *perm, int64_t t, char *buf, size_t len)
 {
   char when[40];
@@ -424,17 +431,9 @@ void kv_cause_text(kv_cause c, const char *perm, int64_t t, char *buf, size_t le
   switch (c) {
   case KV_CAUSE_DISABLED: snprintf(buf, len, "the key is disabled"); break;
   case KV_CAUSE_NOT_YET_VALID:
-    if (t > 0)
-      snprintf(buf, len, "the key is not valid before %s (nbf)", when);
-    else
-      snprintf(buf, len, "the key is not yet valid (nbf)");
+    time_bound(buf, len, t, when, "is not valid before", "is not yet valid", "nbf");
     break;
-  case KV_CAUSE_EXPIRED:
-    if (t > 0)
-      snprintf(buf, len, "the key expired at %s (exp)", when);
-    else
-      snprintf(buf, len, "the key is expired (exp)");
-    break;
+  case KV_CAUSE_EXPIRED: time_bound(buf, len, t, when, "expired at", "is expired", "exp"); break;
   case KV_CAUSE_KEY_OPS: snprintf(buf, len, "the key's key_ops do not allow '%s'", perm); break;
   case KV_CAUSE_PERMISSION:
     snprintf(buf, len, "the application lacks the '%s' permission", perm);

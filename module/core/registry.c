@@ -779,7 +779,7 @@ int kvp_registry_key_stores(kvp_registry *reg, const char *account, char ***out,
 {
   /* "hsm:appliance/app" -> "hsm:appliance"; only the store part, one row each. */
   static const char sql[] = "SELECT DISTINCT substr(key_ref, 1, instr(key_ref, '/') - 1) "
-                            "FROM certs WHERE account = ?1 AND key_ref IS NOT NULL "
+                            "FROM certs WHERE account = ?1 AND type = 'private' AND key_ref IS NOT NULL "
                             "AND instr(key_ref, '/') > 1";
   sqlite3_stmt *st = NULL;
   char **stores = NULL;

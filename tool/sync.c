@@ -128,34 +128,36 @@ static void plan_free(plan *p)
 
 /* ---- vault mapping and key check ---- */
 
-/* The [vault] section for a Key Vault named kvname: vault_map "kv=section,
- * ..." first, else the section whose url host is "kvname." something. */
+/*
+ * vault_map ("kvname=section, ..."): the entry whose key (by_value == 0,
+ * ASCII case ignored) or whose value (by_value != 0) is want; the other side
+ * goes to out. 0 when found.
+ */
+static int vault_map_find(const char *map, const char *want, int by_value, char out[128])
+{
+  for (const char *m = map; m != NULL && *m != '\0'; m += strcspn(m, ",")) {
+    char k[128], val[128];
+    m += strspn(m, " \t,");
+    if (sscanf(m, " %127[^= \t] = %127[^, \t]", k, val) != 2)
+      continue;
+    if (by_value ? strcmp(val, want) == 0 : strcasecmp(k, want) == 0) {
+      snprintf(out, 128, "%s", by_value ? k : val);
+      return 0;
+    }
+  }
+  return -1;
+}
+
+/* The [vault] section for a Key Vault named kvname: vault_map first, else the
+ * section whose url host is "kvname." something. */
 static const kvp_vault_conf *map_vault(const kvp_config *cfg, const kvp_ia_conf *ia,
                                        const char *kvname)
 {
-  const char *m = ia->vault_map;
+  char sec[128];
   size_t kl = strlen(kvname);
 
-  while (m != NULL && *m != '\0') {
-    m += strspn(m, " \t,");
-    const char *eq = strchr(m, '=');
-    const char *end = m + strcspn(m, ",");
-    if (eq == NULL || eq > end)
-      break;
-    const char *ke = eq;
-    while (ke > m && (ke[-1] == ' ' || ke[-1] == '\t'))
-      ke--;
-    if ((size_t)(ke - m) == kl && strncasecmp(m, kvname, kl) == 0) {
-      char sec[128];
-      const char *v = eq + 1 + strspn(eq + 1, " \t");
-      const char *ve = end;
-      while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
-        ve--;
-      snprintf(sec, sizeof(sec), "%.*s", (int)(ve - v), v);
-      return kvp_config_find_vault(cfg, sec);
-    }
-    m = end;
-  }
+  if (vault_map_find(ia->vault_map, kvname, 0, sec) == 0)
+    return kvp_config_find_vault(cfg, sec);
   for (size_t i = 0; i < cfg->n_vaults; i++) {
     const char *u = cfg->vaults[i].url;
     const char *h = strstr(u, "://");
@@ -560,21 +562,14 @@ static char *vault_arm_id(const kvp_tool *t, const kvp_ia_conf *ia, const char *
                           const char *given)
 {
   const kvp_vault_conf *vc = kvp_config_find_vault(t->cfg, section);
-  const char *m = ia->vault_map, *prov = strstr(ia->resource_id, "/providers/");
+  const char *prov = strstr(ia->resource_id, "/providers/");
   char name[128] = "";
 
   if (given != NULL)
     return strdup(given);
   if (vc == NULL || prov == NULL)
     return NULL;
-  while (m != NULL && *m != '\0' && name[0] == '\0') {
-    char k[128], val[128];
-    m += strspn(m, " \t,");
-    if (sscanf(m, " %127[^= \t] = %127[^, \t]", k, val) == 2 && strcmp(val, section) == 0)
-      snprintf(name, sizeof(name), "%s", k);
-    m += strcspn(m, ",");
-  }
-  if (name[0] == '\0') {
+  if (vault_map_find(ia->vault_map, section, 1, name) != 0) {
     const char *h = strstr(vc->url, "://");
     h = h ? h + 3 : vc->url;
     snprintf(name, sizeof(name), "%.*s", (int)strcspn(h, ".:/"), h);

@@ -302,25 +302,31 @@ static CK_RV count_label(kvp_hsm_backend *be, CK_SESSION_HANDLE s, CK_OBJECT_CLA
   return CKR_OK;
 }
 
-/* CKR_OK when no key object uses the label; CKR_ATTRIBUTE_VALUE_INVALID (logged) when one does. */
-CK_RV kvp_hsm_label_free(kvp_hsm_backend *be, CK_SESSION_HANDLE s, const char *name)
+/* The label rule of provisioning, with `created` private keys expected to
+ * carry it: 0 before a creation (no key object may use the label), 1 after
+ * it (only the new one: another process that made the same label at the same
+ * time leaves two, and this one then undoes its own). */
+static CK_RV check_label_use(kvp_hsm_backend *be, CK_SESSION_HANDLE s, const char *name,
+                             CK_ULONG created)
 {
   CK_ULONG n_priv = 0, n_pub = 0;
   CK_RV rv = count_label(be, s, CKO_PRIVATE_KEY, name, &n_priv);
-  if (rv == CKR_OK)
+  if (rv == CKR_OK && created == 0)
     rv = count_label(be, s, CKO_PUBLIC_KEY, name, &n_pub);
   if (rv != CKR_OK)
     return rv;
-  if (n_priv > 0) {
-    return kvp_fail(CKR_ATTRIBUTE_VALUE_INVALID,
-                    "hsm %s: a key labelled %s exists already; kvp11 does not replace keys",
+  if (n_priv < created) {
+    return kvp_fail(CKR_FUNCTION_FAILED,
+                    "hsm %s: the new key labelled %s is gone (deleted by someone else?)",
                     be->base.name, name);
   }
-  if (n_pub > 0) {
+  if (n_priv > created || n_pub > 0) {
+    int pub_only = n_priv <= created;
     return kvp_fail(CKR_ATTRIBUTE_VALUE_INVALID,
-                    "hsm %s: a public key labelled %s exists already (without a private key); "
-                    "kvp11 does not replace keys",
-                    be->base.name, name);
+                    "hsm %s: a %skey labelled %s exists already%s; kvp11 does not replace keys%s",
+                    be->base.name, pub_only ? "public " : "", name,
+                    pub_only ? " (without a private key)" : "",
+                    created > 0 ? " (created at the same time by someone else)" : "");
   }
   return CKR_OK;
 }
@@ -333,7 +339,7 @@ CK_RV kvp_hsm_prov_begin(kvp_hsm_backend *be, const char *what, const char *labe
   pthread_mutex_lock(&be->prov_lock);
   rv = kvp_hsm_prov_session(be, what, 1, s);
   if (rv == CKR_OK && label != NULL)
-    rv = kvp_hsm_label_free(be, *s, label);
+    rv = check_label_use(be, *s, label, 0);
   if (rv != CKR_OK) {
     kvp_hsm_prov_end(be, *s);
     *s = CK_INVALID_HANDLE;
@@ -357,28 +363,6 @@ void kvp_hsm_destroy_obj(kvp_hsm_backend *be, CK_SESSION_HANDLE s, CK_OBJECT_HAN
   if (rv != CKR_OK)
     KVP_ERROR("hsm %s: C_DestroyObject (cleaning up key %s): %s; remove it by hand", be->base.name,
               name, kvp_ckr_name(rv));
-}
-
-/* After the creation: another process that made the same label at the same
- * time leaves two private keys; this one then undoes its own. */
-static CK_RV still_unique(kvp_hsm_backend *be, CK_SESSION_HANDLE s, const char *name)
-{
-  CK_ULONG n = 0;
-  CK_RV rv = count_label(be, s, CKO_PRIVATE_KEY, name, &n);
-  if (rv != CKR_OK)
-    return rv;
-  if (n == 0) {
-    return kvp_fail(CKR_FUNCTION_FAILED,
-                    "hsm %s: the new key labelled %s is gone (deleted by someone else?)",
-                    be->base.name, name);
-  }
-  if (n > 1) {
-    return kvp_fail(CKR_ATTRIBUTE_VALUE_INVALID,
-                    "hsm %s: a key labelled %s exists already; kvp11 does not replace keys "
-                    "(created at the same time by someone else)",
-                    be->base.name, name);
-  }
-  return CKR_OK;
 }
 
 CK_RV kvp_hsm_get_ulong(kvp_hsm_backend *be, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h,
@@ -426,7 +410,7 @@ CK_RV kvp_hsm_finish_pair(kvp_hsm_backend *be, CK_SESSION_HANDLE s, const char *
       goto out;
     }
   }
-  rv = still_unique(be, s, name);
+  rv = check_label_use(be, s, name, 1);
 out:
   EVP_PKEY_free(pub);
   if (rv != CKR_OK) {

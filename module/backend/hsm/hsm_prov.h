@@ -36,8 +36,6 @@ CK_RV kvp_hsm_find_all(kvp_hsm_backend *be, CK_SESSION_HANDLE s, CK_ATTRIBUTE *t
 CK_RV kvp_hsm_find_keys(kvp_hsm_backend *be, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls,
                         const char *label, const CK_BYTE *id, CK_ULONG id_len,
                         CK_OBJECT_HANDLE **out, CK_ULONG *count);
-/* CKR_OK when no key object uses the label; CKR_ATTRIBUTE_VALUE_INVALID when one does. */
-CK_RV kvp_hsm_label_free(kvp_hsm_backend *be, CK_SESSION_HANDLE s, const char *name);
 /* A provisioning call that changes the token begins: prov_lock taken, a
  * read/write session in *s and, when label is not NULL, no key object
  * labelled so yet. On failure nothing is held (*s is CK_INVALID_HANDLE). */

@@ -567,7 +567,7 @@ static int sign_tbs(kvp_tool *t, const csr_args *a, csr_key *k, const unsigned c
   if (ec && dlen > (k->key->bits + 7) / 8)
     dlen = (k->key->bits + 7) / 8; /* ECDSA takes the digest's leftmost field-size bits */
   kvp_status_clear();
-  CK_RV rv = k->store.be->ops->sign(k->store.be, k->key, &alg, dg, dlen, sig, &slen);
+  CK_RV rv = kvp_backend_sign(k->key, &alg, dg, dlen, sig, &slen);
   if (rv != CKR_OK)
     return kvp_tool_fail(t, KVP_EXIT_ERROR, "cannot sign with %s: %s", k->what,
                          kvp_tool_reason(t, rv));

@@ -217,7 +217,7 @@ static int store_name_free(kvp_tool *t, const store *s, const char *name)
     kvp_key_info_clear(&info);
   } else {
     kvp_key *k = NULL;
-    rv = s->be->ops->open_key(s->be, name, &k);
+    rv = kvp_backend_open_key(s->be, name, NULL, &k);
     if (k)
       s->be->ops->close_key(s->be, k);
   }

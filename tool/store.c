@@ -91,7 +91,7 @@ static int store_login(kvp_tool *t, kvp_tool_store *s, const char *pin_file, int
   } else {
     return KVP_EXIT_OK;
   }
-  CK_RV rv = s->be->ops->login(s->be, (const CK_UTF8CHAR *)pin, (CK_ULONG)pin_len);
+  CK_RV rv = kvp_backend_login(s->be, (const CK_UTF8CHAR *)pin, (CK_ULONG)pin_len);
   kvp_free_secret(pin);
   if (rv != CKR_OK)
     return kvp_tool_store_fail(t, s, "login", rv);
@@ -133,7 +133,7 @@ int kvp_tool_store_fail(kvp_tool *t, const kvp_tool_store *s, const char *what, 
 int kvp_tool_store_key(kvp_tool *t, kvp_tool_store *s, const char *name, kvp_key **key)
 {
   *key = NULL;
-  CK_RV rv = s->be->ops->open_key(s->be, name, key);
+  CK_RV rv = kvp_backend_open_key(s->be, name, NULL, key);
   if (rv == CKR_KEY_HANDLE_INVALID)
     return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s '%s' has no key '%s'", s->kind, s->name, name);
   if (rv == CKR_OK && (!*key || !(*key)->pub))

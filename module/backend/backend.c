@@ -4,6 +4,7 @@
  */
 #include "backend/backend.h"
 
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -90,41 +91,45 @@ bad:
   return NULL;
 }
 
-/* r||s -> DER ECDSA-Sig-Value (OPENSSL_malloc'd); its length, <= 0 on failure. */
-static int ecdsa_der(const unsigned char *sig, size_t slen, unsigned char **der)
+unsigned char *kvp_ecdsa_raw_to_der(const unsigned char *raw, size_t len, size_t *der_len)
 {
   ECDSA_SIG *es;
   BIGNUM *r, *s;
+  unsigned char *der = NULL;
   int n;
 
-  if (slen == 0 || slen % 2 != 0)
-    return 0;
-  r = BN_bin2bn(sig, (int)(slen / 2), NULL);
-  s = BN_bin2bn(sig + slen / 2, (int)(slen / 2), NULL);
+  if (len == 0 || len % 2 != 0 || len > INT_MAX)
+    return NULL;
+  r = BN_bin2bn(raw, (int)(len / 2), NULL);
+  s = BN_bin2bn(raw + len / 2, (int)(len / 2), NULL);
   es = ECDSA_SIG_new();
   if (r == NULL || s == NULL || es == NULL || ECDSA_SIG_set0(es, r, s) != 1) {
     BN_free(r);
     BN_free(s);
     ECDSA_SIG_free(es);
-    return 0;
+    return NULL;
   }
-  n = i2d_ECDSA_SIG(es, der);
+  n = i2d_ECDSA_SIG(es, &der);
   ECDSA_SIG_free(es);
-  return n;
+  if (n <= 0)
+    return NULL;
+  *der_len = (size_t)n;
+  return der;
 }
 
 int kvp_sig_check(EVP_PKEY_CTX *ctx, const kvp_sig_alg *alg, const unsigned char *digest,
                   size_t dlen, const unsigned char *sig, size_t slen)
 {
   unsigned char *der = NULL;
-  int n, ok;
+  size_t der_len = 0;
+  int ok;
 
   ERR_set_mark();
   if (alg->scheme != KVP_SIG_ECDSA) {
     ok = EVP_PKEY_verify(ctx, sig, slen, digest, dlen) == 1;
   } else {
-    n = ecdsa_der(sig, slen, &der);
-    ok = n > 0 && EVP_PKEY_verify(ctx, der, (size_t)n, digest, dlen) == 1;
+    der = kvp_ecdsa_raw_to_der(sig, slen, &der_len);
+    ok = der != NULL && EVP_PKEY_verify(ctx, der, der_len, digest, dlen) == 1;
     OPENSSL_free(der);
   }
   ERR_pop_to_mark();
@@ -236,10 +241,63 @@ const char *kvp_curve_name(int nid)
   return NULL;
 }
 
+/* ---- calls into a backend ----------------------------------------------
+ * The front and the tool reach a backend's keys only through these: the
+ * arguments are checked here once for every backend, and the caller's
+ * OpenSSL error queue is left as it was found (the backends, and the HSM
+ * modules they load, use OpenSSL; an error left behind is taken for its own
+ * by the application's next TLS handshake). */
+
+/* The caller did ERR_set_mark() before the call that produced rv. */
+static CK_RV popped(CK_RV rv)
+{
+  ERR_pop_to_mark();
+  return rv;
+}
+
 CK_RV kvp_backend_open_key(kvp_backend *be, const char *name, const kvp_key_ref_hint *hint,
                            kvp_key **out)
 {
+  if (be == NULL || name == NULL || out == NULL)
+    return CKR_ARGUMENTS_BAD;
+  ERR_set_mark();
   if (be->ops->open_key_hint != NULL)
-    return be->ops->open_key_hint(be, name, hint, out);
-  return be->ops->open_key(be, name, out);
+    return popped(be->ops->open_key_hint(be, name, hint, out));
+  return popped(be->ops->open_key(be, name, out));
+}
+
+CK_RV kvp_backend_sign(kvp_key *key, const kvp_sig_alg *alg, const CK_BYTE *digest,
+                       CK_ULONG digest_len, CK_BYTE *sig, CK_ULONG *sig_len)
+{
+  if (key == NULL || alg == NULL || digest == NULL || sig == NULL || sig_len == NULL)
+    return CKR_ARGUMENTS_BAD;
+  ERR_set_mark();
+  return popped(key->backend->ops->sign(key->backend, key, alg, digest, digest_len, sig, sig_len));
+}
+
+CK_RV kvp_backend_decrypt(kvp_key *key, const kvp_dec_alg *alg, const CK_BYTE *in,
+                          CK_ULONG in_len, CK_BYTE *out, CK_ULONG *out_len)
+{
+  if (key == NULL || alg == NULL || in == NULL || out == NULL || out_len == NULL)
+    return CKR_ARGUMENTS_BAD;
+  ERR_set_mark();
+  return popped(key->backend->ops->decrypt(key->backend, key, alg, in, in_len, out, out_len));
+}
+
+CK_RV kvp_backend_login(kvp_backend *be, const CK_UTF8CHAR *pin, CK_ULONG pin_len)
+{
+  if (be == NULL || (pin == NULL && pin_len > 0))
+    return CKR_ARGUMENTS_BAD;
+  if (be->ops->login == NULL)
+    return CKR_FUNCTION_NOT_SUPPORTED;
+  ERR_set_mark();
+  return popped(be->ops->login(be, pin, pin_len));
+}
+
+CK_RV kvp_backend_logout(kvp_backend *be)
+{
+  if (be == NULL || be->ops->logout == NULL)
+    return CKR_OK;
+  ERR_set_mark();
+  return popped(be->ops->logout(be));
 }

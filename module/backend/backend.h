@@ -219,10 +219,24 @@ struct kvp_backend {
 CK_RV kvp_hsm_backend_new(const kvp_hsm_conf *conf, kvp_backend **out);
 CK_RV kvp_keyvault_backend_new(const kvp_vault_conf *conf, kvp_backend **out);
 
-/* Helpers shared by backends and front (backend.c). */
+/* Calls into a backend (backend.c). The front and the tool use these, never
+ * be->ops->open_key / sign / decrypt / login / logout directly: the
+ * arguments are checked once here (CKR_ARGUMENTS_BAD) and the caller's
+ * OpenSSL error queue is left as found, for every backend. */
 /* be->ops->open_key_hint when the backend has it, else be->ops->open_key. */
 CK_RV kvp_backend_open_key(kvp_backend *be, const char *name, const kvp_key_ref_hint *hint,
                            kvp_key **out);
+/* key->backend's sign / decrypt (the ops' contracts above). */
+CK_RV kvp_backend_sign(kvp_key *key, const kvp_sig_alg *alg, const CK_BYTE *digest,
+                       CK_ULONG digest_len, CK_BYTE *sig, CK_ULONG *sig_len);
+CK_RV kvp_backend_decrypt(kvp_key *key, const kvp_dec_alg *alg, const CK_BYTE *in,
+                          CK_ULONG in_len, CK_BYTE *out, CK_ULONG *out_len);
+/* be->ops->login (CKR_FUNCTION_NOT_SUPPORTED without one) / logout (CKR_OK
+ * without one). */
+CK_RV kvp_backend_login(kvp_backend *be, const CK_UTF8CHAR *pin, CK_ULONG pin_len);
+CK_RV kvp_backend_logout(kvp_backend *be);
+
+/* Helpers shared by backends and front (backend.c). */
 void kvp_key_info_clear(kvp_key_info *info);
 void kvp_key_info_free_array(kvp_key_info *infos, size_t n);
 /* "p256"/"P-256"/"prime256v1" etc. to a NID (NID_undef if unknown), and back
@@ -238,6 +252,9 @@ const char *kvp_hash_name(kvp_hash h);
  * caller's OpenSSL error queue is left as it was. */
 int kvp_sig_verify(EVP_PKEY *pub, const kvp_sig_alg *alg, const unsigned char *digest,
                    size_t dlen, const unsigned char *sig, size_t slen);
+/* ECDSA r||s (as PKCS#11 and Key Vault carry it) -> DER ECDSA-Sig-Value
+ * (OPENSSL_malloc'd, length in *der_len); NULL for an empty or odd length. */
+unsigned char *kvp_ecdsa_raw_to_der(const unsigned char *raw, size_t len, size_t *der_len);
 /* The two halves of kvp_sig_verify, for callers that keep set-up contexts:
  * a verify context for alg on pub (NULL when alg does not suit), and the check
  * with it (ECDSA: r||s; a context may be reused). Both leave the caller's

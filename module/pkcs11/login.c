@@ -154,7 +154,7 @@ static void logout_unshared(const kvp_slot *slot, const login_set *set, size_t n
   for (size_t i = 0; i < n; i++) {
     kvp_backend *be = set->be[i];
     if (be->ops->logout != NULL && !used_by_other_slot(slot, be))
-      (void)be->ops->logout(be);
+      (void)kvp_backend_logout(be);
   }
 }
 
@@ -182,7 +182,7 @@ CK_RV kvp_login(kvp_session *s, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULONG
     return rv;
   for (size_t i = 0; i < set.n; i++) {
     kvp_backend *be = set.be[i];
-    rv = be->ops->login(be, pin, len);
+    rv = kvp_backend_login(be, pin, len);
     if (rv == CKR_USER_ALREADY_LOGGED_IN)
       rv = CKR_OK; /* the backend checked the PIN against its session's */
     if (rv != CKR_OK) {

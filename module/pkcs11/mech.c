@@ -137,32 +137,6 @@ CK_RV kvp_ecdsa_fit_digest(int curve_nid, const CK_BYTE *in, CK_ULONG len, CK_BY
   return CKR_OK;
 }
 
-unsigned char *kvp_ecdsa_raw_to_der(const CK_BYTE *raw, CK_ULONG len, size_t *der_len)
-{
-  ECDSA_SIG *sig = NULL;
-  BIGNUM *r = NULL, *s = NULL;
-  unsigned char *der = NULL;
-  int n;
-
-  if (len == 0 || len % 2 != 0)
-    return NULL;
-  r = BN_bin2bn(raw, (int)(len / 2), NULL);
-  s = BN_bin2bn(raw + len / 2, (int)(len / 2), NULL);
-  sig = ECDSA_SIG_new();
-  if (r == NULL || s == NULL || sig == NULL || !ECDSA_SIG_set0(sig, r, s)) {
-    BN_free(r);
-    BN_free(s);
-    ECDSA_SIG_free(sig);
-    return NULL;
-  }
-  n = i2d_ECDSA_SIG(sig, &der);
-  ECDSA_SIG_free(sig);
-  if (n <= 0)
-    return NULL;
-  *der_len = (size_t)n;
-  return der;
-}
-
 /* ---- the mechanism table --------------------------------------------- */
 
 enum { K_NONE = 0, K_RSA = 1, K_EC = 2, K_GEN = 3 };
@@ -635,7 +609,7 @@ static CK_RV do_sign(kvp_op *op, CK_BYTE_PTR out, CK_ULONG_PTR out_len)
   if ((rv = kvp_object_key(op->obj, &key)) != CKR_OK)
     return rv;
   uint64_t t0 = kvp_audit_start();
-  rv = key->backend->ops->sign(key->backend, key, &alg, input, input_len, out, out_len);
+  rv = kvp_backend_sign(key, &alg, input, input_len, out, out_len);
   kvp_audit_key_op(KVP_AUDIT_SIGN, kvp_slot_locked(op->obj->slot)->account->name, op->obj->label, op->obj->key_ref, key->version, op->mech, rv, t0);
   /* the input buffer held at most the raw input (buf_len) or a digest */
   kvp_wipe(input, op->buf_len > input_len ? op->buf_len : input_len);
@@ -656,7 +630,7 @@ static CK_RV do_decrypt(kvp_op *op, const CK_BYTE *in, CK_ULONG in_len)
     return CKR_HOST_MEMORY;
   op->buf_len = k;
   uint64_t t0 = kvp_audit_start();
-  rv = key->backend->ops->decrypt(key->backend, key, &op->dec, in, in_len, op->buf, &op->buf_len);
+  rv = kvp_backend_decrypt(key, &op->dec, in, in_len, op->buf, &op->buf_len);
   kvp_audit_key_op(KVP_AUDIT_DECRYPT, kvp_slot_locked(op->obj->slot)->account->name, op->obj->label, op->obj->key_ref, key->version, op->mech, rv, t0);
   if (rv == CKR_OK)
     op->have_result = 1;
@@ -775,55 +749,13 @@ done:
   return rv;
 }
 
-static CK_RV verify_rsa(const kvp_op *op, const kvp_sig_alg *alg, const CK_BYTE *digest,
+/* The one signature check (backend.c), as C_Verify answers it. */
+static CK_RV verify_sig(const kvp_op *op, const kvp_sig_alg *alg, const CK_BYTE *digest,
                         CK_ULONG digest_len, const CK_BYTE *sig, CK_ULONG sig_len)
 {
-  EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, op->obj->pub, NULL);
-  CK_RV rv = CKR_GENERAL_ERROR;
-  int ok;
-
-  if (ctx == NULL)
-    return CKR_HOST_MEMORY;
-  if (EVP_PKEY_verify_init(ctx) <= 0)
-    goto out;
-  if (alg->scheme == KVP_SIG_RSA_PSS) {
-    if (EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PSS_PADDING) <= 0 ||
-        EVP_PKEY_CTX_set_signature_md(ctx, kvp_hash_md(alg->hash)) <= 0 ||
-        EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, kvp_hash_md(alg->mgf1)) <= 0 ||
-        EVP_PKEY_CTX_set_rsa_pss_saltlen(ctx, (int)alg->salt_len) <= 0)
-      goto out;
-  } else {
-    if (EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) <= 0)
-      goto out;
-    if (alg->hash != KVP_HASH_NONE &&
-        EVP_PKEY_CTX_set_signature_md(ctx, kvp_hash_md(alg->hash)) <= 0)
-      goto out;
-  }
-  ok = EVP_PKEY_verify(ctx, sig, sig_len, digest, digest_len);
-  rv = ok == 1 ? CKR_OK : CKR_SIGNATURE_INVALID;
-out:
-  EVP_PKEY_CTX_free(ctx);
-  return rv;
-}
-
-static CK_RV verify_ec(const kvp_op *op, const CK_BYTE *digest, CK_ULONG digest_len,
-                       const CK_BYTE *sig, CK_ULONG sig_len)
-{
-  EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, op->obj->pub, NULL);
-  size_t der_len = 0;
-  unsigned char *der = kvp_ecdsa_raw_to_der(sig, sig_len, &der_len);
-  CK_RV rv = CKR_GENERAL_ERROR;
-
-  if (ctx == NULL || der == NULL)
-    goto out;
-  if (EVP_PKEY_verify_init(ctx) <= 0)
-    goto out;
-  rv = EVP_PKEY_verify(ctx, der, der_len, digest, digest_len) == 1 ? CKR_OK
-                                                                   : CKR_SIGNATURE_INVALID;
-out:
-  OPENSSL_free(der);
-  EVP_PKEY_CTX_free(ctx);
-  return rv;
+  return kvp_sig_verify(op->obj->pub, alg, digest, digest_len, sig, sig_len)
+             ? CKR_OK
+             : CKR_SIGNATURE_INVALID;
 }
 
 CK_RV kvp_op_verify(kvp_session *s, int final, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR sig,
@@ -850,16 +782,13 @@ CK_RV kvp_op_verify(kvp_session *s, int final, CK_BYTE_PTR data, CK_ULONG len, C
     alg = op->sig;
     rv = op->buf_len + 11 > rsa_bytes(op->obj)
              ? CKR_DATA_LEN_RANGE
-             : verify_rsa(op, &alg, op->buf ? op->buf : input, op->buf_len, sig, sig_len);
+             : verify_sig(op, &alg, op->buf ? op->buf : input, op->buf_len, sig, sig_len);
     goto done;
   }
   /* Otherwise verification works on the same digest the signer saw. */
   if ((rv = sig_input(op, &alg, input, &input_len)) != CKR_OK)
     goto done;
-  if (op->obj->key_type == KVP_KEY_EC)
-    rv = verify_ec(op, input, input_len, sig, sig_len);
-  else
-    rv = verify_rsa(op, &alg, input, input_len, sig, sig_len);
+  rv = verify_sig(op, &alg, input, input_len, sig, sig_len);
 done:
   kvp_op_reset(op);
   return rv;

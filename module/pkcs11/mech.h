@@ -39,7 +39,5 @@ CK_ULONG kvp_ec_field_len(unsigned bits);
 CK_RV kvp_ecdsa_fit_digest(int curve_nid, const CK_BYTE *in, CK_ULONG len, CK_BYTE *out,
                            CK_ULONG *out_len);
 
-/* ECDSA r||s <-> DER ECDSA-Sig-Value, for local verification. */
-unsigned char *kvp_ecdsa_raw_to_der(const CK_BYTE *raw, CK_ULONG len, size_t *der_len);
 
 #endif

@@ -637,7 +637,7 @@ static void backends_logout(void)
   for (size_t i = 0; i < kvp_g.n_backends; i++) {
     kvp_backend *be = kvp_g.backends[i];
     if (be->ops->needs_login != NULL && be->ops->needs_login(be) && be->ops->logout != NULL)
-      (void)be->ops->logout(be);
+      (void)kvp_backend_logout(be);
   }
 }
 

@@ -149,7 +149,7 @@ static int suite_init(void) {
     return -1;
   ERR_clear_error();
   ERR_raise(ERR_LIB_USER, 42); /* the application's own error */
-  if (g_be->ops->open_key(g_be, "rsa", &g_rsa) != CKR_OK)
+  if (kvp_backend_open_key(g_be, "rsa", NULL, &g_rsa) != CKR_OK)
     return -1;
   unsigned long e = ERR_get_error();
   g_queue_kept = ERR_GET_LIB(e) == ERR_LIB_USER && ERR_GET_REASON(e) == 42 && ERR_get_error() == 0;

@@ -413,19 +413,19 @@ static void test_error_queue(void) {
   kvp_backend *pass = shim_backend("queue-pass", TOK_PASS, NULL);
   ERR_clear_error();
   ERR_raise(ERR_LIB_USER, 42); /* the application's own error */
-  CU_ASSERT_EQUAL(be->ops->open_key(be, "rsa", &k), CKR_OK);
+  CU_ASSERT_EQUAL(kvp_backend_open_key(be, "rsa", NULL, &k), CKR_OK);
   if (k != NULL) {
     EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new(k->pub, NULL);
     CU_ASSERT(ctx != NULL && EVP_PKEY_encrypt_init(ctx) == 1 &&
               EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) == 1 &&
               EVP_PKEY_encrypt(ctx, ct, &ct_len, (const unsigned char *)"hello", 5) == 1);
     EVP_PKEY_CTX_free(ctx);
-    CU_ASSERT_EQUAL(be->ops->decrypt(be, k, &dec, ct, (CK_ULONG)ct_len, out, &out_len), CKR_OK);
+    CU_ASSERT_EQUAL(kvp_backend_decrypt(k, &dec, ct, (CK_ULONG)ct_len, out, &out_len), CKR_OK);
     CU_ASSERT(out_len == 5 && memcmp(out, "hello", 5) == 0);
     be->ops->close_key(be, k);
   }
-  CU_ASSERT_EQUAL(pass->ops->login(pass, (const CK_UTF8CHAR *)PIN, 4), CKR_OK);
-  CU_ASSERT_EQUAL(pass->ops->logout(pass), CKR_OK);
+  CU_ASSERT_EQUAL(kvp_backend_login(pass, (const CK_UTF8CHAR *)PIN, 4), CKR_OK);
+  CU_ASSERT_EQUAL(kvp_backend_logout(pass), CKR_OK);
   unsigned long e = ERR_get_error();
   CU_ASSERT_EQUAL(ERR_GET_LIB(e), ERR_LIB_USER);
   CU_ASSERT_EQUAL(ERR_GET_REASON(e), 42);

@@ -45,9 +45,12 @@
 #include "core/status.h"
 #include "core/util.h"
 
-static CK_RV sign_inner(kvp_hsm_backend *be, kvp_hsm_key *k, const kvp_sig_alg *alg,
-                        const CK_BYTE *digest, CK_ULONG digest_len, CK_BYTE *sig, CK_ULONG *sig_len)
+/* Arguments are checked, and the error queue kept, by kvp_backend_sign(). */
+static CK_RV hsm_sign(kvp_backend *bep, kvp_key *key, const kvp_sig_alg *alg, const CK_BYTE *digest,
+                      CK_ULONG digest_len, CK_BYTE *sig, CK_ULONG *sig_len)
 {
+  kvp_hsm_backend *be = kvp_hsm_of(bep);
+  kvp_hsm_key *k = key->impl;
   CK_MECHANISM mech = {CKM_RSA_PKCS, NULL, 0};
   CK_RSA_PKCS_PSS_PARAMS pss;
   unsigned char buf[128];
@@ -98,21 +101,12 @@ static CK_RV sign_inner(kvp_hsm_backend *be, kvp_hsm_key *k, const kvp_sig_alg *
   return rv;
 }
 
-static CK_RV hsm_sign(kvp_backend *bep, kvp_key *key, const kvp_sig_alg *alg, const CK_BYTE *digest,
-                      CK_ULONG digest_len, CK_BYTE *sig, CK_ULONG *sig_len)
+/* Arguments are checked, and the error queue kept, by kvp_backend_decrypt(). */
+static CK_RV hsm_decrypt(kvp_backend *bep, kvp_key *key, const kvp_dec_alg *alg, const CK_BYTE *in,
+                         CK_ULONG in_len, CK_BYTE *out, CK_ULONG *out_len)
 {
-  if (alg == NULL || digest == NULL || sig == NULL || sig_len == NULL)
-    return CKR_ARGUMENTS_BAD;
-  ERR_set_mark();
-  CK_RV rv =
-      sign_inner(kvp_hsm_of(bep), (kvp_hsm_key *)key->impl, alg, digest, digest_len, sig, sig_len);
-  ERR_pop_to_mark();
-  return rv;
-}
-
-static CK_RV decrypt_inner(kvp_hsm_backend *be, kvp_hsm_key *k, const kvp_dec_alg *alg,
-                           const CK_BYTE *in, CK_ULONG in_len, CK_BYTE *out, CK_ULONG *out_len)
-{
+  kvp_hsm_backend *be = kvp_hsm_of(bep);
+  kvp_hsm_key *k = key->impl;
   CK_MECHANISM mech = {CKM_RSA_PKCS, NULL, 0};
   CK_RSA_PKCS_OAEP_PARAMS oaep;
 
@@ -153,26 +147,6 @@ static CK_RV decrypt_inner(kvp_hsm_backend *be, kvp_hsm_key *k, const kvp_dec_al
   return kvp_hsm_decrypt_oaep_local(be, k, alg, in, in_len, out, out_len);
 }
 
-static CK_RV hsm_decrypt(kvp_backend *bep, kvp_key *key, const kvp_dec_alg *alg, const CK_BYTE *in,
-                         CK_ULONG in_len, CK_BYTE *out, CK_ULONG *out_len)
-{
-  if (alg == NULL || in == NULL || out == NULL || out_len == NULL)
-    return CKR_ARGUMENTS_BAD;
-  ERR_set_mark();
-  CK_RV rv =
-      decrypt_inner(kvp_hsm_of(bep), (kvp_hsm_key *)key->impl, alg, in, in_len, out, out_len);
-  ERR_pop_to_mark();
-  return rv;
-}
-
-static CK_RV hsm_open_key(kvp_backend *bep, const char *name, kvp_key **out)
-{
-  ERR_set_mark();
-  CK_RV rv = kvp_hsm_open_key(bep, name, out);
-  ERR_pop_to_mark();
-  return rv;
-}
-
 /* The front passes the registered certificate's public key: it picks the
  * key pair among objects that share a label, and refuses a pair that is
  * another key (hsm_key.c). */
@@ -180,7 +154,6 @@ static CK_RV hsm_open_key_hint(kvp_backend *bep, const char *name, const kvp_key
                                kvp_key **out)
 {
   EVP_PKEY *want = NULL;
-  ERR_set_mark();
   if (hint != NULL && hint->spki != NULL && hint->spki_len > 0) {
     const unsigned char *p = hint->spki;
     want = d2i_PUBKEY(NULL, &p, (long)hint->spki_len);
@@ -190,29 +163,12 @@ static CK_RV hsm_open_key_hint(kvp_backend *bep, const char *name, const kvp_key
   }
   CK_RV rv = kvp_hsm_open_key_want(bep, name, want, out);
   EVP_PKEY_free(want);
-  ERR_pop_to_mark();
   return rv;
 }
 
 static int hsm_needs_login(kvp_backend *bep)
 {
   return kvp_hsm_of(bep)->has_pin ? 0 : 1;
-}
-
-static CK_RV hsm_login(kvp_backend *bep, const CK_UTF8CHAR *pin, CK_ULONG pin_len)
-{
-  ERR_set_mark();
-  CK_RV rv = kvp_hsm_login(bep, pin, pin_len);
-  ERR_pop_to_mark();
-  return rv;
-}
-
-static CK_RV hsm_logout(kvp_backend *bep)
-{
-  ERR_set_mark();
-  CK_RV rv = kvp_hsm_logout(bep);
-  ERR_pop_to_mark();
-  return rv;
 }
 
 static void hsm_destroy(kvp_backend *bep, int forked)
@@ -244,14 +200,14 @@ static void hsm_destroy(kvp_backend *bep, int forked)
 
 static const kvp_backend_ops hsm_ops = {
     .scheme = "hsm",
-    .open_key = hsm_open_key,
+    .open_key = kvp_hsm_open_key,
     .close_key = kvp_hsm_close_key,
     .open_key_hint = hsm_open_key_hint,
     .sign = hsm_sign,
     .decrypt = hsm_decrypt,
     .needs_login = hsm_needs_login,
-    .login = hsm_login,
-    .logout = hsm_logout,
+    .login = kvp_hsm_login,
+    .logout = kvp_hsm_logout,
     .create_key = kvp_hsm_create_key,
     .create_session_key = kvp_hsm_create_session_key,
     .import_key = kvp_hsm_import_key,

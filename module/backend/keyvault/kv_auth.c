@@ -260,8 +260,9 @@ static CK_RV kv_client_assertion(const kvp_vault_conf *c, const char *token_url,
 
   *out = NULL;
   if (c->client_cert_file == NULL || c->client_id == NULL) {
-    KVP_ERROR("vault %s: client-certificate auth needs client_cert_file and client_id", c->name);
-    return CKR_GENERAL_ERROR;
+    return kvp_fail(CKR_GENERAL_ERROR,
+                    "vault %s: client-certificate auth needs client_cert_file and client_id",
+                    c->name);
   }
   bio = BIO_new_file(c->client_cert_file, "r");
   cert = bio != NULL ? PEM_read_bio_X509(bio, NULL, NULL, NULL) : NULL;
@@ -661,8 +662,8 @@ CK_RV kv_auth_header(kv_auth *a, const char *resource, const char *stale, const 
       int64_t until = rt->deadline_ms;
       if (now >= until) {
         pthread_mutex_unlock(&a->lock);
-        KVP_ERROR("vault %s: timed out waiting for an access token", a->conf->name);
-        return CKR_DEVICE_ERROR;
+        return kvp_fail(CKR_DEVICE_ERROR, "vault %s: timed out waiting for an access token",
+                        a->conf->name);
       }
       clock_gettime(CLOCK_MONOTONIC, &ts);
       ts.tv_sec += (time_t)((until - now) / 1000);

@@ -38,11 +38,11 @@ static CK_RV kv_name_check(kv_backend *b, const char *name, const char *what)
 {
   if (kvp_keyvault_name_valid(name))
     return CKR_OK;
-  KVP_ERROR("vault %s: %s: '%.140s%s' is not a valid Key Vault key name (1 to 127 letters, "
-            "digits and '-')",
-            b->conf.name, what, name != NULL ? name : "",
-            name != NULL && strlen(name) > 140 ? "..." : "");
-  return CKR_ATTRIBUTE_VALUE_INVALID;
+  return kvp_fail(CKR_ATTRIBUTE_VALUE_INVALID,
+                  "vault %s: %s: '%.140s%s' is not a valid Key Vault key name (1 to 127 letters, "
+                  "digits and '-')",
+                  b->conf.name, what, name != NULL ? name : "",
+                  name != NULL && strlen(name) > 140 ? "..." : "");
 }
 
 /* "<base>/keys/NAME<suffix>?api-version=V" (malloc'd) */
@@ -115,12 +115,13 @@ static CK_RV kv_ops_json(kv_backend *b, const char *name, kvp_key_type type, uns
   if (ops == 0)
     ops = type == KVP_KEY_RSA ? (KVP_KEYOP_SIGN | KVP_KEYOP_DECRYPT) : KVP_KEYOP_SIGN;
   if ((ops & ~(KVP_KEYOP_SIGN | KVP_KEYOP_DECRYPT)) != 0) {
-    KVP_ERROR("vault %s: key %s: unknown key operations 0x%x requested", b->conf.name, name, ops);
-    return CKR_TEMPLATE_INCONSISTENT;
+    return kvp_fail(CKR_TEMPLATE_INCONSISTENT,
+                    "vault %s: key %s: unknown key operations 0x%x requested", b->conf.name, name,
+                    ops);
   }
   if (type == KVP_KEY_EC && (ops & KVP_KEYOP_DECRYPT)) {
-    KVP_ERROR("vault %s: key %s: an EC key cannot decrypt (only sign)", b->conf.name, name);
-    return CKR_TEMPLATE_INCONSISTENT;
+    return kvp_fail(CKR_TEMPLATE_INCONSISTENT,
+                    "vault %s: key %s: an EC key cannot decrypt (only sign)", b->conf.name, name);
   }
   snprintf(out, outlen, "[%s%s%s]", (ops & KVP_KEYOP_SIGN) ? "\"sign\",\"verify\"" : "",
            (ops & KVP_KEYOP_SIGN) && (ops & KVP_KEYOP_DECRYPT) ? "," : "",
@@ -285,8 +286,8 @@ CK_RV kv_prov_create_key(kvp_backend *be, const char *name, const kvp_key_spec *
       return CKR_CURVE_NOT_SUPPORTED;
     }
   } else {
-    KVP_ERROR("vault %s: key %s: only RSA and EC keys can be created", b->conf.name, name);
-    return CKR_KEY_TYPE_INCONSISTENT;
+    return kvp_fail(CKR_KEY_TYPE_INCONSISTENT,
+                    "vault %s: key %s: only RSA and EC keys can be created", b->conf.name, name);
   }
   rv = kv_ops_json(b, name, spec->type, spec->ops, ops, sizeof(ops));
   if (rv != CKR_OK)
@@ -467,8 +468,9 @@ static CK_RV kv_jwk_from_priv(kv_backend *b, const char *name, EVP_PKEY *priv, k
     }
     if (EVP_PKEY_get_bn_param(priv, OSSL_PKEY_PARAM_RSA_FACTOR3, &extra) == 1) {
       BN_clear_free(extra);
-      KVP_ERROR("vault %s: key %s: a multi-prime RSA key cannot be imported", b->conf.name, name);
-      return CKR_KEY_TYPE_INCONSISTENT;
+      return kvp_fail(CKR_KEY_TYPE_INCONSISTENT,
+                      "vault %s: key %s: a multi-prime RSA key cannot be imported", b->conf.name,
+                      name);
     }
     if (kv_jwk_add(p, priv, OSSL_PKEY_PARAM_RSA_N, "n", 0) != 0 ||
         kv_jwk_add(p, priv, OSSL_PKEY_PARAM_RSA_E, "e", 0) != 0 ||
@@ -524,10 +526,10 @@ static CK_RV kv_jwk_from_priv(kv_backend *b, const char *name, EVP_PKEY *priv, k
   return CKR_KEY_TYPE_INCONSISTENT;
 unreadable:
   kv_jwk_parts_clear(p);
-  KVP_ERROR("vault %s: key %s: the private key's components cannot be read (a key held by an "
-            "ENGINE or a hardware provider cannot be imported)",
-            b->conf.name, name);
-  return CKR_KEY_UNEXTRACTABLE;
+  return kvp_fail(CKR_KEY_UNEXTRACTABLE,
+                  "vault %s: key %s: the private key's components cannot be read (a key held by an "
+                  "ENGINE or a hardware provider cannot be imported)",
+                  b->conf.name, name);
 }
 
 /* After a lost answer: 1 when the key exists now with priv's public key,

@@ -62,9 +62,9 @@ static CK_RV kv_key_op(kv_backend *b, kvp_key *key, kv_call_kind kind, const cha
   val = json_object_get(resp.json, "value");
   if (!json_is_string(val) ||
       kv_b64url_decode(json_string_value(val), out, out_len) != 0) {
-    KVP_ERROR("vault %s: key %s: %s: the answer has no base64url value (x-ms-request-id %s)",
-              b->conf.name, key->name, op, resp.request_id);
-    rv = CKR_DEVICE_ERROR;
+    rv = kvp_fail(CKR_DEVICE_ERROR,
+                  "vault %s: key %s: %s: the answer has no base64url value (x-ms-request-id %s)",
+                  b->conf.name, key->name, op, resp.request_id);
     goto out;
   }
   /* the value may be a plaintext: wipe it in the parsed document too */
@@ -107,24 +107,24 @@ CK_RV kv_sign(kvp_backend *be, kvp_key *key, const kvp_sig_alg *alg, const CK_BY
     size_t hl = kvp_hash_len(alg->hash);
     if (alg->scheme == KVP_SIG_RSA_PKCS1) {
       if (alg->hash == KVP_HASH_NONE) {
-        KVP_ERROR("vault %s: key %s: Key Vault signs only SHA-256/384/512 digests "
-                  "(raw CKM_RSA_PKCS input is not a supported DigestInfo)",
-                  b->conf.name, key->name);
-        return CKR_DATA_INVALID;
+        return kvp_fail(CKR_DATA_INVALID,
+                        "vault %s: key %s: Key Vault signs only SHA-256/384/512 digests "
+                        "(raw CKM_RSA_PKCS input is not a supported DigestInfo)",
+                        b->conf.name, key->name);
       }
       jalg = kv_rs_alg(alg->hash, 0);
       if (jalg == NULL) {
-        KVP_ERROR("vault %s: key %s: Key Vault has no PKCS#1 signature with %s", b->conf.name,
-                  key->name, kvp_hash_name(alg->hash));
-        return CKR_MECHANISM_INVALID;
+        return kvp_fail(CKR_MECHANISM_INVALID,
+                        "vault %s: key %s: Key Vault has no PKCS#1 signature with %s", b->conf.name,
+                        key->name, kvp_hash_name(alg->hash));
       }
     } else if (alg->scheme == KVP_SIG_RSA_PSS) {
       jalg = kv_rs_alg(alg->hash, 1);
       if (jalg == NULL || alg->mgf1 != alg->hash || alg->salt_len != hl) {
-        KVP_ERROR("vault %s: key %s: Key Vault PSS needs SHA-256/384/512 with the same MGF1 "
-                  "hash and salt length = hash length",
-                  b->conf.name, key->name);
-        return CKR_MECHANISM_PARAM_INVALID;
+        return kvp_fail(CKR_MECHANISM_PARAM_INVALID,
+                        "vault %s: key %s: Key Vault PSS needs SHA-256/384/512 with the same MGF1 "
+                        "hash and salt length = hash length",
+                        b->conf.name, key->name);
       }
     } else {
       return CKR_KEY_TYPE_INCONSISTENT;
@@ -162,17 +162,17 @@ CK_RV kv_sign(kvp_backend *be, kvp_key *key, const kvp_sig_alg *alg, const CK_BY
   if (rv != CKR_OK)
     return rv;
   if (res_len != want_sig) {
-    KVP_ERROR("vault %s: key %s: %s returned %zu signature bytes, expected %zu", b->conf.name,
-              key->name, jalg, res_len, want_sig);
-    rv = CKR_DEVICE_ERROR;
+    rv = kvp_fail(CKR_DEVICE_ERROR,
+                  "vault %s: key %s: %s returned %zu signature bytes, expected %zu", b->conf.name,
+                  key->name, jalg, res_len, want_sig);
     goto out;
   }
   if (!kv_verifier_check(((kv_cached_key *)key->impl)->verifier, &valg, d, dlen, res,
                          res_len)) {
-    KVP_ERROR("vault %s: key %s: the %s signature returned by Key Vault does not verify with "
-              "the key's public key",
-              b->conf.name, key->name, jalg);
-    rv = CKR_DEVICE_ERROR;
+    rv = kvp_fail(CKR_DEVICE_ERROR,
+                  "vault %s: key %s: the %s signature returned by Key Vault does not verify with "
+                  "the key's public key",
+                  b->conf.name, key->name, jalg);
     goto out;
   }
   memcpy(sig, res, res_len);
@@ -202,10 +202,10 @@ CK_RV kv_decrypt(kvp_backend *be, kvp_key *key, const kvp_dec_alg *alg, const CK
     else if (alg->hash == KVP_HASH_SHA256 && alg->mgf1 == KVP_HASH_SHA256)
       jalg = "RSA-OAEP-256";
     else {
-      KVP_ERROR("vault %s: key %s: Key Vault OAEP supports SHA-1/MGF1-SHA-1 and "
-                "SHA-256/MGF1-SHA-256 only",
-                b->conf.name, key->name);
-      return CKR_MECHANISM_PARAM_INVALID;
+      return kvp_fail(CKR_MECHANISM_PARAM_INVALID,
+                      "vault %s: key %s: Key Vault OAEP supports SHA-1/MGF1-SHA-1 and "
+                      "SHA-256/MGF1-SHA-256 only",
+                      b->conf.name, key->name);
     }
   } else {
     return CKR_MECHANISM_INVALID;
@@ -217,9 +217,9 @@ CK_RV kv_decrypt(kvp_backend *be, kvp_key *key, const kvp_dec_alg *alg, const CK
   if (rv != CKR_OK)
     return rv;
   if (res_len > k) {
-    KVP_ERROR("vault %s: key %s: decrypt returned %zu bytes for a %zu-byte key", b->conf.name,
-              key->name, res_len, k);
-    rv = CKR_DEVICE_ERROR;
+    rv = kvp_fail(CKR_DEVICE_ERROR,
+                  "vault %s: key %s: decrypt returned %zu bytes for a %zu-byte key", b->conf.name,
+                  key->name, res_len, k);
     goto out;
   }
   if (res_len > 0)

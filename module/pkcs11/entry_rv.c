@@ -49,6 +49,11 @@ enum {
 #define DEC_CODES                                                                                  \
   CODES(CKR_BUFFER_TOO_SMALL, CKR_ENCRYPTED_DATA_INVALID, CKR_ENCRYPTED_DATA_LEN_RANGE,            \
         CKR_OPERATION_NOT_INITIALIZED, CKR_USER_NOT_LOGGED_IN, CKR_OPERATION_ACTIVE)
+/* C_Digest / C_DigestFinal, C_Verify / C_VerifyFinal */
+#define DIGEST_OUT_CODES                                                                           \
+  CODES(CKR_BUFFER_TOO_SMALL, CKR_OPERATION_NOT_INITIALIZED, CKR_OPERATION_ACTIVE)
+#define VERIFY_OUT_CODES                                                                           \
+  DATA_CODES(CKR_SIGNATURE_INVALID, CKR_SIGNATURE_LEN_RANGE, CKR_OPERATION_ACTIVE)
 #define OBJ_CODES                                                                                  \
   CODES(CKR_ACTION_PROHIBITED, CKR_ATTRIBUTE_READ_ONLY, CKR_ATTRIBUTE_TYPE_INVALID,                \
         CKR_ATTRIBUTE_VALUE_INVALID, CKR_CURVE_NOT_SUPPORTED, CKR_DOMAIN_PARAMS_INVALID,           \
@@ -129,16 +134,12 @@ static const struct rv_rule {
     [FN_DecryptUpdate] = {"C_DecryptUpdate", G_S | G_CAN, DEC_CODES},
     [FN_DecryptFinal] = {"C_DecryptFinal", G_S | G_CAN, DEC_CODES},
     [FN_DigestInit] = {"C_DigestInit", G_S | G_CAN, INIT_CODES},
-    [FN_Digest] = {"C_Digest", G_S | G_CAN,
-                   CODES(CKR_BUFFER_TOO_SMALL, CKR_OPERATION_NOT_INITIALIZED,
-                         CKR_OPERATION_ACTIVE)},
+    [FN_Digest] = {"C_Digest", G_S | G_CAN, DIGEST_OUT_CODES},
     [FN_DigestUpdate] = {"C_DigestUpdate", G_S | G_CAN, CODES(CKR_OPERATION_NOT_INITIALIZED)},
     [FN_DigestKey] = {"C_DigestKey", G_S | G_CAN,
                       CODES(CKR_KEY_HANDLE_INVALID, CKR_KEY_INDIGESTIBLE, CKR_KEY_SIZE_RANGE,
                             CKR_OPERATION_NOT_INITIALIZED)},
-    [FN_DigestFinal] = {"C_DigestFinal", G_S | G_CAN,
-                        CODES(CKR_BUFFER_TOO_SMALL, CKR_OPERATION_NOT_INITIALIZED,
-                              CKR_OPERATION_ACTIVE)},
+    [FN_DigestFinal] = {"C_DigestFinal", G_S | G_CAN, DIGEST_OUT_CODES},
     [FN_SignInit] = {"C_SignInit", G_S | G_CAN, INIT_CODES},
     [FN_Sign] = {"C_Sign", G_S | G_CAN, DATA_CODES(CKR_FUNCTION_REJECTED, CKR_OPERATION_ACTIVE)},
     [FN_SignUpdate] = {"C_SignUpdate", G_S | G_CAN, DATA_CODES(RV_END)},
@@ -147,13 +148,9 @@ static const struct rv_rule {
     [FN_SignRecoverInit] = {"C_SignRecoverInit", G_S | G_CAN, INIT_CODES},
     [FN_SignRecover] = {"C_SignRecover", G_S | G_CAN, DATA_CODES(RV_END)},
     [FN_VerifyInit] = {"C_VerifyInit", G_S | G_CAN, INIT_CODES},
-    [FN_Verify] = {"C_Verify", G_S | G_CAN,
-                   DATA_CODES(CKR_SIGNATURE_INVALID, CKR_SIGNATURE_LEN_RANGE,
-                              CKR_OPERATION_ACTIVE)},
+    [FN_Verify] = {"C_Verify", G_S | G_CAN, VERIFY_OUT_CODES},
     [FN_VerifyUpdate] = {"C_VerifyUpdate", G_S | G_CAN, DATA_CODES(RV_END)},
-    [FN_VerifyFinal] = {"C_VerifyFinal", G_S | G_CAN,
-                        DATA_CODES(CKR_SIGNATURE_INVALID, CKR_SIGNATURE_LEN_RANGE,
-                                   CKR_OPERATION_ACTIVE)},
+    [FN_VerifyFinal] = {"C_VerifyFinal", G_S | G_CAN, VERIFY_OUT_CODES},
     [FN_VerifyRecoverInit] = {"C_VerifyRecoverInit", G_S | G_CAN, INIT_CODES},
     [FN_VerifyRecover] = {"C_VerifyRecover", G_S | G_CAN,
                           DATA_CODES(CKR_SIGNATURE_INVALID, CKR_SIGNATURE_LEN_RANGE)},

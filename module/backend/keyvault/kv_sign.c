@@ -82,14 +82,79 @@ out:
   return rv;
 }
 
-static const char *kv_rs_alg(kvp_hash h, int pss)
+/* ---- Key Vault's algorithms ------------------------------------------
+ * Every JWA algorithm Key Vault signs or decrypts with (keyvault-protocol.md)
+ * besides RSA1_5: the RSA ones by hash (PSS and OAEP with MGF1 of the same
+ * hash), ECDSA by the key's curve with the digest size it expects. */
+enum { KV_PKCS1, KV_PSS, KV_OAEP };
+
+static const struct kv_rsa_jwa {
+  kvp_hash hash;
+  const char *name[3]; /* [KV_PKCS1], [KV_PSS], [KV_OAEP]; NULL: none */
+} kv_rsa_jwas[] = {
+    {KVP_HASH_SHA1, {NULL, NULL, "RSA-OAEP"}},
+    {KVP_HASH_SHA256, {"RS256", "PS256", "RSA-OAEP-256"}},
+    {KVP_HASH_SHA384, {"RS384", "PS384", NULL}},
+    {KVP_HASH_SHA512, {"RS512", "PS512", NULL}},
+};
+
+static const struct kv_ec_jwa {
+  int curve_nid;
+  const char *name;
+  kvp_hash hash;
+} kv_ec_jwas[] = {
+    {NID_X9_62_prime256v1, "ES256", KVP_HASH_SHA256},
+    {NID_secp384r1, "ES384", KVP_HASH_SHA384},
+    {NID_secp521r1, "ES512", KVP_HASH_SHA512},
+    {NID_secp256k1, "ES256K", KVP_HASH_SHA256},
+};
+
+/* The RSA algorithm of kind (KV_PKCS1 / KV_PSS / KV_OAEP) with hash and mgf1, or NULL. */
+static const char *kv_rsa_jwa(int kind, kvp_hash hash, kvp_hash mgf1)
 {
-  switch (h) {
-  case KVP_HASH_SHA256: return pss ? "PS256" : "RS256";
-  case KVP_HASH_SHA384: return pss ? "PS384" : "RS384";
-  case KVP_HASH_SHA512: return pss ? "PS512" : "RS512";
-  default: return NULL;
+  if (kind != KV_PKCS1 && mgf1 != hash)
+    return NULL;
+  for (size_t i = 0; i < KVP_ARRAY_SIZE(kv_rsa_jwas); i++)
+    if (kv_rsa_jwas[i].hash == hash)
+      return kv_rsa_jwas[i].name[kind];
+  return NULL;
+}
+
+/* Key Vault's algorithm for alg on key, and the digest length it signs. */
+static CK_RV kv_sign_jwa(const kv_backend *b, const kvp_key *key, const kvp_sig_alg *alg,
+                         const char **jalg, size_t *digest_len)
+{
+  int pss = alg->scheme == KVP_SIG_RSA_PSS;
+
+  if ((key->type == KVP_KEY_EC) != (alg->scheme == KVP_SIG_ECDSA))
+    return CKR_KEY_TYPE_INCONSISTENT;
+  if (key->type == KVP_KEY_EC) {
+    for (size_t i = 0; i < KVP_ARRAY_SIZE(kv_ec_jwas); i++) {
+      if (kv_ec_jwas[i].curve_nid == key->curve_nid) {
+        *jalg = kv_ec_jwas[i].name;
+        *digest_len = kvp_hash_len(kv_ec_jwas[i].hash);
+        return CKR_OK;
+      }
+    }
+    return CKR_KEY_TYPE_INCONSISTENT; /* a curve Key Vault does not have */
   }
+  if (alg->scheme == KVP_SIG_RSA_PKCS1 && alg->hash == KVP_HASH_NONE) {
+    return kvp_fail(CKR_DATA_INVALID,
+                    "vault %s: key %s: Key Vault signs only SHA-256/384/512 digests "
+                    "(raw CKM_RSA_PKCS input is not a supported DigestInfo)",
+                    b->conf.name, key->name);
+  }
+  *jalg = kv_rsa_jwa(pss ? KV_PSS : KV_PKCS1, alg->hash, alg->mgf1);
+  *digest_len = kvp_hash_len(alg->hash);
+  if (*jalg == NULL || (pss && alg->salt_len != *digest_len)) {
+    return kvp_fail(pss ? CKR_MECHANISM_PARAM_INVALID : CKR_MECHANISM_INVALID,
+                    "vault %s: key %s: Key Vault has no %s signature with %s (it takes "
+                    "SHA-256/384/512%s)",
+                    b->conf.name, key->name, pss ? "PSS" : "PKCS#1 v1.5",
+                    kvp_hash_name(alg->hash),
+                    pss ? " with MGF1 of the same hash and a salt as long as the hash" : "");
+  }
+  return CKR_OK;
 }
 
 CK_RV kv_sign(kvp_backend *be, kvp_key *key, const kvp_sig_alg *alg, const CK_BYTE *digest,
@@ -99,50 +164,18 @@ CK_RV kv_sign(kvp_backend *be, kvp_key *key, const kvp_sig_alg *alg, const CK_BY
   const char *jalg = NULL;
   unsigned char adj[66], *res = NULL;
   const unsigned char *d = digest;
-  size_t dlen = digest_len, want_sig, res_len = 0;
+  size_t dlen = digest_len, want = 0, want_sig, res_len = 0;
   kvp_sig_alg valg = *alg;
-  CK_RV rv;
+  CK_RV rv = kv_sign_jwa(b, key, alg, &jalg, &want);
 
+  if (rv != CKR_OK)
+    return rv;
   if (key->type == KVP_KEY_RSA) {
-    size_t hl = kvp_hash_len(alg->hash);
-    if (alg->scheme == KVP_SIG_RSA_PKCS1) {
-      if (alg->hash == KVP_HASH_NONE) {
-        return kvp_fail(CKR_DATA_INVALID,
-                        "vault %s: key %s: Key Vault signs only SHA-256/384/512 digests "
-                        "(raw CKM_RSA_PKCS input is not a supported DigestInfo)",
-                        b->conf.name, key->name);
-      }
-      jalg = kv_rs_alg(alg->hash, 0);
-      if (jalg == NULL) {
-        return kvp_fail(CKR_MECHANISM_INVALID,
-                        "vault %s: key %s: Key Vault has no PKCS#1 signature with %s", b->conf.name,
-                        key->name, kvp_hash_name(alg->hash));
-      }
-    } else if (alg->scheme == KVP_SIG_RSA_PSS) {
-      jalg = kv_rs_alg(alg->hash, 1);
-      if (jalg == NULL || alg->mgf1 != alg->hash || alg->salt_len != hl) {
-        return kvp_fail(CKR_MECHANISM_PARAM_INVALID,
-                        "vault %s: key %s: Key Vault PSS needs SHA-256/384/512 with the same MGF1 "
-                        "hash and salt length = hash length",
-                        b->conf.name, key->name);
-      }
-    } else {
-      return CKR_KEY_TYPE_INCONSISTENT;
-    }
-    if (digest_len != hl)
+    if (digest_len != want)
       return CKR_DATA_LEN_RANGE;
     want_sig = (key->bits + 7) / 8;
-  } else if (key->type == KVP_KEY_EC) {
-    size_t want;
-    if (alg->scheme != KVP_SIG_ECDSA)
-      return CKR_KEY_TYPE_INCONSISTENT;
-    switch (key->curve_nid) {
-    case NID_X9_62_prime256v1: jalg = "ES256"; want = 32; want_sig = 64; break;
-    case NID_secp384r1: jalg = "ES384"; want = 48; want_sig = 96; break;
-    case NID_secp521r1: jalg = "ES512"; want = 64; want_sig = 132; break;
-    case NID_secp256k1: jalg = "ES256K"; want = 32; want_sig = 64; break;
-    default: return CKR_KEY_TYPE_INCONSISTENT;
-    }
+  } else {
+    want_sig = 2 * (size_t)((key->bits + 7) / 8);
     if (digest_len == 0)
       return CKR_DATA_LEN_RANGE;
     /* ECDSA uses the leftmost bits of the digest: a longer digest keeps its
@@ -155,8 +188,6 @@ CK_RV kv_sign(kvp_backend *be, kvp_key *key, const kvp_sig_alg *alg, const CK_BY
       d = adj;
       dlen = want;
     }
-  } else {
-    return CKR_KEY_TYPE_INCONSISTENT;
   }
   rv = kv_key_op(b, key, KV_CALL_SIGN, "sign", jalg, d, dlen, &res, &res_len);
   if (rv != CKR_OK)
@@ -194,22 +225,17 @@ CK_RV kv_decrypt(kvp_backend *be, kvp_key *key, const kvp_dec_alg *alg, const CK
 
   if (key->type != KVP_KEY_RSA)
     return CKR_KEY_TYPE_INCONSISTENT;
-  if (alg->scheme == KVP_DEC_RSA_PKCS1) {
-    jalg = "RSA1_5";
-  } else if (alg->scheme == KVP_DEC_RSA_OAEP) {
-    if (alg->hash == KVP_HASH_SHA1 && alg->mgf1 == KVP_HASH_SHA1)
-      jalg = "RSA-OAEP";
-    else if (alg->hash == KVP_HASH_SHA256 && alg->mgf1 == KVP_HASH_SHA256)
-      jalg = "RSA-OAEP-256";
-    else {
-      return kvp_fail(CKR_MECHANISM_PARAM_INVALID,
-                      "vault %s: key %s: Key Vault OAEP supports SHA-1/MGF1-SHA-1 and "
-                      "SHA-256/MGF1-SHA-256 only",
-                      b->conf.name, key->name);
-    }
-  } else {
-    return CKR_MECHANISM_INVALID;
+  jalg = alg->scheme == KVP_DEC_RSA_PKCS1 ? "RSA1_5"
+         : alg->scheme == KVP_DEC_RSA_OAEP ? kv_rsa_jwa(KV_OAEP, alg->hash, alg->mgf1)
+                                           : NULL;
+  if (jalg == NULL && alg->scheme == KVP_DEC_RSA_OAEP) {
+    return kvp_fail(CKR_MECHANISM_PARAM_INVALID,
+                    "vault %s: key %s: Key Vault has no OAEP with %s and MGF1-%s (it takes "
+                    "SHA-1/MGF1-SHA-1 and SHA-256/MGF1-SHA-256)",
+                    b->conf.name, key->name, kvp_hash_name(alg->hash), kvp_hash_name(alg->mgf1));
   }
+  if (jalg == NULL)
+    return CKR_MECHANISM_INVALID;
   k = (key->bits + 7) / 8;
   if (in_len != k)
     return CKR_ENCRYPTED_DATA_LEN_RANGE;

@@ -112,33 +112,31 @@ static CK_RV kv_map_error(kv_backend *b, kv_call_kind kind, const char *key, con
   else
     snprintf(who, sizeof(who), "vault %s", b->conf.name);
   if (r->capped) {
-    KVP_ERROR("%s: %s: response body larger than %d bytes (x-ms-request-id %s)", who, perm,
-              KV_BODY_CAP, r->request_id);
-    return CKR_DEVICE_ERROR;
+    return kvp_fail(CKR_DEVICE_ERROR,
+                    "%s: %s: response body larger than %d bytes (x-ms-request-id %s)", who, perm,
+                    KV_BODY_CAP, r->request_id);
   }
   if (r->status == 0) {
-    KVP_ERROR("%s: %s: %s", who, perm, r->curl_err[0] ? r->curl_err : "no response");
-    return CKR_DEVICE_ERROR;
+    return kvp_fail(CKR_DEVICE_ERROR, "%s: %s: %s", who, perm,
+                    r->curl_err[0] ? r->curl_err : "no response");
   }
   kv_error_parse(r, &ei);
   if (r->status >= 200 && r->status < 300) {
-    KVP_ERROR("%s: %s: HTTP %ld with a body that is not a JSON object (x-ms-request-id %s)", who,
-              perm, r->status, r->request_id);
-    return CKR_DEVICE_ERROR;
+    return kvp_fail(CKR_DEVICE_ERROR,
+                    "%s: %s: HTTP %ld with a body that is not a JSON object (x-ms-request-id %s)",
+                    who, perm, r->status, r->request_id);
   }
   switch (r->status) {
   case 400:
-    KVP_ERROR("%s: %s refused: HTTP 400 %s%s%s: %s (x-ms-request-id %s)", who, perm, ei.code,
-              ei.inner[0] ? "/" : "", ei.inner, ei.message, r->request_id);
-    if (kind == KV_CALL_SIGN)
-      return CKR_DATA_INVALID;
-    if (kind == KV_CALL_DECRYPT)
-      return CKR_ENCRYPTED_DATA_INVALID;
-    return CKR_DEVICE_ERROR;
+    return kvp_fail(kind == KV_CALL_SIGN      ? CKR_DATA_INVALID
+                    : kind == KV_CALL_DECRYPT ? CKR_ENCRYPTED_DATA_INVALID
+                                              : CKR_DEVICE_ERROR,
+                    "%s: %s refused: HTTP 400 %s%s%s: %s (x-ms-request-id %s)", who, perm, ei.code,
+                    ei.inner[0] ? "/" : "", ei.inner, ei.message, r->request_id);
   case 401:
-    KVP_ERROR("%s: %s: the access token was refused: HTTP 401 %s: %s (x-ms-request-id %s)", who,
-              perm, ei.code, ei.message, r->request_id);
-    return CKR_DEVICE_ERROR;
+    return kvp_fail(CKR_DEVICE_ERROR,
+                    "%s: %s: the access token was refused: HTTP 401 %s: %s (x-ms-request-id %s)",
+                    who, perm, ei.code, ei.message, r->request_id);
   case 403: {
     char why[160];
     kv_cause cause = kv_forbidden_cause(&ei);
@@ -157,13 +155,15 @@ static CK_RV kv_map_error(kv_backend *b, kv_call_kind kind, const char *key, con
       KVP_DEBUG("%s: not found (x-ms-request-id %s)", who, r->request_id);
       return CKR_KEY_HANDLE_INVALID;
     }
+    /* logged, not recorded: some callers expect "not found" (an import checks
+     * the name is free) and the reason of their real failure must win */
     KVP_ERROR("%s: not found: HTTP 404 %s: %s (x-ms-request-id %s)", who, ei.code, ei.message,
               r->request_id);
     return CKR_KEY_HANDLE_INVALID;
   default:
-    KVP_ERROR("%s: %s failed: HTTP %ld %s%s%s: %s (x-ms-request-id %s)", who, perm, r->status,
-              ei.code, ei.inner[0] ? "/" : "", ei.inner, ei.message, r->request_id);
-    return CKR_DEVICE_ERROR;
+    return kvp_fail(CKR_DEVICE_ERROR, "%s: %s failed: HTTP %ld %s%s%s: %s (x-ms-request-id %s)",
+                    who, perm, r->status, ei.code, ei.inner[0] ? "/" : "", ei.inner, ei.message,
+                    r->request_id);
   }
 }
 
@@ -335,9 +335,9 @@ CK_RV kvp_keyvault_list_keys(kvp_backend *be, char ***names, size_t *n)
     if (rv != CKR_OK)
       goto out;
     if (kv_list_page_parse(resp.json, names, n, &next) != 0) {
-      KVP_ERROR("vault %s: list: a page without a value array (x-ms-request-id %s)",
-                b->conf.name, resp.request_id);
-      rv = CKR_DEVICE_ERROR;
+      rv = kvp_fail(CKR_DEVICE_ERROR,
+                    "vault %s: list: a page without a value array (x-ms-request-id %s)",
+                    b->conf.name, resp.request_id);
       goto out;
     }
     kv_resp_clear(&resp, 0);

@@ -270,6 +270,127 @@ static void test_generate_session_hsm(void)
   f->C_CloseSession(other);
 }
 
+/* A session certificate with CKA_ID id and label label on session s (its handle). */
+static CK_OBJECT_HANDLE make_sess_cert(CK_SESSION_HANDLE s, const unsigned char *der, size_t len,
+                                       const char *id, const char *label, CK_BBOOL *priv)
+{
+  CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+  CK_ATTRIBUTE t[] = {
+      {CKA_CLASS, &c_cert, sizeof(c_cert)},
+      {CKA_CERTIFICATE_TYPE, &x509, sizeof(x509)},
+      {CKA_VALUE, (void *)der, (CK_ULONG)len},
+      {CKA_ID, (void *)id, (CK_ULONG)strlen(id)},
+      {CKA_LABEL, (void *)label, (CK_ULONG)strlen(label)},
+      {CKA_PRIVATE, priv, sizeof(*priv)},
+  };
+  CU_ASSERT_EQUAL(f->C_CreateObject(s, t, priv != NULL ? 6 : 5, &h), CKR_OK);
+  return h;
+}
+
+static CK_ULONG find_more(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE *out, CK_ULONG max)
+{
+  CK_ULONG n = 0;
+  CU_ASSERT_EQUAL(f->C_FindObjects(s, out, max, &n), CKR_OK);
+  return n;
+}
+
+/*
+ * The rule a search follows while session objects come and go: session
+ * objects come first, in creation order; one made during the search is
+ * given if the search has not yet passed the end of the session objects (a
+ * C_FindObjects call that reached the end with room left); one destroyed
+ * before it was given is not given.
+ */
+static void test_search_while_changing(void)
+{
+  EVP_PKEY *k = EVP_EC_gen("P-256");
+  size_t len = 0;
+  unsigned char *der = make_cert_for(k, "Moving Partner", &len);
+  CK_SESSION_HANDLE a, b;
+  CK_OBJECT_HANDLE c[8], got[8];
+  CK_ATTRIBUTE t[] = {{CKA_CLASS, &c_cert, sizeof(c_cert)}, {CKA_ID, "moving", 6}};
+
+  CU_ASSERT_EQUAL_FATAL(f->C_OpenSession(slot_plain, CKF_SERIAL_SESSION, NULL, NULL, &a), CKR_OK);
+  CU_ASSERT_EQUAL_FATAL(f->C_OpenSession(slot_plain, CKF_SERIAL_SESSION, NULL, NULL, &b), CKR_OK);
+  for (int i = 0; i < 3; i++)
+    c[i] = make_sess_cert(a, der, len, "moving", "moving", NULL);
+  CU_ASSERT_EQUAL_FATAL(f->C_FindObjectsInit(b, t, 2), CKR_OK);
+  CU_ASSERT_EQUAL_FATAL(find_more(b, got, 1), 1);
+  CU_ASSERT_EQUAL(got[0], c[0]);
+  /* c[1] goes before it is given; c[3] comes: given, after c[2] */
+  CU_ASSERT_EQUAL(f->C_DestroyObject(a, c[1]), CKR_OK);
+  c[3] = make_sess_cert(a, der, len, "moving", "moving", NULL);
+  CU_ASSERT_EQUAL_FATAL(find_more(b, got, 2), 2); /* exactly full: the end is not passed yet */
+  CU_ASSERT_EQUAL(got[0], c[2]);
+  CU_ASSERT_EQUAL(got[1], c[3]);
+  c[4] = make_sess_cert(a, der, len, "moving", "moving", NULL);
+  CU_ASSERT_EQUAL_FATAL(find_more(b, got, 8), 1); /* room left: the end is passed */
+  CU_ASSERT_EQUAL(got[0], c[4]);
+  c[5] = make_sess_cert(a, der, len, "moving", "moving", NULL);
+  CU_ASSERT_EQUAL(find_more(b, got, 8), 0); /* made after the end was passed: not given */
+  CU_ASSERT_EQUAL(f->C_FindObjectsFinal(b), CKR_OK);
+  /* a new search gives the five left */
+  CU_ASSERT_EQUAL(find(b, t, 2, got, 8), 5);
+  f->C_CloseSession(a);
+  CU_ASSERT_EQUAL(find(b, t, 2, got, 8), 0);
+  f->C_CloseSession(b);
+  OPENSSL_free(der);
+  EVP_PKEY_free(k);
+}
+
+/* Many session objects, searched a few at a time while every third one not
+ * yet given is destroyed: each one left is given once, in creation order. */
+static void test_search_many(void)
+{
+  enum { N = 300 };
+  EVP_PKEY *k = EVP_EC_gen("P-256");
+  size_t len = 0;
+  unsigned char *der = make_cert_for(k, "Many Partners", &len);
+  CK_SESSION_HANDLE s;
+  CK_OBJECT_HANDLE made[N], got[7];
+  int gone[N] = {0}, next = 0, given = 0, destroyed = 0;
+  CK_ATTRIBUTE t[] = {{CKA_CLASS, &c_cert, sizeof(c_cert)}, {CKA_ID, "many", 4}};
+  CK_ULONG n;
+
+  CU_ASSERT_EQUAL_FATAL(f->C_OpenSession(slot_plain, CKF_SERIAL_SESSION, NULL, NULL, &s), CKR_OK);
+  for (int i = 0; i < N; i++) {
+    char label[16];
+    snprintf(label, sizeof(label), "many%d", i);
+    made[i] = make_sess_cert(s, der, len, "many", label, NULL);
+  }
+  CU_ASSERT_EQUAL_FATAL(f->C_FindObjectsInit(s, t, 2), CKR_OK);
+  while ((n = find_more(s, got, 7)) > 0) {
+    for (CK_ULONG j = 0; j < n; j++) {
+      while (next < N && gone[next])
+        next++;
+      CU_ASSERT_FATAL(next < N);
+      CU_ASSERT_EQUAL(got[j], made[next]);
+      next++;
+      given++;
+    }
+    /* destroy every third of those not given yet */
+    for (int i = next; i < N; i += 3)
+      if (!gone[i]) {
+        CU_ASSERT_EQUAL(f->C_DestroyObject(s, made[i]), CKR_OK);
+        gone[i] = 1;
+        destroyed++;
+        break;
+      }
+  }
+  CU_ASSERT_EQUAL(f->C_FindObjectsFinal(s), CKR_OK);
+  CU_ASSERT_EQUAL(given + destroyed, N);
+  CU_ASSERT(destroyed > 0);
+  /* the handles left still resolve; the destroyed ones do not */
+  for (int i = 0; i < N; i++) {
+    CK_ATTRIBUTE a = {CKA_TOKEN, NULL, 0};
+    CU_ASSERT_EQUAL(f->C_GetAttributeValue(s, made[i], &a, 1),
+                    gone[i] ? CKR_OBJECT_HANDLE_INVALID : CKR_OK);
+  }
+  f->C_CloseSession(s);
+  OPENSSL_free(der);
+  EVP_PKEY_free(k);
+}
+
 int main(void)
 {
   CU_pSuite s;
@@ -280,6 +401,8 @@ int main(void)
   s = CU_add_suite("front session objects", suite_init, suite_clean);
   CU_add_test(s, "session certificate: create, find, destroy, session close",
               test_session_certificate);
+  CU_add_test(s, "a search while session objects come and go", test_search_while_changing);
+  CU_add_test(s, "a search over 300 session objects, some destroyed meanwhile", test_search_many);
   CU_add_test(s, "C_GenerateKeyPair session keys on Key Vault: refused", test_generate_session_vault);
   CU_add_test(s, "C_GenerateKeyPair session keys in the HSM", test_generate_session_hsm);
   CU_basic_set_mode(CU_BRM_VERBOSE);

@@ -19,17 +19,33 @@
 static CK_OBJECT_CLASS c_cert = CKO_CERTIFICATE, c_pub = CKO_PUBLIC_KEY;
 static CK_CERTIFICATE_TYPE x509 = CKC_X_509;
 static CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
-static CK_SLOT_ID slot_vault;
+static CK_SLOT_ID slot_vault, slot_locked;
+
+#define GATE_TOKEN "kvp11-gate"
+#define GATE_PIN "4321"
 
 static int suite_init(void)
 {
-  int rc = fixture_init("front_sessobj",
-                        "[vault kv]\nurl = https://127.0.0.1:1/\nauth = managed-identity\n\n"
-                        "[account vkeys]\nlabel = vkeys\ndefault_store = vault:kv\n");
-  if (rc != 0)
+  char conf[1200];
+  int rc;
+
+  /* "locked": its key store takes the application's PIN (no pin_file), so the
+   * token says CKF_LOGIN_REQUIRED; the HSM module is loaded at the first use,
+   * after its token is made below */
+  snprintf(conf, sizeof(conf),
+           "[vault kv]\nurl = https://127.0.0.1:1/\nauth = managed-identity\n\n"
+           "[account vkeys]\nlabel = vkeys\ndefault_store = vault:kv\n\n"
+           "[hsm gate]\nmodule = %s\ntoken_label = " GATE_TOKEN "\n\n"
+           "[account locked]\nlabel = locked\ndefault_store = hsm:gate\n",
+           getenv("KVP11_SOFTHSM_MODULE") != NULL ? getenv("KVP11_SOFTHSM_MODULE") : "");
+  if ((rc = fixture_init("front_sessobj", conf)) != 0)
     return rc;
+  if (!run("softhsm2-util --init-token --free --label " GATE_TOKEN " --pin " GATE_PIN
+           " --so-pin 12345678 >/dev/null"))
+    return 1;
   slot_vault = slot_by_label("vkeys");
-  return slot_vault == (CK_SLOT_ID)-1;
+  slot_locked = slot_by_label("locked");
+  return slot_vault == (CK_SLOT_ID)-1 || slot_locked == (CK_SLOT_ID)-1;
 }
 
 static int suite_clean(void)
@@ -391,6 +407,126 @@ static void test_search_many(void)
   EVP_PKEY_free(k);
 }
 
+static CK_FLAGS token_flags(CK_SLOT_ID slot)
+{
+  CK_TOKEN_INFO ti;
+  CU_ASSERT_EQUAL_FATAL(f->C_GetTokenInfo(slot, &ti), CKR_OK);
+  return ti.flags;
+}
+
+static CK_RV attr_rv(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h)
+{
+  CK_ATTRIBUTE a = {CKA_LABEL, NULL, 0};
+  return f->C_GetAttributeValue(s, h, &a, 1);
+}
+
+/*
+ * CKA_PRIVATE true on a session certificate (PKCS#11 2.40 4.4, 5.7): on a
+ * token with CKF_LOGIN_REQUIRED it is made only once the user is logged in
+ * (else CKR_USER_NOT_LOGGED_IN), and while the token is logged out no search
+ * finds it (nor its public key object) and its handles are
+ * CKR_OBJECT_HANDLE_INVALID. Logging in again shows it again.
+ */
+static void test_private_session_certificate(void)
+{
+  EVP_PKEY *k = EVP_EC_gen("P-256");
+  size_t len = 0;
+  unsigned char *der = make_cert_for(k, "Private Partner", &len);
+  CK_SESSION_HANDLE a, b;
+  CK_OBJECT_HANDLE h = CK_INVALID_HANDLE, hpub = CK_INVALID_HANDLE, got[8];
+  CK_ATTRIBUTE by_id[] = {{CKA_ID, "secret", 6}};
+  CK_ATTRIBUTE pub_by_id[] = {{CKA_ID, "secret", 6}, {CKA_CLASS, &c_pub, sizeof(c_pub)}};
+  CK_ATTRIBUTE certs[] = {{CKA_CLASS, &c_cert, sizeof(c_cert)}};
+  CK_ATTRIBUTE priv_certs[] = {{CKA_CLASS, &c_cert, sizeof(c_cert)},
+                               {CKA_PRIVATE, &yes, sizeof(yes)}};
+  CK_ATTRIBUTE t[] = {
+      {CKA_CLASS, &c_cert, sizeof(c_cert)}, {CKA_CERTIFICATE_TYPE, &x509, sizeof(x509)},
+      {CKA_VALUE, der, (CK_ULONG)len},      {CKA_ID, "secret", 6},
+      {CKA_PRIVATE, &yes, sizeof(yes)},     {CKA_TOKEN, &no, sizeof(no)},
+  };
+  int rows = count_rows();
+
+  CU_ASSERT((token_flags(slot_locked) & CKF_LOGIN_REQUIRED) != 0);
+  CU_ASSERT_EQUAL_FATAL(f->C_OpenSession(slot_locked, CKF_SERIAL_SESSION, NULL, NULL, &a), CKR_OK);
+  CU_ASSERT_EQUAL_FATAL(f->C_OpenSession(slot_locked, CKF_SERIAL_SESSION, NULL, NULL, &b), CKR_OK);
+  /* logged out: refused (CKA_TOKEN absent or false alike); a public one is made */
+  CU_ASSERT_EQUAL(f->C_CreateObject(a, t, 6, &h), CKR_USER_NOT_LOGGED_IN);
+  CU_ASSERT_EQUAL(f->C_CreateObject(a, t, 5, &h), CKR_USER_NOT_LOGGED_IN);
+  CU_ASSERT_EQUAL(find(b, by_id, 1, got, 8), 0);
+  (void)make_sess_cert(a, der, len, "open", "open", &no);
+
+  CU_ASSERT_EQUAL_FATAL(f->C_Login(a, CKU_USER, (CK_UTF8CHAR_PTR)GATE_PIN, 4), CKR_OK);
+  CU_ASSERT_EQUAL_FATAL(f->C_CreateObject(a, t, 6, &h), CKR_OK);
+  CU_ASSERT_EQUAL(count_rows(), rows);
+  CU_ASSERT_EQUAL(get_bool(b, h, CKA_PRIVATE), CK_TRUE);
+  CU_ASSERT_EQUAL(get_bool(b, h, CKA_TOKEN), CK_FALSE);
+  CU_ASSERT_EQUAL(find(b, by_id, 1, got, 8), 2); /* the certificate and its public key */
+  CU_ASSERT_EQUAL(find(b, priv_certs, 2, got, 8), 1);
+  CU_ASSERT_EQUAL(find(b, certs, 1, got, 8), 2);
+  CU_ASSERT_EQUAL_FATAL(find(b, pub_by_id, 2, got, 8), 1);
+  hpub = got[0];
+  CU_ASSERT_EQUAL(get_bool(b, hpub, CKA_PRIVATE), CK_TRUE);
+
+  /* logged out: not found, handles invalid, not destroyable */
+  CU_ASSERT_EQUAL(f->C_Logout(b), CKR_OK);
+  CU_ASSERT_EQUAL(find(b, by_id, 1, got, 8), 0);
+  CU_ASSERT_EQUAL(find(a, certs, 1, got, 8), 1); /* the public one only */
+  CU_ASSERT_EQUAL(attr_rv(a, h), CKR_OBJECT_HANDLE_INVALID);
+  CU_ASSERT_EQUAL(attr_rv(b, hpub), CKR_OBJECT_HANDLE_INVALID);
+  CU_ASSERT_EQUAL(f->C_DestroyObject(b, h), CKR_OBJECT_HANDLE_INVALID);
+  /* a search started logged out sees it from the first C_FindObjects after a login */
+  CU_ASSERT_EQUAL_FATAL(f->C_FindObjectsInit(b, by_id, 1), CKR_OK);
+  CU_ASSERT_EQUAL_FATAL(f->C_Login(a, CKU_USER, (CK_UTF8CHAR_PTR)GATE_PIN, 4), CKR_OK);
+  CU_ASSERT_EQUAL(find_more(b, got, 8), 2);
+  CU_ASSERT_EQUAL(f->C_FindObjectsFinal(b), CKR_OK);
+  CU_ASSERT_EQUAL(attr_rv(b, h), CKR_OK);
+  CU_ASSERT_EQUAL(attr_rv(b, hpub), CKR_OK);
+  /* destroyed while logged in; gone with its session */
+  CU_ASSERT_EQUAL(f->C_DestroyObject(b, h), CKR_OK);
+  CU_ASSERT_EQUAL(attr_rv(b, hpub), CKR_OBJECT_HANDLE_INVALID);
+  CU_ASSERT_EQUAL_FATAL(f->C_CreateObject(b, t, 6, &h), CKR_OK);
+  CU_ASSERT_EQUAL(f->C_CloseSession(b), CKR_OK);
+  CU_ASSERT_EQUAL(find(a, by_id, 1, got, 8), 0);
+  CU_ASSERT_EQUAL(f->C_CloseSession(a), CKR_OK);
+  OPENSSL_free(der);
+  EVP_PKEY_free(k);
+}
+
+/* A token without a login (CKF_LOGIN_REQUIRED off): every session is the
+ * user's, so a private session certificate is made and seen without C_Login;
+ * a private token certificate stays refused (registered certificates are public). */
+static void test_private_session_certificate_no_login(void)
+{
+  EVP_PKEY *k = EVP_EC_gen("P-256");
+  size_t len = 0;
+  unsigned char *der = make_cert_for(k, "Open Partner", &len);
+  CK_SESSION_HANDLE a, b;
+  CK_OBJECT_HANDLE h, got[8];
+  CK_ATTRIBUTE by_id[] = {{CKA_ID, "open-secret", 11}};
+  CK_ATTRIBUTE token_priv[] = {
+      {CKA_CLASS, &c_cert, sizeof(c_cert)}, {CKA_CERTIFICATE_TYPE, &x509, sizeof(x509)},
+      {CKA_VALUE, der, (CK_ULONG)len},      {CKA_LABEL, "tokpriv", 7},
+      {CKA_PRIVATE, &yes, sizeof(yes)},     {CKA_TOKEN, &yes, sizeof(yes)},
+  };
+  int rows = count_rows();
+
+  CU_ASSERT_EQUAL(token_flags(slot_plain) & CKF_LOGIN_REQUIRED, 0);
+  CU_ASSERT_EQUAL_FATAL(f->C_OpenSession(slot_plain, CKF_SERIAL_SESSION, NULL, NULL, &a), CKR_OK);
+  CU_ASSERT_EQUAL_FATAL(
+      f->C_OpenSession(slot_plain, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &b), CKR_OK);
+  h = make_sess_cert(a, der, len, "open-secret", "open-secret", &yes);
+  CU_ASSERT_NOT_EQUAL_FATAL(h, CK_INVALID_HANDLE);
+  CU_ASSERT_EQUAL(get_bool(b, h, CKA_PRIVATE), CK_TRUE);
+  CU_ASSERT_EQUAL(find(b, by_id, 1, got, 8), 2);
+  CU_ASSERT_EQUAL(f->C_CreateObject(b, token_priv, 6, &h), CKR_ATTRIBUTE_VALUE_INVALID);
+  CU_ASSERT_EQUAL(count_rows(), rows);
+  f->C_CloseSession(a);
+  CU_ASSERT_EQUAL(find(b, by_id, 1, got, 8), 0);
+  f->C_CloseSession(b);
+  OPENSSL_free(der);
+  EVP_PKEY_free(k);
+}
+
 int main(void)
 {
   CU_pSuite s;
@@ -403,6 +539,9 @@ int main(void)
               test_session_certificate);
   CU_add_test(s, "a search while session objects come and go", test_search_while_changing);
   CU_add_test(s, "a search over 300 session objects, some destroyed meanwhile", test_search_many);
+  CU_add_test(s, "private session certificate: only when logged in", test_private_session_certificate);
+  CU_add_test(s, "private session certificate on a token without login",
+              test_private_session_certificate_no_login);
   CU_add_test(s, "C_GenerateKeyPair session keys on Key Vault: refused", test_generate_session_vault);
   CU_add_test(s, "C_GenerateKeyPair session keys in the HSM", test_generate_session_hsm);
   CU_basic_set_mode(CU_BRM_VERBOSE);

@@ -59,7 +59,6 @@ typedef struct sessobj {
 static pthread_mutex_t so_lock = PTHREAD_MUTEX_INITIALIZER;
 static sessobj *so_arr;
 static size_t so_len, so_cap, so_holes;
-static size_t so_private;                /* live objects with CKA_PRIVATE true */
 static CK_OBJECT_HANDLE so_next = 1;     /* creation number of the next object */
 
 /* The first index whose handle is h or above (so_len when none). */
@@ -83,7 +82,6 @@ static void remove_at_locked(size_t i, kvp_object **gone)
   kvp_object *o = so_arr[i].o;
 
   so_arr[i].o = NULL;
-  so_private -= o->is_private != 0;
   so_holes++;
   o->hnext = *gone;
   *gone = o;
@@ -156,7 +154,6 @@ static CK_RV insert(kvp_session *s, kvp_object **objs, size_t n, CK_OBJECT_HANDL
     set_bool(o, CKA_TOKEN, CK_FALSE);
     ph[kind - 1] = o->handle;
     so_arr[so_len++] = (sessobj){.handle = o->handle, .o = o, .owner = s->handle};
-    so_private += o->is_private != 0;
   }
   pthread_mutex_unlock(&so_lock);
   return CKR_OK;

@@ -12,6 +12,8 @@
  *    through kvp11 and are gone when the kvp11 session closes.
  */
 #include <dlfcn.h>
+#include <pthread.h>
+#include <stdatomic.h>
 
 #include "core/status.h"
 #include "front_fixture.h"
@@ -527,6 +529,84 @@ static void test_private_session_certificate_no_login(void)
   EVP_PKEY_free(k);
 }
 
+/* Another thread makes and destroys session certificates on its own session. */
+typedef struct churn {
+  const unsigned char *der;
+  size_t len;
+  atomic_int done;
+  int failures;
+} churn;
+
+static void *churn_run(void *arg)
+{
+  churn *c = arg;
+  CK_SESSION_HANDLE s;
+  CK_OBJECT_HANDLE prev = CK_INVALID_HANDLE;
+  CK_ATTRIBUTE t[] = {
+      {CKA_CLASS, &c_cert, sizeof(c_cert)},
+      {CKA_CERTIFICATE_TYPE, &x509, sizeof(x509)},
+      {CKA_VALUE, (void *)c->der, (CK_ULONG)c->len},
+      {CKA_ID, "churn", 5},
+  };
+
+  if (f->C_OpenSession(slot_plain, CKF_SERIAL_SESSION, NULL, NULL, &s) != CKR_OK) {
+    c->failures++;
+    atomic_store(&c->done, 1);
+    return NULL;
+  }
+  for (int i = 0; i < 400; i++) {
+    CK_OBJECT_HANDLE h;
+    if (f->C_CreateObject(s, t, 4, &h) != CKR_OK)
+      c->failures++;
+    else if (i % 2 == 1 && f->C_DestroyObject(s, prev) != CKR_OK)
+      c->failures++;
+    prev = h;
+  }
+  f->C_CloseSession(s); /* the rest go with it */
+  atomic_store(&c->done, 1);
+  return NULL;
+}
+
+/* Searches on one thread while another makes and destroys session objects:
+ * every search gives handles in rising order, each one at most once. */
+static void test_search_concurrent(void)
+{
+  EVP_PKEY *k = EVP_EC_gen("P-256");
+  churn c = {.len = 0};
+  unsigned char *der = make_cert_for(k, "Churn Partner", &c.len);
+  CK_ATTRIBUTE by_id[] = {{CKA_ID, "churn", 5}};
+  CK_SESSION_HANDLE s;
+  pthread_t th;
+  int searches = 0, ordered = 1, calls_ok = 1;
+
+  c.der = der;
+  CU_ASSERT_EQUAL_FATAL(f->C_OpenSession(slot_plain, CKF_SERIAL_SESSION, NULL, NULL, &s), CKR_OK);
+  CU_ASSERT_EQUAL_FATAL(pthread_create(&th, NULL, churn_run, &c), 0);
+  while (!atomic_load(&c.done) || searches == 0) {
+    CK_OBJECT_HANDLE got[3], last = 0;
+    CK_ULONG n;
+    CK_RV rv = f->C_FindObjectsInit(s, by_id, 1);
+    while (rv == CKR_OK && (rv = f->C_FindObjects(s, got, 3, &n)) == CKR_OK && n > 0)
+      for (CK_ULONG i = 0; i < n; i++) {
+        ordered &= got[i] > last;
+        last = got[i];
+      }
+    calls_ok &= rv == CKR_OK && f->C_FindObjectsFinal(s) == CKR_OK;
+    searches++;
+  }
+  pthread_join(th, NULL);
+  CU_ASSERT(calls_ok);
+  CU_ASSERT(ordered);
+  CU_ASSERT_EQUAL(c.failures, 0);
+  {
+    CK_OBJECT_HANDLE got[8];
+    CU_ASSERT_EQUAL(find(s, by_id, 1, got, 8), 0); /* gone with the other session */
+  }
+  f->C_CloseSession(s);
+  OPENSSL_free(der);
+  EVP_PKEY_free(k);
+}
+
 int main(void)
 {
   CU_pSuite s;
@@ -539,6 +619,7 @@ int main(void)
               test_session_certificate);
   CU_add_test(s, "a search while session objects come and go", test_search_while_changing);
   CU_add_test(s, "a search over 300 session objects, some destroyed meanwhile", test_search_many);
+  CU_add_test(s, "searches while another thread makes and destroys", test_search_concurrent);
   CU_add_test(s, "private session certificate: only when logged in", test_private_session_certificate);
   CU_add_test(s, "private session certificate on a token without login",
               test_private_session_certificate_no_login);

@@ -474,7 +474,8 @@ static CK_RV existing_object_prohibited(kvp_session *s, CK_OBJECT_HANDLE h)
 CK_RV C_CreateObject(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount,
                      CK_OBJECT_HANDLE_PTR phObject)
 {
-  WITH_SESSION(FN_CreateObject, hSession, kvp_create_object(s, pTemplate, ulCount, phObject));
+  WITH_SESSION(FN_CreateObject, hSession,
+               kvp_sessobj_create_object(s, pTemplate, ulCount, phObject));
 }
 
 CK_RV C_CopyObject(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,

@@ -339,8 +339,7 @@ struct kvp_find {
   CK_OBJECT_HANDLE pending[3 * FIND_BATCH];
   CK_ULONG n_tmpl;
   CK_ATTRIBUTE *tmpl;     /* a copy of the application's template, in this block */
-  CK_OBJECT_HANDLE sess_after; /* session objects (sessobj.c) come first: the last one given */
-  int sess_done;
+  kvp_sessobj_cursor sess; /* session objects (sessobj.c) come first */
 };
 
 static const CK_ATTRIBUTE *tmpl_attr(const CK_ATTRIBUTE *t, CK_ULONG n, CK_ATTRIBUTE_TYPE type)
@@ -482,13 +481,8 @@ CK_RV kvp_find_next(kvp_session *s, CK_OBJECT_HANDLE_PTR ph, CK_ULONG max, CK_UL
   CK_ULONG n = 0;
   CK_RV rv = CKR_OK;
 
-  while (n < max && !f->sess_done) {
-    CK_OBJECT_HANDLE h = kvp_sessobj_next(s, f->tmpl, f->n_tmpl, f->sess_after);
-    if (h == CK_INVALID_HANDLE)
-      f->sess_done = 1;
-    else
-      ph[n++] = f->sess_after = h;
-  }
+  if (!f->sess.done)
+    n = kvp_sessobj_find(s, &f->sess, f->tmpl, f->n_tmpl, ph, max);
   while (n < max) {
     if (f->next_pending < f->n_pending) {
       ph[n++] = f->pending[f->next_pending++];

@@ -226,6 +226,12 @@ static inline int kvp_is_sessobj(CK_OBJECT_HANDLE h)
 {
   return (h & KVP_SESSOBJ_BIT) != 0;
 }
+/* C_CreateObject: kvp_create_object, but for a private session certificate
+ * (CKA_PRIVATE true, CKA_TOKEN false or absent), refused with
+ * CKR_USER_NOT_LOGGED_IN while a token with CKF_LOGIN_REQUIRED is logged out,
+ * and made private (seen only while logged in) otherwise. */
+CK_RV kvp_sessobj_create_object(kvp_session *s, CK_ATTRIBUTE_PTR t, CK_ULONG n,
+                                CK_OBJECT_HANDLE_PTR ph);
 /* A session certificate from a checked template (CKA_VALUE, optional CKA_LABEL / CKA_ID). */
 CK_RV kvp_sessobj_add_cert(kvp_session *s, const CK_ATTRIBUTE *value, const CK_ATTRIBUTE *label,
                            const CK_ATTRIBUTE *id, CK_OBJECT_HANDLE *ph);
@@ -236,10 +242,17 @@ CK_RV kvp_sessobj_add_keypair(kvp_session *s, kvp_key *key, const char *account,
 /* Look up and reference a session object visible to s. */
 CK_RV kvp_sessobj_get(kvp_session *s, CK_OBJECT_HANDLE h, kvp_object **out);
 CK_RV kvp_sessobj_destroy(kvp_session *s, CK_OBJECT_HANDLE h);
-/* The first session object with a handle above after that s sees and tmpl
- * matches; CK_INVALID_HANDLE when none. */
-CK_OBJECT_HANDLE kvp_sessobj_next(kvp_session *s, const CK_ATTRIBUTE *tmpl, CK_ULONG n,
-                                  CK_OBJECT_HANDLE after);
+/* Where a search is among the session objects (zeroed at C_FindObjectsInit). */
+typedef struct kvp_sessobj_cursor {
+  CK_OBJECT_HANDLE after; /* the last handle given */
+  int done;               /* the end was reached: no session object is given any more */
+  int open;               /* private objects visible logged out: 0 not asked, 1 yes, -1 no */
+} kvp_sessobj_cursor;
+/* Up to max more handles of session objects s sees and tmpl matches, in
+ * handle (creation) order after c->after, into out; their count. Sets c->done
+ * when it reaches the last object with room left. */
+CK_ULONG kvp_sessobj_find(kvp_session *s, kvp_sessobj_cursor *c, const CK_ATTRIBUTE *tmpl,
+                          CK_ULONG n, CK_OBJECT_HANDLE *out, CK_ULONG max);
 /* The session closed: its objects go (no lock of the front held). */
 void kvp_sessobj_session_closed(CK_SESSION_HANDLE owner);
 /* C_Finalize, or a forked child (forked: no call into any backend). */

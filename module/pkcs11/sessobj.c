@@ -16,12 +16,24 @@
  * (KVP_SESSOBJ_BIT), then a creation number << 2 | kind, so they never equal
  * a token object's (row id << 2 | kind) and are never used twice.
  *
- * Locks: so_lock guards the list only; it is taken last (after g.lock is
- * released) and nothing is called with it held but reference counting.
- * Objects leave the list here and are freed (their backend key closed) after
- * so_lock is dropped, when their last reference goes.
+ * A search (kvp_sessobj_find) keeps the last handle it gave and goes on from
+ * there by binary search: one pass over the session objects, whatever the
+ * number of C_FindObjects calls. The rule while objects come and go (kept
+ * from the first version, tested by test_front_sessobj): session objects come
+ * first, in creation order; one made during the search is given unless the
+ * search already passed the end of the session objects (a C_FindObjects call
+ * that reached it with room left); one destroyed before it was given is not
+ * given; whether an object is seen (login) and matches is decided by the
+ * C_FindObjects call that reaches it.
+ *
+ * Locks: so_lock guards the array only; it is taken last (after g.lock is
+ * released) and nothing is called with it held but reference counting and
+ * the template match. Objects leave the array here and are freed (their
+ * backend key closed) after so_lock is dropped, when their last reference
+ * goes.
  */
 #include "pkcs11/internal.h"
+#include "pkcs11/login.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -33,16 +45,70 @@
 #include "core/util.h"
 
 typedef struct sessobj {
-  kvp_object *o;
+  CK_OBJECT_HANDLE handle;  /* kept when the object goes: the array stays sorted */
+  kvp_object *o;            /* NULL: gone (a hole until the next compaction) */
   CK_SESSION_HANDLE owner;
-  CK_OBJECT_HANDLE group; /* handle without kind: a certificate and its public key share it */
-  struct sessobj *next;
 } sessobj;
 
+/*
+ * The objects, in handle order: a new object's handle is above every other
+ * (creation numbers only grow), so it is appended, and a handle is found by
+ * binary search. An object that goes leaves a hole (o NULL, handle kept);
+ * the holes are squeezed out once they are half the array.
+ */
 static pthread_mutex_t so_lock = PTHREAD_MUTEX_INITIALIZER;
-static sessobj *so_head;                 /* in handle order: appended at so_tail */
-static sessobj **so_tail = &so_head;
+static sessobj *so_arr;
+static size_t so_len, so_cap, so_holes;
 static CK_OBJECT_HANDLE so_next = 1;     /* creation number of the next object */
+
+/* The first index whose handle is h or above (so_len when none). */
+static size_t lower_bound_locked(CK_OBJECT_HANDLE h)
+{
+  size_t lo = 0, hi = so_len;
+
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (so_arr[mid].handle < h)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
+/* Take the object at i out (chained on *gone through hnext, unused outside the cache). */
+static void remove_at_locked(size_t i, kvp_object **gone)
+{
+  kvp_object *o = so_arr[i].o;
+
+  so_arr[i].o = NULL;
+  so_holes++;
+  o->hnext = *gone;
+  *gone = o;
+}
+
+static void compact_locked(void)
+{
+  size_t j = 0;
+
+  if (so_holes * 2 <= so_len && so_holes < so_len)
+    return;
+  for (size_t i = 0; i < so_len; i++)
+    if (so_arr[i].o != NULL)
+      so_arr[j++] = so_arr[i];
+  so_len = j;
+  so_holes = 0;
+  if (so_len == 0) {
+    free(so_arr);
+    so_arr = NULL;
+    so_cap = 0;
+  }
+}
+
+/* Set by kvp_sessobj_create_object around its call of kvp_create_object
+ * (provision.c), whose session certificate ends in kvp_sessobj_add_cert on
+ * the same thread: that certificate is private (CKA_PRIVATE true). */
+static _Thread_local int so_make_private;
 
 /* Set a CK_BBOOL attribute the object was made with. */
 static void set_bool(kvp_object *o, CK_ATTRIBUTE_TYPE t, CK_BBOOL v)
@@ -52,41 +118,42 @@ static void set_bool(kvp_object *o, CK_ATTRIBUTE_TYPE t, CK_BBOOL v)
       memcpy(o->attrs[i].value, &v, sizeof(v));
 }
 
-/* Take objs[0..n) (made by kvp_objects_from_rec) into the list as owner's,
+/* Take objs[0..n) (made by kvp_objects_from_rec) into the array as owner's,
  * under one new creation number; *ph[k] gets the handle of kind k + 1. */
 static CK_RV insert(kvp_session *s, kvp_object **objs, size_t n, CK_OBJECT_HANDLE ph[3])
 {
-  sessobj *e[3] = {NULL, NULL, NULL};
+  kvp_object *by_kind[3] = {NULL, NULL, NULL};
   CK_OBJECT_HANDLE group;
 
   for (size_t i = 0; i < n; i++)
-    if ((e[i] = calloc(1, sizeof(*e[i]))) == NULL) {
-      for (size_t j = 0; j < i; j++)
-        free(e[j]);
-      return CKR_HOST_MEMORY;
-    }
+    by_kind[(objs[i]->handle & 3) - 1] = objs[i];
   pthread_mutex_lock(&so_lock);
   if (__atomic_load_n(&s->closed, __ATOMIC_ACQUIRE)) {
     /* closed by another thread meanwhile: its objects were dropped (under
      * so_lock, after closed was set), these would outlive it */
     pthread_mutex_unlock(&so_lock);
-    for (size_t i = 0; i < n; i++)
-      free(e[i]);
     return CKR_SESSION_CLOSED;
   }
+  if (so_len + n > so_cap) {
+    size_t cap = so_cap ? so_cap * 2 : 64;
+    sessobj *a = cap >= so_len + n ? realloc(so_arr, cap * sizeof(*a)) : NULL;
+    if (a == NULL) {
+      pthread_mutex_unlock(&so_lock);
+      return kvp_fail(CKR_HOST_MEMORY, "session objects: out of memory");
+    }
+    so_arr = a;
+    so_cap = cap;
+  }
   group = KVP_SESSOBJ_BIT | (so_next++ << 2);
-  for (size_t i = 0; i < n; i++) {
-    kvp_object *o = objs[i];
-    int kind = (int)(o->handle & 3);
+  for (int kind = 1; kind <= 3; kind++) { /* in handle order */
+    kvp_object *o = by_kind[kind - 1];
+    if (o == NULL)
+      continue;
     o->handle = group | (CK_OBJECT_HANDLE)kind;
     o->row_id = 0;
     set_bool(o, CKA_TOKEN, CK_FALSE);
     ph[kind - 1] = o->handle;
-    e[i]->o = o;
-    e[i]->owner = s->handle;
-    e[i]->group = group;
-    *so_tail = e[i];
-    so_tail = &e[i]->next;
+    so_arr[so_len++] = (sessobj){.handle = o->handle, .o = o, .owner = s->handle};
   }
   pthread_mutex_unlock(&so_lock);
   return CKR_OK;
@@ -106,9 +173,11 @@ CK_RV kvp_sessobj_add_cert(kvp_session *s, const CK_ATTRIBUTE *value, const CK_A
   CK_OBJECT_HANDLE h[3] = {0, 0, 0};
   char err[KVP_ERRLEN] = "", name[256] = "";
   size_t n = 0;
+  int priv = so_make_private;
   CK_RV rv;
   int rc;
 
+  so_make_private = 0; /* this certificate's alone */
   memset(&rec, 0, sizeof(rec));
   rc = kvp_cert_fill_rec(value->pValue, value->ulValueLen, &rec, err, sizeof(err));
   if (rc != KVP_OK)
@@ -123,12 +192,17 @@ CK_RV kvp_sessobj_add_cert(kvp_session *s, const CK_ATTRIBUTE *value, const CK_A
   rec.ckid = id != NULL ? (unsigned char *)id->pValue : NULL;
   rec.ckid_len = id != NULL ? id->ulValueLen : 0;
   rv = kvp_objects_from_rec(&rec, s->slot, kvp_g.backends, kvp_g.n_backends, objs, &n);
+  for (size_t i = 0; rv == CKR_OK && priv && i < n; i++) {
+    /* its public key object too: nothing of it shows while the token is logged out */
+    set_bool(objs[i], CKA_PRIVATE, CK_TRUE);
+    objs[i]->is_private = 1;
+  }
   if (rv == CKR_OK && (rv = insert(s, objs, n, h)) != CKR_OK)
     free_objects(objs, n);
   if (rv == CKR_OK) {
     *ph = h[KVP_OBJ_CERT - 1];
-    KVP_INFO("session %lu: session certificate '%s' (%s) created (in memory, not registered)",
-             (unsigned long)s->handle, name, rec.subject);
+    KVP_INFO("session %lu: %ssession certificate '%s' (%s) created (in memory, not registered)",
+             (unsigned long)s->handle, priv ? "private " : "", name, rec.subject);
   }
   free(rec.der);
   free(rec.subject);
@@ -180,38 +254,81 @@ CK_RV kvp_sessobj_add_keypair(kvp_session *s, kvp_key *key, const char *account,
 }
 
 /* May s see o? Same token; a private object only when that token is logged in. */
-static int visible_to(const kvp_session *s, const kvp_object *o, int logged_in)
-{
-  return o->slot == s->slot && (!o->is_private || logged_in);
-}
+/*
+ * What a session sees: objects of its token; a private one (CKA_PRIVATE
+ * true) only when the token is logged in, or when it has no login
+ * (CKF_LOGIN_REQUIRED off: PKCS#11 2.40 treats every session of such a token
+ * as the user's). Whether the token has a login is a registry query
+ * (login.c), asked only when a private object is met while logged out, and
+ * never with so_lock held.
+ */
+typedef struct view {
+  CK_SLOT_ID slot;
+  int logged_in;
+  int *open;   /* private objects visible logged out: 0 not asked yet, 1 yes, -1 no */
+} view;
 
-static int slot_logged_in(CK_SLOT_ID slot)
+static view view_of(const kvp_session *s, int *open)
 {
+  view v = {.slot = s->slot, .open = open};
   kvp_slot *sl;
-  int ok;
 
   pthread_rwlock_rdlock(&kvp_g.lock);
-  sl = kvp_slot_locked(slot);
-  ok = sl != NULL && sl->logged_in;
+  sl = kvp_slot_locked(s->slot);
+  v.logged_in = sl != NULL && sl->logged_in;
   pthread_rwlock_unlock(&kvp_g.lock);
-  return ok;
+  return v;
+}
+
+/* 1: v sees o; 0: not; -1: not known until view_ask (o is private, the token logged out). */
+static int sees(const view *v, const kvp_object *o)
+{
+  if (o->slot != v->slot)
+    return 0;
+  if (!o->is_private || v->logged_in)
+    return 1;
+  return *v->open == 0 ? -1 : *v->open > 0;
+}
+
+/* Ask whether the token has a login (no lock held). */
+static void view_ask(view *v)
+{
+  if (*v->open == 0)
+    *v->open = kvp_slot_login_required(v->slot) ? -1 : 1;
+}
+
+/* The object of handle h, referenced, whatever its visibility; NULL when none. */
+static kvp_object *lookup(CK_OBJECT_HANDLE h)
+{
+  kvp_object *o = NULL;
+  size_t i;
+
+  pthread_mutex_lock(&so_lock);
+  i = lower_bound_locked(h);
+  if (i < so_len && so_arr[i].handle == h && (o = so_arr[i].o) != NULL)
+    atomic_fetch_add(&o->refs, 1);
+  pthread_mutex_unlock(&so_lock);
+  return o;
 }
 
 CK_RV kvp_sessobj_get(kvp_session *s, CK_OBJECT_HANDLE h, kvp_object **out)
 {
-  int logged_in = slot_logged_in(s->slot);
-  kvp_object *o = NULL;
+  int open = 0;
+  view v = view_of(s, &open);
+  kvp_object *o = lookup(h);
+  int ok;
   CK_RV rv;
 
-  pthread_mutex_lock(&so_lock);
-  for (sessobj *e = so_head; e != NULL && o == NULL; e = e->next)
-    if (e->o->handle == h && visible_to(s, e->o, logged_in)) {
-      o = e->o;
-      atomic_fetch_add(&o->refs, 1);
-    }
-  pthread_mutex_unlock(&so_lock);
   if (o == NULL)
     return CKR_OBJECT_HANDLE_INVALID;
+  if ((ok = sees(&v, o)) < 0) {
+    view_ask(&v);
+    ok = sees(&v, o);
+  }
+  if (!ok) {
+    kvp_object_put(o);
+    return CKR_OBJECT_HANDLE_INVALID;
+  }
   if ((rv = kvp_object_ready(o)) != CKR_OK) {
     kvp_object_put(o);
     return rv;
@@ -220,55 +337,58 @@ CK_RV kvp_sessobj_get(kvp_session *s, CK_OBJECT_HANDLE h, kvp_object **out)
   return CKR_OK;
 }
 
-CK_OBJECT_HANDLE kvp_sessobj_next(kvp_session *s, const CK_ATTRIBUTE *tmpl, CK_ULONG n,
-                                  CK_OBJECT_HANDLE after)
+CK_ULONG kvp_sessobj_find(kvp_session *s, kvp_sessobj_cursor *c, const CK_ATTRIBUTE *tmpl,
+                          CK_ULONG n, CK_OBJECT_HANDLE *out, CK_ULONG max)
 {
-  int logged_in = slot_logged_in(s->slot);
-  CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+  view v = view_of(s, &c->open);
+  CK_OBJECT_HANDLE from = c->after + 1; /* the next handle to look at */
+  CK_ULONG got = 0;
+  size_t i;
+  int ask;
 
-  pthread_mutex_lock(&so_lock);
-  for (sessobj *e = so_head; e != NULL && h == CK_INVALID_HANDLE; e = e->next)
-    if (e->o->handle > after && visible_to(s, e->o, logged_in) && kvp_object_match(e->o, tmpl, n))
-      h = e->o->handle;
-  pthread_mutex_unlock(&so_lock);
-  return h;
-}
-
-/* Unlink the entries that match (owner, or group when group != 0); chain them on *gone. */
-static void unlink_locked(CK_SESSION_HANDLE owner, CK_OBJECT_HANDLE group, sessobj **gone)
-{
-  sessobj **pp = &so_head;
-
-  while (*pp != NULL) {
-    sessobj *e = *pp;
-    if (group != 0 ? e->group == group : e->owner == owner) {
-      *pp = e->next;
-      e->next = *gone;
-      *gone = e;
-    } else {
-      pp = &e->next;
+  do {
+    ask = 0;
+    pthread_mutex_lock(&so_lock);
+    for (i = lower_bound_locked(from); i < so_len && got < max; i++) {
+      kvp_object *o = so_arr[i].o;
+      int ok = o != NULL ? sees(&v, o) : 0;
+      if (ok < 0) {
+        from = so_arr[i].handle; /* look at it again once asked */
+        ask = 1;
+        break;
+      }
+      if (ok && kvp_object_match(o, tmpl, n))
+        out[got++] = c->after = so_arr[i].handle;
     }
-  }
-  so_tail = &so_head;
-  while (*so_tail != NULL)
-    so_tail = &(*so_tail)->next;
+    /* the end reached with room left: the session objects of this search are done */
+    c->done = !ask && i >= so_len && got < max;
+    pthread_mutex_unlock(&so_lock);
+    if (ask)
+      view_ask(&v);
+  } while (ask);
+  return got;
 }
 
-static void release(sessobj *gone)
+/* Take out the live objects with handles lo..hi, only o when o != NULL; their count. */
+static size_t remove_range_locked(CK_OBJECT_HANDLE lo, CK_OBJECT_HANDLE hi, const kvp_object *o,
+                                  kvp_object **gone)
 {
-  while (gone != NULL) {
-    sessobj *next = gone->next;
-    kvp_object_put(gone->o);
-    free(gone);
-    gone = next;
-  }
+  size_t n = 0;
+
+  for (size_t i = lower_bound_locked(lo); i < so_len && so_arr[i].handle <= hi; i++)
+    if (so_arr[i].o != NULL && (o == NULL || so_arr[i].o == o)) {
+      remove_at_locked(i, gone);
+      n++;
+    }
+  compact_locked();
+  return n;
 }
 
 CK_RV kvp_sessobj_destroy(kvp_session *s, CK_OBJECT_HANDLE h)
 {
-  kvp_object *o = NULL;
-  sessobj *gone = NULL;
+  kvp_object *o = NULL, *gone = NULL;
   const kvp_attr *d;
+  size_t n;
   CK_RV rv = kvp_sessobj_get(s, h, &o);
 
   if (rv != CKR_OK)
@@ -282,51 +402,111 @@ CK_RV kvp_sessobj_destroy(kvp_session *s, CK_OBJECT_HANDLE h)
     return rv;
   }
   pthread_mutex_lock(&so_lock);
-  if (o->cls == CKO_CERTIFICATE) {
-    unlink_locked(0, h & ~(CK_OBJECT_HANDLE)3, &gone); /* with its public key */
-  } else {
-    for (sessobj **pp = &so_head; *pp != NULL; pp = &(*pp)->next)
-      if ((*pp)->o == o) {
-        gone = *pp;
-        *pp = gone->next;
-        gone->next = NULL;
-        break;
-      }
-    for (so_tail = &so_head; *so_tail != NULL; so_tail = &(*so_tail)->next)
-      ;
-  }
+  if (o->cls == CKO_CERTIFICATE) /* with its public key */
+    n = remove_range_locked(h & ~(CK_OBJECT_HANDLE)3, h | 3, NULL, &gone);
+  else
+    n = remove_range_locked(h, h, o, &gone);
   pthread_mutex_unlock(&so_lock);
   kvp_object_put(o);
-  if (gone == NULL)
+  if (n == 0)
     return CKR_OBJECT_HANDLE_INVALID; /* destroyed by another thread meanwhile */
-  release(gone);
+  kvp_cache_release(gone);
   return CKR_OK;
 }
 
 void kvp_sessobj_session_closed(CK_SESSION_HANDLE owner)
 {
-  sessobj *gone = NULL;
+  kvp_object *gone = NULL;
 
   pthread_mutex_lock(&so_lock);
-  unlink_locked(owner, 0, &gone);
+  for (size_t i = 0; i < so_len; i++)
+    if (so_arr[i].o != NULL && so_arr[i].owner == owner)
+      remove_at_locked(i, &gone);
+  compact_locked();
   pthread_mutex_unlock(&so_lock);
-  release(gone);
+  kvp_cache_release(gone);
 }
 
 void kvp_sessobj_clear(int forked)
 {
-  sessobj *gone;
+  kvp_object *gone = NULL;
 
   if (forked) {
     /* the parent's lock state and backend sessions are not ours: forget them */
     pthread_mutex_init(&so_lock, NULL);
-    for (sessobj *e = so_head; e != NULL; e = e->next)
-      e->o->key = NULL; /* never call into the HSM module from the child */
+    for (size_t i = 0; i < so_len; i++)
+      if (so_arr[i].o != NULL)
+        so_arr[i].o->key = NULL; /* never call into the HSM module from the child */
   }
   pthread_mutex_lock(&so_lock);
-  gone = so_head;
-  so_head = NULL;
-  so_tail = &so_head;
+  for (size_t i = 0; i < so_len; i++)
+    if (so_arr[i].o != NULL)
+      remove_at_locked(i, &gone);
+  compact_locked();
   pthread_mutex_unlock(&so_lock);
-  release(gone);
+  kvp_cache_release(gone);
+}
+
+/* The attribute type of t when given once, with size bytes; NULL otherwise
+ * (*given counts how often it is given). */
+static const CK_ATTRIBUTE *one_attr(const CK_ATTRIBUTE *t, CK_ULONG n, CK_ATTRIBUTE_TYPE type,
+                                    CK_ULONG size, int *given)
+{
+  const CK_ATTRIBUTE *a = NULL;
+
+  *given = 0;
+  for (CK_ULONG i = 0; i < n; i++)
+    if (t[i].type == type) {
+      a = &t[i];
+      (*given)++;
+    }
+  return *given == 1 && a->pValue != NULL && a->ulValueLen == size ? a : NULL;
+}
+
+/* t asks for a private session certificate: CKA_CLASS CKO_CERTIFICATE, CKA_PRIVATE
+ * true, CKA_TOKEN false or absent, each well formed and given once. */
+static int private_session_cert(const CK_ATTRIBUTE *t, CK_ULONG n)
+{
+  const CK_ATTRIBUTE *cls, *priv, *tok;
+  int given;
+
+  if ((cls = one_attr(t, n, CKA_CLASS, sizeof(CK_OBJECT_CLASS), &given)) == NULL ||
+      *(const CK_OBJECT_CLASS *)cls->pValue != CKO_CERTIFICATE)
+    return 0;
+  if ((priv = one_attr(t, n, CKA_PRIVATE, sizeof(CK_BBOOL), &given)) == NULL ||
+      *(const CK_BBOOL *)priv->pValue == CK_FALSE)
+    return 0;
+  tok = one_attr(t, n, CKA_TOKEN, sizeof(CK_BBOOL), &given);
+  return given == 0 || (tok != NULL && *(const CK_BBOOL *)tok->pValue == CK_FALSE);
+}
+
+CK_RV kvp_sessobj_create_object(kvp_session *s, CK_ATTRIBUTE_PTR t, CK_ULONG n,
+                                CK_OBJECT_HANDLE_PTR ph)
+{
+  CK_ATTRIBUTE *rest;
+  CK_ULONG k = 0;
+  int open = 0;
+  view v;
+  CK_RV rv;
+
+  if (t == NULL || ph == NULL || !private_session_cert(t, n))
+    return kvp_create_object(s, t, n, ph); /* its checks and errors, as for any template */
+  v = view_of(s, &open);
+  if (!v.logged_in)
+    view_ask(&v);
+  if (!v.logged_in && open < 0)
+    return kvp_fail(CKR_USER_NOT_LOGGED_IN,
+                    "C_CreateObject: a private session certificate (CKA_PRIVATE true) needs "
+                    "C_Login first: the token has CKF_LOGIN_REQUIRED");
+  /* provision.c checks the rest as for a public one; CKA_PRIVATE is ours */
+  if ((rest = malloc(n * sizeof(*rest))) == NULL)
+    return kvp_fail(CKR_HOST_MEMORY, "C_CreateObject: out of memory");
+  for (CK_ULONG i = 0; i < n; i++)
+    if (t[i].type != CKA_PRIVATE)
+      rest[k++] = t[i];
+  so_make_private = 1;
+  rv = kvp_create_object(s, rest, k, ph);
+  so_make_private = 0;
+  free(rest);
+  return rv;
 }

@@ -135,10 +135,12 @@ static void test_bad_templates(void)
   memcpy(t, base, sizeof(t));
   t[1].pValue = &attr_cert;
   CU_ASSERT_EQUAL(f->C_CreateObject(rw, t, 5, &h), CKR_ATTRIBUTE_VALUE_INVALID);
-  /* (CKA_TOKEN false makes a session object: test_front_sessobj.c) */
+  /* (CKA_TOKEN false makes a session object, private ones too: test_front_sessobj.c);
+   * a token certificate is never private */
   memcpy(t, base, sizeof(t));
-  t[4].type = CKA_PRIVATE;
-  t[4].pValue = &yes;
+  t[2].type = CKA_PRIVATE;
+  t[2].pValue = &yes;
+  t[2].ulValueLen = sizeof(yes);
   CU_ASSERT_EQUAL(f->C_CreateObject(rw, t, 5, &h), CKR_ATTRIBUTE_VALUE_INVALID);
   memcpy(t, base, sizeof(t));
   t[4].type = CKA_TRUSTED;

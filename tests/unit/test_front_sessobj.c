@@ -12,6 +12,8 @@
  *    through kvp11 and are gone when the kvp11 session closes.
  */
 #include <dlfcn.h>
+#include <pthread.h>
+#include <stdatomic.h>
 
 #include "core/status.h"
 #include "front_fixture.h"
@@ -19,17 +21,33 @@
 static CK_OBJECT_CLASS c_cert = CKO_CERTIFICATE, c_pub = CKO_PUBLIC_KEY;
 static CK_CERTIFICATE_TYPE x509 = CKC_X_509;
 static CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
-static CK_SLOT_ID slot_vault;
+static CK_SLOT_ID slot_vault, slot_locked;
+
+#define GATE_TOKEN "kvp11-gate"
+#define GATE_PIN "4321"
 
 static int suite_init(void)
 {
-  int rc = fixture_init("front_sessobj",
-                        "[vault kv]\nurl = https://127.0.0.1:1/\nauth = managed-identity\n\n"
-                        "[account vkeys]\nlabel = vkeys\ndefault_store = vault:kv\n");
-  if (rc != 0)
+  char conf[1200];
+  int rc;
+
+  /* "locked": its key store takes the application's PIN (no pin_file), so the
+   * token says CKF_LOGIN_REQUIRED; the HSM module is loaded at the first use,
+   * after its token is made below */
+  snprintf(conf, sizeof(conf),
+           "[vault kv]\nurl = https://127.0.0.1:1/\nauth = managed-identity\n\n"
+           "[account vkeys]\nlabel = vkeys\ndefault_store = vault:kv\n\n"
+           "[hsm gate]\nmodule = %s\ntoken_label = " GATE_TOKEN "\n\n"
+           "[account locked]\nlabel = locked\ndefault_store = hsm:gate\n",
+           getenv("KVP11_SOFTHSM_MODULE") != NULL ? getenv("KVP11_SOFTHSM_MODULE") : "");
+  if ((rc = fixture_init("front_sessobj", conf)) != 0)
     return rc;
+  if (!run("softhsm2-util --init-token --free --label " GATE_TOKEN " --pin " GATE_PIN
+           " --so-pin 12345678 >/dev/null"))
+    return 1;
   slot_vault = slot_by_label("vkeys");
-  return slot_vault == (CK_SLOT_ID)-1;
+  slot_locked = slot_by_label("locked");
+  return slot_vault == (CK_SLOT_ID)-1 || slot_locked == (CK_SLOT_ID)-1;
 }
 
 static int suite_clean(void)
@@ -270,6 +288,325 @@ static void test_generate_session_hsm(void)
   f->C_CloseSession(other);
 }
 
+/* A session certificate with CKA_ID id and label label on session s (its handle). */
+static CK_OBJECT_HANDLE make_sess_cert(CK_SESSION_HANDLE s, const unsigned char *der, size_t len,
+                                       const char *id, const char *label, CK_BBOOL *priv)
+{
+  CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+  CK_ATTRIBUTE t[] = {
+      {CKA_CLASS, &c_cert, sizeof(c_cert)},
+      {CKA_CERTIFICATE_TYPE, &x509, sizeof(x509)},
+      {CKA_VALUE, (void *)der, (CK_ULONG)len},
+      {CKA_ID, (void *)id, (CK_ULONG)strlen(id)},
+      {CKA_LABEL, (void *)label, (CK_ULONG)strlen(label)},
+      {CKA_PRIVATE, priv, sizeof(*priv)},
+  };
+  CU_ASSERT_EQUAL(f->C_CreateObject(s, t, priv != NULL ? 6 : 5, &h), CKR_OK);
+  return h;
+}
+
+static CK_ULONG find_more(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE *out, CK_ULONG max)
+{
+  CK_ULONG n = 0;
+  CU_ASSERT_EQUAL(f->C_FindObjects(s, out, max, &n), CKR_OK);
+  return n;
+}
+
+/*
+ * The rule a search follows while session objects come and go: session
+ * objects come first, in creation order; one made during the search is
+ * given if the search has not yet passed the end of the session objects (a
+ * C_FindObjects call that reached the end with room left); one destroyed
+ * before it was given is not given.
+ */
+static void test_search_while_changing(void)
+{
+  EVP_PKEY *k = EVP_EC_gen("P-256");
+  size_t len = 0;
+  unsigned char *der = make_cert_for(k, "Moving Partner", &len);
+  CK_SESSION_HANDLE a, b;
+  CK_OBJECT_HANDLE c[8], got[8];
+  CK_ATTRIBUTE t[] = {{CKA_CLASS, &c_cert, sizeof(c_cert)}, {CKA_ID, "moving", 6}};
+
+  CU_ASSERT_EQUAL_FATAL(f->C_OpenSession(slot_plain, CKF_SERIAL_SESSION, NULL, NULL, &a), CKR_OK);
+  CU_ASSERT_EQUAL_FATAL(f->C_OpenSession(slot_plain, CKF_SERIAL_SESSION, NULL, NULL, &b), CKR_OK);
+  for (int i = 0; i < 3; i++)
+    c[i] = make_sess_cert(a, der, len, "moving", "moving", NULL);
+  CU_ASSERT_EQUAL_FATAL(f->C_FindObjectsInit(b, t, 2), CKR_OK);
+  CU_ASSERT_EQUAL_FATAL(find_more(b, got, 1), 1);
+  CU_ASSERT_EQUAL(got[0], c[0]);
+  /* c[1] goes before it is given; c[3] comes: given, after c[2] */
+  CU_ASSERT_EQUAL(f->C_DestroyObject(a, c[1]), CKR_OK);
+  c[3] = make_sess_cert(a, der, len, "moving", "moving", NULL);
+  CU_ASSERT_EQUAL_FATAL(find_more(b, got, 2), 2); /* exactly full: the end is not passed yet */
+  CU_ASSERT_EQUAL(got[0], c[2]);
+  CU_ASSERT_EQUAL(got[1], c[3]);
+  c[4] = make_sess_cert(a, der, len, "moving", "moving", NULL);
+  CU_ASSERT_EQUAL_FATAL(find_more(b, got, 8), 1); /* room left: the end is passed */
+  CU_ASSERT_EQUAL(got[0], c[4]);
+  c[5] = make_sess_cert(a, der, len, "moving", "moving", NULL);
+  CU_ASSERT_EQUAL(find_more(b, got, 8), 0); /* made after the end was passed: not given */
+  CU_ASSERT_EQUAL(f->C_FindObjectsFinal(b), CKR_OK);
+  /* a new search gives the five left */
+  CU_ASSERT_EQUAL(find(b, t, 2, got, 8), 5);
+  f->C_CloseSession(a);
+  CU_ASSERT_EQUAL(find(b, t, 2, got, 8), 0);
+  f->C_CloseSession(b);
+  OPENSSL_free(der);
+  EVP_PKEY_free(k);
+}
+
+/* Many session objects, searched a few at a time while every third one not
+ * yet given is destroyed: each one left is given once, in creation order. */
+static void test_search_many(void)
+{
+  enum { N = 300 };
+  EVP_PKEY *k = EVP_EC_gen("P-256");
+  size_t len = 0;
+  unsigned char *der = make_cert_for(k, "Many Partners", &len);
+  CK_SESSION_HANDLE s;
+  CK_OBJECT_HANDLE made[N], got[7];
+  int gone[N] = {0}, next = 0, given = 0, destroyed = 0;
+  CK_ATTRIBUTE t[] = {{CKA_CLASS, &c_cert, sizeof(c_cert)}, {CKA_ID, "many", 4}};
+  CK_ULONG n;
+
+  CU_ASSERT_EQUAL_FATAL(f->C_OpenSession(slot_plain, CKF_SERIAL_SESSION, NULL, NULL, &s), CKR_OK);
+  for (int i = 0; i < N; i++) {
+    char label[16];
+    snprintf(label, sizeof(label), "many%d", i);
+    made[i] = make_sess_cert(s, der, len, "many", label, NULL);
+  }
+  CU_ASSERT_EQUAL_FATAL(f->C_FindObjectsInit(s, t, 2), CKR_OK);
+  while ((n = find_more(s, got, 7)) > 0) {
+    for (CK_ULONG j = 0; j < n; j++) {
+      while (next < N && gone[next])
+        next++;
+      CU_ASSERT_FATAL(next < N);
+      CU_ASSERT_EQUAL(got[j], made[next]);
+      next++;
+      given++;
+    }
+    /* destroy every third of those not given yet */
+    for (int i = next; i < N; i += 3)
+      if (!gone[i]) {
+        CU_ASSERT_EQUAL(f->C_DestroyObject(s, made[i]), CKR_OK);
+        gone[i] = 1;
+        destroyed++;
+        break;
+      }
+  }
+  CU_ASSERT_EQUAL(f->C_FindObjectsFinal(s), CKR_OK);
+  CU_ASSERT_EQUAL(given + destroyed, N);
+  CU_ASSERT(destroyed > 0);
+  /* the handles left still resolve; the destroyed ones do not */
+  for (int i = 0; i < N; i++) {
+    CK_ATTRIBUTE a = {CKA_TOKEN, NULL, 0};
+    CU_ASSERT_EQUAL(f->C_GetAttributeValue(s, made[i], &a, 1),
+                    gone[i] ? CKR_OBJECT_HANDLE_INVALID : CKR_OK);
+  }
+  f->C_CloseSession(s);
+  OPENSSL_free(der);
+  EVP_PKEY_free(k);
+}
+
+static CK_FLAGS token_flags(CK_SLOT_ID slot)
+{
+  CK_TOKEN_INFO ti;
+  CU_ASSERT_EQUAL_FATAL(f->C_GetTokenInfo(slot, &ti), CKR_OK);
+  return ti.flags;
+}
+
+static CK_RV attr_rv(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h)
+{
+  CK_ATTRIBUTE a = {CKA_LABEL, NULL, 0};
+  return f->C_GetAttributeValue(s, h, &a, 1);
+}
+
+/*
+ * CKA_PRIVATE true on a session certificate (PKCS#11 2.40 4.4, 5.7): on a
+ * token with CKF_LOGIN_REQUIRED it is made only once the user is logged in
+ * (else CKR_USER_NOT_LOGGED_IN), and while the token is logged out no search
+ * finds it (nor its public key object) and its handles are
+ * CKR_OBJECT_HANDLE_INVALID. Logging in again shows it again.
+ */
+static void test_private_session_certificate(void)
+{
+  EVP_PKEY *k = EVP_EC_gen("P-256");
+  size_t len = 0;
+  unsigned char *der = make_cert_for(k, "Private Partner", &len);
+  CK_SESSION_HANDLE a, b;
+  CK_OBJECT_HANDLE h = CK_INVALID_HANDLE, hpub = CK_INVALID_HANDLE, got[8];
+  CK_ATTRIBUTE by_id[] = {{CKA_ID, "secret", 6}};
+  CK_ATTRIBUTE pub_by_id[] = {{CKA_ID, "secret", 6}, {CKA_CLASS, &c_pub, sizeof(c_pub)}};
+  CK_ATTRIBUTE certs[] = {{CKA_CLASS, &c_cert, sizeof(c_cert)}};
+  CK_ATTRIBUTE priv_certs[] = {{CKA_CLASS, &c_cert, sizeof(c_cert)},
+                               {CKA_PRIVATE, &yes, sizeof(yes)}};
+  CK_ATTRIBUTE t[] = {
+      {CKA_CLASS, &c_cert, sizeof(c_cert)}, {CKA_CERTIFICATE_TYPE, &x509, sizeof(x509)},
+      {CKA_VALUE, der, (CK_ULONG)len},      {CKA_ID, "secret", 6},
+      {CKA_PRIVATE, &yes, sizeof(yes)},     {CKA_TOKEN, &no, sizeof(no)},
+  };
+  int rows = count_rows();
+
+  CU_ASSERT((token_flags(slot_locked) & CKF_LOGIN_REQUIRED) != 0);
+  CU_ASSERT_EQUAL_FATAL(f->C_OpenSession(slot_locked, CKF_SERIAL_SESSION, NULL, NULL, &a), CKR_OK);
+  CU_ASSERT_EQUAL_FATAL(f->C_OpenSession(slot_locked, CKF_SERIAL_SESSION, NULL, NULL, &b), CKR_OK);
+  /* logged out: refused (CKA_TOKEN absent or false alike); a public one is made */
+  CU_ASSERT_EQUAL(f->C_CreateObject(a, t, 6, &h), CKR_USER_NOT_LOGGED_IN);
+  CU_ASSERT_EQUAL(f->C_CreateObject(a, t, 5, &h), CKR_USER_NOT_LOGGED_IN);
+  CU_ASSERT_EQUAL(find(b, by_id, 1, got, 8), 0);
+  (void)make_sess_cert(a, der, len, "open", "open", &no);
+
+  CU_ASSERT_EQUAL_FATAL(f->C_Login(a, CKU_USER, (CK_UTF8CHAR_PTR)GATE_PIN, 4), CKR_OK);
+  CU_ASSERT_EQUAL_FATAL(f->C_CreateObject(a, t, 6, &h), CKR_OK);
+  CU_ASSERT_EQUAL(count_rows(), rows);
+  CU_ASSERT_EQUAL(get_bool(b, h, CKA_PRIVATE), CK_TRUE);
+  CU_ASSERT_EQUAL(get_bool(b, h, CKA_TOKEN), CK_FALSE);
+  CU_ASSERT_EQUAL(find(b, by_id, 1, got, 8), 2); /* the certificate and its public key */
+  CU_ASSERT_EQUAL(find(b, priv_certs, 2, got, 8), 1);
+  CU_ASSERT_EQUAL(find(b, certs, 1, got, 8), 2);
+  CU_ASSERT_EQUAL_FATAL(find(b, pub_by_id, 2, got, 8), 1);
+  hpub = got[0];
+  CU_ASSERT_EQUAL(get_bool(b, hpub, CKA_PRIVATE), CK_TRUE);
+
+  /* logged out: not found, handles invalid, not destroyable */
+  CU_ASSERT_EQUAL(f->C_Logout(b), CKR_OK);
+  CU_ASSERT_EQUAL(find(b, by_id, 1, got, 8), 0);
+  CU_ASSERT_EQUAL(find(a, certs, 1, got, 8), 1); /* the public one only */
+  CU_ASSERT_EQUAL(attr_rv(a, h), CKR_OBJECT_HANDLE_INVALID);
+  CU_ASSERT_EQUAL(attr_rv(b, hpub), CKR_OBJECT_HANDLE_INVALID);
+  CU_ASSERT_EQUAL(f->C_DestroyObject(b, h), CKR_OBJECT_HANDLE_INVALID);
+  /* a search started logged out sees it from the first C_FindObjects after a login */
+  CU_ASSERT_EQUAL_FATAL(f->C_FindObjectsInit(b, by_id, 1), CKR_OK);
+  CU_ASSERT_EQUAL_FATAL(f->C_Login(a, CKU_USER, (CK_UTF8CHAR_PTR)GATE_PIN, 4), CKR_OK);
+  CU_ASSERT_EQUAL(find_more(b, got, 8), 2);
+  CU_ASSERT_EQUAL(f->C_FindObjectsFinal(b), CKR_OK);
+  CU_ASSERT_EQUAL(attr_rv(b, h), CKR_OK);
+  CU_ASSERT_EQUAL(attr_rv(b, hpub), CKR_OK);
+  /* destroyed while logged in; gone with its session */
+  CU_ASSERT_EQUAL(f->C_DestroyObject(b, h), CKR_OK);
+  CU_ASSERT_EQUAL(attr_rv(b, hpub), CKR_OBJECT_HANDLE_INVALID);
+  CU_ASSERT_EQUAL_FATAL(f->C_CreateObject(b, t, 6, &h), CKR_OK);
+  CU_ASSERT_EQUAL(f->C_CloseSession(b), CKR_OK);
+  CU_ASSERT_EQUAL(find(a, by_id, 1, got, 8), 0);
+  CU_ASSERT_EQUAL(f->C_CloseSession(a), CKR_OK);
+  OPENSSL_free(der);
+  EVP_PKEY_free(k);
+}
+
+/* A token without a login (CKF_LOGIN_REQUIRED off): every session is the
+ * user's, so a private session certificate is made and seen without C_Login;
+ * a private token certificate stays refused (registered certificates are public). */
+static void test_private_session_certificate_no_login(void)
+{
+  EVP_PKEY *k = EVP_EC_gen("P-256");
+  size_t len = 0;
+  unsigned char *der = make_cert_for(k, "Open Partner", &len);
+  CK_SESSION_HANDLE a, b;
+  CK_OBJECT_HANDLE h, got[8];
+  CK_ATTRIBUTE by_id[] = {{CKA_ID, "open-secret", 11}};
+  CK_ATTRIBUTE token_priv[] = {
+      {CKA_CLASS, &c_cert, sizeof(c_cert)}, {CKA_CERTIFICATE_TYPE, &x509, sizeof(x509)},
+      {CKA_VALUE, der, (CK_ULONG)len},      {CKA_LABEL, "tokpriv", 7},
+      {CKA_PRIVATE, &yes, sizeof(yes)},     {CKA_TOKEN, &yes, sizeof(yes)},
+  };
+  int rows = count_rows();
+
+  CU_ASSERT_EQUAL(token_flags(slot_plain) & CKF_LOGIN_REQUIRED, 0);
+  CU_ASSERT_EQUAL_FATAL(f->C_OpenSession(slot_plain, CKF_SERIAL_SESSION, NULL, NULL, &a), CKR_OK);
+  CU_ASSERT_EQUAL_FATAL(
+      f->C_OpenSession(slot_plain, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &b), CKR_OK);
+  h = make_sess_cert(a, der, len, "open-secret", "open-secret", &yes);
+  CU_ASSERT_NOT_EQUAL_FATAL(h, CK_INVALID_HANDLE);
+  CU_ASSERT_EQUAL(get_bool(b, h, CKA_PRIVATE), CK_TRUE);
+  CU_ASSERT_EQUAL(find(b, by_id, 1, got, 8), 2);
+  CU_ASSERT_EQUAL(f->C_CreateObject(b, token_priv, 6, &h), CKR_ATTRIBUTE_VALUE_INVALID);
+  CU_ASSERT_EQUAL(count_rows(), rows);
+  f->C_CloseSession(a);
+  CU_ASSERT_EQUAL(find(b, by_id, 1, got, 8), 0);
+  f->C_CloseSession(b);
+  OPENSSL_free(der);
+  EVP_PKEY_free(k);
+}
+
+/* Another thread makes and destroys session certificates on its own session. */
+typedef struct churn {
+  const unsigned char *der;
+  size_t len;
+  atomic_int done;
+  int failures;
+} churn;
+
+static void *churn_run(void *arg)
+{
+  churn *c = arg;
+  CK_SESSION_HANDLE s;
+  CK_OBJECT_HANDLE prev = CK_INVALID_HANDLE;
+  CK_ATTRIBUTE t[] = {
+      {CKA_CLASS, &c_cert, sizeof(c_cert)},
+      {CKA_CERTIFICATE_TYPE, &x509, sizeof(x509)},
+      {CKA_VALUE, (void *)c->der, (CK_ULONG)c->len},
+      {CKA_ID, "churn", 5},
+  };
+
+  if (f->C_OpenSession(slot_plain, CKF_SERIAL_SESSION, NULL, NULL, &s) != CKR_OK) {
+    c->failures++;
+    atomic_store(&c->done, 1);
+    return NULL;
+  }
+  for (int i = 0; i < 400; i++) {
+    CK_OBJECT_HANDLE h;
+    if (f->C_CreateObject(s, t, 4, &h) != CKR_OK)
+      c->failures++;
+    else if (i % 2 == 1 && f->C_DestroyObject(s, prev) != CKR_OK)
+      c->failures++;
+    prev = h;
+  }
+  f->C_CloseSession(s); /* the rest go with it */
+  atomic_store(&c->done, 1);
+  return NULL;
+}
+
+/* Searches on one thread while another makes and destroys session objects:
+ * every search gives handles in rising order, each one at most once. */
+static void test_search_concurrent(void)
+{
+  EVP_PKEY *k = EVP_EC_gen("P-256");
+  churn c = {.len = 0};
+  unsigned char *der = make_cert_for(k, "Churn Partner", &c.len);
+  CK_ATTRIBUTE by_id[] = {{CKA_ID, "churn", 5}};
+  CK_SESSION_HANDLE s;
+  pthread_t th;
+  int searches = 0, ordered = 1, calls_ok = 1;
+
+  c.der = der;
+  CU_ASSERT_EQUAL_FATAL(f->C_OpenSession(slot_plain, CKF_SERIAL_SESSION, NULL, NULL, &s), CKR_OK);
+  CU_ASSERT_EQUAL_FATAL(pthread_create(&th, NULL, churn_run, &c), 0);
+  while (!atomic_load(&c.done) || searches == 0) {
+    CK_OBJECT_HANDLE got[3], last = 0;
+    CK_ULONG n;
+    CK_RV rv = f->C_FindObjectsInit(s, by_id, 1);
+    while (rv == CKR_OK && (rv = f->C_FindObjects(s, got, 3, &n)) == CKR_OK && n > 0)
+      for (CK_ULONG i = 0; i < n; i++) {
+        ordered &= got[i] > last;
+        last = got[i];
+      }
+    calls_ok &= rv == CKR_OK && f->C_FindObjectsFinal(s) == CKR_OK;
+    searches++;
+  }
+  pthread_join(th, NULL);
+  CU_ASSERT(calls_ok);
+  CU_ASSERT(ordered);
+  CU_ASSERT_EQUAL(c.failures, 0);
+  {
+    CK_OBJECT_HANDLE got[8];
+    CU_ASSERT_EQUAL(find(s, by_id, 1, got, 8), 0); /* gone with the other session */
+  }
+  f->C_CloseSession(s);
+  OPENSSL_free(der);
+  EVP_PKEY_free(k);
+}
+
 int main(void)
 {
   CU_pSuite s;
@@ -280,6 +617,12 @@ int main(void)
   s = CU_add_suite("front session objects", suite_init, suite_clean);
   CU_add_test(s, "session certificate: create, find, destroy, session close",
               test_session_certificate);
+  CU_add_test(s, "a search while session objects come and go", test_search_while_changing);
+  CU_add_test(s, "a search over 300 session objects, some destroyed meanwhile", test_search_many);
+  CU_add_test(s, "searches while another thread makes and destroys", test_search_concurrent);
+  CU_add_test(s, "private session certificate: only when logged in", test_private_session_certificate);
+  CU_add_test(s, "private session certificate on a token without login",
+              test_private_session_certificate_no_login);
   CU_add_test(s, "C_GenerateKeyPair session keys on Key Vault: refused", test_generate_session_vault);
   CU_add_test(s, "C_GenerateKeyPair session keys in the HSM", test_generate_session_hsm);
   CU_basic_set_mode(CU_BRM_VERBOSE);

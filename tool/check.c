@@ -196,6 +196,11 @@ typedef struct chk_cert {
   kvp_key *key;
   EVP_PKEY *cpub;              /* the certificate's public key */
   char *fix[CHK_NFIX];         /* grant commands (Key Vault) */
+  /* Key Vault: the key as the vault reports it (read_vault_key) */
+  char kbase[256];             /* the key's name without a version */
+  const char *reg;             /* the registered version, NULL when unknown */
+  kvp_key_info info;
+  int have_info;
 } chk_cert;
 
 static void row(chk_cert *k, int result, const char *check, int with_fix, const char *fmt, ...)
@@ -465,75 +470,70 @@ static void check_list(chk_cert *k)
     row(k, R_WARN, "list", 0, "failed: %s (not needed at run time)", kvp_tool_reason(k->c->t, rv));
 }
 
-/* Key Vault: a version of the key newer than the registered one exists (a
- * rotation in the vault whose certificate is not registered yet). */
-static void check_version(chk_cert *k, const char *kname)
+/* Key Vault: the key's current version as the vault reports it, read once
+ * for the key-version and key-state rows (the opened key carries no
+ * attributes). k->reg: the registered version, NULL when unknown. */
+static void read_vault_key(chk_cert *k, const char *kname)
 {
-  kvp_key_info info = {0};
-  char base[256], when[32];
-  const char *reg = k->rec->key_version;
-  snprintf(base, sizeof(base), "%.*s", (int)strcspn(kname, "/"), kname);
-  if (!reg && strchr(kname, '/'))
-    reg = strchr(kname, '/') + 1;
-  if (!reg || !k->be->ops->key_info)
+  snprintf(k->kbase, sizeof(k->kbase), "%.*s", (int)strcspn(kname, "/"), kname);
+  k->reg = k->rec->key_version;
+  if (!k->reg && strchr(kname, '/'))
+    k->reg = strchr(kname, '/') + 1;
+  if (!k->be->ops->key_info)
     return;
   kvp_status_clear();
-  CK_RV rv = k->be->ops->key_info(k->be, base, &info);
-  if (rv == CKR_OK && info.version && strcmp(info.version, reg) != 0) {
-    kvp_tool_isotime(info.created, when);
+  k->have_info = k->be->ops->key_info(k->be, k->kbase, &k->info) == CKR_OK;
+}
+
+/* Key Vault: a version of the key newer than the registered one exists (a
+ * rotation in the vault whose certificate is not registered yet). */
+static void check_version(chk_cert *k)
+{
+  const kvp_key_info *info = &k->info;
+  char when[32];
+  if (!k->reg || !k->have_info)
+    return;
+  if (info->version && strcmp(info->version, k->reg) != 0) {
+    kvp_tool_isotime(info->created, when);
     row(k, R_WARN, "key-version", 0,
         "a newer version of key %s exists (created %s); its certificate is not registered "
         "(registered: version %s)",
-        base, info.created ? when : "at an unknown time", reg);
-  } else if (rv == CKR_OK) {
-    row(k, R_OK, "key-version", 0, "the registered version %s is the key's current one", reg);
+        k->kbase, info->created ? when : "at an unknown time", k->reg);
+  } else {
+    row(k, R_OK, "key-version", 0, "the registered version %s is the key's current one", k->reg);
   }
-  kvp_key_info_clear(&info);
 }
 
-/* Key Vault: the registered version's attributes as the vault reports them
- * (opening a registered key reads nothing: the state is checked live at each
- * operation). Returns 0 when reported, -1 when the vault gave no answer. */
-static int check_vault_key_state(chk_cert *k, const char *kname)
+/* Key Vault: the registered version's attributes as the vault reports them.
+ * The key's current version speaks for the registered one only when they are
+ * the same (check_version reports the other case). Returns 0 when reported,
+ * -1 when the vault gave no answer for it. */
+static int check_vault_key_state(chk_cert *k)
 {
-  kvp_key_info info = {0};
-  char ref[300];
+  const kvp_key_info *info = &k->info;
   const int rsa = k->key->type == KVP_KEY_RSA;
-  const char *ver = k->rec->key_version;
 
-  if (!k->be->ops->key_info)
+  if (!k->have_info || (k->reg && (!info->version || strcmp(info->version, k->reg) != 0)))
     return -1;
-  /* key_info reads the current version: it speaks for the registered one only
-   * when they are the same (check_version reports the other case) */
-  snprintf(ref, sizeof(ref), "%.*s", (int)strcspn(kname, "/"), kname);
-  if (ver == NULL && strchr(kname, '/') != NULL)
-    ver = strchr(kname, '/') + 1;
-  kvp_status_clear();
-  if (k->be->ops->key_info(k->be, ref, &info) != CKR_OK ||
-      (ver != NULL && (info.version == NULL || strcmp(info.version, ver) != 0))) {
-    kvp_key_info_clear(&info);
-    return -1;
-  }
-  if (!info.enabled)
+  if (!info->enabled)
     row(k, R_FAIL, "key-state", 0,
         "the vault does not let this key be used: disabled, outside its validity period "
         "(nbf/exp)");
-  else if (!(info.ops & KVP_KEYOP_SIGN))
+  else if (!(info->ops & KVP_KEYOP_SIGN))
     row(k, R_FAIL, "key-state", 0, "the key cannot sign: no 'sign' in its key_ops");
-  else if (rsa && !(info.ops & KVP_KEYOP_DECRYPT))
+  else if (rsa && !(info->ops & KVP_KEYOP_DECRYPT))
     row(k, R_WARN, "key-state", 0, "the key can sign but not decrypt (no 'decrypt' in its key_ops)");
   else
     row(k, R_OK, "key-state", 0, "enabled and within its validity period");
-  kvp_key_info_clear(&info);
   return 0;
 }
 
 /* The key store's view of the key: enabled, within its validity, usable. */
-static void check_key_state(chk_cert *k, const char *kname)
+static void check_key_state(chk_cert *k)
 {
   const kvp_key *key = k->key;
   int rsa = key->type == KVP_KEY_RSA;
-  if (k->vc && check_vault_key_state(k, kname) == 0)
+  if (k->vc && check_vault_key_state(k) == 0)
     return;
   if (k->vc) {
     /* The backend's can_sign is "enabled, within nbf/exp, key_ops has sign";
@@ -631,9 +631,11 @@ static void check_private(chk_cert *k, chk_stores *stores, const char *kname, in
     check_list(k); /* the token works: 'list' is a permission of its own */
   if (opened <= 0)
     return;
-  if (k->vc)
-    check_version(k, kname);
-  check_key_state(k, kname);
+  if (k->vc) {
+    read_vault_key(k, kname);
+    check_version(k);
+  }
+  check_key_state(k);
   check_match(k);
   if (k->be->ops->needs_login && k->be->ops->needs_login(k->be)) {
     row(k, R_WARN, "sign", 0,
@@ -672,6 +674,7 @@ static void check_cert(chk_ctx *c, chk_stores *stores, const kvp_cert_rec *rec)
   else
     check_validity(&k);
   EVP_PKEY_free(k.cpub);
+  kvp_key_info_clear(&k.info);
   if (k.key)
     k.be->ops->close_key(k.be, k.key);
   for (int i = 0; i < CHK_NFIX; i++)

@@ -165,6 +165,30 @@ sed -e "s|^url = .*|url = https://127.0.0.1:1|" -e 's/^max_retries = .*/max_retr
 umask 022
 CONF=$FULL
 ACCOUNTS=kv
+# emu_log: the emulator's request log since the last reset, one "EP STATUS" a line.
+emu_log() {
+  curl -sf --cacert "$KV/ca.pem" "$EMU/_emu/log" |
+    python3 -c 'import json,sys; [print(r["ep"], r["status"]) for r in json.load(sys.stdin)["requests"]]'
+}
+
+# One reading of the key for the key-version and key-state rows: a check of
+# one Key Vault certificate reads its key once after opening it (the 'list'
+# probe comes between the two). Opening reads it too while the tool opens keys
+# without the registry's hint: at most two successful key GETs in all.
+expect_ok "add vault rsa2048 alone" cert add --name rsa2048 --type private --cert "$KV/certs/rsa2048.pem" \
+  --vault emu --key rsa2048 --resource-group rg-b2b
+curl -sf --cacert "$KV/ca.pem" -X POST -H 'Content-Type: application/json' -d '{}' "$EMU/_emu/reset" >/dev/null ||
+  fail "emulator: reset the counters"
+check_run "vault: one certificate" 0
+for c in token get list key-version key-state sign decrypt; do row rsa2048 "$c" ok; done
+emu_log >"$T/emu.log" || fail "emulator: request log"
+reads=$(awk '$1 == "list" { l = 1 } $1 == "sign" { exit } l && $1 == "get" { n++ } END { print n + 0 }' "$T/emu.log")
+[ "$reads" -eq 1 ] || { cat "$T/emu.log" >&2; fail "vault: the check read the opened key $reads times (want 1)"; }
+gets=$(grep -c '^get 200$' "$T/emu.log")
+[ "$gets" -le 2 ] || { cat "$T/emu.log" >&2; fail "vault: $gets successful key GETs (want at most 2)"; }
+ok "a check of one Key Vault certificate reads its key once after opening it"
+expect_ok "remove vault rsa2048" cert remove rsa2048 --account kv --yes
+
 for k in rsa2048 p256; do
   expect_ok "add vault $k" cert add --name "$k" --type private --cert "$KV/certs/$k.pem" \
     --vault emu --key "$k" --resource-group rg-b2b

@@ -216,6 +216,21 @@ static void row(chk_cert *k, int result, const char *check, int with_fix, const 
           with_fix && k->vc ? k->fix : NULL, detail);
 }
 
+/* The row of a sign or decrypt the key store refused or failed: the reason
+ * the backend recorded; when the application lacks the vault permission for
+ * op, the commands that grant it. */
+static void op_failed(chk_cert *k, const char *op, CK_RV rv)
+{
+  const char *why = kvp_tool_reason(k->c->t, rv);
+  char lacks[64];
+  snprintf(lacks, sizeof(lacks), "lacks the '%s' permission", op);
+  if (rv == CKR_KEY_FUNCTION_NOT_PERMITTED && k->vc && strstr(why, lacks))
+    row(k, R_FAIL, op, 1, "refused: the application lacks the '%s' permission on the vault", op);
+  else
+    row(k, R_FAIL, op, 0, "%s: %s", rv == CKR_KEY_FUNCTION_NOT_PERMITTED ? "refused" : "failed",
+        why);
+}
+
 static void check_sign(chk_cert *k)
 {
   kvp_key *key = k->key;
@@ -252,18 +267,8 @@ static void check_sign(chk_cert *k)
       row(k, R_FAIL, "sign", 0,
           "the key store signed, but the signature does not verify with the certificate's "
           "public key");
-  } else if (rv == CKR_KEY_FUNCTION_NOT_PERMITTED && k->vc &&
-             (kvp_status_reason() ? strstr(kvp_status_reason(), "lacks the 'sign' permission") != NULL
-                                  : key->can_sign)) {
-    row(k, R_FAIL, "sign", 1, "refused: the application lacks the 'sign' permission on the vault");
-  } else if (rv == CKR_KEY_FUNCTION_NOT_PERMITTED) {
-    row(k, R_FAIL, "sign", 0, "refused: %s",
-        kvp_status_reason() ? kvp_status_reason()
-        : k->vc ? "the key does not allow signing: disabled, outside its validity period, or "
-                  "no 'sign' in its key_ops"
-                : "the key does not allow signing: CKA_SIGN is false");
   } else {
-    row(k, R_FAIL, "sign", 0, "failed: %s", kvp_tool_reason(k->c->t, rv));
+    op_failed(k, "sign", rv);
   }
 }
 
@@ -304,16 +309,8 @@ static void check_decrypt(chk_cert *k)
     row(k, R_FAIL, "decrypt", 0,
         "the key store cannot decrypt what the certificate's public key encrypted: %s",
         kvp_tool_reason(k->c->t, rv));
-  else if (rv == CKR_KEY_FUNCTION_NOT_PERMITTED && k->vc && key->can_decrypt)
-    row(k, R_FAIL, "decrypt", 1,
-        "refused: the application lacks the 'decrypt' permission on the vault");
-  else if (rv == CKR_KEY_FUNCTION_NOT_PERMITTED)
-    row(k, R_FAIL, "decrypt", 0, "refused: %s",
-        kvp_status_reason() ? kvp_status_reason()
-        : k->vc ? "the key does not allow decryption: disabled, or no 'decrypt' in its key_ops"
-                : "the key does not allow decryption: CKA_DECRYPT is false");
   else
-    row(k, R_FAIL, "decrypt", 0, "failed: %s", kvp_tool_reason(k->c->t, rv));
+    op_failed(k, "decrypt", rv);
 out:
   OPENSSL_cleanse(plain, sizeof(plain));
   if (out)
@@ -401,7 +398,6 @@ static int check_open(chk_cert *k, const char *kname)
   const char *kind = k->vc ? "vault" : "hsm";
   const char *tok_ok = k->vc ? "the vault answers; an access token was obtained"
                              : "the token answers; the session is open";
-  unsigned long tok_before = k->vc ? kvp_keyvault_token_requests(k->be) : 0;
   kvp_status_clear();
   CK_RV rv = k->be->ops->open_key(k->be, kname, &k->key);
 
@@ -429,27 +425,16 @@ static int check_open(chk_cert *k, const char *kname)
   if (rv == CKR_KEY_FUNCTION_NOT_PERMITTED && k->vc) {
     /* the vault answered with a token accepted: only reading the key was refused */
     row(k, R_OK, "token", 0, "%s", tok_ok);
-    row(k, R_FAIL, "get", 1, "refused reading key '%s': %s", kname,
-        kvp_status_reason() ? kvp_status_reason()
-                            : "the application lacks the 'get' permission, or the vault's "
-                              "firewall refuses it");
+    row(k, R_FAIL, "get", 1, "refused reading key '%s': %s", kname, kvp_tool_reason(t, rv));
     return 0;
   }
   /* the store itself is not usable: the backend's reason says why (no
    * answer, no token, wrong secret, module, token or PIN) */
-  if (!kvp_status_reason() && k->vc && rv == CKR_DEVICE_ERROR) {
-    /* a backend that records no reason yet: tell token from transport */
-    if (kvp_keyvault_token_requests(k->be) == tok_before)
-      row(k, R_FAIL, "token", 0, "the vault %s is unreachable or answered with an error%s",
-          k->vc->url, kvp_tool_loghint(t));
-    else
-      row(k, R_FAIL, "token", 0, "no access token could be obtained for client '%s', or the "
-          "vault refused it%s", k->vc->client_id ? k->vc->client_id : "-", kvp_tool_loghint(t));
-    return -1;
-  }
-  row(k, R_FAIL, "token", 0, "%s: %s",
-      k->vc ? "cannot use the vault" : "cannot use the HSM (module, token or PIN)",
-      kvp_tool_reason(t, rv));
+  if (k->vc)
+    row(k, R_FAIL, "token", 0, "cannot use the vault at %s: %s", k->vc->url, kvp_tool_reason(t, rv));
+  else
+    row(k, R_FAIL, "token", 0, "cannot use the HSM (module, token or PIN): %s",
+        kvp_tool_reason(t, rv));
   return -1;
 }
 

@@ -455,9 +455,10 @@ static void check_list(chk_cert *k)
     row(k, R_WARN, "list", 0, "failed: %s (not needed at run time)", kvp_tool_reason(k->c->t, rv));
 }
 
-/* Key Vault: the key's current version as the vault reports it, read once
- * for the key-version and key-state rows (the opened key carries no
- * attributes). k->reg: the registered version, NULL when unknown. */
+/* Key Vault: the key's current version as the vault reports it (version,
+ * creation time, enabled, key_ops), read once for both the key-version and the
+ * key-state row; the opened key tells only whether it can sign and decrypt
+ * now. k->reg: the registered version, NULL when unknown. */
 static void read_vault_key(chk_cert *k, const char *kname)
 {
   snprintf(k->kbase, sizeof(k->kbase), "%.*s", (int)strcspn(kname, "/"), kname);

@@ -196,6 +196,11 @@ typedef struct chk_cert {
   kvp_key *key;
   EVP_PKEY *cpub;              /* the certificate's public key */
   char *fix[CHK_NFIX];         /* grant commands (Key Vault) */
+  /* Key Vault: the key as the vault reports it (read_vault_key) */
+  char kbase[256];             /* the key's name without a version */
+  const char *reg;             /* the registered version, NULL when unknown */
+  kvp_key_info info;
+  int have_info;
 } chk_cert;
 
 static void row(chk_cert *k, int result, const char *check, int with_fix, const char *fmt, ...)
@@ -209,6 +214,21 @@ static void row(chk_cert *k, int result, const char *check, int with_fix, const 
   va_end(ap);
   add_res(k->c, result, k->rec->account, k->rec->name, k->store, check,
           with_fix && k->vc ? k->fix : NULL, detail);
+}
+
+/* The row of a sign or decrypt the key store refused or failed: the reason
+ * the backend recorded; when the application lacks the vault permission for
+ * op, the commands that grant it. */
+static void op_failed(chk_cert *k, const char *op, CK_RV rv)
+{
+  const char *why = kvp_tool_reason(k->c->t, rv);
+  char lacks[64];
+  snprintf(lacks, sizeof(lacks), "lacks the '%s' permission", op);
+  if (rv == CKR_KEY_FUNCTION_NOT_PERMITTED && k->vc && strstr(why, lacks))
+    row(k, R_FAIL, op, 1, "refused: the application lacks the '%s' permission on the vault", op);
+  else
+    row(k, R_FAIL, op, 0, "%s: %s", rv == CKR_KEY_FUNCTION_NOT_PERMITTED ? "refused" : "failed",
+        why);
 }
 
 static void check_sign(chk_cert *k)
@@ -247,18 +267,8 @@ static void check_sign(chk_cert *k)
       row(k, R_FAIL, "sign", 0,
           "the key store signed, but the signature does not verify with the certificate's "
           "public key");
-  } else if (rv == CKR_KEY_FUNCTION_NOT_PERMITTED && k->vc &&
-             (kvp_status_reason() ? strstr(kvp_status_reason(), "lacks the 'sign' permission") != NULL
-                                  : key->can_sign)) {
-    row(k, R_FAIL, "sign", 1, "refused: the application lacks the 'sign' permission on the vault");
-  } else if (rv == CKR_KEY_FUNCTION_NOT_PERMITTED) {
-    row(k, R_FAIL, "sign", 0, "refused: %s",
-        kvp_status_reason() ? kvp_status_reason()
-        : k->vc ? "the key does not allow signing: disabled, outside its validity period, or "
-                  "no 'sign' in its key_ops"
-                : "the key does not allow signing: CKA_SIGN is false");
   } else {
-    row(k, R_FAIL, "sign", 0, "failed: %s", kvp_tool_reason(k->c->t, rv));
+    op_failed(k, "sign", rv);
   }
 }
 
@@ -299,16 +309,8 @@ static void check_decrypt(chk_cert *k)
     row(k, R_FAIL, "decrypt", 0,
         "the key store cannot decrypt what the certificate's public key encrypted: %s",
         kvp_tool_reason(k->c->t, rv));
-  else if (rv == CKR_KEY_FUNCTION_NOT_PERMITTED && k->vc && key->can_decrypt)
-    row(k, R_FAIL, "decrypt", 1,
-        "refused: the application lacks the 'decrypt' permission on the vault");
-  else if (rv == CKR_KEY_FUNCTION_NOT_PERMITTED)
-    row(k, R_FAIL, "decrypt", 0, "refused: %s",
-        kvp_status_reason() ? kvp_status_reason()
-        : k->vc ? "the key does not allow decryption: disabled, or no 'decrypt' in its key_ops"
-                : "the key does not allow decryption: CKA_DECRYPT is false");
   else
-    row(k, R_FAIL, "decrypt", 0, "failed: %s", kvp_tool_reason(k->c->t, rv));
+    op_failed(k, "decrypt", rv);
 out:
   OPENSSL_cleanse(plain, sizeof(plain));
   if (out)
@@ -396,7 +398,6 @@ static int check_open(chk_cert *k, const char *kname)
   const char *kind = k->vc ? "vault" : "hsm";
   const char *tok_ok = k->vc ? "the vault answers; an access token was obtained"
                              : "the token answers; the session is open";
-  unsigned long tok_before = k->vc ? kvp_keyvault_token_requests(k->be) : 0;
   kvp_status_clear();
   CK_RV rv = k->be->ops->open_key(k->be, kname, &k->key);
 
@@ -424,27 +425,16 @@ static int check_open(chk_cert *k, const char *kname)
   if (rv == CKR_KEY_FUNCTION_NOT_PERMITTED && k->vc) {
     /* the vault answered with a token accepted: only reading the key was refused */
     row(k, R_OK, "token", 0, "%s", tok_ok);
-    row(k, R_FAIL, "get", 1, "refused reading key '%s': %s", kname,
-        kvp_status_reason() ? kvp_status_reason()
-                            : "the application lacks the 'get' permission, or the vault's "
-                              "firewall refuses it");
+    row(k, R_FAIL, "get", 1, "refused reading key '%s': %s", kname, kvp_tool_reason(t, rv));
     return 0;
   }
   /* the store itself is not usable: the backend's reason says why (no
    * answer, no token, wrong secret, module, token or PIN) */
-  if (!kvp_status_reason() && k->vc && rv == CKR_DEVICE_ERROR) {
-    /* a backend that records no reason yet: tell token from transport */
-    if (kvp_keyvault_token_requests(k->be) == tok_before)
-      row(k, R_FAIL, "token", 0, "the vault %s is unreachable or answered with an error%s",
-          k->vc->url, kvp_tool_loghint(t));
-    else
-      row(k, R_FAIL, "token", 0, "no access token could be obtained for client '%s', or the "
-          "vault refused it%s", k->vc->client_id ? k->vc->client_id : "-", kvp_tool_loghint(t));
-    return -1;
-  }
-  row(k, R_FAIL, "token", 0, "%s: %s",
-      k->vc ? "cannot use the vault" : "cannot use the HSM (module, token or PIN)",
-      kvp_tool_reason(t, rv));
+  if (k->vc)
+    row(k, R_FAIL, "token", 0, "cannot use the vault at %s: %s", k->vc->url, kvp_tool_reason(t, rv));
+  else
+    row(k, R_FAIL, "token", 0, "cannot use the HSM (module, token or PIN): %s",
+        kvp_tool_reason(t, rv));
   return -1;
 }
 
@@ -465,75 +455,71 @@ static void check_list(chk_cert *k)
     row(k, R_WARN, "list", 0, "failed: %s (not needed at run time)", kvp_tool_reason(k->c->t, rv));
 }
 
-/* Key Vault: a version of the key newer than the registered one exists (a
- * rotation in the vault whose certificate is not registered yet). */
-static void check_version(chk_cert *k, const char *kname)
+/* Key Vault: the key's current version as the vault reports it (version,
+ * creation time, enabled, key_ops), read once for both the key-version and the
+ * key-state row; the opened key tells only whether it can sign and decrypt
+ * now. k->reg: the registered version, NULL when unknown. */
+static void read_vault_key(chk_cert *k, const char *kname)
 {
-  kvp_key_info info = {0};
-  char base[256], when[32];
-  const char *reg = k->rec->key_version;
-  snprintf(base, sizeof(base), "%.*s", (int)strcspn(kname, "/"), kname);
-  if (!reg && strchr(kname, '/'))
-    reg = strchr(kname, '/') + 1;
-  if (!reg || !k->be->ops->key_info)
+  snprintf(k->kbase, sizeof(k->kbase), "%.*s", (int)strcspn(kname, "/"), kname);
+  k->reg = k->rec->key_version;
+  if (!k->reg && strchr(kname, '/'))
+    k->reg = strchr(kname, '/') + 1;
+  if (!k->be->ops->key_info)
     return;
   kvp_status_clear();
-  CK_RV rv = k->be->ops->key_info(k->be, base, &info);
-  if (rv == CKR_OK && info.version && strcmp(info.version, reg) != 0) {
-    kvp_tool_isotime(info.created, when);
+  k->have_info = k->be->ops->key_info(k->be, k->kbase, &k->info) == CKR_OK;
+}
+
+/* Key Vault: a version of the key newer than the registered one exists (a
+ * rotation in the vault whose certificate is not registered yet). */
+static void check_version(chk_cert *k)
+{
+  const kvp_key_info *info = &k->info;
+  char when[32];
+  if (!k->reg || !k->have_info)
+    return;
+  if (info->version && strcmp(info->version, k->reg) != 0) {
+    kvp_tool_isotime(info->created, when);
     row(k, R_WARN, "key-version", 0,
         "a newer version of key %s exists (created %s); its certificate is not registered "
         "(registered: version %s)",
-        base, info.created ? when : "at an unknown time", reg);
-  } else if (rv == CKR_OK) {
-    row(k, R_OK, "key-version", 0, "the registered version %s is the key's current one", reg);
+        k->kbase, info->created ? when : "at an unknown time", k->reg);
+  } else {
+    row(k, R_OK, "key-version", 0, "the registered version %s is the key's current one", k->reg);
   }
-  kvp_key_info_clear(&info);
 }
 
-/* Key Vault: the registered version's attributes as the vault reports them
- * (opening a registered key reads nothing: the state is checked live at each
- * operation). Returns 0 when reported, -1 when the vault gave no answer. */
-static int check_vault_key_state(chk_cert *k, const char *kname)
+/* Key Vault: the registered version's attributes as the vault reports them.
+ * The key's current version speaks for the registered one only when they are
+ * the same (check_version reports the other case). Returns 0 when reported,
+ * -1 when the vault gave no answer for it. */
+static int check_vault_key_state(chk_cert *k)
 {
-  kvp_key_info info = {0};
-  char ref[300];
+  const kvp_key_info *info = &k->info;
   const int rsa = k->key->type == KVP_KEY_RSA;
-  const char *ver = k->rec->key_version;
 
-  if (!k->be->ops->key_info)
+  if (!k->have_info || (k->reg && (!info->version || strcmp(info->version, k->reg) != 0)))
     return -1;
-  /* key_info reads the current version: it speaks for the registered one only
-   * when they are the same (check_version reports the other case) */
-  snprintf(ref, sizeof(ref), "%.*s", (int)strcspn(kname, "/"), kname);
-  if (ver == NULL && strchr(kname, '/') != NULL)
-    ver = strchr(kname, '/') + 1;
-  kvp_status_clear();
-  if (k->be->ops->key_info(k->be, ref, &info) != CKR_OK ||
-      (ver != NULL && (info.version == NULL || strcmp(info.version, ver) != 0))) {
-    kvp_key_info_clear(&info);
-    return -1;
-  }
-  if (!info.enabled)
+  if (!info->enabled)
     row(k, R_FAIL, "key-state", 0,
         "the vault does not let this key be used: disabled, outside its validity period "
         "(nbf/exp)");
-  else if (!(info.ops & KVP_KEYOP_SIGN))
+  else if (!(info->ops & KVP_KEYOP_SIGN))
     row(k, R_FAIL, "key-state", 0, "the key cannot sign: no 'sign' in its key_ops");
-  else if (rsa && !(info.ops & KVP_KEYOP_DECRYPT))
+  else if (rsa && !(info->ops & KVP_KEYOP_DECRYPT))
     row(k, R_WARN, "key-state", 0, "the key can sign but not decrypt (no 'decrypt' in its key_ops)");
   else
     row(k, R_OK, "key-state", 0, "enabled and within its validity period");
-  kvp_key_info_clear(&info);
   return 0;
 }
 
 /* The key store's view of the key: enabled, within its validity, usable. */
-static void check_key_state(chk_cert *k, const char *kname)
+static void check_key_state(chk_cert *k)
 {
   const kvp_key *key = k->key;
   int rsa = key->type == KVP_KEY_RSA;
-  if (k->vc && check_vault_key_state(k, kname) == 0)
+  if (k->vc && check_vault_key_state(k) == 0)
     return;
   if (k->vc) {
     /* The backend's can_sign is "enabled, within nbf/exp, key_ops has sign";
@@ -631,9 +617,11 @@ static void check_private(chk_cert *k, chk_stores *stores, const char *kname, in
     check_list(k); /* the token works: 'list' is a permission of its own */
   if (opened <= 0)
     return;
-  if (k->vc)
-    check_version(k, kname);
-  check_key_state(k, kname);
+  if (k->vc) {
+    read_vault_key(k, kname);
+    check_version(k);
+  }
+  check_key_state(k);
   check_match(k);
   if (k->be->ops->needs_login && k->be->ops->needs_login(k->be)) {
     row(k, R_WARN, "sign", 0,
@@ -672,6 +660,7 @@ static void check_cert(chk_ctx *c, chk_stores *stores, const kvp_cert_rec *rec)
   else
     check_validity(&k);
   EVP_PKEY_free(k.cpub);
+  kvp_key_info_clear(&k.info);
   if (k.key)
     k.be->ops->close_key(k.be, k.key);
   for (int i = 0; i < CHK_NFIX; i++)

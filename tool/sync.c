@@ -168,6 +168,17 @@ static const kvp_vault_conf *map_vault(const kvp_config *cfg, const kvp_ia_conf 
   return NULL;
 }
 
+/* The [vault] section that maps private entry e's Key Vault, and in ref the
+ * key reference its row gets ("keyvault:SECTION/KEY"); NULL when none maps it. */
+static const kvp_vault_conf *entry_key_ref(const sync_ctx *s, const plan *p, const ia_cert *e,
+                                           char *ref, size_t len)
+{
+  const kvp_vault_conf *vc = map_vault(s->t->cfg, p->ia, e->vault_name);
+  if (vc != NULL)
+    snprintf(ref, len, "keyvault:%s/%s", vc->name, e->key_name);
+  return vc;
+}
+
 static kvp_backend *vault_backend(sync_ctx *s, const kvp_vault_conf *vc)
 {
   for (size_t i = 0; i < s->n_vaults; i++)
@@ -192,8 +203,8 @@ static kvp_backend *vault_backend(sync_ctx *s, const kvp_vault_conf *vc)
 static const char *check_private(sync_ctx *s, const plan *p, const ia_cert *e, X509 *x,
                                  kvp_cert_rec *rec, char *why, size_t whylen)
 {
-  const kvp_vault_conf *vc = map_vault(s->t->cfg, p->ia, e->vault_name);
-  char ref[200], fc[72] = "?", fk[72] = "?";
+  char kref[300], ref[200], fc[72] = "?", fk[72] = "?";
+  const kvp_vault_conf *vc = entry_key_ref(s, p, e, kref, sizeof(kref));
   kvp_backend *be;
   kvp_key *key = NULL;
   CK_RV rv;
@@ -231,8 +242,7 @@ static const char *check_private(sync_ctx *s, const plan *p, const ia_cert *e, X
     be->ops->close_key(be, key);
     return why;
   }
-  snprintf(ref, sizeof(ref), "keyvault:%s/%s", vc->name, e->key_name);
-  rec->key_ref = strdup(ref);
+  rec->key_ref = strdup(kref);
   rec->key_version = kvp_strdup0(e->key_version ? e->key_version : key->version);
   be->ops->close_key(be, key);
   if (rec->key_ref == NULL) {
@@ -252,12 +262,27 @@ static const kvp_cert_rec *find_row(const kvp_cert_rec *rows, size_t n, const ch
   return NULL;
 }
 
-static int same_content(const kvp_cert_rec *a, const kvp_cert_rec *b)
+/*
+ * The one rule for "unchanged": the registry's row old already says what
+ * entry e asks for: the same certificate (DER), kind, key reference (the
+ * [vault] section that maps e's Key Vault, and e's key name) and, when e names
+ * one, key version. Decided from the configuration alone, with no vault
+ * request: an entry naming no version keeps the registered one (the
+ * certificate is the same, so that version still holds its key).
+ */
+static int same_content(const sync_ctx *s, const plan *p, const kvp_cert_rec *old,
+                        const ia_cert *e)
 {
-  const char *va = a->key_version ? a->key_version : "", *vb = b->key_version ? b->key_version : "";
-  return a->type == b->type && strcmp(a->sha256, b->sha256) == 0 &&
-         strcmp(a->key_ref ? a->key_ref : "", b->key_ref ? b->key_ref : "") == 0 &&
-         (strcmp(va, vb) == 0 || *va == '\0' || *vb == '\0');
+  char ref[300];
+  if (e->bad != NULL || e->der_len == 0 || old->der_len != e->der_len ||
+      memcmp(old->der, e->der, e->der_len) != 0)
+    return 0;
+  if (e->key_name == NULL)
+    return old->type == KVP_CERT_PUBLIC;
+  return old->type == KVP_CERT_PRIVATE && old->key_ref != NULL &&
+         entry_key_ref(s, p, e, ref, sizeof(ref)) != NULL && strcmp(old->key_ref, ref) == 0 &&
+         (e->key_version == NULL ||
+          (old->key_version != NULL && strcmp(old->key_version, e->key_version) == 0));
 }
 
 /* Build the row an entry asks for; NULL or the reason it cannot be used. */
@@ -304,20 +329,15 @@ static int plan_entry(sync_ctx *s, plan *p, const ia_cert *e, const kvp_cert_rec
   plan_item *it;
 
   snprintf(origin, sizeof(origin), "ia:%s", p->ia->cred.name);
-  /* unchanged rows of this origin need no key check (no vault request) */
-  if (old != NULL && e->bad == NULL && old->origin != NULL && strcmp(old->origin, origin) == 0 &&
-      old->der_len == e->der_len && memcmp(old->der, e->der, e->der_len) == 0 &&
-      (e->key_name == NULL) == (old->type == KVP_CERT_PUBLIC) &&
-      (e->key_version == NULL || (old->key_version && strcmp(old->key_version, e->key_version) == 0)))
+  /* a row of this origin, or registered by hand, that already says what the
+   * entry asks for is unchanged: no row built, no key check, no vault request */
+  if (old != NULL && (old->origin == NULL || strcmp(old->origin, origin) == 0) &&
+      same_content(s, p, old, e))
     return plan_add(p, P_SAME, e->name, old->sha256, NULL) ? 0 : -1;
   const char *bad = entry_rec(s, p, e, &rec, why, sizeof(why));
-  if (bad == NULL && old != NULL && old->origin == NULL) {
-    if (same_content(old, &rec)) {
-      kvp_cert_rec_clear(&rec);
-      return plan_add(p, P_SAME, e->name, old->sha256, NULL) ? 0 : -1;
-    }
+  if (bad == NULL && old != NULL && old->origin == NULL)
     bad = "a certificate registered by hand has this name; it is left alone";
-  } else if (bad == NULL && old != NULL && strcmp(old->origin, origin) != 0) {
+  else if (bad == NULL && old != NULL && strcmp(old->origin, origin) != 0) {
     snprintf(why, sizeof(why), "the registry's '%s' comes from %s; it is left alone", old->name,
              old->origin);
     bad = why;

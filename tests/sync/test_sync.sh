@@ -9,7 +9,7 @@
 # and 20 hosts syncing at once.
 set -euo pipefail
 TOOL=$1 MODULE=$2 P11OBJS=$3 SRC=$4 WORK=$5
-for t in node openssl curl; do
+for t in node openssl curl sqlite3; do
   command -v "$t" >/dev/null || { echo "SKIP: $t not installed"; exit 77; }
 done
 CHECKS=0
@@ -113,6 +113,14 @@ K() { "$TOOL" -c "$A/kvp11.conf" "$@"; }
 names() { K cert list --account kv --json | node -e "let s='';process.stdin.on('data',d=>s+=d).on('end',()=>console.log(JSON.parse(s).map(r=>r.name).sort().join(' ')))"; }
 rowid() { K cert show "$1" --account kv --json | node -e "let s='';process.stdin.on('data',d=>s+=d).on('end',()=>console.log(JSON.parse(s).id))"; }
 handle() { KVP11_CONF=$A/kvp11.conf "$P11OBJS" "$MODULE" "kvp11 kv" "$1" | awk '$2 == 1 {print $1}'; }
+# regrev [DIR]: the registry's change counter; rowrev NAME: the revision of one row
+# (a rewrite of a row, even with the same content, raises both).
+regrev() { sqlite3 "${1:-$A}/registry.db" "SELECT rev FROM certs_rev"; }
+rowrev() { sqlite3 "$A/registry.db" "SELECT rev FROM certs WHERE account = 'kv' AND name = '$1'"; }
+keyref() { # keyref DIR NAME: the row's key reference
+  "$TOOL" -c "$1/kvp11.conf" cert show "$2" --account kv --json |
+    node -e "let s='';process.stdin.on('data',d=>s+=d).on('end',()=>console.log(JSON.parse(s).key_ref))"
+}
 
 # ---- 1. first sync: 5 rows, visible through the module, a private one signs ----
 # (a certificate registered by hand before the first sync)
@@ -139,12 +147,15 @@ if (adds.length !== 5 || !adds.every(r => r.new_sha256 && r.new_sha256.length ==
 if (!sign || sign.result !== "CKR_OK" || !sign.request_id || sign.request_id === "-") process.exit(2);
 ' "$A/audit.log" || fail "audit records of the sync and of a Key Vault sign: $(cat "$A/audit.log")"
 ok "audit: one record per row the sync added, and the Key Vault sign names its request id"
+rev_before=$(regrev)
 out=$(K sync) || fail "second sync failed"
 echo "$out" | grep -q "0 added, 0 replaced, 0 removed, 0 skipped, 0 kept, 5 unchanged" || fail "resync: $out"
-ok "a second sync changes nothing"
+[ "$(regrev)" = "$rev_before" ] || fail "a sync without changes rewrote rows: registry rev $rev_before -> $(regrev)"
+ok "a second sync changes nothing (registry rev $rev_before unchanged)"
 
 # ---- 2. renewal, addition, deletion; --prune ----
 h_before=$(handle partner-b); id_before=$(rowid partner-b)
+for n in partner-a partner-b as2-rsa as2-ec; do eval "rev_$(echo $n | tr - _)=$(rowrev $n)"; done
 emu cert "{\"account\":\"ia1\",\"name\":\"partner-b\",\"properties\":{\"publicCertificate\":\"$(b64 partner-a2.pem)\"}}" >/dev/null
 emu cert "{\"account\":\"ia1\",\"name\":\"partner-d\",\"properties\":{\"publicCertificate\":\"$(b64 partner-d.pem)\"}}" >/dev/null
 emu uncert '{"account":"ia1","name":"partner-c"}' >/dev/null
@@ -156,6 +167,12 @@ echo "$out" | grep -q "^keep .*partner-c: gone from the integration account" || 
 [ "$(K cert show partner-b --account kv --json | grep -c "$(openssl x509 -in partner-a2.pem -outform DER | openssl dgst -sha256 -r | cut -c1-64)")" -ge 1 ] \
   || fail "partner-b was not replaced by the renewed certificate"
 ok "renewal replaced in place (row id $id_before, handle $h_before), addition added, deletion kept without --prune"
+[ "$(rowrev partner-b)" -gt "$rev_partner_b" ] || fail "the renewed partner-b was not rewritten"
+for n in partner-a as2-rsa as2-ec; do
+  v=rev_$(echo $n | tr - _)
+  [ "$(rowrev $n)" = "${!v}" ] || fail "$n has the same content but was rewritten (rev ${!v} -> $(rowrev $n))"
+done
+ok "only the renewed certificate was rewritten; the unchanged ones keep their rev"
 out=$(K sync --prune) || fail "sync --prune failed"
 echo "$out" | grep -q "1 removed" || fail "prune: $out"
 [ "$(names)" = "as2-ec as2-rsa manual1 partner-a partner-b partner-d" ] || fail "rows after prune: $(names)"
@@ -239,6 +256,11 @@ emu "certs?account=ia1" > ia-certs.json || fail "cannot read the emulator's cert
 grep -q "vaults/kvemu" ia-certs.json || fail "the published key reference lacks the vault id: $(cat ia-certs.json)"
 set +e; out=$(K publish manual1 --account kv 2>&1); rc=$?; set -e
 [ $rc -eq 1 ] && echo "$out" | grep -q "certificates/write" || fail "publish without write access: $out"
+rev_before=$(regrev "$WORK/hostAdm")
+out=$(KA sync) || fail "publisher's sync: $out"
+echo "$out" | grep -q " 0 added, 0 replaced, 0 removed, 0 skipped, 0 kept, 8 unchanged" || fail "publisher's sync: $out"
+[ "$(regrev "$WORK/hostAdm")" = "$rev_before" ] || fail "the publisher's sync rewrote rows"
+ok "rows registered by hand and published are unchanged on the publisher's next sync (not skipped, not rewritten)"
 C=$WORK/hostC
 mkconf "$C" sync
 out=$("$TOOL" -c "$C/kvp11.conf" sync) || fail "host C sync: $out"
@@ -269,5 +291,23 @@ for i in $(seq 2 20); do
 done
 [ "$(counter list)" -eq 20 ] && [ "$(counter listPage)" -eq 0 ] || fail "fleet: $(emu counters)"
 ok "20 hosts syncing at once converge; one list request each"
+
+# ---- 9. the key moved to another vault: same certificate, a new key reference ----
+D=$WORK/hostD
+mkconf "$D" sync
+sed -i 's|^vault_map = .*|vault_map = kvemu=emu, kvemu2=emu2|' "$D/kvp11.conf"
+sed -n '/^\[vault emu\]/,/^$/p' "$KVD/kvp11.conf" | sed 's/^\[vault emu\]/[vault emu2]/' >> "$D/kvp11.conf"
+"$TOOL" -c "$D/kvp11.conf" sync >/dev/null || fail "host D: first sync"
+[ "$(keyref "$D" as2-rsa)" = "keyvault:emu/rsa2048" ] || fail "host D: as2-rsa: $(keyref "$D" as2-rsa)"
+VID2=${VID%/kvemu}/kvemu2
+emu cert "{\"account\":\"ia1\",\"name\":\"as2-rsa\",\"properties\":{\"publicCertificate\":\"$(b64 "$KVD/certs/rsa2048.pem")\",\"key\":{\"keyVault\":{\"id\":\"$VID2\"},\"keyName\":\"rsa2048\"}}}" >/dev/null
+out=$("$TOOL" -c "$D/kvp11.conf" sync) || fail "host D: sync after the key moved: $out"
+echo "$out" | grep -q "0 added, 1 replaced, 0 removed, 0 skipped, 0 kept, 6 unchanged" || fail "host D: key moved: $out"
+[ "$(keyref "$D" as2-rsa)" = "keyvault:emu2/rsa2048" ] || fail "host D: as2-rsa still points at $(keyref "$D" as2-rsa)"
+rev_before=$(regrev "$D")
+out=$("$TOOL" -c "$D/kvp11.conf" sync) || fail "host D: resync: $out"
+echo "$out" | grep -q "0 replaced, 0 removed, 0 skipped, 0 kept, 7 unchanged" || fail "host D: resync: $out"
+[ "$(regrev "$D")" = "$rev_before" ] || fail "host D: the resync rewrote rows"
+ok "a certificate whose key moved to another vault is replaced with the new key reference, then unchanged"
 
 echo "$CHECKS passed, 0 failed"

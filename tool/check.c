@@ -257,7 +257,7 @@ static void check_sign(chk_cert *k)
     return;
   }
   kvp_status_clear();
-  CK_RV rv = k->be->ops->sign(k->be, key, &alg, dg, dlen, sig, &sig_len);
+  CK_RV rv = kvp_backend_sign(key, &alg, dg, dlen, sig, &sig_len);
   if (rv == CKR_OK) {
     if (verify_local(k->cpub, key->type, dg, dlen, sig, sig_len))
       row(k, R_OK, "sign", 0, "signed a random digest (%s); it verifies with the certificate's "
@@ -298,7 +298,7 @@ static void check_decrypt(chk_cert *k)
     goto out;
   }
   kvp_status_clear();
-  CK_RV rv = k->be->ops->decrypt(k->be, key, &alg, ct, (CK_ULONG)ct_len, out, &out_len);
+  CK_RV rv = kvp_backend_decrypt(key, &alg, ct, (CK_ULONG)ct_len, out, &out_len);
   if (rv == CKR_OK && out_len == sizeof(plain) && memcmp(out, plain, sizeof(plain)) == 0)
     row(k, R_OK, "decrypt", 0,
         "decrypted 32 random bytes encrypted with the certificate's public key (RSA-OAEP, "
@@ -399,7 +399,7 @@ static int check_open(chk_cert *k, const char *kname)
   const char *tok_ok = k->vc ? "the vault answers; an access token was obtained"
                              : "the token answers; the session is open";
   kvp_status_clear();
-  CK_RV rv = k->be->ops->open_key(k->be, kname, &k->key);
+  CK_RV rv = kvp_backend_open_key(k->be, kname, NULL, &k->key);
 
   if (rv == CKR_OK && k->key && k->key->pub) {
     row(k, R_OK, "token", 0, "%s", tok_ok);

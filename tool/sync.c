@@ -224,7 +224,7 @@ static const char *check_private(sync_ctx *s, const plan *p, const ia_cert *e, X
   snprintf(ref, sizeof(ref), "%s%s%s", e->key_name, e->key_version ? "/" : "",
            e->key_version ? e->key_version : "");
   kvp_status_clear();
-  rv = be->ops->open_key(be, ref, &key);
+  rv = kvp_backend_open_key(be, ref, NULL, &key);
   if (rv != CKR_OK || key == NULL || key->pub == NULL) {
     snprintf(why, whylen, "cannot read key '%s' in vault '%s': %s", ref, vc->name,
              kvp_status_reason() ? kvp_status_reason() : kvp_ckr_name(rv));

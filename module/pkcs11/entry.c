@@ -475,7 +475,7 @@ CK_RV C_CreateObject(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate, CK_
                      CK_OBJECT_HANDLE_PTR phObject)
 {
   WITH_SESSION(FN_CreateObject, hSession,
-               kvp_sessobj_create_object(s, pTemplate, ulCount, phObject));
+               kvp_create_object(s, pTemplate, ulCount, phObject));
 }
 
 CK_RV C_CopyObject(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,

@@ -226,15 +226,11 @@ static inline int kvp_is_sessobj(CK_OBJECT_HANDLE h)
 {
   return (h & KVP_SESSOBJ_BIT) != 0;
 }
-/* C_CreateObject: kvp_create_object, but for a private session certificate
- * (CKA_PRIVATE true, CKA_TOKEN false or absent), refused with
- * CKR_USER_NOT_LOGGED_IN while a token with CKF_LOGIN_REQUIRED is logged out,
- * and made private (seen only while logged in) otherwise. */
-CK_RV kvp_sessobj_create_object(kvp_session *s, CK_ATTRIBUTE_PTR t, CK_ULONG n,
-                                CK_OBJECT_HANDLE_PTR ph);
-/* A session certificate from a checked template (CKA_VALUE, optional CKA_LABEL / CKA_ID). */
+/* A session certificate from a checked template (CKA_VALUE, optional CKA_LABEL / CKA_ID).
+ * priv (CKA_PRIVATE true): seen only while the user is logged in, and refused
+ * with CKR_USER_NOT_LOGGED_IN while a token with CKF_LOGIN_REQUIRED is logged out. */
 CK_RV kvp_sessobj_add_cert(kvp_session *s, const CK_ATTRIBUTE *value, const CK_ATTRIBUTE *label,
-                           const CK_ATTRIBUTE *id, CK_OBJECT_HANDLE *ph);
+                           const CK_ATTRIBUTE *id, int priv, CK_OBJECT_HANDLE *ph);
 /* A session key pair over key (a session key of its backend; taken over, also on failure). */
 CK_RV kvp_sessobj_add_keypair(kvp_session *s, kvp_key *key, const char *account,
                               const char *key_ref, const char *label, const unsigned char *ckid,

@@ -289,8 +289,10 @@ static int part_matches(const CK_ATTRIBUTE *a, X509 *x, int part)
   return ok;
 }
 
-static CK_RV cert_from_template(const CK_ATTRIBUTE *t, CK_ULONG n, X509 **x, kvp_spki *k,
-                                EVP_PKEY **pub)
+/* token: a registry certificate (always public); else a session one, which
+ * may be private (CKA_PRIVATE true: seen only while the user is logged in). */
+static CK_RV cert_from_template(const CK_ATTRIBUTE *t, CK_ULONG n, int token, X509 **x,
+                                kvp_spki *k, EVP_PKEY **pub)
 {
   static const CK_ATTRIBUTE_TYPE allowed[] = {
       CKA_CLASS, CKA_CERTIFICATE_TYPE, CKA_TOKEN, CKA_PRIVATE, CKA_MODIFIABLE, CKA_COPYABLE,
@@ -306,8 +308,10 @@ static CK_RV cert_from_template(const CK_ATTRIBUTE *t, CK_ULONG n, X509 **x, kvp
   int present;
   CK_RV rv;
 
+  /* must_false without CKA_PRIVATE for a session certificate */
   rv = tmpl_check("C_CreateObject(CKO_CERTIFICATE)", t, n, allowed, KVP_ARRAY_SIZE(allowed),
-                  must_false, KVP_ARRAY_SIZE(must_false), NULL, 0);
+                  must_false + (token ? 0 : 1), KVP_ARRAY_SIZE(must_false) - (token ? 0 : 1),
+                  NULL, 0);
   if (rv != CKR_OK)
     return rv;
   if (id != NULL && (id->ulValueLen == 0 || id->ulValueLen > 255)) {
@@ -369,7 +373,7 @@ static CK_RV create_certificate(kvp_session *s, const CK_ATTRIBUTE *t, CK_ULONG 
   int rc;
 
   memset(&k, 0, sizeof(k));
-  rv = cert_from_template(t, n, &x, &k, &pub);
+  rv = cert_from_template(t, n, 1, &x, &k, &pub);
   if (rv != CKR_OK)
     goto out;
   if ((rv = slot_account(s, &account, NULL)) != CKR_OK)
@@ -471,13 +475,16 @@ static CK_RV create_session_certificate(kvp_session *s, const CK_ATTRIBUTE *t, C
   X509 *x = NULL;
   EVP_PKEY *pub = NULL;
   kvp_spki k;
+  int priv = 0;
   CK_RV rv;
 
   memset(&k, 0, sizeof(k));
-  rv = cert_from_template(t, n, &x, &k, &pub);
+  rv = cert_from_template(t, n, 0, &x, &k, &pub);
+  if (rv == CKR_OK)
+    rv = tmpl_bool(t, n, CKA_PRIVATE, &priv);
   if (rv == CKR_OK)
     rv = kvp_sessobj_add_cert(s, tmpl_find(t, n, CKA_VALUE), tmpl_find(t, n, CKA_LABEL),
-                              tmpl_find(t, n, CKA_ID), ph);
+                              tmpl_find(t, n, CKA_ID), priv == 1, ph);
   EVP_PKEY_free(pub);
   kvp_spki_clear(&k);
   X509_free(x);

@@ -105,11 +105,6 @@ static void compact_locked(void)
   }
 }
 
-/* Set by kvp_sessobj_create_object around its call of kvp_create_object
- * (provision.c), whose session certificate ends in kvp_sessobj_add_cert on
- * the same thread: that certificate is private (CKA_PRIVATE true). */
-static _Thread_local int so_make_private;
-
 /* Set a CK_BBOOL attribute the object was made with. */
 static void set_bool(kvp_object *o, CK_ATTRIBUTE_TYPE t, CK_BBOOL v)
 {
@@ -165,19 +160,21 @@ static void free_objects(kvp_object **objs, size_t n)
     kvp_object_put(objs[i]);
 }
 
+static CK_RV private_allowed(const kvp_session *s);
+
 CK_RV kvp_sessobj_add_cert(kvp_session *s, const CK_ATTRIBUTE *value, const CK_ATTRIBUTE *label,
-                           const CK_ATTRIBUTE *id, CK_OBJECT_HANDLE *ph)
+                           const CK_ATTRIBUTE *id, int priv, CK_OBJECT_HANDLE *ph)
 {
   kvp_cert_rec rec;
   kvp_object *objs[3];
   CK_OBJECT_HANDLE h[3] = {0, 0, 0};
   char err[KVP_ERRLEN] = "", name[256] = "";
   size_t n = 0;
-  int priv = so_make_private;
   CK_RV rv;
   int rc;
 
-  so_make_private = 0; /* this certificate's alone */
+  if (priv && (rv = private_allowed(s)) != CKR_OK)
+    return rv;
   memset(&rec, 0, sizeof(rec));
   rc = kvp_cert_fill_rec(value->pValue, value->ulValueLen, &rec, err, sizeof(err));
   if (rc != KVP_OK)
@@ -295,6 +292,22 @@ static void view_ask(view *v)
 {
   if (*v->open == 0)
     *v->open = kvp_slot_login_required(v->slot) ? -1 : 1;
+}
+
+/* A private session object may be made: the user is logged in, or the token
+ * has no login (CKF_LOGIN_REQUIRED off). */
+static CK_RV private_allowed(const kvp_session *s)
+{
+  int open = 0;
+  view v = view_of(s, &open);
+
+  if (!v.logged_in)
+    view_ask(&v);
+  if (!v.logged_in && open < 0)
+    return kvp_fail(CKR_USER_NOT_LOGGED_IN,
+                    "C_CreateObject: a private session certificate (CKA_PRIVATE true) needs "
+                    "C_Login first: the token has CKF_LOGIN_REQUIRED");
+  return CKR_OK;
 }
 
 /* The object of handle h, referenced, whatever its visibility; NULL when none. */
@@ -447,66 +460,3 @@ void kvp_sessobj_clear(int forked)
   kvp_cache_release(gone);
 }
 
-/* The attribute type of t when given once, with size bytes; NULL otherwise
- * (*given counts how often it is given). */
-static const CK_ATTRIBUTE *one_attr(const CK_ATTRIBUTE *t, CK_ULONG n, CK_ATTRIBUTE_TYPE type,
-                                    CK_ULONG size, int *given)
-{
-  const CK_ATTRIBUTE *a = NULL;
-
-  *given = 0;
-  for (CK_ULONG i = 0; i < n; i++)
-    if (t[i].type == type) {
-      a = &t[i];
-      (*given)++;
-    }
-  return *given == 1 && a->pValue != NULL && a->ulValueLen == size ? a : NULL;
-}
-
-/* t asks for a private session certificate: CKA_CLASS CKO_CERTIFICATE, CKA_PRIVATE
- * true, CKA_TOKEN false or absent, each well formed and given once. */
-static int private_session_cert(const CK_ATTRIBUTE *t, CK_ULONG n)
-{
-  const CK_ATTRIBUTE *cls, *priv, *tok;
-  int given;
-
-  if ((cls = one_attr(t, n, CKA_CLASS, sizeof(CK_OBJECT_CLASS), &given)) == NULL ||
-      *(const CK_OBJECT_CLASS *)cls->pValue != CKO_CERTIFICATE)
-    return 0;
-  if ((priv = one_attr(t, n, CKA_PRIVATE, sizeof(CK_BBOOL), &given)) == NULL ||
-      *(const CK_BBOOL *)priv->pValue == CK_FALSE)
-    return 0;
-  tok = one_attr(t, n, CKA_TOKEN, sizeof(CK_BBOOL), &given);
-  return given == 0 || (tok != NULL && *(const CK_BBOOL *)tok->pValue == CK_FALSE);
-}
-
-CK_RV kvp_sessobj_create_object(kvp_session *s, CK_ATTRIBUTE_PTR t, CK_ULONG n,
-                                CK_OBJECT_HANDLE_PTR ph)
-{
-  CK_ATTRIBUTE *rest;
-  CK_ULONG k = 0;
-  int open = 0;
-  view v;
-  CK_RV rv;
-
-  if (t == NULL || ph == NULL || !private_session_cert(t, n))
-    return kvp_create_object(s, t, n, ph); /* its checks and errors, as for any template */
-  v = view_of(s, &open);
-  if (!v.logged_in)
-    view_ask(&v);
-  if (!v.logged_in && open < 0)
-    return kvp_fail(CKR_USER_NOT_LOGGED_IN,
-                    "C_CreateObject: a private session certificate (CKA_PRIVATE true) needs "
-                    "C_Login first: the token has CKF_LOGIN_REQUIRED");
-  /* provision.c checks the rest as for a public one; CKA_PRIVATE is ours */
-  if ((rest = malloc(n * sizeof(*rest))) == NULL)
-    return kvp_fail(CKR_HOST_MEMORY, "C_CreateObject: out of memory");
-  for (CK_ULONG i = 0; i < n; i++)
-    if (t[i].type != CKA_PRIVATE)
-      rest[k++] = t[i];
-  so_make_private = 1;
-  rv = kvp_create_object(s, rest, k, ph);
-  so_make_private = 0;
-  free(rest);
-  return rv;
-}

@@ -15,47 +15,152 @@
 #include <openssl/err.h>
 #include <openssl/rsa.h>
 #include <openssl/obj_mac.h>
+#include <openssl/objects.h>
+#include <openssl/x509.h>
 
 #include "core/cert.h"
 #include "core/util.h"
 
+/* ---- hashes -----------------------------------------------------------
+ * Everything kvp11 needs to know of a hash, in one row: its OpenSSL digest,
+ * its PKCS#11 mechanism and MGF1 type, its name in log lines. */
+static const struct hash_desc {
+  kvp_hash hash;
+  const char *name;
+  const EVP_MD *(*md)(void);
+  CK_MECHANISM_TYPE ckm;
+  CK_RSA_PKCS_MGF_TYPE mgf;
+} hashes[] = {
+    {KVP_HASH_SHA1, "SHA-1", EVP_sha1, CKM_SHA_1, CKG_MGF1_SHA1},
+    {KVP_HASH_SHA224, "SHA-224", EVP_sha224, CKM_SHA224, CKG_MGF1_SHA224},
+    {KVP_HASH_SHA256, "SHA-256", EVP_sha256, CKM_SHA256, CKG_MGF1_SHA256},
+    {KVP_HASH_SHA384, "SHA-384", EVP_sha384, CKM_SHA384, CKG_MGF1_SHA384},
+    {KVP_HASH_SHA512, "SHA-512", EVP_sha512, CKM_SHA512, CKG_MGF1_SHA512},
+};
+
+static const struct hash_desc *hash_desc(kvp_hash h)
+{
+  for (size_t i = 0; i < KVP_ARRAY_SIZE(hashes); i++)
+    if (hashes[i].hash == h)
+      return &hashes[i];
+  return NULL;
+}
+
 size_t kvp_hash_len(kvp_hash h)
 {
-  switch (h) {
-  case KVP_HASH_SHA1: return 20;
-  case KVP_HASH_SHA224: return 28;
-  case KVP_HASH_SHA256: return 32;
-  case KVP_HASH_SHA384: return 48;
-  case KVP_HASH_SHA512: return 64;
-  case KVP_HASH_NONE: break;
-  }
-  return 0;
+  const struct hash_desc *d = hash_desc(h);
+  return d != NULL ? (size_t)EVP_MD_get_size(d->md()) : 0;
 }
 
 const EVP_MD *kvp_hash_md(kvp_hash h)
 {
-  switch (h) {
-  case KVP_HASH_SHA1: return EVP_sha1();
-  case KVP_HASH_SHA224: return EVP_sha224();
-  case KVP_HASH_SHA256: return EVP_sha256();
-  case KVP_HASH_SHA384: return EVP_sha384();
-  case KVP_HASH_SHA512: return EVP_sha512();
-  case KVP_HASH_NONE: break;
-  }
-  return NULL;
+  const struct hash_desc *d = hash_desc(h);
+  return d != NULL ? d->md() : NULL;
 }
 
 const char *kvp_hash_name(kvp_hash h)
 {
-  switch (h) {
-  case KVP_HASH_SHA1: return "SHA-1";
-  case KVP_HASH_SHA224: return "SHA-224";
-  case KVP_HASH_SHA256: return "SHA-256";
-  case KVP_HASH_SHA384: return "SHA-384";
-  case KVP_HASH_SHA512: return "SHA-512";
-  case KVP_HASH_NONE: break;
+  const struct hash_desc *d = hash_desc(h);
+  return d != NULL ? d->name : "none";
+}
+
+CK_MECHANISM_TYPE kvp_hash_ckm(kvp_hash h)
+{
+  const struct hash_desc *d = hash_desc(h);
+  return d != NULL ? d->ckm : CK_UNAVAILABLE_INFORMATION;
+}
+
+CK_RSA_PKCS_MGF_TYPE kvp_hash_mgf(kvp_hash h)
+{
+  const struct hash_desc *d = hash_desc(h);
+  return d != NULL ? d->mgf : 0;
+}
+
+kvp_hash kvp_hash_from_ckm(CK_MECHANISM_TYPE m)
+{
+  for (size_t i = 0; i < KVP_ARRAY_SIZE(hashes); i++)
+    if (hashes[i].ckm == m)
+      return hashes[i].hash;
+  return KVP_HASH_NONE;
+}
+
+kvp_hash kvp_hash_from_mgf(CK_RSA_PKCS_MGF_TYPE mgf)
+{
+  for (size_t i = 0; i < KVP_ARRAY_SIZE(hashes); i++)
+    if (hashes[i].mgf == mgf)
+      return hashes[i].hash;
+  return KVP_HASH_NONE;
+}
+
+/* ---- DigestInfo (RFC 8017 9.2), with OpenSSL's X509_SIG ---------------- */
+
+int kvp_digestinfo_build(kvp_hash h, const unsigned char *digest, size_t digest_len,
+                         unsigned char *out, size_t cap, size_t *out_len)
+{
+  const EVP_MD *md = kvp_hash_md(h);
+  X509_SIG *sig = NULL;
+  X509_ALGOR *alg = NULL;
+  ASN1_OCTET_STRING *dg = NULL;
+  unsigned char *der = NULL;
+  int len = 0, ok = 0;
+
+  if (md == NULL || digest_len != kvp_hash_len(h))
+    return 0;
+  ERR_set_mark();
+  sig = X509_SIG_new();
+  if (sig == NULL)
+    goto out;
+  X509_SIG_getm(sig, &alg, &dg);
+  if (!X509_ALGOR_set0(alg, OBJ_nid2obj(EVP_MD_get_type(md)), V_ASN1_NULL, NULL) ||
+      !ASN1_OCTET_STRING_set(dg, digest, (int)digest_len))
+    goto out;
+  len = i2d_X509_SIG(sig, &der);
+  if (len > 0 && (size_t)len <= cap) {
+    memcpy(out, der, (size_t)len);
+    *out_len = (size_t)len;
+    ok = 1;
   }
-  return "none";
+out:
+  OPENSSL_free(der);
+  X509_SIG_free(sig);
+  ERR_pop_to_mark();
+  return ok;
+}
+
+int kvp_digestinfo_parse(const CK_BYTE *in, CK_ULONG len, kvp_hash *hash, const CK_BYTE **digest)
+{
+  const unsigned char *p = in;
+  X509_SIG *sig;
+  const X509_ALGOR *alg = NULL;
+  const ASN1_OCTET_STRING *dg = NULL;
+  unsigned char canon[128];
+  size_t canon_len = 0;
+  int rc = -1;
+
+  if (in == NULL || len == 0 || len > sizeof(canon))
+    return -1;
+  ERR_set_mark();
+  sig = d2i_X509_SIG(NULL, &p, (long)len);
+  if (sig != NULL && p == in + len) {
+    X509_SIG_get0(sig, &alg, &dg);
+    kvp_hash h = KVP_HASH_NONE;
+    for (size_t i = 0; i < KVP_ARRAY_SIZE(hashes); i++)
+      if (OBJ_obj2nid(alg->algorithm) == EVP_MD_get_type(hashes[i].md()))
+        h = hashes[i].hash;
+    /* only the one encoding kvp_digestinfo_build makes (NULL parameters,
+     * DER): the backend signs that encoding, so it must be the caller's */
+    if (h != KVP_HASH_NONE &&
+        kvp_digestinfo_build(h, ASN1_STRING_get0_data(dg), (size_t)ASN1_STRING_length(dg), canon,
+                             sizeof(canon), &canon_len) &&
+        canon_len == len && memcmp(canon, in, len) == 0) {
+      *hash = h;
+      *digest = in + (len - kvp_hash_len(h));
+      rc = 0;
+    }
+  }
+  X509_SIG_free(sig);
+  ERR_pop_to_mark();
+  return rc;
 }
 
 EVP_PKEY_CTX *kvp_sig_ctx_new(EVP_PKEY *pub, const kvp_sig_alg *alg)

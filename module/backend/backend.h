@@ -247,6 +247,22 @@ const char *kvp_curve_name(int nid);
 size_t kvp_hash_len(kvp_hash h);
 const EVP_MD *kvp_hash_md(kvp_hash h);
 const char *kvp_hash_name(kvp_hash h);
+/* The hash's PKCS#11 mechanism (CK_UNAVAILABLE_INFORMATION for NONE) and
+ * MGF1 type (0 for NONE), and back (KVP_HASH_NONE for anything else). */
+CK_MECHANISM_TYPE kvp_hash_ckm(kvp_hash h);
+CK_RSA_PKCS_MGF_TYPE kvp_hash_mgf(kvp_hash h);
+kvp_hash kvp_hash_from_ckm(CK_MECHANISM_TYPE m);
+kvp_hash kvp_hash_from_mgf(CK_RSA_PKCS_MGF_TYPE mgf);
+/* The DER DigestInfo (RFC 8017 9.2, NULL parameters) of digest under h, in
+ * out (cap bytes); 1 on success, 0 for an unknown hash, a digest of another
+ * length or too small a buffer. */
+int kvp_digestinfo_build(kvp_hash h, const unsigned char *digest, size_t digest_len,
+                         unsigned char *out, size_t cap, size_t *out_len);
+/* 0 when in is exactly the DigestInfo kvp_digestinfo_build makes for a
+ * SHA-1/224/256/384/512 digest: *hash set and *digest pointing into in.
+ * -1 otherwise (another encoding, trailing bytes, wrong lengths, unknown
+ * OID, parameters other than NULL). */
+int kvp_digestinfo_parse(const CK_BYTE *in, CK_ULONG len, kvp_hash *hash, const CK_BYTE **digest);
 /* 1 when sig is alg's signature over digest with pub (ECDSA: r||s; RSA
  * PKCS#1 v1.5 with KVP_HASH_NONE: digest is the raw DigestInfo/input). The
  * caller's OpenSSL error queue is left as it was. */

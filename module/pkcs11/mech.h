@@ -8,22 +8,6 @@
 
 #include "backend/backend.h"
 
-/*
- * Parse a DER DigestInfo (RFC 8017 9.2) for SHA-1/224/256/384/512. On success
- * sets *hash and points *digest into in. Returns 0 on success, -1 if the input
- * is not exactly one DigestInfo of a supported hash (trailing bytes, wrong
- * lengths, unknown OID, non-NULL parameters are all refused).
- */
-int kvp_digestinfo_parse(const CK_BYTE *in, CK_ULONG len, kvp_hash *hash, const CK_BYTE **digest);
-
-/* The DER DigestInfo prefix of a hash (the bytes before the digest). */
-const CK_BYTE *kvp_digestinfo_prefix(kvp_hash hash, CK_ULONG *len);
-
-/* CKM_SHA256 -> KVP_HASH_SHA256 etc.; KVP_HASH_NONE for anything else. */
-kvp_hash kvp_hash_from_ckm(CK_MECHANISM_TYPE m);
-/* CKG_MGF1_SHA256 -> KVP_HASH_SHA256 etc.; KVP_HASH_NONE for anything else. */
-kvp_hash kvp_hash_from_mgf(CK_RSA_PKCS_MGF_TYPE mgf);
-
 /* Digest length an ECDSA signature on this curve takes (32 for P-256, 48 for
  * P-384, 64 for P-521, 32 for secp256k1); 0 for an unknown curve. */
 CK_ULONG kvp_ecdsa_digest_len(int curve_nid);

@@ -3,9 +3,9 @@
  * CKM_RSA_PKCS signing, and kvp_ecdsa_fit_digest used by CKM_ECDSA.
  *
  * Input: byte 0 picks a curve for kvp_ecdsa_fit_digest; the rest is the
- * DigestInfo / digest. Oracles: a parsed DigestInfo is exactly the prefix of
- * its hash followed by a digest of the hash's length, and the digest points
- * into the input; the ECDSA output buffer is sized exactly as documented (so
+ * DigestInfo / digest. Oracles: a parsed DigestInfo is exactly what
+ * kvp_digestinfo_build makes of its digest, and the digest points into the
+ * input (its last bytes); the ECDSA output buffer is sized exactly as documented (so
  * ASan sees any overrun) and a success fills exactly that length.
  */
 #include <stdlib.h>
@@ -30,25 +30,23 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
   if (dir == NULL)
     return 0;
   for (size_t i = 0; i < KVP_ARRAY_SIZE(hashes); i++) {
-    CK_ULONG plen = 0;
-    const CK_BYTE *prefix = kvp_digestinfo_prefix(hashes[i], &plen);
-    size_t dlen = kvp_hash_len(hashes[i]);
+    unsigned char dg[64];
+    size_t dlen = kvp_hash_len(hashes[i]), len = 0;
     char name[64];
-    if (prefix == NULL || plen + dlen + 2 > sizeof(buf))
-      exit(1);
+    memset(dg, 0xa5, sizeof(dg));
     buf[0] = (unsigned char)(i % KVP_ARRAY_SIZE(curves));
-    memcpy(buf + 1, prefix, plen);
-    memset(buf + 1 + plen, 0xa5, dlen);
+    if (!kvp_digestinfo_build(hashes[i], dg, dlen, buf + 1, sizeof(buf) - 2, &len))
+      exit(1);
     snprintf(name, sizeof(name), "digestinfo-%zu", i);
-    if (fuzz_seed(dir, name, buf, 1 + plen + dlen) != 0)
+    if (fuzz_seed(dir, name, buf, 1 + len) != 0)
       exit(1);
     /* one trailing byte too many, one digest byte too few */
-    buf[1 + plen + dlen] = 0;
+    buf[1 + len] = 0;
     snprintf(name, sizeof(name), "digestinfo-%zu-trailing", i);
-    if (fuzz_seed(dir, name, buf, 2 + plen + dlen) != 0)
+    if (fuzz_seed(dir, name, buf, 2 + len) != 0)
       exit(1);
     snprintf(name, sizeof(name), "digestinfo-%zu-short", i);
-    if (fuzz_seed(dir, name, buf, plen + dlen) != 0)
+    if (fuzz_seed(dir, name, buf, len) != 0)
       exit(1);
   }
   /* bare digests for ECDSA: 20, 32, 48, 64, 66 and 80 bytes on each curve */
@@ -87,13 +85,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
   in = copy;
 
   if (kvp_digestinfo_parse(in, len, &hash, &digest) == 0) {
-    CK_ULONG plen = 0;
-    const CK_BYTE *prefix = kvp_digestinfo_prefix(hash, &plen);
-    size_t dlen = kvp_hash_len(hash);
-    FUZZ_CHECK(hash != KVP_HASH_NONE && prefix != NULL && dlen > 0);
-    FUZZ_CHECK(len == plen + dlen);
-    FUZZ_CHECK(memcmp(in, prefix, plen) == 0);
-    FUZZ_CHECK(digest == in + plen);
+    unsigned char again[128];
+    size_t dlen = kvp_hash_len(hash), alen = 0;
+    FUZZ_CHECK(hash != KVP_HASH_NONE && dlen > 0 && len > dlen);
+    FUZZ_CHECK(digest == in + (len - dlen));
+    FUZZ_CHECK(kvp_digestinfo_build(hash, digest, dlen, again, sizeof(again), &alen));
+    FUZZ_CHECK(alen == len && memcmp(again, in, len) == 0);
   }
 
   {

@@ -17,23 +17,23 @@ static void test_digestinfo_roundtrip(void)
   const kvp_hash hashes[] = {KVP_HASH_SHA1, KVP_HASH_SHA224, KVP_HASH_SHA256, KVP_HASH_SHA384,
                              KVP_HASH_SHA512};
   for (size_t i = 0; i < sizeof(hashes) / sizeof(hashes[0]); i++) {
-    CK_BYTE buf[128];
-    CK_ULONG plen = 0;
-    const CK_BYTE *prefix = kvp_digestinfo_prefix(hashes[i], &plen);
-    size_t hlen = kvp_hash_len(hashes[i]);
+    CK_BYTE buf[128], dg[64];
+    size_t len = 0, hlen = kvp_hash_len(hashes[i]);
     const CK_BYTE *digest = NULL;
     kvp_hash got = KVP_HASH_NONE;
 
-    CU_ASSERT_PTR_NOT_NULL_FATAL(prefix);
-    memcpy(buf, prefix, plen);
     for (size_t j = 0; j < hlen; j++)
-      buf[plen + j] = (CK_BYTE)(j * 7 + i);
-    CU_ASSERT_EQUAL(kvp_digestinfo_parse(buf, plen + hlen, &got, &digest), 0);
+      dg[j] = (CK_BYTE)(j * 7 + i);
+    CU_ASSERT_FATAL(kvp_digestinfo_build(hashes[i], dg, hlen, buf, sizeof(buf) - 1, &len));
+    CU_ASSERT_EQUAL(kvp_digestinfo_build(hashes[i], dg, hlen - 1, buf, sizeof(buf), &len), 0);
+    CU_ASSERT_EQUAL(kvp_digestinfo_parse(buf, len, &got, &digest), 0);
     CU_ASSERT_EQUAL(got, hashes[i]);
-    CU_ASSERT_PTR_EQUAL(digest, buf + plen);
+    CU_ASSERT_PTR_EQUAL(digest, buf + len - hlen);
+    CU_ASSERT(memcmp(digest, dg, hlen) == 0);
     /* one byte short, one byte long */
-    CU_ASSERT_EQUAL(kvp_digestinfo_parse(buf, plen + hlen - 1, &got, &digest), -1);
-    CU_ASSERT_EQUAL(kvp_digestinfo_parse(buf, plen + hlen + 1, &got, &digest), -1);
+    CU_ASSERT_EQUAL(kvp_digestinfo_parse(buf, len - 1, &got, &digest), -1);
+    buf[len] = 0;
+    CU_ASSERT_EQUAL(kvp_digestinfo_parse(buf, len + 1, &got, &digest), -1);
   }
 }
 
@@ -66,20 +66,32 @@ static void test_digestinfo_matches_openssl(void)
 
 static void test_digestinfo_rejects(void)
 {
-  CK_BYTE buf[64] = {0};
+  CK_BYTE buf[64] = {0}, dg[32] = {0};
   const CK_BYTE *d;
   kvp_hash h;
-  CK_ULONG plen;
-  const CK_BYTE *prefix = kvp_digestinfo_prefix(KVP_HASH_SHA256, &plen);
+  size_t len = 0;
+  /* SHA-256 with the parameters left out (allowed by some verifiers): not
+   * the encoding kvp11 would sign, so not taken for a DigestInfo */
+  static const CK_BYTE no_params[] = {0x30, 0x2f, 0x30, 0x0b, 0x06, 0x09, 0x60, 0x86, 0x48,
+                                      0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x04, 0x20};
+  /* the same with a long-form length (BER, not DER) */
+  static const CK_BYTE ber_len[] = {0x30, 0x81, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48,
+                                    0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20};
 
   CU_ASSERT_EQUAL(kvp_digestinfo_parse(NULL, 0, &h, &d), -1);
   CU_ASSERT_EQUAL(kvp_digestinfo_parse(buf, 32, &h, &d), -1); /* a bare digest */
-  memcpy(buf, prefix, plen);
+  CU_ASSERT_FATAL(kvp_digestinfo_build(KVP_HASH_SHA256, dg, 32, buf, sizeof(buf), &len));
   buf[8] ^= 0x01; /* OID changed */
-  CU_ASSERT_EQUAL(kvp_digestinfo_parse(buf, plen + 32, &h, &d), -1);
-  memcpy(buf, prefix, plen);
+  CU_ASSERT_EQUAL(kvp_digestinfo_parse(buf, len, &h, &d), -1);
+  CU_ASSERT_FATAL(kvp_digestinfo_build(KVP_HASH_SHA256, dg, 32, buf, sizeof(buf), &len));
   buf[15] = 0x06; /* parameters not NULL */
-  CU_ASSERT_EQUAL(kvp_digestinfo_parse(buf, plen + 32, &h, &d), -1);
+  CU_ASSERT_EQUAL(kvp_digestinfo_parse(buf, len, &h, &d), -1);
+  memset(buf, 0, sizeof(buf));
+  memcpy(buf, no_params, sizeof(no_params));
+  CU_ASSERT_EQUAL(kvp_digestinfo_parse(buf, sizeof(no_params) + 32, &h, &d), -1);
+  memcpy(buf, ber_len, sizeof(ber_len));
+  memset(buf + sizeof(ber_len), 0, 32);
+  CU_ASSERT_EQUAL(kvp_digestinfo_parse(buf, sizeof(ber_len) + 32, &h, &d), -1);
 }
 
 static void test_hash_tables(void)

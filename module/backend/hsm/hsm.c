@@ -56,6 +56,7 @@ static CK_RV hsm_sign(kvp_backend *bep, kvp_key *key, const kvp_sig_alg *alg, co
   unsigned char buf[128];
   const CK_BYTE *in = digest;
   CK_ULONG in_len = digest_len;
+  size_t di_len = 0;
 
   switch (alg->scheme) {
   case KVP_SIG_RSA_PKCS1:
@@ -67,16 +68,17 @@ static CK_RV hsm_sign(kvp_backend *bep, kvp_key *key, const kvp_sig_alg *alg, co
     } else {
       if (kvp_hash_md(alg->hash) == NULL)
         return CKR_MECHANISM_PARAM_INVALID;
-      if (!kvp_hsm_digest_info(alg->hash, digest, digest_len, buf, sizeof(buf), &in_len))
+      if (!kvp_digestinfo_build(alg->hash, digest, digest_len, buf, sizeof(buf), &di_len))
         return CKR_DATA_LEN_RANGE;
       in = buf;
+      in_len = (CK_ULONG)di_len;
     }
     break;
   case KVP_SIG_RSA_PSS:
     if (k->key.type != KVP_KEY_RSA)
       return CKR_KEY_TYPE_INCONSISTENT;
-    pss.hashAlg = kvp_hsm_hash_mech(alg->hash);
-    pss.mgf = kvp_hsm_hash_mgf(alg->mgf1);
+    pss.hashAlg = kvp_hash_ckm(alg->hash);
+    pss.mgf = kvp_hash_mgf(alg->mgf1);
     pss.sLen = (CK_ULONG)alg->salt_len;
     if (pss.hashAlg == CK_UNAVAILABLE_INFORMATION || pss.mgf == 0)
       return CKR_MECHANISM_PARAM_INVALID;
@@ -118,8 +120,8 @@ static CK_RV hsm_decrypt(kvp_backend *bep, kvp_key *key, const kvp_dec_alg *alg,
   case KVP_DEC_RSA_PKCS1:
     break;
   case KVP_DEC_RSA_OAEP:
-    oaep.hashAlg = kvp_hsm_hash_mech(alg->hash);
-    oaep.mgf = kvp_hsm_hash_mgf(alg->mgf1);
+    oaep.hashAlg = kvp_hash_ckm(alg->hash);
+    oaep.mgf = kvp_hash_mgf(alg->mgf1);
     oaep.source = CKZ_DATA_SPECIFIED;
     oaep.pSourceData = NULL;
     oaep.ulSourceDataLen = 0;

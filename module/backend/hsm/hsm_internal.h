@@ -250,11 +250,6 @@ CK_RV kvp_hsm_check_sig(kvp_hsm_backend *be, kvp_hsm_key *k, const kvp_sig_alg *
 
 /* ---- hsm_mech.c ---- */
 
-CK_MECHANISM_TYPE kvp_hsm_hash_mech(kvp_hash h);
-CK_RSA_PKCS_MGF_TYPE kvp_hsm_hash_mgf(kvp_hash h);
-/* DER DigestInfo of a bare hash (OpenSSL's X509_SIG). 0 on a bad length. */
-int kvp_hsm_digest_info(kvp_hash h, const CK_BYTE *digest, CK_ULONG digest_len, unsigned char *out,
-                        size_t cap, CK_ULONG *out_len);
 /* RSA without padding in the HSM (CKM_RSA_X_509), OAEP removed here. */
 CK_RV kvp_hsm_decrypt_oaep_local(kvp_hsm_backend *be, kvp_hsm_key *k, const kvp_dec_alg *alg,
                                  const CK_BYTE *in, CK_ULONG in_len, CK_BYTE *out,

@@ -1,7 +1,5 @@
 /*
- * Mechanism helpers of the HSM backend: PKCS#11 names of the hashes, the
- * DER DigestInfo for CKM_RSA_PKCS signatures (built with OpenSSL's X509_SIG),
- * and OAEP decoding for HSMs that refuse an OAEP hash at C_DecryptInit
+ * Mechanism helpers of the HSM backend: OAEP decoding for HSMs that refuse an OAEP hash at C_DecryptInit
  * (SoftHSM2 2.6.1 knows SHA-1 only): the HSM then decrypts with
  * CKM_RSA_X_509 and the OAEP encoding is checked here, in constant time.
  * Hashes come from the shared kvp_hash_md (backend.c).
@@ -22,75 +20,6 @@
 #include "core/util.h"
 
 #define KVP_HSM_MAX_RSA_BYTES 1024 /* RSA-8192 */
-
-CK_MECHANISM_TYPE kvp_hsm_hash_mech(kvp_hash h)
-{
-  switch (h) {
-  case KVP_HASH_SHA1:
-    return CKM_SHA_1;
-  case KVP_HASH_SHA224:
-    return CKM_SHA224;
-  case KVP_HASH_SHA256:
-    return CKM_SHA256;
-  case KVP_HASH_SHA384:
-    return CKM_SHA384;
-  case KVP_HASH_SHA512:
-    return CKM_SHA512;
-  default:
-    return CK_UNAVAILABLE_INFORMATION;
-  }
-}
-
-CK_RSA_PKCS_MGF_TYPE kvp_hsm_hash_mgf(kvp_hash h)
-{
-  switch (h) {
-  case KVP_HASH_SHA1:
-    return CKG_MGF1_SHA1;
-  case KVP_HASH_SHA224:
-    return CKG_MGF1_SHA224;
-  case KVP_HASH_SHA256:
-    return CKG_MGF1_SHA256;
-  case KVP_HASH_SHA384:
-    return CKG_MGF1_SHA384;
-  case KVP_HASH_SHA512:
-    return CKG_MGF1_SHA512;
-  default:
-    return 0;
-  }
-}
-
-int kvp_hsm_digest_info(kvp_hash h, const CK_BYTE *digest, CK_ULONG digest_len, unsigned char *out,
-                        size_t cap, CK_ULONG *out_len)
-{
-  const EVP_MD *md = kvp_hash_md(h);
-  X509_SIG *sig = NULL;
-  X509_ALGOR *alg = NULL;
-  ASN1_OCTET_STRING *dg = NULL;
-  unsigned char *der = NULL;
-  int len = 0, ok = 0;
-
-  if (md == NULL || digest_len != kvp_hash_len(h))
-    return 0;
-  ERR_set_mark();
-  sig = X509_SIG_new();
-  if (sig == NULL)
-    goto out;
-  X509_SIG_getm(sig, &alg, &dg);
-  if (!X509_ALGOR_set0(alg, OBJ_nid2obj(EVP_MD_get_type(md)), V_ASN1_NULL, NULL) ||
-      !ASN1_OCTET_STRING_set(dg, digest, (int)digest_len))
-    goto out;
-  len = i2d_X509_SIG(sig, &der);
-  if (len > 0 && (size_t)len <= cap) {
-    memcpy(out, der, (size_t)len);
-    *out_len = (CK_ULONG)len;
-    ok = 1;
-  }
-out:
-  OPENSSL_free(der);
-  X509_SIG_free(sig);
-  ERR_pop_to_mark();
-  return ok;
-}
 
 /* out[0..len) ^= MGF1(seed, len) (RFC 8017 B.2.1). */
 static int mgf1_xor(unsigned char *out, size_t len, const unsigned char *seed, size_t seed_len,

@@ -8,7 +8,7 @@
  *   hsm_session.c    session pool (serialized open / close, max session count)
  *   hsm_op.c         one sign / decrypt with its retry rules and error mapping
  *   hsm_key.c        open_key: key pair resolution, public key, first-signature check
- *   hsm_mech.c       DigestInfo, PSS / OAEP parameters, local OAEP decoding
+ *   hsm_mech.c       local OAEP decoding (HSMs that refuse an OAEP hash)
  *   hsm_prov.c       provisioning helpers (templates, sessions, finding objects)
  *   hsm_create.c     create_key and import_key
  *   hsm_inventory.c  delete_key, list_keys, key_info

@@ -44,7 +44,7 @@ static void test_partner_certificate(void)
 {
   EVP_PKEY *k = EVP_EC_gen("P-256");
   size_t len = 0;
-  unsigned char *der = make_cert_for(k, "Partner One", &len);
+  unsigned char *der = front_cert(k, "Partner One", 77, NULL, &len);
   CK_SESSION_HANDLE ro, rw;
   CK_OBJECT_HANDLE h = 0, h2 = 0, found[8];
   CK_ATTRIBUTE t[] = {
@@ -103,7 +103,7 @@ static void test_bad_templates(void)
 {
   EVP_PKEY *k = EVP_EC_gen("P-256");
   size_t len = 0;
-  unsigned char *der = make_cert_for(k, "Partner Two", &len);
+  unsigned char *der = front_cert(k, "Partner Two", 77, NULL, &len);
   unsigned char junk[] = {0x30, 0x03, 0x02, 0x01, 0x01};
   CK_CERTIFICATE_TYPE attr_cert = CKC_X_509_ATTR_CERT;
   CK_SESSION_HANDLE rw;
@@ -197,8 +197,8 @@ static void test_key_then_certificate(void)
   unsigned char id[] = {0x42};
   unsigned char wrong_id[] = {0x43};
   size_t len = 0, len2 = 0;
-  unsigned char *der = make_cert_for(k, "Our Cert", &len);
-  unsigned char *der_other = make_cert_for(other, "Not ours", &len2);
+  unsigned char *der = front_cert(k, "Our Cert", 77, NULL, &len);
+  unsigned char *der_other = front_cert(other, "Not ours", 77, NULL, &len2);
   CK_SESSION_HANDLE rw;
   CK_OBJECT_HANDLE keys[8], again[8], h = 0, certs[4];
   CK_ATTRIBUTE by_id = {CKA_ID, id, sizeof(id)};
@@ -430,7 +430,7 @@ static void test_write_protected(void)
 {
   EVP_PKEY *k = EVP_EC_gen("P-256");
   size_t len = 0;
-  unsigned char *der = make_cert_for(k, "Partner Three", &len);
+  unsigned char *der = front_cert(k, "Partner Three", 77, NULL, &len);
   CK_ATTRIBUTE t[] = {
       {CKA_CLASS, &c_cert, sizeof(c_cert)},
       {CKA_CERTIFICATE_TYPE, &x509, sizeof(x509)},

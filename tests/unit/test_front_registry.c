@@ -20,60 +20,24 @@
 #include "core/util.h"
 #include "pkcs11/internal.h"
 
-static char dir[512], conf[600], regpath[600];
+#include "front_util.h"
+
+static char dir[512], regpath[600];
 static CK_FUNCTION_LIST_PTR f;
 
-/* A self-signed certificate for a fresh key, as DER. */
-static unsigned char *make_cert(const char *cn, int ec, size_t *len)
-{
-  EVP_PKEY *pkey = ec ? EVP_EC_gen("P-256") : EVP_RSA_gen(2048);
-  X509 *x = X509_new();
-  unsigned char *der = NULL;
-  int n;
-
-  X509_set_version(x, 2);
-  ASN1_INTEGER_set(X509_get_serialNumber(x), 4242);
-  X509_gmtime_adj(X509_getm_notBefore(x), 0);
-  X509_gmtime_adj(X509_getm_notAfter(x), 86400);
-  X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
-                             (const unsigned char *)cn, -1, -1, 0);
-  X509_set_issuer_name(x, X509_get_subject_name(x));
-  X509_set_pubkey(x, pkey);
-  X509_sign(x, pkey, EVP_sha256());
-  n = i2d_X509(x, &der);
-  *len = n > 0 ? (size_t)n : 0;
-  X509_free(x);
-  EVP_PKEY_free(pkey);
-  return der;
-}
-
+/* A self-signed certificate of a fresh key, registered as a public certificate. */
 static void register_cert(const char *account, const char *name, int ec)
 {
-  char err[KVP_ERRLEN];
-  kvp_registry *reg = NULL;
+  EVP_PKEY *pkey = ec ? EVP_EC_gen("P-256") : EVP_RSA_gen(2048);
   kvp_cert_rec rec;
   size_t len = 0;
-  unsigned char *der = make_cert(name, ec, &len);
+  unsigned char *der = front_cert(pkey, name, 4242, pkey, &len);
 
-  memset(&rec, 0, sizeof(rec));
-  CU_ASSERT_EQUAL_FATAL(kvp_cert_fill_rec(der, len, &rec, err, sizeof(err)), KVP_OK);
-  rec.account = strdup(account);
-  rec.name = strdup(name);
-  rec.type = KVP_CERT_PUBLIC;
-  CU_ASSERT_EQUAL_FATAL(kvp_registry_open(regpath, 0, &reg, err, sizeof(err)), KVP_OK);
-  CU_ASSERT_EQUAL(kvp_registry_add(reg, &rec, 0, err, sizeof(err)), KVP_OK);
-  kvp_registry_close(reg);
+  CU_ASSERT_EQUAL_FATAL(front_row(der, len, account, name, KVP_CERT_PUBLIC, NULL, &rec), KVP_OK);
+  front_register_row(regpath, &rec);
   kvp_cert_rec_clear(&rec);
   OPENSSL_free(der);
-}
-
-static void unregister_cert(const char *account, const char *name)
-{
-  char err[KVP_ERRLEN];
-  kvp_registry *reg = NULL;
-  CU_ASSERT_EQUAL_FATAL(kvp_registry_open(regpath, 0, &reg, err, sizeof(err)), KVP_OK);
-  CU_ASSERT_EQUAL(kvp_registry_remove(reg, account, name, err, sizeof(err)), KVP_OK);
-  kvp_registry_close(reg);
+  EVP_PKEY_free(pkey);
 }
 
 static CK_ULONG find_all(CK_SESSION_HANDLE s, CK_ATTRIBUTE *tmpl, CK_ULONG n,
@@ -105,25 +69,15 @@ static CK_SLOT_ID slot_by_label(const char *label)
 
 static int suite_init(void)
 {
-  const char *tmp = getenv("KVP11_TEST_TMP");
-  FILE *fp;
-
-  snprintf(dir, sizeof(dir), "%s/front_registry.%d", tmp ? tmp : "/tmp", (int)getpid());
-  mkdir(tmp ? tmp : "/tmp", 0755);
-  if (mkdir(dir, 0700) != 0)
+  if (front_test_dir("front_registry", dir, sizeof(dir)) != 0)
     return 1;
-  snprintf(conf, sizeof(conf), "%s/kvp11.conf", dir);
   snprintf(regpath, sizeof(regpath), "%s/registry.db", dir);
-  fp = fopen(conf, "w");
-  if (fp == NULL)
+  if (front_write_conf(dir, NULL, 0,
+                       "[global]\nregistry = %s\nlog_level = error\n\n"
+                       "[account partners]\nlabel = B2B partners\n\n"
+                       "[account other]\n",
+                       regpath) != 0)
     return 1;
-  fprintf(fp,
-          "[global]\nregistry = %s\nlog_level = error\n\n"
-          "[account partners]\nlabel = B2B partners\n\n"
-          "[account other]\n",
-          regpath);
-  fclose(fp);
-  setenv("KVP11_CONF", conf, 1);
   return C_GetFunctionList(&f) == CKR_OK ? 0 : 1;
 }
 
@@ -172,7 +126,7 @@ static void test_registered_while_running(void)
   {
     CK_OBJECT_HANDLE h = again[0];
     CK_ATTRIBUTE value = {CKA_VALUE, NULL, 0};
-    unregister_cert("partners", "acme");
+    front_unregister_row(regpath, "partners", "acme");
     CU_ASSERT_EQUAL(find_all(s, &by_label, 1, again, 16), 0);
     CU_ASSERT_EQUAL(f->C_GetAttributeValue(s, h, &value, 1), CKR_OBJECT_HANDLE_INVALID);
   }

@@ -103,7 +103,7 @@ static void test_session_certificate(void)
 {
   EVP_PKEY *k = EVP_EC_gen("P-256");
   size_t len = 0;
-  unsigned char *der = make_cert_for(k, "Session Partner", &len);
+  unsigned char *der = front_cert(k, "Session Partner", 77, NULL, &len);
   CK_SESSION_HANDLE ro, other, rw_keys;
   CK_OBJECT_HANDLE h = 0, h2 = 0, found[8];
   CK_ATTRIBUTE t[] = {

@@ -45,10 +45,10 @@ static int write_in(const char *dir, const char *name, char *path, size_t size, 
   return fclose(fp) == 0 && ok ? 0 : -1;
 }
 
-static int write_file(const char *dir, const char *name, char *path, size_t size,
-                      const char *fmt, ...) __attribute__((format(printf, 5, 6)));
-static int write_file(const char *dir, const char *name, char *path, size_t size,
-                      const char *fmt, ...)
+static int write_file(const char *dir, const char *name, char *path, size_t size, const char *fmt,
+                      ...) __attribute__((format(printf, 5, 6)));
+static int write_file(const char *dir, const char *name, char *path, size_t size, const char *fmt,
+                      ...)
 {
   va_list ap;
   va_start(ap, fmt);

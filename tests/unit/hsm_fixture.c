@@ -92,8 +92,7 @@ int hsm_fixture_init(const char *tag, const char *const *tokens, int need_pkcs11
   return 0;
 }
 
-int hsm_keygen(const char *token, const char *label, const char *id, const char *type,
-               int decrypt)
+int hsm_keygen(const char *token, const char *label, const char *id, const char *type, int decrypt)
 {
   return hsm_run("pkcs11-tool --module '%s' --token-label '%s' --login --pin " HSM_PIN
                  " --keypairgen --key-type %s --label '%s' --id %s --usage-sign %s >/dev/null 2>&1",
@@ -123,8 +122,7 @@ EVP_PKEY *hsm_token_pubkey(const char *token, const char *label)
   return pk;
 }
 
-kvp_hsm_conf hsm_conf(const char *name, const char *module, const char *token,
-                      const char *pin_file)
+kvp_hsm_conf hsm_conf(const char *name, const char *module, const char *token, const char *pin_file)
 {
   kvp_hsm_conf c;
   memset(&c, 0, sizeof(c));

@@ -36,8 +36,7 @@ int hsm_run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int hsm_write_file(const char *path, const char *text);
 /* A key pair made by pkcs11-tool in token: type "rsa:2048", "EC:prime256v1"...;
  * always --usage-sign, --usage-decrypt when decrypt. The command's status. */
-int hsm_keygen(const char *token, const char *label, const char *id, const char *type,
-               int decrypt);
+int hsm_keygen(const char *token, const char *label, const char *id, const char *type, int decrypt);
 /* pkcs11-tool --delete-object of the object of type ("privkey", "pubkey") labelled label. */
 int hsm_delete(const char *token, const char *type, const char *label);
 /* The public key labelled label as pkcs11-tool reads it from token (independent of the

@@ -28,6 +28,7 @@
 #include "pkcs11/internal.h"
 
 #include "front_util.h"
+#include "unit_util.h"
 
 #define TOKEN "kvp11-prov"
 #define PIN "1234"
@@ -92,7 +93,7 @@ static __attribute__((unused)) int fixture_init(const char *tag, const char *ext
     exit(77);
   if (front_test_dir(tag, dir, sizeof(dir)) != 0 || front_softhsm_conf(dir) != 0)
     return 1;
-  if (!front_run("softhsm2-util --init-token --free --label " TOKEN " --pin " PIN
+  if (!unit_sh("softhsm2-util --init-token --free --label " TOKEN " --pin " PIN
            " --so-pin 12345678 >/dev/null"))
     return 1;
   snprintf(path, sizeof(path), "%s/pin", dir);
@@ -121,7 +122,7 @@ static __attribute__((unused)) int fixture_init(const char *tag, const char *ext
 static __attribute__((unused)) int fixture_clean(void)
 {
   f->C_Finalize(NULL);
-  front_run("rm -rf '%s'", dir);
+  unit_sh("rm -rf '%s'", dir);
   return 0;
 }
 

@@ -14,16 +14,6 @@
 #include "core/cert.h"
 #include "core/util.h"
 
-int front_run(const char *fmt, ...)
-{
-  char cmd[2048];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(cmd, sizeof(cmd), fmt, ap);
-  va_end(ap);
-  return system(cmd) == 0;
-}
-
 int front_test_dir(const char *tag, char *dir, size_t size)
 {
   const char *tmp = getenv("KVP11_TEST_TMP");

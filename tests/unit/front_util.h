@@ -13,8 +13,6 @@
 
 #include "core/registry.h"
 
-/* system() of a printf-formatted command: 1 when it succeeded. */
-int front_run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* $KVP11_TEST_TMP/TAG.PID (/tmp without KVP11_TEST_TMP), made with mode 0700, into dir.
  * 0, or -1 when it cannot be made (or exists). */
 int front_test_dir(const char *tag, char *dir, size_t size);

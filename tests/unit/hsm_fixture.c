@@ -1,8 +1,8 @@
 /* The SoftHSM2 fixture of the HSM backend's unit tests (hsm_fixture.h). */
 #include "hsm_fixture.h"
+#include "unit_util.h"
 
 #include <dlfcn.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,19 +14,6 @@
 char hsm_dir[1024];
 char hsm_module[1024];
 char hsm_pinfile[1100];
-
-int hsm_run(const char *fmt, ...)
-{
-  char cmd[4096];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(cmd, sizeof(cmd), fmt, ap);
-  va_end(ap);
-  int rc = system(cmd);
-  if (rc != 0)
-    fprintf(stderr, "command failed (%d): %s\n", rc, cmd);
-  return rc;
-}
 
 int hsm_write_file(const char *path, const char *text)
 {
@@ -49,7 +36,7 @@ static int have_tool(const char *name)
 static int make_tokens(const char *const *tokens)
 {
   char path[1200], conf[2048];
-  if (hsm_run("rm -rf '%s' && mkdir -p '%s/tokens'", hsm_dir, hsm_dir) != 0)
+  if (!unit_sh("rm -rf '%s' && mkdir -p '%s/tokens'", hsm_dir, hsm_dir))
     return -1;
   snprintf(path, sizeof(path), "%s/softhsm2.conf", hsm_dir);
   snprintf(conf, sizeof(conf),
@@ -63,9 +50,9 @@ static int make_tokens(const char *const *tokens)
   if (hsm_write_file(hsm_pinfile, HSM_PIN "\n") != 0)
     return -1;
   for (size_t i = 0; tokens[i] != NULL; i++)
-    if (hsm_run("softhsm2-util --init-token --free --label '%s' --pin " HSM_PIN
-                " --so-pin " HSM_SOPIN " >/dev/null",
-                tokens[i]) != 0)
+    if (!unit_sh("softhsm2-util --init-token --free --label '%s' --pin " HSM_PIN
+                 " --so-pin " HSM_SOPIN " >/dev/null",
+                 tokens[i]))
       return -1;
   return 0;
 }
@@ -94,25 +81,29 @@ int hsm_fixture_init(const char *tag, const char *const *tokens, int need_pkcs11
 
 int hsm_keygen(const char *token, const char *label, const char *id, const char *type, int decrypt)
 {
-  return hsm_run("pkcs11-tool --module '%s' --token-label '%s' --login --pin " HSM_PIN
+  return unit_sh("pkcs11-tool --module '%s' --token-label '%s' --login --pin " HSM_PIN
                  " --keypairgen --key-type %s --label '%s' --id %s --usage-sign %s >/dev/null 2>&1",
-                 hsm_module, token, type, label, id, decrypt ? "--usage-decrypt" : "");
+                 hsm_module, token, type, label, id, decrypt ? "--usage-decrypt" : "")
+             ? 0
+             : -1;
 }
 
 int hsm_delete(const char *token, const char *type, const char *label)
 {
-  return hsm_run("pkcs11-tool --module '%s' --token-label '%s' --login --pin " HSM_PIN
+  return unit_sh("pkcs11-tool --module '%s' --token-label '%s' --login --pin " HSM_PIN
                  " --delete-object --type %s --label '%s' >/dev/null 2>&1",
-                 hsm_module, token, type, label);
+                 hsm_module, token, type, label)
+             ? 0
+             : -1;
 }
 
 EVP_PKEY *hsm_token_pubkey(const char *token, const char *label)
 {
   char out[1200];
   snprintf(out, sizeof(out), "%s/%s-%s.pub.der", hsm_dir, token, label);
-  if (hsm_run("pkcs11-tool --module '%s' --token-label '%s' --read-object --type pubkey "
-              "--label '%s' -o '%s' >/dev/null 2>&1",
-              hsm_module, token, label, out) != 0)
+  if (!unit_sh("pkcs11-tool --module '%s' --token-label '%s' --read-object --type pubkey "
+               "--label '%s' -o '%s' >/dev/null 2>&1",
+               hsm_module, token, label, out))
     return NULL;
   FILE *f = fopen(out, "rb");
   if (f == NULL)

@@ -2,8 +2,8 @@
  * The SoftHSM2 fixture of the HSM backend's unit tests (test_hsm_backend.c,
  * test_hsm_provision.c, test_hsm_trust.c): a directory of the test's own
  * with a softhsm2.conf (SOFTHSM2_CONF points at it), a PIN file and freshly
- * initialized tokens, all with the PIN HSM_PIN; shell commands and
- * pkcs11-tool calls against those tokens; SoftHSM2's function list loaded
+ * initialized tokens, all with the PIN HSM_PIN; pkcs11-tool calls against
+ * those tokens (other commands: unit_sh, unit_util.h); SoftHSM2's function list loaded
  * next to the backend's (same process: same token state).
  */
 #ifndef KVP_TEST_HSM_FIXTURE_H
@@ -30,14 +30,13 @@ extern char hsm_pinfile[1100]; /* hsm_dir/hsm.pin: HSM_PIN, mode 0600 */
  */
 int hsm_fixture_init(const char *tag, const char *const *tokens, int need_pkcs11_tool);
 
-/* system() of a printf-formatted command; a failure is printed. Its status. */
-int hsm_run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Writes text to path, mode 0600. 0, or -1. */
 int hsm_write_file(const char *path, const char *text);
 /* A key pair made by pkcs11-tool in token: type "rsa:2048", "EC:prime256v1"...;
- * always --usage-sign, --usage-decrypt when decrypt. The command's status. */
+ * always --usage-sign, --usage-decrypt when decrypt. 0, or -1 when pkcs11-tool failed. */
 int hsm_keygen(const char *token, const char *label, const char *id, const char *type, int decrypt);
-/* pkcs11-tool --delete-object of the object of type ("privkey", "pubkey") labelled label. */
+/* pkcs11-tool --delete-object of the object of type ("privkey", "pubkey") labelled label.
+ * 0, or -1 when it failed. */
 int hsm_delete(const char *token, const char *type, const char *label);
 /* The public key labelled label as pkcs11-tool reads it from token (independent of the
  * backend); NULL when it cannot. EVP_PKEY_free it. */

@@ -38,6 +38,7 @@
 #include <p11-kit/pkcs11x.h>
 
 #include "front_util.h"
+#include "unit_util.h"
 
 static char dir[512];
 static CK_FUNCTION_LIST_PTR f;
@@ -444,20 +445,14 @@ static void test_nss_trust_not_an_error(void)
 
 int main(void)
 {
-  CU_pSuite suite;
-  unsigned failures;
+  static CU_TestInfo tests[] = {
+      {"key store failures give only allowed return codes", test_store_failures},
+      {"C_GenerateRandom beyond INT_MAX", test_random_beyond_int_max},
+      {"a forked child abandons the registry connection", test_fork_abandons_registry},
+      {"NSS trust object is not an error", test_nss_trust_not_an_error},
+      CU_TEST_INFO_NULL,
+  };
 
-  if (CU_initialize_registry() != CUE_SUCCESS)
-    return 1;
-  suite = CU_add_suite("front entry points", suite_init, NULL);
-  CU_add_test(suite, "key store failures give only allowed return codes", test_store_failures);
-  CU_add_test(suite, "C_GenerateRandom beyond INT_MAX", test_random_beyond_int_max);
-  CU_add_test(suite, "a forked child abandons the registry connection",
-              test_fork_abandons_registry);
-  CU_add_test(suite, "NSS trust object is not an error", test_nss_trust_not_an_error);
-  CU_basic_set_mode(CU_BRM_VERBOSE);
-  CU_basic_run_tests();
-  failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
-  CU_cleanup_registry();
-  return failures == 0 ? 0 : 1;
+  int failed = unit_run_suite("front entry points", suite_init, NULL, tests);
+  return failed;
 }

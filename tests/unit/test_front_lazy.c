@@ -25,6 +25,7 @@
 #include "pkcs11/internal.h"
 
 #include "front_util.h"
+#include "unit_util.h"
 
 #define MANY 5000
 
@@ -523,21 +524,17 @@ static void test_v2_registry(void)
 
 int main(void)
 {
-  CU_pSuite suite;
+  static CU_TestInfo tests[] = {
+      {"0 rows", test_empty},
+      {"1 row: templates, handles across reloads", test_one_row},
+      {"5,000 rows: lazy start, indexed finds, batches", test_many_rows},
+      {"enumeration while another process changes rows", test_enumerate_while_changing},
+      {"registry change counter and tombstones", test_changes},
+      {"a retired certificate's private key does not sign", test_retired_sign},
+      {"v2 registry read-only, then migrated under a running module", test_v2_registry},
+      CU_TEST_INFO_NULL,
+  };
 
-  if (CU_initialize_registry() != CUE_SUCCESS)
-    return 1;
-  suite = CU_add_suite("front lazy objects", suite_init, suite_clean);
-  CU_add_test(suite, "0 rows", test_empty);
-  CU_add_test(suite, "1 row: templates, handles across reloads", test_one_row);
-  CU_add_test(suite, "5,000 rows: lazy start, indexed finds, batches", test_many_rows);
-  CU_add_test(suite, "enumeration while another process changes rows", test_enumerate_while_changing);
-  CU_add_test(suite, "registry change counter and tombstones", test_changes);
-  CU_add_test(suite, "a retired certificate's private key does not sign", test_retired_sign);
-  CU_add_test(suite, "v2 registry read-only, then migrated under a running module", test_v2_registry);
-  CU_basic_set_mode(CU_BRM_VERBOSE);
-  CU_basic_run_tests();
-  unsigned failed = CU_get_number_of_failures();
-  CU_cleanup_registry();
-  return failed ? 1 : 0;
+  int failed = unit_run_suite("front lazy objects", suite_init, suite_clean, tests);
+  return failed;
 }

@@ -35,6 +35,7 @@
 #include "pkcs11/internal.h"
 
 #include "front_util.h"
+#include "unit_util.h"
 
 #define PIN "4321"
 #define TOKEN "kvp11-login-test"
@@ -78,13 +79,13 @@ static int register_hsm_cert(const char *pubfile, const char *account, const cha
 /* A SoftHSM2 token with an RSA key "app"; its public key goes to dir/pubfile. */
 static int make_token(const char *label, const char *pin, const char *pubfile)
 {
-  return front_run("softhsm2-util --init-token --free --label %s --pin %s --so-pin 12345678 "
+  return unit_sh("softhsm2-util --init-token --free --label %s --pin %s --so-pin 12345678 "
                    ">/dev/null",
                    label, pin) &&
-         front_run("pkcs11-tool --module '%s' --token-label %s --login --pin %s --keypairgen "
+         unit_sh("pkcs11-tool --module '%s' --token-label %s --login --pin %s --keypairgen "
                    "--key-type rsa:2048 --label app --id 01 >/dev/null 2>&1",
                    softhsm, label, pin) &&
-         front_run("pkcs11-tool --module '%s' --token-label %s --read-object --type pubkey "
+         unit_sh("pkcs11-tool --module '%s' --token-label %s --read-object --type pubkey "
                    "--label app -o '%s/%s' >/dev/null 2>&1",
                    softhsm, label, dir, pubfile);
 }
@@ -93,7 +94,7 @@ static int suite_init(void)
 {
   softhsm = getenv("KVP11_SOFTHSM_MODULE");
   if (softhsm == NULL || access(softhsm, R_OK) != 0 ||
-      !front_run("command -v pkcs11-tool >/dev/null"))
+      !unit_sh("command -v pkcs11-tool >/dev/null"))
     exit(77);
   if (front_test_dir("front_login", dir, sizeof(dir)) != 0 || front_softhsm_conf(dir) != 0)
     return 1;
@@ -340,19 +341,14 @@ static void test_repeated_login(void)
 
 int main(void)
 {
-  CU_pSuite suite;
-  unsigned failures;
+  static CU_TestInfo tests[] = {
+      {"PIN passed through to the HSM", test_pin_passthrough},
+      {"two tokens, two PINs: each PIN reaches its own HSM only", test_two_tokens},
+      {"two accounts on one HSM: a wrong PIN is refused", test_shared_hsm},
+      {"a repeated C_Login is checked", test_repeated_login},
+      CU_TEST_INFO_NULL,
+  };
 
-  if (CU_initialize_registry() != CUE_SUCCESS)
-    return 1;
-  suite = CU_add_suite("front login", suite_init, NULL);
-  CU_add_test(suite, "PIN passed through to the HSM", test_pin_passthrough);
-  CU_add_test(suite, "two tokens, two PINs: each PIN reaches its own HSM only", test_two_tokens);
-  CU_add_test(suite, "two accounts on one HSM: a wrong PIN is refused", test_shared_hsm);
-  CU_add_test(suite, "a repeated C_Login is checked", test_repeated_login);
-  CU_basic_set_mode(CU_BRM_VERBOSE);
-  CU_basic_run_tests();
-  failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
-  CU_cleanup_registry();
-  return failures == 0 ? 0 : 1;
+  int failed = unit_run_suite("front login", suite_init, NULL, tests);
+  return failed;
 }

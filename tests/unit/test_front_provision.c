@@ -10,6 +10,7 @@
  * Template errors get the PKCS#11 return codes; the registry is unchanged.
  */
 #include "front_fixture.h"
+#include "unit_util.h"
 
 static int get_row(const char *account, const char *name, kvp_cert_rec *rec)
 {
@@ -468,21 +469,16 @@ static void test_write_protected(void)
 
 int main(void)
 {
-  CU_pSuite s;
-  int failed;
+  static CU_TestInfo tests[] = {
+      {"partner certificate: C_CreateObject, C_DestroyObject", test_partner_certificate},
+      {"C_CreateObject: bad templates", test_bad_templates},
+      {"key without certificate, then its certificate", test_key_then_certificate},
+      {"C_GenerateKeyPair without default_store", test_generate_no_default_store},
+      {"C_GenerateKeyPair in the HSM", test_generate_in_hsm},
+      {"write-protected registry", test_write_protected},
+      CU_TEST_INFO_NULL,
+  };
 
-  if (CU_initialize_registry() != CUE_SUCCESS)
-    return 1;
-  s = CU_add_suite("front provisioning", suite_init, suite_clean);
-  CU_add_test(s, "partner certificate: C_CreateObject, C_DestroyObject", test_partner_certificate);
-  CU_add_test(s, "C_CreateObject: bad templates", test_bad_templates);
-  CU_add_test(s, "key without certificate, then its certificate", test_key_then_certificate);
-  CU_add_test(s, "C_GenerateKeyPair without default_store", test_generate_no_default_store);
-  CU_add_test(s, "C_GenerateKeyPair in the HSM", test_generate_in_hsm);
-  CU_add_test(s, "write-protected registry", test_write_protected);
-  CU_basic_set_mode(CU_BRM_VERBOSE);
-  CU_basic_run_tests();
-  failed = (int)(CU_get_number_of_failures() + CU_get_number_of_suites_failed());
-  CU_cleanup_registry();
-  return failed != 0;
+  int failed = unit_run_suite("front provisioning", suite_init, suite_clean, tests);
+  return failed;
 }

@@ -21,6 +21,7 @@
 #include "pkcs11/internal.h"
 
 #include "front_util.h"
+#include "unit_util.h"
 
 static char dir[512], regpath[600];
 static CK_FUNCTION_LIST_PTR f;
@@ -168,18 +169,13 @@ static void test_certificate_attributes(void)
 
 int main(void)
 {
-  CU_pSuite suite;
-  unsigned failures;
+  static CU_TestInfo tests[] = {
+      {"one slot per account", test_slots_from_accounts},
+      {"certificates registered while running appear", test_registered_while_running},
+      {"certificate attributes", test_certificate_attributes},
+      CU_TEST_INFO_NULL,
+  };
 
-  if (CU_initialize_registry() != CUE_SUCCESS)
-    return 1;
-  suite = CU_add_suite("front+registry", suite_init, NULL);
-  CU_add_test(suite, "one slot per account", test_slots_from_accounts);
-  CU_add_test(suite, "certificates registered while running appear", test_registered_while_running);
-  CU_add_test(suite, "certificate attributes", test_certificate_attributes);
-  CU_basic_set_mode(CU_BRM_VERBOSE);
-  CU_basic_run_tests();
-  failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
-  CU_cleanup_registry();
-  return failures == 0 ? 0 : 1;
+  int failed = unit_run_suite("front+registry", suite_init, NULL, tests);
+  return failed;
 }

@@ -15,6 +15,7 @@
 
 #include "core/status.h"
 #include "front_fixture.h"
+#include "unit_util.h"
 
 static CK_OBJECT_CLASS c_cert = CKO_CERTIFICATE, c_pub = CKO_PUBLIC_KEY;
 static CK_CERTIFICATE_TYPE x509 = CKC_X_509;
@@ -272,19 +273,13 @@ static void test_generate_session_hsm(void)
 
 int main(void)
 {
-  CU_pSuite s;
-  int failed;
+  static CU_TestInfo tests[] = {
+      {"session certificate: create, find, destroy, session close", test_session_certificate},
+      {"C_GenerateKeyPair session keys on Key Vault: refused", test_generate_session_vault},
+      {"C_GenerateKeyPair session keys in the HSM", test_generate_session_hsm},
+      CU_TEST_INFO_NULL,
+  };
 
-  if (CU_initialize_registry() != CUE_SUCCESS)
-    return 1;
-  s = CU_add_suite("front session objects", suite_init, suite_clean);
-  CU_add_test(s, "session certificate: create, find, destroy, session close",
-              test_session_certificate);
-  CU_add_test(s, "C_GenerateKeyPair session keys on Key Vault: refused", test_generate_session_vault);
-  CU_add_test(s, "C_GenerateKeyPair session keys in the HSM", test_generate_session_hsm);
-  CU_basic_set_mode(CU_BRM_VERBOSE);
-  CU_basic_run_tests();
-  failed = (int)(CU_get_number_of_failures() + CU_get_number_of_suites_failed());
-  CU_cleanup_registry();
-  return failed != 0;
+  int failed = unit_run_suite("front session objects", suite_init, suite_clean, tests);
+  return failed;
 }

@@ -36,6 +36,7 @@
 #include "core/p11names.h"
 #include "core/status.h"
 #include "hsm_fixture.h"
+#include "unit_util.h"
 
 #define TOKEN "kvp-hsm-unit"
 /* for the pass-through PIN tests; not a prefix of TOKEN: pkcs11-tool's
@@ -773,6 +774,29 @@ static void test_lazy_constructor(void) {
 }
 
 int main(void) {
+  static CU_TestInfo tests[] = {
+      {"PKCS#11 names", test_p11names},
+      {"constructor is lazy", test_lazy_constructor},
+      {"first C_Initialize leaves the OpenSSL error queue", test_error_queue_first_init},
+      {"open RSA-2048", test_open_rsa},
+      {"open P-256", test_open_ec},
+      {"open by id", test_open_by_id},
+      {"missing label", test_missing_label},
+      {"missing token", test_missing_token},
+      {"sign PKCS#1 v1.5", test_sign_pkcs1},
+      {"sign PKCS#1 raw", test_sign_pkcs1_raw},
+      {"sign PSS", test_sign_pss},
+      {"sign ECDSA", test_sign_ecdsa},
+      {"decrypt PKCS#1 and OAEP", test_decrypt},
+      {"PIN pass-through", test_pin_passthrough},
+      {"threads", test_threads},
+      {"handle re-resolution", test_reresolve},
+      {"raw EC point", test_raw_ec_point},
+      {"RSA key without public object", test_private_only},
+      {"sessions closed under us", test_sessions_closed_under_us},
+      {"fork", test_fork},
+      CU_TEST_INFO_NULL,
+  };
   static const char *const tokens[] = {TOKEN, TOKEN2, NULL};
   int rc = hsm_fixture_init("hsm_backend", tokens, 1);
   if (rc != 0)
@@ -783,32 +807,6 @@ int main(void) {
   }
   alarm(300); /* a deadlock fails the test instead of hanging CTest */
 
-  if (CU_initialize_registry() != CUE_SUCCESS)
-    return 1;
-  CU_pSuite s = CU_add_suite("hsm_backend", suite_init, suite_clean);
-  CU_add_test(s, "PKCS#11 names", test_p11names);
-  CU_add_test(s, "constructor is lazy", test_lazy_constructor);
-  CU_add_test(s, "first C_Initialize leaves the OpenSSL error queue", test_error_queue_first_init);
-  CU_add_test(s, "open RSA-2048", test_open_rsa);
-  CU_add_test(s, "open P-256", test_open_ec);
-  CU_add_test(s, "open by id", test_open_by_id);
-  CU_add_test(s, "missing label", test_missing_label);
-  CU_add_test(s, "missing token", test_missing_token);
-  CU_add_test(s, "sign PKCS#1 v1.5", test_sign_pkcs1);
-  CU_add_test(s, "sign PKCS#1 raw", test_sign_pkcs1_raw);
-  CU_add_test(s, "sign PSS", test_sign_pss);
-  CU_add_test(s, "sign ECDSA", test_sign_ecdsa);
-  CU_add_test(s, "decrypt PKCS#1 and OAEP", test_decrypt);
-  CU_add_test(s, "PIN pass-through", test_pin_passthrough);
-  CU_add_test(s, "threads", test_threads);
-  CU_add_test(s, "handle re-resolution", test_reresolve);
-  CU_add_test(s, "raw EC point", test_raw_ec_point);
-  CU_add_test(s, "RSA key without public object", test_private_only);
-  CU_add_test(s, "sessions closed under us", test_sessions_closed_under_us);
-  CU_add_test(s, "fork", test_fork);
-  CU_basic_set_mode(CU_BRM_VERBOSE);
-  CU_basic_run_tests();
-  unsigned failed = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
-  CU_cleanup_registry();
-  return failed ? 1 : 0;
+  int failed = unit_run_suite("hsm_backend", suite_init, suite_clean, tests);
+  return failed;
 }

@@ -33,6 +33,7 @@
 #include "core/log.h"
 #include "core/status.h"
 #include "hsm_fixture.h"
+#include "unit_util.h"
 
 #define TOK_PIN "kvp-prov-unit"
 #define TOK_PASS "kvp-provpass-unit"
@@ -684,6 +685,21 @@ static void test_passthrough(void) {
 }
 
 int main(void) {
+  static CU_TestInfo tests[] = {
+      {"create RSA-2048", test_create_rsa},
+      {"create P-256 and P-384", test_create_ec},
+      {"create with a given CKA_ID", test_create_with_id},
+      {"refusals", test_refusals},
+      {"key operations", test_ops_flags},
+      {"import RSA-2048", test_import_rsa},
+      {"import P-256", test_import_ec},
+      {"import of unsupported keys", test_import_refused},
+      {"no half-made keys", test_no_half_keys},
+      {"list", test_list},
+      {"delete", test_delete},
+      {"PIN passed through", test_passthrough},
+      CU_TEST_INFO_NULL,
+  };
   static const char *const tokens[] = {TOK_PIN, TOK_PASS, NULL};
   int rc = hsm_fixture_init("hsm_provision", tokens, 0);
   if (rc != 0)
@@ -693,25 +709,7 @@ int main(void) {
   kvp_log_setup(KVP_LOG_INFO, g_log);
   alarm(300); /* valgrind runs take about a minute */
 
-  if (CU_initialize_registry() != CUE_SUCCESS)
-    return 1;
-  CU_pSuite s = CU_add_suite("hsm_provision", suite_init, suite_clean);
-  CU_add_test(s, "create RSA-2048", test_create_rsa);
-  CU_add_test(s, "create P-256 and P-384", test_create_ec);
-  CU_add_test(s, "create with a given CKA_ID", test_create_with_id);
-  CU_add_test(s, "refusals", test_refusals);
-  CU_add_test(s, "key operations", test_ops_flags);
-  CU_add_test(s, "import RSA-2048", test_import_rsa);
-  CU_add_test(s, "import P-256", test_import_ec);
-  CU_add_test(s, "import of unsupported keys", test_import_refused);
-  CU_add_test(s, "no half-made keys", test_no_half_keys);
-  CU_add_test(s, "list", test_list);
-  CU_add_test(s, "delete", test_delete);
-  CU_add_test(s, "PIN passed through", test_passthrough);
-  CU_basic_set_mode(CU_BRM_VERBOSE);
-  CU_basic_run_tests();
-  unsigned failed = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
-  CU_cleanup_registry();
+  int failed = unit_run_suite("hsm_provision", suite_init, suite_clean, tests);
   kvp_log_close();
-  return failed ? 1 : 0;
+  return failed;
 }

@@ -39,6 +39,7 @@
 #include "core/status.h"
 #include "hsm_fixture.h"
 #include "p11shim.h"
+#include "unit_util.h"
 
 #define TOK_PIN "kvp-trust-pin"   /* configured-PIN tests */
 #define TOK_PASS "kvp-trust-pass" /* pass-through PIN */
@@ -328,9 +329,9 @@ static void test_rsa_pair_mismatch(void) {
   EVP_PKEY_free(other);
   CU_ASSERT_EQUAL_FATAL(keygen(TOK_KEYS, "mix", "41", "rsa:2048"), 0);
   CU_ASSERT_FATAL(hsm_delete(TOK_KEYS, "pubkey", "mix") == 0 &&
-                  hsm_run("pkcs11-tool --module '%s' --token-label " TOK_KEYS " --login --pin " PIN
+                  unit_sh("pkcs11-tool --module '%s' --token-label " TOK_KEYS " --login --pin " PIN
                           " --write-object '%s' --type pubkey --label mix --id 41 >/dev/null 2>&1",
-                          hsm_module, der) == 0);
+                          hsm_module, der));
   kvp_status_clear();
   CU_ASSERT_EQUAL(be->ops->open_key(be, "mix", &k), CKR_KEY_HANDLE_INVALID);
   CU_ASSERT(reason_has("not the key pair's"));
@@ -496,6 +497,21 @@ static void test_generate_sign_only(void) {
 }
 
 int main(void) {
+  static CU_TestInfo tests[] = {
+      {"wrong pin_file: one C_Login", test_wrong_pin_file},
+      {"wrong PIN at a new login: one C_Login", test_wrong_pin_on_relogin},
+      {"PIN counter flags stop logins", test_pin_flags},
+      {"second login checked against the first PIN", test_second_login_checked},
+      {"ambiguous label", test_ambiguous_label},
+      {"private key swapped in the HSM", test_swapped_private},
+      {"RSA pair of two keys", test_rsa_pair_mismatch},
+      {"OpenSSL error queue left as found", test_error_queue},
+      {"token session limit", test_session_limit},
+      {"stale sessions", test_stale_sessions},
+      {"forked child: one init attempt", test_child_init_once},
+      {"sign-only key generation", test_generate_sign_only},
+      CU_TEST_INFO_NULL,
+  };
   static const char *const tokens[] = {TOK_PIN, TOK_PASS, TOK_KEYS, NULL};
   int rc = hsm_fixture_init("hsm_trust", tokens, 1);
   if (rc != 0)
@@ -518,24 +534,6 @@ int main(void) {
   g_ctl = ctl();
   alarm(300);
 
-  if (CU_initialize_registry() != CUE_SUCCESS)
-    return 1;
-  CU_pSuite s = CU_add_suite("hsm_trust", NULL, NULL);
-  CU_add_test(s, "wrong pin_file: one C_Login", test_wrong_pin_file);
-  CU_add_test(s, "wrong PIN at a new login: one C_Login", test_wrong_pin_on_relogin);
-  CU_add_test(s, "PIN counter flags stop logins", test_pin_flags);
-  CU_add_test(s, "second login checked against the first PIN", test_second_login_checked);
-  CU_add_test(s, "ambiguous label", test_ambiguous_label);
-  CU_add_test(s, "private key swapped in the HSM", test_swapped_private);
-  CU_add_test(s, "RSA pair of two keys", test_rsa_pair_mismatch);
-  CU_add_test(s, "OpenSSL error queue left as found", test_error_queue);
-  CU_add_test(s, "token session limit", test_session_limit);
-  CU_add_test(s, "stale sessions", test_stale_sessions);
-  CU_add_test(s, "forked child: one init attempt", test_child_init_once);
-  CU_add_test(s, "sign-only key generation", test_generate_sign_only);
-  CU_basic_set_mode(CU_BRM_VERBOSE);
-  CU_basic_run_tests();
-  unsigned failed = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
-  CU_cleanup_registry();
-  return failed ? 1 : 0;
+  int failed = unit_run_suite("hsm_trust", NULL, NULL, tests);
+  return failed;
 }

@@ -1,0 +1,20 @@
+/*
+ * What every unit test program (tests/unit/test_*.c) shares: its CUnit run
+ * and shell commands.
+ */
+#ifndef KVP_TEST_UNIT_UTIL_H
+#define KVP_TEST_UNIT_UTIL_H
+
+#include <CUnit/CUnit.h>
+
+/* Runs tests (ended by CU_TEST_INFO_NULL) as one suite named name, between init and clean
+ * (may be NULL), with CUnit's verbose output. The program's exit status: 0 when every test
+ * ran and passed, 1 otherwise (a failed assertion or suite set-up, or no registry). */
+int unit_run_suite(const char *name, CU_InitializeFunc init, CU_CleanupFunc clean,
+                   CU_TestInfo *tests);
+
+/* system() of a printf-formatted command: 1 when it exited 0; else 0, and the command and its
+ * status are printed. */
+int unit_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+#endif

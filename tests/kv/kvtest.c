@@ -332,27 +332,6 @@ void kvt_federated_token(const char *path)
   json_decref(j);
 }
 
-int kvt_run_suite(const char *name, CU_SetUpFunc setup, CU_TearDownFunc teardown,
-                  CU_TestInfo *tests)
-{
-  unsigned fails;
-  if (CU_initialize_registry() != CUE_SUCCESS)
-    return 1;
-  CU_pSuite s = CU_add_suite_with_setup_and_teardown(name, NULL, NULL, setup, teardown);
-  for (size_t i = 0; s != NULL && tests[i].pName != NULL; i++)
-    if (CU_add_test(s, tests[i].pName, tests[i].pTestFunc) == NULL)
-      s = NULL;
-  if (s == NULL) {
-    CU_cleanup_registry();
-    return 1;
-  }
-  CU_basic_set_mode(CU_BRM_VERBOSE);
-  CU_basic_run_tests();
-  fails = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
-  CU_cleanup_registry();
-  return fails == 0 ? 0 : 1;
-}
-
 double kvt_now(void)
 {
   struct timespec ts;

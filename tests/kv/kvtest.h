@@ -3,7 +3,8 @@
  * fixture started by fixture-setup.sh (KVP11_KV_DIR), the emulator's control
  * API (/_emu/...), a vault configuration for the fixture's emulator, the
  * test's log file, independent OpenSSL checks of signatures, keys opened as
- * the module opens a registered key, small files, and the CUnit run.
+ * the module opens a registered key, and small files. The CUnit run is
+ * tests/unit/unit_util.h's.
  */
 #ifndef KVP_TESTS_KVTEST_H
 #define KVP_TESTS_KVTEST_H
@@ -15,6 +16,7 @@
 #include <openssl/evp.h>
 
 #include "backend/backend.h"
+#include "unit_util.h" /* the suite run: unit_run_suite */
 
 extern char kvt_dir[900];    /* KVP11_KV_DIR */
 extern char kvt_url[128];    /* https://127.0.0.1:PORT */
@@ -81,11 +83,6 @@ int kvt_read_line(const char *path, char *buf, size_t size);
 /* A federated token for the emulator's workload identity (subject
  * system:serviceaccount:b2b:app) written to path (kvt_write_file). */
 void kvt_federated_token(const char *path);
-
-/* Runs the tests (ended by CU_TEST_INFO_NULL) as one suite named name, each between setup
- * and teardown (may be NULL). 0 when every test passed, 1 otherwise. */
-int kvt_run_suite(const char *name, CU_SetUpFunc setup, CU_TearDownFunc teardown,
-                  CU_TestInfo *tests);
 
 double kvt_now(void); /* monotonic seconds */
 

@@ -565,7 +565,7 @@ int main(void)
   kvt_conf(&c, "emu");
   if (kvp_keyvault_backend_new(&c, &g_be) != CKR_OK)
     return 1;
-  rc = kvt_run_suite("kv_live", NULL, NULL, tests);
+  rc = unit_run_suite("kv_live", NULL, NULL, tests);
   g_be->ops->destroy(g_be, 0);
   kvt_done();
   return rc;

@@ -746,7 +746,7 @@ int main(void)
       remove_key(MY_KEYS[i]);
     purge(MY_KEYS[i]);
   }
-  rc = kvt_run_suite("kv_provision", setup, teardown, tests);
+  rc = unit_run_suite_each("kv_provision", NULL, NULL, setup, teardown, tests);
   kvt_emu_clear_faults();
   kvt_emu_policy("app-full", PERMS_SEED);
   json_decref(kvt_emu("POST", "/_emu/reset", "{}"));

@@ -240,7 +240,7 @@ int main(void)
     return 1;
   }
 
-  rc = kvt_run_suite("kv_throttle", NULL, NULL, tests);
+  rc = unit_run_suite("kv_throttle", NULL, NULL, tests);
   json_decref(kvt_emu("POST", "/_emu/reset", "{}"));
   g_be->ops->close_key(g_be, g_key);
   g_be->ops->destroy(g_be, 0);

@@ -10,10 +10,16 @@
 int unit_run_suite(const char *name, CU_InitializeFunc init, CU_CleanupFunc clean,
                    CU_TestInfo *tests)
 {
+  return unit_run_suite_each(name, init, clean, NULL, NULL, tests);
+}
+
+int unit_run_suite_each(const char *name, CU_InitializeFunc init, CU_CleanupFunc clean,
+                        CU_SetUpFunc setup, CU_TearDownFunc teardown, CU_TestInfo *tests)
+{
   unsigned failed;
   if (CU_initialize_registry() != CUE_SUCCESS)
     return 1;
-  CU_pSuite s = CU_add_suite(name, init, clean);
+  CU_pSuite s = CU_add_suite_with_setup_and_teardown(name, init, clean, setup, teardown);
   for (size_t i = 0; s != NULL && tests[i].pName != NULL; i++)
     if (CU_add_test(s, tests[i].pName, tests[i].pTestFunc) == NULL)
       s = NULL;

@@ -1,6 +1,6 @@
 /*
- * What every unit test program (tests/unit/test_*.c) shares: its CUnit run
- * and shell commands.
+ * What every unit test program (tests/unit/test_*.c) shares, and the Key
+ * Vault CUnit tests (tests/kv) too: the CUnit run and shell commands.
  */
 #ifndef KVP_TEST_UNIT_UTIL_H
 #define KVP_TEST_UNIT_UTIL_H
@@ -12,6 +12,9 @@
  * ran and passed, 1 otherwise (a failed assertion or suite set-up, or no registry). */
 int unit_run_suite(const char *name, CU_InitializeFunc init, CU_CleanupFunc clean,
                    CU_TestInfo *tests);
+/* The same with setup and teardown (may be NULL) around each test. */
+int unit_run_suite_each(const char *name, CU_InitializeFunc init, CU_CleanupFunc clean,
+                        CU_SetUpFunc setup, CU_TearDownFunc teardown, CU_TestInfo *tests);
 
 /* system() of a printf-formatted command: 1 when it exited 0; else 0, and the command and its
  * status are printed. */

@@ -452,7 +452,5 @@ int main(void)
       {"NSS trust object is not an error", test_nss_trust_not_an_error},
       CU_TEST_INFO_NULL,
   };
-
-  int failed = unit_run_suite("front entry points", suite_init, NULL, tests);
-  return failed;
+  return unit_run_suite("front entry points", suite_init, NULL, tests);
 }

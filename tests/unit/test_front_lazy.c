@@ -534,7 +534,5 @@ int main(void)
       {"v2 registry read-only, then migrated under a running module", test_v2_registry},
       CU_TEST_INFO_NULL,
   };
-
-  int failed = unit_run_suite("front lazy objects", suite_init, suite_clean, tests);
-  return failed;
+  return unit_run_suite("front lazy objects", suite_init, suite_clean, tests);
 }

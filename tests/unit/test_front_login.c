@@ -348,7 +348,5 @@ int main(void)
       {"a repeated C_Login is checked", test_repeated_login},
       CU_TEST_INFO_NULL,
   };
-
-  int failed = unit_run_suite("front login", suite_init, NULL, tests);
-  return failed;
+  return unit_run_suite("front login", suite_init, NULL, tests);
 }

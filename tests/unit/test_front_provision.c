@@ -478,7 +478,5 @@ int main(void)
       {"write-protected registry", test_write_protected},
       CU_TEST_INFO_NULL,
   };
-
-  int failed = unit_run_suite("front provisioning", suite_init, suite_clean, tests);
-  return failed;
+  return unit_run_suite("front provisioning", suite_init, suite_clean, tests);
 }

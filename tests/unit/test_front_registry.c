@@ -175,7 +175,5 @@ int main(void)
       {"certificate attributes", test_certificate_attributes},
       CU_TEST_INFO_NULL,
   };
-
-  int failed = unit_run_suite("front+registry", suite_init, NULL, tests);
-  return failed;
+  return unit_run_suite("front+registry", suite_init, NULL, tests);
 }

@@ -279,7 +279,5 @@ int main(void)
       {"C_GenerateKeyPair session keys in the HSM", test_generate_session_hsm},
       CU_TEST_INFO_NULL,
   };
-
-  int failed = unit_run_suite("front session objects", suite_init, suite_clean, tests);
-  return failed;
+  return unit_run_suite("front session objects", suite_init, suite_clean, tests);
 }

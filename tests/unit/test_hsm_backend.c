@@ -807,6 +807,5 @@ int main(void) {
   }
   alarm(300); /* a deadlock fails the test instead of hanging CTest */
 
-  int failed = unit_run_suite("hsm_backend", suite_init, suite_clean, tests);
-  return failed;
+  return unit_run_suite("hsm_backend", suite_init, suite_clean, tests);
 }

@@ -534,6 +534,5 @@ int main(void) {
   g_ctl = ctl();
   alarm(300);
 
-  int failed = unit_run_suite("hsm_trust", NULL, NULL, tests);
-  return failed;
+  return unit_run_suite("hsm_trust", NULL, NULL, tests);
 }

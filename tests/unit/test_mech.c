@@ -167,7 +167,5 @@ int main(void)
       {"ecdsa r||s to DER", test_ecdsa_raw_der},
       CU_TEST_INFO_NULL,
   };
-
-  int failed = unit_run_suite("mech", NULL, NULL, tests);
-  return failed;
+  return unit_run_suite("mech", NULL, NULL, tests);
 }

@@ -748,6 +748,5 @@ int main(void)
   mkdir(g_dir, 0755);
   kvp_log_setup(KVP_LOG_ERROR, NULL);
 
-  int failed = unit_run_suite("registry", NULL, NULL, tests);
-  return failed;
+  return unit_run_suite("registry", NULL, NULL, tests);
 }

@@ -302,6 +302,5 @@ int main(int argc, char **argv)
   mkdir(tmp != NULL ? tmp : "/tmp/kvp11-unit", 0755);
   mkdir(g_dir, 0755);
 
-  int failed = unit_run_suite("util_log", NULL, NULL, tests);
-  return failed;
+  return unit_run_suite("util_log", NULL, NULL, tests);
 }

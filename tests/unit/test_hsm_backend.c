@@ -169,6 +169,17 @@ out:
 
 static void rand_bytes(unsigned char *p, size_t n) { CU_ASSERT_FATAL(RAND_bytes(p, (int)n) == 1); }
 
+/* OpenSSL's ciphertext of in[0..n) with g_rsa's public key (pad, oaep_md; asserted, fatal)
+ * into ct, given to the backend's decrypt as alg: its answer, the plaintext in out. */
+static CK_RV decrypt_ct(int pad, const EVP_MD *oaep_md, const unsigned char *in, size_t n,
+                        const kvp_dec_alg *alg, unsigned char ct[256], unsigned char out[256],
+                        CK_ULONG *out_len) {
+  size_t ct_len = 256;
+  CU_ASSERT_FATAL(encrypt_with(g_rsa->pub, pad, oaep_md, in, n, ct, &ct_len));
+  *out_len = 256;
+  return g_be->ops->decrypt(g_be, g_rsa, alg, ct, (CK_ULONG)ct_len, out, out_len);
+}
+
 /* ---------- tests ---------- */
 
 static void test_open_rsa(void) {
@@ -357,57 +368,42 @@ static void test_decrypt(void) {
   cases[4].md = EVP_sha256();
   for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
     unsigned char pt[32], ct[256], out[256];
-    size_t ct_len = sizeof(ct);
-    CK_ULONG out_len = sizeof(out);
+    CK_ULONG out_len;
     rand_bytes(pt, sizeof(pt));
-    CU_ASSERT_FATAL(encrypt_with(g_rsa->pub, cases[i].pad, cases[i].md, pt, sizeof(pt), ct, &ct_len));
     /* SoftHSM2 2.6.1 has OAEP with SHA-1 only: the others are decoded by the
      * backend over CKM_RSA_X_509 */
-    CK_RV rv = g_be->ops->decrypt(g_be, g_rsa, &cases[i].alg, ct, (CK_ULONG)ct_len, out, &out_len);
+    CK_RV rv =
+        decrypt_ct(cases[i].pad, cases[i].md, pt, sizeof(pt), &cases[i].alg, ct, out, &out_len);
     CU_ASSERT_EQUAL_FATAL(rv, CKR_OK);
     CU_ASSERT_EQUAL(out_len, sizeof(pt));
     CU_ASSERT_EQUAL(memcmp(out, pt, sizeof(pt)), 0);
   }
   /* OAEP-SHA256 ciphertext decrypted as OAEP-SHA1 must fail */
   unsigned char pt[16] = "0123456789abcdef", ct[256], out[256];
-  size_t ct_len = sizeof(ct);
-  CK_ULONG out_len = sizeof(out);
-  CU_ASSERT_FATAL(encrypt_with(g_rsa->pub, RSA_PKCS1_OAEP_PADDING, EVP_sha256(), pt, 16, ct, &ct_len));
-  CU_ASSERT_EQUAL(
-      g_be->ops->decrypt(g_be, g_rsa, &cases[1].alg, ct, (CK_ULONG)ct_len, out, &out_len),
-      CKR_ENCRYPTED_DATA_INVALID);
+  CK_ULONG out_len;
+  CU_ASSERT_EQUAL(decrypt_ct(RSA_PKCS1_OAEP_PADDING, EVP_sha256(), pt, 16, &cases[1].alg, ct, out,
+                             &out_len),
+                  CKR_ENCRYPTED_DATA_INVALID);
   /* a block with PKCS#1 type 1 (signature) padding is never a valid v1.5 ciphertext */
   unsigned char blk[256];
   memset(blk, 0xff, sizeof(blk));
   blk[0] = 0x00;
   blk[1] = 0x01;
   blk[200] = 0x00;
-  ct_len = sizeof(ct);
-  CU_ASSERT_FATAL(encrypt_with(g_rsa->pub, RSA_NO_PADDING, NULL, blk, sizeof(blk), ct, &ct_len));
-  out_len = sizeof(out);
   CU_ASSERT_EQUAL(
-      g_be->ops->decrypt(g_be, g_rsa, &cases[0].alg, ct, (CK_ULONG)ct_len, out, &out_len),
+      decrypt_ct(RSA_NO_PADDING, NULL, blk, sizeof(blk), &cases[0].alg, ct, out, &out_len),
       CKR_ENCRYPTED_DATA_INVALID);
   /* an OAEP-SHA1 ciphertext decrypted as OAEP-SHA256 (the local decoder) must fail */
-  ct_len = sizeof(ct);
-  CU_ASSERT_FATAL(encrypt_with(g_rsa->pub, RSA_PKCS1_OAEP_PADDING, EVP_sha1(), pt, 16, ct, &ct_len));
-  out_len = sizeof(out);
-  CU_ASSERT_EQUAL(
-      g_be->ops->decrypt(g_be, g_rsa, &cases[2].alg, ct, (CK_ULONG)ct_len, out, &out_len),
-      CKR_ENCRYPTED_DATA_INVALID);
+  CU_ASSERT_EQUAL(decrypt_ct(RSA_PKCS1_OAEP_PADDING, EVP_sha1(), pt, 16, &cases[2].alg, ct, out,
+                             &out_len),
+                  CKR_ENCRYPTED_DATA_INVALID);
   /* ... and so must a PKCS#1 v1.5 ciphertext */
-  ct_len = sizeof(ct);
-  CU_ASSERT_FATAL(encrypt_with(g_rsa->pub, RSA_PKCS1_PADDING, NULL, pt, 16, ct, &ct_len));
-  out_len = sizeof(out);
-  CU_ASSERT_EQUAL(
-      g_be->ops->decrypt(g_be, g_rsa, &cases[2].alg, ct, (CK_ULONG)ct_len, out, &out_len),
-      CKR_ENCRYPTED_DATA_INVALID);
+  CU_ASSERT_EQUAL(decrypt_ct(RSA_PKCS1_PADDING, NULL, pt, 16, &cases[2].alg, ct, out, &out_len),
+                  CKR_ENCRYPTED_DATA_INVALID);
   /* an empty message round-trips through the local decoder */
-  ct_len = sizeof(ct);
-  CU_ASSERT_FATAL(encrypt_with(g_rsa->pub, RSA_PKCS1_OAEP_PADDING, EVP_sha256(), pt, 0, ct, &ct_len));
-  out_len = sizeof(out);
-  CU_ASSERT_EQUAL(
-      g_be->ops->decrypt(g_be, g_rsa, &cases[2].alg, ct, (CK_ULONG)ct_len, out, &out_len), CKR_OK);
+  CU_ASSERT_EQUAL(decrypt_ct(RSA_PKCS1_OAEP_PADDING, EVP_sha256(), pt, 0, &cases[2].alg, ct, out,
+                             &out_len),
+                  CKR_OK);
   CU_ASSERT_EQUAL(out_len, 0);
   /* wrong length */
   out_len = sizeof(out);

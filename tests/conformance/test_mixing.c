@@ -37,13 +37,9 @@ typedef enum { IN_NONE, IN_PART1, IN_PART2, IN_BYTE, IN_WHOLE } mix_in;
 /* The output: a buffer large enough, a size query (NULL, length 0), a 1-byte buffer. */
 typedef enum { OUT_BUF, OUT_QUERY, OUT_SMALL } mix_out;
 
-static const char *const FN[OP_N][4] = {
-    [OP_DIGEST] = {"C_DigestInit", "C_DigestUpdate", "C_Digest", "C_DigestFinal"},
-    [OP_SIGN] = {"C_SignInit", "C_SignUpdate", "C_Sign", "C_SignFinal"},
-    [OP_VERIFY] = {"C_VerifyInit", "C_VerifyUpdate", "C_Verify", "C_VerifyFinal"},
-    [OP_ENCRYPT] = {"C_EncryptInit", "C_EncryptUpdate", "C_Encrypt", "C_EncryptFinal"},
-    [OP_DECRYPT] = {"C_DecryptInit", "C_DecryptUpdate", "C_Decrypt", "C_DecryptFinal"},
-};
+/* C_<operation><call>: C_DigestInit, C_Sign, C_VerifyFinal... */
+static const char *const OP_NAME[OP_N] = {"Digest", "Sign", "Verify", "Encrypt", "Decrypt"};
+static const char *const CALL_NAME[] = {"Init", "Update", "", "Final"};
 
 /* One call and the answer it must give. A failed init ends the case (nothing to mix); with
  * want_len, the output length is checked; with check_out, the output of a call that answered
@@ -65,21 +61,14 @@ typedef struct {
 
 #define STEPS(...)                                                                                 \
   (const mix_step[]){__VA_ARGS__}, sizeof((const mix_step[]){__VA_ARGS__}) / sizeof(mix_step)
-/* A call (CALL_x) with input IN_x and output OUT_x that must answer want. */
-#define STEP(call, in, out, want)                                                                  \
-  {                                                                                                \
-    CALL_##call, IN_##in, OUT_##out, want, 0, false                                                \
-  }
-/* ... and give an output of len bytes. */
-#define STEP_LEN(call, in, out, want, len)                                                         \
-  {                                                                                                \
-    CALL_##call, IN_##in, OUT_##out, want, len, false                                              \
-  }
-/* ... and, when it answers want, the expected result. */
-#define STEP_RESULT(call, in, out, want)                                                           \
-  {                                                                                                \
-    CALL_##call, IN_##in, OUT_##out, want, 0, true                                                 \
-  }
+/* clang-format off */
+/* A call (CALL_x) with input IN_x and output OUT_x that must answer want ... */
+#define STEP(call, in, out, want) {CALL_##call, IN_##in, OUT_##out, want, 0, false}
+/* ... and give an output of len bytes */
+#define STEP_LEN(call, in, out, want, len) {CALL_##call, IN_##in, OUT_##out, want, len, false}
+/* ... and, when it answers want, the expected result */
+#define STEP_RESULT(call, in, out, want) {CALL_##call, IN_##in, OUT_##out, want, 0, true}
+/* clang-format on */
 #define INIT STEP(INIT, NONE, BUF, CKR_OK)
 #define ACTIVE CKR_OPERATION_ACTIVE
 #define ENDED CKR_OPERATION_NOT_INITIALIZED
@@ -97,44 +86,49 @@ enum {
   CASE_N
 };
 
+/* clang-format off */
 static const mix_case CASES[CASE_N] = {
-    /* Update, then single-part (sign used to sign part1 || part2, verify to verify it) */
-    [UPDATE_THEN_SINGLE] = {"Update, then single-part",
-                            STEPS(INIT, STEP(UPDATE, PART1, BUF, CKR_OK),
-                                  STEP(SINGLE, PART2, BUF, ACTIVE), STEP(FINAL, NONE, BUF, ENDED))},
-    [FINAL_QUERY_THEN_SINGLE] = {"Update, Final size query, then single-part",
-                                 STEPS(INIT, STEP(UPDATE, BYTE, BUF, CKR_OK),
-                                       STEP_LEN(FINAL, NONE, QUERY, CKR_OK, 32),
-                                       STEP(SINGLE, PART2, BUF, ACTIVE),
-                                       STEP(FINAL, NONE, BUF, ENDED))},
+    /* sign used to sign part1 || part2 here, verify to verify it */
+    [UPDATE_THEN_SINGLE] = {"Update, then single-part", STEPS(INIT,
+        STEP(UPDATE, PART1, BUF, CKR_OK),
+        STEP(SINGLE, PART2, BUF, ACTIVE),
+        STEP(FINAL, NONE, BUF, ENDED))},
+    [FINAL_QUERY_THEN_SINGLE] = {"Update, Final size query, then single-part", STEPS(INIT,
+        STEP(UPDATE, BYTE, BUF, CKR_OK),
+        STEP_LEN(FINAL, NONE, QUERY, CKR_OK, 32),
+        STEP(SINGLE, PART2, BUF, ACTIVE),
+        STEP(FINAL, NONE, BUF, ENDED))},
     /* used to give the digest / signature of the empty message; the refused Final ended the
      * operation */
-    [SINGLE_QUERY_THEN_FINAL] = {"single-part size query, then Final",
-                                 STEPS(INIT, STEP(SINGLE, PART1, QUERY, CKR_OK),
-                                       STEP(FINAL, NONE, BUF, ACTIVE),
-                                       STEP(SINGLE, PART1, BUF, ENDED))},
+    [SINGLE_QUERY_THEN_FINAL] = {"single-part size query, then Final", STEPS(INIT,
+        STEP(SINGLE, PART1, QUERY, CKR_OK),
+        STEP(FINAL, NONE, BUF, ACTIVE),
+        STEP(SINGLE, PART1, BUF, ENDED))},
     /* the same without the last call (encrypt, decrypt) */
-    [SINGLE_QUERY_THEN_FINAL_ONLY] = {"single-part size query, then Final",
-                                      STEPS(INIT, STEP(SINGLE, PART1, QUERY, CKR_OK),
-                                            STEP(FINAL, NONE, BUF, ACTIVE))},
-    /* CKR_BUFFER_TOO_SMALL from the single-part call keeps a single-part operation: the Final
-     * is refused */
-    [TOO_SMALL_KEEPS_SINGLE] = {"CKR_BUFFER_TOO_SMALL, then Final",
-                                STEPS(INIT, STEP(SINGLE, PART1, SMALL, CKR_BUFFER_TOO_SMALL),
-                                      STEP(FINAL, NONE, BUF, ACTIVE))},
-    /* the rule does not get in the way of a plain single-part digest after a size query */
-    [PLAIN_DIGEST] = {"size query, then single-part",
-                      STEPS(INIT, STEP(SINGLE, WHOLE, QUERY, CKR_OK),
-                            STEP_RESULT(SINGLE, WHOLE, BUF, CKR_OK))},
+    [SINGLE_QUERY_THEN_FINAL_ONLY] = {"single-part size query, then Final", STEPS(INIT,
+        STEP(SINGLE, PART1, QUERY, CKR_OK),
+        STEP(FINAL, NONE, BUF, ACTIVE))},
+    /* CKR_BUFFER_TOO_SMALL from the single-part call keeps a single-part operation */
+    [TOO_SMALL_KEEPS_SINGLE] = {"CKR_BUFFER_TOO_SMALL, then Final", STEPS(INIT,
+        STEP(SINGLE, PART1, SMALL, CKR_BUFFER_TOO_SMALL),
+        STEP(FINAL, NONE, BUF, ACTIVE))},
+    /* the rule does not get in the way of a plain digest after a size query */
+    [PLAIN_DIGEST] = {"size query, then single-part", STEPS(INIT,
+        STEP(SINGLE, WHOLE, QUERY, CKR_OK),
+        STEP_RESULT(SINGLE, WHOLE, BUF, CKR_OK))},
     /* the same signature still verifies in one part ... */
-    [PLAIN_VERIFY] = {"single-part", STEPS(INIT, STEP(SINGLE, WHOLE, BUF, CKR_OK))},
+    [PLAIN_VERIFY] = {"single-part", STEPS(INIT,
+        STEP(SINGLE, WHOLE, BUF, CKR_OK))},
     /* ... and in two */
-    [PLAIN_VERIFY_PARTS] = {"two Updates, then Final", STEPS(INIT, STEP(UPDATE, PART1, BUF, CKR_OK),
-                                                             STEP(UPDATE, PART2, BUF, CKR_OK),
-                                                             STEP(FINAL, NONE, BUF, CKR_OK))},
+    [PLAIN_VERIFY_PARTS] = {"two Updates, then Final", STEPS(INIT,
+        STEP(UPDATE, PART1, BUF, CKR_OK),
+        STEP(UPDATE, PART2, BUF, CKR_OK),
+        STEP(FINAL, NONE, BUF, CKR_OK))},
     /* and a plain decryption still works */
-    [PLAIN_DECRYPT] = {"single-part", STEPS(INIT, STEP_RESULT(SINGLE, PART1, BUF, CKR_OK))},
+    [PLAIN_DECRYPT] = {"single-part", STEPS(INIT,
+        STEP_RESULT(SINGLE, PART1, BUF, CKR_OK))},
 };
+/* clang-format on */
 
 /* The cases of each operation, in order; -1 ends a row. */
 static const int OP_CASES[OP_N][5] = {
@@ -170,48 +164,30 @@ static CK_RV call(const mix_ctx *c, mix_call what, CK_BYTE_PTR in, CK_ULONG in_l
   CK_SESSION_HANDLE h = c->h;
   CK_MECHANISM m = c->m;
   CK_BYTE_PTR sig = (CK_BYTE_PTR)c->sig;
+  /* clang-format off */
   switch (c->op * 4 + what) {
-  case OP_DIGEST * 4 + CALL_INIT:
-    return P11->C_DigestInit(h, &m);
-  case OP_DIGEST * 4 + CALL_UPDATE:
-    return P11->C_DigestUpdate(h, in, in_len);
-  case OP_DIGEST * 4 + CALL_SINGLE:
-    return P11->C_Digest(h, in, in_len, out, out_len);
-  case OP_DIGEST * 4 + CALL_FINAL:
-    return P11->C_DigestFinal(h, out, out_len);
-  case OP_SIGN * 4 + CALL_INIT:
-    return P11->C_SignInit(h, &m, c->key);
-  case OP_SIGN * 4 + CALL_UPDATE:
-    return P11->C_SignUpdate(h, in, in_len);
-  case OP_SIGN * 4 + CALL_SINGLE:
-    return P11->C_Sign(h, in, in_len, out, out_len);
-  case OP_SIGN * 4 + CALL_FINAL:
-    return P11->C_SignFinal(h, out, out_len);
-  case OP_VERIFY * 4 + CALL_INIT:
-    return P11->C_VerifyInit(h, &m, c->key);
-  case OP_VERIFY * 4 + CALL_UPDATE:
-    return P11->C_VerifyUpdate(h, in, in_len);
-  case OP_VERIFY * 4 + CALL_SINGLE:
-    return P11->C_Verify(h, in, in_len, sig, c->sig_len);
-  case OP_VERIFY * 4 + CALL_FINAL:
-    return P11->C_VerifyFinal(h, sig, c->sig_len);
-  case OP_ENCRYPT * 4 + CALL_INIT:
-    return P11->C_EncryptInit(h, &m, c->key);
-  case OP_ENCRYPT * 4 + CALL_UPDATE:
-    return P11->C_EncryptUpdate(h, in, in_len, out, out_len);
-  case OP_ENCRYPT * 4 + CALL_SINGLE:
-    return P11->C_Encrypt(h, in, in_len, out, out_len);
-  case OP_ENCRYPT * 4 + CALL_FINAL:
-    return P11->C_EncryptFinal(h, out, out_len);
-  case OP_DECRYPT * 4 + CALL_INIT:
-    return P11->C_DecryptInit(h, &m, c->key);
-  case OP_DECRYPT * 4 + CALL_UPDATE:
-    return P11->C_DecryptUpdate(h, in, in_len, out, out_len);
-  case OP_DECRYPT * 4 + CALL_SINGLE:
-    return P11->C_Decrypt(h, in, in_len, out, out_len);
-  default:
-    return P11->C_DecryptFinal(h, out, out_len);
+  case OP_DIGEST * 4 + CALL_INIT:    return P11->C_DigestInit(h, &m);
+  case OP_DIGEST * 4 + CALL_UPDATE:  return P11->C_DigestUpdate(h, in, in_len);
+  case OP_DIGEST * 4 + CALL_SINGLE:  return P11->C_Digest(h, in, in_len, out, out_len);
+  case OP_DIGEST * 4 + CALL_FINAL:   return P11->C_DigestFinal(h, out, out_len);
+  case OP_SIGN * 4 + CALL_INIT:      return P11->C_SignInit(h, &m, c->key);
+  case OP_SIGN * 4 + CALL_UPDATE:    return P11->C_SignUpdate(h, in, in_len);
+  case OP_SIGN * 4 + CALL_SINGLE:    return P11->C_Sign(h, in, in_len, out, out_len);
+  case OP_SIGN * 4 + CALL_FINAL:     return P11->C_SignFinal(h, out, out_len);
+  case OP_VERIFY * 4 + CALL_INIT:    return P11->C_VerifyInit(h, &m, c->key);
+  case OP_VERIFY * 4 + CALL_UPDATE:  return P11->C_VerifyUpdate(h, in, in_len);
+  case OP_VERIFY * 4 + CALL_SINGLE:  return P11->C_Verify(h, in, in_len, sig, c->sig_len);
+  case OP_VERIFY * 4 + CALL_FINAL:   return P11->C_VerifyFinal(h, sig, c->sig_len);
+  case OP_ENCRYPT * 4 + CALL_INIT:   return P11->C_EncryptInit(h, &m, c->key);
+  case OP_ENCRYPT * 4 + CALL_UPDATE: return P11->C_EncryptUpdate(h, in, in_len, out, out_len);
+  case OP_ENCRYPT * 4 + CALL_SINGLE: return P11->C_Encrypt(h, in, in_len, out, out_len);
+  case OP_ENCRYPT * 4 + CALL_FINAL:  return P11->C_EncryptFinal(h, out, out_len);
+  case OP_DECRYPT * 4 + CALL_INIT:   return P11->C_DecryptInit(h, &m, c->key);
+  case OP_DECRYPT * 4 + CALL_UPDATE: return P11->C_DecryptUpdate(h, in, in_len, out, out_len);
+  case OP_DECRYPT * 4 + CALL_SINGLE: return P11->C_Decrypt(h, in, in_len, out, out_len);
+  default:                           return P11->C_DecryptFinal(h, out, out_len);
   }
+  /* clang-format on */
 }
 
 /* The bytes of input in for c; their length into *len. */
@@ -221,23 +197,15 @@ static CK_BYTE_PTR input(const mix_ctx *c, mix_in in, unsigned char *msg, CK_ULO
     *len = c->ct_len;
     return (CK_BYTE_PTR)c->ct;
   }
+  /* clang-format off */
   switch (in) {
-  case IN_PART1:
-    *len = sizeof part1 - 1;
-    return (CK_BYTE_PTR)part1;
-  case IN_PART2:
-    *len = sizeof part2 - 1;
-    return (CK_BYTE_PTR)part2;
-  case IN_BYTE:
-    *len = 1;
-    return (CK_BYTE_PTR)part1;
-  case IN_WHOLE:
-    *len = (CK_ULONG)whole(msg);
-    return msg;
-  default:
-    *len = 0;
-    return NULL;
+  case IN_PART1: *len = sizeof part1 - 1; return (CK_BYTE_PTR)part1;
+  case IN_PART2: *len = sizeof part2 - 1; return (CK_BYTE_PTR)part2;
+  case IN_BYTE:  *len = 1;                return (CK_BYTE_PTR)part1;
+  case IN_WHOLE: *len = (CK_ULONG)whole(msg); return msg;
+  default:       *len = 0;                return NULL;
   }
+  /* clang-format on */
 }
 
 static void run_case(const mix_ctx *c, const mix_case *k)
@@ -250,7 +218,8 @@ static void run_case(const mix_ctx *c, const mix_case *k)
     CK_ULONG in_len, len = s->out == OUT_QUERY ? 0 : s->out == OUT_SMALL ? 1 : sizeof out;
     CK_BYTE_PTR in = input(c, s->in, msg, &in_len);
     CK_RV rv = call(c, s->call, in, in_len, s->out == OUT_QUERY ? NULL : out, &len);
-    snprintf(expr, sizeof expr, "%s: call %zu, %s", k->what, i + 1, FN[c->op][s->call]);
+    snprintf(expr, sizeof expr, "%s: call %zu, C_%s%s", k->what, i + 1, OP_NAME[c->op],
+             CALL_NAME[s->call]);
     bool ok = kvpt_check_rv(rv, s->want, expr, __LINE__, __FILE__, c->test);
     if (!ok && s->call == CALL_INIT)
       return;

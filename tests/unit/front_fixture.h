@@ -54,16 +54,6 @@ static __attribute__((unused)) int count_rows(void)
   return (int)n;
 }
 
-static __attribute__((unused)) CK_ULONG find(CK_SESSION_HANDLE s, CK_ATTRIBUTE *tmpl, CK_ULONG n, CK_OBJECT_HANDLE *out,
-                     CK_ULONG max)
-{
-  CK_ULONG count = 0;
-  CU_ASSERT_EQUAL_FATAL(f->C_FindObjectsInit(s, tmpl, n), CKR_OK);
-  CU_ASSERT_EQUAL(f->C_FindObjects(s, out, max, &count), CKR_OK);
-  CU_ASSERT_EQUAL(f->C_FindObjectsFinal(s), CKR_OK);
-  return count;
-}
-
 static __attribute__((unused)) CK_SLOT_ID slot_by_label(const char *label)
 {
   CK_SLOT_ID slots[8];

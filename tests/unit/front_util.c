@@ -144,3 +144,13 @@ void front_unregister_row(const char *path, const char *account, const char *nam
   CU_ASSERT_EQUAL(kvp_registry_remove(reg, account, name, err, sizeof(err)), KVP_OK);
   kvp_registry_close(reg);
 }
+
+CK_ULONG front_find(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_ATTRIBUTE *tmpl, CK_ULONG n,
+                    CK_OBJECT_HANDLE *out, CK_ULONG max)
+{
+  CK_ULONG count = 0;
+  CU_ASSERT_EQUAL_FATAL(f->C_FindObjectsInit(s, tmpl, n), CKR_OK);
+  CU_ASSERT_EQUAL(f->C_FindObjects(s, out, max, &count), CKR_OK);
+  CU_ASSERT_EQUAL(f->C_FindObjectsFinal(s), CKR_OK);
+  return count;
+}

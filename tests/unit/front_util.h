@@ -1,7 +1,7 @@
 /*
  * What the front's unit tests (test_front_*.c) share: a directory of the
  * test's own, the kvp11.conf and softhsm2.conf written there, certificates
- * and the registry rows made of them. front_fixture.h (the SoftHSM2
+ * and the registry rows made of them, object searches. front_fixture.h (the SoftHSM2
  * provisioning fixture) builds on these.
  */
 #ifndef KVP_TEST_FRONT_UTIL_H
@@ -10,6 +10,7 @@
 #include <stddef.h>
 
 #include <openssl/evp.h>
+#include <p11-kit/pkcs11.h>
 
 #include "core/registry.h"
 
@@ -40,5 +41,10 @@ void front_register_row(const char *path, const kvp_cert_rec *rec);
 /* Removes account/name from the registry at path: asserts that the registry opens (fatal)
  * and that the row is removed. */
 void front_unregister_row(const char *path, const char *account, const char *name);
+
+/* The objects of session s that tmpl[0..n) finds, up to max handles into out: their number.
+ * Asserts that C_FindObjectsInit (fatal), C_FindObjects and C_FindObjectsFinal succeed. */
+CK_ULONG front_find(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_ATTRIBUTE *tmpl, CK_ULONG n,
+                    CK_OBJECT_HANDLE *out, CK_ULONG max);
 
 #endif

@@ -118,11 +118,7 @@ static CK_ULONG count_private_keys(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE *h)
 {
   CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
   CK_ATTRIBUTE t = {CKA_CLASS, &cls, sizeof(cls)};
-  CK_ULONG n = 0;
-  CU_ASSERT_EQUAL_FATAL(f->C_FindObjectsInit(s, &t, 1), CKR_OK);
-  CU_ASSERT_EQUAL(f->C_FindObjects(s, h, 1, &n), CKR_OK);
-  CU_ASSERT_EQUAL(f->C_FindObjectsFinal(s), CKR_OK);
-  return n;
+  return front_find(f, s, &t, 1, h, 1);
 }
 
 /* The slot whose token label is label (blank padded in the token info). */

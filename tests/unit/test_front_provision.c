@@ -75,7 +75,7 @@ static void test_partner_certificate(void)
   CU_ASSERT_EQUAL(h, ((CK_OBJECT_HANDLE)rec.id << 2) | KVP_OBJ_CERT);
   kvp_cert_rec_clear(&rec);
   /* visible at once, in every session: certificate + public key */
-  CU_ASSERT_EQUAL(find(ro, &by_label, 1, found, 8), 2);
+  CU_ASSERT_EQUAL(front_find(f, ro, &by_label, 1, found, 8), 2);
   {
     CK_BBOOL destroyable = CK_FALSE;
     CK_ATTRIBUTE a = {CKA_DESTROYABLE, &destroyable, sizeof(destroyable)};
@@ -92,7 +92,7 @@ static void test_partner_certificate(void)
                   CKR_ACTION_PROHIBITED);
   CU_ASSERT_EQUAL(f->C_DestroyObject(rw, h), CKR_OK);
   CU_ASSERT_EQUAL(count_rows(), rows);
-  CU_ASSERT_EQUAL(find(ro, &by_label, 1, found, 8), 0);
+  CU_ASSERT_EQUAL(front_find(f, ro, &by_label, 1, found, 8), 0);
   CU_ASSERT_EQUAL(f->C_DestroyObject(rw, h), CKR_OBJECT_HANDLE_INVALID);
   f->C_CloseSession(ro);
   f->C_CloseSession(rw);
@@ -218,7 +218,7 @@ static void test_key_then_certificate(void)
   CU_ASSERT_EQUAL_FATAL(
       f->C_OpenSession(slot_plain, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &rw), CKR_OK);
   /* a key pair, no certificate, with the CKA_ID chosen */
-  CU_ASSERT_EQUAL_FATAL(find(rw, &by_id, 1, keys, 8), 2);
+  CU_ASSERT_EQUAL_FATAL(front_find(f, rw, &by_id, 1, keys, 8), 2);
   {
     CK_OBJECT_CLASS cls[2];
     CK_ATTRIBUTE a0 = {CKA_CLASS, &cls[0], sizeof(cls[0])}, a1 = {CKA_CLASS, &cls[1], sizeof(cls[1])};
@@ -248,13 +248,13 @@ static void test_key_then_certificate(void)
   kvp_cert_rec_clear(&rec);
   CU_ASSERT_EQUAL(get_row("plain", "whatever", &rec), KVP_ENOTFOUND);
   /* the key objects kept their handles; the certificate has the CKA_ID too */
-  CU_ASSERT_EQUAL(find(rw, &by_id, 1, again, 8), 3);
+  CU_ASSERT_EQUAL(front_find(f, rw, &by_id, 1, again, 8), 3);
   CU_ASSERT(memcmp(again, keys, sizeof(CK_OBJECT_HANDLE)) == 0 ||
             memcmp(again + 1, keys, sizeof(CK_OBJECT_HANDLE)) == 0);
 
   /* destroying the certificate leaves the key pair */
   CU_ASSERT_EQUAL(f->C_DestroyObject(rw, h), CKR_OK);
-  CU_ASSERT_EQUAL(find(rw, &by_id, 1, again, 8), 2);
+  CU_ASSERT_EQUAL(front_find(f, rw, &by_id, 1, again, 8), 2);
   memset(&rec, 0, sizeof(rec));
   CU_ASSERT_EQUAL_FATAL(get_row("plain", "pending", &rec), KVP_OK);
   CU_ASSERT_EQUAL(rec.der_len, 0);
@@ -272,7 +272,7 @@ static void test_key_then_certificate(void)
   CU_ASSERT_EQUAL_FATAL(get_row("plain", "whatever", &rec), KVP_OK);
   CU_ASSERT_EQUAL(rec.type, KVP_CERT_PUBLIC);
   kvp_cert_rec_clear(&rec);
-  CU_ASSERT(find(rw, &by_cert, 1, certs, 4) >= 1);
+  CU_ASSERT(front_find(f, rw, &by_cert, 1, certs, 4) >= 1);
   CU_ASSERT_EQUAL(f->C_DestroyObject(rw, h), CKR_OK);
   f->C_CloseSession(rw);
   OPENSSL_free(der);
@@ -364,7 +364,7 @@ static void test_generate_in_hsm(void)
   CU_ASSERT_EQUAL(hk, ((CK_OBJECT_HANDLE)rec.id << 2) | KVP_OBJ_PRIVKEY);
   CU_ASSERT_EQUAL(hp, ((CK_OBJECT_HANDLE)rec.id << 2) | KVP_OBJ_PUBKEY);
   kvp_cert_rec_clear(&rec);
-  CU_ASSERT_EQUAL(find(ro, &by_id, 1, found, 8), 2);
+  CU_ASSERT_EQUAL(front_find(f, ro, &by_id, 1, found, 8), 2);
   sign_and_verify(rw, hk, hp, CKM_SHA256_RSA_PKCS, EVP_sha256());
 
   /* the same label again: refused before the HSM is touched */

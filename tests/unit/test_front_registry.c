@@ -41,16 +41,6 @@ static void register_cert(const char *account, const char *name, int ec)
   EVP_PKEY_free(pkey);
 }
 
-static CK_ULONG find_all(CK_SESSION_HANDLE s, CK_ATTRIBUTE *tmpl, CK_ULONG n,
-                         CK_OBJECT_HANDLE *out, CK_ULONG max)
-{
-  CK_ULONG count = 0;
-  CU_ASSERT_EQUAL_FATAL(f->C_FindObjectsInit(s, tmpl, n), CKR_OK);
-  CU_ASSERT_EQUAL(f->C_FindObjects(s, out, max, &count), CKR_OK);
-  CU_ASSERT_EQUAL(f->C_FindObjectsFinal(s), CKR_OK);
-  return count;
-}
-
 static CK_SLOT_ID slot_by_label(const char *label)
 {
   CK_SLOT_ID slots[8];
@@ -107,31 +97,31 @@ static void test_registered_while_running(void)
   other = slot_by_label("other");
   CU_ASSERT_EQUAL_FATAL(f->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &s), CKR_OK);
   CU_ASSERT_EQUAL_FATAL(f->C_OpenSession(other, CKF_SERIAL_SESSION, NULL, NULL, &s2), CKR_OK);
-  CU_ASSERT_EQUAL(find_all(s, NULL, 0, found, 16), 0);
+  CU_ASSERT_EQUAL(front_find(f, s, NULL, 0, found, 16), 0);
 
   /* A partner's certificate is registered by another process while we run. */
   register_cert("partners", "acme", 0);
-  CU_ASSERT_EQUAL(find_all(s, NULL, 0, found, 16), 2); /* certificate + public key */
-  CU_ASSERT_EQUAL(find_all(s, &by_class, 1, found, 16), 1);
-  CU_ASSERT_EQUAL(find_all(s, &by_label, 1, found, 16), 2);
-  CU_ASSERT_EQUAL(find_all(s2, NULL, 0, found, 16), 0); /* other account: nothing */
+  CU_ASSERT_EQUAL(front_find(f, s, NULL, 0, found, 16), 2); /* certificate + public key */
+  CU_ASSERT_EQUAL(front_find(f, s, &by_class, 1, found, 16), 1);
+  CU_ASSERT_EQUAL(front_find(f, s, &by_label, 1, found, 16), 2);
+  CU_ASSERT_EQUAL(front_find(f, s2, NULL, 0, found, 16), 0); /* other account: nothing */
 
   /* A second one: the first keeps its handles. */
   register_cert("partners", "globex", 1);
-  CU_ASSERT_EQUAL(find_all(s, &by_label, 1, again, 16), 2);
+  CU_ASSERT_EQUAL(front_find(f, s, &by_label, 1, again, 16), 2);
   CU_ASSERT_EQUAL(again[0], found[0]);
   CU_ASSERT_EQUAL(again[1], found[1]);
-  CU_ASSERT_EQUAL(find_all(s, NULL, 0, found, 16), 4);
+  CU_ASSERT_EQUAL(front_find(f, s, NULL, 0, found, 16), 4);
 
   /* Removed while running: gone, and its handles are invalid. */
   {
     CK_OBJECT_HANDLE h = again[0];
     CK_ATTRIBUTE value = {CKA_VALUE, NULL, 0};
     front_unregister_row(regpath, "partners", "acme");
-    CU_ASSERT_EQUAL(find_all(s, &by_label, 1, again, 16), 0);
+    CU_ASSERT_EQUAL(front_find(f, s, &by_label, 1, again, 16), 0);
     CU_ASSERT_EQUAL(f->C_GetAttributeValue(s, h, &value, 1), CKR_OBJECT_HANDLE_INVALID);
   }
-  CU_ASSERT_EQUAL(find_all(s, NULL, 0, found, 16), 2);
+  CU_ASSERT_EQUAL(front_find(f, s, NULL, 0, found, 16), 2);
   CU_ASSERT_EQUAL(f->C_CloseAllSessions(slot), CKR_OK);
   CU_ASSERT_EQUAL(f->C_CloseSession(s), CKR_SESSION_HANDLE_INVALID);
   CU_ASSERT_EQUAL(f->C_CloseSession(s2), CKR_OK);
@@ -155,7 +145,7 @@ static void test_certificate_attributes(void)
   CU_ASSERT_EQUAL_FATAL(f->C_Initialize(NULL), CKR_OK);
   CU_ASSERT_EQUAL_FATAL(
       f->C_OpenSession(slot_by_label("B2B partners"), CKF_SERIAL_SESSION, NULL, NULL, &s), CKR_OK);
-  CU_ASSERT_EQUAL_FATAL(find_all(s, tmpl, 2, h, 4), 1);
+  CU_ASSERT_EQUAL_FATAL(front_find(f, s, tmpl, 2, h, 4), 1);
   CU_ASSERT_EQUAL_FATAL(f->C_GetAttributeValue(s, h[0], attrs, 2), CKR_OK);
   x = d2i_X509(NULL, &p, (long)attrs[0].ulValueLen);
   CU_ASSERT_PTR_NOT_NULL_FATAL(x);

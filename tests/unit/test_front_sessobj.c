@@ -140,10 +140,10 @@ static void test_session_certificate(void)
     CU_ASSERT(a.ulValueLen == len && memcmp(buf, der, len) == 0);
   }
   /* visible to every session of the application on this token: certificate + public key */
-  CU_ASSERT_EQUAL(find(other, &by_label, 1, found, 8), 2);
-  CU_ASSERT_EQUAL(find(other, label_session, 2, found, 8), 2);
-  CU_ASSERT_EQUAL(find(other, label_token, 2, found, 8), 0);
-  CU_ASSERT_EQUAL_FATAL(find(other, label_pub, 2, found, 8), 1);
+  CU_ASSERT_EQUAL(front_find(f, other, &by_label, 1, found, 8), 2);
+  CU_ASSERT_EQUAL(front_find(f, other, label_session, 2, found, 8), 2);
+  CU_ASSERT_EQUAL(front_find(f, other, label_token, 2, found, 8), 0);
+  CU_ASSERT_EQUAL_FATAL(front_find(f, other, label_pub, 2, found, 8), 1);
   CU_ASSERT_EQUAL(get_bool(other, found[0], CKA_TOKEN), CK_FALSE);
   CU_ASSERT_NOT_EQUAL(found[0], h);
   /* the public key object is not destroyable (as a token certificate's) */
@@ -152,11 +152,11 @@ static void test_session_certificate(void)
   {
     CK_ATTRIBUTE a = {CKA_TOKEN, NULL, 0};
     CU_ASSERT_EQUAL(f->C_GetAttributeValue(rw_keys, h, &a, 1), CKR_OBJECT_HANDLE_INVALID);
-    CU_ASSERT_EQUAL(find(rw_keys, &by_label, 1, found, 8), 0);
+    CU_ASSERT_EQUAL(front_find(f, rw_keys, &by_label, 1, found, 8), 0);
   }
   /* destroyed from another (R/O) session: gone, handle invalid */
   CU_ASSERT_EQUAL(f->C_DestroyObject(other, h), CKR_OK);
-  CU_ASSERT_EQUAL(find(ro, &by_label, 1, found, 8), 0);
+  CU_ASSERT_EQUAL(front_find(f, ro, &by_label, 1, found, 8), 0);
   {
     CK_ATTRIBUTE a = {CKA_TOKEN, NULL, 0};
     CU_ASSERT_EQUAL(f->C_GetAttributeValue(ro, h, &a, 1), CKR_OBJECT_HANDLE_INVALID);
@@ -167,9 +167,9 @@ static void test_session_certificate(void)
   CU_ASSERT_EQUAL_FATAL(f->C_CreateObject(ro, t, 5, &h2), CKR_OK);
   CU_ASSERT_NOT_EQUAL(h2, h);
   CU_ASSERT_EQUAL(count_rows(), rows);
-  CU_ASSERT_EQUAL(find(other, &by_label, 1, found, 8), 2);
+  CU_ASSERT_EQUAL(front_find(f, other, &by_label, 1, found, 8), 2);
   CU_ASSERT_EQUAL(f->C_CloseSession(ro), CKR_OK);
-  CU_ASSERT_EQUAL(find(other, &by_label, 1, found, 8), 0);
+  CU_ASSERT_EQUAL(front_find(f, other, &by_label, 1, found, 8), 0);
   {
     CK_ATTRIBUTE a = {CKA_TOKEN, NULL, 0};
     CU_ASSERT_EQUAL(f->C_GetAttributeValue(other, h2, &a, 1), CKR_OBJECT_HANDLE_INVALID);
@@ -179,7 +179,7 @@ static void test_session_certificate(void)
   CU_ASSERT_EQUAL(f->C_CloseAllSessions(slot_plain), CKR_OK);
   CU_ASSERT_EQUAL_FATAL(f->C_OpenSession(slot_plain, CKF_SERIAL_SESSION, NULL, NULL, &other),
                         CKR_OK);
-  CU_ASSERT_EQUAL(find(other, &by_label, 1, found, 8), 0);
+  CU_ASSERT_EQUAL(front_find(f, other, &by_label, 1, found, 8), 0);
   /* bad session templates are refused as token ones are */
   t[3].ulValueLen = 5;
   CU_ASSERT_EQUAL(f->C_CreateObject(other, t, 4, &h), CKR_ATTRIBUTE_VALUE_INVALID);
@@ -246,7 +246,7 @@ static void test_generate_session_hsm(void)
   CU_ASSERT((hk & ((CK_OBJECT_HANDLE)1 << (sizeof(CK_OBJECT_HANDLE) * 8 - 1))) != 0);
   CU_ASSERT_EQUAL(get_bool(ro, hk, CKA_TOKEN), CK_FALSE);
   CU_ASSERT_EQUAL(get_bool(ro, hp, CKA_TOKEN), CK_FALSE);
-  CU_ASSERT_EQUAL(find(other, &by_label, 1, found, 8), 2);
+  CU_ASSERT_EQUAL(front_find(f, other, &by_label, 1, found, 8), 2);
   sign_and_verify(other, hk, hp, CKM_ECDSA_SHA256, EVP_sha256());
   sign_and_verify(ro, hk, hp, CKM_ECDSA_SHA256, EVP_sha256());
   /* RSA, CKA_TOKEN false in both templates */
@@ -260,7 +260,7 @@ static void test_generate_session_hsm(void)
   CU_ASSERT_EQUAL(f->C_DestroyObject(other, rp), CKR_OK);
   /* gone with the session that made them */
   CU_ASSERT_EQUAL(f->C_CloseSession(ro), CKR_OK);
-  CU_ASSERT_EQUAL(find(other, &by_label, 1, found, 8), 0);
+  CU_ASSERT_EQUAL(front_find(f, other, &by_label, 1, found, 8), 0);
   {
     CK_MECHANISM m = {CKM_ECDSA_SHA256, NULL, 0};
     CU_ASSERT_EQUAL(f->C_SignInit(other, &m, hk), CKR_KEY_HANDLE_INVALID);

@@ -499,11 +499,8 @@ int main(void)
       {"hsm PIN", test_hsm_pin},
       CU_TEST_INFO_NULL,
   };
-  const char *tmp = getenv("KVP11_TEST_TMP");
 
-  snprintf(g_dir, sizeof(g_dir), "%s/config", tmp != NULL ? tmp : "/tmp/kvp11-unit");
-  mkdir(tmp != NULL ? tmp : "/tmp/kvp11-unit", 0755);
-  mkdir(g_dir, 0755);
+  unit_tmp_dir("config", g_dir, sizeof(g_dir));
   kvp_log_setup(KVP_LOG_ERROR, NULL);
 
   return unit_run_suite("config", NULL, NULL, tests);

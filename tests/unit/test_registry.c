@@ -741,11 +741,8 @@ int main(void)
       {"version-1 registry read, then migrated", test_migrate_v1},
       CU_TEST_INFO_NULL,
   };
-  const char *tmp = getenv("KVP11_TEST_TMP");
 
-  snprintf(g_dir, sizeof(g_dir), "%s/registry", tmp != NULL ? tmp : "/tmp/kvp11-unit");
-  mkdir(tmp != NULL ? tmp : "/tmp/kvp11-unit", 0755);
-  mkdir(g_dir, 0755);
+  unit_tmp_dir("registry", g_dir, sizeof(g_dir));
   kvp_log_setup(KVP_LOG_ERROR, NULL);
 
   return unit_run_suite("registry", NULL, NULL, tests);

@@ -287,7 +287,6 @@ int main(int argc, char **argv)
       {"KVP11_DEBUG", test_kvp11_debug_env},
       CU_TEST_INFO_NULL,
   };
-  const char *tmp = getenv("KVP11_TEST_TMP");
 
   if (argc == 4 && strcmp(argv[1], "child") == 0)
     return child_main(argv[2], argv[3]);
@@ -298,9 +297,7 @@ int main(int argc, char **argv)
     execv(g_self, argv);
     return 1;
   }
-  snprintf(g_dir, sizeof(g_dir), "%s/util_log", tmp != NULL ? tmp : "/tmp/kvp11-unit");
-  mkdir(tmp != NULL ? tmp : "/tmp/kvp11-unit", 0755);
-  mkdir(g_dir, 0755);
+  unit_tmp_dir("util_log", g_dir, sizeof(g_dir));
 
   return unit_run_suite("util_log", NULL, NULL, tests);
 }

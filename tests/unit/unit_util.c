@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 
 #include <CUnit/Basic.h>
 
@@ -46,4 +47,12 @@ int unit_sh(const char *fmt, ...)
   if (rc != 0)
     fprintf(stderr, "command failed (%d): %s\n", rc, cmd);
   return rc == 0;
+}
+
+void unit_tmp_dir(const char *tag, char *dir, size_t size)
+{
+  const char *tmp = getenv("KVP11_TEST_TMP");
+  snprintf(dir, size, "%s/%s", tmp != NULL ? tmp : "/tmp/kvp11-unit", tag);
+  mkdir(tmp != NULL ? tmp : "/tmp/kvp11-unit", 0755);
+  mkdir(dir, 0755);
 }

@@ -5,6 +5,8 @@
 #ifndef KVP_TEST_UNIT_UTIL_H
 #define KVP_TEST_UNIT_UTIL_H
 
+#include <stddef.h>
+
 #include <CUnit/CUnit.h>
 
 /* Runs tests (ended by CU_TEST_INFO_NULL) as one suite named name, between init and clean
@@ -15,6 +17,10 @@ int unit_run_suite(const char *name, CU_InitializeFunc init, CU_CleanupFunc clea
 /* The same with setup and teardown (may be NULL) around each test. */
 int unit_run_suite_each(const char *name, CU_InitializeFunc init, CU_CleanupFunc clean,
                         CU_SetUpFunc setup, CU_TearDownFunc teardown, CU_TestInfo *tests);
+
+/* $KVP11_TEST_TMP/TAG (/tmp/kvp11-unit/TAG without KVP11_TEST_TMP) into dir, made (mode
+ * 0755) when absent. */
+void unit_tmp_dir(const char *tag, char *dir, size_t size);
 
 /* system() of a printf-formatted command: 1 when it exited 0; else 0, and the command and its
  * status are printed. */

@@ -1,6 +1,7 @@
 /* Shared helpers of the Key Vault CUnit tests: see kvtest.h. */
 #include "kvtest.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -256,7 +257,9 @@ CK_RV kvt_sign(kvp_backend *be, kvp_key *k, EVP_PKEY *pub, int check)
   return rv;
 }
 
-void kvt_hint(kvp_key_ref_hint *h, const char *version, EVP_PKEY *pub, unsigned char **spki)
+/* The key's registry hint: version and DER SPKI of pub (spki malloc'd into *spki). */
+static void kvt_hint(kvp_key_ref_hint *h, const char *version, EVP_PKEY *pub,
+                     unsigned char **spki)
 {
   int n;
   *spki = NULL;
@@ -264,6 +267,69 @@ void kvt_hint(kvp_key_ref_hint *h, const char *version, EVP_PKEY *pub, unsigned 
   h->version = version;
   h->spki = n > 0 ? *spki : NULL;
   h->spki_len = n > 0 ? (size_t)n : 0;
+}
+
+kvp_backend *kvt_backend(const kvp_vault_conf *c)
+{
+  kvp_backend *be = NULL;
+  CU_ASSERT_EQUAL(kvp_keyvault_backend_new(c, &be), CKR_OK);
+  return be;
+}
+
+int kvt_registered(kvp_backend *be, const char *name, char *ver, size_t verlen, EVP_PKEY **pub)
+{
+  kvp_key *k = NULL;
+  if (be->ops->open_key(be, name, &k) != CKR_OK)
+    return -1;
+  snprintf(ver, verlen, "%s", k->version);
+  *pub = k->pub;
+  EVP_PKEY_up_ref(*pub);
+  be->ops->close_key(be, k);
+  return 0;
+}
+
+CK_RV kvt_open_hinted(kvp_backend *be, const char *name, const char *ver, EVP_PKEY *pub,
+                      kvp_key **k)
+{
+  kvp_key_ref_hint h;
+  unsigned char *spki;
+  CK_RV rv;
+  kvt_hint(&h, ver, pub, &spki);
+  rv = kvp_backend_open_key(be, name, &h, k);
+  OPENSSL_free(spki);
+  return rv;
+}
+
+void kvt_write_file(const char *path, const char *fmt, ...)
+{
+  va_list ap;
+  FILE *f = fopen(path, "w");
+  CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+  va_start(ap, fmt);
+  vfprintf(f, fmt, ap);
+  va_end(ap);
+  fclose(f);
+  chmod(path, 0600);
+}
+
+int kvt_read_line(const char *path, char *buf, size_t size)
+{
+  FILE *f = fopen(path, "r");
+  CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+  int got = fgets(buf, (int)size, f) != NULL;
+  fclose(f);
+  if (!got)
+    buf[0] = '\0';
+  buf[strcspn(buf, "\r\n")] = '\0';
+  return got;
+}
+
+void kvt_federated_token(const char *path)
+{
+  json_t *j =
+      kvt_emu("POST", "/_emu/federated-token", "{\"subject\":\"system:serviceaccount:b2b:app\"}");
+  kvt_write_file(path, "%s\n", json_string_value(json_object_get(j, "token")));
+  json_decref(j);
 }
 
 double kvt_now(void)

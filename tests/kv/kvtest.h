@@ -2,17 +2,21 @@
  * Shared helpers of the Key Vault CUnit tests (tests/kv/kvtest.c): the
  * fixture started by fixture-setup.sh (KVP11_KV_DIR), the emulator's control
  * API (/_emu/...), a vault configuration for the fixture's emulator, the
- * test's log file, and independent OpenSSL checks of signatures.
+ * test's log file, independent OpenSSL checks of signatures, keys opened as
+ * the module opens a registered key, and small files. The CUnit run is
+ * tests/unit/unit_util.h's.
  */
 #ifndef KVP_TESTS_KVTEST_H
 #define KVP_TESTS_KVTEST_H
 
 #include <stddef.h>
 
+#include <CUnit/CUnit.h>
 #include <jansson.h>
 #include <openssl/evp.h>
 
 #include "backend/backend.h"
+#include "unit_util.h" /* the suite run: unit_run_suite */
 
 extern char kvt_dir[900];    /* KVP11_KV_DIR */
 extern char kvt_url[128];    /* https://127.0.0.1:PORT */
@@ -62,8 +66,23 @@ int kvt_verify(EVP_PKEY *pub, const kvp_sig_alg *alg, const unsigned char *d, si
 /* Sign "msg" with the key's natural algorithm (RS256 / ES256-384-512); check: verify with pub
  * (the key's own when NULL). */
 CK_RV kvt_sign(kvp_backend *be, kvp_key *k, EVP_PKEY *pub, int check);
-/* The key's registry hint: version and DER SPKI of pub (spki malloc'd into *spki). */
-void kvt_hint(kvp_key_ref_hint *h, const char *version, EVP_PKEY *pub, unsigned char **spki);
+/* A Key Vault backend for c; asserts that it was made (NULL when not). */
+kvp_backend *kvt_backend(const kvp_vault_conf *c);
+/* What `kvp11 cert add` recorded for key name, read through be: its version into ver and
+ * its public key into *pub (EVP_PKEY_free it). 0, or -1 when the key does not open. */
+int kvt_registered(kvp_backend *be, const char *name, char *ver, size_t verlen, EVP_PKEY **pub);
+/* Opens name as the module does for a registry row with version ver and the SPKI of pub. */
+CK_RV kvt_open_hinted(kvp_backend *be, const char *name, const char *ver, EVP_PKEY *pub,
+                      kvp_key **k);
+
+/* Writes path (mode 0600) from a printf format; asserts (fatal) that it opens. */
+void kvt_write_file(const char *path, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The first line of path without its line end into buf (empty when there is none); asserts
+ * (fatal) that it opens. 1 when a line was read. */
+int kvt_read_line(const char *path, char *buf, size_t size);
+/* A federated token for the emulator's workload identity (subject
+ * system:serviceaccount:b2b:app) written to path (kvt_write_file). */
+void kvt_federated_token(const char *path);
 
 double kvt_now(void); /* monotonic seconds */
 

@@ -47,13 +47,6 @@ static size_t sink(char *p, size_t s, size_t n, void *u)
 
 /* ---- backends ---- */
 
-static kvp_backend *backend(const kvp_vault_conf *c)
-{
-  kvp_backend *be = NULL;
-  CU_ASSERT_EQUAL(kvp_keyvault_backend_new(c, &be), CKR_OK);
-  return be;
-}
-
 static kvp_backend *g_be; /* the main client-secret backend, kept warm */
 
 /* ---- local crypto ---- */
@@ -281,7 +274,7 @@ static void test_key_cache_ttl(void)
   kvp_key *k = NULL;
   kvt_conf(&c, "ttl");
   c.timeout_ms = 1000;
-  be = backend(&c);
+  be = kvt_backend(&c);
   CU_ASSERT_EQUAL_FATAL(be->ops->open_key(be, "p384", &k), CKR_OK);
   be->ops->close_key(be, k);
   kvt_emu_reset();
@@ -468,7 +461,7 @@ static void test_no_permission(void)
   kvt_conf(&c, "nosign");
   c.client_id = "app-nosign";
   c.client_secret_file = sec;
-  be = backend(&c);
+  be = kvt_backend(&c);
   CU_ASSERT_PTR_NOT_NULL_FATAL(be);
   CU_ASSERT_EQUAL_FATAL(be->ops->open_key(be, "p256", &k), CKR_OK);
   CU_ASSERT_EQUAL(sign_once(be, k, 0), CKR_KEY_FUNCTION_NOT_PERMITTED);
@@ -490,23 +483,18 @@ static void test_bad_secret(void)
   char sec[1000];
   kvp_backend *be;
   kvp_key *k = NULL;
-  FILE *f;
   snprintf(sec, sizeof(sec), "%s/wrong.secret", kvt_dir);
-  f = fopen(sec, "w");
-  CU_ASSERT_PTR_NOT_NULL_FATAL(f);
-  fputs("not-the-secret\n", f);
-  fclose(f);
-  chmod(sec, 0600);
+  kvt_write_file(sec, "not-the-secret\n");
   kvt_conf(&c, "badsecret");
   c.client_secret_file = sec;
-  be = backend(&c);
+  be = kvt_backend(&c);
   CU_ASSERT_EQUAL(be->ops->open_key(be, "p256", &k), CKR_DEVICE_ERROR);
   CU_ASSERT(kvt_log_contains("invalid_client"));
   CU_ASSERT(!kvt_log_contains("not-the-secret"));
   be->ops->destroy(be, 0);
   /* a secret file readable by others is refused */
   chmod(sec, 0644);
-  be = backend(&c);
+  be = kvt_backend(&c);
   CU_ASSERT_NOT_EQUAL(be->ops->open_key(be, "p256", &k), CKR_OK);
   be->ops->destroy(be, 0);
 }
@@ -522,7 +510,7 @@ static void auth_roundtrip_fault(kvp_vault_conf *c, const char *counter, const c
   kvt_emu_reset();
   if (fault != NULL)
     kvt_emu_fault(fault);
-  be = backend(c);
+  be = kvt_backend(c);
   CU_ASSERT_PTR_NOT_NULL_FATAL(be);
   CU_ASSERT_EQUAL_FATAL(be->ops->open_key(be, "p384", &k), CKR_OK);
   for (i = 0; i < 3; i++)
@@ -543,12 +531,7 @@ static void test_auth_client_secret_env(void)
 {
   kvp_vault_conf c;
   char line[200] = "";
-  FILE *f = fopen(kvt_secret, "r");
-  CU_ASSERT_PTR_NOT_NULL_FATAL(f);
-  if (fgets(line, sizeof(line), f) == NULL)
-    line[0] = '\0';
-  fclose(f);
-  line[strcspn(line, "\r\n")] = '\0';
+  kvt_read_line(kvt_secret, line, sizeof(line));
   setenv("KVP11_TEST_KV_SECRET", line, 1);
   kvt_conf(&c, "envsecret");
   c.client_secret_file = NULL;
@@ -575,7 +558,7 @@ static void test_auth_client_certificate(void)
     kvp_backend *be;
     kvp_key *k = NULL;
     c.client_id = "app-full";
-    be = backend(&c);
+    be = kvt_backend(&c);
     CU_ASSERT_EQUAL(be->ops->open_key(be, "p384", &k), CKR_DEVICE_ERROR);
     be->ops->destroy(be, 0);
   }
@@ -630,14 +613,8 @@ static void test_auth_workload_identity(void)
 {
   kvp_vault_conf c;
   char path[1000];
-  json_t *j = kvt_emu("POST", "/_emu/federated-token", "{\"subject\":\"system:serviceaccount:b2b:app\"}");
-  FILE *f;
   snprintf(path, sizeof(path), "%s/federated-token", kvt_dir);
-  f = fopen(path, "w");
-  CU_ASSERT_PTR_NOT_NULL_FATAL(f);
-  fprintf(f, "%s\n", json_string_value(json_object_get(j, "token")));
-  fclose(f);
-  json_decref(j);
+  kvt_federated_token(path);
   setenv("AZURE_FEDERATED_TOKEN_FILE", path, 1);
   kvt_conf(&c, "workload");
   c.auth = KVP_AUTH_WORKLOAD_IDENTITY;
@@ -657,7 +634,7 @@ static void test_token_expiry(void)
   long tokens;
   json_decref(kvt_emu("POST", "/_emu/config", "{\"tokenLifetime\":3}"));
   kvt_conf(&c, "shortlived");
-  be = backend(&c);
+  be = kvt_backend(&c);
   CU_ASSERT_EQUAL_FATAL(be->ops->open_key(be, "p256", &k), CKR_OK);
   kvt_emu_reset();
   t0 = kvt_now();
@@ -709,7 +686,7 @@ static CK_RV fault_sign(const char *rule, long timeout_ms, int max_retries, doub
   kvt_conf(&c, "faults");
   c.timeout_ms = timeout_ms;
   c.max_retries = max_retries;
-  be = backend(&c);
+  be = kvt_backend(&c);
   if (be->ops->open_key(be, "p256", &k) != CKR_OK) {
     be->ops->destroy(be, 0);
     return CKR_GENERAL_ERROR;
@@ -813,7 +790,7 @@ static void test_token_endpoint_faults(void)
   kvt_emu_fault("{\"faults\":[{\"endpoint\":\"token\",\"status\":503},"
             "{\"endpoint\":\"token\",\"action\":\"nonjson\"},"
             "{\"endpoint\":\"get\",\"status\":429}]}");
-  be = backend(&c);
+  be = kvt_backend(&c);
   CU_ASSERT_EQUAL(be->ops->open_key(be, "p256", &k), CKR_OK);
   CU_ASSERT_EQUAL(kvt_emu_count("token"), 3);
   /* challenge (401) + 429 + the good one */
@@ -824,7 +801,7 @@ static void test_token_endpoint_faults(void)
   /* the token endpoint is down: CKR_DEVICE_ERROR within the limit */
   kvt_emu_fault("{\"endpoint\":\"token\",\"status\":500,\"times\":-1}");
   c.timeout_ms = 1000;
-  be = backend(&c);
+  be = kvt_backend(&c);
   k = NULL;
   CU_ASSERT_EQUAL(be->ops->open_key(be, "p256", &k), CKR_DEVICE_ERROR);
   be->ops->destroy(be, 0);
@@ -853,35 +830,12 @@ static void *thr_main(void *p)
   return NULL;
 }
 
-static void test_threads(void)
+/* 4 threads signing with k (NULL: each opens its own): the signatures that succeeded. */
+static int run_threads(kvp_backend *be, kvp_key *k)
 {
-  kvp_vault_conf c;
-  kvp_backend *be;
-  kvp_key *k = NULL;
   pthread_t th[4];
   struct thr t[4];
   int i, ok = 0;
-  kvt_conf(&c, "threads");
-  be = backend(&c);
-  kvt_emu_reset();
-  /* cold start from 4 threads at once: one token request (the others wait for it) */
-  for (i = 0; i < 4; i++) {
-    t[i].be = be;
-    t[i].k = NULL;
-    t[i].ok = 0;
-    pthread_create(&th[i], NULL, thr_main, &t[i]);
-  }
-  for (i = 0; i < 4; i++) {
-    pthread_join(th[i], NULL);
-    ok += t[i].ok;
-  }
-  CU_ASSERT_EQUAL(ok, 40);
-  CU_ASSERT_EQUAL(kvt_emu_count("token"), 1);
-  CU_ASSERT_EQUAL(kvp_keyvault_token_requests(be), 1);
-  /* warm: 4 threads share one key object, one request per signature */
-  ok = 0;
-  kvt_emu_reset();
-  CU_ASSERT_EQUAL_FATAL(be->ops->open_key(be, "rsa2048", &k), CKR_OK);
   for (i = 0; i < 4; i++) {
     t[i].be = be;
     t[i].k = k;
@@ -892,7 +846,25 @@ static void test_threads(void)
     pthread_join(th[i], NULL);
     ok += t[i].ok;
   }
-  CU_ASSERT_EQUAL(ok, 40);
+  return ok;
+}
+
+static void test_threads(void)
+{
+  kvp_vault_conf c;
+  kvp_backend *be;
+  kvp_key *k = NULL;
+  kvt_conf(&c, "threads");
+  be = kvt_backend(&c);
+  kvt_emu_reset();
+  /* cold start from 4 threads at once: one token request (the others wait for it) */
+  CU_ASSERT_EQUAL(run_threads(be, NULL), 40);
+  CU_ASSERT_EQUAL(kvt_emu_count("token"), 1);
+  CU_ASSERT_EQUAL(kvp_keyvault_token_requests(be), 1);
+  /* warm: 4 threads share one key object, one request per signature */
+  kvt_emu_reset();
+  CU_ASSERT_EQUAL_FATAL(be->ops->open_key(be, "rsa2048", &k), CKR_OK);
+  CU_ASSERT_EQUAL(run_threads(be, k), 40);
   CU_ASSERT_EQUAL(kvt_emu_count("sign"), 40);
   CU_ASSERT_EQUAL(kvt_emu_count("token"), 0);
   CU_ASSERT_EQUAL(kvt_emu_total(), 40);
@@ -937,7 +909,7 @@ static void test_wrong_ca(void)
   c.timeout_ms = 1500;
   c.max_retries = 1;
   kvt_emu_reset();
-  be = backend(&c);
+  be = kvt_backend(&c);
   CU_ASSERT_EQUAL(be->ops->open_key(be, "p256", &k), CKR_DEVICE_ERROR);
   be->ops->destroy(be, 0);
   /* no request reached the emulator, and a TLS failure is not retried */
@@ -948,12 +920,7 @@ static void test_wrong_ca(void)
 static void test_no_secrets_logged(void)
 {
   char line[200] = "";
-  FILE *f = fopen(kvt_secret, "r");
-  CU_ASSERT_PTR_NOT_NULL_FATAL(f);
-  if (fgets(line, sizeof(line), f) == NULL)
-    line[0] = '\0';
-  fclose(f);
-  line[strcspn(line, "\r\n")] = '\0';
+  kvt_read_line(kvt_secret, line, sizeof(line));
   CU_ASSERT(strlen(line) > 10);
   CU_ASSERT(!kvt_log_contains(line));
   /* access tokens and client assertions are JWTs: base64url of '{"' */
@@ -965,9 +932,35 @@ static void test_no_secrets_logged(void)
 
 int main(void)
 {
+  static CU_TestInfo tests[] = {
+      {"RSA keys: every sign and decrypt mechanism", test_rsa_keys},
+      {"EC keys: ECDSA on P-256/384/521", test_ec_keys},
+      {"mechanism parameters refused locally", test_mechanism_params},
+      {"one request per operation once warm", test_warm_counts},
+      {"versioned and missing keys", test_versioned_and_missing},
+      {"key cache TTL", test_key_cache_ttl},
+      {"paging over more than 25 keys", test_paging},
+      {"key_ops, disabled and expired keys", test_key_states},
+      {"no sign/decrypt permission", test_no_permission},
+      {"wrong client secret", test_bad_secret},
+      {"auth: client secret from the environment", test_auth_client_secret_env},
+      {"auth: client certificate", test_auth_client_certificate},
+      {"auth: managed identity (IMDS)", test_auth_managed_identity_imds},
+      {"auth: managed identity (IDENTITY_ENDPOINT)", test_auth_managed_identity_app_service},
+      {"auth: workload identity", test_auth_workload_identity},
+      {"token expiry in the middle of a run", test_token_expiry},
+      {"401 with a cached token", test_revoked_token},
+      {"faults that end in success", test_faults_recovered},
+      {"faults that end in CKR_DEVICE_ERROR in time", test_faults_given_up},
+      {"token endpoint faults", test_token_endpoint_faults},
+      {"threads", test_threads},
+      {"fork: destroy(forked) frees memory only", test_fork},
+      {"TLS is verified", test_wrong_ca},
+      {"deleted key", test_deleted_key},
+      {"no secret or token in the log", test_no_secrets_logged},
+      CU_TEST_INFO_NULL,
+  };
   int rc = kvt_init("backend-test.log");
-  CU_pSuite s;
-  unsigned fails;
   kvp_vault_conf c;
 
   if (rc != 0)
@@ -976,40 +969,8 @@ int main(void)
   kvt_conf(&c, "emu");
   if (kvp_keyvault_backend_new(&c, &g_be) != CKR_OK)
     return 1;
-  if (CU_initialize_registry() != CUE_SUCCESS)
-    return 1;
-  s = CU_add_suite("kv_backend", NULL, NULL);
-  CU_add_test(s, "RSA keys: every sign and decrypt mechanism", test_rsa_keys);
-  CU_add_test(s, "EC keys: ECDSA on P-256/384/521", test_ec_keys);
-  CU_add_test(s, "mechanism parameters refused locally", test_mechanism_params);
-  CU_add_test(s, "one request per operation once warm", test_warm_counts);
-  CU_add_test(s, "versioned and missing keys", test_versioned_and_missing);
-  CU_add_test(s, "key cache TTL", test_key_cache_ttl);
-  CU_add_test(s, "paging over more than 25 keys", test_paging);
-  CU_add_test(s, "key_ops, disabled and expired keys", test_key_states);
-  CU_add_test(s, "no sign/decrypt permission", test_no_permission);
-  CU_add_test(s, "wrong client secret", test_bad_secret);
-  CU_add_test(s, "auth: client secret from the environment", test_auth_client_secret_env);
-  CU_add_test(s, "auth: client certificate", test_auth_client_certificate);
-  CU_add_test(s, "auth: managed identity (IMDS)", test_auth_managed_identity_imds);
-  CU_add_test(s, "auth: managed identity (IDENTITY_ENDPOINT)",
-              test_auth_managed_identity_app_service);
-  CU_add_test(s, "auth: workload identity", test_auth_workload_identity);
-  CU_add_test(s, "token expiry in the middle of a run", test_token_expiry);
-  CU_add_test(s, "401 with a cached token", test_revoked_token);
-  CU_add_test(s, "faults that end in success", test_faults_recovered);
-  CU_add_test(s, "faults that end in CKR_DEVICE_ERROR in time", test_faults_given_up);
-  CU_add_test(s, "token endpoint faults", test_token_endpoint_faults);
-  CU_add_test(s, "threads", test_threads);
-  CU_add_test(s, "fork: destroy(forked) frees memory only", test_fork);
-  CU_add_test(s, "TLS is verified", test_wrong_ca);
-  CU_add_test(s, "deleted key", test_deleted_key);
-  CU_add_test(s, "no secret or token in the log", test_no_secrets_logged);
-  CU_basic_set_mode(CU_BRM_VERBOSE);
-  CU_basic_run_tests();
-  fails = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
-  CU_cleanup_registry();
+  rc = unit_run_suite("kv_backend", NULL, NULL, tests);
   g_be->ops->destroy(g_be, 0);
   kvt_done();
-  return fails == 0 ? 0 : 1;
+  return rc;
 }

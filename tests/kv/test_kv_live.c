@@ -36,39 +36,6 @@
 
 static kvp_backend *g_be; /* app-full, reads keys (the tool's view) */
 
-static kvp_backend *new_be(kvp_vault_conf *c)
-{
-  kvp_backend *be = NULL;
-  CU_ASSERT_EQUAL(kvp_keyvault_backend_new(c, &be), CKR_OK);
-  return be;
-}
-
-/* What `kvp11 cert add` recorded for key name: its version and public key. */
-static int registered(const char *name, char *ver, size_t verlen, EVP_PKEY **pub)
-{
-  kvp_key *k = NULL;
-  if (g_be->ops->open_key(g_be, name, &k) != CKR_OK)
-    return -1;
-  snprintf(ver, verlen, "%s", k->version);
-  *pub = k->pub;
-  EVP_PKEY_up_ref(*pub);
-  g_be->ops->close_key(g_be, k);
-  return 0;
-}
-
-/* Open name as the module does for a registry row with version and SPKI. */
-static CK_RV open_hinted(kvp_backend *be, const char *name, const char *ver, EVP_PKEY *pub,
-                         kvp_key **k)
-{
-  kvp_key_ref_hint h;
-  unsigned char *spki;
-  CK_RV rv;
-  kvt_hint(&h, ver, pub, &spki);
-  rv = kvp_backend_open_key(be, name, &h, k);
-  OPENSSL_free(spki);
-  return rv;
-}
-
 static void test_cloud_resource(void)
 {
   CU_ASSERT_STRING_EQUAL(kv_cloud_resource("contoso.vault.azure.net"), "https://vault.azure.net");
@@ -93,13 +60,13 @@ static void test_two_requests(void)
   kvp_key_ref_hint h = {NULL, NULL, 0};
   int i;
 
-  CU_ASSERT_EQUAL_FATAL(registered("p256", ver, sizeof(ver), &pub), 0);
+  CU_ASSERT_EQUAL_FATAL(kvt_registered(g_be, "p256", ver, sizeof(ver), &pub), 0);
   kvt_conf(&c, "fresh");
   c.resource = EMU_RESOURCE;
   /* a fresh process, registry row with version and SPKI */
-  be = new_be(&c);
+  be = kvt_backend(&c);
   kvt_emu_reset();
-  CU_ASSERT_EQUAL_FATAL(open_hinted(be, "p256", ver, pub, &k), CKR_OK);
+  CU_ASSERT_EQUAL_FATAL(kvt_open_hinted(be, "p256", ver, pub, &k), CKR_OK);
   CU_ASSERT_EQUAL(kvt_emu_total(), 0);
   CU_ASSERT_STRING_EQUAL(k->version, ver);
   CU_ASSERT_EQUAL(kvt_sign(be, k, pub, 1), CKR_OK);
@@ -113,7 +80,7 @@ static void test_two_requests(void)
   be->ops->destroy(be, 0);
 
   /* a row with a version but no SPKI: the version is read once */
-  be = new_be(&c);
+  be = kvt_backend(&c);
   kvt_emu_reset();
   h.version = ver;
   k = NULL;
@@ -126,7 +93,7 @@ static void test_two_requests(void)
 
   /* an old row (neither) and no resource known: today's path (challenge, token, get, sign) */
   c.resource = NULL;
-  be = new_be(&c);
+  be = kvt_backend(&c);
   kvt_emu_reset();
   k = NULL;
   CU_ASSERT_EQUAL_FATAL(kvp_backend_open_key(be, "p256", NULL, &k), CKR_OK);
@@ -151,16 +118,16 @@ static void test_sign_only_principal(void)
   kvp_dec_alg dec = {KVP_DEC_RSA_OAEP, KVP_HASH_SHA256, KVP_HASH_SHA256};
   EVP_PKEY_CTX *ectx;
 
-  CU_ASSERT_EQUAL_FATAL(registered("rsa2048", ver, sizeof(ver), &pub), 0);
+  CU_ASSERT_EQUAL_FATAL(kvt_registered(g_be, "rsa2048", ver, sizeof(ver), &pub), 0);
   kvt_emu_policy("app-nosign", "[\"sign\",\"decrypt\"]");
   snprintf(sec, sizeof(sec), "%s/app-nosign.secret", kvt_dir);
   kvt_conf(&c, "signonly");
   c.client_id = "app-nosign";
   c.client_secret_file = sec;
   c.resource = EMU_RESOURCE;
-  be = new_be(&c);
+  be = kvt_backend(&c);
   kvt_emu_reset();
-  CU_ASSERT_EQUAL_FATAL(open_hinted(be, "rsa2048", ver, pub, &k), CKR_OK);
+  CU_ASSERT_EQUAL_FATAL(kvt_open_hinted(be, "rsa2048", ver, pub, &k), CKR_OK);
   CU_ASSERT(k->can_sign && k->can_decrypt);
   CU_ASSERT_EQUAL(kvt_sign(be, k, pub, 1), CKR_OK);
   ectx = EVP_PKEY_CTX_new(pub, NULL);
@@ -189,12 +156,12 @@ static void test_rotation(void)
   char ver[80], v2[80];
   kvp_key_ref_hint h = {NULL, NULL, 0};
 
-  CU_ASSERT_EQUAL_FATAL(registered("page-21", ver, sizeof(ver), &pub), 0);
+  CU_ASSERT_EQUAL_FATAL(kvt_registered(g_be, "page-21", ver, sizeof(ver), &pub), 0);
   kvt_conf(&c, "rotation");
   c.resource = EMU_RESOURCE;
-  be = new_be(&c);
+  be = kvt_backend(&c);
   /* the running process signed before the rotation */
-  CU_ASSERT_EQUAL_FATAL(open_hinted(be, "page-21", ver, pub, &running), CKR_OK);
+  CU_ASSERT_EQUAL_FATAL(kvt_open_hinted(be, "page-21", ver, pub, &running), CKR_OK);
   CU_ASSERT_EQUAL(kvt_sign(be, running, pub, 1), CKR_OK);
   CU_ASSERT_EQUAL_FATAL(kvt_emu_rotate("page-21", v2, sizeof(v2)), 0);
   CU_ASSERT(strcmp(v2, ver) != 0);
@@ -203,13 +170,13 @@ static void test_rotation(void)
   be->ops->close_key(be, running);
   be->ops->destroy(be, 0);
   /* fresh process, row with SPKI, and row with the version only */
-  be = new_be(&c);
-  CU_ASSERT_EQUAL_FATAL(open_hinted(be, "page-21", ver, pub, &k), CKR_OK);
+  be = kvt_backend(&c);
+  CU_ASSERT_EQUAL_FATAL(kvt_open_hinted(be, "page-21", ver, pub, &k), CKR_OK);
   CU_ASSERT_STRING_EQUAL(k->version, ver);
   CU_ASSERT_EQUAL(kvt_sign(be, k, pub, 1), CKR_OK);
   be->ops->close_key(be, k);
   be->ops->destroy(be, 0);
-  be = new_be(&c);
+  be = kvt_backend(&c);
   h.version = ver;
   k = NULL;
   CU_ASSERT_EQUAL_FATAL(kvp_backend_open_key(be, "page-21", &h, &k), CKR_OK);
@@ -234,13 +201,13 @@ static kvp_backend *state_backend(const char *key, char *ver, size_t verlen, EVP
   kvp_vault_conf c;
   kvp_backend *be;
   *k = NULL;
-  if (registered(key, ver, verlen, pub) != 0)
+  if (kvt_registered(g_be, key, ver, verlen, pub) != 0)
     return NULL;
   kvt_conf(&c, "live");
   c.resource = EMU_RESOURCE;
   c.key_cache_s = 1;
-  be = new_be(&c);
-  if (be != NULL && open_hinted(be, key, ver, *pub, k) != CKR_OK) {
+  be = kvt_backend(&c);
+  if (be != NULL && kvt_open_hinted(be, key, ver, *pub, k) != CKR_OK) {
     be->ops->destroy(be, 0);
     return NULL;
   }
@@ -352,15 +319,15 @@ static void test_refusal_causes(void)
                              "'sign'"));
   g_be->ops->close_key(g_be, k);
   /* the principal lacks the permission: named */
-  CU_ASSERT_EQUAL_FATAL(registered("p384", ver, sizeof(ver), &pub), 0);
+  CU_ASSERT_EQUAL_FATAL(kvt_registered(g_be, "p384", ver, sizeof(ver), &pub), 0);
   snprintf(sec, sizeof(sec), "%s/app-nosign.secret", kvt_dir);
   kvt_conf(&c, "noperm");
   c.client_id = "app-nosign";
   c.client_secret_file = sec;
   c.resource = EMU_RESOURCE;
-  be = new_be(&c);
+  be = kvt_backend(&c);
   k = NULL;
-  CU_ASSERT_EQUAL_FATAL(open_hinted(be, "p384", ver, pub, &k), CKR_OK);
+  CU_ASSERT_EQUAL_FATAL(kvt_open_hinted(be, "p384", ver, pub, &k), CKR_OK);
   CU_ASSERT_EQUAL(kvt_sign(be, k, pub, 0), CKR_KEY_FUNCTION_NOT_PERMITTED);
   CU_ASSERT(kvt_log_contains("vault noperm: key p384: sign refused: the application lacks the "
                              "'sign' permission"));
@@ -390,11 +357,11 @@ static void test_429_recovery(void)
   size_t n, n429;
   int injected = 0;
 
-  CU_ASSERT_EQUAL_FATAL(registered("p256", ver, sizeof(ver), &pub), 0);
+  CU_ASSERT_EQUAL_FATAL(kvt_registered(g_be, "p256", ver, sizeof(ver), &pub), 0);
   kvt_conf(&c, "pace");
   c.resource = EMU_RESOURCE;
-  be = new_be(&c);
-  CU_ASSERT_EQUAL_FATAL(open_hinted(be, "p256", ver, pub, &k), CKR_OK);
+  be = kvt_backend(&c);
+  CU_ASSERT_EQUAL_FATAL(kvt_open_hinted(be, "p256", ver, pub, &k), CKR_OK);
   CU_ASSERT_EQUAL(kvt_sign(be, k, pub, 0), CKR_OK);
   kvt_emu_reset();
   t0 = kvt_now();
@@ -436,13 +403,13 @@ static void test_hung_attempt(void)
   char ver[80];
   double t0, el;
 
-  CU_ASSERT_EQUAL_FATAL(registered("p256", ver, sizeof(ver), &pub), 0);
+  CU_ASSERT_EQUAL_FATAL(kvt_registered(g_be, "p256", ver, sizeof(ver), &pub), 0);
   kvt_conf(&c, "hung");
   c.resource = EMU_RESOURCE;
   c.timeout_ms = 8000;
   c.attempt_timeout_ms = 1000;
-  be = new_be(&c);
-  CU_ASSERT_EQUAL_FATAL(open_hinted(be, "p256", ver, pub, &k), CKR_OK);
+  be = kvt_backend(&c);
+  CU_ASSERT_EQUAL_FATAL(kvt_open_hinted(be, "p256", ver, pub, &k), CKR_OK);
   CU_ASSERT_EQUAL(kvt_sign(be, k, pub, 0), CKR_OK); /* token and connection */
   kvt_emu_reset();
   kvt_emu_fault("{\"endpoint\":\"sign\",\"action\":\"delay\",\"delayMs\":20000,\"times\":1}");
@@ -465,25 +432,16 @@ static void test_authority_host_env(void)
   kvp_backend *be = NULL;
   kvp_key *k = NULL;
   EVP_PKEY *pub = NULL;
-  json_t *j;
-  FILE *f;
 
-  CU_ASSERT_EQUAL_FATAL(registered("p256", ver, sizeof(ver), &pub), 0);
+  CU_ASSERT_EQUAL_FATAL(kvt_registered(g_be, "p256", ver, sizeof(ver), &pub), 0);
   snprintf(tok, sizeof(tok), "%s/live-federated-token", kvt_dir);
-  j = kvt_emu("POST", "/_emu/federated-token", "{\"subject\":\"system:serviceaccount:b2b:app\"}");
-  f = fopen(tok, "w");
-  CU_ASSERT_PTR_NOT_NULL_FATAL(f);
-  fprintf(f, "%s\n", json_string_value(json_object_get(j, "token")));
-  fclose(f);
-  json_decref(j);
+  kvt_federated_token(tok);
   snprintf(conf, sizeof(conf), "%s/live-wl.conf", kvt_dir);
-  f = fopen(conf, "w");
-  CU_ASSERT_PTR_NOT_NULL_FATAL(f);
-  fprintf(f, "[vault wl]\nurl = %s\nauth = workload-identity\ntenant_id = %s\nclient_id = app-wl\n"
-             "ca_file = %s\nresource = %s\nattempt_timeout_ms = 2500\nkey_cache_s = 7\n",
-          kvt_url, kvt_tenant, kvt_ca, EMU_RESOURCE);
-  fclose(f);
-  chmod(conf, 0600);
+  kvt_write_file(conf,
+                 "[vault wl]\nurl = %s\nauth = workload-identity\ntenant_id = %s\n"
+                 "client_id = app-wl\nca_file = %s\nresource = %s\nattempt_timeout_ms = 2500\n"
+                 "key_cache_s = 7\n",
+                 kvt_url, kvt_tenant, kvt_ca, EMU_RESOURCE);
   CU_ASSERT_EQUAL_FATAL(kvp_config_load(conf, &cfg, errbuf, sizeof(errbuf)), 0);
   vc = kvp_config_find_vault(cfg, "wl");
   CU_ASSERT_PTR_NOT_NULL_FATAL(vc);
@@ -495,7 +453,7 @@ static void test_authority_host_env(void)
   setenv("AZURE_FEDERATED_TOKEN_FILE", tok, 1);
   CU_ASSERT_EQUAL_FATAL(kvp_keyvault_backend_new(vc, &be), CKR_OK);
   kvt_emu_reset();
-  CU_ASSERT_EQUAL_FATAL(open_hinted(be, "p256", ver, pub, &k), CKR_OK);
+  CU_ASSERT_EQUAL_FATAL(kvt_open_hinted(be, "p256", ver, pub, &k), CKR_OK);
   CU_ASSERT_EQUAL(kvt_sign(be, k, pub, 1), CKR_OK);
   CU_ASSERT_EQUAL(kvt_emu_count("token"), 1);
   be->ops->close_key(be, k);
@@ -506,15 +464,6 @@ static void test_authority_host_env(void)
   EVP_PKEY_free(pub);
 }
 
-static void write_file(const char *path, const char *text)
-{
-  FILE *f = fopen(path, "w");
-  CU_ASSERT_PTR_NOT_NULL_FATAL(f);
-  fputs(text, f);
-  fclose(f);
-  chmod(path, 0600);
-}
-
 static void test_refused_credential(void)
 {
   kvp_vault_conf c;
@@ -522,20 +471,16 @@ static void test_refused_credential(void)
   kvp_key *k = NULL;
   EVP_PKEY *pub = NULL;
   char ver[80], sec[1000], right[200] = "";
-  FILE *f;
 
-  CU_ASSERT_EQUAL_FATAL(registered("p256", ver, sizeof(ver), &pub), 0);
-  f = fopen(kvt_secret, "r");
-  CU_ASSERT_PTR_NOT_NULL_FATAL(f);
-  CU_ASSERT_PTR_NOT_NULL(fgets(right, sizeof(right), f));
-  fclose(f);
+  CU_ASSERT_EQUAL_FATAL(kvt_registered(g_be, "p256", ver, sizeof(ver), &pub), 0);
+  CU_ASSERT(kvt_read_line(kvt_secret, right, sizeof(right)));
   snprintf(sec, sizeof(sec), "%s/live-wrong.secret", kvt_dir);
-  write_file(sec, "not-the-secret\n");
+  kvt_write_file(sec, "not-the-secret\n");
   kvt_conf(&c, "refused");
   c.client_secret_file = sec;
   c.resource = EMU_RESOURCE;
-  be = new_be(&c);
-  CU_ASSERT_EQUAL_FATAL(open_hinted(be, "p256", ver, pub, &k), CKR_OK);
+  be = kvt_backend(&c);
+  CU_ASSERT_EQUAL_FATAL(kvt_open_hinted(be, "p256", ver, pub, &k), CKR_OK);
   kvt_emu_reset();
   kvp_status_clear();
   CU_ASSERT_EQUAL(kvt_sign(be, k, pub, 0), CKR_DEVICE_ERROR);
@@ -548,7 +493,7 @@ static void test_refused_credential(void)
   CU_ASSERT(kvp_status_reason() != NULL &&
             strstr(kvp_status_reason(), "refused this credential") != NULL);
   /* ... unless the secret file changes */
-  write_file(sec, right);
+  kvt_write_file(sec, "%s\n", right);
   CU_ASSERT_EQUAL(kvt_sign(be, k, pub, 1), CKR_OK);
   CU_ASSERT_EQUAL(kvt_emu_count("token"), 2);
   be->ops->close_key(be, k);
@@ -564,15 +509,10 @@ static void test_identity_endpoint_no_proxy(void)
   kvp_key *k = NULL;
   EVP_PKEY *pub = NULL;
   char ver[80], ie[200], ih[200] = "", path[1000];
-  FILE *f;
 
-  CU_ASSERT_EQUAL_FATAL(registered("p256", ver, sizeof(ver), &pub), 0);
+  CU_ASSERT_EQUAL_FATAL(kvt_registered(g_be, "p256", ver, sizeof(ver), &pub), 0);
   snprintf(path, sizeof(path), "%s/identity-header", kvt_dir);
-  f = fopen(path, "r");
-  CU_ASSERT_PTR_NOT_NULL_FATAL(f);
-  CU_ASSERT_PTR_NOT_NULL(fgets(ih, sizeof(ih), f));
-  fclose(f);
-  ih[strcspn(ih, "\r\n")] = '\0';
+  CU_ASSERT(kvt_read_line(path, ih, sizeof(ih)));
   /* the identity endpoint by another name than the vault, and a proxy that answers nothing:
    * the vault is reached directly (no_proxy), the identity endpoint must not use the proxy */
   snprintf(ie, sizeof(ie), "https://localhost:%s/msi/token", strrchr(kvt_url, ':') + 1);
@@ -585,8 +525,8 @@ static void test_identity_endpoint_no_proxy(void)
   c.client_id = NULL;
   c.client_secret_file = NULL;
   c.resource = EMU_RESOURCE;
-  be = new_be(&c);
-  CU_ASSERT_EQUAL_FATAL(open_hinted(be, "p256", ver, pub, &k), CKR_OK);
+  be = kvt_backend(&c);
+  CU_ASSERT_EQUAL_FATAL(kvt_open_hinted(be, "p256", ver, pub, &k), CKR_OK);
   kvt_emu_reset();
   CU_ASSERT_EQUAL(kvt_sign(be, k, pub, 1), CKR_OK);
   CU_ASSERT_EQUAL(kvt_emu_count("msi"), 1);
@@ -601,39 +541,32 @@ static void test_identity_endpoint_no_proxy(void)
 
 int main(void)
 {
+  static CU_TestInfo tests[] = {
+      {"token resource from the cloud suffix", test_cloud_resource},
+      {"two requests to the first signature", test_two_requests},
+      {"a sign/decrypt-only principal", test_sign_only_principal},
+      {"rotation: the registered version signs", test_rotation},
+      {"disabled, then enabled again", test_disable_enable},
+      {"nbf in the near future", test_nbf_soon},
+      {"exp extended while running", test_exp_extended},
+      {"each refusal names its cause", test_refusal_causes},
+      {"one 429, then the pace of before", test_429_recovery},
+      {"a hung attempt is abandoned and retried", test_hung_attempt},
+      {"AZURE_AUTHORITY_HOST (workload identity)", test_authority_host_env},
+      {"a refused credential: once per 30 s, again when it changes", test_refused_credential},
+      {"IDENTITY_ENDPOINT is not reached through a proxy", test_identity_endpoint_no_proxy},
+      CU_TEST_INFO_NULL,
+  };
   int rc = kvt_init("live-test.log");
   kvp_vault_conf c;
-  CU_pSuite s;
-  unsigned fails;
 
   if (rc != 0)
     return rc;
   kvt_conf(&c, "emu");
   if (kvp_keyvault_backend_new(&c, &g_be) != CKR_OK)
     return 1;
-  if (CU_initialize_registry() != CUE_SUCCESS)
-    return 1;
-  s = CU_add_suite("kv_live", NULL, NULL);
-  CU_add_test(s, "token resource from the cloud suffix", test_cloud_resource);
-  CU_add_test(s, "two requests to the first signature", test_two_requests);
-  CU_add_test(s, "a sign/decrypt-only principal", test_sign_only_principal);
-  CU_add_test(s, "rotation: the registered version signs", test_rotation);
-  CU_add_test(s, "disabled, then enabled again", test_disable_enable);
-  CU_add_test(s, "nbf in the near future", test_nbf_soon);
-  CU_add_test(s, "exp extended while running", test_exp_extended);
-  CU_add_test(s, "each refusal names its cause", test_refusal_causes);
-  CU_add_test(s, "one 429, then the pace of before", test_429_recovery);
-  CU_add_test(s, "a hung attempt is abandoned and retried", test_hung_attempt);
-  CU_add_test(s, "AZURE_AUTHORITY_HOST (workload identity)", test_authority_host_env);
-  CU_add_test(s, "a refused credential: once per 30 s, again when it changes",
-              test_refused_credential);
-  CU_add_test(s, "IDENTITY_ENDPOINT is not reached through a proxy",
-              test_identity_endpoint_no_proxy);
-  CU_basic_set_mode(CU_BRM_VERBOSE);
-  CU_basic_run_tests();
-  fails = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
-  CU_cleanup_registry();
+  rc = unit_run_suite("kv_live", NULL, NULL, tests);
   g_be->ops->destroy(g_be, 0);
   kvt_done();
-  return fails == 0 ? 0 : 1;
+  return rc;
 }

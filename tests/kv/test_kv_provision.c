@@ -715,9 +715,21 @@ static void test_list(void)
 
 int main(void)
 {
+  static CU_TestInfo tests[] = {
+      {"create RSA and EC keys, sign with them", test_create_and_sign},
+      {"create over an existing name is refused", test_create_existing},
+      {"bad names and specs: refused without a request", test_bad_names_and_specs},
+      {"import RSA and EC keys, sign with them", test_import},
+      {"import with HTTP 500 forever", test_import_fault_500},
+      {"import whose answer is lost", test_import_unknown_outcome},
+      {"create whose answer is lost", test_create_unknown_outcome},
+      {"no create/import/delete permission", test_no_permission},
+      {"delete", test_delete},
+      {"undo never deletes a version kvp11 did not create", test_undo_foreign_version},
+      {"list and show", test_list},
+      CU_TEST_INFO_NULL,
+  };
   int rc = kvt_fixture("provision-test.log");
-  CU_pSuite s;
-  unsigned fails;
   size_t i;
 
   if (rc != 0)
@@ -734,24 +746,7 @@ int main(void)
       remove_key(MY_KEYS[i]);
     purge(MY_KEYS[i]);
   }
-  if (CU_initialize_registry() != CUE_SUCCESS)
-    return 1;
-  s = CU_add_suite_with_setup_and_teardown("kv_provision", NULL, NULL, setup, teardown);
-  CU_add_test(s, "create RSA and EC keys, sign with them", test_create_and_sign);
-  CU_add_test(s, "create over an existing name is refused", test_create_existing);
-  CU_add_test(s, "bad names and specs: refused without a request", test_bad_names_and_specs);
-  CU_add_test(s, "import RSA and EC keys, sign with them", test_import);
-  CU_add_test(s, "import with HTTP 500 forever", test_import_fault_500);
-  CU_add_test(s, "import whose answer is lost", test_import_unknown_outcome);
-  CU_add_test(s, "create whose answer is lost", test_create_unknown_outcome);
-  CU_add_test(s, "no create/import/delete permission", test_no_permission);
-  CU_add_test(s, "delete", test_delete);
-  CU_add_test(s, "undo never deletes a version kvp11 did not create", test_undo_foreign_version);
-  CU_add_test(s, "list and show", test_list);
-  CU_basic_set_mode(CU_BRM_VERBOSE);
-  CU_basic_run_tests();
-  fails = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
-  CU_cleanup_registry();
+  rc = unit_run_suite_each("kv_provision", NULL, NULL, setup, teardown, tests);
   kvt_emu_clear_faults();
   kvt_emu_policy("app-full", PERMS_SEED);
   json_decref(kvt_emu("POST", "/_emu/reset", "{}"));
@@ -759,5 +754,5 @@ int main(void)
   g_fast->ops->destroy(g_fast, 0);
   OPENSSL_cleanse(g_auth, sizeof(g_auth));
   curl_global_cleanup();
-  return fails == 0 ? 0 : 1;
+  return rc;
 }

@@ -198,10 +198,13 @@ static double env_double(const char *name, double def)
 
 int main(void)
 {
+  static CU_TestInfo tests[] = {
+      {"16 threads against a vault-wide limit: no error, >= 90% of the limit",
+       test_throttled_load},
+      CU_TEST_INFO_NULL,
+  };
   const char *d = getenv("KVP11_KV_DIR");
   int rc;
-  CU_pSuite s;
-  unsigned fails;
   kvp_vault_conf c;
   CK_RV rv;
 
@@ -237,18 +240,10 @@ int main(void)
     return 1;
   }
 
-  if (CU_initialize_registry() != CUE_SUCCESS)
-    return 1;
-  s = CU_add_suite("kv_throttle", NULL, NULL);
-  CU_add_test(s, "16 threads against a vault-wide limit: no error, >= 90% of the limit",
-              test_throttled_load);
-  CU_basic_set_mode(CU_BRM_VERBOSE);
-  CU_basic_run_tests();
-  fails = CU_get_number_of_failures();
-  CU_cleanup_registry();
+  rc = unit_run_suite("kv_throttle", NULL, NULL, tests);
   json_decref(kvt_emu("POST", "/_emu/reset", "{}"));
   g_be->ops->close_key(g_be, g_key);
   g_be->ops->destroy(g_be, 0);
   curl_global_cleanup();
-  return fails == 0 ? 0 : 1;
+  return rc;
 }

@@ -1,5 +1,6 @@
-# tests/tool/smime_env.sh: the SoftHSM2 fixture of the smime tool tests
-# (sourced after lib.sh by test_smime*.sh, not run itself).
+# tests/tool/smime_env.sh: the SoftHSM2 fixture of the smime and csr tool
+# tests (sourced after lib.sh by test_smime*.sh and test_csr.sh, not run
+# itself).
 #
 # Skips (77) without SoftHSM2, its tools or the OpenSSL pkcs11 engine; makes
 # the fixture of tests/fixtures/mkenv.sh in $T/env (four HSM keys registered as

@@ -8,22 +8,8 @@
 # --hsm/--vault without a registry entry are signed without any registry
 # change, a store that signs with another key is caught; then every error.
 . "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/smime_env.sh"
 
-MKENV=$(cd "$(dirname "$0")/../fixtures" && pwd)/mkenv.sh
-[ -f "$MKENV" ] || skip "tests/fixtures/mkenv.sh not found"
-SOFTHSM=${KVP11_SOFTHSM_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
-[ -f "$SOFTHSM" ] || skip "SoftHSM2 module not found at $SOFTHSM"
-for t in softhsm2-util pkcs11-tool; do command -v $t >/dev/null 2>&1 || skip "$t not found"; done
-ENGDIR=$(openssl version -e | sed -n 's/^ENGINESDIR: "\(.*\)"$/\1/p')
-[ -f "$ENGDIR/pkcs11.so" ] || skip "OpenSSL pkcs11 engine not found (libengine-pkcs11-openssl)"
-[ -n "${KVP11_MODULE:-}" ] && [ -f "$KVP11_MODULE" ] || fail "KVP11_MODULE is not set to the built libkvp11.so"
-
-E=$T/env
-KVP11_TOOL="$KVP11_TOOL" SOFTHSM2_MODULE="$SOFTHSM" bash "$MKENV" "$E" >"$T/mkenv.log" 2>&1 ||
-  { cat "$T/mkenv.log" >&2; fail "mkenv.sh failed"; }
-export SOFTHSM2_CONF=$E/softhsm2.conf
-C=$E/certs
-CONF=$E/kvp11.conf
 # csr and cert selfsign open the registry read-only: its files must stay as
 # they are, byte for byte (cheaper than lib.sh's snapshot through the tool).
 snapshot() {

@@ -2,7 +2,8 @@
  * The fixture of the front's provisioning tests (test_front_provision.c,
  * test_front_sessobj.c): a SoftHSM2 token, a registry and a kvp11.conf in a
  * directory of the test's own, the module's function list, and helpers.
- * Included by one test program each: everything is static.
+ * Included by one test program each: everything is static. Certificates and
+ * registry rows come from front_util.h.
  */
 #ifndef KVP_TEST_FRONT_FIXTURE_H
 #define KVP_TEST_FRONT_FIXTURE_H
@@ -26,6 +27,9 @@
 #include "core/util.h"
 #include "pkcs11/internal.h"
 
+#include "front_util.h"
+#include "unit_util.h"
+
 #define TOKEN "kvp11-prov"
 #define PIN "1234"
 
@@ -33,44 +37,6 @@ static char dir[512], regpath[600];
 static const char *softhsm;
 static CK_FUNCTION_LIST_PTR f;
 static CK_SLOT_ID slot_keys, slot_plain;
-
-static __attribute__((unused)) int run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static __attribute__((unused)) int run(const char *fmt, ...)
-{
-  char cmd[2048];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(cmd, sizeof(cmd), fmt, ap);
-  va_end(ap);
-  return system(cmd) == 0;
-}
-
-
-/* A certificate (DER) for pub, signed by a throwaway issuer key: kvp11 does
- * not check who signed a certificate, only whose key it certifies. */
-static __attribute__((unused)) unsigned char *make_cert_for(EVP_PKEY *pub, const char *cn, size_t *len)
-{
-  EVP_PKEY *ca = EVP_EC_gen("P-256");
-  X509 *x = X509_new();
-  unsigned char *der = NULL;
-  int n;
-
-  X509_set_version(x, 2);
-  ASN1_INTEGER_set(X509_get_serialNumber(x), 77);
-  X509_gmtime_adj(X509_getm_notBefore(x), 0);
-  X509_gmtime_adj(X509_getm_notAfter(x), 86400);
-  X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
-                             (const unsigned char *)cn, -1, -1, 0);
-  X509_NAME_add_entry_by_txt(X509_get_issuer_name(x), "CN", MBSTRING_ASC,
-                             (const unsigned char *)"Test CA", -1, -1, 0);
-  X509_set_pubkey(x, pub);
-  X509_sign(x, ca, EVP_sha256());
-  n = i2d_X509(x, &der);
-  *len = n > 0 ? (size_t)n : 0;
-  X509_free(x);
-  EVP_PKEY_free(ca);
-  return der;
-}
 
 static __attribute__((unused)) int count_rows(void)
 {
@@ -86,16 +52,6 @@ static __attribute__((unused)) int count_rows(void)
   kvp_cert_rec_free_array(recs, n);
   kvp_registry_close(reg);
   return (int)n;
-}
-
-static __attribute__((unused)) CK_ULONG find(CK_SESSION_HANDLE s, CK_ATTRIBUTE *tmpl, CK_ULONG n, CK_OBJECT_HANDLE *out,
-                     CK_ULONG max)
-{
-  CK_ULONG count = 0;
-  CU_ASSERT_EQUAL_FATAL(f->C_FindObjectsInit(s, tmpl, n), CKR_OK);
-  CU_ASSERT_EQUAL(f->C_FindObjects(s, out, max, &count), CKR_OK);
-  CU_ASSERT_EQUAL(f->C_FindObjectsFinal(s), CKR_OK);
-  return count;
 }
 
 static __attribute__((unused)) CK_SLOT_ID slot_by_label(const char *label)
@@ -120,47 +76,31 @@ static __attribute__((unused)) CK_SLOT_ID slot_by_label(const char *label)
  * hsm:box) and "plain" plus extra_conf, and C_Initialize. 77 without SoftHSM2. */
 static __attribute__((unused)) int fixture_init(const char *tag, const char *extra_conf)
 {
-  const char *tmp = getenv("KVP11_TEST_TMP");
   char path[600];
-  FILE *fp;
 
   softhsm = getenv("KVP11_SOFTHSM_MODULE");
   if (softhsm == NULL || access(softhsm, R_OK) != 0)
     exit(77);
-  mkdir(tmp ? tmp : "/tmp", 0755);
-  snprintf(dir, sizeof(dir), "%s/%s.%d", tmp ? tmp : "/tmp", tag, (int)getpid());
-  if (mkdir(dir, 0700) != 0)
+  if (front_test_dir(tag, dir, sizeof(dir)) != 0 || front_softhsm_conf(dir) != 0)
     return 1;
-  snprintf(path, sizeof(path), "%s/softhsm2.conf", dir);
-  fp = fopen(path, "w");
-  if (fp == NULL)
-    return 1;
-  fprintf(fp, "directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n", dir);
-  fclose(fp);
-  setenv("SOFTHSM2_CONF", path, 1);
-  if (!run("softhsm2-util --init-token --free --label " TOKEN " --pin " PIN
+  if (!unit_sh("softhsm2-util --init-token --free --label " TOKEN " --pin " PIN
            " --so-pin 12345678 >/dev/null"))
     return 1;
   snprintf(path, sizeof(path), "%s/pin", dir);
-  fp = fopen(path, "w");
+  FILE *fp = fopen(path, "w");
   if (fp == NULL)
     return 1;
   fputs(PIN "\n", fp);
   fclose(fp);
   chmod(path, 0600);
   snprintf(regpath, sizeof(regpath), "%s/registry.db", dir);
-  snprintf(path, sizeof(path), "%s/kvp11.conf", dir);
-  fp = fopen(path, "w");
-  if (fp == NULL)
+  if (front_write_conf(dir, NULL, 0,
+                       "[global]\nregistry = %s\nlog_level = error\n\n"
+                       "[hsm box]\nmodule = %s\ntoken_label = " TOKEN "\npin_file = %s/pin\n\n"
+                       "[account keys]\nlabel = keys\ndefault_store = hsm:box\n\n"
+                       "[account plain]\nlabel = plain\n\n%s",
+                       regpath, softhsm, dir, extra_conf) != 0)
     return 1;
-  fprintf(fp,
-          "[global]\nregistry = %s\nlog_level = error\n\n"
-          "[hsm box]\nmodule = %s\ntoken_label = " TOKEN "\npin_file = %s/pin\n\n"
-          "[account keys]\nlabel = keys\ndefault_store = hsm:box\n\n"
-          "[account plain]\nlabel = plain\n\n%s",
-          regpath, softhsm, dir, extra_conf);
-  fclose(fp);
-  setenv("KVP11_CONF", path, 1);
   unsetenv("KVP11_REGISTRY");
   if (C_GetFunctionList(&f) != CKR_OK || f->C_Initialize(NULL) != CKR_OK)
     return 1;
@@ -172,7 +112,7 @@ static __attribute__((unused)) int fixture_init(const char *tag, const char *ext
 static __attribute__((unused)) int fixture_clean(void)
 {
   f->C_Finalize(NULL);
-  run("rm -rf '%s'", dir);
+  unit_sh("rm -rf '%s'", dir);
   return 0;
 }
 

@@ -17,6 +17,7 @@
 #include "core/log.h"
 #include "core/util.h"
 #include "kvp11/kvp11.h"
+#include "unit_util.h"
 
 static char g_dir[1024];
 
@@ -480,36 +481,27 @@ static void test_hsm_pin(void)
 
 int main(void)
 {
-  const char *tmp = getenv("KVP11_TEST_TMP");
-  CU_pSuite s;
-  int failed;
+  static CU_TestInfo tests[] = {
+      {"secret fixtures", setup_secrets},
+      {"defaults", test_defaults},
+      {"full configuration", test_full},
+      {"missing file", test_missing_file},
+      {"sections", test_sections},
+      {"keys", test_keys},
+      {"long line", test_long_line},
+      {"hsm", test_hsm},
+      {"secret files in the configuration", test_secret_files_in_config},
+      {"vault", test_vault},
+      {"account", test_account},
+      {"indented keys", test_indented},
+      {"KVP11_CONF", test_default_path},
+      {"secret files", test_secret_read},
+      {"hsm PIN", test_hsm_pin},
+      CU_TEST_INFO_NULL,
+  };
 
-  snprintf(g_dir, sizeof(g_dir), "%s/config", tmp != NULL ? tmp : "/tmp/kvp11-unit");
-  mkdir(tmp != NULL ? tmp : "/tmp/kvp11-unit", 0755);
-  mkdir(g_dir, 0755);
+  unit_tmp_dir("config", g_dir, sizeof(g_dir));
   kvp_log_setup(KVP_LOG_ERROR, NULL);
 
-  if (CU_initialize_registry() != CUE_SUCCESS)
-    return 1;
-  s = CU_add_suite("config", NULL, NULL);
-  CU_add_test(s, "secret fixtures", setup_secrets);
-  CU_add_test(s, "defaults", test_defaults);
-  CU_add_test(s, "full configuration", test_full);
-  CU_add_test(s, "missing file", test_missing_file);
-  CU_add_test(s, "sections", test_sections);
-  CU_add_test(s, "keys", test_keys);
-  CU_add_test(s, "long line", test_long_line);
-  CU_add_test(s, "hsm", test_hsm);
-  CU_add_test(s, "secret files in the configuration", test_secret_files_in_config);
-  CU_add_test(s, "vault", test_vault);
-  CU_add_test(s, "account", test_account);
-  CU_add_test(s, "indented keys", test_indented);
-  CU_add_test(s, "KVP11_CONF", test_default_path);
-  CU_add_test(s, "secret files", test_secret_read);
-  CU_add_test(s, "hsm PIN", test_hsm_pin);
-  CU_basic_set_mode(CU_BRM_VERBOSE);
-  CU_basic_run_tests();
-  failed = (int)CU_get_number_of_failures();
-  CU_cleanup_registry();
-  return failed != 0;
+  return unit_run_suite("config", NULL, NULL, tests);
 }

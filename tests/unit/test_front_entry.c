@@ -37,6 +37,9 @@
 
 #include <p11-kit/pkcs11x.h>
 
+#include "front_util.h"
+#include "unit_util.h"
+
 static char dir[512];
 static CK_FUNCTION_LIST_PTR f;
 static EVP_PKEY *key;
@@ -161,67 +164,41 @@ static void install_fake(void)
 
 /* ---- set-up ------------------------------------------------------------ */
 
+/* The registry row of "app": an RSA key the fake key store stands for. */
 static int register_cert(void)
 {
-  char path[600], err[KVP_ERRLEN];
-  X509 *x = X509_new();
-  unsigned char *der = NULL;
-  kvp_registry *reg = NULL;
+  char path[600];
   kvp_cert_rec rec;
-  int len, ok = 0;
+  size_t len = 0;
+  unsigned char *der;
+  int ok;
 
-  key = EVP_RSA_gen(2048);
-  if (key == NULL || x == NULL)
-    return 0;
-  X509_set_version(x, 2);
-  ASN1_INTEGER_set(X509_get_serialNumber(x), 9);
-  X509_gmtime_adj(X509_getm_notBefore(x), 0);
-  X509_gmtime_adj(X509_getm_notAfter(x), 86400);
-  X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
-                             (const unsigned char *)"entry", -1, -1, 0);
-  X509_set_issuer_name(x, X509_get_subject_name(x));
-  X509_set_pubkey(x, key);
-  X509_sign(x, key, EVP_sha256());
-  len = i2d_X509(x, &der);
   memset(&rec, 0, sizeof(rec));
-  if (len > 0 && kvp_cert_fill_rec(der, (size_t)len, &rec, err, sizeof(err)) == KVP_OK) {
-    rec.account = strdup("default");
-    rec.name = strdup("app");
-    rec.type = KVP_CERT_PRIVATE;
-    rec.key_ref = strdup("hsm:fake/app");
-    snprintf(path, sizeof(path), "%s/registry.db", dir);
-    ok = kvp_registry_open(path, 0, &reg, err, sizeof(err)) == KVP_OK &&
-         kvp_registry_add(reg, &rec, 0, err, sizeof(err)) == KVP_OK;
-    kvp_registry_close(reg);
-  }
+  key = EVP_RSA_gen(2048);
+  if (key == NULL)
+    return 0;
+  der = front_cert(key, "entry", 9, key, &len);
+  snprintf(path, sizeof(path), "%s/registry.db", dir);
+  ok = der != NULL &&
+       front_row(der, len, "default", "app", KVP_CERT_PRIVATE, "hsm:fake/app", &rec) == KVP_OK &&
+       front_add_row(path, &rec);
   kvp_cert_rec_clear(&rec);
   OPENSSL_free(der);
-  X509_free(x);
   return ok;
 }
 
 static int suite_init(void)
 {
-  const char *tmp = getenv("KVP11_TEST_TMP");
-  char path[600];
-  FILE *fp;
-
-  mkdir(tmp ? tmp : "/tmp", 0755);
-  snprintf(dir, sizeof(dir), "%s/front_entry.%d", tmp ? tmp : "/tmp", (int)getpid());
-  if (mkdir(dir, 0700) != 0 || !register_cert())
-    return 1;
-  snprintf(path, sizeof(path), "%s/kvp11.conf", dir);
-  fp = fopen(path, "w");
-  if (fp == NULL)
+  if (front_test_dir("front_entry", dir, sizeof(dir)) != 0 || !register_cert())
     return 1;
   /* the module is never loaded: the fake functions stand in for the HSM's */
-  fprintf(fp,
-          "[global]\nregistry = %s/registry.db\nlog_level = info\nlog_file = %s/kvp11.log\n\n"
-          "[hsm fake]\nmodule = /nonexistent/libfake-hsm.so\ntoken_label = fake\n\n"
-          "[account default]\n",
-          dir, dir);
-  fclose(fp);
-  setenv("KVP11_CONF", path, 1);
+  if (front_write_conf(dir, NULL, 0,
+                       "[global]\nregistry = %s/registry.db\nlog_level = info\n"
+                       "log_file = %s/kvp11.log\n\n"
+                       "[hsm fake]\nmodule = /nonexistent/libfake-hsm.so\ntoken_label = fake\n\n"
+                       "[account default]\n",
+                       dir, dir) != 0)
+    return 1;
   return C_GetFunctionList(&f) == CKR_OK ? 0 : 1;
 }
 
@@ -468,20 +445,12 @@ static void test_nss_trust_not_an_error(void)
 
 int main(void)
 {
-  CU_pSuite suite;
-  unsigned failures;
-
-  if (CU_initialize_registry() != CUE_SUCCESS)
-    return 1;
-  suite = CU_add_suite("front entry points", suite_init, NULL);
-  CU_add_test(suite, "key store failures give only allowed return codes", test_store_failures);
-  CU_add_test(suite, "C_GenerateRandom beyond INT_MAX", test_random_beyond_int_max);
-  CU_add_test(suite, "a forked child abandons the registry connection",
-              test_fork_abandons_registry);
-  CU_add_test(suite, "NSS trust object is not an error", test_nss_trust_not_an_error);
-  CU_basic_set_mode(CU_BRM_VERBOSE);
-  CU_basic_run_tests();
-  failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
-  CU_cleanup_registry();
-  return failures == 0 ? 0 : 1;
+  static CU_TestInfo tests[] = {
+      {"key store failures give only allowed return codes", test_store_failures},
+      {"C_GenerateRandom beyond INT_MAX", test_random_beyond_int_max},
+      {"a forked child abandons the registry connection", test_fork_abandons_registry},
+      {"NSS trust object is not an error", test_nss_trust_not_an_error},
+      CU_TEST_INFO_NULL,
+  };
+  return unit_run_suite("front entry points", suite_init, NULL, tests);
 }

@@ -24,6 +24,9 @@
 #include "core/util.h"
 #include "pkcs11/internal.h"
 
+#include "front_util.h"
+#include "unit_util.h"
+
 #define MANY 5000
 
 static char dir[512], conf[600], regpath[600];
@@ -34,33 +37,13 @@ static EVP_PKEY *ca_key;
 static void make_rec(const char *account, const char *name, long serial, kvp_cert_rec *rec)
 {
   EVP_PKEY *pkey = EVP_EC_gen("P-256");
-  X509 *x = X509_new();
-  X509_NAME *issuer = X509_NAME_new();
-  unsigned char *der = NULL;
-  char err[KVP_ERRLEN];
-  int n;
+  size_t len = 0;
+  unsigned char *der = front_cert(pkey, name, serial, ca_key, &len);
 
-  X509_set_version(x, 2);
-  ASN1_INTEGER_set(X509_get_serialNumber(x), serial);
-  X509_gmtime_adj(X509_getm_notBefore(x), 0);
-  X509_gmtime_adj(X509_getm_notAfter(x), 86400);
-  X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
-                             (const unsigned char *)name, -1, -1, 0);
-  X509_NAME_add_entry_by_txt(issuer, "CN", MBSTRING_ASC, (const unsigned char *)"lazy CA", -1, -1,
-                             0);
-  X509_set_issuer_name(x, issuer);
-  X509_set_pubkey(x, pkey);
-  X509_sign(x, ca_key, EVP_sha256());
-  n = i2d_X509(x, &der);
   memset(rec, 0, sizeof(*rec));
-  CU_ASSERT_FATAL(n > 0);
-  CU_ASSERT_EQUAL_FATAL(kvp_cert_fill_rec(der, (size_t)n, rec, err, sizeof(err)), KVP_OK);
-  rec->account = strdup(account);
-  rec->name = strdup(name);
-  rec->type = KVP_CERT_PUBLIC;
+  CU_ASSERT_FATAL(der != NULL);
+  CU_ASSERT_EQUAL_FATAL(front_row(der, len, account, name, KVP_CERT_PUBLIC, NULL, rec), KVP_OK);
   OPENSSL_free(der);
-  X509_NAME_free(issuer);
-  X509_free(x);
   EVP_PKEY_free(pkey);
 }
 
@@ -88,15 +71,6 @@ static void register_range(const char *account, const char *prefix, int first, i
 {
   CU_ASSERT_STRING_EQUAL_FATAL(account, "partners");
   register_range_at(regpath, prefix, first, count);
-}
-
-static void unregister(const char *account, const char *name)
-{
-  char err[KVP_ERRLEN];
-  kvp_registry *reg = NULL;
-  CU_ASSERT_EQUAL_FATAL(kvp_registry_open(regpath, 0, &reg, err, sizeof(err)), KVP_OK);
-  CU_ASSERT_EQUAL(kvp_registry_remove(reg, account, name, err, sizeof(err)), KVP_OK);
-  kvp_registry_close(reg);
 }
 
 /* Every handle a template finds, fetched max at a time; *n set. malloc'd. */
@@ -141,22 +115,14 @@ static CK_SLOT_ID first_slot(void)
 
 static int suite_init(void)
 {
-  const char *tmp = getenv("KVP11_TEST_TMP");
-  FILE *fp;
-
-  snprintf(dir, sizeof(dir), "%s/front_lazy.%d", tmp ? tmp : "/tmp", (int)getpid());
-  mkdir(tmp ? tmp : "/tmp", 0755);
-  if (mkdir(dir, 0700) != 0)
+  if (front_test_dir("front_lazy", dir, sizeof(dir)) != 0)
     return 1;
-  snprintf(conf, sizeof(conf), "%s/kvp11.conf", dir);
   snprintf(regpath, sizeof(regpath), "%s/registry.db", dir);
-  fp = fopen(conf, "w");
-  if (fp == NULL)
+  if (front_write_conf(dir, conf, sizeof(conf),
+                       "[global]\nregistry = %s\nlog_level = error\n\n[account partners]\n\n"
+                       "[account other]\n",
+                       regpath) != 0)
     return 1;
-  fprintf(fp, "[global]\nregistry = %s\nlog_level = error\n\n[account partners]\n\n[account other]\n",
-          regpath);
-  fclose(fp);
-  setenv("KVP11_CONF", conf, 1);
   ca_key = EVP_EC_gen("P-256");
   return ca_key != NULL && C_GetFunctionList(&f) == CKR_OK ? 0 : 1;
 }
@@ -254,7 +220,7 @@ static void test_one_row(void)
   CU_ASSERT(n2 == 2 && again[0] == h[0] && again[1] == h[1]);
   free(again);
   CU_ASSERT_EQUAL(count(s, NULL, 0), 4);
-  unregister("partners", "p0");
+  front_unregister_row(regpath, "partners", "p0");
   CU_ASSERT_EQUAL(count(s, NULL, 0), 2);
   for (int i = 0; i < 2; i++) {
     CK_ATTRIBUTE value = {CKA_VALUE, NULL, 0};
@@ -262,7 +228,7 @@ static void test_one_row(void)
   }
   free(h);
   CU_ASSERT_EQUAL(f->C_Finalize(NULL), CKR_OK);
-  unregister("partners", "p1");
+  front_unregister_row(regpath, "partners", "p1");
 }
 
 /* 5,000 rows: start-up reads none, searches read only what they need. */
@@ -316,7 +282,7 @@ static void test_many_rows(void)
   register_range("partners", "extra", 0, 1);
   CU_ASSERT_EQUAL(count(s, &by_label, 1), 2);
   CU_ASSERT_EQUAL(f->C_GetAttributeValue(s, h[0], &value, 1), CKR_OK);
-  unregister("partners", "m2500");
+  front_unregister_row(regpath, "partners", "m2500");
   CU_ASSERT_EQUAL(count(s, &by_label, 1), 0);
   CU_ASSERT_EQUAL(f->C_GetAttributeValue(s, h[0], &value, 1), CKR_OBJECT_HANDLE_INVALID);
   CU_ASSERT_EQUAL(f->C_GetAttributeValue(s, h[1], &value, 1), CKR_OBJECT_HANDLE_INVALID);
@@ -558,21 +524,15 @@ static void test_v2_registry(void)
 
 int main(void)
 {
-  CU_pSuite suite;
-
-  if (CU_initialize_registry() != CUE_SUCCESS)
-    return 1;
-  suite = CU_add_suite("front lazy objects", suite_init, suite_clean);
-  CU_add_test(suite, "0 rows", test_empty);
-  CU_add_test(suite, "1 row: templates, handles across reloads", test_one_row);
-  CU_add_test(suite, "5,000 rows: lazy start, indexed finds, batches", test_many_rows);
-  CU_add_test(suite, "enumeration while another process changes rows", test_enumerate_while_changing);
-  CU_add_test(suite, "registry change counter and tombstones", test_changes);
-  CU_add_test(suite, "a retired certificate's private key does not sign", test_retired_sign);
-  CU_add_test(suite, "v2 registry read-only, then migrated under a running module", test_v2_registry);
-  CU_basic_set_mode(CU_BRM_VERBOSE);
-  CU_basic_run_tests();
-  unsigned failed = CU_get_number_of_failures();
-  CU_cleanup_registry();
-  return failed ? 1 : 0;
+  static CU_TestInfo tests[] = {
+      {"0 rows", test_empty},
+      {"1 row: templates, handles across reloads", test_one_row},
+      {"5,000 rows: lazy start, indexed finds, batches", test_many_rows},
+      {"enumeration while another process changes rows", test_enumerate_while_changing},
+      {"registry change counter and tombstones", test_changes},
+      {"a retired certificate's private key does not sign", test_retired_sign},
+      {"v2 registry read-only, then migrated under a running module", test_v2_registry},
+      CU_TEST_INFO_NULL,
+  };
+  return unit_run_suite("front lazy objects", suite_init, suite_clean, tests);
 }

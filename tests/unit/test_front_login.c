@@ -34,6 +34,9 @@
 #include "core/util.h"
 #include "pkcs11/internal.h"
 
+#include "front_util.h"
+#include "unit_util.h"
+
 #define PIN "4321"
 #define TOKEN "kvp11-login-test"
 #define PIN_B "8765"
@@ -43,26 +46,15 @@ static char dir[512];
 static const char *softhsm;
 static CK_FUNCTION_LIST_PTR f;
 
-static int run(const char *fmt, ...)
-{
-  char cmd[2048];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(cmd, sizeof(cmd), fmt, ap);
-  va_end(ap);
-  return system(cmd) == 0;
-}
-
 /* A certificate for the token's public key (issued by a throwaway CA key). */
 static int register_hsm_cert(const char *pubfile, const char *account, const char *key_ref)
 {
-  char path[600], err[KVP_ERRLEN];
+  char path[600];
   FILE *fp;
-  EVP_PKEY *pub = NULL, *ca = EVP_EC_gen("P-256");
-  X509 *x = X509_new();
+  EVP_PKEY *pub;
   unsigned char *der = NULL;
-  int len, ok = 0;
-  kvp_registry *reg = NULL;
+  size_t len = 0;
+  int ok;
   kvp_cert_rec rec;
 
   snprintf(path, sizeof(path), "%s/%s", dir, pubfile);
@@ -71,90 +63,54 @@ static int register_hsm_cert(const char *pubfile, const char *account, const cha
     return 0;
   pub = d2i_PUBKEY_fp(fp, NULL);
   fclose(fp);
-  if (pub == NULL)
-    goto out;
-  X509_set_version(x, 2);
-  ASN1_INTEGER_set(X509_get_serialNumber(x), 7);
-  X509_gmtime_adj(X509_getm_notBefore(x), 0);
-  X509_gmtime_adj(X509_getm_notAfter(x), 86400);
-  X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
-                             (const unsigned char *)"app", -1, -1, 0);
-  X509_set_issuer_name(x, X509_get_subject_name(x));
-  X509_set_pubkey(x, pub);
-  X509_sign(x, ca, EVP_sha256());
-  len = i2d_X509(x, &der);
   memset(&rec, 0, sizeof(rec));
-  if (len <= 0 || kvp_cert_fill_rec(der, (size_t)len, &rec, err, sizeof(err)) != KVP_OK)
-    goto out;
-  rec.account = strdup(account);
-  rec.name = strdup("app");
-  rec.type = KVP_CERT_PRIVATE;
-  rec.key_ref = strdup(key_ref);
+  if (pub != NULL)
+    der = front_cert(pub, "app", 7, NULL, &len);
   snprintf(path, sizeof(path), "%s/registry.db", dir);
-  ok = kvp_registry_open(path, 0, &reg, err, sizeof(err)) == KVP_OK &&
-       kvp_registry_add(reg, &rec, 0, err, sizeof(err)) == KVP_OK;
-  if (reg != NULL)
-    kvp_registry_close(reg);
+  ok = der != NULL &&
+       front_row(der, len, account, "app", KVP_CERT_PRIVATE, key_ref, &rec) == KVP_OK &&
+       front_add_row(path, &rec);
   kvp_cert_rec_clear(&rec);
-out:
   OPENSSL_free(der);
-  X509_free(x);
   EVP_PKEY_free(pub);
-  EVP_PKEY_free(ca);
   return ok;
 }
 
 /* A SoftHSM2 token with an RSA key "app"; its public key goes to dir/pubfile. */
 static int make_token(const char *label, const char *pin, const char *pubfile)
 {
-  return run("softhsm2-util --init-token --free --label %s --pin %s --so-pin 12345678 >/dev/null",
-             label, pin) &&
-         run("pkcs11-tool --module '%s' --token-label %s --login --pin %s --keypairgen "
-             "--key-type rsa:2048 --label app --id 01 >/dev/null 2>&1",
-             softhsm, label, pin) &&
-         run("pkcs11-tool --module '%s' --token-label %s --read-object --type pubkey --label app "
-             "-o '%s/%s' >/dev/null 2>&1",
-             softhsm, label, dir, pubfile);
+  return unit_sh("softhsm2-util --init-token --free --label %s --pin %s --so-pin 12345678 "
+                   ">/dev/null",
+                   label, pin) &&
+         unit_sh("pkcs11-tool --module '%s' --token-label %s --login --pin %s --keypairgen "
+                   "--key-type rsa:2048 --label app --id 01 >/dev/null 2>&1",
+                   softhsm, label, pin) &&
+         unit_sh("pkcs11-tool --module '%s' --token-label %s --read-object --type pubkey "
+                   "--label app -o '%s/%s' >/dev/null 2>&1",
+                   softhsm, label, dir, pubfile);
 }
 
 static int suite_init(void)
 {
-  const char *tmp = getenv("KVP11_TEST_TMP");
-  char path[600];
-  FILE *fp;
-
   softhsm = getenv("KVP11_SOFTHSM_MODULE");
-  if (softhsm == NULL || access(softhsm, R_OK) != 0 || !run("command -v pkcs11-tool >/dev/null"))
+  if (softhsm == NULL || access(softhsm, R_OK) != 0 ||
+      !unit_sh("command -v pkcs11-tool >/dev/null"))
     exit(77);
-  mkdir(tmp ? tmp : "/tmp", 0755);
-  snprintf(dir, sizeof(dir), "%s/front_login.%d", tmp ? tmp : "/tmp", (int)getpid());
-  if (mkdir(dir, 0700) != 0)
+  if (front_test_dir("front_login", dir, sizeof(dir)) != 0 || front_softhsm_conf(dir) != 0)
     return 1;
-  snprintf(path, sizeof(path), "%s/softhsm2.conf", dir);
-  fp = fopen(path, "w");
-  if (fp == NULL)
-    return 1;
-  fprintf(fp, "directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n", dir);
-  fclose(fp);
-  setenv("SOFTHSM2_CONF", path, 1);
   if (!make_token(TOKEN, PIN, "pub.der") || !make_token(TOKEN_B, PIN_B, "pub_b.der") ||
       !register_hsm_cert("pub.der", "default", "hsm:pass/app") ||
       !register_hsm_cert("pub_b.der", "beta", "hsm:other/app") ||
       !register_hsm_cert("pub.der", "gamma", "hsm:pass/app"))
     return 1;
-  snprintf(path, sizeof(path), "%s/kvp11.conf", dir);
-  fp = fopen(path, "w");
-  if (fp == NULL)
-    return 1;
   /* no pin_file / pin_env: the application's PIN is passed through, to each HSM its own */
-  fprintf(fp,
-          "[global]\nregistry = %s/registry.db\nlog_level = error\n\n"
-          "[hsm pass]\nmodule = %s\ntoken_label = " TOKEN "\n\n"
-          "[hsm other]\nmodule = %s\ntoken_label = " TOKEN_B "\n\n"
-          "[account default]\n\n[account beta]\n\n[account gamma]\n",
-          dir, softhsm, softhsm);
-  fclose(fp);
-  setenv("KVP11_CONF", path, 1);
+  if (front_write_conf(dir, NULL, 0,
+                       "[global]\nregistry = %s/registry.db\nlog_level = error\n\n"
+                       "[hsm pass]\nmodule = %s\ntoken_label = " TOKEN "\n\n"
+                       "[hsm other]\nmodule = %s\ntoken_label = " TOKEN_B "\n\n"
+                       "[account default]\n\n[account beta]\n\n[account gamma]\n",
+                       dir, softhsm, softhsm) != 0)
+    return 1;
   return C_GetFunctionList(&f) == CKR_OK ? 0 : 1;
 }
 
@@ -162,11 +118,7 @@ static CK_ULONG count_private_keys(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE *h)
 {
   CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
   CK_ATTRIBUTE t = {CKA_CLASS, &cls, sizeof(cls)};
-  CK_ULONG n = 0;
-  CU_ASSERT_EQUAL_FATAL(f->C_FindObjectsInit(s, &t, 1), CKR_OK);
-  CU_ASSERT_EQUAL(f->C_FindObjects(s, h, 1, &n), CKR_OK);
-  CU_ASSERT_EQUAL(f->C_FindObjectsFinal(s), CKR_OK);
-  return n;
+  return front_find(f, s, &t, 1, h, 1);
 }
 
 /* The slot whose token label is label (blank padded in the token info). */
@@ -385,19 +337,12 @@ static void test_repeated_login(void)
 
 int main(void)
 {
-  CU_pSuite suite;
-  unsigned failures;
-
-  if (CU_initialize_registry() != CUE_SUCCESS)
-    return 1;
-  suite = CU_add_suite("front login", suite_init, NULL);
-  CU_add_test(suite, "PIN passed through to the HSM", test_pin_passthrough);
-  CU_add_test(suite, "two tokens, two PINs: each PIN reaches its own HSM only", test_two_tokens);
-  CU_add_test(suite, "two accounts on one HSM: a wrong PIN is refused", test_shared_hsm);
-  CU_add_test(suite, "a repeated C_Login is checked", test_repeated_login);
-  CU_basic_set_mode(CU_BRM_VERBOSE);
-  CU_basic_run_tests();
-  failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
-  CU_cleanup_registry();
-  return failures == 0 ? 0 : 1;
+  static CU_TestInfo tests[] = {
+      {"PIN passed through to the HSM", test_pin_passthrough},
+      {"two tokens, two PINs: each PIN reaches its own HSM only", test_two_tokens},
+      {"two accounts on one HSM: a wrong PIN is refused", test_shared_hsm},
+      {"a repeated C_Login is checked", test_repeated_login},
+      CU_TEST_INFO_NULL,
+  };
+  return unit_run_suite("front login", suite_init, NULL, tests);
 }

@@ -10,6 +10,7 @@
  * Template errors get the PKCS#11 return codes; the registry is unchanged.
  */
 #include "front_fixture.h"
+#include "unit_util.h"
 
 static int get_row(const char *account, const char *name, kvp_cert_rec *rec)
 {
@@ -44,7 +45,7 @@ static void test_partner_certificate(void)
 {
   EVP_PKEY *k = EVP_EC_gen("P-256");
   size_t len = 0;
-  unsigned char *der = make_cert_for(k, "Partner One", &len);
+  unsigned char *der = front_cert(k, "Partner One", 77, NULL, &len);
   CK_SESSION_HANDLE ro, rw;
   CK_OBJECT_HANDLE h = 0, h2 = 0, found[8];
   CK_ATTRIBUTE t[] = {
@@ -74,7 +75,7 @@ static void test_partner_certificate(void)
   CU_ASSERT_EQUAL(h, ((CK_OBJECT_HANDLE)rec.id << 2) | KVP_OBJ_CERT);
   kvp_cert_rec_clear(&rec);
   /* visible at once, in every session: certificate + public key */
-  CU_ASSERT_EQUAL(find(ro, &by_label, 1, found, 8), 2);
+  CU_ASSERT_EQUAL(front_find(f, ro, &by_label, 1, found, 8), 2);
   {
     CK_BBOOL destroyable = CK_FALSE;
     CK_ATTRIBUTE a = {CKA_DESTROYABLE, &destroyable, sizeof(destroyable)};
@@ -91,7 +92,7 @@ static void test_partner_certificate(void)
                   CKR_ACTION_PROHIBITED);
   CU_ASSERT_EQUAL(f->C_DestroyObject(rw, h), CKR_OK);
   CU_ASSERT_EQUAL(count_rows(), rows);
-  CU_ASSERT_EQUAL(find(ro, &by_label, 1, found, 8), 0);
+  CU_ASSERT_EQUAL(front_find(f, ro, &by_label, 1, found, 8), 0);
   CU_ASSERT_EQUAL(f->C_DestroyObject(rw, h), CKR_OBJECT_HANDLE_INVALID);
   f->C_CloseSession(ro);
   f->C_CloseSession(rw);
@@ -103,7 +104,7 @@ static void test_bad_templates(void)
 {
   EVP_PKEY *k = EVP_EC_gen("P-256");
   size_t len = 0;
-  unsigned char *der = make_cert_for(k, "Partner Two", &len);
+  unsigned char *der = front_cert(k, "Partner Two", 77, NULL, &len);
   unsigned char junk[] = {0x30, 0x03, 0x02, 0x01, 0x01};
   CK_CERTIFICATE_TYPE attr_cert = CKC_X_509_ATTR_CERT;
   CK_SESSION_HANDLE rw;
@@ -199,8 +200,8 @@ static void test_key_then_certificate(void)
   unsigned char id[] = {0x42};
   unsigned char wrong_id[] = {0x43};
   size_t len = 0, len2 = 0;
-  unsigned char *der = make_cert_for(k, "Our Cert", &len);
-  unsigned char *der_other = make_cert_for(other, "Not ours", &len2);
+  unsigned char *der = front_cert(k, "Our Cert", 77, NULL, &len);
+  unsigned char *der_other = front_cert(other, "Not ours", 77, NULL, &len2);
   CK_SESSION_HANDLE rw;
   CK_OBJECT_HANDLE keys[8], again[8], h = 0, certs[4];
   CK_ATTRIBUTE by_id = {CKA_ID, id, sizeof(id)};
@@ -219,7 +220,7 @@ static void test_key_then_certificate(void)
   CU_ASSERT_EQUAL_FATAL(
       f->C_OpenSession(slot_plain, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &rw), CKR_OK);
   /* a key pair, no certificate, with the CKA_ID chosen */
-  CU_ASSERT_EQUAL_FATAL(find(rw, &by_id, 1, keys, 8), 2);
+  CU_ASSERT_EQUAL_FATAL(front_find(f, rw, &by_id, 1, keys, 8), 2);
   {
     CK_OBJECT_CLASS cls[2];
     CK_ATTRIBUTE a0 = {CKA_CLASS, &cls[0], sizeof(cls[0])}, a1 = {CKA_CLASS, &cls[1], sizeof(cls[1])};
@@ -249,13 +250,13 @@ static void test_key_then_certificate(void)
   kvp_cert_rec_clear(&rec);
   CU_ASSERT_EQUAL(get_row("plain", "whatever", &rec), KVP_ENOTFOUND);
   /* the key objects kept their handles; the certificate has the CKA_ID too */
-  CU_ASSERT_EQUAL(find(rw, &by_id, 1, again, 8), 3);
+  CU_ASSERT_EQUAL(front_find(f, rw, &by_id, 1, again, 8), 3);
   CU_ASSERT(memcmp(again, keys, sizeof(CK_OBJECT_HANDLE)) == 0 ||
             memcmp(again + 1, keys, sizeof(CK_OBJECT_HANDLE)) == 0);
 
   /* destroying the certificate leaves the key pair */
   CU_ASSERT_EQUAL(f->C_DestroyObject(rw, h), CKR_OK);
-  CU_ASSERT_EQUAL(find(rw, &by_id, 1, again, 8), 2);
+  CU_ASSERT_EQUAL(front_find(f, rw, &by_id, 1, again, 8), 2);
   memset(&rec, 0, sizeof(rec));
   CU_ASSERT_EQUAL_FATAL(get_row("plain", "pending", &rec), KVP_OK);
   CU_ASSERT_EQUAL(rec.der_len, 0);
@@ -273,7 +274,7 @@ static void test_key_then_certificate(void)
   CU_ASSERT_EQUAL_FATAL(get_row("plain", "whatever", &rec), KVP_OK);
   CU_ASSERT_EQUAL(rec.type, KVP_CERT_PUBLIC);
   kvp_cert_rec_clear(&rec);
-  CU_ASSERT(find(rw, &by_cert, 1, certs, 4) >= 1);
+  CU_ASSERT(front_find(f, rw, &by_cert, 1, certs, 4) >= 1);
   CU_ASSERT_EQUAL(f->C_DestroyObject(rw, h), CKR_OK);
   f->C_CloseSession(rw);
   OPENSSL_free(der);
@@ -365,7 +366,7 @@ static void test_generate_in_hsm(void)
   CU_ASSERT_EQUAL(hk, ((CK_OBJECT_HANDLE)rec.id << 2) | KVP_OBJ_PRIVKEY);
   CU_ASSERT_EQUAL(hp, ((CK_OBJECT_HANDLE)rec.id << 2) | KVP_OBJ_PUBKEY);
   kvp_cert_rec_clear(&rec);
-  CU_ASSERT_EQUAL(find(ro, &by_id, 1, found, 8), 2);
+  CU_ASSERT_EQUAL(front_find(f, ro, &by_id, 1, found, 8), 2);
   sign_and_verify(rw, hk, hp, CKM_SHA256_RSA_PKCS, EVP_sha256());
 
   /* the same label again: refused before the HSM is touched */
@@ -432,7 +433,7 @@ static void test_write_protected(void)
 {
   EVP_PKEY *k = EVP_EC_gen("P-256");
   size_t len = 0;
-  unsigned char *der = make_cert_for(k, "Partner Three", &len);
+  unsigned char *der = front_cert(k, "Partner Three", 77, NULL, &len);
   CK_ATTRIBUTE t[] = {
       {CKA_CLASS, &c_cert, sizeof(c_cert)},
       {CKA_CERTIFICATE_TYPE, &x509, sizeof(x509)},
@@ -470,21 +471,14 @@ static void test_write_protected(void)
 
 int main(void)
 {
-  CU_pSuite s;
-  int failed;
-
-  if (CU_initialize_registry() != CUE_SUCCESS)
-    return 1;
-  s = CU_add_suite("front provisioning", suite_init, suite_clean);
-  CU_add_test(s, "partner certificate: C_CreateObject, C_DestroyObject", test_partner_certificate);
-  CU_add_test(s, "C_CreateObject: bad templates", test_bad_templates);
-  CU_add_test(s, "key without certificate, then its certificate", test_key_then_certificate);
-  CU_add_test(s, "C_GenerateKeyPair without default_store", test_generate_no_default_store);
-  CU_add_test(s, "C_GenerateKeyPair in the HSM", test_generate_in_hsm);
-  CU_add_test(s, "write-protected registry", test_write_protected);
-  CU_basic_set_mode(CU_BRM_VERBOSE);
-  CU_basic_run_tests();
-  failed = (int)(CU_get_number_of_failures() + CU_get_number_of_suites_failed());
-  CU_cleanup_registry();
-  return failed != 0;
+  static CU_TestInfo tests[] = {
+      {"partner certificate: C_CreateObject, C_DestroyObject", test_partner_certificate},
+      {"C_CreateObject: bad templates", test_bad_templates},
+      {"key without certificate, then its certificate", test_key_then_certificate},
+      {"C_GenerateKeyPair without default_store", test_generate_no_default_store},
+      {"C_GenerateKeyPair in the HSM", test_generate_in_hsm},
+      {"write-protected registry", test_write_protected},
+      CU_TEST_INFO_NULL,
+  };
+  return unit_run_suite("front provisioning", suite_init, suite_clean, tests);
 }

@@ -20,70 +20,25 @@
 #include "core/util.h"
 #include "pkcs11/internal.h"
 
-static char dir[512], conf[600], regpath[600];
+#include "front_util.h"
+#include "unit_util.h"
+
+static char dir[512], regpath[600];
 static CK_FUNCTION_LIST_PTR f;
 
-/* A self-signed certificate for a fresh key, as DER. */
-static unsigned char *make_cert(const char *cn, int ec, size_t *len)
-{
-  EVP_PKEY *pkey = ec ? EVP_EC_gen("P-256") : EVP_RSA_gen(2048);
-  X509 *x = X509_new();
-  unsigned char *der = NULL;
-  int n;
-
-  X509_set_version(x, 2);
-  ASN1_INTEGER_set(X509_get_serialNumber(x), 4242);
-  X509_gmtime_adj(X509_getm_notBefore(x), 0);
-  X509_gmtime_adj(X509_getm_notAfter(x), 86400);
-  X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
-                             (const unsigned char *)cn, -1, -1, 0);
-  X509_set_issuer_name(x, X509_get_subject_name(x));
-  X509_set_pubkey(x, pkey);
-  X509_sign(x, pkey, EVP_sha256());
-  n = i2d_X509(x, &der);
-  *len = n > 0 ? (size_t)n : 0;
-  X509_free(x);
-  EVP_PKEY_free(pkey);
-  return der;
-}
-
+/* A self-signed certificate of a fresh key, registered as a public certificate. */
 static void register_cert(const char *account, const char *name, int ec)
 {
-  char err[KVP_ERRLEN];
-  kvp_registry *reg = NULL;
+  EVP_PKEY *pkey = ec ? EVP_EC_gen("P-256") : EVP_RSA_gen(2048);
   kvp_cert_rec rec;
   size_t len = 0;
-  unsigned char *der = make_cert(name, ec, &len);
+  unsigned char *der = front_cert(pkey, name, 4242, pkey, &len);
 
-  memset(&rec, 0, sizeof(rec));
-  CU_ASSERT_EQUAL_FATAL(kvp_cert_fill_rec(der, len, &rec, err, sizeof(err)), KVP_OK);
-  rec.account = strdup(account);
-  rec.name = strdup(name);
-  rec.type = KVP_CERT_PUBLIC;
-  CU_ASSERT_EQUAL_FATAL(kvp_registry_open(regpath, 0, &reg, err, sizeof(err)), KVP_OK);
-  CU_ASSERT_EQUAL(kvp_registry_add(reg, &rec, 0, err, sizeof(err)), KVP_OK);
-  kvp_registry_close(reg);
+  CU_ASSERT_EQUAL_FATAL(front_row(der, len, account, name, KVP_CERT_PUBLIC, NULL, &rec), KVP_OK);
+  front_register_row(regpath, &rec);
   kvp_cert_rec_clear(&rec);
   OPENSSL_free(der);
-}
-
-static void unregister_cert(const char *account, const char *name)
-{
-  char err[KVP_ERRLEN];
-  kvp_registry *reg = NULL;
-  CU_ASSERT_EQUAL_FATAL(kvp_registry_open(regpath, 0, &reg, err, sizeof(err)), KVP_OK);
-  CU_ASSERT_EQUAL(kvp_registry_remove(reg, account, name, err, sizeof(err)), KVP_OK);
-  kvp_registry_close(reg);
-}
-
-static CK_ULONG find_all(CK_SESSION_HANDLE s, CK_ATTRIBUTE *tmpl, CK_ULONG n,
-                         CK_OBJECT_HANDLE *out, CK_ULONG max)
-{
-  CK_ULONG count = 0;
-  CU_ASSERT_EQUAL_FATAL(f->C_FindObjectsInit(s, tmpl, n), CKR_OK);
-  CU_ASSERT_EQUAL(f->C_FindObjects(s, out, max, &count), CKR_OK);
-  CU_ASSERT_EQUAL(f->C_FindObjectsFinal(s), CKR_OK);
-  return count;
+  EVP_PKEY_free(pkey);
 }
 
 static CK_SLOT_ID slot_by_label(const char *label)
@@ -105,25 +60,15 @@ static CK_SLOT_ID slot_by_label(const char *label)
 
 static int suite_init(void)
 {
-  const char *tmp = getenv("KVP11_TEST_TMP");
-  FILE *fp;
-
-  snprintf(dir, sizeof(dir), "%s/front_registry.%d", tmp ? tmp : "/tmp", (int)getpid());
-  mkdir(tmp ? tmp : "/tmp", 0755);
-  if (mkdir(dir, 0700) != 0)
+  if (front_test_dir("front_registry", dir, sizeof(dir)) != 0)
     return 1;
-  snprintf(conf, sizeof(conf), "%s/kvp11.conf", dir);
   snprintf(regpath, sizeof(regpath), "%s/registry.db", dir);
-  fp = fopen(conf, "w");
-  if (fp == NULL)
+  if (front_write_conf(dir, NULL, 0,
+                       "[global]\nregistry = %s\nlog_level = error\n\n"
+                       "[account partners]\nlabel = B2B partners\n\n"
+                       "[account other]\n",
+                       regpath) != 0)
     return 1;
-  fprintf(fp,
-          "[global]\nregistry = %s\nlog_level = error\n\n"
-          "[account partners]\nlabel = B2B partners\n\n"
-          "[account other]\n",
-          regpath);
-  fclose(fp);
-  setenv("KVP11_CONF", conf, 1);
   return C_GetFunctionList(&f) == CKR_OK ? 0 : 1;
 }
 
@@ -152,31 +97,31 @@ static void test_registered_while_running(void)
   other = slot_by_label("other");
   CU_ASSERT_EQUAL_FATAL(f->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &s), CKR_OK);
   CU_ASSERT_EQUAL_FATAL(f->C_OpenSession(other, CKF_SERIAL_SESSION, NULL, NULL, &s2), CKR_OK);
-  CU_ASSERT_EQUAL(find_all(s, NULL, 0, found, 16), 0);
+  CU_ASSERT_EQUAL(front_find(f, s, NULL, 0, found, 16), 0);
 
   /* A partner's certificate is registered by another process while we run. */
   register_cert("partners", "acme", 0);
-  CU_ASSERT_EQUAL(find_all(s, NULL, 0, found, 16), 2); /* certificate + public key */
-  CU_ASSERT_EQUAL(find_all(s, &by_class, 1, found, 16), 1);
-  CU_ASSERT_EQUAL(find_all(s, &by_label, 1, found, 16), 2);
-  CU_ASSERT_EQUAL(find_all(s2, NULL, 0, found, 16), 0); /* other account: nothing */
+  CU_ASSERT_EQUAL(front_find(f, s, NULL, 0, found, 16), 2); /* certificate + public key */
+  CU_ASSERT_EQUAL(front_find(f, s, &by_class, 1, found, 16), 1);
+  CU_ASSERT_EQUAL(front_find(f, s, &by_label, 1, found, 16), 2);
+  CU_ASSERT_EQUAL(front_find(f, s2, NULL, 0, found, 16), 0); /* other account: nothing */
 
   /* A second one: the first keeps its handles. */
   register_cert("partners", "globex", 1);
-  CU_ASSERT_EQUAL(find_all(s, &by_label, 1, again, 16), 2);
+  CU_ASSERT_EQUAL(front_find(f, s, &by_label, 1, again, 16), 2);
   CU_ASSERT_EQUAL(again[0], found[0]);
   CU_ASSERT_EQUAL(again[1], found[1]);
-  CU_ASSERT_EQUAL(find_all(s, NULL, 0, found, 16), 4);
+  CU_ASSERT_EQUAL(front_find(f, s, NULL, 0, found, 16), 4);
 
   /* Removed while running: gone, and its handles are invalid. */
   {
     CK_OBJECT_HANDLE h = again[0];
     CK_ATTRIBUTE value = {CKA_VALUE, NULL, 0};
-    unregister_cert("partners", "acme");
-    CU_ASSERT_EQUAL(find_all(s, &by_label, 1, again, 16), 0);
+    front_unregister_row(regpath, "partners", "acme");
+    CU_ASSERT_EQUAL(front_find(f, s, &by_label, 1, again, 16), 0);
     CU_ASSERT_EQUAL(f->C_GetAttributeValue(s, h, &value, 1), CKR_OBJECT_HANDLE_INVALID);
   }
-  CU_ASSERT_EQUAL(find_all(s, NULL, 0, found, 16), 2);
+  CU_ASSERT_EQUAL(front_find(f, s, NULL, 0, found, 16), 2);
   CU_ASSERT_EQUAL(f->C_CloseAllSessions(slot), CKR_OK);
   CU_ASSERT_EQUAL(f->C_CloseSession(s), CKR_SESSION_HANDLE_INVALID);
   CU_ASSERT_EQUAL(f->C_CloseSession(s2), CKR_OK);
@@ -200,7 +145,7 @@ static void test_certificate_attributes(void)
   CU_ASSERT_EQUAL_FATAL(f->C_Initialize(NULL), CKR_OK);
   CU_ASSERT_EQUAL_FATAL(
       f->C_OpenSession(slot_by_label("B2B partners"), CKF_SERIAL_SESSION, NULL, NULL, &s), CKR_OK);
-  CU_ASSERT_EQUAL_FATAL(find_all(s, tmpl, 2, h, 4), 1);
+  CU_ASSERT_EQUAL_FATAL(front_find(f, s, tmpl, 2, h, 4), 1);
   CU_ASSERT_EQUAL_FATAL(f->C_GetAttributeValue(s, h[0], attrs, 2), CKR_OK);
   x = d2i_X509(NULL, &p, (long)attrs[0].ulValueLen);
   CU_ASSERT_PTR_NOT_NULL_FATAL(x);
@@ -214,18 +159,11 @@ static void test_certificate_attributes(void)
 
 int main(void)
 {
-  CU_pSuite suite;
-  unsigned failures;
-
-  if (CU_initialize_registry() != CUE_SUCCESS)
-    return 1;
-  suite = CU_add_suite("front+registry", suite_init, NULL);
-  CU_add_test(suite, "one slot per account", test_slots_from_accounts);
-  CU_add_test(suite, "certificates registered while running appear", test_registered_while_running);
-  CU_add_test(suite, "certificate attributes", test_certificate_attributes);
-  CU_basic_set_mode(CU_BRM_VERBOSE);
-  CU_basic_run_tests();
-  failures = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
-  CU_cleanup_registry();
-  return failures == 0 ? 0 : 1;
+  static CU_TestInfo tests[] = {
+      {"one slot per account", test_slots_from_accounts},
+      {"certificates registered while running appear", test_registered_while_running},
+      {"certificate attributes", test_certificate_attributes},
+      CU_TEST_INFO_NULL,
+  };
+  return unit_run_suite("front+registry", suite_init, NULL, tests);
 }

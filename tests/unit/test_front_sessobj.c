@@ -17,6 +17,7 @@
 
 #include "core/status.h"
 #include "front_fixture.h"
+#include "unit_util.h"
 
 static CK_OBJECT_CLASS c_cert = CKO_CERTIFICATE, c_pub = CKO_PUBLIC_KEY;
 static CK_CERTIFICATE_TYPE x509 = CKC_X_509;
@@ -42,7 +43,7 @@ static int suite_init(void)
            getenv("KVP11_SOFTHSM_MODULE") != NULL ? getenv("KVP11_SOFTHSM_MODULE") : "");
   if ((rc = fixture_init("front_sessobj", conf)) != 0)
     return rc;
-  if (!run("softhsm2-util --init-token --free --label " GATE_TOKEN " --pin " GATE_PIN
+  if (!unit_sh("softhsm2-util --init-token --free --label " GATE_TOKEN " --pin " GATE_PIN
            " --so-pin 12345678 >/dev/null"))
     return 1;
   slot_vault = slot_by_label("vkeys");
@@ -121,7 +122,7 @@ static void test_session_certificate(void)
 {
   EVP_PKEY *k = EVP_EC_gen("P-256");
   size_t len = 0;
-  unsigned char *der = make_cert_for(k, "Session Partner", &len);
+  unsigned char *der = front_cert(k, "Session Partner", 77, NULL, &len);
   CK_SESSION_HANDLE ro, other, rw_keys;
   CK_OBJECT_HANDLE h = 0, h2 = 0, found[8];
   CK_ATTRIBUTE t[] = {
@@ -157,10 +158,10 @@ static void test_session_certificate(void)
     CU_ASSERT(a.ulValueLen == len && memcmp(buf, der, len) == 0);
   }
   /* visible to every session of the application on this token: certificate + public key */
-  CU_ASSERT_EQUAL(find(other, &by_label, 1, found, 8), 2);
-  CU_ASSERT_EQUAL(find(other, label_session, 2, found, 8), 2);
-  CU_ASSERT_EQUAL(find(other, label_token, 2, found, 8), 0);
-  CU_ASSERT_EQUAL_FATAL(find(other, label_pub, 2, found, 8), 1);
+  CU_ASSERT_EQUAL(front_find(f, other, &by_label, 1, found, 8), 2);
+  CU_ASSERT_EQUAL(front_find(f, other, label_session, 2, found, 8), 2);
+  CU_ASSERT_EQUAL(front_find(f, other, label_token, 2, found, 8), 0);
+  CU_ASSERT_EQUAL_FATAL(front_find(f, other, label_pub, 2, found, 8), 1);
   CU_ASSERT_EQUAL(get_bool(other, found[0], CKA_TOKEN), CK_FALSE);
   CU_ASSERT_NOT_EQUAL(found[0], h);
   /* the public key object is not destroyable (as a token certificate's) */
@@ -169,11 +170,11 @@ static void test_session_certificate(void)
   {
     CK_ATTRIBUTE a = {CKA_TOKEN, NULL, 0};
     CU_ASSERT_EQUAL(f->C_GetAttributeValue(rw_keys, h, &a, 1), CKR_OBJECT_HANDLE_INVALID);
-    CU_ASSERT_EQUAL(find(rw_keys, &by_label, 1, found, 8), 0);
+    CU_ASSERT_EQUAL(front_find(f, rw_keys, &by_label, 1, found, 8), 0);
   }
   /* destroyed from another (R/O) session: gone, handle invalid */
   CU_ASSERT_EQUAL(f->C_DestroyObject(other, h), CKR_OK);
-  CU_ASSERT_EQUAL(find(ro, &by_label, 1, found, 8), 0);
+  CU_ASSERT_EQUAL(front_find(f, ro, &by_label, 1, found, 8), 0);
   {
     CK_ATTRIBUTE a = {CKA_TOKEN, NULL, 0};
     CU_ASSERT_EQUAL(f->C_GetAttributeValue(ro, h, &a, 1), CKR_OBJECT_HANDLE_INVALID);
@@ -184,9 +185,9 @@ static void test_session_certificate(void)
   CU_ASSERT_EQUAL_FATAL(f->C_CreateObject(ro, t, 5, &h2), CKR_OK);
   CU_ASSERT_NOT_EQUAL(h2, h);
   CU_ASSERT_EQUAL(count_rows(), rows);
-  CU_ASSERT_EQUAL(find(other, &by_label, 1, found, 8), 2);
+  CU_ASSERT_EQUAL(front_find(f, other, &by_label, 1, found, 8), 2);
   CU_ASSERT_EQUAL(f->C_CloseSession(ro), CKR_OK);
-  CU_ASSERT_EQUAL(find(other, &by_label, 1, found, 8), 0);
+  CU_ASSERT_EQUAL(front_find(f, other, &by_label, 1, found, 8), 0);
   {
     CK_ATTRIBUTE a = {CKA_TOKEN, NULL, 0};
     CU_ASSERT_EQUAL(f->C_GetAttributeValue(other, h2, &a, 1), CKR_OBJECT_HANDLE_INVALID);
@@ -196,7 +197,7 @@ static void test_session_certificate(void)
   CU_ASSERT_EQUAL(f->C_CloseAllSessions(slot_plain), CKR_OK);
   CU_ASSERT_EQUAL_FATAL(f->C_OpenSession(slot_plain, CKF_SERIAL_SESSION, NULL, NULL, &other),
                         CKR_OK);
-  CU_ASSERT_EQUAL(find(other, &by_label, 1, found, 8), 0);
+  CU_ASSERT_EQUAL(front_find(f, other, &by_label, 1, found, 8), 0);
   /* bad session templates are refused as token ones are */
   t[3].ulValueLen = 5;
   CU_ASSERT_EQUAL(f->C_CreateObject(other, t, 4, &h), CKR_ATTRIBUTE_VALUE_INVALID);
@@ -263,7 +264,7 @@ static void test_generate_session_hsm(void)
   CU_ASSERT((hk & ((CK_OBJECT_HANDLE)1 << (sizeof(CK_OBJECT_HANDLE) * 8 - 1))) != 0);
   CU_ASSERT_EQUAL(get_bool(ro, hk, CKA_TOKEN), CK_FALSE);
   CU_ASSERT_EQUAL(get_bool(ro, hp, CKA_TOKEN), CK_FALSE);
-  CU_ASSERT_EQUAL(find(other, &by_label, 1, found, 8), 2);
+  CU_ASSERT_EQUAL(front_find(f, other, &by_label, 1, found, 8), 2);
   sign_and_verify(other, hk, hp, CKM_ECDSA_SHA256, EVP_sha256());
   sign_and_verify(ro, hk, hp, CKM_ECDSA_SHA256, EVP_sha256());
   /* RSA, CKA_TOKEN false in both templates */
@@ -277,7 +278,7 @@ static void test_generate_session_hsm(void)
   CU_ASSERT_EQUAL(f->C_DestroyObject(other, rp), CKR_OK);
   /* gone with the session that made them */
   CU_ASSERT_EQUAL(f->C_CloseSession(ro), CKR_OK);
-  CU_ASSERT_EQUAL(find(other, &by_label, 1, found, 8), 0);
+  CU_ASSERT_EQUAL(front_find(f, other, &by_label, 1, found, 8), 0);
   {
     CK_MECHANISM m = {CKM_ECDSA_SHA256, NULL, 0};
     CU_ASSERT_EQUAL(f->C_SignInit(other, &m, hk), CKR_KEY_HANDLE_INVALID);
@@ -323,7 +324,7 @@ static void test_search_while_changing(void)
 {
   EVP_PKEY *k = EVP_EC_gen("P-256");
   size_t len = 0;
-  unsigned char *der = make_cert_for(k, "Moving Partner", &len);
+  unsigned char *der = front_cert(k, "Moving Partner", 77, NULL, &len);
   CK_SESSION_HANDLE a, b;
   CK_OBJECT_HANDLE c[8], got[8];
   CK_ATTRIBUTE t[] = {{CKA_CLASS, &c_cert, sizeof(c_cert)}, {CKA_ID, "moving", 6}};
@@ -348,9 +349,9 @@ static void test_search_while_changing(void)
   CU_ASSERT_EQUAL(find_more(b, got, 8), 0); /* made after the end was passed: not given */
   CU_ASSERT_EQUAL(f->C_FindObjectsFinal(b), CKR_OK);
   /* a new search gives the five left */
-  CU_ASSERT_EQUAL(find(b, t, 2, got, 8), 5);
+  CU_ASSERT_EQUAL(front_find(f, b, t, 2, got, 8), 5);
   f->C_CloseSession(a);
-  CU_ASSERT_EQUAL(find(b, t, 2, got, 8), 0);
+  CU_ASSERT_EQUAL(front_find(f, b, t, 2, got, 8), 0);
   f->C_CloseSession(b);
   OPENSSL_free(der);
   EVP_PKEY_free(k);
@@ -363,7 +364,7 @@ static void test_search_many(void)
   enum { N = 300 };
   EVP_PKEY *k = EVP_EC_gen("P-256");
   size_t len = 0;
-  unsigned char *der = make_cert_for(k, "Many Partners", &len);
+  unsigned char *der = front_cert(k, "Many Partners", 77, NULL, &len);
   CK_SESSION_HANDLE s;
   CK_OBJECT_HANDLE made[N], got[7];
   int gone[N] = {0}, next = 0, given = 0, destroyed = 0;
@@ -433,7 +434,7 @@ static void test_private_session_certificate(void)
 {
   EVP_PKEY *k = EVP_EC_gen("P-256");
   size_t len = 0;
-  unsigned char *der = make_cert_for(k, "Private Partner", &len);
+  unsigned char *der = front_cert(k, "Private Partner", 77, NULL, &len);
   CK_SESSION_HANDLE a, b;
   CK_OBJECT_HANDLE h = CK_INVALID_HANDLE, hpub = CK_INVALID_HANDLE, got[8];
   CK_ATTRIBUTE by_id[] = {{CKA_ID, "secret", 6}};
@@ -454,7 +455,7 @@ static void test_private_session_certificate(void)
   /* logged out: refused (CKA_TOKEN absent or false alike); a public one is made */
   CU_ASSERT_EQUAL(f->C_CreateObject(a, t, 6, &h), CKR_USER_NOT_LOGGED_IN);
   CU_ASSERT_EQUAL(f->C_CreateObject(a, t, 5, &h), CKR_USER_NOT_LOGGED_IN);
-  CU_ASSERT_EQUAL(find(b, by_id, 1, got, 8), 0);
+  CU_ASSERT_EQUAL(front_find(f, b, by_id, 1, got, 8), 0);
   (void)make_sess_cert(a, der, len, "open", "open", &no);
 
   CU_ASSERT_EQUAL_FATAL(f->C_Login(a, CKU_USER, (CK_UTF8CHAR_PTR)GATE_PIN, 4), CKR_OK);
@@ -462,17 +463,17 @@ static void test_private_session_certificate(void)
   CU_ASSERT_EQUAL(count_rows(), rows);
   CU_ASSERT_EQUAL(get_bool(b, h, CKA_PRIVATE), CK_TRUE);
   CU_ASSERT_EQUAL(get_bool(b, h, CKA_TOKEN), CK_FALSE);
-  CU_ASSERT_EQUAL(find(b, by_id, 1, got, 8), 2); /* the certificate and its public key */
-  CU_ASSERT_EQUAL(find(b, priv_certs, 2, got, 8), 1);
-  CU_ASSERT_EQUAL(find(b, certs, 1, got, 8), 2);
-  CU_ASSERT_EQUAL_FATAL(find(b, pub_by_id, 2, got, 8), 1);
+  CU_ASSERT_EQUAL(front_find(f, b, by_id, 1, got, 8), 2); /* the certificate and its public key */
+  CU_ASSERT_EQUAL(front_find(f, b, priv_certs, 2, got, 8), 1);
+  CU_ASSERT_EQUAL(front_find(f, b, certs, 1, got, 8), 2);
+  CU_ASSERT_EQUAL_FATAL(front_find(f, b, pub_by_id, 2, got, 8), 1);
   hpub = got[0];
   CU_ASSERT_EQUAL(get_bool(b, hpub, CKA_PRIVATE), CK_TRUE);
 
   /* logged out: not found, handles invalid, not destroyable */
   CU_ASSERT_EQUAL(f->C_Logout(b), CKR_OK);
-  CU_ASSERT_EQUAL(find(b, by_id, 1, got, 8), 0);
-  CU_ASSERT_EQUAL(find(a, certs, 1, got, 8), 1); /* the public one only */
+  CU_ASSERT_EQUAL(front_find(f, b, by_id, 1, got, 8), 0);
+  CU_ASSERT_EQUAL(front_find(f, a, certs, 1, got, 8), 1); /* the public one only */
   CU_ASSERT_EQUAL(attr_rv(a, h), CKR_OBJECT_HANDLE_INVALID);
   CU_ASSERT_EQUAL(attr_rv(b, hpub), CKR_OBJECT_HANDLE_INVALID);
   CU_ASSERT_EQUAL(f->C_DestroyObject(b, h), CKR_OBJECT_HANDLE_INVALID);
@@ -488,7 +489,7 @@ static void test_private_session_certificate(void)
   CU_ASSERT_EQUAL(attr_rv(b, hpub), CKR_OBJECT_HANDLE_INVALID);
   CU_ASSERT_EQUAL_FATAL(f->C_CreateObject(b, t, 6, &h), CKR_OK);
   CU_ASSERT_EQUAL(f->C_CloseSession(b), CKR_OK);
-  CU_ASSERT_EQUAL(find(a, by_id, 1, got, 8), 0);
+  CU_ASSERT_EQUAL(front_find(f, a, by_id, 1, got, 8), 0);
   CU_ASSERT_EQUAL(f->C_CloseSession(a), CKR_OK);
   OPENSSL_free(der);
   EVP_PKEY_free(k);
@@ -501,7 +502,7 @@ static void test_private_session_certificate_no_login(void)
 {
   EVP_PKEY *k = EVP_EC_gen("P-256");
   size_t len = 0;
-  unsigned char *der = make_cert_for(k, "Open Partner", &len);
+  unsigned char *der = front_cert(k, "Open Partner", 77, NULL, &len);
   CK_SESSION_HANDLE a, b;
   CK_OBJECT_HANDLE h, got[8];
   CK_ATTRIBUTE by_id[] = {{CKA_ID, "open-secret", 11}};
@@ -519,11 +520,11 @@ static void test_private_session_certificate_no_login(void)
   h = make_sess_cert(a, der, len, "open-secret", "open-secret", &yes);
   CU_ASSERT_NOT_EQUAL_FATAL(h, CK_INVALID_HANDLE);
   CU_ASSERT_EQUAL(get_bool(b, h, CKA_PRIVATE), CK_TRUE);
-  CU_ASSERT_EQUAL(find(b, by_id, 1, got, 8), 2);
+  CU_ASSERT_EQUAL(front_find(f, b, by_id, 1, got, 8), 2);
   CU_ASSERT_EQUAL(f->C_CreateObject(b, token_priv, 6, &h), CKR_ATTRIBUTE_VALUE_INVALID);
   CU_ASSERT_EQUAL(count_rows(), rows);
   f->C_CloseSession(a);
-  CU_ASSERT_EQUAL(find(b, by_id, 1, got, 8), 0);
+  CU_ASSERT_EQUAL(front_find(f, b, by_id, 1, got, 8), 0);
   f->C_CloseSession(b);
   OPENSSL_free(der);
   EVP_PKEY_free(k);
@@ -573,7 +574,7 @@ static void test_search_concurrent(void)
 {
   EVP_PKEY *k = EVP_EC_gen("P-256");
   churn c = {.len = 0};
-  unsigned char *der = make_cert_for(k, "Churn Partner", &c.len);
+  unsigned char *der = front_cert(k, "Churn Partner", 77, NULL, &c.len);
   CK_ATTRIBUTE by_id[] = {{CKA_ID, "churn", 5}};
   CK_SESSION_HANDLE s;
   pthread_t th;
@@ -600,7 +601,7 @@ static void test_search_concurrent(void)
   CU_ASSERT_EQUAL(c.failures, 0);
   {
     CK_OBJECT_HANDLE got[8];
-    CU_ASSERT_EQUAL(find(s, by_id, 1, got, 8), 0); /* gone with the other session */
+    CU_ASSERT_EQUAL(front_find(f, s, by_id, 1, got, 8), 0); /* gone with the other session */
   }
   f->C_CloseSession(s);
   OPENSSL_free(der);
@@ -609,25 +610,17 @@ static void test_search_concurrent(void)
 
 int main(void)
 {
-  CU_pSuite s;
-  int failed;
-
-  if (CU_initialize_registry() != CUE_SUCCESS)
-    return 1;
-  s = CU_add_suite("front session objects", suite_init, suite_clean);
-  CU_add_test(s, "session certificate: create, find, destroy, session close",
-              test_session_certificate);
-  CU_add_test(s, "a search while session objects come and go", test_search_while_changing);
-  CU_add_test(s, "a search over 300 session objects, some destroyed meanwhile", test_search_many);
-  CU_add_test(s, "searches while another thread makes and destroys", test_search_concurrent);
-  CU_add_test(s, "private session certificate: only when logged in", test_private_session_certificate);
-  CU_add_test(s, "private session certificate on a token without login",
-              test_private_session_certificate_no_login);
-  CU_add_test(s, "C_GenerateKeyPair session keys on Key Vault: refused", test_generate_session_vault);
-  CU_add_test(s, "C_GenerateKeyPair session keys in the HSM", test_generate_session_hsm);
-  CU_basic_set_mode(CU_BRM_VERBOSE);
-  CU_basic_run_tests();
-  failed = (int)(CU_get_number_of_failures() + CU_get_number_of_suites_failed());
-  CU_cleanup_registry();
-  return failed != 0;
+  static CU_TestInfo tests[] = {
+      {"session certificate: create, find, destroy, session close", test_session_certificate},
+      {"a search while session objects come and go", test_search_while_changing},
+      {"a search over 300 session objects, some destroyed meanwhile", test_search_many},
+      {"searches while another thread makes and destroys", test_search_concurrent},
+      {"private session certificate: only when logged in", test_private_session_certificate},
+      {"private session certificate on a token without login",
+       test_private_session_certificate_no_login},
+      {"C_GenerateKeyPair session keys on Key Vault: refused", test_generate_session_vault},
+      {"C_GenerateKeyPair session keys in the HSM", test_generate_session_hsm},
+      CU_TEST_INFO_NULL,
+  };
+  return unit_run_suite("front session objects", suite_init, suite_clean, tests);
 }

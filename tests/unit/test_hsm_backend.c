@@ -35,108 +35,32 @@
 #include "core/config.h"
 #include "core/p11names.h"
 #include "core/status.h"
+#include "hsm_fixture.h"
+#include "unit_util.h"
 
 #define TOKEN "kvp-hsm-unit"
 /* for the pass-through PIN tests; not a prefix of TOKEN: pkcs11-tool's
  * --token-label matches prefixes */
 #define TOKEN2 "kvp-pass-unit"
-#define PIN "1234"
-#define SOPIN "12345678"
+#define PIN HSM_PIN
 
-static char g_dir[1024];
-static char g_module[1024];
-static char g_pinfile[1100];
 static kvp_backend *g_be;  /* configured PIN, token TOKEN */
 static kvp_key *g_rsa;
 static kvp_key *g_ec;
 
-/* ---------- fixture ---------- */
+/* ---------- fixture (hsm_fixture.h) ---------- */
 
-static int run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int run(const char *fmt, ...) {
-  char cmd[4096];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(cmd, sizeof(cmd), fmt, ap);
-  va_end(ap);
-  int rc = system(cmd);
-  if (rc != 0)
-    fprintf(stderr, "command failed (%d): %s\n", rc, cmd);
-  return rc;
-}
-
-static int have_tool(const char *name) {
-  char cmd[256];
-  snprintf(cmd, sizeof(cmd), "command -v %s >/dev/null 2>&1", name);
-  return system(cmd) == 0;
-}
-
-static int keygen(const char *token, const char *label, const char *id, const char *type,
-                  int decrypt) {
-  return run("pkcs11-tool --module '%s' --token-label '%s' --login --pin " PIN
-             " --keypairgen --key-type %s --label '%s' --id %s --usage-sign %s >/dev/null 2>&1",
-             g_module, token, type, label, id, decrypt ? "--usage-decrypt" : "");
-}
-
-static int make_tokens(void) {
-  char path[1200];
-  FILE *f;
-  if (run("rm -rf '%s' && mkdir -p '%s/tokens'", g_dir, g_dir) != 0)
-    return -1;
-  snprintf(path, sizeof(path), "%s/softhsm2.conf", g_dir);
-  f = fopen(path, "w");
-  if (f == NULL)
-    return -1;
-  fprintf(f, "directories.tokendir = %s/tokens\nobjectstore.backend = file\nlog.level = ERROR\n"
-             "slots.removable = false\n", g_dir);
-  fclose(f);
-  setenv("SOFTHSM2_CONF", path, 1);
-
-  snprintf(g_pinfile, sizeof(g_pinfile), "%s/hsm.pin", g_dir);
-  f = fopen(g_pinfile, "w");
-  if (f == NULL)
-    return -1;
-  fputs(PIN "\n", f);
-  fclose(f);
-  chmod(g_pinfile, 0600);
-
-  if (run("softhsm2-util --init-token --free --label " TOKEN " --pin " PIN " --so-pin " SOPIN
-          " >/dev/null") != 0 ||
-      run("softhsm2-util --init-token --free --label " TOKEN2 " --pin " PIN " --so-pin " SOPIN
-          " >/dev/null") != 0)
-    return -1;
-  if (keygen(TOKEN, "rsa", "01", "rsa:2048", 1) != 0 ||
-      keygen(TOKEN, "ec", "02", "EC:prime256v1", 0) != 0 ||
-      keygen(TOKEN, "reres", "03", "EC:prime256v1", 0) != 0 ||
-      keygen(TOKEN2, "rsa", "01", "rsa:2048", 1) != 0)
+static int make_keys(void) {
+  if (hsm_keygen(TOKEN, "rsa", "01", "rsa:2048", 1) != 0 ||
+      hsm_keygen(TOKEN, "ec", "02", "EC:prime256v1", 0) != 0 ||
+      hsm_keygen(TOKEN, "reres", "03", "EC:prime256v1", 0) != 0 ||
+      hsm_keygen(TOKEN2, "rsa", "01", "rsa:2048", 1) != 0)
     return -1;
   return 0;
 }
 
-/* The public key as pkcs11-tool reads it from the token (independent of the backend). */
-static EVP_PKEY *token_pubkey(const char *token, const char *label) {
-  char out[1200];
-  snprintf(out, sizeof(out), "%s/%s-%s.pub.der", g_dir, token, label);
-  if (run("pkcs11-tool --module '%s' --token-label '%s' --read-object --type pubkey "
-          "--label '%s' -o '%s' >/dev/null 2>&1", g_module, token, label, out) != 0)
-    return NULL;
-  FILE *f = fopen(out, "rb");
-  if (f == NULL)
-    return NULL;
-  EVP_PKEY *pk = d2i_PUBKEY_fp(f, NULL);
-  fclose(f);
-  return pk;
-}
-
 static kvp_hsm_conf make_conf(const char *name, const char *token, int with_pin) {
-  kvp_hsm_conf c;
-  memset(&c, 0, sizeof(c));
-  c.name = (char *)name;
-  c.module = g_module;
-  c.token_label = (char *)token;
-  c.pin_file = with_pin ? g_pinfile : NULL;
-  c.line = 1;
-  return c;
+  return hsm_conf(name, hsm_module, token, with_pin ? hsm_pinfile : NULL);
 }
 
 /* The thread's OpenSSL error queue after the first open_key (SoftHSM2's
@@ -245,6 +169,17 @@ out:
 
 static void rand_bytes(unsigned char *p, size_t n) { CU_ASSERT_FATAL(RAND_bytes(p, (int)n) == 1); }
 
+/* OpenSSL's ciphertext of in[0..n) with g_rsa's public key (pad, oaep_md; asserted, fatal)
+ * into ct, given to the backend's decrypt as alg: its answer, the plaintext in out. */
+static CK_RV decrypt_ct(int pad, const EVP_MD *oaep_md, const unsigned char *in, size_t n,
+                        const kvp_dec_alg *alg, unsigned char ct[256], unsigned char out[256],
+                        CK_ULONG *out_len) {
+  size_t ct_len = 256;
+  CU_ASSERT_FATAL(encrypt_with(g_rsa->pub, pad, oaep_md, in, n, ct, &ct_len));
+  *out_len = 256;
+  return g_be->ops->decrypt(g_be, g_rsa, alg, ct, (CK_ULONG)ct_len, out, out_len);
+}
+
 /* ---------- tests ---------- */
 
 static void test_open_rsa(void) {
@@ -255,11 +190,11 @@ static void test_open_rsa(void) {
   CU_ASSERT_EQUAL(g_rsa->can_decrypt, 1);
   CU_ASSERT_EQUAL(g_rsa->private_obj, 0);
   CU_ASSERT_STRING_EQUAL(g_rsa->name, "rsa");
-  EVP_PKEY *ref = token_pubkey(TOKEN, "rsa");
+  EVP_PKEY *ref = hsm_token_pubkey(TOKEN, "rsa");
   CU_ASSERT_PTR_NOT_NULL_FATAL(ref);
   CU_ASSERT_EQUAL(EVP_PKEY_eq(ref, g_rsa->pub), 1);
   /* the other token's RSA key is a different key: the comparison can fail */
-  EVP_PKEY *other = token_pubkey(TOKEN2, "rsa");
+  EVP_PKEY *other = hsm_token_pubkey(TOKEN2, "rsa");
   CU_ASSERT_PTR_NOT_NULL_FATAL(other);
   CU_ASSERT_NOT_EQUAL(EVP_PKEY_eq(other, g_rsa->pub), 1);
   EVP_PKEY_free(other);
@@ -273,7 +208,7 @@ static void test_open_ec(void) {
   CU_ASSERT_EQUAL(g_ec->curve_nid, NID_X9_62_prime256v1);
   CU_ASSERT_EQUAL(g_ec->can_sign, 1);
   CU_ASSERT_EQUAL(g_ec->can_decrypt, 0);
-  EVP_PKEY *ref = token_pubkey(TOKEN, "ec");
+  EVP_PKEY *ref = hsm_token_pubkey(TOKEN, "ec");
   CU_ASSERT_PTR_NOT_NULL_FATAL(ref);
   CU_ASSERT_EQUAL(EVP_PKEY_eq(ref, g_ec->pub), 1);
   EVP_PKEY_free(ref);
@@ -433,57 +368,42 @@ static void test_decrypt(void) {
   cases[4].md = EVP_sha256();
   for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
     unsigned char pt[32], ct[256], out[256];
-    size_t ct_len = sizeof(ct);
-    CK_ULONG out_len = sizeof(out);
+    CK_ULONG out_len;
     rand_bytes(pt, sizeof(pt));
-    CU_ASSERT_FATAL(encrypt_with(g_rsa->pub, cases[i].pad, cases[i].md, pt, sizeof(pt), ct, &ct_len));
     /* SoftHSM2 2.6.1 has OAEP with SHA-1 only: the others are decoded by the
      * backend over CKM_RSA_X_509 */
-    CK_RV rv = g_be->ops->decrypt(g_be, g_rsa, &cases[i].alg, ct, (CK_ULONG)ct_len, out, &out_len);
+    CK_RV rv =
+        decrypt_ct(cases[i].pad, cases[i].md, pt, sizeof(pt), &cases[i].alg, ct, out, &out_len);
     CU_ASSERT_EQUAL_FATAL(rv, CKR_OK);
     CU_ASSERT_EQUAL(out_len, sizeof(pt));
     CU_ASSERT_EQUAL(memcmp(out, pt, sizeof(pt)), 0);
   }
   /* OAEP-SHA256 ciphertext decrypted as OAEP-SHA1 must fail */
   unsigned char pt[16] = "0123456789abcdef", ct[256], out[256];
-  size_t ct_len = sizeof(ct);
-  CK_ULONG out_len = sizeof(out);
-  CU_ASSERT_FATAL(encrypt_with(g_rsa->pub, RSA_PKCS1_OAEP_PADDING, EVP_sha256(), pt, 16, ct, &ct_len));
-  CU_ASSERT_EQUAL(
-      g_be->ops->decrypt(g_be, g_rsa, &cases[1].alg, ct, (CK_ULONG)ct_len, out, &out_len),
-      CKR_ENCRYPTED_DATA_INVALID);
+  CK_ULONG out_len;
+  CU_ASSERT_EQUAL(decrypt_ct(RSA_PKCS1_OAEP_PADDING, EVP_sha256(), pt, 16, &cases[1].alg, ct, out,
+                             &out_len),
+                  CKR_ENCRYPTED_DATA_INVALID);
   /* a block with PKCS#1 type 1 (signature) padding is never a valid v1.5 ciphertext */
   unsigned char blk[256];
   memset(blk, 0xff, sizeof(blk));
   blk[0] = 0x00;
   blk[1] = 0x01;
   blk[200] = 0x00;
-  ct_len = sizeof(ct);
-  CU_ASSERT_FATAL(encrypt_with(g_rsa->pub, RSA_NO_PADDING, NULL, blk, sizeof(blk), ct, &ct_len));
-  out_len = sizeof(out);
   CU_ASSERT_EQUAL(
-      g_be->ops->decrypt(g_be, g_rsa, &cases[0].alg, ct, (CK_ULONG)ct_len, out, &out_len),
+      decrypt_ct(RSA_NO_PADDING, NULL, blk, sizeof(blk), &cases[0].alg, ct, out, &out_len),
       CKR_ENCRYPTED_DATA_INVALID);
   /* an OAEP-SHA1 ciphertext decrypted as OAEP-SHA256 (the local decoder) must fail */
-  ct_len = sizeof(ct);
-  CU_ASSERT_FATAL(encrypt_with(g_rsa->pub, RSA_PKCS1_OAEP_PADDING, EVP_sha1(), pt, 16, ct, &ct_len));
-  out_len = sizeof(out);
-  CU_ASSERT_EQUAL(
-      g_be->ops->decrypt(g_be, g_rsa, &cases[2].alg, ct, (CK_ULONG)ct_len, out, &out_len),
-      CKR_ENCRYPTED_DATA_INVALID);
+  CU_ASSERT_EQUAL(decrypt_ct(RSA_PKCS1_OAEP_PADDING, EVP_sha1(), pt, 16, &cases[2].alg, ct, out,
+                             &out_len),
+                  CKR_ENCRYPTED_DATA_INVALID);
   /* ... and so must a PKCS#1 v1.5 ciphertext */
-  ct_len = sizeof(ct);
-  CU_ASSERT_FATAL(encrypt_with(g_rsa->pub, RSA_PKCS1_PADDING, NULL, pt, 16, ct, &ct_len));
-  out_len = sizeof(out);
-  CU_ASSERT_EQUAL(
-      g_be->ops->decrypt(g_be, g_rsa, &cases[2].alg, ct, (CK_ULONG)ct_len, out, &out_len),
-      CKR_ENCRYPTED_DATA_INVALID);
+  CU_ASSERT_EQUAL(decrypt_ct(RSA_PKCS1_PADDING, NULL, pt, 16, &cases[2].alg, ct, out, &out_len),
+                  CKR_ENCRYPTED_DATA_INVALID);
   /* an empty message round-trips through the local decoder */
-  ct_len = sizeof(ct);
-  CU_ASSERT_FATAL(encrypt_with(g_rsa->pub, RSA_PKCS1_OAEP_PADDING, EVP_sha256(), pt, 0, ct, &ct_len));
-  out_len = sizeof(out);
-  CU_ASSERT_EQUAL(
-      g_be->ops->decrypt(g_be, g_rsa, &cases[2].alg, ct, (CK_ULONG)ct_len, out, &out_len), CKR_OK);
+  CU_ASSERT_EQUAL(decrypt_ct(RSA_PKCS1_OAEP_PADDING, EVP_sha256(), pt, 0, &cases[2].alg, ct, out,
+                             &out_len),
+                  CKR_OK);
   CU_ASSERT_EQUAL(out_len, 0);
   /* wrong length */
   out_len = sizeof(out);
@@ -510,7 +430,7 @@ static void test_pin_passthrough(void) {
   /* the public key is readable without login */
   CU_ASSERT_EQUAL_FATAL(be->ops->open_key(be, "rsa", &k), CKR_OK);
   CU_ASSERT_EQUAL(k->private_obj, 1);
-  EVP_PKEY *ref = token_pubkey(TOKEN2, "rsa");
+  EVP_PKEY *ref = hsm_token_pubkey(TOKEN2, "rsa");
   CU_ASSERT_PTR_NOT_NULL_FATAL(ref);
   CU_ASSERT_EQUAL(EVP_PKEY_eq(ref, k->pub), 1);
   EVP_PKEY_free(ref);
@@ -583,14 +503,10 @@ static void test_reresolve(void) {
   CU_ASSERT_EQUAL(verify_ecdsa(k->pub, dig, 32, sig, sl), 1);
 
   /* another process deletes the key pair and makes a new one with the same label */
-  CU_ASSERT_EQUAL_FATAL(run("pkcs11-tool --module '%s' --token-label " TOKEN " --login --pin " PIN
-                            " --delete-object --type privkey --label reres >/dev/null 2>&1 && "
-                            "pkcs11-tool --module '%s' --token-label " TOKEN " --login --pin " PIN
-                            " --delete-object --type pubkey --label reres >/dev/null 2>&1",
-                            g_module, g_module),
-                        0);
-  CU_ASSERT_EQUAL_FATAL(keygen(TOKEN, "reres", "03", "EC:prime256v1", 0), 0);
-  EVP_PKEY *fresh = token_pubkey(TOKEN, "reres");
+  CU_ASSERT_FATAL(hsm_delete(TOKEN, "privkey", "reres") == 0 &&
+                  hsm_delete(TOKEN, "pubkey", "reres") == 0);
+  CU_ASSERT_EQUAL_FATAL(hsm_keygen(TOKEN, "reres", "03", "EC:prime256v1", 0), 0);
+  EVP_PKEY *fresh = hsm_token_pubkey(TOKEN, "reres");
   CU_ASSERT_PTR_NOT_NULL_FATAL(fresh);
   CU_ASSERT_NOT_EQUAL(EVP_PKEY_eq(fresh, k->pub), 1);
 
@@ -616,10 +532,7 @@ static void test_reresolve(void) {
   EVP_PKEY_free(fresh);
 
   /* deleted for good: a clear CKR_KEY_HANDLE_INVALID */
-  CU_ASSERT_EQUAL_FATAL(run("pkcs11-tool --module '%s' --token-label " TOKEN " --login --pin " PIN
-                            " --delete-object --type privkey --label reres >/dev/null 2>&1",
-                            g_module),
-                        0);
+  CU_ASSERT_EQUAL_FATAL(hsm_delete(TOKEN, "privkey", "reres"), 0);
   sl = sizeof(sig);
   CU_ASSERT_EQUAL(g_be->ops->sign(g_be, k, &alg, dig, 32, sig, &sl), CKR_KEY_HANDLE_INVALID);
   g_be->ops->close_key(g_be, k);
@@ -627,28 +540,9 @@ static void test_reresolve(void) {
 
 /* The SoftHSM2 instance the backend loaded (same process: same module state). */
 static CK_FUNCTION_LIST_PTR softhsm_here(void **dl, CK_SLOT_ID *slot) {
-  *dl = dlopen(g_module, RTLD_NOW | RTLD_LOCAL);
-  if (*dl == NULL)
-    return NULL;
-  CK_C_GetFunctionList gfl;
-  void *sym = dlsym(*dl, "C_GetFunctionList");
-  memcpy(&gfl, &sym, sizeof(gfl));
-  CK_FUNCTION_LIST_PTR fl = NULL;
-  if (gfl == NULL || gfl(&fl) != CKR_OK)
-    return NULL;
-  CK_SLOT_ID slots[64];
-  CK_ULONG n = 64;
-  if (fl->C_GetSlotList(CK_TRUE, slots, &n) != CKR_OK)
-    return NULL;
-  for (CK_ULONG i = 0; i < n; i++) {
-    CK_TOKEN_INFO ti;
-    if (fl->C_GetTokenInfo(slots[i], &ti) == CKR_OK &&
-        memcmp(ti.label, TOKEN "                                ", 32) == 0) {
-      *slot = slots[i];
-      return fl;
-    }
-  }
-  return NULL;
+  CK_FUNCTION_LIST_PTR fl = hsm_functions(hsm_module, dl);
+  *slot = fl != NULL ? hsm_slot_of(fl, TOKEN) : (CK_SLOT_ID)-1;
+  return *slot != (CK_SLOT_ID)-1 ? fl : NULL;
 }
 
 /* An EC key whose public object holds a raw point (no DER OCTET STRING
@@ -715,13 +609,10 @@ static void test_raw_ec_point(void) {
 /* An RSA key without a public key object: the public key comes from the
  * private object's modulus and exponent. An EC key cannot do that. */
 static void test_private_only(void) {
-  CU_ASSERT_EQUAL_FATAL(keygen(TOKEN, "privonly", "0a", "rsa:2048", 1), 0);
-  EVP_PKEY *ref = token_pubkey(TOKEN, "privonly");
+  CU_ASSERT_EQUAL_FATAL(hsm_keygen(TOKEN, "privonly", "0a", "rsa:2048", 1), 0);
+  EVP_PKEY *ref = hsm_token_pubkey(TOKEN, "privonly");
   CU_ASSERT_PTR_NOT_NULL_FATAL(ref);
-  CU_ASSERT_EQUAL_FATAL(run("pkcs11-tool --module '%s' --token-label " TOKEN " --login --pin " PIN
-                            " --delete-object --type pubkey --label privonly >/dev/null 2>&1",
-                            g_module),
-                        0);
+  CU_ASSERT_EQUAL_FATAL(hsm_delete(TOKEN, "pubkey", "privonly"), 0);
   kvp_key *k = NULL;
   CU_ASSERT_EQUAL_FATAL(g_be->ops->open_key(g_be, "privonly", &k), CKR_OK);
   CU_ASSERT_EQUAL(EVP_PKEY_eq(ref, k->pub), 1);
@@ -735,11 +626,8 @@ static void test_private_only(void) {
   g_be->ops->close_key(g_be, k);
   EVP_PKEY_free(ref);
 
-  CU_ASSERT_EQUAL_FATAL(keygen(TOKEN, "ecprivonly", "0b", "EC:prime256v1", 0), 0);
-  CU_ASSERT_EQUAL_FATAL(run("pkcs11-tool --module '%s' --token-label " TOKEN " --login --pin " PIN
-                            " --delete-object --type pubkey --label ecprivonly >/dev/null 2>&1",
-                            g_module),
-                        0);
+  CU_ASSERT_EQUAL_FATAL(hsm_keygen(TOKEN, "ecprivonly", "0b", "EC:prime256v1", 0), 0);
+  CU_ASSERT_EQUAL_FATAL(hsm_delete(TOKEN, "pubkey", "ecprivonly"), 0);
   k = NULL;
   CU_ASSERT_EQUAL(g_be->ops->open_key(g_be, "ecprivonly", &k), CKR_KEY_HANDLE_INVALID);
   CU_ASSERT_PTR_NULL(k);
@@ -882,49 +770,38 @@ static void test_lazy_constructor(void) {
 }
 
 int main(void) {
-  const char *mod = getenv("KVP11_SOFTHSM_MODULE");
-  const char *tmp = getenv("KVP11_TEST_TMP");
-  snprintf(g_module, sizeof(g_module), "%s", mod && *mod ? mod : "/usr/lib/softhsm/libsofthsm2.so");
-  if (access(g_module, R_OK) != 0 || !have_tool("softhsm2-util") || !have_tool("pkcs11-tool")) {
-    fprintf(stderr, "SoftHSM2 (%s) or its tools not installed: skipped\n", g_module);
-    return 77;
-  }
-  if (tmp && *tmp)
-    snprintf(g_dir, sizeof(g_dir), "%s/hsm_backend", tmp);
-  else
-    snprintf(g_dir, sizeof(g_dir), "/tmp/kvp11-test-hsm-%ld", (long)getpid());
-  if (run("mkdir -p '%s'", g_dir) != 0 || make_tokens() != 0) {
-    fprintf(stderr, "cannot create the SoftHSM2 test tokens in %s\n", g_dir);
+  static CU_TestInfo tests[] = {
+      {"PKCS#11 names", test_p11names},
+      {"constructor is lazy", test_lazy_constructor},
+      {"first C_Initialize leaves the OpenSSL error queue", test_error_queue_first_init},
+      {"open RSA-2048", test_open_rsa},
+      {"open P-256", test_open_ec},
+      {"open by id", test_open_by_id},
+      {"missing label", test_missing_label},
+      {"missing token", test_missing_token},
+      {"sign PKCS#1 v1.5", test_sign_pkcs1},
+      {"sign PKCS#1 raw", test_sign_pkcs1_raw},
+      {"sign PSS", test_sign_pss},
+      {"sign ECDSA", test_sign_ecdsa},
+      {"decrypt PKCS#1 and OAEP", test_decrypt},
+      {"PIN pass-through", test_pin_passthrough},
+      {"threads", test_threads},
+      {"handle re-resolution", test_reresolve},
+      {"raw EC point", test_raw_ec_point},
+      {"RSA key without public object", test_private_only},
+      {"sessions closed under us", test_sessions_closed_under_us},
+      {"fork", test_fork},
+      CU_TEST_INFO_NULL,
+  };
+  static const char *const tokens[] = {TOKEN, TOKEN2, NULL};
+  int rc = hsm_fixture_init("hsm_backend", tokens, 1);
+  if (rc != 0)
+    return rc;
+  if (make_keys() != 0) {
+    fprintf(stderr, "cannot create the SoftHSM2 test keys in %s\n", hsm_dir);
     return 1;
   }
   alarm(300); /* a deadlock fails the test instead of hanging CTest */
 
-  if (CU_initialize_registry() != CUE_SUCCESS)
-    return 1;
-  CU_pSuite s = CU_add_suite("hsm_backend", suite_init, suite_clean);
-  CU_add_test(s, "PKCS#11 names", test_p11names);
-  CU_add_test(s, "constructor is lazy", test_lazy_constructor);
-  CU_add_test(s, "first C_Initialize leaves the OpenSSL error queue", test_error_queue_first_init);
-  CU_add_test(s, "open RSA-2048", test_open_rsa);
-  CU_add_test(s, "open P-256", test_open_ec);
-  CU_add_test(s, "open by id", test_open_by_id);
-  CU_add_test(s, "missing label", test_missing_label);
-  CU_add_test(s, "missing token", test_missing_token);
-  CU_add_test(s, "sign PKCS#1 v1.5", test_sign_pkcs1);
-  CU_add_test(s, "sign PKCS#1 raw", test_sign_pkcs1_raw);
-  CU_add_test(s, "sign PSS", test_sign_pss);
-  CU_add_test(s, "sign ECDSA", test_sign_ecdsa);
-  CU_add_test(s, "decrypt PKCS#1 and OAEP", test_decrypt);
-  CU_add_test(s, "PIN pass-through", test_pin_passthrough);
-  CU_add_test(s, "threads", test_threads);
-  CU_add_test(s, "handle re-resolution", test_reresolve);
-  CU_add_test(s, "raw EC point", test_raw_ec_point);
-  CU_add_test(s, "RSA key without public object", test_private_only);
-  CU_add_test(s, "sessions closed under us", test_sessions_closed_under_us);
-  CU_add_test(s, "fork", test_fork);
-  CU_basic_set_mode(CU_BRM_VERBOSE);
-  CU_basic_run_tests();
-  unsigned failed = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
-  CU_cleanup_registry();
-  return failed ? 1 : 0;
+  return unit_run_suite("hsm_backend", suite_init, suite_clean, tests);
 }

@@ -32,76 +32,24 @@
 #include "core/config.h"
 #include "core/log.h"
 #include "core/status.h"
+#include "hsm_fixture.h"
+#include "unit_util.h"
 
 #define TOK_PIN "kvp-prov-unit"
 #define TOK_PASS "kvp-provpass-unit"
-#define USER_PIN "4321"
-#define SO_PIN "87654321"
+#define USER_PIN HSM_PIN
 
-static char g_dir[1024];
-static char g_module[1024];
-static char g_pinfile[1100];
 static char g_log[1100];
 static kvp_backend *g_be;   /* TOK_PIN, PIN from a file */
 static kvp_backend *g_pass; /* TOK_PASS, PIN passed through */
 static void *g_dl;          /* SoftHSM2, for direct PKCS#11 checks */
 static CK_FUNCTION_LIST_PTR g_fl;
 
-/* ---------- fixture ---------- */
-
-static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int sh(const char *fmt, ...) {
-  char cmd[4096];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(cmd, sizeof(cmd), fmt, ap);
-  va_end(ap);
-  int rc = system(cmd);
-  if (rc != 0)
-    fprintf(stderr, "failed (%d): %s\n", rc, cmd);
-  return rc;
-}
-
-static int write_file(const char *path, const char *text) {
-  FILE *f = fopen(path, "w");
-  if (f == NULL)
-    return -1;
-  int ok = fputs(text, f) >= 0;
-  return fclose(f) == 0 && ok ? 0 : -1;
-}
-
-static int setup_tokens(void) {
-  char conf[1200], text[2400];
-  if (sh("rm -rf '%s' && mkdir -p '%s/tokens'", g_dir, g_dir) != 0)
-    return -1;
-  snprintf(conf, sizeof(conf), "%s/softhsm2.conf", g_dir);
-  snprintf(text, sizeof(text),
-           "directories.tokendir = %s/tokens\nobjectstore.backend = file\n"
-           "log.level = ERROR\nslots.removable = false\n", g_dir);
-  if (write_file(conf, text) != 0)
-    return -1;
-  setenv("SOFTHSM2_CONF", conf, 1);
-  snprintf(g_pinfile, sizeof(g_pinfile), "%s/user.pin", g_dir);
-  if (write_file(g_pinfile, USER_PIN "\n") != 0 || chmod(g_pinfile, 0600) != 0)
-    return -1;
-  const char *toks[] = {TOK_PIN, TOK_PASS};
-  for (int i = 0; i < 2; i++)
-    if (sh("softhsm2-util --init-token --free --label %s --pin " USER_PIN " --so-pin " SO_PIN
-           " >/dev/null",
-           toks[i]) != 0)
-      return -1;
-  return 0;
-}
+/* ---------- fixture (hsm_fixture.h) ---------- */
 
 static kvp_backend *backend(const char *name, const char *token, int with_pin) {
-  kvp_hsm_conf c;
+  kvp_hsm_conf c = hsm_conf(name, hsm_module, token, with_pin ? hsm_pinfile : NULL);
   kvp_backend *be = NULL;
-  memset(&c, 0, sizeof(c));
-  c.name = (char *)name;
-  c.module = g_module;
-  c.token_label = (char *)token;
-  c.pin_file = with_pin ? g_pinfile : NULL;
-  c.line = 1;
   return kvp_hsm_backend_new(&c, &be) == CKR_OK ? be : NULL;
 }
 
@@ -116,13 +64,8 @@ static int suite_init(void) {
       n != 0)
     return -1;
   kvp_key_info_free_array(infos, n);
-  g_dl = dlopen(g_module, RTLD_NOW | RTLD_LOCAL);
-  if (g_dl == NULL)
-    return -1;
-  void *sym = dlsym(g_dl, "C_GetFunctionList");
-  CK_C_GetFunctionList gfl;
-  memcpy(&gfl, &sym, sizeof(gfl));
-  return gfl != NULL && gfl(&g_fl) == CKR_OK ? 0 : -1;
+  g_fl = hsm_functions(hsm_module, &g_dl);
+  return g_fl != NULL ? 0 : -1;
 }
 
 static int suite_clean(void) {
@@ -152,19 +95,11 @@ static int logged(const char *s) {
 /* ---------- direct PKCS#11 ---------- */
 
 static CK_SESSION_HANDLE p11_open(const char *token) {
-  CK_SLOT_ID slots[32];
-  CK_ULONG n = 32;
-  char want[33];
-  snprintf(want, sizeof(want), "%-32s", token);
-  if (g_fl->C_GetSlotList(CK_TRUE, slots, &n) != CKR_OK)
-    return CK_INVALID_HANDLE;
-  for (CK_ULONG i = 0; i < n; i++) {
-    CK_TOKEN_INFO ti;
-    CK_SESSION_HANDLE s;
-    if (g_fl->C_GetTokenInfo(slots[i], &ti) == CKR_OK && memcmp(ti.label, want, 32) == 0 &&
-        g_fl->C_OpenSession(slots[i], CKF_SERIAL_SESSION, NULL, NULL, &s) == CKR_OK)
-      return s;
-  }
+  CK_SLOT_ID slot = hsm_slot_of(g_fl, token);
+  CK_SESSION_HANDLE s;
+  if (slot != (CK_SLOT_ID)-1 &&
+      g_fl->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &s) == CKR_OK)
+    return s;
   return CK_INVALID_HANDLE;
 }
 
@@ -750,46 +685,31 @@ static void test_passthrough(void) {
 }
 
 int main(void) {
-  const char *mod = getenv("KVP11_SOFTHSM_MODULE");
-  const char *tmp = getenv("KVP11_TEST_TMP");
-  snprintf(g_module, sizeof(g_module), "%s",
-           mod && *mod ? mod : "/usr/lib/softhsm/libsofthsm2.so");
-  if (access(g_module, R_OK) != 0 || system("command -v softhsm2-util >/dev/null 2>&1") != 0) {
-    fprintf(stderr, "SoftHSM2 (%s) not installed: skipped\n", g_module);
-    return 77;
-  }
-  if (tmp && *tmp)
-    snprintf(g_dir, sizeof(g_dir), "%s/hsm_provision", tmp);
-  else
-    snprintf(g_dir, sizeof(g_dir), "/tmp/kvp11-test-prov-%ld", (long)getpid());
-  if (setup_tokens() != 0) {
-    fprintf(stderr, "cannot create the SoftHSM2 test tokens in %s\n", g_dir);
-    return 1;
-  }
-  snprintf(g_log, sizeof(g_log), "%s/kvp11.log", g_dir);
+  static CU_TestInfo tests[] = {
+      {"create RSA-2048", test_create_rsa},
+      {"create P-256 and P-384", test_create_ec},
+      {"create with a given CKA_ID", test_create_with_id},
+      {"refusals", test_refusals},
+      {"key operations", test_ops_flags},
+      {"import RSA-2048", test_import_rsa},
+      {"import P-256", test_import_ec},
+      {"import of unsupported keys", test_import_refused},
+      {"no half-made keys", test_no_half_keys},
+      {"list", test_list},
+      {"delete", test_delete},
+      {"PIN passed through", test_passthrough},
+      CU_TEST_INFO_NULL,
+  };
+  static const char *const tokens[] = {TOK_PIN, TOK_PASS, NULL};
+  int rc = hsm_fixture_init("hsm_provision", tokens, 0);
+  if (rc != 0)
+    return rc;
+  snprintf(g_log, sizeof(g_log), "%s/kvp11.log", hsm_dir);
   unsetenv("KVP11_DEBUG");
   kvp_log_setup(KVP_LOG_INFO, g_log);
   alarm(300); /* valgrind runs take about a minute */
 
-  if (CU_initialize_registry() != CUE_SUCCESS)
-    return 1;
-  CU_pSuite s = CU_add_suite("hsm_provision", suite_init, suite_clean);
-  CU_add_test(s, "create RSA-2048", test_create_rsa);
-  CU_add_test(s, "create P-256 and P-384", test_create_ec);
-  CU_add_test(s, "create with a given CKA_ID", test_create_with_id);
-  CU_add_test(s, "refusals", test_refusals);
-  CU_add_test(s, "key operations", test_ops_flags);
-  CU_add_test(s, "import RSA-2048", test_import_rsa);
-  CU_add_test(s, "import P-256", test_import_ec);
-  CU_add_test(s, "import of unsupported keys", test_import_refused);
-  CU_add_test(s, "no half-made keys", test_no_half_keys);
-  CU_add_test(s, "list", test_list);
-  CU_add_test(s, "delete", test_delete);
-  CU_add_test(s, "PIN passed through", test_passthrough);
-  CU_basic_set_mode(CU_BRM_VERBOSE);
-  CU_basic_run_tests();
-  unsigned failed = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
-  CU_cleanup_registry();
+  int failed = unit_run_suite("hsm_provision", suite_init, suite_clean, tests);
   kvp_log_close();
-  return failed ? 1 : 0;
+  return failed;
 }

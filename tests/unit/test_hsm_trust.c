@@ -37,69 +37,28 @@
 #include "backend/backend.h"
 #include "core/config.h"
 #include "core/status.h"
+#include "hsm_fixture.h"
 #include "p11shim.h"
+#include "unit_util.h"
 
 #define TOK_PIN "kvp-trust-pin"   /* configured-PIN tests */
 #define TOK_PASS "kvp-trust-pass" /* pass-through PIN */
 #define TOK_KEYS "kvp-trust-keys" /* keys and sessions */
-#define PIN "1234"
-#define SOPIN "12345678"
+#define PIN HSM_PIN
 
-static char g_dir[1024], g_softhsm[1024], g_shim[1024];
-static char g_pin_good[1100], g_pin_var[1100];
+static char g_shim[1024];
+static char g_pin_var[1100];
 static kvp11_shim_ctl *g_ctl;
 static CK_FUNCTION_LIST_PTR g_fl; /* the shim's function list (same SoftHSM2 state) */
 
-/* ---------- fixture ---------- */
-
-static int run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int run(const char *fmt, ...) {
-  char cmd[4096];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(cmd, sizeof(cmd), fmt, ap);
-  va_end(ap);
-  int rc = system(cmd);
-  if (rc != 0)
-    fprintf(stderr, "command failed (%d): %s\n", rc, cmd);
-  return rc;
-}
+/* ---------- fixture (hsm_fixture.h) ---------- */
 
 static int keygen(const char *token, const char *label, const char *id, const char *type) {
-  return run("pkcs11-tool --module '%s' --token-label '%s' --login --pin " PIN
-             " --keypairgen --key-type %s --label '%s' --id %s --usage-sign --usage-decrypt"
-             " >/dev/null 2>&1", g_softhsm, token, type, label, id);
+  return hsm_keygen(token, label, id, type, 1);
 }
 
-static int write_file(const char *path, const char *text) {
-  FILE *f = fopen(path, "w");
-  if (f == NULL)
-    return -1;
-  fputs(text, f);
-  fclose(f);
-  return chmod(path, 0600);
-}
-
-static int make_tokens(void) {
-  char path[1200];
-  if (run("rm -rf '%s' && mkdir -p '%s/tokens'", g_dir, g_dir) != 0)
-    return -1;
-  snprintf(path, sizeof(path), "%s/softhsm2.conf", g_dir);
-  char conf[2048];
-  snprintf(conf, sizeof(conf), "directories.tokendir = %s/tokens\nobjectstore.backend = file\n"
-           "log.level = ERROR\nslots.removable = false\n", g_dir);
-  if (write_file(path, conf) != 0)
-    return -1;
-  setenv("SOFTHSM2_CONF", path, 1);
-  snprintf(g_pin_good, sizeof(g_pin_good), "%s/good.pin", g_dir);
-  snprintf(g_pin_var, sizeof(g_pin_var), "%s/var.pin", g_dir);
-  if (write_file(g_pin_good, PIN "\n") != 0)
-    return -1;
-  const char *toks[] = {TOK_PIN, TOK_PASS, TOK_KEYS};
-  for (int i = 0; i < 3; i++)
-    if (run("softhsm2-util --init-token --free --label %s --pin " PIN " --so-pin " SOPIN
-            " >/dev/null", toks[i]) != 0)
-      return -1;
+static int make_keys(void) {
+  snprintf(g_pin_var, sizeof(g_pin_var), "%s/var.pin", hsm_dir);
   if (keygen(TOK_PIN, "ec", "02", "EC:prime256v1") != 0 ||
       keygen(TOK_PASS, "ec", "02", "EC:prime256v1") != 0 ||
       keygen(TOK_KEYS, "ec", "02", "EC:prime256v1") != 0 ||
@@ -109,31 +68,14 @@ static int make_tokens(void) {
 }
 
 static kvp_backend *shim_backend(const char *name, const char *token, const char *pin_file) {
-  kvp_hsm_conf c;
+  kvp_hsm_conf c = hsm_conf(name, g_shim, token, pin_file);
   kvp_backend *be = NULL;
-  memset(&c, 0, sizeof(c));
-  c.name = (char *)name;
-  c.module = g_shim;
-  c.token_label = (char *)token;
-  c.pin_file = (char *)pin_file;
-  c.line = 1;
   CU_ASSERT_EQUAL_FATAL(kvp_hsm_backend_new(&c, &be), CKR_OK);
   return be;
 }
 
 static CK_SLOT_ID slot_of(const char *token) {
-  CK_SLOT_ID slots[16];
-  CK_ULONG n = 16;
-  char want[33];
-  snprintf(want, sizeof(want), "%-32s", token);
-  if (g_fl->C_GetSlotList(CK_TRUE, slots, &n) != CKR_OK)
-    return (CK_SLOT_ID)-1;
-  for (CK_ULONG i = 0; i < n; i++) {
-    CK_TOKEN_INFO ti;
-    if (g_fl->C_GetTokenInfo(slots[i], &ti) == CKR_OK && memcmp(ti.label, want, 32) == 0)
-      return slots[i];
-  }
-  return (CK_SLOT_ID)-1;
+  return hsm_slot_of(g_fl, token);
 }
 
 static int reason_has(const char *s) {
@@ -184,7 +126,7 @@ static CK_RV sign_ec(kvp_backend *be, kvp_key *k) {
 static void test_wrong_pin_file(void) {
   kvp_key *k = NULL;
   /* the right PIN has another size: the file's mtime may not move within a clock tick */
-  CU_ASSERT_EQUAL_FATAL(write_file(g_pin_var, "999999\n"), 0);
+  CU_ASSERT_EQUAL_FATAL(hsm_write_file(g_pin_var, "999999\n"), 0);
   kvp_backend *be = shim_backend("wrongpin", TOK_PIN, g_pin_var);
   long l0 = g_ctl->logins;
   for (int i = 0; i < 5; i++) {
@@ -194,7 +136,7 @@ static void test_wrong_pin_file(void) {
   }
   CU_ASSERT_EQUAL(g_ctl->logins - l0, 1);
   /* the admin fixes the file: works without a restart */
-  CU_ASSERT_EQUAL_FATAL(write_file(g_pin_var, PIN "\n"), 0);
+  CU_ASSERT_EQUAL_FATAL(hsm_write_file(g_pin_var, PIN "\n"), 0);
   CU_ASSERT_EQUAL_FATAL(be->ops->open_key(be, "ec", &k), CKR_OK);
   CU_ASSERT_EQUAL(sign_ec(be, k), CKR_OK);
   CU_ASSERT_EQUAL(g_ctl->logins - l0, 2);
@@ -206,11 +148,11 @@ static void test_wrong_pin_file(void) {
  * attempt, never a CKR_PIN_* code from sign. */
 static void test_wrong_pin_on_relogin(void) {
   kvp_key *k = NULL;
-  CU_ASSERT_EQUAL_FATAL(write_file(g_pin_var, PIN "\n"), 0);
+  CU_ASSERT_EQUAL_FATAL(hsm_write_file(g_pin_var, PIN "\n"), 0);
   kvp_backend *be = shim_backend("relogin", TOK_PIN, g_pin_var);
   CU_ASSERT_EQUAL_FATAL(be->ops->open_key(be, "ec", &k), CKR_OK);
   CU_ASSERT_EQUAL(sign_ec(be, k), CKR_OK);
-  CU_ASSERT_EQUAL_FATAL(write_file(g_pin_var, "99999\n"), 0);
+  CU_ASSERT_EQUAL_FATAL(hsm_write_file(g_pin_var, "99999\n"), 0);
   CU_ASSERT_EQUAL_FATAL(g_fl->C_CloseAllSessions(slot_of(TOK_PIN)), CKR_OK);
   long l0 = g_ctl->logins;
   for (int i = 0; i < 5; i++) {
@@ -219,7 +161,7 @@ static void test_wrong_pin_on_relogin(void) {
     CU_ASSERT(reason_has("PIN"));
   }
   CU_ASSERT_EQUAL(g_ctl->logins - l0, 1);
-  CU_ASSERT_EQUAL_FATAL(write_file(g_pin_var, PIN "\n"), 0);
+  CU_ASSERT_EQUAL_FATAL(hsm_write_file(g_pin_var, PIN "\n"), 0);
   CU_ASSERT_EQUAL(sign_ec(be, k), CKR_OK);
   CU_ASSERT_EQUAL(g_ctl->logins - l0, 2);
   be->ops->close_key(be, k);
@@ -233,7 +175,7 @@ static void test_pin_flags(void) {
   for (int i = 0; i < 2; i++) {
     kvp_key *k = NULL;
     g_ctl->add_flags = flags[i];
-    kvp_backend *be = shim_backend("flags", TOK_PIN, g_pin_good);
+    kvp_backend *be = shim_backend("flags", TOK_PIN, hsm_pinfile);
     long l0 = g_ctl->logins;
     for (int j = 0; j < 3; j++) {
       kvp_status_clear();
@@ -277,7 +219,7 @@ static void test_second_login_checked(void) {
 /* ---------- key identity ---------- */
 
 static void test_ambiguous_label(void) {
-  kvp_backend *be = shim_backend("keys", TOK_KEYS, g_pin_good);
+  kvp_backend *be = shim_backend("keys", TOK_KEYS, hsm_pinfile);
   kvp_key *k = NULL;
   CU_ASSERT_EQUAL_FATAL(keygen(TOK_KEYS, "twin", "21", "EC:prime256v1"), 0);
   CU_ASSERT_EQUAL_FATAL(keygen(TOK_KEYS, "twin", "22", "EC:prime256v1"), 0);
@@ -353,15 +295,13 @@ static int create_ec_private(const char *label, const unsigned char *id, size_t 
 /* The private key is replaced in the HSM, the public object stays: the first
  * signature of the new object is checked and refused, never returned. */
 static void test_swapped_private(void) {
-  kvp_backend *be = shim_backend("keys", TOK_KEYS, g_pin_good);
+  kvp_backend *be = shim_backend("keys", TOK_KEYS, hsm_pinfile);
   kvp_key *k = NULL, *k2 = NULL;
   const unsigned char id[] = {0x31};
   CU_ASSERT_EQUAL_FATAL(keygen(TOK_KEYS, "swap", "31", "EC:prime256v1"), 0);
   CU_ASSERT_EQUAL_FATAL(be->ops->open_key(be, "swap", &k), CKR_OK);
   CU_ASSERT_EQUAL(sign_ec(be, k), CKR_OK);
-  CU_ASSERT_EQUAL_FATAL(run("pkcs11-tool --module '%s' --token-label " TOK_KEYS " --login --pin "
-                            PIN " --delete-object --type privkey --label swap >/dev/null 2>&1",
-                            g_softhsm), 0);
+  CU_ASSERT_EQUAL_FATAL(hsm_delete(TOK_KEYS, "privkey", "swap"), 0);
   CU_ASSERT_EQUAL_FATAL(create_ec_private("swap", id, sizeof(id)), 0);
   for (int i = 0; i < 2; i++) {
     CU_ASSERT_EQUAL(sign_ec(be, k), CKR_DEVICE_ERROR);
@@ -376,24 +316,22 @@ static void test_swapped_private(void) {
 
 /* An RSA private object and a public object of another key under one label. */
 static void test_rsa_pair_mismatch(void) {
-  kvp_backend *be = shim_backend("keys", TOK_KEYS, g_pin_good);
+  kvp_backend *be = shim_backend("keys", TOK_KEYS, hsm_pinfile);
   kvp_key *k = NULL;
   char der[1200];
   EVP_PKEY *other = EVP_RSA_gen(2048);
   CU_ASSERT_PTR_NOT_NULL_FATAL(other);
-  snprintf(der, sizeof(der), "%s/other.pub.der", g_dir);
+  snprintf(der, sizeof(der), "%s/other.pub.der", hsm_dir);
   FILE *f = fopen(der, "wb");
   CU_ASSERT_PTR_NOT_NULL_FATAL(f);
   CU_ASSERT_FATAL(i2d_PUBKEY_fp(f, other) == 1);
   fclose(f);
   EVP_PKEY_free(other);
   CU_ASSERT_EQUAL_FATAL(keygen(TOK_KEYS, "mix", "41", "rsa:2048"), 0);
-  CU_ASSERT_EQUAL_FATAL(
-      run("pkcs11-tool --module '%s' --token-label " TOK_KEYS " --login --pin " PIN
-          " --delete-object --type pubkey --label mix >/dev/null 2>&1 && "
-          "pkcs11-tool --module '%s' --token-label " TOK_KEYS " --login --pin " PIN
-          " --write-object '%s' --type pubkey --label mix --id 41 >/dev/null 2>&1",
-          g_softhsm, g_softhsm, der), 0);
+  CU_ASSERT_FATAL(hsm_delete(TOK_KEYS, "pubkey", "mix") == 0 &&
+                  unit_sh("pkcs11-tool --module '%s' --token-label " TOK_KEYS " --login --pin " PIN
+                          " --write-object '%s' --type pubkey --label mix --id 41 >/dev/null 2>&1",
+                          hsm_module, der));
   kvp_status_clear();
   CU_ASSERT_EQUAL(be->ops->open_key(be, "mix", &k), CKR_KEY_HANDLE_INVALID);
   CU_ASSERT(reason_has("not the key pair's"));
@@ -409,7 +347,7 @@ static void test_error_queue(void) {
   CK_ULONG out_len = sizeof(out);
   kvp_dec_alg dec = {KVP_DEC_RSA_PKCS1, KVP_HASH_NONE, KVP_HASH_NONE};
   g_ctl->push_ossl_error = 1; /* every forwarded call leaves an error, as SoftHSM2's init does */
-  kvp_backend *be = shim_backend("queue", TOK_KEYS, g_pin_good);
+  kvp_backend *be = shim_backend("queue", TOK_KEYS, hsm_pinfile);
   kvp_backend *pass = shim_backend("queue-pass", TOK_PASS, NULL);
   ERR_clear_error();
   ERR_raise(ERR_LIB_USER, 42); /* the application's own error */
@@ -463,7 +401,7 @@ static void *signer(void *p) {
 static void test_session_limit(void) {
   g_ctl->max_sessions = 3;
   g_ctl->open_max = g_ctl->open_now;
-  kvp_backend *be = shim_backend("limit", TOK_KEYS, g_pin_good);
+  kvp_backend *be = shim_backend("limit", TOK_KEYS, hsm_pinfile);
   kvp_key *k = NULL;
   pthread_t t[8];
   thr a[8];
@@ -485,7 +423,7 @@ static void test_session_limit(void) {
 /* A session the HSM no longer knows, or whose operation state is lost: one
  * retry on a fresh session; a gone handle is never closed. */
 static void test_stale_sessions(void) {
-  kvp_backend *be = shim_backend("stale", TOK_KEYS, g_pin_good);
+  kvp_backend *be = shim_backend("stale", TOK_KEYS, hsm_pinfile);
   kvp_key *k = NULL;
   CU_ASSERT_EQUAL_FATAL(be->ops->open_key(be, "ec", &k), CKR_OK);
   CU_ASSERT_EQUAL(sign_ec(be, k), CKR_OK);
@@ -517,13 +455,8 @@ static void test_child_init_once(void) {
     kvp_key *k = NULL;
     g_ctl->init_fail_rv = CKR_DEVICE_ERROR;
     long i0 = g_ctl->initializes;
-    kvp_hsm_conf c;
+    kvp_hsm_conf c = hsm_conf("child", g_shim, TOK_KEYS, hsm_pinfile);
     kvp_backend *be = NULL;
-    memset(&c, 0, sizeof(c));
-    c.name = (char *)"child";
-    c.module = g_shim;
-    c.token_label = (char *)TOK_KEYS;
-    c.pin_file = g_pin_good;
     if (kvp_hsm_backend_new(&c, &be) != CKR_OK)
       _exit(2);
     for (int i = 0; i < 5; i++)
@@ -542,7 +475,7 @@ static void test_child_init_once(void) {
 /* An HSM that refuses public usage attributes in a generation template
  * (tpm2-pkcs11): sign-only EC and RSA keys are still created. */
 static void test_generate_sign_only(void) {
-  kvp_backend *be = shim_backend("gen", TOK_KEYS, g_pin_good);
+  kvp_backend *be = shim_backend("gen", TOK_KEYS, hsm_pinfile);
   kvp_key *k = NULL;
   kvp_key_spec ec = {.type = KVP_KEY_EC, .curve_nid = NID_X9_62_prime256v1};
   kvp_key_spec rsa = {.type = KVP_KEY_RSA, .bits = 2048, .ops = KVP_KEYOP_SIGN};
@@ -564,57 +497,42 @@ static void test_generate_sign_only(void) {
 }
 
 int main(void) {
-  const char *mod = getenv("KVP11_SOFTHSM_MODULE");
-  const char *tmp = getenv("KVP11_TEST_TMP");
-  snprintf(g_softhsm, sizeof(g_softhsm), "%s",
-           mod && *mod ? mod : "/usr/lib/softhsm/libsofthsm2.so");
-  snprintf(g_shim, sizeof(g_shim), "%s", KVP11_TEST_P11SHIM);
-  if (access(g_softhsm, R_OK) != 0 || system("command -v softhsm2-util >/dev/null 2>&1") != 0 ||
-      system("command -v pkcs11-tool >/dev/null 2>&1") != 0) {
-    fprintf(stderr, "SoftHSM2 (%s) or its tools not installed: skipped\n", g_softhsm);
-    return 77;
-  }
-  if (tmp && *tmp)
-    snprintf(g_dir, sizeof(g_dir), "%s/hsm_trust", tmp);
-  else
-    snprintf(g_dir, sizeof(g_dir), "/tmp/kvp11-test-hsm-trust-%ld", (long)getpid());
-  if (run("mkdir -p '%s'", g_dir) != 0 || make_tokens() != 0) {
-    fprintf(stderr, "cannot create the SoftHSM2 test tokens in %s\n", g_dir);
+  static CU_TestInfo tests[] = {
+      {"wrong pin_file: one C_Login", test_wrong_pin_file},
+      {"wrong PIN at a new login: one C_Login", test_wrong_pin_on_relogin},
+      {"PIN counter flags stop logins", test_pin_flags},
+      {"second login checked against the first PIN", test_second_login_checked},
+      {"ambiguous label", test_ambiguous_label},
+      {"private key swapped in the HSM", test_swapped_private},
+      {"RSA pair of two keys", test_rsa_pair_mismatch},
+      {"OpenSSL error queue left as found", test_error_queue},
+      {"token session limit", test_session_limit},
+      {"stale sessions", test_stale_sessions},
+      {"forked child: one init attempt", test_child_init_once},
+      {"sign-only key generation", test_generate_sign_only},
+      CU_TEST_INFO_NULL,
+  };
+  static const char *const tokens[] = {TOK_PIN, TOK_PASS, TOK_KEYS, NULL};
+  int rc = hsm_fixture_init("hsm_trust", tokens, 1);
+  if (rc != 0)
+    return rc;
+  if (make_keys() != 0) {
+    fprintf(stderr, "cannot create the SoftHSM2 test keys in %s\n", hsm_dir);
     return 1;
   }
-  setenv("KVP11_SHIM_TARGET", g_softhsm, 1);
-  void *dl = dlopen(g_shim, RTLD_NOW | RTLD_LOCAL);
+  snprintf(g_shim, sizeof(g_shim), "%s", KVP11_TEST_P11SHIM);
+  setenv("KVP11_SHIM_TARGET", hsm_module, 1);
+  void *dl = NULL;
+  g_fl = hsm_functions(g_shim, &dl);
   void *sym = dl ? dlsym(dl, "kvp11_shim") : NULL;
-  void *gsym = dl ? dlsym(dl, "C_GetFunctionList") : NULL;
   kvp11_shim_fn ctl;
-  CK_C_GetFunctionList gfl;
-  memcpy(&ctl, &sym, sizeof(ctl));
-  memcpy(&gfl, &gsym, sizeof(gfl));
-  if (ctl == NULL || gfl == NULL || gfl(&g_fl) != CKR_OK) {
+  memcpy(&ctl, &sym, sizeof(ctl)); /* object pointer -> function pointer, ISO C safe */
+  if (ctl == NULL || g_fl == NULL) {
     fprintf(stderr, "cannot load the test module %s\n", g_shim);
     return 1;
   }
   g_ctl = ctl();
   alarm(300);
 
-  if (CU_initialize_registry() != CUE_SUCCESS)
-    return 1;
-  CU_pSuite s = CU_add_suite("hsm_trust", NULL, NULL);
-  CU_add_test(s, "wrong pin_file: one C_Login", test_wrong_pin_file);
-  CU_add_test(s, "wrong PIN at a new login: one C_Login", test_wrong_pin_on_relogin);
-  CU_add_test(s, "PIN counter flags stop logins", test_pin_flags);
-  CU_add_test(s, "second login checked against the first PIN", test_second_login_checked);
-  CU_add_test(s, "ambiguous label", test_ambiguous_label);
-  CU_add_test(s, "private key swapped in the HSM", test_swapped_private);
-  CU_add_test(s, "RSA pair of two keys", test_rsa_pair_mismatch);
-  CU_add_test(s, "OpenSSL error queue left as found", test_error_queue);
-  CU_add_test(s, "token session limit", test_session_limit);
-  CU_add_test(s, "stale sessions", test_stale_sessions);
-  CU_add_test(s, "forked child: one init attempt", test_child_init_once);
-  CU_add_test(s, "sign-only key generation", test_generate_sign_only);
-  CU_basic_set_mode(CU_BRM_VERBOSE);
-  CU_basic_run_tests();
-  unsigned failed = CU_get_number_of_failures() + CU_get_number_of_suites_failed();
-  CU_cleanup_registry();
-  return failed ? 1 : 0;
+  return unit_run_suite("hsm_trust", NULL, NULL, tests);
 }

@@ -11,6 +11,7 @@
 #include <openssl/rsa.h>
 
 #include "pkcs11/mech.h"
+#include "unit_util.h"
 
 static void test_digestinfo_roundtrip(void)
 {
@@ -169,21 +170,14 @@ static void test_ecdsa_raw_der(void)
 
 int main(void)
 {
-  CU_pSuite suite;
-  unsigned failures;
-
-  if (CU_initialize_registry() != CUE_SUCCESS)
-    return 1;
-  suite = CU_add_suite("mech", NULL, NULL);
-  CU_add_test(suite, "digestinfo round trip", test_digestinfo_roundtrip);
-  CU_add_test(suite, "digestinfo equals OpenSSL's", test_digestinfo_matches_openssl);
-  CU_add_test(suite, "digestinfo rejects", test_digestinfo_rejects);
-  CU_add_test(suite, "hash tables", test_hash_tables);
-  CU_add_test(suite, "ecdsa digest sizing", test_ecdsa_fit);
-  CU_add_test(suite, "ecdsa r||s to DER", test_ecdsa_raw_der);
-  CU_basic_set_mode(CU_BRM_VERBOSE);
-  CU_basic_run_tests();
-  failures = CU_get_number_of_failures();
-  CU_cleanup_registry();
-  return failures == 0 ? 0 : 1;
+  static CU_TestInfo tests[] = {
+      {"digestinfo round trip", test_digestinfo_roundtrip},
+      {"digestinfo equals OpenSSL's", test_digestinfo_matches_openssl},
+      {"digestinfo rejects", test_digestinfo_rejects},
+      {"hash tables", test_hash_tables},
+      {"ecdsa digest sizing", test_ecdsa_fit},
+      {"ecdsa r||s to DER", test_ecdsa_raw_der},
+      CU_TEST_INFO_NULL,
+  };
+  return unit_run_suite("mech", NULL, NULL, tests);
 }

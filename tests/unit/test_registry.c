@@ -22,6 +22,7 @@
 #include "core/log.h"
 #include "core/registry.h"
 #include "core/util.h"
+#include "unit_util.h"
 
 static char g_dir[1024];
 
@@ -727,31 +728,22 @@ static void test_migrate_v1(void)
 
 int main(void)
 {
-  const char *tmp = getenv("KVP11_TEST_TMP");
-  CU_pSuite s;
-  int failed;
+  static CU_TestInfo tests[] = {
+      {"add and get", test_add_get},
+      {"invalid records", test_invalid_rec},
+      {"duplicate, replace, remove", test_duplicate_replace_remove},
+      {"list order", test_list_order},
+      {"read-only and change detection", test_readonly},
+      {"bad files", test_bad_files},
+      {"concurrent writers", test_concurrent_writers},
+      {"read-only without write access to the directory", test_readonly_dir},
+      {"keys without a certificate (schema v2)", test_key_only},
+      {"version-1 registry read, then migrated", test_migrate_v1},
+      CU_TEST_INFO_NULL,
+  };
 
-  snprintf(g_dir, sizeof(g_dir), "%s/registry", tmp != NULL ? tmp : "/tmp/kvp11-unit");
-  mkdir(tmp != NULL ? tmp : "/tmp/kvp11-unit", 0755);
-  mkdir(g_dir, 0755);
+  unit_tmp_dir("registry", g_dir, sizeof(g_dir));
   kvp_log_setup(KVP_LOG_ERROR, NULL);
 
-  if (CU_initialize_registry() != CUE_SUCCESS)
-    return 1;
-  s = CU_add_suite("registry", NULL, NULL);
-  CU_add_test(s, "add and get", test_add_get);
-  CU_add_test(s, "invalid records", test_invalid_rec);
-  CU_add_test(s, "duplicate, replace, remove", test_duplicate_replace_remove);
-  CU_add_test(s, "list order", test_list_order);
-  CU_add_test(s, "read-only and change detection", test_readonly);
-  CU_add_test(s, "bad files", test_bad_files);
-  CU_add_test(s, "concurrent writers", test_concurrent_writers);
-  CU_add_test(s, "read-only without write access to the directory", test_readonly_dir);
-  CU_add_test(s, "keys without a certificate (schema v2)", test_key_only);
-  CU_add_test(s, "version-1 registry read, then migrated", test_migrate_v1);
-  CU_basic_set_mode(CU_BRM_VERBOSE);
-  CU_basic_run_tests();
-  failed = (int)CU_get_number_of_failures();
-  CU_cleanup_registry();
-  return failed != 0;
+  return unit_run_suite("registry", NULL, NULL, tests);
 }

@@ -18,6 +18,7 @@
 
 #include "core/log.h"
 #include "core/util.h"
+#include "unit_util.h"
 
 static char g_dir[1024];
 static char g_self[4096]; /* this program (not /proc/self/exe: wrong under valgrind) */
@@ -276,9 +277,16 @@ static void test_kvp11_debug_env(void)
 
 int main(int argc, char **argv)
 {
-  const char *tmp = getenv("KVP11_TEST_TMP");
-  CU_pSuite s;
-  int failed;
+  static CU_TestInfo tests[] = {
+      {"seterr", test_seterr},
+      {"hex, strdup0, wipe", test_hex_strdup_wipe},
+      {"level parse", test_level_parse},
+      {"log file format", test_log_file_format},
+      {"long line", test_log_long_line},
+      {"threads: one write per line", test_log_threads},
+      {"KVP11_DEBUG", test_kvp11_debug_env},
+      CU_TEST_INFO_NULL,
+  };
 
   if (argc == 4 && strcmp(argv[1], "child") == 0)
     return child_main(argv[2], argv[3]);
@@ -289,23 +297,7 @@ int main(int argc, char **argv)
     execv(g_self, argv);
     return 1;
   }
-  snprintf(g_dir, sizeof(g_dir), "%s/util_log", tmp != NULL ? tmp : "/tmp/kvp11-unit");
-  mkdir(tmp != NULL ? tmp : "/tmp/kvp11-unit", 0755);
-  mkdir(g_dir, 0755);
+  unit_tmp_dir("util_log", g_dir, sizeof(g_dir));
 
-  if (CU_initialize_registry() != CUE_SUCCESS)
-    return 1;
-  s = CU_add_suite("util_log", NULL, NULL);
-  CU_add_test(s, "seterr", test_seterr);
-  CU_add_test(s, "hex, strdup0, wipe", test_hex_strdup_wipe);
-  CU_add_test(s, "level parse", test_level_parse);
-  CU_add_test(s, "log file format", test_log_file_format);
-  CU_add_test(s, "long line", test_log_long_line);
-  CU_add_test(s, "threads: one write per line", test_log_threads);
-  CU_add_test(s, "KVP11_DEBUG", test_kvp11_debug_env);
-  CU_basic_set_mode(CU_BRM_VERBOSE);
-  CU_basic_run_tests();
-  failed = (int)CU_get_number_of_failures();
-  CU_cleanup_registry();
-  return failed != 0;
+  return unit_run_suite("util_log", NULL, NULL, tests);
 }

@@ -413,6 +413,60 @@ static void test_no_half_keys(void) {
   EVP_PKEY_free(orig);
 }
 
+static CK_C_GenerateKeyPair real_gen;
+
+/* C_GenerateKeyPair as if another process made the same label at the same
+ * moment: a second pair from the same templates first, then the caller's. */
+static CK_RV gen_twice(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_ATTRIBUTE_PTR pub,
+                       CK_ULONG n_pub, CK_ATTRIBUTE_PTR priv, CK_ULONG n_priv,
+                       CK_OBJECT_HANDLE_PTR h_pub, CK_OBJECT_HANDLE_PTR h_priv) {
+  CK_OBJECT_HANDLE other_pub, other_priv;
+  CK_RV rv = real_gen(s, m, pub, n_pub, priv, n_priv, &other_pub, &other_priv);
+  return rv != CKR_OK ? rv : real_gen(s, m, pub, n_pub, priv, n_priv, h_pub, h_priv);
+}
+
+/* The label rule: before a creation no key object may carry the label (a
+ * public key alone included); after it only the new private key may. */
+static void test_label_rule(void) {
+  kvp_key_spec spec = ec_spec(NID_X9_62_prime256v1);
+  kvp_key *k = NULL;
+  const char *why;
+
+  /* a public key left without its private key still blocks the label */
+  CU_ASSERT_EQUAL_FATAL(g_be->ops->create_key(g_be, "pub-only", &spec, NULL), CKR_OK);
+  CU_ASSERT_EQUAL_FATAL(hsm_delete(TOK_PIN, "privkey", "pub-only"), 0);
+  kvp_status_clear();
+  CU_ASSERT_EQUAL(g_be->ops->create_key(g_be, "pub-only", &spec, &k), CKR_ATTRIBUTE_VALUE_INVALID);
+  CU_ASSERT_PTR_NULL(k);
+  why = kvp_status_reason();
+  CU_ASSERT(why != NULL && strstr(why, "a public key labelled pub-only exists already (without "
+                                       "a private key); kvp11 does not replace keys") != NULL);
+  CU_ASSERT_EQUAL(count_objs(TOK_PIN, CKO_PRIVATE_KEY, "pub-only"), 0);
+  CU_ASSERT_EQUAL(count_objs(TOK_PIN, CKO_PUBLIC_KEY, "pub-only"), 1);
+  CU_ASSERT_EQUAL(hsm_delete(TOK_PIN, "pubkey", "pub-only"), 0); /* the later tests count keys */
+
+  /* someone else made the label at the same time: this creation undoes its own pair */
+  if (!table_writable(g_fl)) {
+    fprintf(stderr, "(SoftHSM2's function list is read-only here: the race is not tested) ");
+    return;
+  }
+  real_gen = g_fl->C_GenerateKeyPair;
+  g_fl->C_GenerateKeyPair = gen_twice;
+  kvp_status_clear();
+  CK_RV rv = g_be->ops->create_key(g_be, "raced", &spec, &k);
+  g_fl->C_GenerateKeyPair = real_gen;
+  CU_ASSERT_EQUAL(rv, CKR_ATTRIBUTE_VALUE_INVALID);
+  CU_ASSERT_PTR_NULL(k);
+  why = kvp_status_reason();
+  CU_ASSERT(why != NULL && strstr(why, "a key labelled raced exists already; kvp11 does not "
+                                       "replace keys (created at the same time by someone "
+                                       "else)") != NULL);
+  CU_ASSERT_EQUAL(count_objs(TOK_PIN, CKO_PRIVATE_KEY, "raced"), 1); /* the other's */
+  CU_ASSERT_EQUAL(count_objs(TOK_PIN, CKO_PUBLIC_KEY, "raced"), 1);
+  CU_ASSERT_EQUAL(hsm_delete(TOK_PIN, "privkey", "raced"), 0);
+  CU_ASSERT_EQUAL(hsm_delete(TOK_PIN, "pubkey", "raced"), 0);
+}
+
 /* ---------- tests ---------- */
 
 static void test_create_rsa(void) {
@@ -695,6 +749,7 @@ int main(void) {
       {"import P-256", test_import_ec},
       {"import of unsupported keys", test_import_refused},
       {"no half-made keys", test_no_half_keys},
+      {"the label rule before and after a creation", test_label_rule},
       {"list", test_list},
       {"delete", test_delete},
       {"PIN passed through", test_passthrough},

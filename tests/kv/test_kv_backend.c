@@ -23,6 +23,7 @@
 #include <openssl/rand.h>
 #include <openssl/rsa.h>
 
+#include "core/status.h"
 #include "backend/backend.h"
 #include "backend/keyvault/keyvault.h"
 #include "core/log.h"
@@ -193,6 +194,14 @@ static void test_ec_keys(void)
   }
 }
 
+/* The reason recorded for the last failure contains s. */
+static int reason_has(const char *s)
+{
+  const char *r = kvp_status_reason();
+  return r != NULL && strstr(r, s) != NULL;
+}
+
+/* Refused before any request, each with a reason that names what Key Vault takes. */
 static void test_mechanism_params(void)
 {
   kvp_key *k = NULL;
@@ -203,11 +212,15 @@ static void test_mechanism_params(void)
   before = kvt_emu_total();
   {
     kvp_sig_alg a = {KVP_SIG_RSA_PKCS1, KVP_HASH_NONE, KVP_HASH_NONE, 0};
+    kvp_status_clear();
     CU_ASSERT_EQUAL(g_be->ops->sign(g_be, k, &a, d, 51, out, &ol), CKR_DATA_INVALID);
+    CU_ASSERT(reason_has("raw CKM_RSA_PKCS input is not a supported DigestInfo"));
   }
   {
     kvp_sig_alg a = {KVP_SIG_RSA_PKCS1, KVP_HASH_SHA1, KVP_HASH_NONE, 0};
+    kvp_status_clear();
     CU_ASSERT_EQUAL(g_be->ops->sign(g_be, k, &a, d, 20, out, &ol), CKR_MECHANISM_INVALID);
+    CU_ASSERT(reason_has("key rsa2048: Key Vault has no PKCS#1 v1.5 signature with SHA-1"));
   }
   {
     kvp_sig_alg a = {KVP_SIG_RSA_PKCS1, KVP_HASH_SHA256, KVP_HASH_NONE, 0};
@@ -215,15 +228,20 @@ static void test_mechanism_params(void)
   }
   {
     kvp_sig_alg a = {KVP_SIG_RSA_PSS, KVP_HASH_SHA256, KVP_HASH_SHA256, 20};
+    kvp_status_clear();
     CU_ASSERT_EQUAL(g_be->ops->sign(g_be, k, &a, d, 32, out, &ol), CKR_MECHANISM_PARAM_INVALID);
+    CU_ASSERT(reason_has("Key Vault has no PSS signature with SHA-256 (it takes SHA-256/384/512 "
+                         "with MGF1 of the same hash and a salt as long as the hash)"));
     a.salt_len = 32;
     a.mgf1 = KVP_HASH_SHA1;
     CU_ASSERT_EQUAL(g_be->ops->sign(g_be, k, &a, d, 32, out, &ol), CKR_MECHANISM_PARAM_INVALID);
   }
   {
     kvp_dec_alg a = {KVP_DEC_RSA_OAEP, KVP_HASH_SHA384, KVP_HASH_SHA384};
+    kvp_status_clear();
     CU_ASSERT_EQUAL(g_be->ops->decrypt(g_be, k, &a, out, 256, out, &ol),
                     CKR_MECHANISM_PARAM_INVALID);
+    CU_ASSERT(reason_has("Key Vault has no OAEP with SHA-384 and MGF1-SHA-384"));
     a.hash = KVP_HASH_SHA256;
     a.mgf1 = KVP_HASH_SHA1;
     CU_ASSERT_EQUAL(g_be->ops->decrypt(g_be, k, &a, out, 256, out, &ol),

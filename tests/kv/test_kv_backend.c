@@ -23,10 +23,10 @@
 #include <openssl/rand.h>
 #include <openssl/rsa.h>
 
-#include "core/status.h"
 #include "backend/backend.h"
 #include "backend/keyvault/keyvault.h"
 #include "core/log.h"
+#include "core/status.h"
 #include "core/util.h"
 #include "kvtest.h"
 

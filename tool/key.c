@@ -221,8 +221,10 @@ static int store_name_free(kvp_tool *t, const store *s, const char *name)
     if (k)
       s->be->ops->close_key(s->be, k);
   }
-  if (rv == CKR_KEY_HANDLE_INVALID)
+  if (rv == CKR_KEY_HANDLE_INVALID) {
+    kvp_status_clear(); /* the answer hoped for: its "not found" is no reason for what follows */
     return KVP_EXIT_OK;
+  }
   if (rv == CKR_OK)
     return kvp_tool_fail(t, KVP_EXIT_ERROR, "%s '%s' has a key named '%s' already (it is not "
                          "replaced)", s->kind, s->name, name);

@@ -182,19 +182,23 @@ ok "--prune removed the deleted certificate and kept the hand-registered one"
 emu cert "{\"account\":\"ia1\",\"name\":\"bad-key\",\"properties\":{\"publicCertificate\":\"$(b64 "$KVD/certs/p384.pem")\",\"key\":{\"keyVault\":{\"id\":\"$VID\"},\"keyName\":\"p256\"}}}" >/dev/null
 emu cert "{\"account\":\"ia1\",\"name\":\"other-vault\",\"properties\":{\"publicCertificate\":\"$(b64 "$KVD/certs/p384.pem")\",\"key\":{\"keyVault\":{\"id\":\"/subscriptions/sub1/resourceGroups/rg1/providers/Microsoft.KeyVault/vaults/elsewhere\"},\"keyName\":\"p384\"}}}" >/dev/null
 emu cert "{\"account\":\"ia1\",\"name\":\"manual1\",\"properties\":{\"publicCertificate\":\"$(b64 clash.pem)\"}}" >/dev/null
+emu cert "{\"account\":\"ia1\",\"name\":\"no-key\",\"properties\":{\"publicCertificate\":\"$(b64 "$KVD/certs/p384.pem")\",\"key\":{\"keyVault\":{\"id\":\"$VID\"},\"keyName\":\"gone-key\"}}}" >/dev/null
 set +e; out=$(K sync 2>&1); rc=$?; set -e
 [ $rc -eq 3 ] || fail "sync with skips: exit $rc (want 3): $out"
 echo "$out" | grep -q "^skip .*bad-key: the certificate's public key .* is not the public key of key 'p256'" || fail "mismatch line: $out"
 echo "$out" | grep -q "^skip .*other-vault: .*Key Vault 'elsewhere'" || fail "unmapped vault line: $out"
 echo "$out" | grep -q "^skip .*manual1: a certificate registered by hand" || fail "hand row line: $out"
+echo "$out" | grep -q "^skip .*no-key: cannot read key 'gone-key' in vault '[^']*': vault [^:]*: key gone-key: not found: HTTP 404" \
+  || fail "missing key line (the vault's answer as the reason): $out"
 [ "$(names)" = "as2-ec as2-rsa manual1 partner-a partner-b partner-d" ] || fail "rows after skips: $(names)"
 K cert show manual1 --account kv --json | grep -q "$(openssl x509 -in manual1.pem -outform DER | openssl dgst -sha256 -r | cut -c1-64)" \
   || fail "the hand-registered manual1 was changed"
 grep -q "skip 'bad-key'" "$A/kvp11.log" || fail "no log line for the skip"
-ok "mismatching key, unmapped vault and a hand row's name are skipped with reasons (exit 3)"
+ok "mismatching key, missing key, unmapped vault and a hand row's name are skipped with reasons (exit 3)"
 emu uncert '{"account":"ia1","name":"bad-key"}' >/dev/null
 emu uncert '{"account":"ia1","name":"other-vault"}' >/dev/null
 emu uncert '{"account":"ia1","name":"manual1"}' >/dev/null
+emu uncert '{"account":"ia1","name":"no-key"}' >/dev/null
 
 # ---- 4. dry run and JSON ----
 emu cert "{\"account\":\"ia1\",\"name\":\"partner-e\",\"properties\":{\"publicCertificate\":\"$(b64 partner-e.pem)\"}}" >/dev/null

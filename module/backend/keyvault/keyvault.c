@@ -155,11 +155,10 @@ static CK_RV kv_map_error(kv_backend *b, kv_call_kind kind, const char *key, con
       KVP_DEBUG("%s: not found (x-ms-request-id %s)", who, r->request_id);
       return CKR_KEY_HANDLE_INVALID;
     }
-    /* logged, not recorded: some callers expect "not found" (an import checks
-     * the name is free) and the reason of their real failure must win */
-    KVP_ERROR("%s: not found: HTTP 404 %s: %s (x-ms-request-id %s)", who, ei.code, ei.message,
-              r->request_id);
-    return CKR_KEY_HANDLE_INVALID;
+    /* a caller that takes "not found" for an answer (a name checked to be
+     * free) uses KV_CALL_PROBE or clears the status */
+    return kvp_fail(CKR_KEY_HANDLE_INVALID, "%s: not found: HTTP 404 %s: %s (x-ms-request-id %s)",
+                    who, ei.code, ei.message, r->request_id);
   default:
     return kvp_fail(CKR_DEVICE_ERROR, "%s: %s failed: HTTP %ld %s%s%s: %s (x-ms-request-id %s)",
                     who, perm, r->status, ei.code, ei.inner[0] ? "/" : "", ei.inner, ei.message,

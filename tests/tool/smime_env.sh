@@ -25,3 +25,23 @@ C=$E/certs
 CONF=$E/kvp11.conf
 PK=$C/partner.key
 PC=$C/partner.pem
+
+# kv_fixture NAME...: when the kv tests' emulator fixture ($KVP11_KV_DIR) runs,
+# switch to it: CONF (a copy with this test's registry and log), ACCOUNTS=kv,
+# KC (its certificates), and register each NAME as a private certificate of
+# account kv on the vault emu (key NAME); returns 1 (nothing changed) without it.
+kv_fixture() {
+  KV=${KVP11_KV_DIR:-}
+  [ -n "$KV" ] && [ -f "$KV/port" ] && [ -f "$KV/kvp11.conf" ] && command -v curl >/dev/null 2>&1 &&
+    curl -sf --cacert "$KV/ca.pem" "https://127.0.0.1:$(cat "$KV/port")/_emu/health" >/dev/null ||
+    return 1
+  CONF=$T/kv.conf
+  sed -e "s|^registry = .*|registry = $T/kv-registry.db|" -e "s|^log_file = .*|log_file = $T/kv.log|" \
+    "$KV/kvp11.conf" >"$CONF"
+  ACCOUNTS=kv
+  KC=$KV/certs
+  local k
+  for k in "$@"; do
+    expect_ok "kv: add $k" cert add --name "$k" --type private --cert "$KC/$k.pem" --account kv --vault emu --key "$k"
+  done
+}

@@ -319,17 +319,7 @@ grep -q 'kvp11 \[-c FILE\] csr (--cert-name' "$OUT" || fail "kvp11 --help does n
 no_temp "the HSM part"
 
 # --- the same through Key Vault keys (the kv tests' emulator fixture, if it runs) ---
-KV=${KVP11_KV_DIR:-}
-if [ -n "$KV" ] && [ -f "$KV/port" ] && [ -f "$KV/kvp11.conf" ] && command -v curl >/dev/null 2>&1 &&
-  curl -sf --cacert "$KV/ca.pem" "https://127.0.0.1:$(cat "$KV/port")/_emu/health" >/dev/null; then
-  CONF=$T/kv.conf
-  sed -e "s|^registry = .*|registry = $T/kv-registry.db|" -e "s|^log_file = .*|log_file = $T/kv.log|" \
-    "$KV/kvp11.conf" >"$CONF"
-  ACCOUNTS=kv
-  KC=$KV/certs
-  for k in rsa2048 p256; do
-    expect_ok "kv: add $k" cert add --name "$k" --type private --cert "$KC/$k.pem" --account kv --vault emu --key "$k"
-  done
+if kv_fixture rsa2048 p256; then
   expect_ok "kv: add partner" cert add --name partner --type public --cert "$C/partner.pem" --account kv
   expect_ok "kv: csr rsa2048" csr --account kv --cert-name rsa2048 --subject "$SUBJ" --san "$SAN"
   cp "$OUT" "$T/kv-rsa.csr"

@@ -372,17 +372,7 @@ expect_ok "smime open --help" smime open --help
 grep -q '^usage: kvp11 \[-c FILE\] smime open' "$OUT" || fail "smime open --help"
 
 # --- the same through a Key Vault key (the kv tests' emulator fixture, if it runs) ---
-KV=${KVP11_KV_DIR:-}
-if [ -n "$KV" ] && [ -f "$KV/port" ] && [ -f "$KV/kvp11.conf" ] && command -v curl >/dev/null 2>&1 &&
-  curl -sf --cacert "$KV/ca.pem" "https://127.0.0.1:$(cat "$KV/port")/_emu/health" >/dev/null; then
-  CONF=$T/kv.conf
-  sed -e "s|^registry = .*|registry = $T/kv-registry.db|" -e "s|^log_file = .*|log_file = $T/kv.log|" \
-    "$KV/kvp11.conf" >"$CONF"
-  ACCOUNTS=kv
-  KC=$KV/certs
-  for k in rsa2048 p256; do
-    expect_ok "kv: add $k" cert add --name "$k" --type private --cert "$KC/$k.pem" --account kv --vault emu --key "$k"
-  done
+if kv_fixture rsa2048 p256; then
   expect_ok "kv: add partner" cert add --name partner --type public --cert "$PC" --account kv
   expect_ok "kv: sign rsa2048" smime sign --account kv --cert rsa2048 <"$T/msg.txt"
   openssl cms -verify -CAfile "$KC/rsa2048.pem" -purpose any -in "$OUT" -out "$T/v.out" 2>"$T/ossl.err" ||

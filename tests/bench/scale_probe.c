@@ -34,14 +34,10 @@
 #include <openssl/x509.h>
 #include <p11-kit/pkcs11.h>
 
-static CK_FUNCTION_LIST_PTR f;
+#define PROBE_NAME "kvp11-scale-probe"
+#include "probe_util.h"
 
-static double now_ms(void)
-{
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
+static CK_FUNCTION_LIST_PTR f;
 
 static long rss_kb(void)
 {
@@ -54,12 +50,6 @@ static long rss_kb(void)
   if (fp != NULL)
     fclose(fp);
   return kb;
-}
-
-static void die(const char *what, CK_RV rv)
-{
-  fprintf(stderr, "kvp11-scale-probe: %s: 0x%lx\n", what, (unsigned long)rv);
-  exit(1);
 }
 
 /* dlopen + C_GetFunctionList; exits on failure. */
@@ -84,26 +74,6 @@ static void load(const char *module)
   get_functions(module);
   if ((rv = f->C_Initialize(&args)) != CKR_OK)
     die("C_Initialize", rv);
-}
-
-static CK_SLOT_ID token_slot(const char *label)
-{
-  CK_SLOT_ID slots[64];
-  CK_ULONG n = 64;
-  char padded[32];
-  CK_RV rv = f->C_GetSlotList(CK_TRUE, slots, &n);
-
-  if (rv != CKR_OK)
-    die("C_GetSlotList", rv);
-  memset(padded, ' ', sizeof(padded));
-  memcpy(padded, label, strnlen(label, sizeof(padded)));
-  for (CK_ULONG i = 0; i < n; i++) {
-    CK_TOKEN_INFO ti;
-    if (f->C_GetTokenInfo(slots[i], &ti) == CKR_OK && memcmp(ti.label, padded, 32) == 0)
-      return slots[i];
-  }
-  fprintf(stderr, "kvp11-scale-probe: no token '%s'\n", label);
-  exit(1);
 }
 
 static CK_SESSION_HANDLE open_session(CK_SLOT_ID slot)
@@ -199,7 +169,7 @@ static int mode_find(char **argv, int argc)
     return 2;
   }
   load(argv[2]);
-  s = open_session(token_slot(argv[3]));
+  s = open_session(token_slot(f, argv[3]));
   for (int q = 0; q < 3; q++) {
     for (int j = 0; j < k; j++) {
       long i = ((long)(3 * j + q) * 7919L) % n; /* rows never looked at before */
@@ -281,7 +251,7 @@ static int mode_reload(char **argv)
   CK_RV rv;
 
   load(argv[2]);
-  slot = token_slot(argv[3]);
+  slot = token_slot(f, argv[3]);
   s = open_session(slot);
   ss = open_session(slot);
   rv = f->C_Login(ss, CKU_USER, (CK_UTF8CHAR_PTR)argv[4], strlen(argv[4]));

@@ -25,40 +25,15 @@
 #include <openssl/x509.h>
 #include <p11-kit/pkcs11.h>
 
+#define PROBE_NAME "kvp11-sessobj-probe"
+#include "probe_util.h"
+
 static CK_FUNCTION_LIST_PTR f;
 
-static double now_ms(void)
+static void die_unless(const char *what, CK_RV rv)
 {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
-static void check(const char *what, CK_RV rv)
-{
-  if (rv != CKR_OK) {
-    fprintf(stderr, "kvp11-sessobj-probe: %s: 0x%lx\n", what, (unsigned long)rv);
-    exit(1);
-  }
-}
-
-static CK_SLOT_ID slot_of(const char *label)
-{
-  CK_SLOT_ID slots[64];
-  CK_ULONG n = 64;
-  char padded[32];
-  size_t len = strlen(label) < 32 ? strlen(label) : 32;
-
-  memset(padded, ' ', sizeof(padded));
-  memcpy(padded, label, len);
-  check("C_GetSlotList", f->C_GetSlotList(CK_TRUE, slots, &n));
-  for (CK_ULONG i = 0; i < n; i++) {
-    CK_TOKEN_INFO ti;
-    if (f->C_GetTokenInfo(slots[i], &ti) == CKR_OK && memcmp(ti.label, padded, 32) == 0)
-      return slots[i];
-  }
-  fprintf(stderr, "kvp11-sessobj-probe: no token labelled '%s'\n", label);
-  exit(1);
+  if (rv != CKR_OK)
+    die(what, rv);
 }
 
 /* A self-signed P-256 certificate, DER. */
@@ -94,14 +69,14 @@ static CK_ULONG find_all(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE *out, CK_ULONG ca
   CK_ATTRIBUTE t = {CKA_CLASS, &cls, sizeof(cls)};
   CK_ULONG total = 0, got;
 
-  check("C_FindObjectsInit", f->C_FindObjectsInit(s, &t, 1));
+  die_unless("C_FindObjectsInit", f->C_FindObjectsInit(s, &t, 1));
   do {
     got = 0;
-    check("C_FindObjects",
+    die_unless("C_FindObjects",
           f->C_FindObjects(s, out + total, cap - total < batch ? cap - total : batch, &got));
     total += got;
   } while (got > 0 && total < cap);
-  check("C_FindObjectsFinal", f->C_FindObjectsFinal(s));
+  die_unless("C_FindObjectsFinal", f->C_FindObjectsFinal(s));
   return total;
 }
 
@@ -131,8 +106,8 @@ int main(int argc, char **argv)
     fprintf(stderr, "kvp11-sessobj-probe: %s: no usable C_GetFunctionList\n", argv[1]);
     return 1;
   }
-  check("C_Initialize", f->C_Initialize(NULL));
-  check("C_OpenSession", f->C_OpenSession(slot_of(argv[2]), CKF_SERIAL_SESSION, NULL, NULL, &s));
+  die_unless("C_Initialize", f->C_Initialize(NULL));
+  die_unless("C_OpenSession", f->C_OpenSession(token_slot(f, argv[2]), CKF_SERIAL_SESSION, NULL, NULL, &s));
   der = make_cert(&der_len);
   found = calloc((size_t)n + 1, sizeof(*found));
   if (found == NULL)
@@ -146,7 +121,7 @@ int main(int argc, char **argv)
         {CKA_VALUE, der, (CK_ULONG)der_len},
     };
     t[3].ulValueLen = (CK_ULONG)snprintf(label, sizeof(label), "sess%06d", i);
-    check("C_CreateObject", f->C_CreateObject(s, t, 5, &obj));
+    die_unless("C_CreateObject", f->C_CreateObject(s, t, 5, &obj));
   }
   create = now_ms() - t0;
 
@@ -166,7 +141,7 @@ int main(int argc, char **argv)
     t0 = now_ms();
     for (int i = 0; i < n; i++) {
       CK_ATTRIBUTE a = {CKA_LABEL, label, sizeof(label)};
-      check("C_GetAttributeValue", f->C_GetAttributeValue(s, found[i], &a, 1));
+      die_unless("C_GetAttributeValue", f->C_GetAttributeValue(s, found[i], &a, 1));
     }
     t0 = now_ms() - t0;
     if (t0 < best[2])

@@ -258,7 +258,9 @@ int sm_decrypt_finish(sm_msg *m, BIO *plain);
 int sm_signed_stream(sm_msg *m, BIO *dcont, int binary, BIO *out, BIO **md);
 /* Free the digest chain of sm_signed_stream down to sink. */
 void sm_md_free(BIO *md, BIO *sink);
-/* Every SignerInfo's signature and content digest (signers set beforehand). */
+/* Every SignerInfo's signature and content digest (signers set beforehand).
+ * -1 with m->err when a signature's digest was not computed while the content
+ * streamed (a micalg that names another digest), else -1 with OpenSSL's error. */
 int sm_verify_signatures(sm_msg *m, BIO *md);
 
 #endif

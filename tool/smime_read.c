@@ -744,12 +744,37 @@ void sm_md_free(BIO *md, BIO *sink)
   md_free(md, sink);
 }
 
+/* 1 when the chain of digest BIOs md hashed the content with the digest of alg. */
+static int chain_has(BIO *md, const X509_ALGOR *alg)
+{
+  int nid = OBJ_obj2nid(alg->algorithm);
+  for (BIO *b = md; b && BIO_method_type(b) == BIO_TYPE_MD; b = BIO_next(b)) {
+    const EVP_MD *have = NULL;
+    if (BIO_get_md(b, &have) > 0 && have && EVP_MD_get_type(have) == nid)
+      return 1;
+  }
+  return 0;
+}
+
 int sm_verify_signatures(sm_msg *m, BIO *md)
 {
   STACK_OF(CMS_SignerInfo) *sis = CMS_get0_SignerInfos(m->cms);
   ERR_clear_error();
+  m->err[0] = 0;
   for (int i = 0; i < sk_CMS_SignerInfo_num(sis); i++) {
     CMS_SignerInfo *si = sk_CMS_SignerInfo_value(sis, i);
+    X509_ALGOR *dig = NULL;
+    CMS_SignerInfo_get0_algs(si, NULL, NULL, &dig, NULL);
+    if (dig != NULL && !chain_has(md, dig)) {
+      char name[64];
+      OBJ_obj2txt(name, sizeof(name), dig->algorithm, 0);
+      return merr(m,
+                  "%s: the signature is made with %s, but the message's %s names %s: the "
+                  "content was hashed while it streamed, before the signature came (ask the "
+                  "sender to correct it)",
+                  m->what, name, m->multipart ? "micalg" : "digest algorithm list",
+                  m->multipart && m->micalg[0] ? m->micalg : "other digests");
+    }
     if (CMS_signed_get_attr_count(si) >= 0 && CMS_SignerInfo_verify(si) <= 0)
       return -1;
     if (CMS_SignerInfo_verify_content(si, md) <= 0)

@@ -154,10 +154,11 @@ static int verify_signers(kvp_tool *t, const smime_args *a, const char *only, sm
   for (int i = 0; i < sk_CMS_SignerInfo_num(sis) && rc == KVP_EXIT_OK; i++)
     rc = signer_check(t, a, only, sk_CMS_SignerInfo_value(sis, i), recs, n);
   if (rc == KVP_EXIT_OK && sm_verify_signatures(m, md) != 0)
-    rc = kvp_tool_fail(t, KVP_EXIT_ERROR,
-                       "the signature does not verify (the message was changed, or not signed "
-                       "with this certificate's key): %s",
-                       ossl_reason());
+    rc = m->err[0] ? kvp_tool_fail(t, KVP_EXIT_ERROR, "%s", m->err)
+                   : kvp_tool_fail(t, KVP_EXIT_ERROR,
+                                   "the signature does not verify (the message was changed, or "
+                                   "not signed with this certificate's key): %s",
+                                   ossl_reason());
 out:
   sk_X509_pop_free(certs, X509_free);
   kvp_cert_rec_free_array(recs, n);

@@ -76,6 +76,15 @@ expect_ok "verify our own signature" smime verify --cert p384 <"$T/signed.p384"
 same "$OUT" "$T/msg.crlf" "verify own"
 expect_ok "verify our detached signature" smime verify <"$T/detached.smime"
 same "$OUT" "$T/msg.crlf" "verify own detached"
+# a multipart/signed whose micalg names another digest than the signature's:
+# refused with that reason, not as a changed message
+openssl cms -sign -signer "$PC" -inkey "$PK" -md sha384 -in "$T/msg.txt" -out "$T/p.sha384" ||
+  fail "openssl sign detached sha384"
+grep -q 'micalg="sha-384"' "$T/p.sha384" || fail "openssl's multipart/signed has no micalg sha-384"
+sed 's/micalg="sha-384"/micalg="sha-256"/' "$T/p.sha384" >"$T/p.micalg"
+expect_fail "verify: micalg names another digest" 1 \
+  "the signature is made with sha384, but the message's micalg names sha-256" \
+  smime verify --cert partner <"$T/p.micalg"
 
 # --- encrypt: kvp11 encrypts to the partner, openssl decrypts with partner.key ---
 expect_ok "encrypt" smime encrypt --to partner <"$T/msg.txt"

@@ -225,10 +225,11 @@ static CK_RV kv_do_challenge(kv_backend *b, kv_call_kind kind, const char *key, 
 /*
  * A 401 on a request with a token: once, either switch to the resource the
  * service's challenge names (when it differs from the one used, and passes
- * the host check) or get a new token for the same resource. 1: try again.
+ * the host check) or get a new token for the same resource; the caller
+ * tries again.
  */
-static int kv_on_401(kv_backend *b, const char *what, kv_resp *resp, char **resource,
-                     char **hdr, char **stale)
+static void kv_on_401(kv_backend *b, const char *what, kv_resp *resp, char **resource,
+                      char **hdr, char **stale)
 {
   char *wanted = NULL;
   if (resp->www_auth != NULL && kv_challenge_resource(b, resp, &wanted) == CKR_OK &&
@@ -239,7 +240,7 @@ static int kv_on_401(kv_backend *b, const char *what, kv_resp *resp, char **reso
     *resource = wanted;
     kv_free_wipe(*hdr);
     *hdr = NULL;
-    return 1;
+    return;
   }
   free(wanted);
   KVP_INFO("%s: HTTP 401 with a cached token (x-ms-request-id %s); getting a new token", what,
@@ -247,7 +248,6 @@ static int kv_on_401(kv_backend *b, const char *what, kv_resp *resp, char **reso
   kv_free_wipe(*stale);
   *stale = *hdr;
   *hdr = NULL;
-  return 1;
 }
 
 CK_RV kv_call(kv_backend *b, kv_call_kind kind, const char *key, const char *method,
@@ -287,8 +287,8 @@ CK_RV kv_call(kv_backend *b, kv_call_kind kind, const char *key, const char *met
     kv_http_do_retry(b->http, &req, &rt, 1, resp);
     if (resp->status == 401 && !refreshed) {
       refreshed = 1;
-      if (kv_on_401(b, what, resp, &resource, &hdr, &stale))
-        continue;
+      kv_on_401(b, what, resp, &resource, &hdr, &stale);
+      continue;
     }
     break;
   }

@@ -626,8 +626,8 @@ CK_RV kv_auth_header(kv_auth *a, const char *resource, const char *stale, const 
   kv_token_info ti;
   CK_RV rv;
   int64_t now;
-  uint64_t stamp = kv_cred_stamp(a->conf);
-  int refused = 0;
+  uint64_t stamp = 0; /* the credential's files, read only when a token is fetched or refused */
+  int refused = 0, have_stamp = 0;
 
   *hdr = NULL;
   pthread_mutex_lock(&a->lock);
@@ -675,8 +675,11 @@ CK_RV kv_auth_header(kv_auth *a, const char *resource, const char *stale, const 
       pthread_cond_timedwait(&a->cond, &a->lock, &ts);
     }
   }
-  if (a->refused_until > now && a->refused_stamp == stamp &&
-      !(t->token != NULL && now < t->expires_ms)) {
+  if (a->refused_until > now && !(t->token != NULL && now < t->expires_ms)) {
+    stamp = kv_cred_stamp(a->conf);
+    have_stamp = 1;
+  }
+  if (have_stamp && a->refused_stamp == stamp) {
     int64_t left = (a->refused_until - now + 999) / 1000;
     a->requests++; /* an attempt, answered from the last refusal */
     pthread_mutex_unlock(&a->lock);
@@ -689,6 +692,8 @@ CK_RV kv_auth_header(kv_auth *a, const char *resource, const char *stale, const 
   t->refreshing = 1;
   pthread_mutex_unlock(&a->lock);
 
+  if (!have_stamp)
+    stamp = kv_cred_stamp(a->conf); /* before the fetch reads the credential */
   rv = kv_fetch_token(a, resource, rt, &ti, &refused);
 
   pthread_mutex_lock(&a->lock);

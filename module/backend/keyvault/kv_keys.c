@@ -538,6 +538,8 @@ CK_RV kv_state_gate(kv_backend *b, kvp_key *key, unsigned op)
   pthread_mutex_lock(&b->lock);
   cause = kv_local_cause(b, c, op, &t);
   age = kv_now_ms() - c->checked_ms;
+  if (cause != KV_CAUSE_NONE && age >= b->state_ms)
+    c->checked_ms = kv_now_ms(); /* this thread asks the vault; the others refuse meanwhile */
   pthread_mutex_unlock(&b->lock);
   if (cause == KV_CAUSE_NONE)
     return CKR_OK;

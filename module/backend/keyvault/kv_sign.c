@@ -73,10 +73,7 @@ static CK_RV kv_key_op(kv_backend *b, kvp_key *key, kv_call_kind kind, const cha
 out:
   kv_resp_clear(&resp, 1);
   json_decref(req);
-  if (body != NULL) {
-    kvp_wipe(body, strlen(body));
-    free(body);
-  }
+  kv_free_wipe(body);
   kv_free_wipe(b64);
   free(url);
   return rv;
@@ -165,7 +162,6 @@ CK_RV kv_sign(kvp_backend *be, kvp_key *key, const kvp_sig_alg *alg, const CK_BY
   unsigned char adj[66], *res = NULL;
   const unsigned char *d = digest;
   size_t dlen = digest_len, want = 0, want_sig, res_len = 0;
-  kvp_sig_alg valg = *alg;
   CK_RV rv = kv_sign_jwa(b, key, alg, &jalg, &want);
 
   if (rv != CKR_OK)
@@ -198,7 +194,7 @@ CK_RV kv_sign(kvp_backend *be, kvp_key *key, const kvp_sig_alg *alg, const CK_BY
                   key->name, jalg, res_len, want_sig);
     goto out;
   }
-  if (!kv_verifier_check(((kv_cached_key *)key->impl)->verifier, &valg, d, dlen, res,
+  if (!kv_verifier_check(((kv_cached_key *)key->impl)->verifier, alg, d, dlen, res,
                          res_len)) {
     rv = kvp_fail(CKR_DEVICE_ERROR,
                   "vault %s: key %s: the %s signature returned by Key Vault does not verify with "

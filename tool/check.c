@@ -568,23 +568,10 @@ static void check_match(chk_cert *k)
  * registered without certificate its recorded one. NULL with a row on failure. */
 static EVP_PKEY *cert_pub(chk_cert *k)
 {
-  const kvp_cert_rec *rec = k->rec;
-  EVP_PKEY *pk = NULL;
-  if (rec->der_len == 0) {
-    kvp_spki sk;
-    if (kvp_spki_from_der(rec->spki, rec->spki_len, &sk) == KVP_OK)
-      pk = kvp_spki_pubkey(&sk);
-    kvp_spki_clear(&sk);
-  } else {
-    const unsigned char *p = rec->der;
-    X509 *x = d2i_X509(NULL, &p, (long)rec->der_len);
-    if (x && (pk = X509_get0_pubkey(x)) != NULL)
-      EVP_PKEY_up_ref(pk);
-    X509_free(x);
-  }
+  EVP_PKEY *pk = kvp_tool_rec_pubkey(k->rec);
   if (!pk)
-    row(k, R_FAIL, "cert-key", 0, rec->der_len ? "cannot read the certificate's public key"
-                                               : "cannot read the registered public key");
+    row(k, R_FAIL, "cert-key", 0, k->rec->der_len ? "cannot read the certificate's public key"
+                                                  : "cannot read the registered public key");
   return pk;
 }
 

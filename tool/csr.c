@@ -346,23 +346,13 @@ static void csr_key_clear(csr_key *k)
 /* The public key of a registry entry: its certificate's, or its recorded SPKI. */
 static int rec_pub(kvp_tool *t, const kvp_cert_rec *rec, EVP_PKEY **out)
 {
-  const unsigned char *p;
-  if (rec->der_len > 0) {
-    X509 *x;
-    p = rec->der;
-    if (!(x = d2i_X509(NULL, &p, (long)rec->der_len)) || !(*out = X509_get_pubkey(x))) {
-      X509_free(x);
-      return kvp_tool_fail(t, KVP_EXIT_ERROR, "certificate '%s': the registered DER does not parse",
-                           rec->name);
-    }
-    X509_free(x);
+  if ((*out = kvp_tool_rec_pubkey(rec)) != NULL)
     return KVP_EXIT_OK;
-  }
-  p = rec->spki;
-  if (!rec->spki || !(*out = d2i_PUBKEY(NULL, &p, (long)rec->spki_len)))
-    return kvp_tool_fail(t, KVP_EXIT_ERROR, "entry '%s' has no certificate and no public key",
+  if (rec->der_len > 0)
+    return kvp_tool_fail(t, KVP_EXIT_ERROR, "certificate '%s': the registered DER does not parse",
                          rec->name);
-  return KVP_EXIT_OK;
+  return kvp_tool_fail(t, KVP_EXIT_ERROR, "entry '%s' has no certificate and no public key",
+                       rec->name);
 }
 
 /* --cert-name NAME */

@@ -150,42 +150,6 @@ static int make_fixes(const kvp_vault_conf *vc, const kvp_cert_rec *rec, char *f
   return fix[0] && fix[1] && fix[2] ? 0 : -1;
 }
 
-/* Verify a signature over digest with pub (the certificate's public key). */
-static int verify_local(EVP_PKEY *pub, kvp_key_type type, const unsigned char *dg, size_t dlen,
-                        const unsigned char *sig, size_t slen)
-{
-  EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new(pub, NULL);
-  ECDSA_SIG *es = NULL;
-  unsigned char *der = NULL;
-  int ok = 0;
-
-  if (!ctx || EVP_PKEY_verify_init(ctx) <= 0)
-    goto out;
-  if (type == KVP_KEY_RSA) {
-    if (EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) <= 0 ||
-        EVP_PKEY_CTX_set_signature_md(ctx, EVP_sha256()) <= 0)
-      goto out;
-    ok = EVP_PKEY_verify(ctx, sig, slen, dg, dlen) == 1;
-  } else {
-    size_t h = slen / 2;
-    BIGNUM *r = BN_bin2bn(sig, (int)h, NULL), *s = BN_bin2bn(sig + h, (int)h, NULL);
-    if (!r || !s || !(es = ECDSA_SIG_new()) || ECDSA_SIG_set0(es, r, s) != 1) {
-      BN_free(r);
-      BN_free(s);
-      goto out;
-    }
-    int der_len = i2d_ECDSA_SIG(es, &der);
-    if (der_len <= 0)
-      goto out;
-    ok = EVP_PKEY_verify(ctx, der, (size_t)der_len, dg, dlen) == 1;
-  }
-out:
-  OPENSSL_free(der);
-  ECDSA_SIG_free(es);
-  EVP_PKEY_CTX_free(ctx);
-  return ok;
-}
-
 /* What one certificate's checks need. */
 typedef struct chk_cert {
   chk_ctx *c;
@@ -259,7 +223,7 @@ static void check_sign(chk_cert *k)
   kvp_status_clear();
   CK_RV rv = kvp_backend_sign(key, &alg, dg, dlen, sig, &sig_len);
   if (rv == CKR_OK) {
-    if (verify_local(k->cpub, key->type, dg, dlen, sig, sig_len))
+    if (kvp_sig_verify(k->cpub, &alg, dg, dlen, sig, sig_len))
       row(k, R_OK, "sign", 0, "signed a random digest (%s); it verifies with the certificate's "
                               "public key",
           what);

@@ -562,16 +562,10 @@ static int sign_tbs(kvp_tool *t, const csr_args *a, csr_key *k, const unsigned c
     return kvp_tool_fail(t, KVP_EXIT_ERROR, "cannot sign with %s: %s", k->what,
                          kvp_tool_reason(t, rv));
   if (ec) { /* r||s to the DER SEQUENCE X.509 carries */
-    ECDSA_SIG *es = ECDSA_SIG_new();
-    BIGNUM *r = BN_bin2bn(sig, (int)(slen / 2), NULL), *s = BN_bin2bn(sig + slen / 2, (int)(slen / 2), NULL);
-    if (!es || !r || !s || !ECDSA_SIG_set0(es, r, s)) {
-      BN_free(r);
-      BN_free(s);
-      ECDSA_SIG_free(es);
+    size_t n = 0;
+    if ((der = kvp_ecdsa_raw_to_der(sig, slen, &n)) == NULL)
       return nomem(t);
-    }
-    der_len = i2d_ECDSA_SIG(es, &der);
-    ECDSA_SIG_free(es);
+    der_len = (int)n;
   }
   ASN1_BIT_STRING *bs = ASN1_BIT_STRING_new();
   int ok = bs && (ec ? der_len > 0 && ASN1_BIT_STRING_set(bs, der, der_len)

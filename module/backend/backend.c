@@ -144,8 +144,9 @@ int kvp_digestinfo_parse(const CK_BYTE *in, CK_ULONG len, kvp_hash *hash, const 
   if (sig != NULL && p == in + len) {
     X509_SIG_get0(sig, &alg, &dg);
     kvp_hash h = KVP_HASH_NONE;
-    for (size_t i = 0; i < KVP_ARRAY_SIZE(hashes); i++)
-      if (OBJ_obj2nid(alg->algorithm) == EVP_MD_get_type(hashes[i].md()))
+    int nid = OBJ_obj2nid(alg->algorithm);
+    for (size_t i = 0; i < KVP_ARRAY_SIZE(hashes) && h == KVP_HASH_NONE; i++)
+      if (nid == EVP_MD_get_type(hashes[i].md()))
         h = hashes[i].hash;
     /* only the one encoding kvp_digestinfo_build makes (NULL parameters,
      * DER): the backend signs that encoding, so it must be the caller's */

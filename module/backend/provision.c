@@ -84,7 +84,7 @@ CK_RV kvp_prov_register(kvp_registry *reg, const kvp_cert_rec *rec, int64_t *id)
   if (rc != KVP_OK) {
     char why[2 * KVP_ERRLEN];
     snprintf(why, sizeof(why), "registering '%s' failed: %s", rec->name, err);
-    return kvp_prov_reg_rv(rc == KVP_EEXISTS ? KVP_EEXISTS : rc, why);
+    return kvp_prov_reg_rv(rc, why);
   }
   if (id)
     *id = got.id;

@@ -73,3 +73,9 @@ int kvp_grow(void *arr, size_t n, size_t *cap, size_t elem, size_t first)
   *cap = c;
   return 0;
 }
+
+int kvp_cmp_int64(const void *a, const void *b)
+{
+  int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+  return x < y ? -1 : x > y;
+}

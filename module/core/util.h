@@ -42,6 +42,8 @@ char *kvp_strdup0(const char *s);
  * elements of elem bytes; when full it doubles (first: the first capacity).
  * 0, or -1 when out of memory (the array is left as it was). */
 int kvp_grow(void *arr, size_t n, size_t *cap, size_t elem, size_t first);
+/* qsort / bsearch comparator of int64_t values (row ids). */
+int kvp_cmp_int64(const void *a, const void *b);
 
 #define KVP_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 

@@ -141,12 +141,6 @@ static int cache_insert_locked(kvp_object *o, kvp_object **garbage)
   return 0;
 }
 
-static int cmp_id(const void *a, const void *b)
-{
-  int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-  return x < y ? -1 : x > y;
-}
-
 void kvp_cache_invalidate_locked(const int64_t *ids, size_t n, int all, kvp_object **garbage)
 {
   kvp_object *o = kvp_g.cache.head, *next;
@@ -154,7 +148,7 @@ void kvp_cache_invalidate_locked(const int64_t *ids, size_t n, int all, kvp_obje
   /* the cache holds at most a few thousand objects: walk it, look each row up */
   for (; o != NULL; o = next) {
     next = o->next;
-    if (all || (n > 0 && bsearch(&o->row_id, ids, n, sizeof(*ids), cmp_id) != NULL))
+    if (all || (n > 0 && bsearch(&o->row_id, ids, n, sizeof(*ids), kvp_cmp_int64) != NULL))
       cache_unlink_locked(o, garbage);
   }
   if (all) {
@@ -498,7 +492,11 @@ CK_RV kvp_find_next(kvp_session *s, CK_OBJECT_HANDLE_PTR ph, CK_ULONG max, CK_UL
 CK_RV kvp_find_private_key(kvp_session *s, const EVP_PKEY *pub, const CK_ATTRIBUTE *id,
                            int64_t *row_id, int *id_mismatch)
 {
-  kvp_rec_query q = {.account = kvp_g.slots[s->slot - 1].account->name, .private_only = 1};
+  /* with a CKA_ID, only the rows of that effective CKA_ID (an index lookup) */
+  kvp_rec_query q = {.account = kvp_g.slots[s->slot - 1].account->name,
+                     .private_only = 1,
+                     .kid = id != NULL ? id->pValue : NULL,
+                     .kid_len = id != NULL ? id->ulValueLen : 0};
   kvp_cert_rec *recs = NULL;
   size_t n = 0;
   unsigned long gen;

@@ -536,7 +536,9 @@ static CK_RV do_sign(kvp_op *op, CK_BYTE_PTR out, CK_ULONG_PTR out_len)
     return rv;
   uint64_t t0 = kvp_audit_start();
   rv = kvp_backend_sign(key, &alg, input, input_len, out, out_len);
-  kvp_audit_key_op(KVP_AUDIT_SIGN, kvp_slot_locked(op->obj->slot)->account->name, op->obj->label, op->obj->key_ref, key->version, op->mech, rv, t0);
+  if (t0 != 0) /* auditing on: nothing else of the record is built otherwise */
+    kvp_audit_key_op(KVP_AUDIT_SIGN, kvp_slot_locked(op->obj->slot)->account->name, op->obj->label,
+                     op->obj->key_ref, key->version, op->mech, rv, t0);
   /* the input buffer held at most the raw input (buf_len) or a digest */
   kvp_wipe(input, op->buf_len > input_len ? op->buf_len : input_len);
   return rv;
@@ -557,7 +559,9 @@ static CK_RV do_decrypt(kvp_op *op, const CK_BYTE *in, CK_ULONG in_len)
   op->buf_len = k;
   uint64_t t0 = kvp_audit_start();
   rv = kvp_backend_decrypt(key, &op->dec, in, in_len, op->buf, &op->buf_len);
-  kvp_audit_key_op(KVP_AUDIT_DECRYPT, kvp_slot_locked(op->obj->slot)->account->name, op->obj->label, op->obj->key_ref, key->version, op->mech, rv, t0);
+  if (t0 != 0) /* auditing on: nothing else of the record is built otherwise */
+    kvp_audit_key_op(KVP_AUDIT_DECRYPT, kvp_slot_locked(op->obj->slot)->account->name, op->obj->label,
+                     op->obj->key_ref, key->version, op->mech, rv, t0);
   if (rv == CKR_OK)
     op->have_result = 1;
   return rv;

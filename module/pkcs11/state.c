@@ -162,12 +162,6 @@ static int push_id(void *ctx, int64_t id)
   return KVP_OK;
 }
 
-static int cmp_id(const void *a, const void *b)
-{
-  int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-  return x < y ? -1 : x > y;
-}
-
 /* A reload failed: the next refresh tries again although data_version stays. */
 static int reload_pending;
 
@@ -190,7 +184,9 @@ static CK_RV apply_changes(void)
   if (rc == KVP_OK)
     rc = kvp_registry_changes(kvp_g.reg, &kvp_g.reg_rev, &full, push_id, &changed, err,
                               sizeof(err));
-  for (size_t s = 0; rc == KVP_OK && s < kvp_g.n_slots; s++)
+  /* the slots' key types change only with the rows */
+  int retype = full || changed.n > 0;
+  for (size_t s = 0; rc == KVP_OK && retype && s < kvp_g.n_slots; s++)
     rc = kvp_registry_key_types(kvp_g.reg, kvp_g.slots[s].account->name, &types[2 * s],
                                 &types[2 * s + 1], err, sizeof(err));
   if (rc != KVP_OK) {
@@ -201,11 +197,11 @@ static CK_RV apply_changes(void)
     return rc == KVP_ENOMEM ? CKR_HOST_MEMORY : kvp_fail(CKR_DEVICE_ERROR, "%s", err);
   }
   if (changed.n > 1)
-    qsort(changed.ids, changed.n, sizeof(*changed.ids), cmp_id);
+    qsort(changed.ids, changed.n, sizeof(*changed.ids), kvp_cmp_int64);
   pthread_rwlock_wrlock(&kvp_g.lock);
   clock_gettime(CLOCK_MONOTONIC, &held[0]);
   kvp_cache_invalidate_locked(changed.ids, changed.n, full, &garbage);
-  for (size_t s = 0; s < kvp_g.n_slots; s++) {
+  for (size_t s = 0; retype && s < kvp_g.n_slots; s++) {
     kvp_g.slots[s].has_rsa = types[2 * s];
     kvp_g.slots[s].has_ec = types[2 * s + 1];
   }
